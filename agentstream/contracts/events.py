@@ -1,0 +1,247 @@
+"""Every event that crosses NATS, as frozen, tagged msgspec Structs.
+
+Wire format is JSON so any NATS client in any language can speak it. The tag
+(field ``type``) carries a version suffix: a breaking change gets a new tag and
+both can be decoded side by side. Unknown fields are ignored on decode, so an
+older consumer tolerates a newer producer that added fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+TAG_FIELD = "type"
+
+
+class Event(msgspec.Struct, frozen=True, tag_field=TAG_FIELD, kw_only=True):
+    """Base of every wire event."""
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+        )
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool call as the model asked for it. ``arguments`` is the raw JSON text
+    the model produced, kept unparsed so malformed output can be reported back."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What the model is shown of a tool: exactly this."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class ModelResponse(msgspec.Struct, frozen=True, kw_only=True):
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str = "stop"
+    model: str = ""
+    usage: Usage = Usage()
+
+
+class ToolError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A structured tool failure, returned to the model as the tool's result."""
+
+    kind: str  # invalid_arguments | unknown_tool | timeout | execution_error | ...
+    message: str
+    field: str | None = None
+    hint: str | None = None
+    retryable: bool = False
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+class TaskSubmitted(Event, frozen=True, tag="agentstream.task.submitted.v1"):
+    """A request for an agent to do something. Publish to ``agents.<agent>.tasks``.
+
+    Only ``agent`` and ``input`` are required. With no ``task_id`` the runtime
+    derives one from the stream sequence (``seq-<n>``), deterministic across
+    redelivery, so a client in any language can submit with a bare publish.
+    """
+
+    agent: str
+    input: str
+    task_id: str = ""
+    tenant_id: str = "default"
+    user_id: str = "anonymous"
+    conversation_id: str = ""
+    agent_version: str = ""
+    metadata: dict[str, str] = {}
+    submitted_at: float = 0.0
+    max_steps: int | None = None
+    deadline_s: float | None = None
+
+
+class TaskCompleted(Event, frozen=True, tag="agentstream.task.completed.v1"):
+    task_id: str
+    agent: str
+    agent_version: str
+    output: str
+    steps: int
+    tool_calls: int
+    usage: Usage
+    started_at: float
+    finished_at: float
+    tenant_id: str = "default"
+    user_id: str = "anonymous"
+    conversation_id: str = ""
+
+
+class TaskFailed(Event, frozen=True, tag="agentstream.task.failed.v1"):
+    task_id: str
+    agent: str
+    agent_version: str
+    reason: str  # max_steps | deadline | model_error | model_output | bad_task | ...
+    message: str
+    steps: int
+    tool_calls: int
+    usage: Usage
+    started_at: float
+    finished_at: float
+    tenant_id: str = "default"
+    user_id: str = "anonymous"
+    conversation_id: str = ""
+
+
+TaskResult = Union[TaskCompleted, TaskFailed]
+
+# --------------------------------------------------------------------------- tools
+
+
+class ToolCallRequested(Event, frozen=True, tag="agentstream.tool.call.requested.v1"):
+    """Published to ``tools.<tool>.calls``; the result goes to ``reply_subject``."""
+
+    task_id: str
+    agent: str
+    step: int
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    idempotency_key: str
+    reply_subject: str
+    requested_at: float
+    timeout_s: float | None = None
+    tenant_id: str = "default"
+    user_id: str = "anonymous"
+
+
+class ToolCallCompleted(Event, frozen=True, tag="agentstream.tool.call.completed.v1"):
+    task_id: str
+    agent: str
+    step: int
+    call_id: str
+    tool: str
+    ok: bool
+    result: Any = None
+    error: ToolError | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    attempts: int = 1
+    worker: str = ""
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class ModelTurnCompleted(Event, frozen=True, tag="agentstream.model.turn.completed.v1"):
+    """Progress notice for timelines and watchers; the agent does not consume it."""
+
+    task_id: str
+    agent: str
+    step: int
+    model: str
+    finish_reason: str
+    tool_calls: tuple[str, ...]
+    usage: Usage
+    started_at: float
+    finished_at: float
+    worker: str = ""
+
+
+class ToolCallDispatched(Event, frozen=True, tag="agentstream.tool.call.dispatched.v1"):
+    """Progress notice: the agent published these tool calls for one model turn."""
+
+    task_id: str
+    agent: str
+    step: int
+    calls: tuple[ToolCall, ...]
+    at: float
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+class DeadLettered(Event, frozen=True, tag="agentstream.dead.lettered.v1"):
+    """A message a consumer could not process, with why. ``payload`` is the
+    original body decoded as UTF-8 with replacement (bounded)."""
+
+    subject: str
+    consumer: str
+    reason: str
+    payload: str
+    payload_bytes: int
+    deliveries: int
+    at: float
+
+
+AgentInboxEvent = Union[ToolCallCompleted]
+ProgressEvent = Union[ModelTurnCompleted, ToolCallDispatched]
+TaskEvent = Union[
+    TaskSubmitted,
+    ToolCallCompleted,
+    ModelTurnCompleted,
+    ToolCallDispatched,
+    TaskCompleted,
+    TaskFailed,
+]
+AnyEvent = Union[
+    TaskSubmitted,
+    TaskCompleted,
+    TaskFailed,
+    ToolCallRequested,
+    ToolCallCompleted,
+    ModelTurnCompleted,
+    ToolCallDispatched,
+    DeadLettered,
+]
+
+ALL_EVENT_TYPES: tuple[type[Event], ...] = (
+    TaskSubmitted,
+    TaskCompleted,
+    TaskFailed,
+    ToolCallRequested,
+    ToolCallCompleted,
+    ModelTurnCompleted,
+    ToolCallDispatched,
+    DeadLettered,
+)

@@ -1,0 +1,59 @@
+"""JSON Schema (draft 2020-12) of every wire event, for non-Python clients.
+
+The checked-in copy lives at ``docs/events.schema.json``; regenerate it with::
+
+    python -m agentstream.contracts.schema [path]
+
+A test compares the checked-in file with :func:`json_schema`, so it cannot go stale.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from agentstream.contracts.events import ALL_EVENT_TYPES
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+TITLE = "agentstream events"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "docs" / "events.schema.json"
+
+
+def json_schema() -> dict[str, Any]:
+    """One document: a top-level ``oneOf`` over every event, each a ``$ref`` into ``$defs``.
+
+    Each event's ``type`` property is a single-value enum (its versioned tag), so
+    exactly one branch of the ``oneOf`` can match a valid event.
+    """
+    refs, components = msgspec.json.schema_components(
+        ALL_EVENT_TYPES, ref_template="#/$defs/{name}"
+    )
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "title": TITLE,
+        "description": (
+            "Every event that crosses NATS. The field 'type' carries the versioned tag "
+            "(suffix .v<N>); unknown fields are ignored by consumers."
+        ),
+        "oneOf": list(refs),
+        "$defs": components,
+    }
+
+
+def dumps(schema: dict[str, Any]) -> str:
+    """Stable text form: pretty-printed, sorted keys, trailing newline."""
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_schema(path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(json_schema()), encoding="utf-8")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    write_schema(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PATH)

@@ -1,0 +1,111 @@
+"""Subject names, stream and KV bucket definitions: the protocol's address book.
+
+Shadow deployments (a later issue) reuse the same tree under a ``shadow.`` prefix,
+which is why every function takes an optional ``prefix``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+# A NATS subject token: no dots, spaces or wildcards. Agent, tool and task ids
+# are embedded in subjects, so they must be tokens.
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+
+
+def is_token(value: str) -> bool:
+    return bool(_TOKEN.fullmatch(value))
+
+
+def check_token(kind: str, value: str) -> str:
+    if not is_token(value):
+        raise ValueError(
+            f"invalid {kind} {value!r}: use 1-128 letters, digits, '_' or '-' (it becomes a NATS subject token)"
+        )
+    return value
+
+
+def tasks(agent: str, prefix: str = "") -> str:
+    return f"{prefix}agents.{agent}.tasks"
+
+
+def events(agent: str, task_id: str, prefix: str = "") -> str:
+    """The agent's continuation inbox for one task (tool results, approvals)."""
+    return f"{prefix}agents.{agent}.events.{task_id}"
+
+
+def progress(agent: str, task_id: str, prefix: str = "") -> str:
+    """Progress notices for watchers and timelines; no agent consumes these."""
+    return f"{prefix}agents.{agent}.progress.{task_id}"
+
+
+def results(agent: str, task_id: str, prefix: str = "") -> str:
+    return f"{prefix}agents.{agent}.results.{task_id}"
+
+
+def tool_calls(tool: str, prefix: str = "") -> str:
+    return f"{prefix}tools.{tool}.calls"
+
+
+def dead_letter(origin_subject: str) -> str:
+    return f"deadletter.{origin_subject}"
+
+
+def any_results(task_id: str, prefix: str = "") -> str:
+    return f"{prefix}agents.*.results.{task_id}"
+
+
+def any_task_activity(task_id: str, prefix: str = "") -> str:
+    """Matches a task's inbox and progress subjects in the EVENTS stream."""
+    return f"{prefix}agents.*.*.{task_id}"
+
+
+class StreamDef(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    subjects: tuple[str, ...]
+    max_age_s: float
+    description: str
+    duplicate_window_s: float = 120.0
+
+
+class BucketDef(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    description: str
+    max_age_s: float = 0.0
+    history: int = 1
+
+
+DAY = 86400.0
+
+# Limits retention everywhere: production and shadow consumers each hold their
+# own durable consumer and both see every message; interest/work-queue
+# retention would drop a task published before any consumer exists.
+STREAMS: tuple[StreamDef, ...] = (
+    StreamDef(name="TASKS", subjects=("agents.*.tasks",), max_age_s=7 * DAY,
+              description="TaskSubmitted, one subject per agent"),
+    StreamDef(name="EVENTS", subjects=("agents.*.events.*", "agents.*.progress.*"), max_age_s=7 * DAY,
+              description="per-task continuation inbox and progress notices"),
+    StreamDef(name="TOOLS", subjects=("tools.*.calls",), max_age_s=7 * DAY,
+              description="ToolCallRequested, one subject per tool"),
+    StreamDef(name="RESULTS", subjects=("agents.*.results.*",), max_age_s=7 * DAY,
+              description="TaskCompleted / TaskFailed"),
+    StreamDef(name="DEADLETTER", subjects=("deadletter.>",), max_age_s=30 * DAY,
+              description="messages a consumer could not process, with the reason"),
+)
+
+SESSIONS = BucketDef(name="agent_sessions", description="session state, one key a task, CAS only",
+                     max_age_s=7 * DAY)
+DEADLINES = BucketDef(name="agent_deadlines", description="live tasks and their deadlines")
+CONVERSATIONS = BucketDef(name="agent_conversations", description="bounded turn history per conversation",
+                          max_age_s=30 * DAY)
+BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS)
+
+
+def agent_durable(agent: str, role: str = "tasks") -> str:
+    return f"agent_{agent}_{role}"
+
+
+def tool_durable(tool: str) -> str:
+    return f"tool_{tool}"

@@ -1,0 +1,1 @@
+"""Sample agents and tools (the demo)."""

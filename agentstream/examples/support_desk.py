@@ -1,0 +1,206 @@
+"""A sample "support desk" agent with seven tools and a scripted model.
+
+The scripted model is a deterministic function of the conversation, so the
+demo runs with no model server; set ``AGENTSTREAM_MODEL`` (plus
+``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``) to use a real one instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import zlib
+
+from agentstream.contracts.events import ModelResponse
+from agentstream.runtime.app import App
+from agentstream.runtime.models import FunctionModel, answer, calls, last_user, tool_results
+from agentstream.runtime.ports import ModelRequest
+from agentstream.runtime.tools import ToolFailure, tool
+
+# Simulated downstream latency, so the timeline shows real overlap.
+LATENCY_S = 0.15
+
+_ORDERS = {
+    n: {"order_id": n, "status": ("shipped" if n % 3 else "processing"), "total": round(19.5 + n * 3.25, 2),
+        "items": ["usb-c cable", "charger"] if n % 2 else ["headphones"], "customer": f"cust-{n % 7}"}
+    for n in range(1, 1000)
+}
+
+
+@tool
+async def lookup_order(order_id: int) -> dict[str, object]:
+    """Look up an order: its status, total, items and customer.
+
+    Args:
+        order_id: The order number the customer gave, e.g. 42.
+    """
+    await asyncio.sleep(LATENCY_S)
+    order = _ORDERS.get(order_id)
+    if order is None:
+        raise ToolFailure(f"no order {order_id}", kind="not_found", hint="ask the customer to check the number")
+    return order
+
+
+@tool
+async def shipping_status(order_id: int) -> dict[str, object]:
+    """Where a shipped order is now and when it should arrive.
+
+    Args:
+        order_id: The order number.
+    """
+    await asyncio.sleep(LATENCY_S)
+    if order_id % 3 == 0:
+        return {"order_id": order_id, "carrier": None, "state": "not shipped yet"}
+    return {"order_id": order_id, "carrier": "DHL", "state": "in transit", "eta_days": order_id % 5 + 1}
+
+
+@tool
+async def refund_eligibility(order_id: int) -> dict[str, object]:
+    """Whether an order can be refunded under the 30-day policy, and how much.
+
+    Args:
+        order_id: The order number.
+    """
+    await asyncio.sleep(LATENCY_S)
+    order = _ORDERS.get(order_id)
+    if order is None:
+        raise ToolFailure(f"no order {order_id}", kind="not_found")
+    eligible = order_id % 4 != 0
+    return {"order_id": order_id, "eligible": eligible, "amount": order["total"] if eligible else 0.0,
+            "reason": "within 30 days" if eligible else "final-sale item"}
+
+
+@tool
+async def customer_profile(customer_id: str) -> dict[str, object]:
+    """A customer's tier and contact preferences.
+
+    Args:
+        customer_id: The id on the order, e.g. cust-3.
+    """
+    await asyncio.sleep(LATENCY_S / 2)
+    return {"customer_id": customer_id, "tier": "gold" if customer_id.endswith(("1", "3")) else "standard",
+            "contact": "email"}
+
+
+@tool
+async def search_kb(query: str, limit: int = 3) -> list[dict[str, str]]:
+    """Search the help-center articles for a question.
+
+    Args:
+        query: Words to search for.
+        limit: How many articles to return at most.
+    """
+    await asyncio.sleep(LATENCY_S)
+    articles = [
+        {"title": "Resetting your password", "url": "https://help.example/reset"},
+        {"title": "Changing your delivery address", "url": "https://help.example/address"},
+        {"title": "Our 30-day refund policy", "url": "https://help.example/refunds"},
+    ]
+    words = set(query.lower().split())
+    hits = [a for a in articles if words & set(a["title"].lower().split())] or articles[:1]
+    return hits[:limit]
+
+
+@tool
+async def create_ticket(subject: str, priority: str = "normal") -> dict[str, str]:
+    """Open a ticket for a human agent to follow up.
+
+    Args:
+        subject: One line saying what the customer needs.
+        priority: low, normal or high.
+    """
+    await asyncio.sleep(LATENCY_S / 2)
+    return {"ticket": f"T-{zlib.crc32(subject.encode()) % 10000:04d}", "priority": priority}
+
+
+@tool
+def store_hours() -> dict[str, str]:
+    """Opening hours of the support line."""
+    return {"weekdays": "08:00-20:00", "weekends": "10:00-16:00", "timezone": "CET"}
+
+
+def _order_id(text: str) -> int | None:
+    m = re.search(r"(?:order\s*#?\s*|#)(\d+)", text, re.I)
+    return int(m.group(1)) if m else None
+
+
+def support_script(request: ModelRequest) -> ModelResponse:
+    """The scripted support model: one tool turn, then an answer from the results."""
+    question = last_user(request)
+    q = question.lower()
+    results = tool_results(request)
+    oid = _order_id(question)
+    if oid is None:
+        # A follow-up ("and can I get a refund?") continues the conversation's order.
+        for m in reversed(request.messages):
+            if m.role == "user" and (found := _order_id(m.content)) is not None:
+                oid = found
+                break
+    if not results:
+        if "refund" in q and oid is not None:
+            return calls(("lookup_order", {"order_id": oid}), ("shipping_status", {"order_id": oid}),
+                         ("refund_eligibility", {"order_id": oid}))
+        if oid is not None and ("where" in q or "status" in q or "order" in q):
+            return calls(("lookup_order", {"order_id": oid}))
+        if "password" in q or "address" in q or "how do i" in q:
+            return calls(("search_kb", {"query": question}))
+        if "human" in q or "ticket" in q or "complain" in q:
+            return calls(("create_ticket", {"subject": question[:80], "priority": "high"}))
+        if "hours" in q or "open" in q:
+            return calls(("store_hours", {}))
+        return answer("I can help with orders, shipping, refunds, your account and our opening hours. "
+                      "What do you need?")
+    data = {m.name: _json(m.content) for m in results}
+    if "error" in json.dumps(data) and all("error" in str(v) for v in data.values()):
+        return answer(f"Sorry, I could not look that up: {results[0].content}")
+    if "refund_eligibility" in data:
+        r, s = data["refund_eligibility"], data.get("shipping_status", {})
+        if r.get("eligible"):
+            return answer(f"Order {oid} qualifies for a refund of ${r['amount']:.2f} ({r['reason']}). "
+                          f"It is currently {s.get('state', 'unknown')}; I have noted the request.")
+        return answer(f"Sorry, order {oid} cannot be refunded: {r.get('reason')}.")
+    if "lookup_order" in data:
+        o = data["lookup_order"]
+        if "error" in o:
+            return answer(f"I could not find order {oid}. Could you check the number?")
+        return answer(f"Order {oid} is {o['status']}: {', '.join(o['items'])}, total ${o['total']:.2f}.")
+    if "search_kb" in data:
+        a = data["search_kb"][0]
+        return answer(f"This article should help: {a['title']} ({a['url']}).")
+    if "create_ticket" in data:
+        t = data["create_ticket"]
+        return answer(f"I have opened ticket {t['ticket']} with {t['priority']} priority; a colleague will reply.")
+    if "store_hours" in data:
+        h = data["store_hours"]
+        return answer(f"We are open {h['weekdays']} on weekdays and {h['weekends']} at weekends ({h['timezone']}).")
+    return answer("Done.")
+
+
+def _json(text: str) -> dict[str, object] | list[object] | str:
+    try:
+        out = json.loads(text)
+    except ValueError:
+        return text
+    return out if isinstance(out, (dict, list)) else text
+
+
+app = App()
+app.agent(
+    "support",
+    instructions=(
+        "You are the support desk of an online shop. Use the tools to look things up before answering; "
+        "when several lookups are independent, request them together in one turn. Answer in one or two sentences."
+    ),
+    tools=[lookup_order, shipping_status, refund_eligibility, customer_profile, search_kb, create_ticket,
+           store_hours],
+    scripted=lambda: FunctionModel(support_script, name="scripted-support"),
+    samples=[
+        "Where is my order 42?",
+        "I want a refund for order 17, and where is it now?",
+        "How do I reset my password?",
+        "What are your opening hours?",
+        "I want to talk to a human about a broken charger",
+        "Where is my order 999999?",
+    ],
+)

@@ -1,0 +1,82 @@
+"""An application: the agents and tools one deployment serves.
+
+Loaded by every process (API, agent workers, tool workers) from
+``AGENTSTREAM_APP`` (``module:attribute``); the bundled support desk is the default.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from agentstream.runtime.errors import ConfigError
+from agentstream.runtime.ports import LLM
+from agentstream.runtime.spec import AgentSpec
+from agentstream.runtime.tools import Tool
+
+DEFAULT_APP = "agentstream.examples.support_desk:app"
+
+
+@dataclass
+class Agent:
+    spec: AgentSpec
+    # The model used when no real model is configured (AGENTSTREAM_MODEL unset).
+    scripted: Callable[[], LLM] | None = None
+
+
+@dataclass
+class App:
+    agents: dict[str, Agent] = field(default_factory=dict)
+    tools: dict[str, Tool] = field(default_factory=dict)
+    samples: dict[str, list[str]] = field(default_factory=dict)
+
+    def agent(self, name: str, instructions: str, tools: Iterable[Tool], *, version: str = "v1",
+              scripted: Callable[[], LLM] | None = None, samples: Iterable[str] = (),
+              **limits: float | int) -> AgentSpec:
+        tools = list(tools)
+        for t in tools:
+            existing = self.tools.get(t.name)
+            if existing is not None and existing is not t:
+                raise ConfigError(f"two different tools are named {t.name!r}")
+            self.tools[t.name] = t
+        spec = AgentSpec(name=name, instructions=instructions, tools=tuple(t.spec for t in tools),
+                         version=version)
+        if limits:
+            spec = msgspec.structs.replace(spec, **limits)
+        self.agents[name] = Agent(spec=spec, scripted=scripted)
+        self.samples[name] = list(samples)
+        return spec
+
+    def get_agent(self, name: str) -> Agent:
+        try:
+            return self.agents[name]
+        except KeyError:
+            known = ", ".join(sorted(self.agents)) or "(none)"
+            raise ConfigError(f"unknown agent {name!r}; this app defines: {known}") from None
+
+    def select_tools(self, names: str) -> dict[str, Tool]:
+        if names in ("all", "*", ""):
+            return dict(self.tools)
+        out: dict[str, Tool] = {}
+        for n in (x.strip() for x in names.split(",") if x.strip()):
+            if n not in self.tools:
+                known = ", ".join(sorted(self.tools)) or "(none)"
+                raise ConfigError(f"unknown tool {n!r}; this app defines: {known}")
+            out[n] = self.tools[n]
+        return out
+
+
+def load_app(ref: str | None) -> App:
+    ref = ref or DEFAULT_APP
+    mod_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ConfigError(f"AGENTSTREAM_APP={ref!r}: cannot import {mod_name!r} ({exc})") from None
+    obj = getattr(module, attr or "app", None)
+    if not isinstance(obj, App):
+        raise ConfigError(f"AGENTSTREAM_APP={ref!r}: {mod_name}.{attr or 'app'} is not an agentstream App")
+    return obj

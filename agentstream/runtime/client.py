@@ -1,0 +1,142 @@
+"""The Python client: submit tasks, await results, stream a task's events.
+
+Works against any NATS server the runtime uses; it needs no agent code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from agentstream.contracts import codec, subjects
+from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult, TaskSubmitted
+from agentstream.runtime import nats_adapters
+from agentstream.runtime.errors import ResultTimeout
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+class AgentClient:
+    def __init__(self, nc: NatsClient) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+
+    @classmethod
+    async def connect(cls, url: str, *, provision: bool = True) -> AgentClient:
+        nc = await nats_adapters.connect(url, name="agentstream-client", reconnect=True)
+        client = cls(nc)
+        if provision:
+            # Idempotent; lets a client submit before any worker has started.
+            await nats_adapters.provision(client.js)
+        return client
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def submit(self, agent: str, input: str, *, task_id: str | None = None, tenant_id: str = "default",
+                     user_id: str = "anonymous", conversation_id: str = "", agent_version: str = "",
+                     metadata: Mapping[str, str] | None = None, max_steps: int | None = None,
+                     deadline_s: float | None = None) -> str:
+        subjects.check_token("agent", agent)
+        task_id = subjects.check_token("task id", task_id or new_task_id())
+        if conversation_id:
+            subjects.check_token("conversation id", conversation_id)
+        task = TaskSubmitted(agent=agent, input=input, task_id=task_id, tenant_id=tenant_id, user_id=user_id,
+                             conversation_id=conversation_id, agent_version=agent_version,
+                             metadata=dict(metadata or {}), submitted_at=time.time(), max_steps=max_steps,
+                             deadline_s=deadline_s)
+        # The task id doubles as the dedupe id: a retried submit is one task.
+        await self.js.publish(subjects.tasks(agent), codec.encode(task), headers={"Nats-Msg-Id": task_id},
+                              timeout=10)
+        return task_id
+
+    async def result(self, task_id: str, timeout: float = 60.0) -> TaskResult:
+        """The task's result, whether it arrived before or after this call."""
+        sub = await self.js.subscribe(subjects.any_results(task_id), ordered_consumer=True,
+                                      deliver_policy=DeliverPolicy.ALL)
+        try:
+            msg = await sub.next_msg(timeout=timeout)
+        except nats.errors.TimeoutError:
+            raise ResultTimeout(f"no result for task {task_id} within {timeout:g}s") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return codec.task_result.decode(msg.data)
+
+    async def _activity_count(self, task_id: str) -> int:
+        try:
+            info = await self.js.stream_info("EVENTS", subjects_filter=subjects.any_task_activity(task_id))
+        except Exception:  # noqa: BLE001 - best effort; the caller bounds its wait anyway
+            return 0
+        return sum((info.state.subjects or {}).values())
+
+    async def events(self, task_id: str, *, timeout: float | None = None) -> AsyncIterator[TaskEvent]:
+        """Every event of a task from its start, then live, ending with its result."""
+        queue: asyncio.Queue[tuple[str, Msg]] = asyncio.Queue()
+
+        async def on_activity(msg: Msg) -> None:
+            await queue.put(("activity", msg))
+
+        async def on_result(msg: Msg) -> None:
+            await queue.put(("result", msg))
+
+        subs = [
+            await self.js.subscribe(subjects.any_task_activity(task_id), cb=on_activity, ordered_consumer=True,
+                                    deliver_policy=DeliverPolicy.ALL),
+            await self.js.subscribe(subjects.any_results(task_id), cb=on_result, ordered_consumer=True,
+                                    deliver_policy=DeliverPolicy.ALL),
+        ]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = 0
+        result: TaskResult | None = None
+        expected = -1
+        try:
+            while result is None or seen < expected:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if result is not None:
+                    # The result came through its own stream; the activity stream may
+                    # still be catching up. Wait for it, but not forever.
+                    remaining = 2.0 if remaining is None else min(remaining, 2.0)
+                try:
+                    kind, msg = await asyncio.wait_for(queue.get(), timeout=remaining)
+                except asyncio.TimeoutError:
+                    if result is not None:
+                        break
+                    raise ResultTimeout(f"task {task_id} did not finish within {timeout:g}s") from None
+                try:
+                    event = codec.task_event.decode(msg.data)
+                except codec.DecodeError:
+                    seen += kind == "activity"
+                    continue  # an event from a newer producer: skip, keep streaming
+                if kind == "activity":
+                    seen += 1
+                    yield event
+                elif isinstance(event, (TaskCompleted, TaskFailed)) and result is None:
+                    result = event
+                    expected = await self._activity_count(task_id)
+            if result is not None:
+                yield result
+        finally:
+            for s in subs:
+                with contextlib.suppress(Exception):
+                    await s.unsubscribe()

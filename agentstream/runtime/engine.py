@@ -1,0 +1,208 @@
+"""Applies the core's decisions: load state, decide, compare-and-set, then
+carry out the commands (publish with deterministic ids, call the model).
+
+A step that crashes before its compare-and-set is simply redelivered; one
+that crashes after it finds its input already applied and re-emits the
+stored outbox, which JetStream deduplicates by ``Nats-Msg-Id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import assert_never
+
+import msgspec
+
+from agentstream.contracts import codec, subjects
+from agentstream.contracts.events import ModelTurnCompleted, TaskSubmitted, ToolCallCompleted
+from agentstream.runtime import core
+from agentstream.runtime.errors import Conflict, ModelError
+from agentstream.runtime.ports import LLM, Bus, ModelRequest, SessionStore
+from agentstream.runtime.spec import AgentSpec
+from agentstream.runtime.state import (
+    AnyCommand,
+    CallModel,
+    ClearDeadline,
+    Conversation,
+    DeadlineReached,
+    Input,
+    ModelFailed,
+    ModelResponded,
+    PublishProgress,
+    PublishResult,
+    PublishToolCall,
+    RecordTurn,
+    SessionState,
+    SetDeadline,
+    Turn,
+    decode_conversation,
+    decode_state,
+    encode_state,
+)
+
+log = logging.getLogger("agentstream.engine")
+
+MAX_CAS_RETRIES = 50
+
+
+class AgentEngine:
+    def __init__(self, spec: AgentSpec, llm: LLM, *, sessions: SessionStore, conversations: SessionStore,
+                 deadlines: SessionStore, bus: Bus, worker: str = "", model_attempts: int = 3,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.spec = spec
+        self.llm = llm
+        self.sessions = sessions
+        self.conversations = conversations
+        self.deadlines = deadlines
+        self.bus = bus
+        self.worker = worker
+        self.model_attempts = model_attempts
+        self.clock = clock
+        self.model_calls = 0
+
+    # ------------------------------------------------------------ entry points
+
+    async def on_task(self, task: TaskSubmitted) -> None:
+        history: tuple[Turn, ...] = ()
+        key = core.conversation_key(task)
+        if key:
+            entry = await self.conversations.get(key)
+            if entry is not None:
+                history = decode_conversation(entry.value).turns
+        await self.drive(task.task_id, task, history)
+
+    async def on_event(self, event: ToolCallCompleted) -> None:
+        await self.drive(event.task_id, event)
+
+    async def on_deadline(self, task_id: str) -> None:
+        await self.drive(task_id, DeadlineReached())
+
+    # ------------------------------------------------------------ the loop
+
+    async def drive(self, task_id: str, event: Input, history: tuple[Turn, ...] = ()) -> None:
+        next_input: Input | None = event
+        while next_input is not None:
+            decision = await self._apply(task_id, next_input, history)
+            next_input = None
+            state = decision.state
+            for cmd in decision.commands:
+                follow = await self._execute(task_id, state, cmd)
+                if follow is not None:
+                    next_input = follow
+
+    async def _apply(self, task_id: str, event: Input, history: tuple[Turn, ...]) -> core.Decision:
+        for _ in range(MAX_CAS_RETRIES):
+            entry = await self.sessions.get(task_id)
+            state = decode_state(entry.value) if entry is not None else None
+            ctx = core.Context(spec=self.spec, now=self.clock(), history=history, worker=self.worker)
+            decision = core.decide(state, event, ctx)
+            if not decision.changed or decision.state is None:
+                return decision
+            raw = encode_state(decision.state)
+            try:
+                if entry is None:
+                    await self.sessions.create(task_id, raw)
+                else:
+                    await self.sessions.update(task_id, raw, entry.revision)
+            except Conflict:
+                continue  # another replica moved the session on: decide again on fresh state
+            return decision
+        raise Conflict(f"session {task_id}: gave up after {MAX_CAS_RETRIES} compare-and-set conflicts")
+
+    async def _execute(self, task_id: str, state: SessionState | None, cmd: AnyCommand) -> Input | None:
+        agent = self.spec.name
+        match cmd:
+            case CallModel(step=step):
+                assert state is not None
+                return await self._call_model(state, step)
+            case PublishToolCall(request=req):
+                await self.bus.publish(subjects.tool_calls(req.tool), codec.encode(req),
+                                       msg_id=req.idempotency_key)
+            case PublishProgress(event=ev):
+                kind = "turn" if isinstance(ev, ModelTurnCompleted) else "dispatch"
+                await self.bus.publish(subjects.progress(agent, task_id), codec.encode(ev),
+                                       msg_id=f"{task_id}:{ev.step}:{kind}")
+            case PublishResult(result=res):
+                await self.bus.publish(subjects.results(agent, task_id), codec.encode(res),
+                                       msg_id=f"{task_id}:result")
+            case SetDeadline(deadline_at=at):
+                await _put(self.deadlines, _deadline_key(agent, task_id), repr(at).encode())
+            case ClearDeadline():
+                await self.deadlines.delete(_deadline_key(agent, task_id))
+            case RecordTurn():
+                await self._record_turn(cmd)
+            case _:
+                assert_never(cmd)
+        return None
+
+    async def _call_model(self, state: SessionState, step: int) -> Input:
+        request = ModelRequest(model=self.llm.name, messages=state.messages, tools=self.spec.tools)
+        started = self.clock()
+        last: ModelError | None = None
+        for attempt in range(1, self.model_attempts + 1):
+            try:
+                self.model_calls += 1
+                resp = await self.llm.complete(request)
+                return ModelResponded(step=step, response=resp, started_at=started, finished_at=self.clock())
+            except ModelError as exc:
+                last = exc
+                if not exc.transient or attempt == self.model_attempts:
+                    break
+                await _backoff(attempt)
+        return ModelFailed(step=step, message=f"model call failed: {last}")
+
+    async def _record_turn(self, cmd: RecordTurn) -> None:
+        # Bounded, idempotent append: a replayed completion must not add the turn twice.
+        limit = max(self.spec.history_turns, 1)
+        for _ in range(MAX_CAS_RETRIES):
+            entry = await self.conversations.get(cmd.conversation_key)
+            conv = decode_conversation(entry.value) if entry is not None else Conversation()
+            if any(t.task_id == cmd.task_id for t in conv.turns):
+                return
+            turns = (*conv.turns, Turn(task_id=cmd.task_id, user=cmd.user, assistant=cmd.assistant))[-limit:]
+            raw = encode_state(Conversation(turns=turns))
+            try:
+                if entry is None:
+                    await self.conversations.create(cmd.conversation_key, raw)
+                else:
+                    await self.conversations.update(cmd.conversation_key, raw, entry.revision)
+                return
+            except Conflict:
+                continue
+
+
+def _deadline_key(agent: str, task_id: str) -> str:
+    return f"{agent}.{task_id}"
+
+
+async def _put(store: SessionStore, key: str, value: bytes) -> None:
+    entry = await store.get(key)
+    try:
+        if entry is None:
+            await store.create(key, value)
+    except Conflict:
+        pass
+
+
+async def _backoff(attempt: int) -> None:
+    import asyncio
+    import random
+
+    await asyncio.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
+
+
+def decode_task(raw: bytes, stream_seq: int | None, version: str) -> TaskSubmitted:
+    """Decode a task, filling what a bare client may omit (task id, time)."""
+    task = codec.task_submitted.decode(raw)
+    changes: dict[str, object] = {}
+    if not task.task_id:
+        if stream_seq is None:
+            raise codec.DecodeError("task has no task_id")
+        changes["task_id"] = f"seq-{stream_seq}"
+    elif not subjects.is_token(task.task_id):
+        raise codec.DecodeError(f"task_id {task.task_id!r} is not a subject token (letters, digits, _ and -)")
+    if not task.submitted_at:
+        changes["submitted_at"] = time.time()
+    return msgspec.structs.replace(task, **changes) if changes else task

@@ -1,0 +1,123 @@
+"""Thin nats-py adapters for the ports, translating library errors into ours."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import nats.errors
+import nats.js.errors as jse
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from agentstream.contracts import subjects
+from agentstream.runtime.errors import BrokerUnavailable, Conflict
+from agentstream.runtime.ports import Entry
+
+MSG_ID = "Nats-Msg-Id"
+
+
+class NatsBus:
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
+                      headers: dict[str, str] | None = None) -> None:
+        hdrs = dict(headers) if headers else {}
+        if msg_id:
+            hdrs[MSG_ID] = msg_id
+        try:
+            await self.js.publish(subject, payload, headers=hdrs or None, timeout=10)
+        except (nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
+            raise BrokerUnavailable(f"cannot publish to {subject}: {exc}") from exc
+
+
+class NatsKV:
+    """``SessionStore`` over a JetStream KV bucket; every write is compare-and-set."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            e = await self.kv.get(key)
+        except (jse.KeyNotFoundError, jse.KeyDeletedError):
+            return None
+        if e.value is None or e.revision is None:
+            return None
+        return Entry(e.value, e.revision)
+
+    async def create(self, key: str, value: bytes) -> int:
+        try:
+            return await self.kv.create(key, value)
+        except (jse.KeyWrongLastSequenceError, jse.BadRequestError) as exc:
+            raise Conflict(f"{key} already exists") from exc
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        try:
+            return await self.kv.update(key, value, last=revision)
+        except (jse.KeyWrongLastSequenceError, jse.BadRequestError) as exc:
+            raise Conflict(f"{key} changed since revision {revision}") from exc
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self.kv.put(key, value)
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self.kv.purge(key)
+        except jse.NotFoundError:
+            pass
+
+    async def keys(self) -> Sequence[str]:
+        try:
+            return await self.kv.keys()
+        except jse.NoKeysError:
+            return []
+
+
+async def provision(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create (or update) every stream and bucket the protocol needs. Idempotent."""
+    for sd in subjects.STREAMS:
+        cfg = StreamConfig(
+            name=sd.name, subjects=list(sd.subjects), description=sd.description,
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=sd.max_age_s,
+            num_replicas=replicas, duplicate_window=sd.duplicate_window_s, discard=DiscardPolicy.OLD,
+            allow_direct=True,
+        )
+        try:
+            await js.add_stream(cfg)
+        except jse.BadRequestError:
+            await js.update_stream(cfg)
+    for bd in subjects.BUCKETS:
+        await js.create_key_value(KeyValueConfig(
+            bucket=bd.name, description=bd.description, history=bd.history,
+            ttl=bd.max_age_s or None, replicas=replicas, storage=StorageType.FILE))
+
+
+async def bucket(js: JetStreamContext, name: str) -> NatsKV:
+    return NatsKV(await js.key_value(name))
+
+
+async def connect(url: str, *, name: str = "agentstream", connect_timeout: float = 5.0,
+                  reconnect: bool = True) -> NatsClient:
+    """Connect with bounded first-connect attempts so an unreachable broker is
+    one clear error, not a hang."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+
+    async def _quiet(_: Exception) -> None:
+        return None
+
+    try:
+        return await nats.connect(
+            servers=servers, name=name, connect_timeout=connect_timeout,
+            allow_reconnect=reconnect, max_reconnect_attempts=-1 if reconnect else 0,
+            reconnect_time_wait=0.5, error_cb=_quiet)
+    except Exception as exc:  # nats-py raises several unrelated types here
+        raise BrokerUnavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None

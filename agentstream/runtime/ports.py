@@ -1,0 +1,59 @@
+"""Ports: the interfaces the engine needs from the outside world.
+
+Adapters (nats-py, OpenAI-compatible HTTP) and in-memory doubles implement
+these; the decision core never sees any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import msgspec
+
+from agentstream.contracts.events import Message, ModelResponse, ToolSpec
+
+
+class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+class LLM(Protocol):
+    """A chat model with tool calling.
+
+    Raises :class:`agentstream.runtime.errors.ModelError` on failure, with
+    ``transient=True`` for errors worth retrying (rate limits, 5xx, timeouts).
+    """
+
+    name: str
+
+    async def complete(self, request: ModelRequest) -> ModelResponse: ...
+
+
+class Entry(msgspec.Struct, frozen=True):
+    value: bytes
+    revision: int
+
+
+class SessionStore(Protocol):
+    """Key/value with compare-and-set; raises ``Conflict`` when a write loses."""
+
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def create(self, key: str, value: bytes) -> int: ...
+
+    async def update(self, key: str, value: bytes, revision: int) -> int: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def keys(self) -> Sequence[str]: ...
+
+
+class Bus(Protocol):
+    """Publishes to a stream with a deduplication id."""
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
+                      headers: dict[str, str] | None = None) -> None: ...

@@ -1,0 +1,174 @@
+"""Wires a process: broker (embedded or external), streams, consumers for the
+agents and tools it serves, the deadline sweeper, and optionally the HTTP API.
+
+``agentstream up``, ``agentstream worker`` and ``agentstream demo`` are all this
+class with different roles; there is no second code path for the demo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from agentstream.contracts import subjects
+from agentstream.handlers.agent import inbox_handler, task_handler
+from agentstream.handlers.tools import tool_handler
+from agentstream.runtime import nats_adapters
+from agentstream.runtime.app import App, load_app
+from agentstream.runtime.config import Settings
+from agentstream.runtime.consumer import ConsumerSettings, PullConsumer
+from agentstream.runtime.embedded import EmbeddedNats
+from agentstream.runtime.engine import AgentEngine
+from agentstream.runtime.errors import ConfigError
+from agentstream.runtime.ports import LLM
+from agentstream.runtime.toolrunner import ToolRunner
+
+log = logging.getLogger("agentstream.service")
+
+
+def select_model(app: App, agent: str, settings: Settings) -> LLM:
+    """A real OpenAI-compatible model when AGENTSTREAM_MODEL is set, else the
+    agent's scripted model."""
+    if settings.model:
+        from agentstream.runtime.openai_llm import OpenAIChatModel
+
+        llm = OpenAIChatModel.from_env(os.environ)
+        assert llm is not None
+        return llm
+    spec = app.get_agent(agent)
+    if spec.scripted is None:
+        raise ConfigError(f"agent {agent!r} has no scripted model; set AGENTSTREAM_MODEL and OPENAI_BASE_URL")
+    return spec.scripted()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    app: App
+    agents: Sequence[str] = ()
+    tools: str | None = None
+    embedded_dir: str | None = None
+    models: dict[str, LLM] = field(default_factory=dict)
+
+    nc: NatsClient | None = None
+    js: JetStreamContext | None = None
+    broker: EmbeddedNats | None = None
+    engines: dict[str, AgentEngine] = field(default_factory=dict)
+    runners: list[ToolRunner] = field(default_factory=list)
+    consumers: list[PullConsumer] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, agents: Sequence[str] = (), tools: str | None = None,
+                      models: dict[str, LLM] | None = None) -> Runtime:
+        return cls(settings=settings, app=load_app(settings.app), agents=list(agents), tools=tools,
+                   models=dict(models or {}))
+
+    @property
+    def url(self) -> str:
+        if self.settings.nats_url:
+            return self.settings.nats_url
+        assert self.broker is not None
+        return self.broker.url
+
+    async def start(self) -> None:
+        s = self.settings
+        for a in self.agents:
+            self.app.get_agent(a)  # fail fast on an unknown agent
+        tools = self.app.select_tools(self.tools) if self.tools is not None else {}
+        if s.nats_url is None:
+            self.broker = EmbeddedNats(store_dir=self.embedded_dir or s.data_dir / "nats")
+            await self.broker.astart()
+        self.nc = await nats_adapters.connect(self.url, name=f"agentstream-{s.worker_id}")
+        self.js = self.nc.jetstream()
+        await nats_adapters.provision(self.js, replicas=s.replicas)
+        bus = nats_adapters.NatsBus(self.js)
+        sessions = await nats_adapters.bucket(self.js, subjects.SESSIONS.name)
+        conversations = await nats_adapters.bucket(self.js, subjects.CONVERSATIONS.name)
+        deadlines = await nats_adapters.bucket(self.js, subjects.DEADLINES.name)
+
+        for name in self.agents:
+            agent = self.app.get_agent(name)
+            llm = self.models.get(name) or select_model(self.app, name, s)
+            engine = AgentEngine(agent.spec, llm, sessions=sessions, conversations=conversations,
+                                 deadlines=deadlines, bus=bus, worker=s.worker_id)
+            self.engines[name] = engine
+            self._consumer("TASKS", subjects.agent_durable(name, "tasks"), subjects.tasks(name),
+                           task_handler(engine))
+            self._consumer("EVENTS", subjects.agent_durable(name, "events"), subjects.events(name, "*"),
+                           inbox_handler(engine))
+        if tools:
+            runner = ToolRunner(tools, bus, worker=s.worker_id)
+            self.runners.append(runner)
+            for tname in tools:
+                self._consumer("TOOLS", subjects.tool_durable(tname), subjects.tool_calls(tname),
+                               tool_handler(runner))
+        for c in self.consumers:
+            self._tasks.append(asyncio.create_task(c.run(self.stop_event, s.shutdown_timeout_s)))
+        for name, engine in self.engines.items():
+            self._tasks.append(asyncio.create_task(self._sweep(name, engine, deadlines)))
+        await asyncio.wait_for(asyncio.gather(*(c.started.wait() for c in self.consumers)), timeout=30)
+
+    def _consumer(self, stream: str, durable: str, subject: str, handler: object) -> None:
+        s = self.settings
+        assert self.js is not None
+        cs = ConsumerSettings(stream=stream, durable=durable, filter_subject=subject,
+                              max_in_flight=s.max_in_flight, batch=min(s.max_in_flight, 64),
+                              ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver,
+                              max_bytes=s.max_event_bytes)
+        self.consumers.append(PullConsumer(self.js, cs, handler, worker=s.worker_id))  # type: ignore[arg-type]
+
+    async def _sweep(self, agent: str, engine: AgentEngine, deadlines: nats_adapters.NatsKV) -> None:
+        """Fail tasks whose deadline passed while nothing arrived for them (a tool
+        worker down, say). Every replica sweeps; compare-and-set makes the
+        failure happen once."""
+        import time
+
+        while not self.stop_event.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.sweep_interval_s)
+            if self.stop_event.is_set():
+                return
+            try:
+                keys = await deadlines.keys()
+                now = time.time()
+                for key in keys:
+                    a, _, task_id = key.partition(".")
+                    if a != agent:
+                        continue
+                    entry = await deadlines.get(key)
+                    if entry is not None and float(entry.value) <= now:
+                        await engine.on_deadline(task_id)
+            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive a broker hiccup
+                log.warning("deadline sweep failed: %s", exc)
+
+    async def stop(self) -> None:
+        """Graceful: stop fetching, let in-flight steps finish (bounded), leave
+        the rest unacked for redelivery, then drain and stop the broker."""
+        self.stop_event.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.settings.shutdown_timeout_s + 5)
+        for llm in self.models.values():
+            close = getattr(llm, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+        for engine in self.engines.values():
+            close = getattr(engine.llm, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), timeout=5)
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+            self.broker = None

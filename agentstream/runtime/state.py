@@ -1,0 +1,165 @@
+"""Session state and the commands the core emits. Stored as JSON in KV
+``agent_sessions`` (readable with any NATS client), one key a task."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+from agentstream.contracts.events import (
+    Message,
+    ModelResponse,
+    ModelTurnCompleted,
+    TaskCompleted,
+    TaskFailed,
+    TaskSubmitted,
+    ToolCallCompleted,
+    ToolCallDispatched,
+    ToolCallRequested,
+    ToolError,
+    Usage,
+)
+
+Status = Literal["awaiting_model", "awaiting_tools", "completed", "failed"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+
+
+class PendingCall(msgspec.Struct, frozen=True, kw_only=True):
+    call_id: str
+    tool: str
+
+
+class CallResult(msgspec.Struct, frozen=True, kw_only=True):
+    call_id: str
+    tool: str
+    ok: bool
+    content: str  # what the model sees, JSON text
+
+
+# ----------------------------------------------------------------- commands
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="cmd"):
+    pass
+
+
+class CallModel(Command, frozen=True, tag="call_model"):
+    step: int
+
+
+class PublishToolCall(Command, frozen=True, tag="publish_tool_call"):
+    request: ToolCallRequested
+
+
+class PublishProgress(Command, frozen=True, tag="publish_progress"):
+    event: Union[ModelTurnCompleted, ToolCallDispatched]
+
+
+class PublishResult(Command, frozen=True, tag="publish_result"):
+    result: Union[TaskCompleted, TaskFailed]
+
+
+class SetDeadline(Command, frozen=True, tag="set_deadline"):
+    deadline_at: float
+
+
+class ClearDeadline(Command, frozen=True, tag="clear_deadline"):
+    pass
+
+
+class RecordTurn(Command, frozen=True, tag="record_turn"):
+    """Append (input, output) to the conversation history."""
+
+    conversation_key: str
+    task_id: str
+    user: str
+    assistant: str
+
+
+AnyCommand = Union[CallModel, PublishToolCall, PublishProgress, PublishResult, SetDeadline,
+                   ClearDeadline, RecordTurn]
+
+
+# ----------------------------------------------------------------- inputs (internal)
+
+
+class ModelResponded(msgspec.Struct, frozen=True, kw_only=True):
+    step: int
+    response: ModelResponse
+    started_at: float
+    finished_at: float
+
+
+class ModelFailed(msgspec.Struct, frozen=True, kw_only=True):
+    step: int
+    message: str
+
+
+class DeadlineReached(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+Input = Union[TaskSubmitted, ToolCallCompleted, ModelResponded, ModelFailed, DeadlineReached]
+
+
+# ----------------------------------------------------------------- state
+
+
+class SessionState(msgspec.Struct, frozen=True, kw_only=True):
+    task: TaskSubmitted
+    agent_version: str
+    status: Status
+    step: int
+    messages: tuple[Message, ...]
+    pending: tuple[PendingCall, ...] = ()
+    results: tuple[CallResult, ...] = ()
+    usage: Usage = Usage()
+    tool_calls_total: int = 0
+    started_at: float
+    updated_at: float
+    deadline_at: float
+    max_steps: int
+    outbox: tuple[AnyCommand, ...] = ()
+    outcome: Union[TaskCompleted, TaskFailed, None] = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class Turn(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    user: str
+    assistant: str
+
+
+class Conversation(msgspec.Struct, frozen=True, kw_only=True):
+    turns: tuple[Turn, ...] = ()
+
+
+_state_enc = msgspec.json.Encoder()
+_state_dec = msgspec.json.Decoder(SessionState)
+_conv_dec = msgspec.json.Decoder(Conversation)
+
+
+def encode_state(state: SessionState | Conversation) -> bytes:
+    return _state_enc.encode(state)
+
+
+def decode_state(raw: bytes) -> SessionState:
+    return _state_dec.decode(raw)
+
+
+def decode_conversation(raw: bytes) -> Conversation:
+    return _conv_dec.decode(raw)
+
+
+def tool_error_content(error: ToolError) -> str:
+    return _state_enc.encode({"error": msgspec.to_builtins(error)}).decode()
+
+
+def tool_ok_content(result: Any) -> str:
+    if isinstance(result, str):
+        return result
+    return _state_enc.encode(result).decode()
