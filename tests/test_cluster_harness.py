@@ -10,9 +10,8 @@ from collections.abc import Iterator
 import nats
 import nats.errors
 import pytest
+from cluster import NatsCluster  # tests/ is on sys.path (pytest rootdir-less "prepend" import mode)
 from nats.js import JetStreamContext, api
-
-from tests.cluster import NatsCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -34,7 +33,7 @@ async def _publish(js: JetStreamContext, i: int, deadline: float) -> api.PubAck:
         try:
             return await js.publish(SUBJECT, f"m{i}".encode(), stream=STREAM, timeout=2.0,
                                     headers={"Nats-Msg-Id": f"m{i}"})
-        except (nats.errors.Error, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.Error):
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.05)

@@ -152,8 +152,11 @@ def support_script(request: ModelRequest) -> ModelResponse:
         return answer("I can help with orders, shipping, refunds, your account and our opening hours. "
                       "What do you need?")
     data = {m.name: _json(m.content) for m in results}
-    if "error" in json.dumps(data) and all("error" in str(v) for v in data.values()):
-        return answer(f"Sorry, I could not look that up: {results[0].content}")
+    errors = [v["error"] for v in data.values() if isinstance(v, dict) and isinstance(v.get("error"), dict)]
+    if errors and len(errors) == len(data):
+        first = errors[0]
+        hint = f" ({first['hint']})" if first.get("hint") else ""
+        return answer(f"Sorry, I could not look that up: {first.get('message', 'the tool failed')}{hint}.")
     if "refund_eligibility" in data:
         r, s = data["refund_eligibility"], data.get("shipping_status", {})
         if r.get("eligible"):

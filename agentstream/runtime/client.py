@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 
 import nats.errors
+import nats.js.errors as jse
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -31,6 +32,9 @@ class AgentClient:
     def __init__(self, nc: NatsClient) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        # task id -> agent, for tasks submitted here: lets result() read the
+        # exact result subject directly.
+        self._agents: dict[str, str] = {}
 
     @classmethod
     async def connect(cls, url: str, *, provision: bool = True) -> AgentClient:
@@ -68,20 +72,49 @@ class AgentClient:
         # The task id doubles as the dedupe id: a retried submit is one task.
         await self.js.publish(subjects.tasks(agent), codec.encode(task), headers={"Nats-Msg-Id": task_id},
                               timeout=10)
+        if len(self._agents) < 100_000:
+            self._agents[task_id] = agent
         return task_id
 
-    async def result(self, task_id: str, timeout: float = 60.0) -> TaskResult:
-        """The task's result, whether it arrived before or after this call."""
-        sub = await self.js.subscribe(subjects.any_results(task_id), ordered_consumer=True,
-                                      deliver_policy=DeliverPolicy.ALL)
+    async def result(self, task_id: str, timeout: float = 60.0, *, agent: str | None = None) -> TaskResult:
+        """The task's result, whether it arrived before or after this call.
+
+        A plain subscription catches a result published from now on; a direct
+        get reads one already stored. No JetStream consumer is created, so a
+        client awaiting thousands of results costs the server nothing lasting.
+        """
+        sub = await self.nc.subscribe(subjects.any_results(task_id))
         try:
-            msg = await sub.next_msg(timeout=timeout)
-        except nats.errors.TimeoutError:
-            raise ResultTimeout(f"no result for task {task_id} within {timeout:g}s") from None
+            stored = await self._stored_result(task_id, agent or self._agents.get(task_id))
+            if stored is not None:
+                return codec.task_result.decode(stored)
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                raise ResultTimeout(f"no result for task {task_id} within {timeout:g}s") from None
+            return codec.task_result.decode(msg.data)
         finally:
+            self._agents.pop(task_id, None)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        return codec.task_result.decode(msg.data)
+
+    async def _stored_result(self, task_id: str, agent: str | None) -> bytes | None:
+        if agent is None:
+            try:
+                info = await self.js.stream_info("RESULTS", subjects_filter=subjects.any_results(task_id))
+            except jse.NotFoundError:
+                return None
+            found = list((info.state.subjects or {}).keys())
+            if not found:
+                return None
+            subject = found[0]
+        else:
+            subject = subjects.results(agent, task_id)
+        try:
+            raw = await self.js.get_last_msg("RESULTS", subject, direct=True)
+        except jse.NotFoundError:
+            return None
+        return raw.data
 
     async def _activity_count(self, task_id: str) -> int:
         try:

@@ -8,8 +8,10 @@ stored outbox, which JetStream deduplicates by ``Nats-Msg-Id``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import assert_never
 
@@ -19,7 +21,7 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ModelTurnCompleted, TaskSubmitted, ToolCallCompleted
 from agentstream.runtime import core
 from agentstream.runtime.errors import Conflict, ModelError
-from agentstream.runtime.ports import LLM, Bus, ModelRequest, SessionStore
+from agentstream.runtime.ports import LLM, Bus, Entry, ModelRequest, SessionStore
 from agentstream.runtime.spec import AgentSpec
 from agentstream.runtime.state import (
     AnyCommand,
@@ -61,6 +63,13 @@ class AgentEngine:
         self.model_attempts = model_attempts
         self.clock = clock
         self.model_calls = 0
+        # Per-task serialisation inside one process (parallel tool results of one
+        # task would otherwise race each other's compare-and-set), and the last
+        # state this process wrote, so the next step skips a read. Across
+        # replicas compare-and-set still decides; a stale cache costs one retry.
+        self._locks: dict[str, _RefLock] = {}
+        self._cache: OrderedDict[str, Entry] = OrderedDict()
+        self.cache_size = 4096
 
     # ------------------------------------------------------------ entry points
 
@@ -82,6 +91,19 @@ class AgentEngine:
     # ------------------------------------------------------------ the loop
 
     async def drive(self, task_id: str, event: Input, history: tuple[Turn, ...] = ()) -> None:
+        lock = self._locks.get(task_id)
+        if lock is None:
+            lock = self._locks[task_id] = _RefLock()
+        lock.refs += 1
+        try:
+            async with lock.lock:
+                await self._drive(task_id, event, history)
+        finally:
+            lock.refs -= 1
+            if lock.refs == 0:
+                self._locks.pop(task_id, None)
+
+    async def _drive(self, task_id: str, event: Input, history: tuple[Turn, ...]) -> None:
         next_input: Input | None = event
         while next_input is not None:
             decision = await self._apply(task_id, next_input, history)
@@ -94,7 +116,9 @@ class AgentEngine:
 
     async def _apply(self, task_id: str, event: Input, history: tuple[Turn, ...]) -> core.Decision:
         for _ in range(MAX_CAS_RETRIES):
-            entry = await self.sessions.get(task_id)
+            entry = self._cache.get(task_id)
+            if entry is None:
+                entry = await self.sessions.get(task_id)
             state = decode_state(entry.value) if entry is not None else None
             ctx = core.Context(spec=self.spec, now=self.clock(), history=history, worker=self.worker)
             decision = core.decide(state, event, ctx)
@@ -103,13 +127,24 @@ class AgentEngine:
             raw = encode_state(decision.state)
             try:
                 if entry is None:
-                    await self.sessions.create(task_id, raw)
+                    rev = await self.sessions.create(task_id, raw)
                 else:
-                    await self.sessions.update(task_id, raw, entry.revision)
+                    rev = await self.sessions.update(task_id, raw, entry.revision)
             except Conflict:
+                self._cache.pop(task_id, None)
                 continue  # another replica moved the session on: decide again on fresh state
+            if decision.state.terminal:
+                self._cache.pop(task_id, None)
+            else:
+                self._remember(task_id, Entry(raw, rev))
             return decision
         raise Conflict(f"session {task_id}: gave up after {MAX_CAS_RETRIES} compare-and-set conflicts")
+
+    def _remember(self, task_id: str, entry: Entry) -> None:
+        self._cache[task_id] = entry
+        self._cache.move_to_end(task_id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     async def _execute(self, task_id: str, state: SessionState | None, cmd: AnyCommand) -> Input | None:
         agent = self.spec.name
@@ -178,16 +213,21 @@ def _deadline_key(agent: str, task_id: str) -> str:
 
 
 async def _put(store: SessionStore, key: str, value: bytes) -> None:
-    entry = await store.get(key)
     try:
-        if entry is None:
-            await store.create(key, value)
+        await store.create(key, value)
     except Conflict:
-        pass
+        pass  # a replayed start: the deadline is already set
+
+
+class _RefLock:
+    __slots__ = ("lock", "refs")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.refs = 0
 
 
 async def _backoff(attempt: int) -> None:
-    import asyncio
     import random
 
     await asyncio.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))

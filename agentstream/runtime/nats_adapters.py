@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import nats.errors
@@ -98,7 +99,8 @@ async def provision(js: JetStreamContext, replicas: int = 1) -> None:
     for bd in subjects.BUCKETS:
         await js.create_key_value(KeyValueConfig(
             bucket=bd.name, description=bd.description, history=bd.history,
-            ttl=bd.max_age_s or None, replicas=replicas, storage=StorageType.FILE))
+            ttl=bd.max_age_s or None, replicas=replicas, storage=StorageType.FILE,
+            direct=True))  # direct gets skip the JSON API: ~36% of handler time otherwise
 
 
 async def bucket(js: JetStreamContext, name: str) -> NatsKV:
@@ -114,10 +116,33 @@ async def connect(url: str, *, name: str = "agentstream", connect_timeout: float
     async def _quiet(_: Exception) -> None:
         return None
 
+    if not await _any_reachable(servers, connect_timeout):
+        raise BrokerUnavailable(f"cannot reach NATS at {url}: connection refused or timed out")
     try:
-        return await nats.connect(
+        # nats-py keeps retrying the first connect while reconnects are allowed;
+        # bound it so an unreachable broker is an error, not a hang.
+        return await asyncio.wait_for(nats.connect(
             servers=servers, name=name, connect_timeout=connect_timeout,
             allow_reconnect=reconnect, max_reconnect_attempts=-1 if reconnect else 0,
-            reconnect_time_wait=0.5, error_cb=_quiet)
+            reconnect_time_wait=0.5, error_cb=_quiet), timeout=connect_timeout * 2)
+    except asyncio.TimeoutError:
+        raise BrokerUnavailable(f"cannot reach NATS at {url} (no answer within {connect_timeout * 2:g}s)") from None
     except Exception as exc:  # nats-py raises several unrelated types here
         raise BrokerUnavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+
+
+async def _any_reachable(servers: list[str], timeout: float) -> bool:
+    """A TCP probe: refused connections fail in milliseconds instead of after
+    nats-py's retry loop."""
+    from urllib.parse import urlparse
+
+    for server in servers:
+        parsed = urlparse(server if "://" in server else f"nats://{server}")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222), timeout=timeout)
+        except (OSError, asyncio.TimeoutError):
+            continue
+        writer.close()
+        return True
+    return False

@@ -48,6 +48,17 @@ def select_model(app: App, agent: str, settings: Settings) -> LLM:
     return spec.scripted()
 
 
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -55,6 +66,7 @@ class Runtime:
     agents: Sequence[str] = ()
     tools: str | None = None
     embedded_dir: str | None = None
+    embedded_port: int | None = None
     models: dict[str, LLM] = field(default_factory=dict)
 
     nc: NatsClient | None = None
@@ -85,7 +97,11 @@ class Runtime:
             self.app.get_agent(a)  # fail fast on an unknown agent
         tools = self.app.select_tools(self.tools) if self.tools is not None else {}
         if s.nats_url is None:
-            self.broker = EmbeddedNats(store_dir=self.embedded_dir or s.data_dir / "nats")
+            port = self.embedded_port or None
+            if port is not None and not _port_free(port):
+                log.warning("port %d is taken; the embedded broker uses a free port instead", port)
+                port = None
+            self.broker = EmbeddedNats(store_dir=self.embedded_dir or s.data_dir / "nats", port=port)
             await self.broker.astart()
         self.nc = await nats_adapters.connect(self.url, name=f"agentstream-{s.worker_id}")
         self.js = self.nc.jetstream()

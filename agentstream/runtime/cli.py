@@ -1,0 +1,339 @@
+"""``agentstream``: demo, up, worker, submit, watch, result, timeline, asyncapi.
+
+User errors (bad arguments, an unreachable broker, bad configuration) print one
+line and exit non-zero; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import msgspec
+
+from agentstream.contracts import codec
+from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult
+from agentstream.runtime.config import Settings
+from agentstream.runtime.errors import AgentstreamError
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"agentstream: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _nats_url(settings: Settings) -> str:
+    """AGENTSTREAM_NATS_URL, else the broker a local `agentstream up` started."""
+    if settings.nats_url:
+        return settings.nats_url
+    url_file = settings.data_dir / "nats.url"
+    if url_file.is_file():
+        return url_file.read_text().strip()
+    return "nats://127.0.0.1:4222"
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=getattr(logging, settings.log_level, logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# ----------------------------------------------------------------- output
+
+
+def _result_line(res: TaskResult) -> str:
+    if isinstance(res, TaskCompleted):
+        return res.output
+    return f"FAILED ({res.reason}): {res.message}"
+
+
+def _event_line(ev: TaskEvent) -> str:
+    name = type(ev).__name__
+    body = msgspec.json.encode(ev).decode()
+    return f"{time.strftime('%H:%M:%S')} {name:<20} {body}"
+
+
+# ----------------------------------------------------------------- commands
+
+
+async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.service import Runtime
+    from agentstream.runtime.timeline import render
+
+    with tempfile.TemporaryDirectory(prefix="agentstream-demo-") as tmp:
+        settings = dataclasses.replace(settings, data_dir=Path(tmp))
+        rt = Runtime.from_settings(settings, agents=[args.agent], tools="all")
+        print("agentstream demo")
+        print(f"  broker : {'external ' + settings.nats_url if settings.nats_url else 'embedded nats-server (JetStream, temp dir)'}")
+        await rt.start()
+        engine = rt.engines[args.agent]
+        if settings.model:
+            print(f"  model  : {engine.llm.name} at {os.environ.get('OPENAI_BASE_URL', 'https://api.openai.com/v1')}")
+        else:
+            print(f"  model  : scripted ({engine.llm.name}); no model configured: set AGENTSTREAM_MODEL, "
+                  "OPENAI_BASE_URL and OPENAI_API_KEY to use a real one")
+        print(f"  agent  : {args.agent} with {len(engine.spec.tools)} tools: "
+              + ", ".join(t.name for t in engine.spec.tools))
+        print(f"  workers: 1 agent consumer, {len(rt.app.tools)} tool consumers (in this process)\n")
+        samples = rt.app.samples.get(args.agent) or ["Hello"]
+        failures = 0
+        try:
+            async with await AgentClient.connect(rt.url) as client:
+                # Submitted together: the agent and tool workers run them concurrently.
+                ids = [await client.submit(args.agent, q, user_id="demo-user", conversation_id=f"demo-{i}")
+                       for i, q in enumerate(samples)]
+                # A follow-up that continues the first conversation.
+                first = await client.result(ids[0], timeout=args.timeout)
+                follow = await client.submit(args.agent, "And can I get a refund for it?", user_id="demo-user",
+                                             conversation_id="demo-0")
+                pairs = list(zip([*samples, "And can I get a refund for it? (same conversation as task 1)"],
+                                 [*ids, follow]))
+                for n, (question, task_id) in enumerate(pairs, 1):
+                    res = first if task_id == ids[0] else await client.result(task_id, timeout=args.timeout)
+                    events = [ev async for ev in client.events(task_id, timeout=args.timeout)]
+                    print(f"[{n}/{len(pairs)}] {question}")
+                    print(f"      -> {_result_line(res)}")
+                    print("      " + render(events).replace("\n", "\n      "))
+                    print()
+                    failures += isinstance(res, TaskFailed)
+        finally:
+            await rt.stop()
+        print(f"{len(pairs) - failures} of {len(pairs)} tasks completed; parallel tool calls are marked '||'.")
+        return 0
+
+
+async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.http_api import HttpServer, create_app
+    from agentstream.runtime.service import Runtime
+
+    run_workers = os.environ.get("AGENTSTREAM_RUN_WORKERS", "1") not in ("0", "false", "no")
+    agents = (args.agent or list_agents(settings)) if run_workers else []
+    tools = args.tools if run_workers else None
+    rt = Runtime.from_settings(settings, agents=agents, tools=tools)
+    if settings.nats_url is None:
+        rt.embedded_port = args.nats_port
+    await rt.start()
+    url_file = settings.data_dir / "nats.url"
+    if settings.nats_url is None:
+        url_file.parent.mkdir(parents=True, exist_ok=True)
+        url_file.write_text(rt.url + "\n")
+    client = await AgentClient.connect(rt.url)
+    server = HttpServer(create_app(client))
+    await server.start(settings.http_host, settings.http_port)
+    print(f"agentstream up: NATS {rt.url}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
+          f"tools: {tools or '-'}. Ctrl-C or SIGTERM stops gracefully.", flush=True)
+    await _wait_for_signal()
+    print("agentstream: shutting down (finishing in-flight steps)...", file=sys.stderr, flush=True)
+    await server.stop()
+    await client.close()
+    await rt.stop()
+    with contextlib.suppress(OSError):
+        if settings.nats_url is None:
+            url_file.unlink()
+    return 0
+
+
+def list_agents(settings: Settings) -> list[str]:
+    from agentstream.runtime.app import load_app
+
+    return sorted(load_app(settings.app).agents)
+
+
+async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.service import Runtime
+
+    if not args.agent and args.tools is None:
+        raise AgentstreamError("say what to run: --agent NAME (repeatable) and/or --tools all|name,name")
+    settings = dataclasses.replace(settings, nats_url=_nats_url(settings))
+    rt = Runtime.from_settings(settings, agents=args.agent or [], tools=args.tools)
+    await rt.start()
+    print(f"agentstream worker {settings.worker_id}: agents={','.join(args.agent or []) or '-'} "
+          f"tools={args.tools or '-'} on {rt.url}", flush=True)
+    await _wait_for_signal()
+    await rt.stop()
+    return 0
+
+
+async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.client import AgentClient
+
+    meta = {}
+    for kv in args.meta or []:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise AgentstreamError(f"--meta {kv!r}: expected KEY=VALUE")
+        meta[k] = v
+    async with await AgentClient.connect(_nats_url(settings)) as client:
+        try:
+            task_id = await client.submit(args.agent, args.input, task_id=args.task_id, tenant_id=args.tenant,
+                                          user_id=args.user, conversation_id=args.conversation, metadata=meta,
+                                          max_steps=args.max_steps, deadline_s=args.deadline)
+        except ValueError as exc:
+            raise AgentstreamError(str(exc)) from None
+        print(task_id, flush=True)
+        if not args.wait:
+            return 0
+        res = await client.result(task_id, timeout=args.timeout)
+        print(codec.encode(res).decode() if args.json else _result_line(res))
+        return 0 if isinstance(res, TaskCompleted) else EXIT_FAILED
+
+
+async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.client import AgentClient
+
+    async with await AgentClient.connect(_nats_url(settings)) as client:
+        res = await client.result(args.task_id, timeout=args.wait)
+        print(codec.encode(res).decode() if args.json else _result_line(res))
+        return 0 if isinstance(res, TaskCompleted) else EXIT_FAILED
+
+
+async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.client import AgentClient
+
+    async with await AgentClient.connect(_nats_url(settings)) as client:
+        code = 0
+        async for ev in client.events(args.task_id, timeout=args.timeout):
+            print(_event_line(ev), flush=True)
+            if isinstance(ev, TaskFailed):
+                code = EXIT_FAILED
+        return code
+
+
+async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.timeline import render
+
+    async with await AgentClient.connect(_nats_url(settings)) as client:
+        events = [ev async for ev in client.events(args.task_id, timeout=args.timeout)]
+        print(render(events))
+        return 0
+
+
+async def cmd_asyncapi(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.handlers.protocol import asyncapi_json
+
+    text = asyncapi_json()
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+async def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.contracts.schema import json_schema
+
+    text = msgspec.json.format(msgspec.json.encode(json_schema()), indent=2).decode()
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+# ----------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="agentstream", description="Event-driven LLM agents on NATS JetStream.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="run the sample support desk end to end on an embedded broker")
+    d.add_argument("--agent", default="support")
+    d.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each result")
+    d.set_defaults(fn=cmd_demo)
+
+    u = sub.add_parser("up", help="run the runtime as a service: broker, workers, HTTP API")
+    u.add_argument("--agent", action="append", help="agents to serve (default: all in the app)")
+    u.add_argument("--tools", default="all", help="tools to serve: all, or name,name")
+    u.add_argument("--nats-port", type=int, default=4222, help="embedded broker port (0: any free port)")
+    u.set_defaults(fn=cmd_up)
+
+    w = sub.add_parser("worker", help="run one replica: an agent consumer and/or tool consumers")
+    w.add_argument("--agent", action="append", help="agent to serve (repeatable)")
+    w.add_argument("--tools", help="tools to serve: all, or name,name")
+    w.set_defaults(fn=cmd_worker)
+
+    s = sub.add_parser("submit", help="submit a task; prints its id (and result with --wait)")
+    s.add_argument("agent")
+    s.add_argument("input")
+    s.add_argument("--wait", action="store_true", help="wait for and print the result")
+    s.add_argument("--timeout", type=float, default=120.0)
+    s.add_argument("--json", action="store_true", help="print the result event as JSON")
+    s.add_argument("--task-id")
+    s.add_argument("--tenant", default="default")
+    s.add_argument("--user", default="anonymous")
+    s.add_argument("--conversation", default="")
+    s.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--deadline", type=float, help="seconds")
+    s.set_defaults(fn=cmd_submit)
+
+    r = sub.add_parser("result", help="print a task's result")
+    r.add_argument("task_id")
+    r.add_argument("--wait", type=float, default=5.0)
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(fn=cmd_result)
+
+    wa = sub.add_parser("watch", help="stream a task's events as they happen, until its result")
+    wa.add_argument("task_id")
+    wa.add_argument("--timeout", type=float, default=None)
+    wa.set_defaults(fn=cmd_watch)
+
+    t = sub.add_parser("timeline", help="draw a task's timeline: model turns and parallel tool calls")
+    t.add_argument("task_id")
+    t.add_argument("--timeout", type=float, default=10.0)
+    t.set_defaults(fn=cmd_timeline)
+
+    a = sub.add_parser("asyncapi", help="export the AsyncAPI document of the protocol")
+    a.add_argument("--out")
+    a.set_defaults(fn=cmd_asyncapi)
+
+    sc = sub.add_parser("schema", help="export the JSON Schema of every event")
+    sc.add_argument("--out")
+    sc.set_defaults(fn=cmd_schema)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        _setup_logging(settings)
+        code: int = asyncio.run(args.fn(args, settings))
+    except AgentstreamError as exc:
+        sys.stderr.write(f"agentstream: error: {exc}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

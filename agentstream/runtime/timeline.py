@@ -1,0 +1,98 @@
+"""Draws a task's timeline in the terminal: model turns and tool calls on one
+time axis, so parallel tool calls are visibly side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agentstream.contracts.events import (
+    ModelTurnCompleted,
+    TaskCompleted,
+    TaskEvent,
+    TaskFailed,
+    ToolCallCompleted,
+)
+
+WIDTH = 40
+
+
+class Span:
+    __slots__ = ("label", "start", "end", "note", "group", "failed")
+
+    def __init__(self, label: str, start: float, end: float, note: str = "", group: int = 0,
+                 failed: bool = False) -> None:
+        self.label, self.start, self.end, self.note, self.group, self.failed = label, start, end, note, group, failed
+
+
+def overlapping(spans: Sequence[Span]) -> list[list[Span]]:
+    """Groups of spans whose intervals overlap (connected components)."""
+    ordered = sorted(spans, key=lambda s: s.start)
+    groups: list[list[Span]] = []
+    end = float("-inf")
+    for s in ordered:
+        if groups and s.start < end:
+            groups[-1].append(s)
+            end = max(end, s.end)
+        else:
+            groups.append([s])
+            end = s.end
+    return groups
+
+
+def spans_of(events: Sequence[TaskEvent]) -> tuple[list[Span], TaskCompleted | TaskFailed | None]:
+    spans: list[Span] = []
+    result: TaskCompleted | TaskFailed | None = None
+    for ev in events:
+        if isinstance(ev, ModelTurnCompleted):
+            u = ev.usage
+            what = ("-> " + ", ".join(ev.tool_calls)) if ev.tool_calls else "-> answer"
+            spans.append(Span(f"model turn {ev.step}", ev.started_at, ev.finished_at,
+                              f"{u.input_tokens}/{u.output_tokens} tok {what}", ev.step))
+        elif isinstance(ev, ToolCallCompleted):
+            note = "" if ev.ok else f"FAILED {ev.error.kind if ev.error else ''}".strip()
+            spans.append(Span(f"  {ev.tool}", ev.started_at, ev.finished_at, note, ev.step, failed=not ev.ok))
+        elif isinstance(ev, (TaskCompleted, TaskFailed)):
+            result = ev
+    return spans, result
+
+
+def render(events: Sequence[TaskEvent], width: int = WIDTH) -> str:
+    spans, result = spans_of(events)
+    if result is None and not spans:
+        return "(no events)"
+    t0 = result.started_at if result is not None else min(s.start for s in spans)
+    t1 = result.finished_at if result is not None else max(s.end for s in spans)
+    if spans:
+        t0 = min(t0, *(s.start for s in spans))
+        t1 = max(t1, *(s.end for s in spans))
+    total = max(t1 - t0, 1e-6)
+    lines: list[str] = []
+    if result is not None:
+        status = "completed" if isinstance(result, TaskCompleted) else f"FAILED ({result.reason})"
+        u = result.usage
+        lines.append(f"task {result.task_id} [{result.agent} {result.agent_version}] {status} in "
+                     f"{(result.finished_at - result.started_at) * 1000:.0f} ms: {result.steps} model turns, "
+                     f"{result.tool_calls} tool calls, {u.input_tokens} in / {u.output_tokens} out tokens")
+    label_w = max([len(s.label) for s in spans] + [12])
+    lines.append(f"{'':{label_w}}  0 ms{'':{width - 10}}{total * 1000:>6.0f} ms")
+    # Tool calls of one turn that overlapped in time get a bracket and a note.
+    parallel: dict[int, int] = {}
+    for step in {s.group for s in spans}:
+        tools = [s for s in spans if s.group == step and s.label.startswith("  ")]
+        for grp in overlapping(tools):
+            if len(grp) > 1:
+                for s in grp:
+                    parallel[id(s)] = len(grp)
+    ordered = sorted(spans, key=lambda s: (s.group, not s.label.startswith("model"), s.start))
+    for s in ordered:
+        a = int((s.start - t0) / total * width)
+        b = max(a + 1, int(round((s.end - t0) / total * width)))
+        bar = " " * a + ("x" if s.failed else "#") * (b - a) + " " * (width - b)
+        dur = (s.end - s.start) * 1000
+        note = s.note
+        if id(s) in parallel:
+            note = (note + " " if note else "") + f"|| overlapped with {parallel[id(s)] - 1} other call(s)"
+        lines.append(f"{s.label:<{label_w}} |{bar[:width]}| {dur:7.1f} ms  {note}".rstrip())
+    if isinstance(result, TaskFailed):
+        lines.append(f"reason: {result.message}")
+    return "\n".join(lines)

@@ -1,0 +1,891 @@
+#!/usr/bin/env python
+"""W1: one task = a model turn asking for 3 tools at once, 3 no-op tools run in
+parallel, a second model turn that answers. Zero-latency scripted model.
+
+Measures the agentstream runtime (in process, against one embedded
+nats-server) and the FLOOR: the same durable work per task done with bare
+nats-py, no framework. Both in two modes: sequential (1 in flight) and N in
+flight (default 32). See bench/README.md for how to read the figures.
+
+    python bench/w1.py [--tasks 1000] [--seq-tasks 200] [--inflight 32] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import dataclasses
+import io
+import json
+import logging
+import os
+import platform
+import pstats
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from agentstream.contracts import codec, subjects
+from agentstream.contracts.events import TaskCompleted
+from agentstream.runtime.app import App
+from agentstream.runtime.client import AgentClient
+from agentstream.runtime.config import Settings
+from agentstream.runtime.embedded import EmbeddedNats, find_nats_server
+from agentstream.runtime.errors import Conflict
+from agentstream.runtime.models import FunctionModel, answer, calls, tool_results
+from agentstream.runtime.ports import ModelRequest
+from agentstream.runtime.service import Runtime
+from agentstream.runtime.tools import tool
+
+AGENT = "w1"
+MODEL_STEPS_PER_TASK = 2
+TOOLS_PER_TASK = 3
+
+
+def say(line: str) -> None:
+    print(f"[w1 {time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+# ============================================================== the W1 app
+
+
+@tool
+async def noop_a(n: int) -> dict[str, object]:
+    """No-op tool A: returns at once.
+
+    Args:
+        n: Any number; echoed back.
+    """
+    return {"tool": "a", "n": n}
+
+
+@tool
+async def noop_b(n: int) -> dict[str, object]:
+    """No-op tool B: returns at once.
+
+    Args:
+        n: Any number; echoed back.
+    """
+    return {"tool": "b", "n": n}
+
+
+@tool
+async def noop_c(n: int) -> dict[str, object]:
+    """No-op tool C: returns at once.
+
+    Args:
+        n: Any number; echoed back.
+    """
+    return {"tool": "c", "n": n}
+
+
+def w1_script(request: ModelRequest) -> Any:
+    """Turn 1: ask for all three tools at once. Turn 2 (results in): answer."""
+    if tool_results(request):
+        return answer("done: a, b and c ran")
+    return calls(("noop_a", {"n": 1}), ("noop_b", {"n": 2}), ("noop_c", {"n": 3}))
+
+
+def build_app() -> App:
+    app = App()
+    app.agent(AGENT, "Call noop_a, noop_b and noop_c at once, then answer in one line.",
+              tools=[noop_a, noop_b, noop_c], scripted=lambda: FunctionModel(w1_script, name="w1-scripted"))
+    return app
+
+
+def task_inputs(n: int, seed: int) -> list[str]:
+    """Deterministic task inputs (fixed length, seeded)."""
+    rng = random.Random(seed)
+    words = ["order", "refund", "status", "ship", "invoice", "address", "phone", "return"]
+    return [f"w1 #{i:06d}: " + " ".join(rng.choice(words) for _ in range(8)) for i in range(n)]
+
+
+# ============================================================== measuring
+
+
+@dataclasses.dataclass
+class PhaseResult:
+    system: str
+    mode: str
+    inflight: int
+    tasks: int
+    failures: int
+    wall_s: float
+    latencies_ms: list[float]
+    py_cpu_s: float
+    server_cpu_s: float | None
+    ops: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.tasks / self.wall_s if self.wall_s > 0 else 0.0
+
+    def pct(self, p: float) -> float:
+        return percentile(self.latencies_ms, p)
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.latencies_ms
+        return {
+            "system": self.system, "mode": self.mode, "inflight": self.inflight, "tasks": self.tasks,
+            "failures": self.failures, "wall_s": round(self.wall_s, 4),
+            "tasks_per_s": round(self.tasks_per_s, 2),
+            "model_steps_per_s": round(self.tasks_per_s * MODEL_STEPS_PER_TASK, 2),
+            "latency_ms": {"p50": round(self.pct(50), 3), "p95": round(self.pct(95), 3),
+                           "p99": round(self.pct(99), 3), "mean": round(sum(lat) / len(lat), 3) if lat else None,
+                           "min": round(min(lat), 3) if lat else None, "max": round(max(lat), 3) if lat else None},
+            "py_cpu_ms_per_task": round(1000 * self.py_cpu_s / self.tasks, 4) if self.tasks else None,
+            "server_cpu_ms_per_task": (round(1000 * self.server_cpu_s / self.tasks, 4)
+                                       if self.server_cpu_s is not None and self.tasks else None),
+            "ops_per_task": {k: round(v / self.tasks, 3) for k, v in sorted(self.ops.items())} if self.ops else {},
+        }
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank-with-interpolation percentile (numpy's default 'linear')."""
+    if not values:
+        return float("nan")
+    xs = sorted(values)
+    k = (len(xs) - 1) * p / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """utime+stime of another process (the nats-server child), Linux only."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def drive(one_task: Callable[[int], Awaitable[float | None]], n: int, inflight: int
+                ) -> tuple[float, list[float], int]:
+    """Run ``n`` tasks with at most ``inflight`` at once; each coroutine returns
+    its latency in seconds (None = failed). Returns (wall s, latencies ms, failures)."""
+    sem = asyncio.Semaphore(inflight)
+    lat: list[float] = []
+    failures = 0
+
+    async def one(i: int) -> None:
+        nonlocal failures
+        async with sem:
+            try:
+                dt = await one_task(i)
+            except Exception as exc:  # noqa: BLE001 - count it, keep measuring
+                logging.getLogger("w1").warning("task %d failed: %s: %s", i, type(exc).__name__, exc)
+                dt = None
+            if dt is None:
+                failures += 1
+            else:
+                lat.append(dt * 1000.0)
+
+    t0 = time.perf_counter()
+    if inflight == 1:
+        for i in range(n):  # plainly sequential: submit, await result, next
+            await one(i)
+    else:
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return time.perf_counter() - t0, lat, failures
+
+
+async def measure(system: str, mode: str, one_task: Callable[[int], Awaitable[float | None]], n: int,
+                  inflight: int, server_pid: int | None, ops: Meter | None = None,
+                  profiler: cProfile.Profile | None = None) -> PhaseResult:
+    say(f"{system}: {mode}: {n} tasks, {inflight} in flight ...")
+    before_ops = Counter(ops.counts) if ops is not None else Counter()
+    cpu0 = time.process_time()
+    srv0 = proc_cpu_s(server_pid) if server_pid else None
+    if profiler is not None:
+        profiler.enable()
+    wall, lat, failures = await drive(one_task, n, inflight)
+    if profiler is not None:
+        profiler.disable()
+    cpu1 = time.process_time()
+    srv1 = proc_cpu_s(server_pid) if server_pid else None
+    delta = dict((ops.counts - before_ops)) if ops is not None else {}
+    res = PhaseResult(system=system, mode=mode, inflight=inflight, tasks=len(lat), failures=failures, wall_s=wall,
+                      latencies_ms=lat, py_cpu_s=cpu1 - cpu0,
+                      server_cpu_s=(srv1 - srv0) if srv0 is not None and srv1 is not None else None, ops=delta)
+    say(f"{system}: {mode}: {res.tasks_per_s:,.0f} tasks/s, p50 {res.pct(50):.2f} ms"
+        + (f", {failures} FAILED" if failures else ""))
+    return res
+
+
+# ============================================================== runtime side
+
+
+class Meter:
+    """Counts the runtime's KV and bus operations (and their payload bytes) by
+    wrapping the engine's ports after start. Measurement only; adds a Python
+    call per operation."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.nbytes: Counter[str] = Counter()
+
+    def add(self, kind: str, size: int | None = None) -> None:
+        self.counts[kind] += 1
+        if size is not None:
+            self.nbytes[kind] += size
+
+    def mean_bytes(self, kind: str) -> int:
+        c = self.counts.get(kind, 0)
+        return int(self.nbytes.get(kind, 0) / c) if c else 0
+
+
+class CountingStore:
+    def __init__(self, inner: Any, meter: Meter, name: str) -> None:
+        self.inner, self.meter, self.name = inner, meter, name
+
+    async def get(self, key: str) -> Any:
+        self.meter.add(f"kv.{self.name}.get")
+        return await self.inner.get(key)
+
+    async def create(self, key: str, value: bytes) -> int:
+        self.meter.add(f"kv.{self.name}.create", len(value))
+        try:
+            return await self.inner.create(key, value)
+        except Conflict:
+            self.meter.add(f"kv.{self.name}.conflict")
+            raise
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        self.meter.add(f"kv.{self.name}.update", len(value))
+        try:
+            return await self.inner.update(key, value, revision)
+        except Conflict:
+            self.meter.add(f"kv.{self.name}.conflict")
+            raise
+
+    async def put(self, key: str, value: bytes) -> int:
+        self.meter.add(f"kv.{self.name}.put", len(value))
+        return await self.inner.put(key, value)
+
+    async def delete(self, key: str) -> None:
+        self.meter.add(f"kv.{self.name}.delete")
+        await self.inner.delete(key)
+
+    async def keys(self) -> Sequence[str]:
+        self.meter.add(f"kv.{self.name}.keys")
+        return await self.inner.keys()
+
+
+def subject_kind(subject: str) -> str:
+    parts = subject.split(".")
+    if parts[0] == "tools":
+        return "tool_call"
+    if len(parts) >= 3 and parts[0] == "agents":
+        return {"events": "tool_result", "progress": "progress", "results": "result",
+                "tasks": "task"}.get(parts[2], parts[2])
+    return parts[0]
+
+
+class CountingBus:
+    def __init__(self, inner: Any, meter: Meter) -> None:
+        self.inner, self.meter = inner, meter
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
+                      headers: dict[str, str] | None = None) -> None:
+        self.meter.add(f"publish.{subject_kind(subject)}", len(payload))
+        await self.inner.publish(subject, payload, msg_id=msg_id, headers=headers)
+
+
+def instrument(rt: Runtime, meter: Meter) -> None:
+    for engine in rt.engines.values():
+        engine.sessions = CountingStore(engine.sessions, meter, "sessions")
+        engine.deadlines = CountingStore(engine.deadlines, meter, "deadlines")
+        engine.conversations = CountingStore(engine.conversations, meter, "conversations")
+        engine.bus = CountingBus(engine.bus, meter)
+    for runner in rt.runners:
+        runner.bus = CountingBus(runner.bus, meter)
+
+
+async def settle(js: JetStreamContext, wait: bool, timeout: float = 15.0) -> None:
+    """AgentClient.result leaves an ephemeral ordered consumer on RESULTS per
+    call, which the server removes only after it has been inactive for ~5 s,
+    and the server refuses more than ~1000 consumers. Let the previous phase's
+    consumers expire so each phase starts from zero."""
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = await js.stream_info("RESULTS")
+        if not info.state.consumer_count:
+            return
+        await asyncio.sleep(0.5)
+    say("runtime: RESULTS still has ephemeral consumers; measuring anyway")
+
+
+async def run_runtime(url: str, args: argparse.Namespace, inputs: list[str], server_pid: int | None,
+                      meter: Meter) -> tuple[list[PhaseResult], dict[str, int], str | None]:
+    settings = dataclasses.replace(Settings.from_env({}), nats_url=url,
+                                   data_dir=Path(tempfile.mkdtemp(prefix="w1-rt-")))
+    rt = Runtime(settings=settings, app=build_app(), agents=[AGENT], tools="all")
+    say("runtime: starting (agent w1 + tools noop_a, noop_b, noop_c, in process) ...")
+    await rt.start()
+    instrument(rt, meter)
+    client = await AgentClient.connect(url)
+    results: list[PhaseResult] = []
+    profile_text: str | None = None
+    # --results sub: one plain subscription to the RESULTS subjects (what the
+    # floor does) instead of AgentClient.result's ordered consumer per task.
+    waiting: dict[str, asyncio.Future[bytes]] = {}
+
+    async def on_result(msg: Msg) -> None:
+        fut = waiting.pop(msg.subject.rsplit(".", 1)[1], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.data)
+
+    rsub = await client.nc.subscribe(subjects.results(AGENT, "*"), cb=on_result) if args.results == "sub" else None
+
+    def one_task_factory(tag: str) -> Callable[[int], Awaitable[float | None]]:
+        async def one_task(i: int) -> float | None:
+            tid = f"w1-rt-{tag}-{i:06d}"
+            if rsub is not None:
+                fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                waiting[tid] = fut
+            t0 = time.perf_counter()
+            await client.submit(AGENT, inputs[i % len(inputs)], task_id=tid)
+            if rsub is None:
+                res: Any = await client.result(tid, timeout=60)
+            else:
+                res = codec.task_result.decode(await asyncio.wait_for(fut, timeout=60))
+            dt = time.perf_counter() - t0
+            if not isinstance(res, TaskCompleted) or res.steps != MODEL_STEPS_PER_TASK \
+                    or res.tool_calls != TOOLS_PER_TASK:
+                logging.getLogger("w1").warning("runtime task %s: unexpected result %r", tid, res)
+                return None
+            return dt
+        return one_task
+
+    try:
+        say(f"runtime: warm-up, {args.warmup} tasks (not measured) ...")
+        await drive(one_task_factory("warm"), args.warmup, min(args.inflight, args.warmup) or 1)
+        await settle(client.js, rsub is None)
+        results.append(await measure("runtime", "sequential", one_task_factory("seq"), args.seq_tasks, 1,
+                                     server_pid, meter))
+        await settle(client.js, rsub is None)
+        profiler = cProfile.Profile() if args.profile else None
+        results.append(await measure("runtime", f"{args.inflight} in flight", one_task_factory("par"), args.tasks,
+                                     args.inflight, server_pid, meter, profiler))
+        if profiler is not None:
+            profiler.dump_stats(args.profile)
+            buf = io.StringIO()
+            st = pstats.Stats(profiler, stream=buf).strip_dirs()
+            st.sort_stats("tottime").print_stats(25)
+            st.sort_stats("cumulative").print_stats(40)
+            profile_text = buf.getvalue()
+        # Payload sizes the floor should match, from what the runtime really wrote.
+        sizes = {k: meter.mean_bytes(k) for k in ("kv.sessions.create", "kv.sessions.update", "publish.tool_call",
+                                                 "publish.tool_result", "publish.progress", "publish.result")}
+        assert client.js is not None
+        task_msg = await client.js.get_msg("TASKS", subject=subjects.tasks(AGENT))
+        sizes["publish.task"] = len(task_msg.data or b"")
+    finally:
+        say("runtime: stopping ...")
+        if rsub is not None:
+            await rsub.unsubscribe()
+        await client.close()
+        await rt.stop()
+    return results, sizes, profile_text
+
+
+# ============================================================== the floor (bare nats-py)
+
+FLOOR = "FLOOR"
+FLOOR_BUCKET = "FLOOR_sessions"
+FLOOR_TOOLS = ("noop_a", "noop_b", "noop_c")
+
+
+class FTask(msgspec.Struct, kw_only=True):
+    task_id: str
+    agent: str
+    input: str
+    submitted_at: float
+    pad: str = ""
+
+
+class FCall(msgspec.Struct, kw_only=True):
+    task_id: str
+    step: int
+    call_id: str
+    tool: str
+    arguments: dict[str, int]
+    reply_subject: str
+    pad: str = ""
+
+
+class FToolResult(msgspec.Struct, kw_only=True):
+    task_id: str
+    step: int
+    call_id: str
+    tool: str
+    ok: bool
+    result: dict[str, object]
+    pad: str = ""
+
+
+class FProgress(msgspec.Struct, kw_only=True):
+    task_id: str
+    step: int
+    kind: str
+    pad: str = ""
+
+
+class FResult(msgspec.Struct, kw_only=True):
+    task_id: str
+    output: str
+    steps: int
+    tool_calls: int
+    pad: str = ""
+
+
+class FState(msgspec.Struct, kw_only=True):
+    task_id: str
+    status: str
+    step: int
+    calls: list[str] = []
+    results: list[str] = []
+    pad: str = ""
+
+
+class Padder:
+    """Pads each floor payload kind to the runtime's mean payload size for it,
+    so both systems move the same bytes."""
+
+    def __init__(self, targets: dict[str, int]) -> None:
+        self.targets = targets
+        self.pads: dict[str, str] = {}
+        self.enc = msgspec.json.Encoder()
+
+    def encode(self, kind: str, obj: msgspec.Struct) -> bytes:
+        pad = self.pads.get(kind)
+        if pad is None:
+            base = len(self.enc.encode(obj))
+            pad = "x" * max(0, self.targets.get(kind, 0) - base)
+            self.pads[kind] = pad
+        obj.pad = pad  # type: ignore[attr-defined]
+        return self.enc.encode(obj)
+
+
+async def provision_floor(js: JetStreamContext) -> None:
+    for sd in subjects.STREAMS:
+        if sd.name == "DEADLETTER":
+            continue
+        await js.add_stream(StreamConfig(
+            name=f"{FLOOR}_{sd.name}", subjects=[f"{FLOOR}.{s}" for s in sd.subjects],
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=sd.max_age_s, num_replicas=1,
+            duplicate_window=sd.duplicate_window_s, discard=DiscardPolicy.OLD, allow_direct=True))
+    await js.create_key_value(KeyValueConfig(bucket=FLOOR_BUCKET, history=subjects.SESSIONS.history,
+                                             ttl=subjects.SESSIONS.max_age_s, replicas=1,
+                                             storage=StorageType.FILE))
+
+
+async def pull_loop(js: JetStreamContext, stream: str, durable: str, subject: str,
+                    handler: Callable[[Msg], Awaitable[None]], stop: asyncio.Event, started: asyncio.Event,
+                    max_inflight: int = 64) -> None:
+    """Bare durable pull consumer: fetch a batch, handle each message in its own
+    task, ack when done. Same shape and limits as the runtime's, nothing else."""
+    cfg = ConsumerConfig(durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
+                         deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_deliver=5, max_ack_pending=-1)
+    sub = await js.pull_subscribe(subject, durable=durable, stream=stream, config=cfg)
+    started.set()
+    inflight: set[asyncio.Task[None]] = set()
+
+    async def run(msg: Msg) -> None:
+        await handler(msg)
+        await msg.ack()
+
+    while not stop.is_set():
+        free = max_inflight - len(inflight)
+        if free <= 0:
+            await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+            continue
+        try:
+            msgs = await sub.fetch(min(free, 64), timeout=0.5)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            continue
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            break
+        for m in msgs:
+            t = asyncio.create_task(run(m))
+            inflight.add(t)
+            t.add_done_callback(inflight.discard)
+    if inflight:
+        await asyncio.wait(inflight, timeout=5)
+    try:
+        await sub.unsubscribe()
+    except Exception:  # noqa: BLE001 - the connection may be closing
+        pass
+
+
+class FloorWorker:
+    """Agent + tool workers with bare nats-py: the same durable work per task
+    as the runtime's W1 (publishes with Nats-Msg-Id, KV compare-and-set)."""
+
+    def __init__(self, js: JetStreamContext, kv: Any, padder: Padder) -> None:
+        self.js, self.kv, self.p = js, kv, padder
+        # task id -> [revision, state, lock]: one process, so the revision is
+        # known and no read precedes a compare-and-set.
+        self.sessions: dict[str, list[Any]] = {}
+        self.dec_task = msgspec.json.Decoder(FTask)
+        self.dec_call = msgspec.json.Decoder(FCall)
+        self.dec_result = msgspec.json.Decoder(FToolResult)
+
+    async def pub(self, subject: str, data: bytes, msg_id: str) -> None:
+        await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=10)
+
+    async def on_task(self, msg: Msg) -> None:
+        task = self.dec_task.decode(msg.data)
+        tid = task.task_id
+        st = FState(task_id=tid, status="awaiting_model", step=1)
+        rev = await self.kv.create(tid, self.p.encode("kv.sessions.create", st))
+        # model turn 1 (zero latency): three tool calls at once
+        names = FLOOR_TOOLS
+        st.status, st.calls = "awaiting_tools", [f"call_1_{i}" for i in range(len(names))]
+        rev = await self.kv.update(tid, self.p.encode("kv.sessions.update", st), last=rev)
+        self.sessions[tid] = [rev, st, asyncio.Lock()]
+        await self.pub(f"{FLOOR}.agents.{task.agent}.progress.{tid}",
+                       self.p.encode("publish.progress", FProgress(task_id=tid, step=1, kind="turn")),
+                       f"{tid}:1:turn")
+        reply = f"{FLOOR}.agents.{task.agent}.events.{tid}"
+        for i, name in enumerate(names):
+            call = FCall(task_id=tid, step=1, call_id=st.calls[i], tool=name, arguments={"n": i + 1},
+                         reply_subject=reply)
+            await self.pub(f"{FLOOR}.tools.{name}.calls", self.p.encode("publish.tool_call", call),
+                           f"{tid}:1:{call.call_id}")
+
+    async def on_call(self, msg: Msg) -> None:
+        call = self.dec_call.decode(msg.data)
+        out = {"tool": call.tool[-1], "n": call.arguments["n"]}  # the no-op
+        res = FToolResult(task_id=call.task_id, step=call.step, call_id=call.call_id, tool=call.tool, ok=True,
+                          result=out)
+        await self.pub(call.reply_subject, self.p.encode("publish.tool_result", res),
+                       f"{call.task_id}:{call.step}:{call.call_id}:result")
+
+    async def on_result(self, msg: Msg) -> None:
+        res = self.dec_result.decode(msg.data)
+        tid = res.task_id
+        entry = self.sessions.get(tid)
+        if entry is None:
+            return  # finished already (a redelivery)
+        async with entry[2]:
+            rev, st = entry[0], entry[1]
+            if res.call_id in st.results:
+                return
+            st.results.append(res.call_id)
+            if len(st.results) == len(st.calls):
+                st.status, st.step = "awaiting_model", 2
+            entry[0] = rev = await self.kv.update(tid, self.p.encode("kv.sessions.update", st), last=rev)
+            if len(st.results) < len(st.calls):
+                return
+            # model turn 2 (zero latency): the answer
+            st.status = "completed"
+            entry[0] = await self.kv.update(tid, self.p.encode("kv.sessions.update", st), last=rev)
+            agent = msg.subject.split(".")[2]
+            await self.pub(f"{FLOOR}.agents.{agent}.progress.{tid}",
+                           self.p.encode("publish.progress", FProgress(task_id=tid, step=2, kind="turn")),
+                           f"{tid}:2:turn")
+            await self.pub(f"{FLOOR}.agents.{agent}.results.{tid}",
+                           self.p.encode("publish.result", FResult(task_id=tid, output="done: a, b and c ran",
+                                                                   steps=2, tool_calls=3)),
+                           f"{tid}:result")
+        self.sessions.pop(tid, None)
+
+
+async def run_floor(url: str, args: argparse.Namespace, inputs: list[str], server_pid: int | None,
+                    sizes: dict[str, int]) -> list[PhaseResult]:
+    say("floor: provisioning FLOOR_* streams and KV bucket, starting bare nats-py consumers ...")
+    padder = Padder(sizes)
+    wnc = await nats.connect(url, name="w1-floor-worker")
+    cnc = await nats.connect(url, name="w1-floor-client")
+    wjs, cjs = wnc.jetstream(), cnc.jetstream()
+    await provision_floor(wjs)
+    kv = await wjs.key_value(FLOOR_BUCKET)
+    worker = FloorWorker(wjs, kv, padder)
+    stop = asyncio.Event()
+    loops: list[asyncio.Task[None]] = []
+    started: list[asyncio.Event] = []
+
+    def consumer(stream: str, durable: str, subject: str, handler: Callable[[Msg], Awaitable[None]]) -> None:
+        ev = asyncio.Event()
+        started.append(ev)
+        loops.append(asyncio.create_task(pull_loop(wjs, stream, durable, subject, handler, stop, ev)))
+
+    consumer(f"{FLOOR}_TASKS", "floor_w1_tasks", f"{FLOOR}.agents.{AGENT}.tasks", worker.on_task)
+    consumer(f"{FLOOR}_EVENTS", "floor_w1_events", f"{FLOOR}.agents.{AGENT}.events.*", worker.on_result)
+    for name in FLOOR_TOOLS:
+        consumer(f"{FLOOR}_TOOLS", f"floor_tool_{name}", f"{FLOOR}.tools.{name}.calls", worker.on_call)
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), timeout=30)
+
+    # Client side: results come back on a plain subscription to the RESULTS subjects.
+    waiting: dict[str, asyncio.Future[bytes]] = {}
+
+    async def on_result(msg: Msg) -> None:
+        fut = waiting.pop(msg.subject.rsplit(".", 1)[1], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.data)
+
+    rsub = await cnc.subscribe(f"{FLOOR}.agents.{AGENT}.results.*", cb=on_result)
+    dec_result = msgspec.json.Decoder(FResult)
+
+    def one_task_factory(tag: str) -> Callable[[int], Awaitable[float | None]]:
+        async def one_task(i: int) -> float | None:
+            tid = f"w1-fl-{tag}-{i:06d}"
+            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            waiting[tid] = fut
+            t0 = time.perf_counter()
+            task = FTask(task_id=tid, agent=AGENT, input=inputs[i % len(inputs)], submitted_at=time.time())
+            await cjs.publish(f"{FLOOR}.agents.{AGENT}.tasks", padder.encode("publish.task", task),
+                              headers={"Nats-Msg-Id": tid}, timeout=10)
+            data = await asyncio.wait_for(fut, timeout=60)
+            dt = time.perf_counter() - t0
+            res = dec_result.decode(data)
+            return dt if res.steps == MODEL_STEPS_PER_TASK and res.tool_calls == TOOLS_PER_TASK else None
+        return one_task
+
+    results: list[PhaseResult] = []
+    try:
+        say(f"floor: warm-up, {args.warmup} tasks (not measured) ...")
+        await drive(one_task_factory("warm"), args.warmup, min(args.inflight, args.warmup) or 1)
+        results.append(await measure("floor", "sequential", one_task_factory("seq"), args.seq_tasks, 1, server_pid))
+        results.append(await measure("floor", f"{args.inflight} in flight", one_task_factory("par"), args.tasks,
+                                     args.inflight, server_pid))
+    finally:
+        say("floor: stopping ...")
+        stop.set()
+        await asyncio.wait(loops, timeout=10)
+        await rsub.unsubscribe()
+        for nc in (cnc, wnc):  # all work is acked by now: close, no drain needed
+            await nc.close()
+    return results
+
+
+# ============================================================== reporting
+
+
+def versions() -> dict[str, str]:
+    def ver(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    try:
+        out = subprocess.run([find_nats_server(), "--version"], capture_output=True, text=True, timeout=10).stdout
+        server = out.strip().split()[-1]
+    except Exception:  # noqa: BLE001
+        server = "?"
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count() or 0
+    return {"nats_server": server, "nats_py": ver("nats-py"), "msgspec": ver("msgspec"),
+            "agentstream": ver("agentstream"), "python": platform.python_version(),
+            "cores": str(affinity), "cpu_count": str(os.cpu_count()), "machine": platform.machine(),
+            "system": platform.system(), "cpu_model": cpu_model()}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def table(rows: list[PhaseResult], meta: dict[str, str], ratios: list[dict[str, Any]], note: str = "") -> str:
+    hdr = (f"W1: 1 task = model turn (3 tool calls) -> 3 no-op tools in parallel -> model turn (answer); "
+           f"zero-latency model\n"
+           f"machine: {meta['cores']} cores ({meta['cpu_model']}, {meta['system']} {meta['machine']}) | "
+           f"nats-server {meta['nats_server']} | nats-py {meta['nats_py']} | msgspec {meta['msgspec']} | "
+           f"Python {meta['python']}\n" + (f"{note}\n" if note else ""))
+    cols = ["system", "mode", "tasks", "fail", "wall s", "tasks/s", "steps/s", "p50 ms", "p95 ms", "p99 ms",
+            "py CPU ms/task", "srv CPU ms/task"]
+    lines = []
+    for r in rows:
+        s = r.summary()
+        lines.append([r.system, r.mode, f"{r.tasks}", f"{r.failures}", f"{r.wall_s:.2f}",
+                      f"{r.tasks_per_s:,.1f}", f"{r.tasks_per_s * MODEL_STEPS_PER_TASK:,.1f}",
+                      f"{r.pct(50):.2f}", f"{r.pct(95):.2f}", f"{r.pct(99):.2f}",
+                      f"{s['py_cpu_ms_per_task']:.3f}",
+                      "-" if s["server_cpu_ms_per_task"] is None else f"{s['server_cpu_ms_per_task']:.3f}"])
+    widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+
+    out = [hdr, fmt(cols), "  ".join("-" * w for w in widths)]
+    out += [fmt(x) for x in lines]
+    out.append("")
+    for rt in ratios:
+        out.append(f"runtime/floor, {rt['mode']:<14}  tasks/s x{rt['tasks_per_s']:.3f}   "
+                   f"p50 x{rt['p50']:.2f}   p99 x{rt['p99']:.2f}")
+    return "\n".join(out)
+
+
+def histogram(lat_ms: list[float], title: str, buckets: int = 24, width: int = 50) -> str:
+    if not lat_ms:
+        return f"{title}: no data"
+    lo = 0.0
+    hi = percentile(lat_ms, 99.5)
+    step = (hi - lo) / buckets if hi > lo else 1.0
+    counts = [0] * (buckets + 1)  # last bucket: overflow
+    for x in lat_ms:
+        idx = int((x - lo) / step)
+        counts[min(idx, buckets)] += 1
+    peak = max(counts) or 1
+    lines = [f"{title} ({len(lat_ms)} tasks, bucket {step:.2f} ms)"]
+    for i, c in enumerate(counts):
+        if i < buckets:
+            label = f"{lo + i * step:8.2f} - {lo + (i + 1) * step:8.2f} ms"
+        else:
+            label = f"{'>':>8} {hi:8.2f} ms  "
+        bar = "#" * round(width * c / peak) if c else ""
+        lines.append(f"{label} | {bar:<{width}} {c:5d} ({100 * c / len(lat_ms):5.1f}%)")
+    return "\n".join(lines)
+
+
+def ops_table(rows: list[PhaseResult], sizes: dict[str, int]) -> str:
+    r = next((x for x in rows if x.system == "runtime" and x.inflight > 1), None)
+    if r is None or not r.ops or not r.tasks:
+        return ""
+    lines = [f"runtime operations per task (engine + tool runner ports, {r.mode} run; floor in brackets):"]
+    floor_ops = {"kv.sessions.get": 0, "kv.sessions.create": 1, "kv.sessions.update": 5,
+                 "kv.sessions.conflict": 0, "publish.tool_call": 3, "publish.tool_result": 3,
+                 "publish.progress": 2, "publish.result": 1}
+    keys = sorted(set(r.ops) | set(floor_ops))
+    for k in keys:
+        v = r.ops.get(k, 0) / r.tasks
+        size = sizes.get(k)
+        lines.append(f"  {k:<26} {v:7.2f}  [{floor_ops.get(k, 0)}]" + (f"   ~{size} B payload" if size else ""))
+    lines.append("  (+ client side, both: 1 task publish; runtime's AgentClient.result also creates an ordered "
+                 "consumer per task, the floor uses one plain subscription)")
+    return "\n".join(lines)
+
+
+# ============================================================== main
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING)
+    random.seed(args.seed)
+    meta = versions()
+    inputs = task_inputs(max(args.tasks, args.seq_tasks, args.warmup), args.seed)
+    say(f"{meta['cores']} cores, nats-server {meta['nats_server']}, nats-py {meta['nats_py']}; "
+        f"N={args.seq_tasks} sequential, N={args.tasks} at {args.inflight} in flight, warm-up {args.warmup}")
+    tmp = tempfile.TemporaryDirectory(prefix="w1-nats-")
+    broker = EmbeddedNats(store_dir=tmp.name)
+    say(f"starting one embedded nats-server (store {tmp.name}) ...")
+    await broker.astart()
+    server_pid = broker.proc.pid if broker.proc is not None else None
+    meter = Meter()
+    try:
+        rt_rows, sizes, prof = await run_runtime(broker.url, args, inputs, server_pid, meter)
+        fl_rows = await run_floor(broker.url, args, inputs, server_pid, sizes)
+    finally:
+        say("stopping nats-server ...")
+        await asyncio.to_thread(broker.stop)
+        tmp.cleanup()
+
+    rows = rt_rows + fl_rows
+    ratios = []
+    for rt, fl in zip(rt_rows, fl_rows):
+        ratios.append({"mode": rt.mode,
+                       "tasks_per_s": rt.tasks_per_s / fl.tasks_per_s if fl.tasks_per_s else float("nan"),
+                       "p50": rt.pct(50) / fl.pct(50), "p95": rt.pct(95) / fl.pct(95),
+                       "p99": rt.pct(99) / fl.pct(99)})
+    par = next(r for r in rt_rows if r.inflight > 1)
+    print()
+    via = ("AgentClient.submit + AgentClient.result (an ordered consumer per task)" if args.results == "client"
+           else "AgentClient.submit + one plain subscription to agents.w1.results.* (like the floor)")
+    print(table(rows, meta, ratios, f"runtime side: {via}; latency = submit to result received"))
+    print()
+    print(histogram(par.latencies_ms, f"runtime task latency, {par.mode}"))
+    print()
+    print(ops_table(rows, sizes))
+    print()
+    print("payload bytes per kind (runtime mean; floor padded to match): "
+          + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in sorted(sizes.items())))
+    if prof:
+        print()
+        print(f"cProfile of the runtime {par.mode} run (figures above for that run include profiler overhead):")
+        print(prof)
+
+    out = {"workload": "W1", "meta": meta,
+           "params": {"tasks": args.tasks, "seq_tasks": args.seq_tasks, "inflight": args.inflight,
+                      "warmup": args.warmup, "seed": args.seed, "profiled": bool(args.profile),
+                      "runtime_results_via": args.results},
+           "results": [r.summary() for r in rows],
+           "ratios_runtime_over_floor": ratios,
+           "payload_bytes": sizes,
+           "histogram_runtime_inflight_ms": histogram_data(par.latencies_ms)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        say(f"wrote {args.json}")
+    return out
+
+
+def histogram_data(lat_ms: list[float], buckets: int = 24) -> dict[str, Any]:
+    hi = percentile(lat_ms, 99.5) if lat_ms else 0.0
+    step = hi / buckets if hi > 0 else 1.0
+    counts = [0] * (buckets + 1)
+    for x in lat_ms:
+        counts[min(int(x / step), buckets)] += 1
+    return {"bucket_ms": step, "counts": counts, "overflow_from_ms": hi}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=1000, help="tasks in the N-in-flight runs (default 1000)")
+    ap.add_argument("--seq-tasks", type=int, default=None,
+                    help="tasks in the sequential runs (default: --tasks / 5, so 200)")
+    ap.add_argument("--inflight", type=int, default=32, help="tasks in flight in the concurrent runs (default 32)")
+    ap.add_argument("--warmup", type=int, default=20, help="unmeasured warm-up tasks per system (default 20)")
+    ap.add_argument("--seed", type=int, default=1, help="seed for the task inputs (default 1)")
+    ap.add_argument("--results", choices=("client", "sub"), default="client",
+                    help="how the runtime side awaits a result: AgentClient.result (default; one ordered "
+                         "consumer per task) or one plain subscription, like the floor")
+    ap.add_argument("--json", metavar="FILE", help="write all figures to FILE")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="cProfile the runtime's in-flight run, dump stats to FILE and print the top costs")
+    args = ap.parse_args(argv)
+    if args.seq_tasks is None:
+        args.seq_tasks = max(1, args.tasks // 5)
+    if args.tasks < 1 or args.inflight < 1:
+        ap.error("--tasks and --inflight must be >= 1")
+    asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
