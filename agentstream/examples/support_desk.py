@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import zlib
+from typing import Any
 
 from agentstream.contracts.events import ModelResponse
 from agentstream.runtime.app import App
@@ -21,7 +22,7 @@ from agentstream.runtime.tools import ToolFailure, tool
 # Simulated downstream latency, so the timeline shows real overlap.
 LATENCY_S = 0.15
 
-_ORDERS = {
+_ORDERS: dict[int, dict[str, Any]] = {
     n: {"order_id": n, "status": ("shipped" if n % 3 else "processing"), "total": round(19.5 + n * 3.25, 2),
         "items": ["usb-c cable", "charger"] if n % 2 else ["headphones"], "customer": f"cust-{n % 7}"}
     for n in range(1, 1000)
@@ -180,7 +181,7 @@ def support_script(request: ModelRequest) -> ModelResponse:
     return answer("Done.")
 
 
-def _json(text: str) -> dict[str, object] | list[object] | str:
+def _json(text: str) -> Any:
     try:
         out = json.loads(text)
     except ValueError:

@@ -119,7 +119,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.client import AgentClient
-    from agentstream.runtime.http_api import HttpServer, create_app
+    from agentstream.runtime.http_api import HttpServer
     from agentstream.runtime.service import Runtime
 
     run_workers = os.environ.get("AGENTSTREAM_RUN_WORKERS", "1") not in ("0", "false", "no")
@@ -134,7 +134,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         url_file.parent.mkdir(parents=True, exist_ok=True)
         url_file.write_text(rt.url + "\n")
     client = await AgentClient.connect(rt.url)
-    server = HttpServer(create_app(client))
+    server = HttpServer(client)
     await server.start(settings.http_host, settings.http_port)
     print(f"agentstream up: NATS {rt.url}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
           f"tools: {tools or '-'}. Ctrl-C or SIGTERM stops gracefully.", flush=True)

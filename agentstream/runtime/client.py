@@ -152,7 +152,7 @@ class AgentClient:
                     remaining = 2.0 if remaining is None else min(remaining, 2.0)
                 try:
                     kind, msg = await asyncio.wait_for(queue.get(), timeout=remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if result is not None:
                         break
                     raise ResultTimeout(f"task {task_id} did not finish within {timeout:g}s") from None

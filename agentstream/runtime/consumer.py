@@ -92,7 +92,7 @@ class PullConsumer:
                     continue
                 try:
                     msgs = await sub.fetch(min(free, self.s.batch), timeout=0.5)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     break

@@ -125,7 +125,7 @@ async def connect(url: str, *, name: str = "agentstream", connect_timeout: float
             servers=servers, name=name, connect_timeout=connect_timeout,
             allow_reconnect=reconnect, max_reconnect_attempts=-1 if reconnect else 0,
             reconnect_time_wait=0.5, error_cb=_quiet), timeout=connect_timeout * 2)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise BrokerUnavailable(f"cannot reach NATS at {url} (no answer within {connect_timeout * 2:g}s)") from None
     except Exception as exc:  # nats-py raises several unrelated types here
         raise BrokerUnavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
@@ -141,7 +141,7 @@ async def _any_reachable(servers: list[str], timeout: float) -> bool:
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222), timeout=timeout)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             continue
         writer.close()
         return True

@@ -12,9 +12,9 @@ provided for callers that do want the usual backoff.
 
 from __future__ import annotations
 
-import asyncio
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -307,7 +307,7 @@ class OpenAIChatModel:
             async with session.post(self._url, data=payload, headers=headers) as resp:
                 status = resp.status
                 body = await resp.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ModelError(
                 f"model endpoint {self._url} timed out after {self.timeout_s:g}s",
                 transient=True,

@@ -6,7 +6,8 @@ these; the decision core never sees any of them.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import msgspec
 

@@ -53,11 +53,11 @@ class PublishToolCall(Command, frozen=True, tag="publish_tool_call"):
 
 
 class PublishProgress(Command, frozen=True, tag="publish_progress"):
-    event: Union[ModelTurnCompleted, ToolCallDispatched]
+    event: ModelTurnCompleted | ToolCallDispatched
 
 
 class PublishResult(Command, frozen=True, tag="publish_result"):
-    result: Union[TaskCompleted, TaskFailed]
+    result: TaskCompleted | TaskFailed
 
 
 class SetDeadline(Command, frozen=True, tag="set_deadline"):
@@ -121,7 +121,7 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True):
     deadline_at: float
     max_steps: int
     outbox: tuple[AnyCommand, ...] = ()
-    outcome: Union[TaskCompleted, TaskFailed, None] = None
+    outcome: TaskCompleted | TaskFailed | None = None
 
     @property
     def terminal(self) -> bool:

@@ -52,7 +52,7 @@ class ToolRunner:
             return await asyncio.wait_for(tool(args), timeout=timeout), None
         except ToolFailure as exc:
             return None, exc.error
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None, ToolError(kind="timeout", message=f"{req.tool} did not finish within {timeout:g}s",
                                    retryable=True)
         except Exception as exc:  # noqa: BLE001 - any tool bug becomes a result the model sees

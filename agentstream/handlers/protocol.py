@@ -1,0 +1,101 @@
+"""The whole protocol as FastStream subscribers and publishers, for the AsyncAPI
+document (``agentstream asyncapi``) and FastStream's in-memory ``TestNatsBroker``.
+
+Each subscriber here is a thin shim over the same handler the production
+consumer loop runs (``agentstream.handlers.agent`` / ``.tools``). The hot path
+itself runs on nats-py pull consumers (see ``agentstream.runtime.consumer`` for
+the measured reason). FastStream derives payload schemas with pydantic, which
+does not know msgspec Structs, so handlers take the raw message and the
+payload schemas are filled in from msgspec's JSON Schema.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+from faststream.nats import JStream, NatsBroker, NatsMessage
+from faststream.specification import AsyncAPI
+
+from agentstream.contracts import events as ev
+from agentstream.contracts import subjects
+
+TITLE = "agentstream"
+VERSION = "1.0.0"
+
+# (channel address, role, event types, description)
+CHANNELS: tuple[tuple[str, str, tuple[type[ev.Event], ...], str], ...] = (
+    ("agents.{agent}.tasks", "subscribe", (ev.TaskSubmitted,),
+     "Submit a task to an agent. Stream TASKS (limits retention: every durable consumer, production "
+     "or shadow, sees every task). Set header Nats-Msg-Id to the task id to make retries idempotent."),
+    ("tools.{tool}.calls", "subscribe", (ev.ToolCallRequested,),
+     "A tool call for the tool workers (stream TOOLS, one durable consumer per tool)."),
+    ("agents.{agent}.events.{task_id}", "subscribe", (ev.ToolCallCompleted,),
+     "The agent's continuation inbox for one task (stream EVENTS)."),
+    ("agents.{agent}.progress.{task_id}", "publish", (ev.ModelTurnCompleted, ev.ToolCallDispatched),
+     "Progress notices for watchers and timelines (stream EVENTS)."),
+    ("agents.{agent}.results.{task_id}", "publish", (ev.TaskCompleted, ev.TaskFailed),
+     "The task's result (stream RESULTS). Subscribe here, or read the last message on the subject."),
+    ("deadletter.{subject}", "publish", (ev.DeadLettered,),
+     "Messages a consumer could not process, with the reason (stream DEADLETTER)."),
+)
+
+
+def build_broker() -> NatsBroker:
+    broker = NatsBroker()
+    streams = {sd.name: JStream(sd.name, subjects=list(sd.subjects), declare=False) for sd in subjects.STREAMS}
+
+    def stream_for(address: str) -> JStream:
+        if address.startswith("tools."):
+            return streams["TOOLS"]
+        if ".tasks" in address:
+            return streams["TASKS"]
+        return streams["EVENTS"]
+
+    for address, role, _types, description in CHANNELS:
+        title = _title(address)
+        if role == "subscribe":
+            async def shim(msg: NatsMessage) -> None:  # the production handler runs on nats-py
+                return None
+
+            broker.subscriber(address, stream=stream_for(address), title=title,
+                              description=description)(shim)
+        else:
+            broker.publisher(address, title=title, description=description)
+    return broker
+
+
+def _title(address: str) -> str:
+    return address.replace("{", "").replace("}", "").replace(".", "_")
+
+
+def asyncapi_document() -> dict[str, Any]:
+    broker = build_broker()
+    doc: dict[str, Any] = AsyncAPI(broker, title=TITLE, version=VERSION, schema_version="3.0.0",
+                                   description=__doc__.split("\n\n")[0] if __doc__ else None
+                                   ).to_specification().to_jsonable()
+    _, components = msgspec.json.schema_components(ev.ALL_EVENT_TYPES, ref_template="#/components/schemas/{name}")
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(components)
+    messages = doc["components"].setdefault("messages", {})
+    by_title = {_title(a): types for a, _, types, _ in CHANNELS}
+    for key, message in messages.items():
+        types = next((t for title, t in by_title.items() if key.startswith(title)), None)
+        if types is None:
+            continue
+        refs = [{"$ref": f"#/components/schemas/{t.__name__}"} for t in types]
+        message["payload"] = refs[0] if len(refs) == 1 else {"oneOf": refs}
+        message["contentType"] = "application/json"
+    for name in list(schemas):
+        if name not in components and _unused(doc, name):
+            del schemas[name]
+    return doc
+
+
+def _unused(doc: dict[str, Any], name: str) -> bool:
+    return f'"#/components/schemas/{name}"' not in json.dumps(doc)
+
+
+def asyncapi_json() -> str:
+    return json.dumps(asyncapi_document(), indent=2, sort_keys=True) + "\n"
