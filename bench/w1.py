@@ -328,10 +328,10 @@ def instrument(rt: Runtime, meter: Meter) -> None:
 
 
 async def settle(js: JetStreamContext, wait: bool, timeout: float = 15.0) -> None:
-    """AgentClient.result leaves an ephemeral ordered consumer on RESULTS per
-    call, which the server removes only after it has been inactive for ~5 s,
-    and the server refuses more than ~1000 consumers. Let the previous phase's
-    consumers expire so each phase starts from zero."""
+    """Ephemeral ordered consumers on RESULTS (``AgentClient.events``/watch) are
+    removed only after ~5 s of inactivity and the server caps consumers per
+    stream; let any from the previous phase expire so each phase starts clean.
+    (``AgentClient.result`` itself creates none: a plain subscription + direct get.)"""
     if not wait:
         return
     deadline = time.monotonic() + timeout
@@ -355,7 +355,7 @@ async def run_runtime(url: str, args: argparse.Namespace, inputs: list[str], ser
     results: list[PhaseResult] = []
     profile_text: str | None = None
     # --results sub: one plain subscription to the RESULTS subjects (what the
-    # floor does) instead of AgentClient.result's ordered consumer per task.
+    # floor does) instead of AgentClient.result (subscription + direct get per task).
     waiting: dict[str, asyncio.Future[bytes]] = {}
 
     async def on_result(msg: Msg) -> None:
@@ -827,7 +827,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                        "p99": rt.pct(99) / fl.pct(99)})
     par = next(r for r in rt_rows if r.inflight > 1)
     print()
-    via = ("AgentClient.submit + AgentClient.result (an ordered consumer per task)" if args.results == "client"
+    via = ("AgentClient.submit + AgentClient.result (a plain subscription + direct get per task)" if args.results == "client"
            else "AgentClient.submit + one plain subscription to agents.w1.results.* (like the floor)")
     print(table(rows, meta, ratios, f"runtime side: {via}; latency = submit to result received"))
     print()

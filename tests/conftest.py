@@ -1,0 +1,139 @@
+"""Shared fixtures: a real nats-server, and worker processes.
+
+Kept lean on purpose: test modules keep their own specialised fixtures
+(test_http_api.py uses ``http_*`` names, test_cluster_harness.py ``cluster``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from agentstream.runtime.embedded import EmbeddedNats
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS_DIR = Path(__file__).resolve().parent
+APPS_DIR = TESTS_DIR / "apps"
+READY_MARKER = "agentstream worker "
+READY_TIMEOUT_S = 20.0
+
+SpawnWorker = Callable[..., subprocess.Popen[bytes]]
+
+
+def worker_env(extra: Mapping[str, str] | None = None, *, data_dir: Path | None = None) -> dict[str, str]:
+    """The environment of a child process: ours without AGENTSTREAM_* (a developer's
+    own settings must not leak into a test), the repo and tests/apps importable,
+    short ack wait and shutdown timeout, then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
+    path = [str(REPO_ROOT), str(APPS_DIR)]
+    if os.environ.get("PYTHONPATH"):
+        path.append(os.environ["PYTHONPATH"])
+    env.update({
+        "PYTHONPATH": os.pathsep.join(path),
+        "PYTHONUNBUFFERED": "1",
+        "AGENTSTREAM_ACK_WAIT": "2",
+        "AGENTSTREAM_SHUTDOWN_TIMEOUT": "5",
+        "AGENTSTREAM_SWEEP_INTERVAL": "1",
+        "AGENTSTREAM_LOG_LEVEL": "WARNING",
+    })
+    if data_dir is not None:
+        env["AGENTSTREAM_DATA_DIR"] = str(data_dir)
+    env.update(extra or {})
+    return env
+
+
+class WorkerPool:
+    """Spawns ``agentstream worker`` processes logging to files in ``log_dir`` and
+    kills whatever is left at close()."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[int, tuple[Path, Path]] = {}
+        self._n = 0
+
+    def spawn(self, args: Sequence[str], env: Mapping[str, str] | None = None, *,
+              wait: bool = True, timeout: float = READY_TIMEOUT_S) -> subprocess.Popen[bytes]:
+        env = dict(env or {})
+        if not env.get("AGENTSTREAM_NATS_URL"):
+            raise ValueError("spawn_worker needs AGENTSTREAM_NATS_URL in env")
+        self._n += 1
+        name = env.get("AGENTSTREAM_WORKER_ID") or f"worker{self._n}"
+        out = self.log_dir / f"{name}.{self._n}.out"
+        err = self.log_dir / f"{name}.{self._n}.err"
+        data_dir = self.log_dir / f"{name}.{self._n}.data"
+        with open(out, "wb") as fo, open(err, "wb") as fe:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agentstream.runtime.cli", "worker", *args],
+                env=worker_env(env, data_dir=data_dir), stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
+                cwd=str(REPO_ROOT))
+        self.procs.append(proc)
+        self.logs[proc.pid] = (out, err)
+        if wait:
+            self.wait_ready(proc, timeout)
+        return proc
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT_S) -> None:
+        out, _ = self.logs[proc.pid]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if READY_MARKER in out.read_text(errors="replace"):
+                return
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {proc.returncode} before it was ready:\n{self.output(proc)}")
+            time.sleep(0.05)
+        raise TimeoutError(f"worker not ready within {timeout:g}s:\n{self.output(proc)}")
+
+    def output(self, proc: subprocess.Popen[bytes]) -> str:
+        out, err = self.logs[proc.pid]
+        return (f"--- stdout ---\n{out.read_text(errors='replace')[-3000:]}"
+                f"--- stderr ---\n{err.read_text(errors='replace')[-3000:]}")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs.clear()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A real nats-server with JetStream on a free port, its store in tmp_path."""
+    server = EmbeddedNats(store_dir=tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: EmbeddedNats) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+def worker_pool(tmp_path: Path) -> Iterator[WorkerPool]:
+    pool = WorkerPool(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def spawn_worker(worker_pool: WorkerPool) -> SpawnWorker:
+    """``spawn_worker(args, env)``: start ``agentstream worker *args`` and wait for
+    its ready line; leftovers are killed at teardown."""
+    return worker_pool.spawn
