@@ -24,6 +24,12 @@ from agentstream.runtime import nats_adapters
 from agentstream.runtime.errors import ResultTimeout
 
 
+# Errors that mean "no stored result readable right now" (a node just died,
+# leader election): result() then waits on its live subscription instead.
+_NOT_YET = (jse.NotFoundError, jse.ServiceUnavailableError, nats.errors.NoRespondersError,
+            nats.errors.TimeoutError)
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -42,7 +48,7 @@ class AgentClient:
         client = cls(nc)
         if provision:
             # Idempotent; lets a client submit before any worker has started.
-            await nats_adapters.provision(client.js)
+            await nats_adapters.provision(client.js, update=False)
         return client
 
     async def close(self) -> None:
@@ -102,7 +108,7 @@ class AgentClient:
         if agent is None:
             try:
                 info = await self.js.stream_info("RESULTS", subjects_filter=subjects.any_results(task_id))
-            except jse.NotFoundError:
+            except _NOT_YET:
                 return None
             found = list((info.state.subjects or {}).keys())
             if not found:
@@ -112,7 +118,7 @@ class AgentClient:
             subject = subjects.results(agent, task_id)
         try:
             raw = await self.js.get_last_msg("RESULTS", subject, direct=True)
-        except jse.NotFoundError:
+        except _NOT_YET:
             return None
         return raw.data
 

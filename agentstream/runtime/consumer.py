@@ -104,8 +104,10 @@ class PullConsumer:
                     self._inflight[t] = (msg, time.monotonic())
                     t.add_done_callback(self._done)
         finally:
-            beat.cancel()
+            # Heartbeats continue while draining: a step finishing during
+            # shutdown must not be redelivered to another replica meanwhile.
             await self._drain(drain_timeout_s)
+            beat.cancel()
             try:
                 await sub.unsubscribe()
             except Exception:  # noqa: BLE001 - the connection may already be gone

@@ -83,8 +83,13 @@ class NatsKV:
             return []
 
 
-async def provision(js: JetStreamContext, replicas: int = 1) -> None:
-    """Create (or update) every stream and bucket the protocol needs. Idempotent."""
+async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = True) -> None:
+    """Create every stream and bucket the protocol needs. Idempotent.
+
+    An existing stream keeps its replica count (a client provisioning with the
+    default of 1 must never shrink a cluster's R3 streams); with ``update`` its
+    subjects and limits are brought up to date.
+    """
     for sd in subjects.STREAMS:
         cfg = StreamConfig(
             name=sd.name, subjects=list(sd.subjects), description=sd.description,
@@ -95,12 +100,20 @@ async def provision(js: JetStreamContext, replicas: int = 1) -> None:
         try:
             await js.add_stream(cfg)
         except jse.BadRequestError:
-            await js.update_stream(cfg)
+            if not update:
+                continue
+            existing = await js.stream_info(sd.name)
+            cfg.num_replicas = existing.config.num_replicas
+            if sorted(existing.config.subjects or []) != sorted(cfg.subjects or []):
+                await js.update_stream(cfg)
     for bd in subjects.BUCKETS:
-        await js.create_key_value(KeyValueConfig(
-            bucket=bd.name, description=bd.description, history=bd.history,
-            ttl=bd.max_age_s or None, replicas=replicas, storage=StorageType.FILE,
-            direct=True))  # direct gets skip the JSON API: ~36% of handler time otherwise
+        try:
+            await js.create_key_value(KeyValueConfig(
+                bucket=bd.name, description=bd.description, history=bd.history,
+                ttl=bd.max_age_s or None, replicas=replicas, storage=StorageType.FILE,
+                direct=True))  # direct gets skip the JSON API: ~36% of handler time otherwise
+        except jse.BadRequestError:
+            await js.key_value(bd.name)  # exists with other settings (e.g. replicas): use it as it is
 
 
 async def bucket(js: JetStreamContext, name: str) -> NatsKV:

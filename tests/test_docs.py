@@ -1,0 +1,40 @@
+"""The documents a newcomer reads must match the code: the checked-in AsyncAPI
+document, and the JSON examples in the README."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from agentstream.contracts import codec
+from agentstream.contracts.events import TaskCompleted, TaskSubmitted
+from agentstream.handlers.protocol import asyncapi_document, asyncapi_json
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_checked_in_asyncapi_document_is_current() -> None:
+    # Regenerate with: agentstream asyncapi --out docs/asyncapi.json
+    assert (ROOT / "docs" / "asyncapi.json").read_text() == asyncapi_json()
+
+
+def test_asyncapi_describes_every_subject_with_its_event_schema() -> None:
+    doc = asyncapi_document()
+    addresses = {ch["address"] for ch in doc["channels"].values()}
+    assert {"agents.{agent}.tasks", "agents.{agent}.results.{task_id}", "tools.{tool}.calls"} <= addresses
+    payloads = json.dumps(doc["components"]["messages"])
+    for name in ("TaskSubmitted", "TaskCompleted", "TaskFailed", "ToolCallRequested", "ToolCallCompleted"):
+        assert f"#/components/schemas/{name}" in payloads
+    assert doc["components"]["schemas"]["TaskSubmitted"]["required"] == ["type", "agent", "input"]
+
+
+def _json_blocks(text: str) -> list[str]:
+    return re.findall(r"```json\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_json_examples_are_valid_events() -> None:
+    blocks = _json_blocks((ROOT / "README.md").read_text())
+    decoded = [codec.any_event.decode(b.encode()) for b in blocks]
+    assert any(isinstance(e, TaskSubmitted) and e.agent == "support" for e in decoded)
+    assert any(isinstance(e, TaskCompleted) for e in decoded)
