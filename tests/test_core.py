@@ -444,7 +444,6 @@ def test_duplicate_and_invalid_call_ids_are_replaced_deterministically() -> None
     assert_paired(state.messages)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: core._on_model/_ids generate f'c{step}_{idx}' without checking it is unused")
 def test_generated_call_ids_do_not_collide_with_ids_the_model_chose() -> None:
     # The model names its first call "c1_1"; the second has no id and gets the
     # generated "c1_1" too: both calls share a pending id, one result is then

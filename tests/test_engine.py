@@ -297,8 +297,6 @@ async def test_crash_before_publishing_tool_calls_is_recovered_by_redelivery() -
     assert sorted(keys) == sorted(f"t1:1:call_1_{i}" for i in range(3))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: core._on_tool_result clears the outbox on a partial result, so a "
-                                       "crash between two tool-call publishes loses the unpublished calls")
 async def test_crash_between_tool_call_publishes_is_recovered_by_redelivery() -> None:
     world = World()
     model = FunctionModel(Script())
@@ -512,8 +510,6 @@ async def test_one_replica_running_every_step_of_a_multi_turn_task() -> None:
     assert only_result(world).output == "Order 17 is in transit."  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: AgentEngine._apply trusts its cached state for no-change decisions, "
-                                       "so a replica with a stale cache drops a newer step's tool result")
 async def test_a_stale_replica_cache_does_not_drop_a_newer_result() -> None:
     world = World()
     script = Script(_two_turns)

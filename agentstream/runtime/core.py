@@ -155,10 +155,9 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
     pending: list[PendingCall] = []
     early: list[CallResult] = []
     publishes: list[AnyCommand] = []
-    seen: set[str] = set()
+    ids = _ids(resp.tool_calls, ev.step)
     for idx, call in enumerate(resp.tool_calls):
-        call_id = call.id if call.id and subjects.is_token(call.id) and call.id not in seen else f"c{ev.step}_{idx}"
-        seen.add(call_id)
+        call_id = ids[idx]
         err = _check_call(call, ctx.spec, truncated=resp.finish_reason == "length")
         if isinstance(err, ToolError):
             early.append(CallResult(call_id=call_id, tool=call.name, ok=False, content=tool_error_content(err)))
@@ -188,9 +187,19 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
 
 
 def _ids(calls: tuple[ToolCall, ...], step: int) -> list[str]:
+    """Call ids usable as subject tokens and unique within the turn. Generated
+    ones never collide with ids the model chose; deterministic, so a replayed
+    turn produces the same ids (and the same idempotency keys)."""
+    taken = {c.id for c in calls}
     out: list[str] = []
     for idx, c in enumerate(calls):
-        out.append(c.id if c.id and subjects.is_token(c.id) and c.id not in out else f"c{step}_{idx}")
+        if c.id and subjects.is_token(c.id) and c.id not in out:
+            out.append(c.id)
+            continue
+        candidate = f"c{step}_{idx}"
+        while candidate in taken or candidate in out:
+            candidate += "_"
+        out.append(candidate)
     return out
 
 
@@ -225,7 +234,9 @@ def _on_tool_result(state: SessionState, ev: ToolCallCompleted, ctx: Context) ->
     state = msgspec.structs.replace(state, results=(*state.results, result), updated_at=ctx.now)
     done = {r.call_id for r in state.results}
     if any(p.call_id not in done for p in state.pending):
-        return _emit(state, ())
+        # Keep the outbox: if the step that published these calls crashed half
+        # way, a redelivery must still be able to publish the rest.
+        return Decision(state=state, commands=(), changed=True)
     return _next_turn(state, ctx)
 
 
@@ -278,14 +289,14 @@ def _fail(state: SessionState, ctx: Context, reason: str, message: str,
 def _emit(state: SessionState, commands: tuple[AnyCommand, ...]) -> Decision:
     # The outbox is stored with the state so a redelivered input can re-publish
     # what a crashed attempt may not have (deduplicated by message id).
-    state = msgspec.structs.replace(state, outbox=commands)
+    state = msgspec.structs.replace(state, outbox=commands, outbox_at=state.updated_at)
     return Decision(state=state, commands=commands, changed=True)
 
 
 def _duplicate(state: SessionState, ctx: Context, *, reemit: bool) -> Decision:
     if not reemit:
         return Decision(state=state, commands=(), changed=False)
-    fresh = ctx.now - state.updated_at < DEDUPE_WINDOW_S
+    fresh = ctx.now - state.outbox_at < DEDUPE_WINDOW_S
     # A pending model call is always safe to re-issue: its response lands
     # through compare-and-set, so at most one is recorded.
     cmds = tuple(c for c in state.outbox if fresh or isinstance(c, CallModel))

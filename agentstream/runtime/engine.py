@@ -117,12 +117,18 @@ class AgentEngine:
     async def _apply(self, task_id: str, event: Input, history: tuple[Turn, ...]) -> core.Decision:
         for _ in range(MAX_CAS_RETRIES):
             entry = self._cache.get(task_id)
+            cached = entry is not None
             if entry is None:
                 entry = await self.sessions.get(task_id)
             state = decode_state(entry.value) if entry is not None else None
             ctx = core.Context(spec=self.spec, now=self.clock(), history=history, worker=self.worker)
             decision = core.decide(state, event, ctx)
             if not decision.changed or decision.state is None:
+                if cached:
+                    # A no-op on cached state may just mean another replica moved
+                    # the task on (a newer step's result): decide again on the store's copy.
+                    self._cache.pop(task_id, None)
+                    continue
                 return decision
             raw = encode_state(decision.state)
             try:

@@ -121,6 +121,7 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True):
     deadline_at: float
     max_steps: int
     outbox: tuple[AnyCommand, ...] = ()
+    outbox_at: float = 0.0  # when the outbox was produced: its dedupe window starts here
     outcome: TaskCompleted | TaskFailed | None = None
 
     @property
