@@ -159,7 +159,7 @@ def test_start_calls_the_model_with_prompt_bounded_history_and_input() -> None:
     state = d.state
     assert state is not None
     assert (state.status, state.step, state.max_steps) == ("awaiting_model", 1, SPEC.max_steps)
-    assert d.commands == (SetDeadline(deadline_at=T0 + SPEC.deadline_s), CallModel(step=1))
+    assert d.commands == (SetDeadline(deadline_at=T0 + SPEC.deadline_s), CallModel(step=1, max_tokens=SPEC.max_output_tokens))
     assert state.outbox == d.commands
     assert state.deadline_at == T0 + SPEC.deadline_s
     assert state.agent_version == SPEC.version
@@ -245,7 +245,7 @@ def test_tool_results_in_any_order_with_duplicates_call_the_model_once(
             assert all(c in state.outbox for c in d.commands)
         state = d.state
         now += 0.5
-    assert changed_calls == [CallModel(step=2)]
+    assert changed_calls == [CallModel(step=2, max_tokens=SPEC.max_output_tokens)]
     assert (state.status, state.step) == ("awaiting_model", 2)
     assert state.pending == () and state.results == ()
     tool_msgs = [m for m in state.messages if m.role == "tool"]
@@ -301,12 +301,12 @@ def test_redelivered_task_reemits_the_outbox_within_the_dedupe_window_only() -> 
 def test_redelivered_task_always_reemits_a_pending_model_call() -> None:
     state = start(T0)
     d = decide(state, submitted(), ctx(T0 + 5))
-    assert not d.changed and d.commands == (SetDeadline(deadline_at=T0 + SPEC.deadline_s), CallModel(step=1))
+    assert not d.changed and d.commands == (SetDeadline(deadline_at=T0 + SPEC.deadline_s), CallModel(step=1, max_tokens=SPEC.max_output_tokens))
     spec = msgspec.structs.replace(SPEC, deadline_s=10 * DEDUPE_WINDOW_S)
     state = advance(None, submitted(), ctx(T0, spec=spec))
     assert state is not None
     late = decide(state, submitted(), ctx(T0 + DEDUPE_WINDOW_S + 1, spec=spec))
-    assert late.commands == (CallModel(step=1),)  # the deadline is not re-set, the model call is re-issued
+    assert late.commands == (CallModel(step=1, max_tokens=SPEC.max_output_tokens),)  # the deadline is not re-set, the model call is re-issued
 
 
 def test_redelivered_tool_result_reemits_the_outbox_within_the_window_only() -> None:
@@ -314,13 +314,13 @@ def test_redelivered_tool_result_reemits_the_outbox_within_the_window_only() -> 
     state = advance(None, submitted(), ctx(T0, spec=spec))
     state = advance(state, responded(1, call("call_a", "lookup_order")), ctx(T0 + 1, spec=spec))
     d = decide(state, completed(1, "call_a"), ctx(T0 + 2, spec=spec))
-    assert d.changed and d.commands == (CallModel(step=2),)
+    assert d.changed and d.commands == (CallModel(step=2, max_tokens=SPEC.max_output_tokens),)
     assert d.state is not None
     state = d.state
     # while the model call is pending, a redelivery re-issues it, even late
     for dt in (1, DEDUPE_WINDOW_S + 1):
         dup = decide(state, completed(1, "call_a"), ctx(state.updated_at + dt, spec=spec))
-        assert not dup.changed and dup.state == state and dup.commands == (CallModel(step=2),)
+        assert not dup.changed and dup.state == state and dup.commands == (CallModel(step=2, max_tokens=SPEC.max_output_tokens),)
     # once terminal: the result is re-emitted inside the window, nothing after it
     done = decide(state, responded(2, text="Refunded."), ctx(T0 + 3, spec=spec))
     assert done.state is not None and done.state.status == "completed"
@@ -358,7 +358,7 @@ def test_unknown_tool_is_fed_back_not_published() -> None:
     for name in TOOL_NAMES:
         assert name in err["hint"]
     d = decide(state, completed(1, "call_a"), ctx(T0 + 2))
-    assert d.state is not None and d.commands == (CallModel(step=2),)
+    assert d.state is not None and d.commands == (CallModel(step=2, max_tokens=SPEC.max_output_tokens),)
     assert [m.tool_call_id for m in d.state.messages if m.role == "tool"] == ["call_a", "call_x"]
     assert tool_error(d.state.messages[-1].content)["kind"] == "unknown_tool"
 
@@ -395,7 +395,7 @@ def test_all_calls_invalid_goes_straight_to_the_next_model_turn() -> None:
     state = d.state
     assert state is not None
     assert of(d.commands, PublishToolCall) == []
-    assert of(d.commands, CallModel) == [CallModel(step=2)]
+    assert of(d.commands, CallModel) == [CallModel(step=2, max_tokens=SPEC.max_output_tokens)]
     assert isinstance(d.commands[0], PublishProgress) and isinstance(d.commands[0].event, ModelTurnCompleted)
     assert (state.status, state.step, state.pending, state.results) == ("awaiting_model", 2, (), ())
     assert [(m.role, m.tool_call_id) for m in state.messages[-3:]] == [
@@ -491,7 +491,10 @@ def test_passed_deadline_fails_on_any_input() -> None:
 @pytest.mark.parametrize("status", ["awaiting_model", "awaiting_tools"])
 def test_deadline_reached_input_fails_the_task(status: str) -> None:
     state = start() if status == "awaiting_model" else awaiting_three()[0]
-    d = decide(state, DeadlineReached(), ctx(T0 + 2))
+    # The sweeper's DeadlineReached is a hint: before the stored deadline it changes nothing.
+    early = decide(state, DeadlineReached(), ctx(T0 + 2))
+    assert not early.changed and of(early.commands, PublishResult) == []
+    d = decide(state, DeadlineReached(), ctx(state.deadline_at))
     assert d.changed and d.state is not None and d.state.status == "failed"
     res = result_of(d)
     assert isinstance(res, TaskFailed) and res.reason == "deadline"
@@ -506,7 +509,7 @@ def test_model_failed_fails_with_model_error() -> None:
 
 def _terminal_states() -> list[SessionState]:
     done = decide(start(), responded(1, text="All good."), ctx(T0 + 1)).state
-    failed = decide(start(), DeadlineReached(), ctx(T0 + 1)).state
+    failed = decide(start(), DeadlineReached(), ctx(T0 + SPEC.deadline_s)).state
     assert done is not None and failed is not None
     return [done, failed]
 

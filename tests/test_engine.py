@@ -387,6 +387,9 @@ async def test_deadline_fails_a_waiting_task() -> None:
     engine = world.engine(FunctionModel(Script()))
     await engine.on_task(task())
     assert await world.deadlines.keys() == [f"{AGENT}.t1"]
+    await engine.on_deadline("t1")  # a hint before the deadline: nothing happens
+    assert world.bus.on("agents.") == [] or all(".results." not in p.subject for p in world.bus.published)
+    engine.clock = lambda: 1e12  # far past the deadline
     await engine.on_deadline("t1")
     res = only_result(world)
     assert isinstance(res, TaskFailed) and res.reason == "deadline"

@@ -107,8 +107,19 @@ async def test_length_cut_off_and_runaway_tool_loops_fail_with_reasons(broker: E
         res = await _run(broker, srv, "where is order 42?")
     assert isinstance(res, TaskFailed) and res.reason == "model_output" and "cut off" in res.message
 
-    async with FakeOpenAI(lambda req: tool_calls_reply([("store_hours", {})])) as srv:
+    # A model that never stops asking for tools hits the step limit...
+    def wander(req: dict[str, Any]) -> dict[str, Any]:
+        return tool_calls_reply([("lookup_order", {"order_id": len(_tool_messages(req)) + 1})])
+
+    async with FakeOpenAI(wander) as srv:
         res = await _run(broker, srv, "hours?", max_steps=3)
         calls = len(srv.chat_requests)
     assert isinstance(res, TaskFailed) and res.reason == "max_steps" and "3" in res.message
+    assert calls == 3
+
+    # ...and one that repeats the same call is stopped by the loop breaker first.
+    async with FakeOpenAI(lambda req: tool_calls_reply([("store_hours", {})])) as srv:
+        res = await _run(broker, srv, "hours?", max_steps=8)
+        calls = len(srv.chat_requests)
+    assert isinstance(res, TaskFailed) and res.reason == "loop_detected" and "store_hours" in res.message
     assert calls == 3

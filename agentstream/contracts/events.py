@@ -100,6 +100,8 @@ class TaskSubmitted(Event, frozen=True, tag="agentstream.task.submitted.v1"):
     submitted_at: float = 0.0
     max_steps: int | None = None
     deadline_s: float | None = None
+    max_tokens: int | None = None  # per-task token budget (input + output), overrides the agent's
+    max_cost_usd: float | None = None  # per-task cost budget, overrides the agent's
 
 
 class TaskCompleted(Event, frozen=True, tag="agentstream.task.completed.v1"):
@@ -166,8 +168,9 @@ class ToolCallCompleted(Event, frozen=True, tag="agentstream.tool.call.completed
     error: ToolError | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
-    attempts: int = 1
+    attempts: int = 1  # tries of the tool in this call; 0 = it did not run (bad arguments, circuit open)
     worker: str = ""
+    served_by: str = ""  # the fallback tool that produced the result while ``tool``'s breaker was open
 
 
 # --------------------------------------------------------------------------- progress
@@ -214,7 +217,53 @@ class DeadLettered(Event, frozen=True, tag="agentstream.dead.lettered.v1"):
     at: float
 
 
-AgentInboxEvent = Union[ToolCallCompleted]
+# --------------------------------------------------------------------------- approvals and audit
+
+
+class ApprovalRequested(Event, frozen=True, tag="agentstream.approval.requested.v1"):
+    """A tool call waits for a human. Published to ``approvals.<agent>.requested``;
+    the session is parked in KV meanwhile, so no process waits on it."""
+
+    approval_id: str
+    task_id: str
+    agent: str
+    step: int
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    approvers: tuple[str, ...]  # empty: any identity the deployment allows
+    requested_at: float
+    deadline_at: float
+    tenant_id: str = "default"
+    user_id: str = "anonymous"
+
+
+class ApprovalDecided(Event, frozen=True, tag="agentstream.approval.decided.v1"):
+    """A human's decision, published to the agent's inbox for the task."""
+
+    approval_id: str
+    task_id: str
+    agent: str
+    step: int
+    call_id: str
+    approved: bool
+    approver: str
+    reason: str = ""
+    decided_at: float = 0.0
+
+
+class AuditRecord(Event, frozen=True, tag="agentstream.audit.record.v1"):
+    """One auditable fact, on ``audit.<kind>.<agent>`` (stream AUDIT)."""
+
+    kind: str  # approval.requested | approval.decided | approval.rejected | approval.expired
+    at: float
+    actor: str
+    agent: str
+    task_id: str
+    details: dict[str, Any] = {}
+
+
+AgentInboxEvent = Union[ToolCallCompleted, ApprovalDecided]
 ProgressEvent = Union[ModelTurnCompleted, ToolCallDispatched]
 TaskEvent = Union[
     TaskSubmitted,
@@ -223,6 +272,8 @@ TaskEvent = Union[
     ToolCallDispatched,
     TaskCompleted,
     TaskFailed,
+    ApprovalRequested,
+    ApprovalDecided,
 ]
 AnyEvent = Union[
     TaskSubmitted,
@@ -233,6 +284,9 @@ AnyEvent = Union[
     ModelTurnCompleted,
     ToolCallDispatched,
     DeadLettered,
+    ApprovalRequested,
+    ApprovalDecided,
+    AuditRecord,
 ]
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = (
@@ -244,4 +298,7 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     ModelTurnCompleted,
     ToolCallDispatched,
     DeadLettered,
+    ApprovalRequested,
+    ApprovalDecided,
+    AuditRecord,
 )

@@ -49,6 +49,14 @@ def tool_calls(tool: str, prefix: str = "") -> str:
     return f"{prefix}tools.{tool}.calls"
 
 
+def approvals(agent: str, prefix: str = "") -> str:
+    return f"{prefix}approvals.{agent}.requested"
+
+
+def audit(kind: str, agent: str) -> str:
+    return f"audit.{kind}.{agent}"
+
+
 def dead_letter(origin_subject: str) -> str:
     return f"deadletter.{origin_subject}"
 
@@ -91,6 +99,10 @@ STREAMS: tuple[StreamDef, ...] = (
               description="ToolCallRequested, one subject per tool"),
     StreamDef(name="RESULTS", subjects=("agents.*.results.*",), max_age_s=7 * DAY,
               description="TaskCompleted / TaskFailed"),
+    StreamDef(name="APPROVALS", subjects=("approvals.>",), max_age_s=30 * DAY,
+              description="ApprovalRequested: tool calls waiting for a human"),
+    StreamDef(name="AUDIT", subjects=("audit.>",), max_age_s=365 * DAY,
+              description="audit records: every approval decision, with who made it"),
     StreamDef(name="DEADLETTER", subjects=("deadletter.>",), max_age_s=30 * DAY,
               description="messages a consumer could not process, with the reason"),
 )
@@ -100,7 +112,13 @@ SESSIONS = BucketDef(name="agent_sessions", description="session state, one key 
 DEADLINES = BucketDef(name="agent_deadlines", description="live tasks and their deadlines")
 CONVERSATIONS = BucketDef(name="agent_conversations", description="bounded turn history per conversation",
                           max_age_s=30 * DAY)
-BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS)
+APPROVALS = BucketDef(name="agent_approvals", description="approval requests and their status, by approval id",
+                      max_age_s=30 * DAY)
+TOOL_BREAKERS = BucketDef(name="tool_breakers",
+                          description="circuit breaker state per tool (key = tool name), shared by replicas, CAS only")
+TOOL_RESULTS = BucketDef(name="tool_results", description="results of idempotent tool calls by idempotency key",
+                         max_age_s=DAY)
+BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS)
 
 
 def agent_durable(agent: str, role: str = "tasks") -> str:

@@ -225,6 +225,42 @@ async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
 
+async def cmd_approvals(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime import approvals
+    from agentstream.runtime.client import AgentClient
+
+    async with await AgentClient.connect(_nats_url(settings)) as client:
+        records = await approvals.list_approvals(client, status=None if args.all else "pending")
+        if args.json:
+            print(msgspec.json.encode(records).decode())
+            return 0
+        if not records:
+            print("no pending approvals" if not args.all else "no approvals")
+            return 0
+        for r in records:
+            q = r.request
+            args_text = msgspec.json.encode(q.arguments).decode()
+            due = max(0.0, q.deadline_at - time.time())
+            who = ", ".join(q.approvers) or "any allowed identity"
+            line = f"{q.approval_id}  {r.status:<9} {q.agent}/{q.tool} {args_text}  task {q.task_id}"
+            line += f"  (approvers: {who}; expires in {due:.0f}s)" if r.status == "pending" else \
+                (f"  by {r.decision.approver}" if r.decision else "")
+            print(line)
+        return 0
+
+
+async def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime import approvals
+    from agentstream.runtime.client import AgentClient
+
+    approved = args.command == "approve"
+    async with await AgentClient.connect(_nats_url(settings)) as client:
+        d = await approvals.decide(client, args.approval_id, approved=approved,
+                                   approver=args.as_ or approvals.default_identity(), reason=args.reason or "")
+    print(f"{'approved' if approved else 'denied'} {d.approval_id} as {d.approver}")
+    return 0
+
+
 async def cmd_asyncapi(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.handlers.protocol import asyncapi_json
 
@@ -238,9 +274,9 @@ async def cmd_asyncapi(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.contracts.schema import json_schema
+    from agentstream.contracts.schema import dumps, json_schema
 
-    text = msgspec.json.format(msgspec.json.encode(json_schema()), indent=2).decode()
+    text = dumps(json_schema()).rstrip("\n")
     if args.out:
         Path(args.out).write_text(text + "\n")
         print(f"wrote {args.out}")
@@ -310,6 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("task_id")
     t.add_argument("--timeout", type=float, default=10.0)
     t.set_defaults(fn=cmd_timeline)
+
+    ap = sub.add_parser("approvals", help="list tool calls waiting for a human decision")
+    ap.add_argument("--all", action="store_true", help="also decided, expired and cancelled ones")
+    ap.add_argument("--json", action="store_true")
+    ap.set_defaults(fn=cmd_approvals)
+
+    for verb, text in (("approve", "approve a pending tool call"), ("deny", "deny a pending tool call")):
+        dp = sub.add_parser(verb, help=text)
+        dp.add_argument("approval_id")
+        dp.add_argument("--as", dest="as_", metavar="NAME",
+                        help="your identity (default: $AGENTSTREAM_APPROVER, else $USER)")
+        dp.add_argument("--reason", required=verb == "deny", default="")
+        dp.set_defaults(fn=cmd_decide)
 
     a = sub.add_parser("asyncapi", help="export the AsyncAPI document of the protocol")
     a.add_argument("--out")

@@ -8,12 +8,17 @@ today; plan-first and routed later) are strategies over this shape.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 import msgspec
 
 from agentstream.contracts import subjects
 from agentstream.contracts.events import (
+    ApprovalDecided,
+    ApprovalRequested,
+    AuditRecord,
     Message,
     ModelTurnCompleted,
     TaskCompleted,
@@ -24,11 +29,14 @@ from agentstream.contracts.events import (
     ToolCallDispatched,
     ToolCallRequested,
     ToolError,
+    Usage,
 )
 from agentstream.runtime.spec import AgentSpec
 from agentstream.runtime.state import (
     AnyCommand,
+    ApprovalExpired,
     CallModel,
+    ClearApprovalTimer,
     CallResult,
     ClearDeadline,
     DeadlineReached,
@@ -36,11 +44,15 @@ from agentstream.runtime.state import (
     ModelFailed,
     ModelResponded,
     PendingCall,
+    PublishApproval,
+    PublishAudit,
     PublishProgress,
     PublishResult,
     PublishToolCall,
+    RecordApproval,
     RecordTurn,
     SessionState,
+    SetApprovalTimer,
     SetDeadline,
     Turn,
     tool_error_content,
@@ -53,11 +65,23 @@ from agentstream.runtime.state import (
 DEDUPE_WINDOW_S = 120.0
 
 
-class Context(msgspec.Struct, frozen=True, kw_only=True):
+@dataclass(frozen=True)
+class Context:
+    """Everything a decision may depend on besides the state and the input."""
+
     spec: AgentSpec
     now: float
     history: tuple[Turn, ...] = ()
     worker: str = ""
+    model: str = ""  # the model that will be called (prices, budgets)
+    # (input, output) USD per million tokens, by model name.
+    prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # Whether a call needs a human's approval, given its tool and arguments.
+    needs_approval: Callable[[str, dict[str, Any]], bool] | None = None
+    # Identities allowed to decide on a tool's approvals; empty: default_approvers.
+    approvers_for: Callable[[str], tuple[str, ...]] | None = None
+    # Empty: any identity may decide (development default).
+    default_approvers: tuple[str, ...] = ()
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,7 +104,9 @@ def decide(state: SessionState | None, event: Input, ctx: Context) -> Decision:
     if state.terminal:
         return _duplicate(state, ctx, reemit=isinstance(event, (TaskSubmitted, ToolCallCompleted)))
 
-    if isinstance(event, DeadlineReached) or ctx.now >= state.deadline_at:
+    # The sweeper's DeadlineReached is only a hint: the deadline stored in the
+    # state decides (it moves while a call waits on a human).
+    if ctx.now >= state.deadline_at:
         return _fail(state, ctx, "deadline",
                      f"deadline of {state.deadline_at - state.started_at:.1f}s passed at step {state.step}")
 
@@ -97,7 +123,11 @@ def decide(state: SessionState | None, event: Input, ctx: Context) -> Decision:
             return _fail(state, ctx, "model_error", event.message)
         case ToolCallCompleted():
             return _on_tool_result(state, event, ctx)
-        case DeadlineReached():  # handled above; kept for exhaustiveness
+        case ApprovalDecided():
+            return _on_decision(state, event, ctx)
+        case ApprovalExpired():
+            return _on_approval_expired(state, event, ctx)
+        case DeadlineReached():  # not yet due: a stale timer
             return _duplicate(state, ctx, reemit=False)
         case _:
             assert_never(event)
@@ -125,22 +155,29 @@ def _start(task: TaskSubmitted, ctx: Context) -> Decision:
         updated_at=ctx.now,
         deadline_at=ctx.now + deadline_s,
         max_steps=max_steps,
+        max_tokens=task.max_tokens if task.max_tokens and task.max_tokens > 0 else spec.max_tokens,
+        max_cost_usd=task.max_cost_usd if task.max_cost_usd and task.max_cost_usd > 0 else spec.max_cost_usd,
     )
-    commands: tuple[AnyCommand, ...] = (SetDeadline(deadline_at=state.deadline_at), CallModel(step=1))
-    return _emit(state, commands)
+    return _call_model(state, ctx, extra=(SetDeadline(deadline_at=state.deadline_at),))
 
 
 def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision:
     resp = ev.response
-    usage = state.usage + resp.usage
+    turn_usage = _priced(resp.usage, resp.model or ctx.model, ctx)
+    usage = state.usage + turn_usage
     assistant = Message(role="assistant", content=resp.text, tool_calls=resp.tool_calls)
     messages = (*state.messages, assistant)
     progress = PublishProgress(event=ModelTurnCompleted(
         task_id=state.task.task_id, agent=state.task.agent, step=ev.step,
         model=resp.model, finish_reason=resp.finish_reason,
-        tool_calls=tuple(c.name for c in resp.tool_calls), usage=resp.usage,
+        tool_calls=tuple(c.name for c in resp.tool_calls), usage=turn_usage,
         started_at=ev.started_at, finished_at=ev.finished_at, worker=ctx.worker))
     state = msgspec.structs.replace(state, usage=usage, messages=messages, updated_at=ctx.now)
+
+    over = _over_budget(state)
+    if over:
+        # Only possible when the provider counted more input tokens than estimated.
+        return _fail(state, ctx, "budget_exceeded", over, extra=(progress,))
 
     if not resp.tool_calls:
         if resp.finish_reason == "length":
@@ -152,38 +189,75 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
                          extra=(progress,))
         return _complete(state, ctx, resp.text, extra=(progress,))
 
+    total = state.tool_calls_total + len(resp.tool_calls)
+    if total > ctx.spec.max_tool_calls:
+        return _fail(state, ctx, "tool_call_limit",
+                     f"the model asked for {total} tool calls; the limit is {ctx.spec.max_tool_calls} a task",
+                     extra=(progress,))
+
+    task = state.task
     pending: list[PendingCall] = []
     early: list[CallResult] = []
-    publishes: list[AnyCommand] = []
+    cmds: list[AnyCommand] = []
+    counts = dict(state.call_counts)
+    approval_deadline = ctx.now + ctx.spec.approval_timeout_s
     ids = _ids(resp.tool_calls, ev.step)
     for idx, call in enumerate(resp.tool_calls):
         call_id = ids[idx]
-        err = _check_call(call, ctx.spec, truncated=resp.finish_reason == "length")
-        if isinstance(err, ToolError):
-            early.append(CallResult(call_id=call_id, tool=call.name, ok=False, content=tool_error_content(err)))
+        args = _check_call(call, ctx.spec, truncated=resp.finish_reason == "length")
+        if isinstance(args, ToolError):
+            early.append(CallResult(call_id=call_id, tool=call.name, ok=False, content=tool_error_content(args)))
             continue
-        pending.append(PendingCall(call_id=call_id, tool=call.name))
-        publishes.append(PublishToolCall(request=ToolCallRequested(
-            task_id=state.task.task_id, agent=state.task.agent, step=ev.step, call_id=call_id,
-            tool=call.name, arguments=err,
-            idempotency_key=f"{state.task.task_id}:{ev.step}:{call_id}",
-            reply_subject=subjects.events(state.task.agent, state.task.task_id),
+        key = f"{call.name}:{msgspec.json.encode(args, order='sorted').decode()}"
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] >= ctx.spec.loop_limit:
+            return _fail(state, ctx, "loop_detected",
+                         f"the model called {call.name} with the same arguments {counts[key]} times",
+                         extra=(progress,))
+        request = ToolCallRequested(
+            task_id=task.task_id, agent=task.agent, step=ev.step, call_id=call_id,
+            tool=call.name, arguments=args,
+            idempotency_key=f"{task.task_id}:{ev.step}:{call_id}",
+            reply_subject=subjects.events(task.agent, task.task_id),
             requested_at=ctx.now, timeout_s=ctx.spec.tool_timeout_s,
-            tenant_id=state.task.tenant_id, user_id=state.task.user_id)))
+            tenant_id=task.tenant_id, user_id=task.user_id)
+        if ctx.needs_approval is not None and ctx.needs_approval(call.name, args):
+            approvers = (ctx.approvers_for(call.name) if ctx.approvers_for else ()) or ctx.default_approvers
+            approval = ApprovalRequested(
+                approval_id=f"{task.task_id}-{ev.step}-{call_id}", task_id=task.task_id, agent=task.agent,
+                step=ev.step, call_id=call_id, tool=call.name, arguments=args, approvers=approvers,
+                requested_at=ctx.now, deadline_at=approval_deadline, tenant_id=task.tenant_id,
+                user_id=task.user_id)
+            pending.append(PendingCall(call_id=call_id, tool=call.name, arguments=args, approval="pending",
+                                       approval_id=approval.approval_id, approvers=approvers))
+            cmds += [PublishApproval(request=approval),
+                     SetApprovalTimer(call_id=call_id, at=approval_deadline),
+                     RecordApproval(approval_id=approval.approval_id, status="pending", request=approval),
+                     _audit("approval.requested", ctx, task, actor=f"agent:{task.agent}",
+                            approval_id=approval.approval_id, tool=call.name, step=ev.step)]
+            continue
+        pending.append(PendingCall(call_id=call_id, tool=call.name, arguments=args))
+        cmds.append(PublishToolCall(request=request))
     # The transcript must pair every tool call id the model produced with a result.
-    if any(c.id != p for c, p in zip(resp.tool_calls, _ids(resp.tool_calls, ev.step))):
-        fixed = tuple(msgspec.structs.replace(c, id=i) for c, i in zip(resp.tool_calls, _ids(resp.tool_calls, ev.step)))
+    if any(c.id != i for c, i in zip(resp.tool_calls, ids)):
+        fixed = tuple(msgspec.structs.replace(c, id=i) for c, i in zip(resp.tool_calls, ids))
         messages = (*state.messages[:-1], msgspec.structs.replace(assistant, tool_calls=fixed))
         state = msgspec.structs.replace(state, messages=messages)
     state = msgspec.structs.replace(
         state, status="awaiting_tools", pending=tuple(pending), results=tuple(early),
-        tool_calls_total=state.tool_calls_total + len(resp.tool_calls))
+        tool_calls_total=total, call_counts=counts)
+    if any(p.approval == "pending" for p in pending):
+        # The task's own clock stops while a human decides: it keeps the time
+        # it had left, counted from the approval deadline.
+        remaining = max(state.deadline_at - ctx.now, 0.0)
+        state = msgspec.structs.replace(state, deadline_at=max(state.deadline_at, approval_deadline + remaining))
+        cmds.append(SetDeadline(deadline_at=state.deadline_at))
     dispatched = PublishProgress(event=ToolCallDispatched(
-        task_id=state.task.task_id, agent=state.task.agent, step=ev.step,
+        task_id=task.task_id, agent=task.agent, step=ev.step,
         calls=tuple(c for c in state.messages[-1].tool_calls), at=ctx.now))
     if not pending:
         return _next_turn(state, ctx, extra=(progress, dispatched))
-    return _emit(state, (progress, dispatched, *publishes))
+    return _emit(state, (progress, dispatched, *cmds))
 
 
 def _ids(calls: tuple[ToolCall, ...], step: int) -> list[str]:
@@ -240,6 +314,152 @@ def _on_tool_result(state: SessionState, ev: ToolCallCompleted, ctx: Context) ->
     return _next_turn(state, ctx)
 
 
+def _pending_approval(state: SessionState, call_id: str, step: int | None = None) -> PendingCall | None:
+    if state.status != "awaiting_tools" or (step is not None and step != state.step):
+        return None
+    for p in state.pending:
+        if p.call_id == call_id and p.approval == "pending":
+            return p
+    return None
+
+
+def _on_decision(state: SessionState, ev: ApprovalDecided, ctx: Context) -> Decision:
+    pend = _pending_approval(state, ev.call_id, ev.step)
+    if pend is None or pend.approval_id != ev.approval_id:
+        return _duplicate(state, ctx, reemit=True)
+    task = state.task
+    allowed = pend.approvers or ctx.default_approvers
+    if not ev.approver or (allowed and ev.approver not in allowed):
+        # Not an allowed identity: the decision does not count, but is audited.
+        who = ev.approver or "(anonymous)"
+        audit = _audit("approval.rejected", ctx, task, actor=who, approval_id=ev.approval_id, tool=pend.tool,
+                       reason=f"{who} may not decide; allowed: {', '.join(allowed) or 'anyone'}")
+        return Decision(state=state, commands=(audit,), changed=False)
+    verdict = "approved" if ev.approved else "denied"
+    audit = _audit("approval.decided", ctx, task, actor=ev.approver, approval_id=ev.approval_id, tool=pend.tool,
+                   approved=ev.approved, reason=ev.reason)
+    record = RecordApproval(approval_id=ev.approval_id, status=verdict, decision=ev)
+    common: tuple[AnyCommand, ...] = (ClearApprovalTimer(call_id=pend.call_id), record, audit)
+    if ev.approved:
+        pending = tuple(msgspec.structs.replace(p, approval="approved") if p.call_id == pend.call_id else p
+                        for p in state.pending)
+        state = msgspec.structs.replace(state, pending=pending, updated_at=ctx.now)
+        request = ToolCallRequested(
+            task_id=task.task_id, agent=task.agent, step=state.step, call_id=pend.call_id, tool=pend.tool,
+            arguments=pend.arguments, idempotency_key=f"{task.task_id}:{state.step}:{pend.call_id}",
+            reply_subject=subjects.events(task.agent, task.task_id), requested_at=ctx.now,
+            timeout_s=ctx.spec.tool_timeout_s, tenant_id=task.tenant_id, user_id=task.user_id)
+        return _emit(state, (*common, PublishToolCall(request=request)))
+    reason = f": {ev.reason}" if ev.reason else ""
+    error = ToolError(kind="approval_denied", message=f"{ev.approver} denied this call{reason}",
+                      hint="do not retry it; tell the user it was not approved")
+    return _settle_call(state, ctx, pend, error, common)
+
+
+def _on_approval_expired(state: SessionState, ev: ApprovalExpired, ctx: Context) -> Decision:
+    pend = _pending_approval(state, ev.call_id)
+    if pend is None:
+        return _duplicate(state, ctx, reemit=False)
+    task = state.task
+    timeout = ctx.spec.approval_timeout_s
+    audit = _audit("approval.expired", ctx, task, actor="system", approval_id=pend.approval_id, tool=pend.tool,
+                   policy=ctx.spec.on_approval_timeout)
+    record = RecordApproval(approval_id=pend.approval_id, status="expired")
+    if ctx.spec.on_approval_timeout == "escalate":
+        return _fail(state, ctx, "approval_expired",
+                     f"no decision on {pend.tool} within {timeout:g}s; the task is escalated to a human",
+                     extra=(record, audit))
+    error = ToolError(kind="approval_expired", message=f"nobody approved this call within {timeout:g}s",
+                      hint="do not retry it; tell the user it could not be approved in time")
+    return _settle_call(state, ctx, pend, error, (ClearApprovalTimer(call_id=pend.call_id), record, audit))
+
+
+def _settle_call(state: SessionState, ctx: Context, pend: PendingCall, error: ToolError,
+                 extra: tuple[AnyCommand, ...]) -> Decision:
+    """A call that will not run (denied, expired) gets an error result."""
+    pending = tuple(msgspec.structs.replace(p, approval="") if p.call_id == pend.call_id else p
+                    for p in state.pending)
+    result = CallResult(call_id=pend.call_id, tool=pend.tool, ok=False, content=tool_error_content(error))
+    state = msgspec.structs.replace(state, pending=pending, results=(*state.results, result), updated_at=ctx.now)
+    done = {r.call_id for r in state.results}
+    if any(p.call_id not in done for p in state.pending):
+        return _emit(state, extra)
+    return _next_turn(state, ctx, extra=extra)
+
+
+def _audit(kind: str, ctx: Context, task: TaskSubmitted, *, actor: str, **details: Any) -> PublishAudit:
+    return PublishAudit(record=AuditRecord(kind=kind, at=ctx.now, actor=actor, agent=task.agent,
+                                           task_id=task.task_id, details=details))
+
+
+# ----------------------------------------------------------------- budgets
+
+MIN_OUTPUT_TOKENS = 16
+
+
+def estimate_tokens(messages: tuple[Message, ...], tools: tuple[Any, ...]) -> int:
+    """A deliberately high estimate of a request's input tokens (3 characters a
+    token, where real tokenizers average about 4), so a budget check errs on
+    the side of not making the call."""
+    chars = 0
+    for m in messages:
+        chars += len(m.content) + 12
+        for c in m.tool_calls:
+            chars += len(c.name) + len(c.arguments) + 12
+    for t in tools:
+        chars += len(msgspec.json.encode(t))
+    return chars // 3 + 1
+
+
+def _price(model: str, ctx: Context) -> tuple[float, float]:
+    return ctx.prices.get(model) or ctx.prices.get("*") or (0.0, 0.0)
+
+
+def _priced(usage: Usage, model: str, ctx: Context) -> Usage:
+    if usage.cost_usd:
+        return usage
+    pin, pout = _price(model, ctx)
+    cost = (usage.input_tokens * pin + usage.output_tokens * pout) / 1_000_000
+    return msgspec.structs.replace(usage, cost_usd=cost)
+
+
+def _over_budget(state: SessionState) -> str:
+    u = state.usage
+    used = u.input_tokens + u.output_tokens
+    if state.max_tokens is not None and used > state.max_tokens:
+        return f"token budget exceeded: used {used} of {state.max_tokens} tokens"
+    if state.max_cost_usd is not None and u.cost_usd > state.max_cost_usd:
+        return f"cost budget exceeded: spent ${u.cost_usd:.6f} of ${state.max_cost_usd:.6f}"
+    return ""
+
+
+def _call_model(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...] = ()) -> Decision:
+    """Ask the model for the next turn, unless the budget cannot pay for it:
+    then the call is not made and the task fails with the figures. The call's
+    output is capped at what the budget leaves."""
+    max_out = ctx.spec.max_output_tokens
+    u = state.usage
+    est_in = estimate_tokens(state.messages, ctx.spec.tools)
+    if state.max_tokens is not None:
+        left = state.max_tokens - (u.input_tokens + u.output_tokens)
+        if est_in + MIN_OUTPUT_TOKENS > left:
+            return _fail(state, ctx, "budget_exceeded",
+                         f"token budget of {state.max_tokens} would be exceeded: {u.input_tokens + u.output_tokens} "
+                         f"used, the next model call needs about {est_in + MIN_OUTPUT_TOKENS}", extra=extra)
+        max_out = min(max_out, left - est_in)
+    if state.max_cost_usd is not None:
+        pin, pout = _price(ctx.model, ctx)
+        left_usd = state.max_cost_usd - u.cost_usd
+        need = (est_in * pin + MIN_OUTPUT_TOKENS * pout) / 1_000_000
+        if need > left_usd:
+            return _fail(state, ctx, "budget_exceeded",
+                         f"cost budget of ${state.max_cost_usd:.6f} would be exceeded: ${u.cost_usd:.6f} spent, "
+                         f"the next model call costs about ${need:.6f}", extra=extra)
+        if pout > 0:
+            max_out = min(max_out, int((left_usd - est_in * pin / 1_000_000) * 1_000_000 / pout))
+    return _emit(state, (*extra, CallModel(step=state.step, max_tokens=max_out)))
+
+
 def _next_turn(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...] = ()) -> Decision:
     """All results of this turn are in: append them in the model's call order
     (arrival order varies across replicas; the transcript must not) and ask
@@ -254,7 +474,7 @@ def _next_turn(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...] 
         return _fail(state, ctx, "max_steps",
                      f"reached the limit of {state.max_steps} model turns without a final answer", extra=extra)
     state = msgspec.structs.replace(state, status="awaiting_model", step=state.step + 1)
-    return _emit(state, (*extra, CallModel(step=state.step)))
+    return _call_model(state, ctx, extra=extra)
 
 
 def _complete(state: SessionState, ctx: Context, output: str, extra: tuple[AnyCommand, ...] = ()) -> Decision:
@@ -264,8 +484,9 @@ def _complete(state: SessionState, ctx: Context, output: str, extra: tuple[AnyCo
         steps=state.step, tool_calls=state.tool_calls_total, usage=state.usage,
         started_at=state.started_at, finished_at=ctx.now, tenant_id=task.tenant_id,
         user_id=task.user_id, conversation_id=task.conversation_id)
+    cancel = _cancel_approvals(state)
     state = msgspec.structs.replace(state, status="completed", outcome=result, pending=(), results=())
-    cmds: list[AnyCommand] = [*extra, PublishResult(result=result), ClearDeadline()]
+    cmds: list[AnyCommand] = [*extra, *cancel, PublishResult(result=result), ClearDeadline()]
     key = conversation_key(task)
     if key:
         cmds.insert(len(extra), RecordTurn(conversation_key=key, task_id=task.task_id, user=task.input,
@@ -281,9 +502,18 @@ def _fail(state: SessionState, ctx: Context, reason: str, message: str,
         message=message, steps=state.step, tool_calls=state.tool_calls_total, usage=state.usage,
         started_at=state.started_at, finished_at=ctx.now, tenant_id=task.tenant_id,
         user_id=task.user_id, conversation_id=task.conversation_id)
+    cancel = _cancel_approvals(state)
     state = msgspec.structs.replace(state, status="failed", outcome=result, pending=(), results=(),
                                     updated_at=ctx.now)
-    return _emit(state, (*extra, PublishResult(result=result), ClearDeadline()))
+    return _emit(state, (*extra, *cancel, PublishResult(result=result), ClearDeadline()))
+
+
+def _cancel_approvals(state: SessionState) -> list[AnyCommand]:
+    out: list[AnyCommand] = []
+    for p in state.pending:
+        if p.approval == "pending":
+            out += [ClearApprovalTimer(call_id=p.call_id), RecordApproval(approval_id=p.approval_id, status="cancelled")]
+    return out
 
 
 def _emit(state: SessionState, commands: tuple[AnyCommand, ...]) -> Decision:
@@ -305,8 +535,6 @@ def _duplicate(state: SessionState, ctx: Context, *, reemit: bool) -> Decision:
 
 def failed_task(task: TaskSubmitted, version: str, reason: str, message: str, now: float) -> TaskFailed:
     """A failed result for a task that never got a session (e.g. a bad task)."""
-    from agentstream.contracts.events import Usage
-
     return TaskFailed(task_id=task.task_id, agent=task.agent, agent_version=task.agent_version or version,
                       reason=reason, message=message, steps=0, tool_calls=0, usage=Usage(),
                       started_at=now, finished_at=now, tenant_id=task.tenant_id, user_id=task.user_id,

@@ -18,25 +18,38 @@ from typing import assert_never
 import msgspec
 
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import ModelTurnCompleted, TaskSubmitted, ToolCallCompleted
+from agentstream.contracts.events import (
+    ApprovalDecided,
+    AuditRecord,
+    ModelTurnCompleted,
+    TaskSubmitted,
+    ToolCallCompleted,
+)
 from agentstream.runtime import core
 from agentstream.runtime.errors import Conflict, ModelError
 from agentstream.runtime.ports import LLM, Bus, Entry, ModelRequest, SessionStore
 from agentstream.runtime.spec import AgentSpec
+from agentstream.runtime.policy import ApprovalRecord, Policy, decode_record, encode_record
 from agentstream.runtime.state import (
     AnyCommand,
+    ApprovalExpired,
     CallModel,
+    ClearApprovalTimer,
     ClearDeadline,
     Conversation,
     DeadlineReached,
     Input,
     ModelFailed,
     ModelResponded,
+    PublishApproval,
+    PublishAudit,
     PublishProgress,
     PublishResult,
     PublishToolCall,
+    RecordApproval,
     RecordTurn,
     SessionState,
+    SetApprovalTimer,
     SetDeadline,
     Turn,
     decode_conversation,
@@ -52,7 +65,8 @@ MAX_CAS_RETRIES = 50
 class AgentEngine:
     def __init__(self, spec: AgentSpec, llm: LLM, *, sessions: SessionStore, conversations: SessionStore,
                  deadlines: SessionStore, bus: Bus, worker: str = "", model_attempts: int = 3,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, approvals: SessionStore | None = None,
+                 policy: Policy | None = None) -> None:
         self.spec = spec
         self.llm = llm
         self.sessions = sessions
@@ -62,6 +76,8 @@ class AgentEngine:
         self.worker = worker
         self.model_attempts = model_attempts
         self.clock = clock
+        self.approvals = approvals
+        self.policy = policy or Policy()
         self.model_calls = 0
         # Per-task serialisation inside one process (parallel tool results of one
         # task would otherwise race each other's compare-and-set), and the last
@@ -82,11 +98,20 @@ class AgentEngine:
                 history = decode_conversation(entry.value).turns
         await self.drive(task.task_id, task, history)
 
-    async def on_event(self, event: ToolCallCompleted) -> None:
+    async def on_event(self, event: ToolCallCompleted | ApprovalDecided) -> None:
         await self.drive(event.task_id, event)
 
     async def on_deadline(self, task_id: str) -> None:
         await self.drive(task_id, DeadlineReached())
+
+    async def on_approval_expired(self, task_id: str, call_id: str) -> None:
+        await self.drive(task_id, ApprovalExpired(call_id=call_id))
+
+    def context(self, history: tuple[Turn, ...] = ()) -> core.Context:
+        p = self.policy
+        return core.Context(spec=self.spec, now=self.clock(), history=history, worker=self.worker,
+                            model=self.llm.name, prices=p.prices, needs_approval=p.needs_approval,
+                            approvers_for=p.approvers_for, default_approvers=p.default_approvers)
 
     # ------------------------------------------------------------ the loop
 
@@ -121,7 +146,7 @@ class AgentEngine:
             if entry is None:
                 entry = await self.sessions.get(task_id)
             state = decode_state(entry.value) if entry is not None else None
-            ctx = core.Context(spec=self.spec, now=self.clock(), history=history, worker=self.worker)
+            ctx = self.context(history)
             decision = core.decide(state, event, ctx)
             if not decision.changed or decision.state is None:
                 if cached:
@@ -155,9 +180,9 @@ class AgentEngine:
     async def _execute(self, task_id: str, state: SessionState | None, cmd: AnyCommand) -> Input | None:
         agent = self.spec.name
         match cmd:
-            case CallModel(step=step):
+            case CallModel(step=step, max_tokens=max_tokens):
                 assert state is not None
-                return await self._call_model(state, step)
+                return await self._call_model(state, step, max_tokens)
             case PublishToolCall(request=req):
                 await self.bus.publish(subjects.tool_calls(req.tool), codec.encode(req),
                                        msg_id=req.idempotency_key)
@@ -169,17 +194,57 @@ class AgentEngine:
                 await self.bus.publish(subjects.results(agent, task_id), codec.encode(res),
                                        msg_id=f"{task_id}:result")
             case SetDeadline(deadline_at=at):
-                await _put(self.deadlines, _deadline_key(agent, task_id), repr(at).encode())
+                await self.deadlines.put(_deadline_key(agent, task_id), repr(at).encode())
             case ClearDeadline():
                 await self.deadlines.delete(_deadline_key(agent, task_id))
             case RecordTurn():
                 await self._record_turn(cmd)
+            case PublishApproval(request=req):
+                raw = codec.encode(req)
+                await self.bus.publish(subjects.approvals(agent), raw, msg_id=f"{req.approval_id}:requested")
+                # Also on the task's progress subject, so `watch` shows what it waits for.
+                await self.bus.publish(subjects.progress(agent, task_id), raw,
+                                       msg_id=f"{req.approval_id}:progress")
+            case PublishAudit(record=rec):
+                await self.bus.publish(subjects.audit(rec.kind.replace(".", "_"), agent), codec.encode(rec),
+                                       msg_id=_audit_id(rec))
+            case SetApprovalTimer(call_id=call_id, at=at):
+                await self.deadlines.put(_deadline_key(agent, task_id, call_id), repr(at).encode())
+            case ClearApprovalTimer(call_id=call_id):
+                await self.deadlines.delete(_deadline_key(agent, task_id, call_id))
+            case RecordApproval():
+                await self._record_approval(cmd)
             case _:
                 assert_never(cmd)
         return None
 
-    async def _call_model(self, state: SessionState, step: int) -> Input:
-        request = ModelRequest(model=self.llm.name, messages=state.messages, tools=self.spec.tools)
+    async def _record_approval(self, cmd: RecordApproval) -> None:
+        if self.approvals is None:
+            return
+        for _ in range(MAX_CAS_RETRIES):
+            entry = await self.approvals.get(cmd.approval_id)
+            if entry is None:
+                if cmd.request is None:
+                    return
+                record = ApprovalRecord(request=cmd.request, status=cmd.status, decision=cmd.decision)
+                try:
+                    await self.approvals.create(cmd.approval_id, encode_record(record))
+                    return
+                except Conflict:
+                    continue
+            record = decode_record(entry.value)
+            if record.status == cmd.status:
+                return
+            record = msgspec.structs.replace(record, status=cmd.status, decision=cmd.decision or record.decision)
+            try:
+                await self.approvals.update(cmd.approval_id, encode_record(record), entry.revision)
+                return
+            except Conflict:
+                continue
+
+    async def _call_model(self, state: SessionState, step: int, max_tokens: int | None = None) -> Input:
+        request = ModelRequest(model=self.llm.name, messages=state.messages, tools=self.spec.tools,
+                               max_tokens=max_tokens)
         started = self.clock()
         last: ModelError | None = None
         for attempt in range(1, self.model_attempts + 1):
@@ -214,15 +279,20 @@ class AgentEngine:
                 continue
 
 
-def _deadline_key(agent: str, task_id: str) -> str:
-    return f"{agent}.{task_id}"
+def _deadline_key(agent: str, task_id: str, call_id: str = "") -> str:
+    """``agent.task`` is the task's deadline; ``agent.task.call`` an approval's."""
+    return f"{agent}.{task_id}.{call_id}" if call_id else f"{agent}.{task_id}"
 
 
-async def _put(store: SessionStore, key: str, value: bytes) -> None:
-    try:
-        await store.create(key, value)
-    except Conflict:
-        pass  # a replayed start: the deadline is already set
+def parse_deadline_key(key: str) -> tuple[str, str, str]:
+    agent, _, rest = key.partition(".")
+    task_id, _, call_id = rest.partition(".")
+    return agent, task_id, call_id
+
+
+def _audit_id(rec: AuditRecord) -> str:
+    ident = rec.details.get("approval_id") or rec.task_id
+    return f"audit:{rec.kind}:{ident}:{rec.actor}:{rec.at!r}"
 
 
 class _RefLock:

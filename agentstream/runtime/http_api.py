@@ -343,6 +343,9 @@ def create_app(client: AgentClient, *, ready: ReadyCheck | None = None,
     app.router.add_post("/v1/tasks", submit_task)
     app.router.add_get("/v1/tasks/{task_id}/result", task_result)
     app.router.add_get("/v1/tasks/{task_id}/events", task_events)
+    from agentstream.runtime import approvals  # late: approvals imports the client, as we do
+
+    approvals.add_routes(app, client)
     return app
 
 

@@ -32,6 +32,9 @@ class InMemoryKV:
             raise Conflict(f"{key} changed since revision {revision}")
         return self._write(key, value)
 
+    async def put(self, key: str, value: bytes) -> int:
+        return self._write(key, value)
+
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
 

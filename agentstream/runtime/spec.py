@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from agentstream.contracts.events import ToolSpec
@@ -17,6 +19,15 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     deadline_s: float = 120.0
     history_turns: int = 10
     tool_timeout_s: float = 30.0
+    # Budgets and runaway protection (per task; a task may lower or raise them).
+    max_tokens: int | None = None  # input + output tokens over the whole task
+    max_cost_usd: float | None = None
+    max_output_tokens: int = 1024  # per model call; also caps a call so a budget cannot be overshot
+    max_tool_calls: int = 32
+    loop_limit: int = 3  # the same tool with the same arguments this many times ends the task
+    # Human in the loop.
+    approval_timeout_s: float = 3600.0
+    on_approval_timeout: Literal["deny", "escalate"] = "deny"
 
     def tool(self, name: str) -> ToolSpec | None:
         for spec in self.tools:

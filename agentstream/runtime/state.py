@@ -8,6 +8,9 @@ from typing import Any, Literal, Union
 import msgspec
 
 from agentstream.contracts.events import (
+    ApprovalDecided,
+    ApprovalRequested,
+    AuditRecord,
     Message,
     ModelResponse,
     ModelTurnCompleted,
@@ -28,6 +31,10 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
 class PendingCall(msgspec.Struct, frozen=True, kw_only=True):
     call_id: str
     tool: str
+    arguments: dict[str, Any] = {}
+    approval: str = ""  # "" (not needed) | "pending" | "approved"
+    approval_id: str = ""
+    approvers: tuple[str, ...] = ()
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,6 +53,7 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="cmd"):
 
 class CallModel(Command, frozen=True, tag="call_model"):
     step: int
+    max_tokens: int | None = None  # what the budget leaves for this call's output
 
 
 class PublishToolCall(Command, frozen=True, tag="publish_tool_call"):
@@ -77,8 +85,35 @@ class RecordTurn(Command, frozen=True, tag="record_turn"):
     assistant: str
 
 
+class PublishApproval(Command, frozen=True, tag="publish_approval"):
+    request: ApprovalRequested
+
+
+class PublishAudit(Command, frozen=True, tag="publish_audit"):
+    record: AuditRecord
+
+
+class SetApprovalTimer(Command, frozen=True, tag="set_approval_timer"):
+    call_id: str
+    at: float
+
+
+class ClearApprovalTimer(Command, frozen=True, tag="clear_approval_timer"):
+    call_id: str
+
+
+class RecordApproval(Command, frozen=True, tag="record_approval"):
+    """Keep the listing of approvals (KV ``agent_approvals``) in step."""
+
+    approval_id: str
+    status: str  # pending | approved | denied | expired | cancelled
+    request: ApprovalRequested | None = None
+    decision: ApprovalDecided | None = None
+
+
 AnyCommand = Union[CallModel, PublishToolCall, PublishProgress, PublishResult, SetDeadline,
-                   ClearDeadline, RecordTurn]
+                   ClearDeadline, RecordTurn, PublishApproval, PublishAudit, SetApprovalTimer,
+                   ClearApprovalTimer, RecordApproval]
 
 
 # ----------------------------------------------------------------- inputs (internal)
@@ -100,7 +135,12 @@ class DeadlineReached(msgspec.Struct, frozen=True, kw_only=True):
     pass
 
 
-Input = Union[TaskSubmitted, ToolCallCompleted, ModelResponded, ModelFailed, DeadlineReached]
+class ApprovalExpired(msgspec.Struct, frozen=True, kw_only=True):
+    call_id: str
+
+
+Input = Union[TaskSubmitted, ToolCallCompleted, ApprovalDecided, ModelResponded, ModelFailed,
+              DeadlineReached, ApprovalExpired]
 
 
 # ----------------------------------------------------------------- state
@@ -120,6 +160,9 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: float
     deadline_at: float
     max_steps: int
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    call_counts: dict[str, int] = {}  # "tool:canonical-args" -> times called (loop breaker)
     outbox: tuple[AnyCommand, ...] = ()
     outbox_at: float = 0.0  # when the outbox was produced: its dedupe window starts here
     outcome: TaskCompleted | TaskFailed | None = None

@@ -1,0 +1,138 @@
+"""Human-in-the-loop decisions from the outside: list pending approvals and
+publish decisions. Used by the CLI and the HTTP API; any NATS client can do
+the same by publishing ``ApprovalDecided`` to the task's inbox subject.
+
+The engine is the authority on who may decide (it ignores and audits a
+decision by an identity not allowed); the checks here only fail early with a
+clear message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import msgspec
+import nats.js.errors as jse
+from aiohttp import web
+from nats.js.kv import KeyValue
+
+from agentstream.contracts import codec, subjects
+from agentstream.contracts.events import ApprovalDecided
+from agentstream.runtime.client import AgentClient
+from agentstream.runtime.errors import AgentstreamError
+from agentstream.runtime.policy import ApprovalRecord, decode_record, parse_approvers
+
+
+class ApprovalError(AgentstreamError):
+    pass
+
+
+async def _bucket(client: AgentClient) -> KeyValue:
+    try:
+        return await client.js.key_value(subjects.APPROVALS.name)
+    except jse.NotFoundError:
+        raise ApprovalError("no approvals bucket: no agent has run on this broker yet") from None
+
+
+async def list_approvals(client: AgentClient, *, status: str | None = "pending") -> list[ApprovalRecord]:
+    kv = await _bucket(client)
+    try:
+        keys = await kv.keys()
+    except jse.NoKeysError:
+        return []
+    out: list[ApprovalRecord] = []
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except (jse.KeyNotFoundError, jse.KeyDeletedError):
+            continue
+        if entry.value:
+            rec = decode_record(entry.value)
+            if status is None or rec.status == status:
+                out.append(rec)
+    out.sort(key=lambda r: r.request.requested_at)
+    return out
+
+
+async def get_approval(client: AgentClient, approval_id: str) -> ApprovalRecord:
+    kv = await _bucket(client)
+    try:
+        entry = await kv.get(approval_id)
+    except (jse.KeyNotFoundError, jse.KeyDeletedError):
+        raise ApprovalError(f"no approval {approval_id!r} (see `agentstream approvals`)") from None
+    except jse.BadRequestError:
+        raise ApprovalError(f"invalid approval id {approval_id!r}") from None
+    assert entry.value is not None
+    return decode_record(entry.value)
+
+
+def default_identity() -> str:
+    return os.environ.get("AGENTSTREAM_APPROVER") or os.environ.get("USER") or ""
+
+
+async def decide(client: AgentClient, approval_id: str, *, approved: bool, approver: str,
+                 reason: str = "") -> ApprovalDecided:
+    if not approver:
+        raise ApprovalError("say who decides: --as NAME (or set AGENTSTREAM_APPROVER)")
+    rec = await get_approval(client, approval_id)
+    if rec.status != "pending":
+        raise ApprovalError(f"approval {approval_id} is already {rec.status}")
+    req = rec.request
+    allowed = req.approvers or parse_approvers(os.environ)
+    if allowed and approver not in allowed:
+        raise ApprovalError(f"{approver} may not decide on {req.tool}; allowed: {', '.join(allowed)}")
+    decision = ApprovalDecided(approval_id=req.approval_id, task_id=req.task_id, agent=req.agent, step=req.step,
+                               call_id=req.call_id, approved=approved, approver=approver, reason=reason,
+                               decided_at=time.time())
+    # One decision per approval: the first one published wins (deduplicated).
+    await client.js.publish(subjects.events(req.agent, req.task_id), codec.encode(decision),
+                            headers={"Nats-Msg-Id": f"{req.approval_id}:decision"}, timeout=10)
+    return decision
+
+
+# ----------------------------------------------------------------- HTTP routes
+
+
+class DecisionBody(msgspec.Struct, kw_only=True):
+    approver: str
+    reason: str = ""
+
+
+def add_routes(app: web.Application, client: AgentClient) -> None:
+    """``GET /v1/approvals`` (``?status=all``), ``POST /v1/approvals/{id}/approve``
+    and ``/deny`` with ``{"approver": "...", "reason": "..."}``.
+
+    The approver's identity is taken from the body as given: put the API behind
+    your authenticating proxy and let it set the body (or restrict who reaches it).
+    """
+
+    def _resp(body: Any, status: int = 200) -> web.Response:
+        return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
+
+    async def list_route(request: web.Request) -> web.Response:
+        status = request.query.get("status", "pending")
+        try:
+            records = await list_approvals(client, status=None if status == "all" else status)
+        except ApprovalError as exc:
+            return _resp({"error": str(exc)}, 503)
+        return _resp({"approvals": records})
+
+    async def decide_route(request: web.Request) -> web.Response:
+        try:
+            body = msgspec.json.decode(await request.read(), type=DecisionBody)
+        except msgspec.DecodeError as exc:
+            return _resp({"error": f"invalid body: {exc}"}, 400)
+        approved = request.match_info["verb"] == "approve"
+        try:
+            d = await decide(client, request.match_info["approval_id"], approved=approved,
+                             approver=body.approver, reason=body.reason)
+        except ApprovalError as exc:
+            text = str(exc)
+            code = 404 if text.startswith("no approval") else 403 if "may not decide" in text else 409
+            return _resp({"error": text}, code)
+        return _resp(d, 202)
+
+    app.router.add_get("/v1/approvals", list_route)
+    app.router.add_post(r"/v1/approvals/{approval_id}/{verb:approve|deny}", decide_route)
