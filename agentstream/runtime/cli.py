@@ -183,7 +183,8 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         try:
             task_id = await client.submit(args.agent, args.input, task_id=args.task_id, tenant_id=args.tenant,
                                           user_id=args.user, conversation_id=args.conversation, metadata=meta,
-                                          max_steps=args.max_steps, deadline_s=args.deadline)
+                                          max_steps=args.max_steps, deadline_s=args.deadline,
+                                          max_tokens=args.max_tokens, max_cost_usd=args.max_cost)
         except ValueError as exc:
             raise AgentstreamError(str(exc)) from None
         print(task_id, flush=True)
@@ -329,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--meta", action="append", metavar="KEY=VALUE")
     s.add_argument("--max-steps", type=int)
     s.add_argument("--deadline", type=float, help="seconds")
+    s.add_argument("--max-tokens", type=int, help="token budget for the task (input + output)")
+    s.add_argument("--max-cost", type=float, help="cost budget for the task, USD")
     s.set_defaults(fn=cmd_submit)
 
     r = sub.add_parser("result", help="print a task's result")

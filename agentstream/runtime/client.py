@@ -66,7 +66,8 @@ class AgentClient:
     async def submit(self, agent: str, input: str, *, task_id: str | None = None, tenant_id: str = "default",
                      user_id: str = "anonymous", conversation_id: str = "", agent_version: str = "",
                      metadata: Mapping[str, str] | None = None, max_steps: int | None = None,
-                     deadline_s: float | None = None) -> str:
+                     deadline_s: float | None = None, max_tokens: int | None = None,
+                     max_cost_usd: float | None = None) -> str:
         subjects.check_token("agent", agent)
         task_id = subjects.check_token("task id", task_id or new_task_id())
         if conversation_id:
@@ -74,7 +75,7 @@ class AgentClient:
         task = TaskSubmitted(agent=agent, input=input, task_id=task_id, tenant_id=tenant_id, user_id=user_id,
                              conversation_id=conversation_id, agent_version=agent_version,
                              metadata=dict(metadata or {}), submitted_at=time.time(), max_steps=max_steps,
-                             deadline_s=deadline_s)
+                             deadline_s=deadline_s, max_tokens=max_tokens, max_cost_usd=max_cost_usd)
         # The task id doubles as the dedupe id: a retried submit is one task.
         await self.js.publish(subjects.tasks(agent), codec.encode(task), headers={"Nats-Msg-Id": task_id},
                               timeout=10)

@@ -172,7 +172,9 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
         model=resp.model, finish_reason=resp.finish_reason,
         tool_calls=tuple(c.name for c in resp.tool_calls), usage=turn_usage,
         started_at=ev.started_at, finished_at=ev.finished_at, worker=ctx.worker))
-    state = msgspec.structs.replace(state, usage=usage, messages=messages, updated_at=ctx.now)
+    state = msgspec.structs.replace(state, usage=usage, messages=messages, updated_at=ctx.now,
+                                    last_input_tokens=resp.usage.input_tokens,
+                                    last_input_messages=len(state.messages))
 
     over = _over_budget(state)
     if over:
@@ -440,6 +442,9 @@ def _call_model(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]
     max_out = ctx.spec.max_output_tokens
     u = state.usage
     est_in = estimate_tokens(state.messages, ctx.spec.tools)
+    if state.last_input_tokens:
+        est_in = max(est_in, state.last_input_tokens
+                     + estimate_tokens(state.messages[state.last_input_messages:], ()))
     if state.max_tokens is not None:
         left = state.max_tokens - (u.input_tokens + u.output_tokens)
         if est_in + MIN_OUTPUT_TOKENS > left:

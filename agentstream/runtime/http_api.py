@@ -67,6 +67,8 @@ class SubmitRequest(msgspec.Struct, kw_only=True):
     metadata: dict[str, str] = {}
     max_steps: Annotated[int, msgspec.Meta(ge=1)] | None = None
     deadline_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_cost_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 
 _submit_decoder = msgspec.json.Decoder(SubmitRequest)
@@ -215,7 +217,8 @@ async def submit_task(request: web.Request) -> web.Response:
         task_id = await client.submit(
             req.agent, req.input, task_id=req.task_id or None, tenant_id=req.tenant_id, user_id=req.user_id,
             conversation_id=req.conversation_id, agent_version=req.agent_version, metadata=req.metadata,
-            max_steps=req.max_steps, deadline_s=req.deadline_s)
+            max_steps=req.max_steps, deadline_s=req.deadline_s, max_tokens=req.max_tokens,
+            max_cost_usd=req.max_cost_usd)
     except ValueError as exc:  # an agent / task / conversation id that is not a subject token
         raise _BadRequest(str(exc)) from None
     except (TimeoutError, BrokerUnavailable, nats.errors.Error) as exc:
