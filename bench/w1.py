@@ -7,7 +7,11 @@ nats-server) and the FLOOR: the same durable work per task done with bare
 nats-py, no framework. Both in two modes: sequential (1 in flight) and N in
 flight (default 32). See bench/README.md for how to read the figures.
 
-    python bench/w1.py [--tasks 1000] [--seq-tasks 200] [--inflight 32] [--json out.json]
+    python bench/w1.py [--tasks 1000] [--seq-tasks 200] [--inflight 32] [--tracing off,on] [--json out.json]
+
+With --tracing (default off,on) the runtime runs once without telemetry and once
+with tracing + metrics on (spans to the TELEMETRY stream), same workload, and
+prints the throughput ratio on/off.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from agentstream.runtime.errors import Conflict
 from agentstream.runtime.models import FunctionModel, answer, calls, tool_results
 from agentstream.runtime.ports import ModelRequest
 from agentstream.runtime.service import Runtime
+from agentstream.runtime.telemetry import TelemetryConfig
 from agentstream.runtime.tools import tool
 
 AGENT = "w1"
@@ -344,14 +349,19 @@ async def settle(js: JetStreamContext, wait: bool, timeout: float = 15.0) -> Non
 
 
 async def run_runtime(url: str, args: argparse.Namespace, inputs: list[str], server_pid: int | None,
-                      meter: Meter) -> tuple[list[PhaseResult], dict[str, int], str | None]:
+                      meter: Meter, tracing: bool = False, run_no: int = 0
+                      ) -> tuple[list[PhaseResult], dict[str, int], str | None]:
     settings = dataclasses.replace(Settings.from_env({}), nats_url=url,
                                    data_dir=Path(tempfile.mkdtemp(prefix="w1-rt-")))
-    rt = Runtime(settings=settings, app=build_app(), agents=[AGENT], tools="all")
-    say("runtime: starting (agent w1 + tools noop_a, noop_b, noop_c, in process) ...")
+    # Tracing on: the defaults (every span to the TELEMETRY stream, metrics on),
+    # plus the process's OTEL_* variables; off: no telemetry work at all.
+    tconf = TelemetryConfig.from_env() if tracing else TelemetryConfig.disabled()
+    system = "runtime+trace" if tracing else "runtime"
+    rt = Runtime(settings=settings, app=build_app(), agents=[AGENT], tools="all", telemetry_config=tconf)
+    say(f"{system}: starting (agent w1 + tools noop_a, noop_b, noop_c, in process) ...")
     await rt.start()
     instrument(rt, meter)
-    client = await AgentClient.connect(url)
+    client = await AgentClient.connect(url, telemetry=tracing)
     results: list[PhaseResult] = []
     profile_text: str | None = None
     # --results sub: one plain subscription to the RESULTS subjects (what the
@@ -367,7 +377,7 @@ async def run_runtime(url: str, args: argparse.Namespace, inputs: list[str], ser
 
     def one_task_factory(tag: str) -> Callable[[int], Awaitable[float | None]]:
         async def one_task(i: int) -> float | None:
-            tid = f"w1-rt-{tag}-{i:06d}"
+            tid = f"w1-rt{run_no}-{tag}-{i:06d}"
             if rsub is not None:
                 fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
                 waiting[tid] = fut
@@ -389,11 +399,11 @@ async def run_runtime(url: str, args: argparse.Namespace, inputs: list[str], ser
         say(f"runtime: warm-up, {args.warmup} tasks (not measured) ...")
         await drive(one_task_factory("warm"), args.warmup, min(args.inflight, args.warmup) or 1)
         await settle(client.js, rsub is None)
-        results.append(await measure("runtime", "sequential", one_task_factory("seq"), args.seq_tasks, 1,
+        results.append(await measure(system, "sequential", one_task_factory("seq"), args.seq_tasks, 1,
                                      server_pid, meter))
         await settle(client.js, rsub is None)
         profiler = cProfile.Profile() if args.profile else None
-        results.append(await measure("runtime", f"{args.inflight} in flight", one_task_factory("par"), args.tasks,
+        results.append(await measure(system, f"{args.inflight} in flight", one_task_factory("par"), args.tasks,
                                      args.inflight, server_pid, meter, profiler))
         if profiler is not None:
             profiler.dump_stats(args.profile)
@@ -409,7 +419,7 @@ async def run_runtime(url: str, args: argparse.Namespace, inputs: list[str], ser
         task_msg = await client.js.get_msg("TASKS", subject=subjects.tasks(AGENT))
         sizes["publish.task"] = len(task_msg.data or b"")
     finally:
-        say("runtime: stopping ...")
+        say(f"{system}: stopping ...")
         if rsub is not None:
             await rsub.unsubscribe()
         await client.close()
@@ -497,7 +507,7 @@ class Padder:
 
 async def provision_floor(js: JetStreamContext) -> None:
     for sd in subjects.STREAMS:
-        if sd.name == "DEADLETTER":
+        if sd.name in ("DEADLETTER", "TELEMETRY"):
             continue
         await js.add_stream(StreamConfig(
             name=f"{FLOOR}_{sd.name}", subjects=[f"{FLOOR}.{s}" for s in sd.subjects],
@@ -810,15 +820,26 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     await broker.astart()
     server_pid = broker.proc.pid if broker.proc is not None else None
     meter = Meter()
+    runs: list[tuple[bool, list[PhaseResult]]] = []
     try:
-        rt_rows, sizes, prof = await run_runtime(broker.url, args, inputs, server_pid, meter)
+        sizes: dict[str, int] = {}
+        prof: str | None = None
+        for n, mode in enumerate(args.tracing):
+            tracing = mode == "on"
+            r_rows, r_sizes, r_prof = await run_runtime(broker.url, args, inputs, server_pid, meter, tracing, n)
+            runs.append((tracing, r_rows))
+            if not sizes or (not tracing and not any(not t for t, _ in runs[:-1])):
+                sizes, prof = r_sizes, r_prof
+        # Against the floor: the first tracing-off run (else the first run).
+        rt_rows = next((rows_ for t, rows_ in runs if not t), runs[0][1])
         fl_rows = await run_floor(broker.url, args, inputs, server_pid, sizes)
     finally:
         say("stopping nats-server ...")
         await asyncio.to_thread(broker.stop)
         tmp.cleanup()
 
-    rows = rt_rows + fl_rows
+    rows = [r for _, rr in runs for r in rr] + fl_rows
+    tracing_cost = tracing_ratios(runs)
     ratios = []
     for rt, fl in zip(rt_rows, fl_rows):
         ratios.append({"mode": rt.mode,
@@ -837,6 +858,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     print()
     print("payload bytes per kind (runtime mean; floor padded to match): "
           + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in sorted(sizes.items())))
+    if tracing_cost:
+        print()
+        print(tracing_table(tracing_cost))
     if prof:
         print()
         print(f"cProfile of the runtime {par.mode} run (figures above for that run include profiler overhead):")
@@ -848,12 +872,49 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                       "runtime_results_via": args.results},
            "results": [r.summary() for r in rows],
            "ratios_runtime_over_floor": ratios,
+           "tracing_on_over_off": tracing_cost,
            "payload_bytes": sizes,
            "histogram_runtime_inflight_ms": histogram_data(par.latencies_ms)}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
         say(f"wrote {args.json}")
     return out
+
+
+def tracing_ratios(runs: list[tuple[bool, list[PhaseResult]]]) -> list[dict[str, Any]]:
+    """Per mode: mean tasks/s and CPU per task of the tracing-on runs over the
+    tracing-off runs (several runs of each are averaged)."""
+    out: list[dict[str, Any]] = []
+    modes = [r.mode for r in runs[0][1]] if runs else []
+    for mode in modes:
+        on = [r for t, rr in runs if t for r in rr if r.mode == mode]
+        off = [r for t, rr in runs if not t for r in rr if r.mode == mode]
+        if not on or not off:
+            continue
+
+        def mean(xs: list[float]) -> float:
+            return sum(xs) / len(xs)
+
+        tps_on, tps_off = mean([r.tasks_per_s for r in on]), mean([r.tasks_per_s for r in off])
+        cpu_on = mean([1000 * r.py_cpu_s / r.tasks for r in on if r.tasks])
+        cpu_off = mean([1000 * r.py_cpu_s / r.tasks for r in off if r.tasks])
+        out.append({"mode": mode, "runs_on": len(on), "runs_off": len(off),
+                    "tasks_per_s_on": round(tps_on, 2), "tasks_per_s_off": round(tps_off, 2),
+                    "throughput_ratio": round(tps_on / tps_off, 4) if tps_off else float("nan"),
+                    "p50_ms_on": round(mean([r.pct(50) for r in on]), 3),
+                    "p50_ms_off": round(mean([r.pct(50) for r in off]), 3),
+                    "py_cpu_ms_per_task_on": round(cpu_on, 3), "py_cpu_ms_per_task_off": round(cpu_off, 3)})
+    return out
+
+
+def tracing_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["tracing cost (runtime with tracing + metrics on / off; target: throughput ratio >= 0.90):"]
+    for r in rows:
+        lines.append(f"  {r['mode']:<14} tasks/s {r['tasks_per_s_on']:8.1f} on / {r['tasks_per_s_off']:8.1f} off"
+                     f" = x{r['throughput_ratio']:.3f}   p50 {r['p50_ms_on']:.2f} / {r['p50_ms_off']:.2f} ms"
+                     f"   py CPU/task {r['py_cpu_ms_per_task_on']:.2f} / {r['py_cpu_ms_per_task_off']:.2f} ms"
+                     f"   ({r['runs_on']} on, {r['runs_off']} off runs)")
+    return "\n".join(lines)
 
 
 def histogram_data(lat_ms: list[float], buckets: int = 24) -> dict[str, Any]:
@@ -876,6 +937,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--results", choices=("client", "sub"), default="client",
                     help="how the runtime side awaits a result: AgentClient.result (default; one ordered "
                          "consumer per task) or one plain subscription, like the floor")
+    ap.add_argument("--tracing", default="off,on",
+                    help="runtime runs in order, each 'off' (no telemetry) or 'on' (tracing + metrics, spans to the "
+                         "TELEMETRY stream); default 'off,on'. Several of each are averaged in the on/off ratio, "
+                         "e.g. off,on,on,off")
     ap.add_argument("--json", metavar="FILE", help="write all figures to FILE")
     ap.add_argument("--profile", metavar="FILE",
                     help="cProfile the runtime's in-flight run, dump stats to FILE and print the top costs")
@@ -884,6 +949,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.seq_tasks = max(1, args.tasks // 5)
     if args.tasks < 1 or args.inflight < 1:
         ap.error("--tasks and --inflight must be >= 1")
+    args.tracing = [m.strip() for m in args.tracing.split(",") if m.strip()]
+    if not args.tracing or any(m not in ("on", "off") for m in args.tracing):
+        ap.error("--tracing: a comma-separated list of on/off")
     asyncio.run(amain(args))
 
 

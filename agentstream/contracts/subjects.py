@@ -105,6 +105,11 @@ STREAMS: tuple[StreamDef, ...] = (
               description="audit records: every approval decision, with who made it"),
     StreamDef(name="DEADLETTER", subjects=("deadletter.>",), max_age_s=30 * DAY,
               description="messages a consumer could not process, with the reason"),
+    # Finished spans (SpanRecord JSON, agentstream.contracts.telemetry), one
+    # subject a trace. Short dedupe window: only invoke_agent spans carry a msg id.
+    StreamDef(name="TELEMETRY", subjects=("telemetry.spans.*",), max_age_s=7 * DAY,
+              description="finished spans (SpanRecord), subject telemetry.spans.<trace_id>",
+              duplicate_window_s=60.0),
 )
 
 SESSIONS = BucketDef(name="agent_sessions", description="session state, one key a task, CAS only",

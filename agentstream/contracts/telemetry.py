@@ -24,6 +24,9 @@ class SpanRecord(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
     attributes: dict[str, Any] = {}
     service: str = ""  # resource service.name
     worker: str = ""
+    # Added by the tracing core: span links, e.g. a ``step`` span's link to
+    # the ``process`` span of the message that triggered it.
+    links: list[dict[str, str]] = []  # [{"trace_id": ..., "span_id": ...}]
 
 
 def span_subject(trace_id: str) -> str:

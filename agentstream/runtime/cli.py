@@ -363,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
         dp.add_argument("--reason", required=verb == "deny", default="")
         dp.set_defaults(fn=cmd_decide)
 
+    from agentstream.runtime.lint import add_parser as add_lint
+
+    add_lint(sub)
+
     a = sub.add_parser("asyncapi", help="export the AsyncAPI document of the protocol")
     a.add_argument("--out")
     a.set_defaults(fn=cmd_asyncapi)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -22,7 +24,7 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult, TaskSubmitted
 from agentstream.runtime import nats_adapters
 from agentstream.runtime.errors import ResultTimeout
-
+from agentstream.runtime.telemetry import Telemetry, setup_telemetry
 
 # Errors that mean "no stored result readable right now" (a node just died,
 # leader election): result() then waits on its live subscription instead.
@@ -35,23 +37,41 @@ def new_task_id() -> str:
 
 
 class AgentClient:
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, *, telemetry: Telemetry | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        # Telemetry: with tracing on, submit() starts the task's trace (or
+        # continues the caller's current span) and sends its context along.
+        self.telemetry = telemetry if telemetry is not None and telemetry.tracing else None
+        self._owns_telemetry = False
         # task id -> agent, for tasks submitted here: lets result() read the
         # exact result subject directly.
         self._agents: dict[str, str] = {}
 
     @classmethod
-    async def connect(cls, url: str, *, provision: bool = True) -> AgentClient:
+    async def connect(cls, url: str, *, provision: bool = True, telemetry: Telemetry | bool = True) -> AgentClient:
+        """``telemetry``: True, tracing as the environment says (OTEL_*,
+        AGENTSTREAM_TRACING; spans exported on this connection); False, none;
+        or a Telemetry to share (not shut down by close())."""
         nc = await nats_adapters.connect(url, name="agentstream-client", reconnect=True)
-        client = cls(nc)
+        owned = telemetry is True
+        tel: Telemetry | None = None
+        if telemetry is True:
+            tel = setup_telemetry(os.environ, nc=nc, worker_id=f"client-{socket.gethostname()}-{os.getpid()}",
+                                  metrics=False)
+        elif isinstance(telemetry, Telemetry):
+            tel = telemetry
+        client = cls(nc, telemetry=tel)
+        client._owns_telemetry = owned and client.telemetry is not None
         if provision:
             # Idempotent; lets a client submit before any worker has started.
             await nats_adapters.provision(client.js, update=False)
         return client
 
     async def close(self) -> None:
+        if self._owns_telemetry and self.telemetry is not None:
+            with contextlib.suppress(Exception):
+                await self.telemetry.shutdown()
         if not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
@@ -77,8 +97,24 @@ class AgentClient:
                              metadata=dict(metadata or {}), submitted_at=time.time(), max_steps=max_steps,
                              deadline_s=deadline_s, max_tokens=max_tokens, max_cost_usd=max_cost_usd)
         # The task id doubles as the dedupe id: a retried submit is one task.
-        await self.js.publish(subjects.tasks(agent), codec.encode(task), headers={"Nats-Msg-Id": task_id},
-                              timeout=10)
+        headers = {"Nats-Msg-Id": task_id}
+        subject = subjects.tasks(agent)
+        tel = self.telemetry
+        if tel is None:
+            await self.js.publish(subject, codec.encode(task), headers=headers, timeout=10)
+        else:
+            # telemetry: a `send` span, the root of the task's trace, its context in the headers
+            span = tel.producer_span(subject, headers, task_id, {
+                "gen_ai.agent.name": agent, "agentstream.task_id": task_id, "agentstream.tenant_id": tenant_id,
+                "agentstream.user_id": user_id, **({"gen_ai.conversation.id": conversation_id}
+                                                   if conversation_id else {})})
+            try:
+                await self.js.publish(subject, codec.encode(task), headers=headers, timeout=10)
+            except BaseException as exc:
+                span.set_error(type(exc).__name__, str(exc))
+                raise
+            finally:
+                span.end()
         if len(self._agents) < 100_000:
             self._agents[task_id] = agent
         return task_id

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 import msgspec
 
@@ -27,9 +27,9 @@ from agentstream.contracts.events import (
 )
 from agentstream.runtime import core
 from agentstream.runtime.errors import Conflict, ModelError
+from agentstream.runtime.policy import ApprovalRecord, Policy, decode_record, encode_record
 from agentstream.runtime.ports import LLM, Bus, Entry, ModelRequest, SessionStore
 from agentstream.runtime.spec import AgentSpec
-from agentstream.runtime.policy import ApprovalRecord, Policy, decode_record, encode_record
 from agentstream.runtime.state import (
     AnyCommand,
     ApprovalExpired,
@@ -57,6 +57,9 @@ from agentstream.runtime.state import (
     encode_state,
 )
 
+if TYPE_CHECKING:
+    from agentstream.runtime.telemetry import EngineHooks
+
 log = logging.getLogger("agentstream.engine")
 
 MAX_CAS_RETRIES = 50
@@ -78,6 +81,9 @@ class AgentEngine:
         self.clock = clock
         self.approvals = approvals
         self.policy = policy or Policy()
+        # Telemetry hooks (agentstream.runtime.telemetry.EngineHooks), set by
+        # service.py; None: no telemetry work at all.
+        self.telemetry: EngineHooks | None = None
         self.model_calls = 0
         # Per-task serialisation inside one process (parallel tool results of one
         # task would otherwise race each other's compare-and-set), and the last
@@ -130,14 +136,26 @@ class AgentEngine:
 
     async def _drive(self, task_id: str, event: Input, history: tuple[Turn, ...]) -> None:
         next_input: Input | None = event
-        while next_input is not None:
-            decision = await self._apply(task_id, next_input, history)
-            next_input = None
-            state = decision.state
-            for cmd in decision.commands:
-                follow = await self._execute(task_id, state, cmd)
-                if follow is not None:
-                    next_input = follow
+        scope = None  # telemetry: one `step` span (under the task's invoke_agent span) over this step's effects
+        try:
+            while next_input is not None:
+                decision = await self._apply(task_id, next_input, history)
+                next_input = None
+                state = decision.state
+                if scope is None and self.telemetry is not None and state is not None and decision.commands:
+                    scope = self.telemetry.step(state)
+                for cmd in decision.commands:
+                    follow = await self._execute(task_id, state, cmd)
+                    if follow is not None:
+                        next_input = follow
+        except BaseException as exc:
+            if scope is not None:
+                scope.close(exc)
+                scope = None
+            raise
+        finally:
+            if scope is not None:
+                scope.close()
 
     async def _apply(self, task_id: str, event: Input, history: tuple[Turn, ...]) -> core.Decision:
         for _ in range(MAX_CAS_RETRIES):
@@ -155,6 +173,9 @@ class AgentEngine:
                     self._cache.pop(task_id, None)
                     continue
                 return decision
+            if entry is None and self.telemetry is not None:
+                decision = self.telemetry.stamp(decision)  # telemetry: the task's trace context into its new state
+            assert decision.state is not None
             raw = encode_state(decision.state)
             try:
                 if entry is None:
@@ -193,6 +214,8 @@ class AgentEngine:
             case PublishResult(result=res):
                 await self.bus.publish(subjects.results(agent, task_id), codec.encode(res),
                                        msg_id=f"{task_id}:result")
+                if self.telemetry is not None:
+                    self.telemetry.finished(state, res)  # telemetry: invoke_agent span, task metrics
             case SetDeadline(deadline_at=at):
                 await self.deadlines.put(_deadline_key(agent, task_id), repr(at).encode())
             case ClearDeadline():

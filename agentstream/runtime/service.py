@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -25,9 +26,11 @@ from agentstream.runtime.app import App, load_app
 from agentstream.runtime.config import Settings
 from agentstream.runtime.consumer import ConsumerSettings, PullConsumer
 from agentstream.runtime.embedded import EmbeddedNats
-from agentstream.runtime.engine import AgentEngine
+from agentstream.runtime.engine import AgentEngine, parse_deadline_key
 from agentstream.runtime.errors import ConfigError
-from agentstream.runtime.ports import LLM
+from agentstream.runtime.policy import Policy, load_prices, parse_approvers
+from agentstream.runtime.ports import LLM, Bus
+from agentstream.runtime.telemetry import Telemetry, TelemetryConfig, setup_telemetry
 from agentstream.runtime.toolrunner import ToolRunner
 
 log = logging.getLogger("agentstream.service")
@@ -77,6 +80,9 @@ class Runtime:
     consumers: list[PullConsumer] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    # Telemetry: from the environment (OTEL_*, AGENTSTREAM_TRACING) unless given.
+    telemetry_config: TelemetryConfig | None = None
+    telemetry: Telemetry | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, agents: Sequence[str] = (), tools: str | None = None,
@@ -95,6 +101,9 @@ class Runtime:
         s = self.settings
         for a in self.agents:
             self.app.get_agent(a)  # fail fast on an unknown agent
+        from agentstream.runtime.lint import warn_at_startup
+
+        warn_at_startup(self.app, self.agents, log)
         tools = self.app.select_tools(self.tools) if self.tools is not None else {}
         if s.nats_url is None:
             port = self.embedded_port or None
@@ -106,23 +115,40 @@ class Runtime:
         self.nc = await nats_adapters.connect(self.url, name=f"agentstream-{s.worker_id}")
         self.js = self.nc.jetstream()
         await nats_adapters.provision(self.js, replicas=s.replicas)
-        bus = nats_adapters.NatsBus(self.js)
+        # telemetry: one pipeline for this process; ports are wrapped only when it is on
+        self.telemetry = setup_telemetry(self.telemetry_config or os.environ, nc=self.nc, worker_id=s.worker_id,
+                                         configure_logs=True)
+        tel = self.telemetry if self.telemetry.active else None
+        bus: Bus = nats_adapters.NatsBus(self.js)
+        if tel is not None:
+            bus = tel.wrap_bus(bus)
         sessions = await nats_adapters.bucket(self.js, subjects.SESSIONS.name)
         conversations = await nats_adapters.bucket(self.js, subjects.CONVERSATIONS.name)
         deadlines = await nats_adapters.bucket(self.js, subjects.DEADLINES.name)
+        approvals = await nats_adapters.bucket(self.js, subjects.APPROVALS.name)
 
         for name in self.agents:
             agent = self.app.get_agent(name)
             llm = self.models.get(name) or select_model(self.app, name, s)
+            model_name = llm.name
+            if tel is not None:
+                llm = tel.wrap_llm(llm, name)
             engine = AgentEngine(agent.spec, llm, sessions=sessions, conversations=conversations,
-                                 deadlines=deadlines, bus=bus, worker=s.worker_id)
+                                 deadlines=deadlines, bus=bus, worker=s.worker_id, approvals=approvals,
+                                 policy=self._policy())
+            if tel is not None:
+                engine.telemetry = tel.engine_hooks(agent.spec, model_name)
             self.engines[name] = engine
             self._consumer("TASKS", subjects.agent_durable(name, "tasks"), subjects.tasks(name),
                            task_handler(engine))
             self._consumer("EVENTS", subjects.agent_durable(name, "events"), subjects.events(name, "*"),
                            inbox_handler(engine))
         if tools:
-            runner = ToolRunner(tools, bus, worker=s.worker_id)
+            runner = ToolRunner(tools, bus, worker=s.worker_id, registry=self.app.tools,
+                                breakers=await nats_adapters.bucket(self.js, subjects.TOOL_BREAKERS.name),
+                                results=await nats_adapters.bucket(self.js, subjects.TOOL_RESULTS.name))
+            if tel is not None:
+                tel.instrument_tool_runner(runner)
             self.runners.append(runner)
             for tname in tools:
                 self._consumer("TOOLS", subjects.tool_durable(tname), subjects.tool_calls(tname),
@@ -133,6 +159,20 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._sweep(name, engine, deadlines)))
         await asyncio.wait_for(asyncio.gather(*(c.started.wait() for c in self.consumers)), timeout=30)
 
+    def _policy(self) -> Policy:
+        """Approval rules come from the app's tools, prices and approvers from the environment."""
+        tools = self.app.tools
+
+        def needs_approval(name: str, args: dict[str, Any]) -> bool:
+            check = getattr(tools.get(name), "needs_approval", None)
+            return bool(check(args)) if callable(check) else False
+
+        def approvers_for(name: str) -> tuple[str, ...]:
+            return tuple(getattr(tools.get(name), "approvers", ()) or ())
+
+        return Policy(prices=load_prices(os.environ), needs_approval=needs_approval,
+                      approvers_for=approvers_for, default_approvers=parse_approvers(os.environ))
+
     def _consumer(self, stream: str, durable: str, subject: str, handler: object) -> None:
         s = self.settings
         assert self.js is not None
@@ -140,6 +180,9 @@ class Runtime:
                               max_in_flight=s.max_in_flight, batch=min(s.max_in_flight, 64),
                               ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver,
                               max_bytes=s.max_event_bytes)
+        mw = self.telemetry.consumer_middleware(durable, subject) if self.telemetry is not None else None
+        if mw is not None:
+            cs.middlewares = (*cs.middlewares, mw)  # telemetry: a `process <subject>` span per message
         self.consumers.append(PullConsumer(self.js, cs, handler, worker=s.worker_id))  # type: ignore[arg-type]
 
     async def _sweep(self, agent: str, engine: AgentEngine, deadlines: nats_adapters.NatsKV) -> None:
@@ -157,12 +200,20 @@ class Runtime:
                 keys = await deadlines.keys()
                 now = time.time()
                 for key in keys:
-                    a, _, task_id = key.partition(".")
+                    a, task_id, call_id = parse_deadline_key(key)
                     if a != agent:
                         continue
                     entry = await deadlines.get(key)
-                    if entry is not None and float(entry.value) <= now:
+                    if entry is None or float(entry.value) > now:
+                        continue
+                    if call_id:
+                        await engine.on_approval_expired(task_id, call_id)
+                    else:
                         await engine.on_deadline(task_id)
+                    # A timer the core found not yet due (the deadline moved) is
+                    # rewritten by the core; one for a finished task is dropped.
+                    if (await engine.sessions.get(task_id)) is None:
+                        await deadlines.delete(key)
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive a broker hiccup
                 log.warning("deadline sweep failed: %s", exc)
 
@@ -182,6 +233,9 @@ class Runtime:
             if close is not None:
                 with contextlib.suppress(Exception):
                     await close()
+        if self.telemetry is not None:  # telemetry: flush spans while the connection is still open
+            with contextlib.suppress(Exception):
+                await self.telemetry.shutdown()
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), timeout=5)

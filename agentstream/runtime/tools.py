@@ -3,21 +3,88 @@
 The JSON Schema comes from the signature (via msgspec), the descriptions from
 the docstring; that schema is exactly what the model is shown, and the same
 types validate the arguments before the function runs.
+
+Operational metadata (timeouts, retries, breaker, approval policy, fallback)
+lives on :class:`Tool`, never in :class:`ToolSpec`: the model sees only the
+name, the description and the parameters.
+
+Defaults, and why:
+
+- ``read_only=False``: a tool is assumed to have side effects unless it says
+  otherwise. Shadow deployments only run read-only tools, and an ambiguous
+  failure (a timeout, a dropped connection: the effect may have happened) is
+  retried only for read-only or ``idempotent`` tools.
+- ``retry=RetryPolicy()``: up to 3 attempts for transient errors, bounded by
+  ``max_total_s``. Explicitly retryable failures (``RetryableToolError``,
+  ``RateLimited``, ``ToolFailure(retryable=True)``) mean "nothing happened,
+  try again" and are retried for every tool.
+- ``breaker=None``: no circuit breaker unless asked for (``breaker=True`` or a
+  :class:`BreakerPolicy`); a breaker costs one KV read per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, get_type_hints
 
 import msgspec
 
 from agentstream.contracts.events import ToolError, ToolSpec
 
+log = logging.getLogger("agentstream.tools")
+
 ToolFn = Callable[..., Awaitable[Any]] | Callable[..., Any]
+ApprovalPolicy = bool | Callable[[Any], bool]
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """Retries of transient failures inside one tool call (exponential backoff
+    with full jitter). ``max_total_s`` bounds the whole call, retries and waits
+    included; the first attempt always gets the tool's full timeout.
+
+    ``retry_ambiguous``: retry timeouts and connection errors, whose effect may
+    already have happened. ``None`` (default) = only for read-only or
+    idempotent tools."""
+
+    max_attempts: int = 3
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    max_total_s: float = 60.0
+    retry_ambiguous: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("RetryPolicy.max_attempts must be >= 1")
+        if self.initial_backoff_s < 0 or self.max_backoff_s < 0 or self.max_total_s <= 0:
+            raise ValueError("RetryPolicy backoffs must be >= 0 and max_total_s > 0")
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """Open the breaker after ``failure_threshold`` failed calls within
+    ``window_s``; stay open ``open_s``, then let one probe call through
+    (half-open). ``probe_timeout_s`` (default: ``open_s``) is how long a
+    claimed probe may take before another replica may claim it (the prober
+    crashed)."""
+
+    failure_threshold: int = 5
+    window_s: float = 60.0
+    open_s: float = 30.0
+    probe_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1 or self.window_s <= 0 or self.open_s < 0:
+            raise ValueError("BreakerPolicy needs failure_threshold >= 1, window_s > 0, open_s >= 0")
+
+    @property
+    def probe_lease_s(self) -> float:
+        return self.probe_timeout_s if self.probe_timeout_s is not None else max(self.open_s, 1.0)
 
 
 class ToolFailure(Exception):
@@ -27,6 +94,24 @@ class ToolFailure(Exception):
                  retryable: bool = False) -> None:
         super().__init__(message)
         self.error = ToolError(kind=kind, message=message, hint=hint, retryable=retryable)
+
+
+class RetryableToolError(ToolFailure):
+    """A transient failure that did not take effect: the runner retries it
+    (for every tool, side effects or not)."""
+
+    def __init__(self, message: str, *, kind: str = "transient", hint: str | None = None) -> None:
+        super().__init__(message, kind=kind, hint=hint, retryable=True)
+
+
+class RateLimited(RetryableToolError):
+    """The downstream said "slow down". ``retry_after_s`` (if known) is the
+    least the runner waits before the next attempt."""
+
+    def __init__(self, message: str = "rate limited", *, retry_after_s: float | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, kind="rate_limited", hint=hint)
+        self.retry_after_s = retry_after_s
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
@@ -51,15 +136,34 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
 
 
 class Tool:
-    """A registered tool: schema, validator and the function itself."""
+    """A registered tool: schema, validator, the function itself, and how the
+    runtime treats it (see the module docstring for the defaults)."""
 
     def __init__(self, fn: ToolFn, *, name: str | None = None, description: str | None = None,
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None, retry: RetryPolicy | None = None,
+                 idempotent: bool = False, read_only: bool = False,
+                 requires_approval: ApprovalPolicy = False, approvers: Iterable[str] = (),
+                 fallback: str | None = None, breaker: BreakerPolicy | bool | None = None) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         summary, param_docs = _parse_docstring(fn.__doc__ or "")
         self.description = description or summary
+        self.param_docs = param_docs
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"tool {self.name!r}: timeout_s must be > 0")
         self.timeout_s = timeout_s
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.idempotent = idempotent
+        self.read_only = read_only
+        if not (isinstance(requires_approval, bool) or callable(requires_approval)):
+            raise TypeError(f"tool {self.name!r}: requires_approval must be a bool or a callable")
+        self.requires_approval = requires_approval
+        self.approvers: tuple[str, ...] = tuple(approvers)
+        if fallback == self.name:
+            raise ValueError(f"tool {self.name!r} cannot be its own fallback")
+        self.fallback = fallback
+        self.breaker: BreakerPolicy | None = (BreakerPolicy() if breaker is True else
+                                              None if breaker is False or breaker is None else breaker)
         hints = get_type_hints(fn)
         sig = inspect.signature(fn)
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
@@ -91,6 +195,38 @@ class Tool:
             fld = m.group(1) if m else (missing.group(1) if missing else (unknown.group(1) if unknown else None))
             return ToolError(kind="invalid_arguments", message=text, field=fld,
                              hint=f"arguments must match the JSON Schema of {self.name!r}")
+
+    @property
+    def side_effects(self) -> bool:
+        """True unless the tool declared itself ``read_only``."""
+        return not self.read_only
+
+    @property
+    def retry_ambiguous(self) -> bool:
+        """Whether a timeout or connection error (the effect may have happened)
+        is retried."""
+        if self.retry.retry_ambiguous is not None:
+            return self.retry.retry_ambiguous
+        return self.read_only or self.idempotent
+
+    def needs_approval(self, arguments: dict[str, Any]) -> bool:
+        """Whether a call with these arguments needs a human approval first.
+
+        A callable policy gets the validated arguments Struct (attribute
+        access: ``lambda a: a.amount > 100``). Arguments that do not validate
+        need no approval: the call fails validation before anything runs. A
+        policy that raises needs approval (fail safe)."""
+        policy = self.requires_approval
+        if isinstance(policy, bool):
+            return policy
+        args = self.validate(arguments)
+        if isinstance(args, ToolError):
+            return False
+        try:
+            return bool(policy(args))
+        except Exception:  # noqa: BLE001 - a broken policy must not let a call through unapproved
+            log.warning("approval policy of tool %r raised; requiring approval", self.name, exc_info=True)
+            return True
 
     async def __call__(self, arguments: msgspec.Struct) -> Any:
         kwargs = msgspec.structs.asdict(arguments)
@@ -128,10 +264,24 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def tool(fn: ToolFn | None = None, *, name: str | None = None, description: str | None = None,
-         timeout_s: float | None = None) -> Any:
-    """Decorator: ``@tool`` or ``@tool(timeout_s=5)``."""
+         timeout_s: float | None = None, retry: RetryPolicy | None = None, idempotent: bool = False,
+         read_only: bool = False, requires_approval: ApprovalPolicy = False, approvers: Iterable[str] = (),
+         fallback: str | None = None, breaker: BreakerPolicy | bool | None = None) -> Any:
+    """Decorator: ``@tool`` or ``@tool(timeout_s=5, read_only=True, breaker=True)``.
+
+    Options (all on :class:`Tool`, none shown to the model): ``timeout_s`` per
+    attempt; ``retry`` (:class:`RetryPolicy`); ``idempotent`` (results are
+    stored by idempotency key, so a redelivered call returns the first result
+    instead of running again); ``read_only`` (no side effects);
+    ``requires_approval`` (bool, or a predicate over the validated arguments);
+    ``approvers`` (identities allowed to approve; empty = the deployment's
+    default); ``fallback`` (name of a tool served while this one's breaker is
+    open); ``breaker`` (:class:`BreakerPolicy`, or True for the defaults).
+    """
     def wrap(f: ToolFn) -> Tool:
-        return Tool(f, name=name, description=description, timeout_s=timeout_s)
+        return Tool(f, name=name, description=description, timeout_s=timeout_s, retry=retry,
+                    idempotent=idempotent, read_only=read_only, requires_approval=requires_approval,
+                    approvers=approvers, fallback=fallback, breaker=breaker)
 
     if fn is not None:
         return wrap(fn)

@@ -1,0 +1,176 @@
+"""A self-contained HTML dashboard over the telemetry views, for the HTTP API.
+
+Routes (added to an existing aiohttp app by :func:`add_dashboard_routes`)::
+
+    GET /dashboard                 the page (plain HTML + inline JS + SVG, no CDN); ?task=ID preselects a trace
+    GET /api/stats?since=1h        latency percentiles, error rates, cost, histograms, time series
+    GET /api/tasks?limit=50        recent task results, newest first
+    GET /api/traces/{task_id}      a task's spans (from TELEMETRY, else rebuilt from its events)
+
+Errors are JSON ``{"error": "<one line>"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.errors
+from aiohttp import web
+from nats.js import JetStreamContext
+
+from agentstream.contracts import subjects
+from agentstream.contracts.events import TaskFailed, TaskResult
+from agentstream.runtime import views
+
+log = logging.getLogger("agentstream.dashboard")
+
+JsGetter = Callable[[], JetStreamContext]
+JS_GETTER_KEY: web.AppKey[JsGetter] = web.AppKey("agentstream_dashboard_js", JsGetter)  # type: ignore[arg-type]
+
+MAX_SINCE_S = 30 * 86400.0
+MAX_TASKS = 500
+_encoder = msgspec.json.Encoder()
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": " ".join(message.split())[:500]}, status=status)
+
+
+PAGE = Path(__file__).resolve().parent / "static" / "dashboard.html"  # shipped as package data
+
+
+def _page() -> bytes:
+    # agentstream.runtime is a namespace package (importlib.resources cannot read it
+    # under an editable install), so the page is read next to this module.
+    return PAGE.read_bytes()
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def task_row(r: TaskResult) -> dict[str, Any]:
+    failed = isinstance(r, TaskFailed)
+    return {
+        "task_id": r.task_id, "agent": r.agent, "agent_version": r.agent_version,
+        "status": "failed" if failed else "completed",
+        "reason": r.reason if isinstance(r, TaskFailed) else "",
+        "message": r.message if isinstance(r, TaskFailed) else "",
+        "duration_s": max(0.0, r.finished_at - r.started_at), "started_at": r.started_at,
+        "finished_at": r.finished_at, "steps": r.steps, "tool_calls": r.tool_calls,
+        "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens,
+        "cost_usd": r.usage.cost_usd, "tenant_id": r.tenant_id, "user_id": r.user_id,
+    }
+
+
+async def dashboard_page(request: web.Request) -> web.Response:
+    return web.Response(body=_page(), content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def api_stats(request: web.Request) -> web.Response:
+    raw = request.query.get("since", "1h")
+    try:
+        since = views.parse_duration(raw)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    if since > MAX_SINCE_S:
+        return _error(400, f"since must be at most {views.format_duration(MAX_SINCE_S)}, got {raw!r}")
+    js = request.app[JS_GETTER_KEY]()
+    stats, _spans, results, source = await views.load_stats(js, since)
+    body = views.stats_json(stats)
+    body.update({
+        "source": source, "generated_at": time.time(),
+        "histograms": {
+            "agents": {g.name: views.histogram(g.durations) for g in stats.agents},
+            "tools": {g.name: views.histogram(g.durations) for g in stats.tools},
+            "models": {g.name: views.histogram(g.durations) for g in stats.models},
+        },
+        "series": views.time_series(results, since),
+    })
+    for key in ("agents", "tools", "models"):
+        for g in body[key]:
+            for k, v in list(g.items()):
+                if isinstance(v, float):
+                    g[k] = _finite(v)
+    return _json(body)
+
+
+async def api_tasks(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", "50")
+    try:
+        limit = int(raw)
+    except ValueError:
+        return _error(400, f"limit must be an integer, got {raw!r}")
+    if not 1 <= limit <= MAX_TASKS:
+        return _error(400, f"limit must be between 1 and {MAX_TASKS}, got {raw!r}")
+    js = request.app[JS_GETTER_KEY]()
+    results = await views.load_recent_results(js, limit)
+    return _json({"tasks": [task_row(r) for r in results]})
+
+
+async def api_trace(request: web.Request) -> web.Response:
+    task_id = request.match_info["task_id"]
+    if not subjects.is_token(task_id):
+        return _error(400, f"invalid task id {task_id!r}")
+    js = request.app[JS_GETTER_KEY]()
+    trace = await views.load_task_trace(js, task_id)
+    if not trace.spans:
+        return _error(404, f"no spans or events found for task {task_id}")
+    t0 = min(s.start for s in trace.spans)
+    parallel = views.parallel_groups(trace.spans)
+    spans = []
+    for depth, s in views.tree_order(trace.spans):
+        d = msgspec.to_builtins(s)
+        d.update({"depth": depth, "offset_s": s.start - t0, "duration_s": max(0.0, s.end - s.start),
+                  "error": views.is_error(s), "error_type": views.error_type(s), "note": views.span_note(s),
+                  "parallel": parallel.get(s.span_id, 0)})
+        spans.append(d)
+    return _json({"task_id": trace.task_id, "source": trace.source, "spans": spans,
+                  "result": task_row(trace.result) if trace.result is not None else None,
+                  "text": views.render_waterfall(trace.spans)})
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _guarded(handler: Handler) -> Handler:
+    """JSON errors even on an app without the HTTP API's error middleware."""
+
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - never an HTML traceback
+            log.exception("dashboard request %s failed", request.path)
+            status = 503 if isinstance(exc, ConnectionError | TimeoutError | nats.errors.Error) else 500
+            return _error(status, f"{type(exc).__name__}: {exc}")
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+def add_dashboard_routes(app: web.Application, js_getter: JsGetter) -> None:
+    """Add ``GET /dashboard``, ``/api/stats``, ``/api/tasks``, ``/api/traces/{task_id}``
+    to ``app``. ``js_getter()`` returns the JetStream context to read from, e.g.
+    ``lambda: client.js`` for an :class:`AgentClient`. Call before the app starts."""
+    app[JS_GETTER_KEY] = js_getter
+    app.router.add_get("/dashboard", _guarded(dashboard_page))
+    app.router.add_get("/api/stats", _guarded(api_stats))
+    app.router.add_get("/api/tasks", _guarded(api_tasks))
+    app.router.add_get("/api/traces/{task_id}", _guarded(api_trace))
+
+
+__all__ = ["JS_GETTER_KEY", "add_dashboard_routes", "api_stats", "api_tasks", "api_trace", "dashboard_page"]
