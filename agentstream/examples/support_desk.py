@@ -1,4 +1,6 @@
-"""A sample "support desk" agent with seven tools and a scripted model.
+"""A sample "support desk" agent with eight tools and a scripted model.
+
+Refunds over $100 need a supervisor's approval (``agentstream approve ID --as supervisor``).
 
 The scripted model is a deterministic function of the conversation, so the
 demo runs with no model server; set ``AGENTSTREAM_MODEL`` (plus
@@ -29,7 +31,7 @@ _ORDERS: dict[int, dict[str, Any]] = {
 }
 
 
-@tool
+@tool(read_only=True)
 async def lookup_order(order_id: int) -> dict[str, object]:
     """Look up an order: its status, total, items and customer.
 
@@ -43,7 +45,7 @@ async def lookup_order(order_id: int) -> dict[str, object]:
     return order
 
 
-@tool
+@tool(read_only=True)
 async def shipping_status(order_id: int) -> dict[str, object]:
     """Where a shipped order is now and when it should arrive.
 
@@ -56,7 +58,7 @@ async def shipping_status(order_id: int) -> dict[str, object]:
     return {"order_id": order_id, "carrier": "DHL", "state": "in transit", "eta_days": order_id % 5 + 1}
 
 
-@tool
+@tool(read_only=True)
 async def refund_eligibility(order_id: int) -> dict[str, object]:
     """Whether an order can be refunded under the 30-day policy, and how much.
 
@@ -72,7 +74,7 @@ async def refund_eligibility(order_id: int) -> dict[str, object]:
             "reason": "within 30 days" if eligible else "final-sale item"}
 
 
-@tool
+@tool(read_only=True)
 async def customer_profile(customer_id: str) -> dict[str, object]:
     """A customer's tier and contact preferences.
 
@@ -84,7 +86,7 @@ async def customer_profile(customer_id: str) -> dict[str, object]:
             "contact": "email"}
 
 
-@tool
+@tool(read_only=True)
 async def search_kb(query: str, limit: int = 3) -> list[dict[str, str]]:
     """Search the help-center articles for a question.
 
@@ -115,7 +117,19 @@ async def create_ticket(subject: str, priority: str = "normal") -> dict[str, str
     return {"ticket": f"T-{zlib.crc32(subject.encode()) % 10000:04d}", "priority": priority}
 
 
-@tool
+@tool(requires_approval=lambda a: a.amount > 100, approvers=("supervisor",))
+async def issue_refund(order_id: int, amount: float) -> dict[str, object]:
+    """Refund money to the customer's card. Refunds over $100 need a supervisor's approval.
+
+    Args:
+        order_id: The order to refund.
+        amount: How much to refund, in USD.
+    """
+    await asyncio.sleep(LATENCY_S / 2)
+    return {"order_id": order_id, "refunded": amount, "reference": f"R-{order_id:05d}"}
+
+
+@tool(read_only=True)
 def store_hours() -> dict[str, str]:
     """Opening hours of the support line."""
     return {"weekdays": "08:00-20:00", "weekends": "10:00-16:00", "timezone": "CET"}
@@ -158,12 +172,20 @@ def support_script(request: ModelRequest) -> ModelResponse:
         first = errors[0]
         hint = f" ({first['hint']})" if first.get("hint") else ""
         return answer(f"Sorry, I could not look that up: {first.get('message', 'the tool failed')}{hint}.")
+    if "issue_refund" in data:
+        done = data["issue_refund"]
+        if isinstance(done, dict) and "error" in done:
+            return answer(f"I could not refund order {oid}: {done['error'].get('message')}.")
+        return answer(f"Refunded ${done['refunded']:.2f} on order {oid} (reference {done['reference']}).")
     if "refund_eligibility" in data:
         r, s = data["refund_eligibility"], data.get("shipping_status", {})
-        if r.get("eligible"):
-            return answer(f"Order {oid} qualifies for a refund of ${r['amount']:.2f} ({r['reason']}). "
-                          f"It is currently {s.get('state', 'unknown')}; I have noted the request.")
-        return answer(f"Sorry, order {oid} cannot be refunded: {r.get('reason')}.")
+        if not r.get("eligible"):
+            return answer(f"Sorry, order {oid} cannot be refunded: {r.get('reason')}.")
+        if oid is not None and re.search(r"please refund|refund it", q):
+            # Asked to act, not just to check: issue it (over $100 this waits for a supervisor).
+            return calls(("issue_refund", {"order_id": oid, "amount": r["amount"]}), step=2)
+        return answer(f"Order {oid} qualifies for a refund of ${r['amount']:.2f} ({r['reason']}). "
+                      f"It is currently {s.get('state', 'unknown')}; I have noted the request.")
     if "lookup_order" in data:
         o = data["lookup_order"]
         if "error" in o:
@@ -196,8 +218,8 @@ app.agent(
         "You are the support desk of an online shop. Use the tools to look things up before answering; "
         "when several lookups are independent, request them together in one turn. Answer in one or two sentences."
     ),
-    tools=[lookup_order, shipping_status, refund_eligibility, customer_profile, search_kb, create_ticket,
-           store_hours],
+    tools=[lookup_order, shipping_status, refund_eligibility, issue_refund, customer_profile, search_kb,
+           create_ticket, store_hours],
     scripted=lambda: FunctionModel(support_script, name="scripted-support"),
     samples=[
         "Where is my order 42?",

@@ -94,14 +94,15 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         failures = 0
         try:
             async with await AgentClient.connect(rt.url) as client:
+                supervisor = asyncio.create_task(_demo_supervisor(client))
                 # Submitted together: the agent and tool workers run them concurrently.
                 ids = [await client.submit(args.agent, q, user_id="demo-user", conversation_id=f"demo-{i}")
                        for i, q in enumerate(samples)]
                 # A follow-up that continues the first conversation.
                 first = await client.result(ids[0], timeout=args.timeout)
-                follow = await client.submit(args.agent, "And can I get a refund for it?", user_id="demo-user",
+                follow = await client.submit(args.agent, "Please refund it.", user_id="demo-user",
                                              conversation_id="demo-0")
-                pairs = list(zip([*samples, "And can I get a refund for it? (same conversation as task 1)"],
+                pairs = list(zip([*samples, "Please refund it. (same conversation as task 1)"],
                                  [*ids, follow]))
                 for n, (question, task_id) in enumerate(pairs, 1):
                     res = first if task_id == ids[0] else await client.result(task_id, timeout=args.timeout)
@@ -111,10 +112,37 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                     print("      " + render(events).replace("\n", "\n      "))
                     print()
                     failures += isinstance(res, TaskFailed)
+                supervisor.cancel()
         finally:
             await rt.stop()
         print(f"{len(pairs) - failures} of {len(pairs)} tasks completed; parallel tool calls are marked '||'.")
         return 0
+
+
+async def _demo_supervisor(client: object) -> None:
+    """Plays the human in the loop: approves each pending approval as
+    'supervisor', printing what it approved (the session waited parked in KV)."""
+    from agentstream.runtime import approvals
+    from agentstream.runtime.client import AgentClient
+
+    assert isinstance(client, AgentClient)
+    seen: set[str] = set()
+    while True:
+        try:
+            pending = await approvals.list_approvals(client)
+        except approvals.ApprovalError:
+            pending = []
+        for rec in pending:
+            q = rec.request
+            if q.approval_id in seen:
+                continue
+            seen.add(q.approval_id)
+            args_text = msgspec.json.encode(q.arguments).decode()
+            print(f"  [approval] {q.tool}{args_text} needs a supervisor: approving as 'supervisor' "
+                  f"(agentstream approve {q.approval_id} --as supervisor)", flush=True)
+            await approvals.decide(client, q.approval_id, approved=True, approver="supervisor",
+                                   reason="demo")
+        await asyncio.sleep(0.1)
 
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -364,8 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
         dp.set_defaults(fn=cmd_decide)
 
     from agentstream.runtime.lint import add_parser as add_lint
+    from agentstream.runtime.views import add_stats_parser, add_trace_parser
 
     add_lint(sub)
+    add_trace_parser(sub)
+    add_stats_parser(sub)
 
     a = sub.add_parser("asyncapi", help="export the AsyncAPI document of the protocol")
     a.add_argument("--out")

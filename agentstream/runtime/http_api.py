@@ -348,7 +348,10 @@ def create_app(client: AgentClient, *, ready: ReadyCheck | None = None,
     app.router.add_get("/v1/tasks/{task_id}/events", task_events)
     from agentstream.runtime import approvals  # late: approvals imports the client, as we do
 
+    from agentstream.runtime.dashboard import add_dashboard_routes
+
     approvals.add_routes(app, client)
+    add_dashboard_routes(app, lambda: client.js)
     return app
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agentstream.contracts.events import (
+    ApprovalDecided,
+    ApprovalRequested,
     ModelTurnCompleted,
     TaskCompleted,
     TaskEvent,
@@ -42,7 +44,13 @@ def overlapping(spans: Sequence[Span]) -> list[list[Span]]:
 def spans_of(events: Sequence[TaskEvent]) -> tuple[list[Span], TaskCompleted | TaskFailed | None]:
     spans: list[Span] = []
     result: TaskCompleted | TaskFailed | None = None
+    asked = {ev.call_id: ev for ev in events if isinstance(ev, ApprovalRequested)}
     for ev in events:
+        if isinstance(ev, ApprovalDecided) and ev.call_id in asked:
+            req = asked.pop(ev.call_id)
+            verdict = "approved" if ev.approved else "DENIED"
+            spans.append(Span(f"  approval {req.tool}", req.requested_at, ev.decided_at or req.requested_at,
+                              f"{verdict} by {ev.approver}", req.step, failed=not ev.approved))
         if isinstance(ev, ModelTurnCompleted):
             u = ev.usage
             what = ("-> " + ", ".join(ev.tool_calls)) if ev.tool_calls else "-> answer"

@@ -1,0 +1,1 @@
+"""The engine: pure decision core, ports and adapters, consumer loop, CLI, client."""

@@ -1,0 +1,23 @@
+"""The README's first command ends in `agentstream demo`: it must run end to end
+on an embedded broker and show what the README promises."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def test_demo_runs_end_to_end_with_the_scripted_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTSTREAM_", "OPENAI_"))}
+    proc = subprocess.run([sys.executable, "-m", "agentstream.runtime.cli", "demo"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "scripted" in out and "AGENTSTREAM_MODEL" in out  # says no model is configured
+    assert "embedded nats-server" in out
+    assert "7 of 7 tasks completed" in out
+    assert "|| overlapped with 2 other call(s)" in out  # a turn with three parallel tool calls
+    assert "approved by supervisor" in out  # the human-in-the-loop step
+    assert "Order 42 is processing" in out and "Refunded $156.00 on order 42" in out  # conversation continued
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,511 @@
+"""Tracing, metrics and logs (agentstream.runtime.telemetry).
+
+- one trace per task across three worker processes and the client, read back
+  from the TELEMETRY stream, with correct parent links and GenAI attributes;
+- redaction end to end: hypothesis-generated PII in prompts and tool
+  arguments never reaches an exported span or a log line (capture on), and no
+  prompt content is exported at all with capture off;
+- exporter selection from OTEL_* variables, the Prometheus text, JSON logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+from conftest import SpawnWorker, WorkerPool
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+from test_redact import text_with_pii
+
+from agentstream.contracts.events import TaskCompleted
+from agentstream.contracts.telemetry import SpanRecord
+from agentstream.runtime import telemetry as T
+from agentstream.runtime.app import App
+from agentstream.runtime.client import AgentClient
+from agentstream.runtime.config import Settings
+from agentstream.runtime.errors import ConfigError
+from agentstream.runtime.models import FunctionModel, answer, calls, last_user, tool_results
+from agentstream.runtime.ports import ModelRequest
+from agentstream.runtime.service import Runtime
+from agentstream.runtime.tools import tool
+
+RESULT_TIMEOUT_S = 30.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def read_spans(js: JetStreamContext, subject: str = "telemetry.spans.*") -> list[SpanRecord]:
+    """Every SpanRecord stored on ``subject`` in the TELEMETRY stream, now."""
+    info = await js.stream_info("TELEMETRY", subjects_filter=subject)
+    n = sum((info.state.subjects or {}).values())
+    if not n:
+        return []
+    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    out: list[SpanRecord] = []
+    try:
+        for _ in range(n):
+            msg = await sub.next_msg(timeout=5)
+            out.append(msgspec.json.decode(msg.data, type=SpanRecord))
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def wait_for_spans(js: JetStreamContext, pred: Any, timeout: float = 20.0,
+                         subject: str = "telemetry.spans.*") -> list[SpanRecord]:
+    deadline = time.monotonic() + timeout
+    spans: list[SpanRecord] = []
+    while time.monotonic() < deadline:
+        spans = await read_spans(js, subject)
+        if pred(spans):
+            return spans
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"spans incomplete after {timeout:g}s: {sorted(s.name for s in spans)}")
+
+
+def by_name(spans: list[SpanRecord], prefix: str) -> list[SpanRecord]:
+    return [s for s in spans if s.name.startswith(prefix)]
+
+
+def ancestors(span: SpanRecord, index: dict[str, SpanRecord]) -> Iterator[SpanRecord]:
+    seen = set()
+    cur = index.get(span.parent_span_id)
+    while cur is not None and cur.span_id not in seen:
+        seen.add(cur.span_id)
+        yield cur
+        cur = index.get(cur.parent_span_id)
+
+
+# --------------------------------------------------------------------------- one trace across processes
+
+
+REFUND = "I want a refund for order 17, and where is it now?"
+TOOLS_A = "lookup_order,shipping_status"
+TOOLS_B = "refund_eligibility,customer_profile,search_kb,create_ticket,store_hours"
+
+
+@pytest.mark.slow
+async def test_one_trace_across_three_processes(nats_url: str, worker_pool: WorkerPool,
+                                                spawn_worker: SpawnWorker) -> None:
+    base = {"AGENTSTREAM_NATS_URL": nats_url}
+    procs = [spawn_worker(args, {**base, "AGENTSTREAM_WORKER_ID": wid}, wait=False) for args, wid in [
+        (["--agent", "support"], "agent-1"), (["--tools", TOOLS_A], "tools-a"), (["--tools", TOOLS_B], "tools-b")]]
+    for p in procs:
+        worker_pool.wait_ready(p)
+
+    async with await AgentClient.connect(nats_url) as client:
+        assert client.telemetry is not None and client.telemetry.tracing
+        task_id = await client.submit("support", REFUND, tenant_id="acme", user_id="u-7", conversation_id="c-1")
+        res = await client.result(task_id, timeout=RESULT_TIMEOUT_S)
+        assert isinstance(res, TaskCompleted), res
+        assert res.tool_calls == 3 and res.steps == 2
+        await client.telemetry.force_flush()
+
+        # The trace id is kept in the task's session state (what `trace` views use).
+        entry = await (await client.js.key_value("agent_sessions")).get(task_id)
+        assert entry.value is not None
+        trace_parent = msgspec.json.decode(entry.value)["trace_parent"]
+        trace_id = trace_parent.split("-")[1]
+
+        def complete(spans: list[SpanRecord]) -> bool:
+            return (len(by_name(spans, "invoke_agent")) == 1 and len(by_name(spans, "execute_tool")) == 3
+                    and len(by_name(spans, "chat")) == 2 and len(by_name(spans, "process")) == 7
+                    and len(by_name(spans, "step")) == 2 and len(by_name(spans, "send")) == 1)
+
+        spans = await wait_for_spans(client.js, complete, subject=f"telemetry.spans.{trace_id}")
+        # Nothing of this task went to another trace.
+        info = await client.js.stream_info("TELEMETRY", subjects_filter="telemetry.spans.*")
+        assert list((info.state.subjects or {}).keys()) == [f"telemetry.spans.{trace_id}"]
+
+    assert {s.trace_id for s in spans} == {trace_id}
+    index = {s.span_id: s for s in spans}
+    assert len(index) == len(spans), "duplicate span ids"
+    roots = [s for s in spans if s.parent_span_id not in index]
+    assert len(roots) == 1 and roots[0].parent_span_id == "", [(s.name, s.parent_span_id) for s in roots]
+    root = roots[0]
+    assert root.name == "send agents.support.tasks" and root.kind == "producer"
+    assert root.worker.startswith("client-")
+
+    workers = {s.worker for s in spans}
+    assert {"agent-1", "tools-a", "tools-b"} <= workers and len(workers) >= 4, workers
+    assert all(s.service == "agentstream" for s in spans)
+
+    # invoke_agent covers the task, on the agent worker, child of the task's process span.
+    [inv] = by_name(spans, "invoke_agent support")
+    assert inv.worker == "agent-1"
+    assert index[inv.parent_span_id].name == "process agents.support.tasks"
+    assert inv.span_id == trace_parent.split("-")[2]
+    assert inv.start == pytest.approx(res.started_at, abs=1e-3) and inv.end == pytest.approx(res.finished_at, abs=1e-3)
+    a = inv.attributes
+    assert a["gen_ai.operation.name"] == "invoke_agent" and a["gen_ai.agent.name"] == "support"
+    assert a["gen_ai.usage.input_tokens"] == res.usage.input_tokens
+    assert a["gen_ai.usage.output_tokens"] == res.usage.output_tokens
+    assert a["agentstream.tenant_id"] == "acme" and a["agentstream.user_id"] == "u-7"
+    assert a["gen_ai.conversation.id"] == "c-1" and a["agentstream.task_id"] == task_id
+
+    # Steps are children of invoke_agent; chats are children of a step.
+    steps = by_name(spans, "step support")
+    assert all(s.parent_span_id == inv.span_id and s.worker == "agent-1" for s in steps)
+    assert all(s.links for s in steps), "a step links to the process span of its message"
+    chats = by_name(spans, "chat")
+    for c in chats:
+        assert index[c.parent_span_id].name == "step support"
+        assert c.kind == "client" and c.name == "chat scripted-support"
+        ca = c.attributes
+        assert ca["gen_ai.operation.name"] == "chat" and ca["gen_ai.provider.name"] == "scripted"
+        assert ca["gen_ai.request.model"] == ca["gen_ai.response.model"] == "scripted-support"
+        assert ca["gen_ai.agent.name"] == "support" and ca["gen_ai.conversation.id"] == "c-1"
+        assert ca["agentstream.tenant_id"] == "acme" and ca["agentstream.user_id"] == "u-7"
+        assert "agentstream.cost_usd" in ca and "gen_ai.input.messages" not in ca  # capture is off
+    assert sum(c.attributes["gen_ai.usage.input_tokens"] for c in chats) == res.usage.input_tokens
+    assert sum(c.attributes["gen_ai.usage.output_tokens"] for c in chats) == res.usage.output_tokens
+    assert sorted(tuple(c.attributes["gen_ai.response.finish_reasons"]) for c in chats) == [("stop",), ("tool_calls",)]
+    [tool_turn] = [c for c in chats if list(c.attributes["gen_ai.response.finish_reasons"]) == ["tool_calls"]]
+    dispatching_step = index[tool_turn.parent_span_id]
+
+    # Tool spans descend from the step that published the calls, on the worker serving the tool.
+    tools = by_name(spans, "execute_tool")
+    where = {"lookup_order": "tools-a", "shipping_status": "tools-a", "refund_eligibility": "tools-b"}
+    assert {t.attributes["gen_ai.tool.name"] for t in tools} == set(where)
+    for t in tools:
+        name = t.attributes["gen_ai.tool.name"]
+        assert t.worker == where[name] and t.name == f"execute_tool {name}"
+        assert t.attributes["gen_ai.operation.name"] == "execute_tool" and t.attributes["gen_ai.tool.call.id"]
+        assert "gen_ai.tool.call.arguments" not in t.attributes
+        process = index[t.parent_span_id]
+        assert process.name == f"process tools.{name}.calls" and process.kind == "consumer"
+        assert dispatching_step.span_id in {x.span_id for x in ancestors(t, index)}
+
+    # Messaging conventions on the consumer spans.
+    for p in by_name(spans, "process"):
+        pa = p.attributes
+        assert pa["messaging.system"] == "nats" and pa["messaging.operation.type"] == "process"
+        assert pa["messaging.destination.name"] and pa["messaging.message.id"]
+    inbox = [p for p in by_name(spans, "process agents.support.events.*")]
+    assert len(inbox) == 3 and all(p.worker == "agent-1" for p in inbox)
+    assert {index[p.parent_span_id].worker for p in inbox} == {"tools-a", "tools-b"}
+
+
+# --------------------------------------------------------------------------- redaction end to end
+
+MARKER = "zqxwvmarker"
+log_echo = logging.getLogger("agentstream.tests.echo")
+
+
+@tool
+async def echo(text: str) -> dict[str, str]:
+    """Echo the text back.
+
+    Args:
+        text: Anything.
+    """
+    log_echo.warning("echo tool got: %s", text)
+    return {"echo": text}
+
+
+def _echo_script(request: ModelRequest) -> Any:
+    if tool_results(request):
+        return answer("done")
+    return calls(("echo", {"text": last_user(request)}))
+
+
+def _echo_app() -> App:
+    app = App()
+    app.agent("echo", "Echo what the user says with the echo tool.", tools=[echo],
+              scripted=lambda: FunctionModel(_echo_script, name="echo-model"))
+    return app
+
+
+async def _run_prompts(url: str, tmp: Path, prompts: list[str], capture: bool) -> tuple[list[SpanRecord], str]:
+    env = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true" if capture else "false"}
+    settings_ = dataclasses.replace(Settings.from_env({}), nats_url=url, data_dir=tmp, worker_id="rt-echo")
+    rt = Runtime(settings=settings_, app=_echo_app(), agents=["echo"], tools="all",
+                 telemetry_config=T.TelemetryConfig.from_env(env))
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(T.JsonLogFormatter(worker="rt-echo"))
+    log_echo.addHandler(handler)
+    log_echo.propagate = False
+    await rt.start()
+    try:
+        assert rt.telemetry is not None and rt.nc is not None
+        client = AgentClient(rt.nc, telemetry=rt.telemetry)  # shares the runtime's connection and pipeline
+        ids = [await client.submit("echo", p) for p in prompts]
+        for i in ids:
+            res = await client.result(i, timeout=RESULT_TIMEOUT_S)
+            assert isinstance(res, TaskCompleted), res
+        await rt.telemetry.force_flush()
+        assert rt.js is not None
+        expected = 6 * len(prompts)  # send, process x3, step x2, chat x2, execute_tool, invoke_agent: >= 6 each
+        spans = await wait_for_spans(rt.js, lambda s: len(by_name(s, "invoke_agent")) >= len(prompts)
+                                     and len(s) >= expected)
+    finally:
+        log_echo.removeHandler(handler)
+        log_echo.propagate = True
+        await rt.stop()
+    return spans, buf.getvalue()
+
+
+def _all_strings(spans: list[SpanRecord]) -> list[str]:
+    out: list[str] = []
+    for s in spans:
+        out.append(s.name)
+        for k, v in s.attributes.items():
+            out.append(k)
+            out.append(v if isinstance(v, str) else msgspec.json.encode(v).decode())
+    return out
+
+
+prompt_samples = st.lists(text_with_pii(), min_size=3, max_size=3)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                HealthCheck.too_slow])
+@given(samples=prompt_samples)
+def test_capture_on_exports_content_but_never_pii(nats_url: str, tmp_path: Path,
+                                                  samples: list[tuple[str, list[str]]]) -> None:
+    prompts = [f"{MARKER} {text}" for text, _ in samples]
+    secrets = [s for _, ss in samples for s in ss]
+    spans, logs = asyncio.run(_run_prompts(nats_url, tmp_path, prompts, capture=True))
+    strings = _all_strings(spans)
+    blob = "\n".join(strings)
+    for s in secrets:
+        assert s not in blob, s
+        assert s not in logs, s
+    # Capture really was on: prompts and tool arguments are there, redacted.
+    assert MARKER in blob and "[REDACTED:" in blob
+    chats = by_name(spans, "chat")
+    assert chats and all("gen_ai.input.messages" in c.attributes for c in chats)
+    assert all("gen_ai.tool.call.arguments" in t.attributes for t in by_name(spans, "execute_tool"))
+    # Logs: JSON lines with the trace context, redacted.
+    lines = [msgspec.json.decode(x) for x in logs.splitlines() if x.strip()]
+    assert len(lines) >= len(prompts)
+    assert all(line["trace_id"] and line["span_id"] and MARKER in line["message"] for line in lines)
+    assert any("[REDACTED:" in line["message"] for line in lines)
+
+
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                HealthCheck.too_slow])
+@given(samples=prompt_samples)
+def test_capture_off_exports_no_content(nats_url: str, tmp_path: Path,
+                                        samples: list[tuple[str, list[str]]]) -> None:
+    prompts = [f"{MARKER} {text}" for text, _ in samples]
+    spans, _ = asyncio.run(_run_prompts(nats_url, tmp_path, prompts, capture=False))
+    blob = "\n".join(_all_strings(spans))
+    assert MARKER not in blob
+    content_keys = {"gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.tool.call.arguments",
+                    "gen_ai.tool.call.result"}
+    assert not any(content_keys & s.attributes.keys() for s in spans)
+    assert by_name(spans, "chat") and by_name(spans, "execute_tool")
+
+
+# --------------------------------------------------------------------------- a bare publish, and tracing off
+
+
+async def test_bare_publish_starts_a_trace_at_the_consumer(nats_url: str, tmp_path: Path) -> None:
+    """A task from any NATS client (no traceparent) is still one trace, rooted
+    at the agent's process span."""
+    s = dataclasses.replace(Settings.from_env({}), nats_url=nats_url, data_dir=tmp_path, worker_id="rt-bare")
+    rt = Runtime(settings=s, app=_echo_app(), agents=["echo"], tools="all",
+                 telemetry_config=T.TelemetryConfig.from_env({}))
+    await rt.start()
+    try:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await js.publish("agents.echo.tasks", b'{"type":"agentstream.task.submitted.v1","task_id":"bare-1",'
+                                              b'"agent":"echo","input":"hello"}')
+        client = AgentClient(nc)
+        assert client.telemetry is None
+        res = await client.result("bare-1", timeout=RESULT_TIMEOUT_S)
+        assert isinstance(res, TaskCompleted)
+        assert rt.telemetry is not None
+        await rt.telemetry.force_flush()
+        spans = await wait_for_spans(js, lambda x: len(by_name(x, "invoke_agent")) == 1 and len(x) >= 8)
+        await nc.close()
+    finally:
+        await rt.stop()
+    assert len({x.trace_id for x in spans}) == 1
+    index = {x.span_id: x for x in spans}
+    roots = [x for x in spans if x.parent_span_id not in index]
+    assert [r.name for r in roots] == ["process agents.echo.tasks"] and roots[0].parent_span_id == ""
+
+
+async def test_tracing_off_wraps_nothing(nats_url: str, tmp_path: Path) -> None:
+    s = dataclasses.replace(Settings.from_env({}), nats_url=nats_url, data_dir=tmp_path, worker_id="rt-off")
+    rt = Runtime(settings=s, app=_echo_app(), agents=["echo"], tools="all",
+                 telemetry_config=T.TelemetryConfig.from_env({"AGENTSTREAM_TRACING": "0",
+                                                              "OTEL_METRICS_EXPORTER": "none"}))
+    await rt.start()
+    try:
+        assert rt.telemetry is not None and not rt.telemetry.active
+        engine = rt.engines["echo"]
+        assert engine.telemetry is None and isinstance(engine.llm, FunctionModel)
+        assert type(engine.bus).__name__ == "NatsBus"
+        assert all(len(c.s.middlewares) == 0 for c in rt.consumers)
+        assert not getattr(rt.runners[0], "_agentstream_instrumented", False)
+        client = AgentClient(rt.nc, telemetry=None)
+        tid = await client.submit("echo", "hi")
+        assert isinstance(await client.result(tid, timeout=RESULT_TIMEOUT_S), TaskCompleted)
+        assert rt.js is not None
+        assert await read_spans(rt.js) == []
+    finally:
+        await rt.stop()
+
+
+# --------------------------------------------------------------------------- configuration and exporters
+
+
+def _exporters(env: dict[str, str], nc: Any = None) -> list[Any]:
+    loop = asyncio.new_event_loop()
+    try:
+        return T.build_span_exporters(T.TelemetryConfig.from_env(env), nc=nc, loop=loop)
+    finally:
+        loop.close()
+
+
+def test_exporter_selection_from_env() -> None:
+    fake_nc = object()
+    assert [type(e) for e in _exporters({}, fake_nc)] == [T.JetStreamSpanExporter]  # the default
+    assert _exporters({}, None) == []  # jetstream needs a connection
+    assert _exporters({"OTEL_TRACES_EXPORTER": "none"}, fake_nc) == []
+    assert [type(e) for e in _exporters({"OTEL_TRACES_EXPORTER": "console"})] == [ConsoleSpanExporter]
+    grpc = _exporters({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
+    assert [type(e) for e in grpc] == [GrpcSpanExporter]
+    http = _exporters({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                       "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
+    assert [type(e) for e in http] == [HttpSpanExporter]
+    assert http[0]._endpoint == "http://collector:4318/v1/traces"
+    both = _exporters({"OTEL_TRACES_EXPORTER": "jetstream,console"}, fake_nc)
+    assert [type(e) for e in both] == [T.JetStreamSpanExporter, ConsoleSpanExporter]
+    for e in grpc + http:
+        e.shutdown()
+
+
+def test_metric_readers_from_env() -> None:
+    pull, push = T.build_metric_readers(T.TelemetryConfig.from_env({}))
+    assert isinstance(pull, InMemoryMetricReader) and push == []
+    _, push = T.build_metric_readers(T.TelemetryConfig.from_env({"OTEL_METRICS_EXPORTER": "prometheus,console"}))
+    assert [type(r) for r in push] == [PeriodicExportingMetricReader]
+    for r in push:
+        r.shutdown()
+    assert not T.TelemetryConfig.from_env({"OTEL_METRICS_EXPORTER": "none"}).metrics
+
+
+def test_config_from_env() -> None:
+    c = T.TelemetryConfig.from_env({})
+    assert c.tracing and c.metrics and not c.capture_content and c.service_name == "agentstream"
+    assert c.traces_exporters == ("jetstream",) and c.log_format == "text"
+    c = T.TelemetryConfig.from_env({"AGENTSTREAM_TRACING": "0", "OTEL_SERVICE_NAME": "desk",
+                                    "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "True",
+                                    "AGENTSTREAM_LOG_FORMAT": "json"})
+    assert not c.tracing and c.service_name == "desk" and c.capture_content and c.log_format == "json"
+    assert not T.TelemetryConfig.from_env({"OTEL_SDK_DISABLED": "true"}).tracing
+    for bad in ({"OTEL_TRACES_EXPORTER": "zipkin"}, {"OTEL_METRICS_EXPORTER": "statsd"},
+                {"AGENTSTREAM_TRACING": "maybe"}, {"AGENTSTREAM_LOG_FORMAT": "xml"},
+                {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}):
+        with pytest.raises(ConfigError):
+            T.TelemetryConfig.from_env(bad)
+
+
+def test_traceparent_round_trip() -> None:
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    ctx = T.parse_traceparent(tp)
+    assert ctx is not None and ctx.trace_flags.sampled
+    assert T.format_traceparent(ctx) == tp
+    for bad in ("", "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", "zz-" + tp[3:],
+                "00-00000000000000000000000000000000-b7ad6b7169203331-01", tp[:-3], "ff" + tp[2:]):
+        assert T.parse_traceparent(bad) is None, bad
+
+
+# --------------------------------------------------------------------------- metrics text, logs
+
+
+def test_render_prometheus() -> None:
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("t")
+    errors = meter.create_counter("agentstream.errors", unit="{error}", description="Errors")
+    cost = meter.create_counter("agentstream.cost", unit="USD")
+    dur = meter.create_histogram("agentstream.tool.duration", unit="s", explicit_bucket_boundaries_advisory=[0.1, 1])
+    errors.add(2, {"error.type": 'time"out', "gen_ai.tool.name": "x"})
+    cost.add(0.25, {"gen_ai.agent.name": "support"})
+    dur.record(0.05, {"gen_ai.tool.name": "x"})
+    dur.record(0.5, {"gen_ai.tool.name": "x"})
+    data = reader.get_metrics_data()
+    assert data is not None
+    text = T.render_prometheus(data)
+    assert "# TYPE agentstream_errors_total counter" in text
+    assert 'agentstream_errors_total{error_type="time\\"out",gen_ai_tool_name="x"} 2' in text
+    assert 'agentstream_cost_usd_total{gen_ai_agent_name="support"} 0.25' in text
+    assert "# TYPE agentstream_tool_duration_seconds histogram" in text
+    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="0.1"} 1' in text
+    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="1.0"} 2' in text
+    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="+Inf"} 2' in text
+    assert 'agentstream_tool_duration_seconds_count{gen_ai_tool_name="x"} 2' in text
+
+
+async def test_prometheus_text_after_a_task(nats_url: str, tmp_path: Path) -> None:
+    s = dataclasses.replace(Settings.from_env({}), nats_url=nats_url, data_dir=tmp_path, worker_id="rt-prom")
+    rt = Runtime(settings=s, app=_echo_app(), agents=["echo"], tools="all",
+                 telemetry_config=T.TelemetryConfig.from_env({}))
+    await rt.start()
+    try:
+        client = AgentClient(rt.nc)
+        tid = await client.submit("echo", "count me", tenant_id="t-prom", user_id="u-prom")
+        assert isinstance(await client.result(tid, timeout=RESULT_TIMEOUT_S), TaskCompleted)
+    finally:
+        await rt.stop()
+    text = T.prometheus_text()
+    for name in ("gen_ai_client_operation_duration_seconds_bucket", "gen_ai_client_token_usage_bucket",
+                 "agentstream_task_duration_seconds_count", "agentstream_tool_duration_seconds_count"):
+        assert any(line.startswith(name) and 'agentstream_tenant_id="t-prom"' in line
+                   for line in text.splitlines()), name
+    assert 'gen_ai_token_type="input"' in text and 'gen_ai_token_type="output"' in text
+
+
+def test_json_log_lines_carry_trace_context_and_are_redacted() -> None:
+    tel = T.Telemetry(T.TelemetryConfig(metrics=False, traces_exporters=()), worker_id="w-log")
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(T.JsonLogFormatter(worker="w-log"))
+    lg = logging.getLogger("agentstream.tests.jsonlog")
+    lg.addHandler(handler)
+    lg.propagate = False
+    try:
+        with tel.span("work") as sp:
+            lg.warning("mail %s about card %s", "jane@example.com", "4111 1111 1111 1111")
+        lg.warning("outside")
+    finally:
+        lg.removeHandler(handler)
+        lg.propagate = True
+    first, second = (msgspec.json.decode(x) for x in buf.getvalue().splitlines())
+    assert isinstance(sp, T.LiteSpan)
+    assert first["trace_id"] == f"{sp.context.trace_id:032x}" and first["span_id"] == f"{sp.context.span_id:016x}"
+    assert first["message"] == "mail [REDACTED:email] about card [REDACTED:card]"
+    assert first["level"] == "WARNING" and first["worker"] == "w-log"
+    assert "trace_id" not in second
+
+
+def test_text_logs_are_redacted() -> None:
+    fmt = T.RedactingFormatter("%(levelname)s %(message)s")
+    rec = logging.LogRecord("x", logging.WARNING, __file__, 1, "key %s", ("sk-abcdefghijklmnopqrstu",), None)
+    assert fmt.format(rec) == "WARNING key [REDACTED:api_key]"
+
