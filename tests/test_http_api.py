@@ -344,3 +344,17 @@ async def test_readyz_uses_custom_check(http_client: AgentClient) -> None:
                 assert (await resp.json())["error"] == "warming up"
     finally:
         await server.stop()
+
+
+@pytest.mark.usefixtures("http_runtime")
+async def test_prometheus_metrics_after_a_task(http_session: aiohttp.ClientSession) -> None:
+    status, body = await submit(http_session, {"agent": "support", "input": "Where is my order 42?"})
+    assert status == 202
+    async with http_session.get(body["result_url"], params={"wait": "10"}) as resp:
+        assert resp.status == 200
+    async with http_session.get("/metrics") as resp:
+        assert resp.status == 200 and resp.content_type == "text/plain"
+        text = await resp.text()
+    # The runtime runs in this process, so its model and tool metrics are here.
+    assert "gen_ai_client_operation_duration_seconds_bucket" in text
+    assert 'gen_ai_tool_name="lookup_order"' in text

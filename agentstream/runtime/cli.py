@@ -48,8 +48,12 @@ def _nats_url(settings: Settings) -> str:
 
 
 def _setup_logging(settings: Settings) -> None:
+    from agentstream.runtime.telemetry import TelemetryConfig, configure_logging
+
     logging.basicConfig(level=getattr(logging, settings.log_level, logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # JSON logs with trace and span ids (AGENTSTREAM_LOG_FORMAT=json); PII redacted either way.
+    configure_logging(TelemetryConfig.from_env(), worker=settings.worker_id)
 
 
 # ----------------------------------------------------------------- output
@@ -113,6 +117,8 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                     print()
                     failures += isinstance(res, TaskFailed)
                 supervisor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await supervisor  # before the client closes under it
         finally:
             await rt.stop()
         print(f"{len(pairs) - failures} of {len(pairs)} tasks completed; parallel tool calls are marked '||'.")

@@ -347,12 +347,20 @@ def create_app(client: AgentClient, *, ready: ReadyCheck | None = None,
     app.router.add_get("/v1/tasks/{task_id}/result", task_result)
     app.router.add_get("/v1/tasks/{task_id}/events", task_events)
     from agentstream.runtime import approvals  # late: approvals imports the client, as we do
-
     from agentstream.runtime.dashboard import add_dashboard_routes
 
     approvals.add_routes(app, client)
     add_dashboard_routes(app, lambda: client.js)
+    app.router.add_get("/metrics", metrics)
     return app
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus scrape endpoint: this process's OpenTelemetry metrics."""
+    from agentstream.runtime.telemetry import prometheus_text
+
+    return web.Response(text=prometheus_text(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Version": "0.0.4"})
 
 
 class HttpServer:
