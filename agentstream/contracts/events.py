@@ -8,7 +8,7 @@ older consumer tolerates a newer producer that added fields.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 import msgspec
 
@@ -289,16 +289,5 @@ AnyEvent = Union[
     AuditRecord,
 ]
 
-ALL_EVENT_TYPES: tuple[type[Event], ...] = (
-    TaskSubmitted,
-    TaskCompleted,
-    TaskFailed,
-    ToolCallRequested,
-    ToolCallCompleted,
-    ModelTurnCompleted,
-    ToolCallDispatched,
-    DeadLettered,
-    ApprovalRequested,
-    ApprovalDecided,
-    AuditRecord,
-)
+# Every wire event type, in AnyEvent's order (JSON Schema, AsyncAPI, property tests).
+ALL_EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)
