@@ -35,8 +35,10 @@ How one task is one trace
 Exporters (``OTEL_TRACES_EXPORTER``, comma-separated): ``jetstream`` (default:
 one :class:`~agentstream.contracts.telemetry.SpanRecord` JSON message per span
 on ``telemetry.spans.<trace_id>``, stream TELEMETRY), ``otlp``, ``console``
-(stderr), ``none``. ``OTEL_METRICS_EXPORTER``: ``prometheus`` (default: an
-in-memory reader rendered by :func:`prometheus_text`), ``otlp``, ``console``,
+(stderr), ``none``. ``OTEL_METRICS_EXPORTER``: ``prometheus`` (default:
+counters and histograms aggregated in process, ~1 us a record against the
+SDK's ~15-65 us, rendered by :func:`prometheus_text`), ``otlp``, ``console``
+(these add the OpenTelemetry SDK instruments, fed every record as well),
 ``none`` (no metrics at all). ``AGENTSTREAM_TRACING=0`` turns tracing off.
 Prompt and tool-argument content is captured only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``, and always
@@ -46,6 +48,7 @@ passes through :mod:`agentstream.runtime.redact`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextvars
 import logging
@@ -588,31 +591,126 @@ def build_metric_readers(config: TelemetryConfig) -> tuple[InMemoryMetricReader,
 # --------------------------------------------------------------------------- metrics (process-wide)
 
 
+class _LiteInstrument:
+    """A counter or fixed-bucket histogram aggregated in process, keyed by the
+    tuple of its attribute items: a few dict operations a record, where the
+    SDK's attribute cleaning, hashing and aggregation cost ~65 us. It feeds
+    :func:`prometheus_text`; ``sdk`` (the same instrument on the OTel SDK, set
+    only when an OTLP or console metrics exporter is configured) gets every
+    record too."""
+
+    __slots__ = ("name", "unit", "description", "bounds", "sdk", "_series", "_lock", "_width")
+
+    def __init__(self, name: str, unit: str, description: str, bounds: Sequence[float] | None = None) -> None:
+        self.name = name
+        self.unit = unit
+        self.description = description
+        self.bounds: tuple[float, ...] | None = tuple(bounds) if bounds is not None else None
+        self.sdk: Any = None
+        # counter: key -> value; histogram: key -> [sum, count, bucket 0 .. bucket len(bounds)]
+        self._series: dict[tuple[tuple[str, Any], ...], Any] = {}
+        self._lock = threading.Lock()  # records may come from several loops' threads
+        self._width = len(self.bounds) + 3 if self.bounds is not None else 0
+
+    def add(self, value: float, attributes: Mapping[str, Any]) -> None:
+        key = tuple(attributes.items())
+        with self._lock:
+            series = self._series
+            series[key] = series.get(key, 0) + value
+        if self.sdk is not None:
+            self.sdk.add(value, attributes)
+
+    def record(self, value: float, attributes: Mapping[str, Any]) -> None:
+        key = tuple(attributes.items())
+        i = bisect.bisect_left(self.bounds, value) + 2  # type: ignore[arg-type]  # (b[i-1], b[i]], as the SDK
+        with self._lock:
+            point = self._series.get(key)
+            if point is None:
+                point = self._series[key] = [0] * self._width
+            point[0] += value
+            point[1] += 1
+            point[i] += 1
+        if self.sdk is not None:
+            self.sdk.record(value, attributes)
+
+    def points(self) -> list[tuple[tuple[tuple[str, Any], ...], Any]]:
+        """(sorted attribute items, value or [sum, count, buckets...]) per
+        series; series whose attributes differ only in order are merged."""
+        with self._lock:
+            snapshot = [(k, v if self.bounds is None else list(v)) for k, v in self._series.items()]
+        merged: dict[tuple[tuple[str, Any], ...], Any] = {}
+        for key, val in snapshot:
+            norm = tuple(sorted((k, v) for k, v in key if v is not None))
+            prev = merged.get(norm)
+            if prev is None:
+                merged[norm] = val
+            elif self.bounds is None:
+                merged[norm] = prev + val
+            else:
+                merged[norm] = [a + b for a, b in zip(prev, val)]
+        return list(merged.items())
+
+
 class _Metrics:
-    """One MeterProvider a process: metrics describe the process, whichever
-    runtimes and clients live in it."""
+    """The process's metrics (one set a process: metrics describe the
+    process, whichever runtimes and clients live in it). Aggregated in
+    process for :func:`prometheus_text`; an OTel SDK MeterProvider is built
+    only when ``OTEL_METRICS_EXPORTER`` names a push exporter (otlp, console),
+    and then gets every record as well."""
 
     def __init__(self, config: TelemetryConfig, resource: Resource) -> None:
-        self.reader, push = build_metric_readers(config)
-        # No exemplars: sampling them on every record costs ~20% of a record, on the hot path.
-        self.provider = MeterProvider(resource=resource, metric_readers=[self.reader, *push],
-                                      exemplar_filter=AlwaysOffExemplarFilter())
-        m = self.provider.get_meter("agentstream", "0.1.0")
-        self.operation_duration = m.create_histogram(
-            "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self.token_usage = m.create_histogram(
-            "gen_ai.client.token.usage", unit="{token}", description="Number of input and output tokens used",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
-        self.task_duration = m.create_histogram(
-            "agentstream.task.duration", unit="s", description="Task duration, submit to result",
-            explicit_bucket_boundaries_advisory=TASK_BUCKETS)
-        self.tool_duration = m.create_histogram(
-            "agentstream.tool.duration", unit="s", description="Tool execution duration",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self.errors = m.create_counter("agentstream.errors", unit="{error}",
-                                       description="Errors by error.type (model, tool, task, handler)")
-        self.cost = m.create_counter("agentstream.cost", unit="USD", description="Model cost in US dollars")
+        self.operation_duration = _LiteInstrument("gen_ai.client.operation.duration", "s",
+                                                  "GenAI operation duration", DURATION_BUCKETS)
+        self.token_usage = _LiteInstrument("gen_ai.client.token.usage", "{token}",
+                                           "Number of input and output tokens used", TOKEN_BUCKETS)
+        self.task_duration = _LiteInstrument("agentstream.task.duration", "s", "Task duration, submit to result",
+                                             TASK_BUCKETS)
+        self.tool_duration = _LiteInstrument("agentstream.tool.duration", "s", "Tool execution duration",
+                                             DURATION_BUCKETS)
+        self.errors = _LiteInstrument("agentstream.errors", "{error}",
+                                      "Errors by error.type (model, tool, task, handler)")
+        self.cost = _LiteInstrument("agentstream.cost", "USD", "Model cost in US dollars")
+        self.instruments = (self.operation_duration, self.token_usage, self.task_duration, self.tool_duration,
+                            self.errors, self.cost)
+        self.provider: MeterProvider | None = None
+        _, push = build_metric_readers(config)
+        if push:
+            # No exemplars: sampling them on every record costs ~20% of a record.
+            self.provider = MeterProvider(resource=resource, metric_readers=push,
+                                          exemplar_filter=AlwaysOffExemplarFilter())
+            m = self.provider.get_meter("agentstream", "0.1.0")
+            for inst in self.instruments:
+                if inst.bounds is not None:
+                    inst.sdk = m.create_histogram(inst.name, unit=inst.unit, description=inst.description,
+                                                  explicit_bucket_boundaries_advisory=inst.bounds)
+                else:
+                    inst.sdk = m.create_counter(inst.name, unit=inst.unit, description=inst.description)
+
+    def prometheus_lines(self) -> list[str]:
+        lines: list[str] = []
+        for inst in self.instruments:
+            points = inst.points()
+            if not points:
+                continue
+            name = _prom_name(inst.name, inst.unit)
+            bounds = inst.bounds
+            if bounds is None:
+                name = name if name.endswith("_total") else name + "_total"
+            lines.append(f"# HELP {name} {_prom_help(inst.description or inst.name)}")
+            lines.append(f"# TYPE {name} {'counter' if bounds is None else 'histogram'}")
+            for attrs, val in points:
+                labels = dict(attrs)
+                if bounds is None:
+                    lines.append(f"{name}{_labels(labels)} {_prom_num(val)}")
+                    continue
+                cum = 0
+                for bound, count in zip(bounds, val[2:]):
+                    cum += count
+                    lines.append(f"{name}_bucket{_labels(labels, ('le', _prom_num(float(bound))))} {cum}")
+                lines.append(f"{name}_bucket{_labels(labels, ('le', '+Inf'))} {val[1]}")
+                lines.append(f"{name}_sum{_labels(labels)} {_prom_num(val[0])}")
+                lines.append(f"{name}_count{_labels(labels)} {val[1]}")
+        return lines
 
 
 _metrics_lock = threading.Lock()
@@ -634,8 +732,8 @@ def prometheus_text() -> str:
     m = _METRICS
     if m is None:
         return ""
-    data = m.reader.get_metrics_data()
-    return render_prometheus(data) if data is not None else ""
+    lines = m.prometheus_lines()
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 _UNIT_SUFFIX = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "USD": "usd", "1": "ratio"}
@@ -658,6 +756,10 @@ def _prom_escape(value: object) -> str:
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _prom_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _prom_num(v: float) -> str:
@@ -695,8 +797,7 @@ def render_prometheus(data: MetricsData) -> str:
                     continue
                 if name not in seen:
                     seen.add(name)
-                    help_text = (metric.description or metric.name).replace("\\", "\\\\").replace("\n", "\\n")
-                    lines.append(f"# HELP {name} {help_text}")
+                    lines.append(f"# HELP {name} {_prom_help(metric.description or metric.name)}")
                     lines.append(f"# TYPE {name} {kind}")
                 if isinstance(d, Histogram):
                     for hp in d.data_points:
