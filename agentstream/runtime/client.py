@@ -127,15 +127,26 @@ class AgentClient:
         client awaiting thousands of results costs the server nothing lasting.
         """
         sub = await self.nc.subscribe(subjects.any_results(task_id))
+        agent = agent or self._agents.get(task_id)
+        deadline = time.monotonic() + timeout
+        poll = 0.1
         try:
-            stored = await self._stored_result(task_id, agent or self._agents.get(task_id))
-            if stored is not None:
-                return codec.task_result.decode(stored)
-            try:
-                msg = await sub.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError:
-                raise ResultTimeout(f"no result for task {task_id} within {timeout:g}s") from None
-            return codec.task_result.decode(msg.data)
+            while True:
+                stored = await self._stored_result(task_id, agent)
+                if stored is not None:
+                    return codec.task_result.decode(stored)
+                # A result published just before our subscription reached the
+                # server, but not yet stored when we looked, is seen by neither;
+                # so wait on the subscription a little, then look again.
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ResultTimeout(f"no result for task {task_id} within {timeout:g}s")
+                try:
+                    msg = await sub.next_msg(timeout=min(poll, remaining))
+                except nats.errors.TimeoutError:
+                    poll = min(poll * 2, 2.0)
+                    continue
+                return codec.task_result.decode(msg.data)
         finally:
             self._agents.pop(task_id, None)
             with contextlib.suppress(Exception):

@@ -1,0 +1,47 @@
+"""AgentClient against a real nats-server."""
+
+from __future__ import annotations
+
+import time
+
+from agentstream.contracts import codec, subjects
+from agentstream.contracts.events import TaskCompleted, Usage
+from agentstream.runtime.client import AgentClient
+
+
+def _completed(task_id: str) -> TaskCompleted:
+    now = time.time()
+    return TaskCompleted(task_id=task_id, agent="support", agent_version="v1", output="done", steps=1,
+                         tool_calls=0, usage=Usage(), started_at=now, finished_at=now)
+
+
+async def test_result_published_in_the_gap_between_subscribe_and_lookup_is_found(nats_url: str) -> None:
+    """Regression: a result routed before our subscription reached the server but
+    stored only after our lookup was seen by neither, and result() waited forever."""
+    async with await AgentClient.connect(nats_url) as client:
+        await client.js.publish(subjects.results("support", "gap-1"), codec.encode(_completed("gap-1")))
+        real = client._stored_result
+        calls = 0
+
+        async def not_yet_then_real(task_id: str, agent: str | None) -> bytes | None:
+            nonlocal calls
+            calls += 1
+            return None if calls == 1 else await real(task_id, agent)
+
+        client._stored_result = not_yet_then_real  # type: ignore[method-assign]
+        res = await client.result("gap-1", timeout=5, agent="support")
+        assert isinstance(res, TaskCompleted) and res.output == "done"
+        assert calls >= 2
+
+
+async def test_result_before_and_after_the_call(nats_url: str) -> None:
+    async with await AgentClient.connect(nats_url) as client:
+        await client.js.publish(subjects.results("support", "early"), codec.encode(_completed("early")))
+        assert (await client.result("early", timeout=5)).task_id == "early"  # agent unknown: found by filter
+
+        import asyncio
+
+        waiter = asyncio.create_task(client.result("late", timeout=10, agent="support"))
+        await asyncio.sleep(0)  # let result() subscribe; publishing before it is also fine (stored)
+        await client.js.publish(subjects.results("support", "late"), codec.encode(_completed("late")))
+        assert (await asyncio.wait_for(waiter, 10)).task_id == "late"
