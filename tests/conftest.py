@@ -6,16 +6,19 @@ Kept lean on purpose: test modules keep their own specialised fixtures
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+from agentstream.runtime.client import AgentClient
 from agentstream.runtime.embedded import EmbeddedNats
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +124,17 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 @pytest.fixture
 def nats_url(nats_server: EmbeddedNats) -> str:
     return nats_server.url
+
+
+@pytest.fixture
+async def client(nats_server: EmbeddedNats) -> AsyncIterator[AgentClient]:
+    """An AgentClient connected to ``nats_server`` (streams provisioned)."""
+    c = await asyncio.wait_for(AgentClient.connect(nats_server.url), timeout=20)
+    try:
+        yield c
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(c.close(), timeout=5)
 
 
 @pytest.fixture

@@ -45,26 +45,6 @@ needs_chromium = pytest.mark.skipif(
 
 
 @pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    b = EmbeddedNats(store_dir=tmp_path / "nats")
-    await b.astart()
-    try:
-        yield b
-    finally:
-        await asyncio.to_thread(b.stop)
-
-
-@pytest.fixture
-async def client(broker: EmbeddedNats) -> AsyncIterator[AgentClient]:
-    c = await asyncio.wait_for(AgentClient.connect(broker.url), timeout=20)
-    try:
-        yield c
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(c.close(), timeout=5)
-
-
-@pytest.fixture
 async def dashboard_url(client: AgentClient) -> AsyncIterator[str]:
     app = web.Application()
     add_dashboard_routes(app, lambda: client.js)
@@ -101,9 +81,9 @@ async def chromium(tmp_path: Path, url: str, *extra: str) -> str:
 
 
 @needs_chromium
-async def test_dashboard_shows_tasks_histograms_and_trace(broker: EmbeddedNats, client: AgentClient,
+async def test_dashboard_shows_tasks_histograms_and_trace(nats_server: EmbeddedNats, client: AgentClient,
                                                           dashboard_url: str, tmp_path: Path) -> None:
-    settings = dataclasses.replace(Settings.from_env({}), nats_url=broker.url, data_dir=tmp_path / "data")
+    settings = dataclasses.replace(Settings.from_env({}), nats_url=nats_server.url, data_dir=tmp_path / "data")
     runtime = Runtime.from_settings(settings, agents=["support"], tools="all")
     await asyncio.wait_for(runtime.start(), timeout=30)
     try:
@@ -199,7 +179,7 @@ def _grafana_exprs() -> list[str]:
     return exprs
 
 
-async def test_grafana_dashboard_uses_real_metric_and_label_names(broker: EmbeddedNats, client: AgentClient,
+async def test_grafana_dashboard_uses_real_metric_and_label_names(nats_server: EmbeddedNats, client: AgentClient,
                                                                    tmp_path: Path) -> None:
     from agentstream.runtime.telemetry import prometheus_text
 
@@ -208,7 +188,7 @@ async def test_grafana_dashboard_uses_real_metric_and_label_names(broker: Embedd
     for word in ("p50", "latency", "tokens", "cost", "error rate"):
         assert word in titles
 
-    settings = dataclasses.replace(Settings.from_env({}), nats_url=broker.url, data_dir=tmp_path / "data")
+    settings = dataclasses.replace(Settings.from_env({}), nats_url=nats_server.url, data_dir=tmp_path / "data")
     runtime = Runtime.from_settings(settings, agents=["support"], tools="all")
     await asyncio.wait_for(runtime.start(), timeout=30)
     try:

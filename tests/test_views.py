@@ -11,7 +11,6 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.js.errors as jse
@@ -256,16 +255,6 @@ async def publish_spans(js: JetStreamContext, spans: list[SpanRecord]) -> None:
 
 async def publish_result(js: JetStreamContext, result: TaskCompleted | TaskFailed) -> None:
     await js.publish(subjects.results(result.agent, result.task_id), codec.encode(result), timeout=10)
-
-
-@pytest.fixture
-async def client(nats_server: EmbeddedNats) -> AsyncIterator[AgentClient]:
-    c = await asyncio.wait_for(AgentClient.connect(nats_server.url), timeout=20)
-    try:
-        yield c
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(c.close(), timeout=5)
 
 
 async def test_load_and_trace_against_nats(nats_server: EmbeddedNats, client: AgentClient,
