@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -40,7 +40,6 @@ from typing import Any
 import msgspec
 import nats
 import nats.errors
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -66,6 +65,7 @@ from agentstream.runtime.ports import ModelRequest
 from agentstream.runtime.service import Runtime
 from agentstream.runtime.telemetry import TelemetryConfig
 from agentstream.runtime.tools import tool
+from agentstream.runtime.views import percentile
 
 AGENT = "w1"
 MODEL_STEPS_PER_TASK = 2
@@ -170,17 +170,6 @@ class PhaseResult:
         }
 
 
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank-with-interpolation percentile (numpy's default 'linear')."""
-    if not values:
-        return float("nan")
-    xs = sorted(values)
-    k = (len(xs) - 1) * p / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
 def proc_cpu_s(pid: int) -> float | None:
     """utime+stime of another process (the nats-server child), Linux only."""
     try:
@@ -234,7 +223,7 @@ async def measure(system: str, mode: str, one_task: Callable[[int], Awaitable[fl
         profiler.disable()
     cpu1 = time.process_time()
     srv1 = proc_cpu_s(server_pid) if server_pid else None
-    delta = dict((ops.counts - before_ops)) if ops is not None else {}
+    delta = dict(ops.counts - before_ops) if ops is not None else {}
     res = PhaseResult(system=system, mode=mode, inflight=inflight, tasks=len(lat), failures=failures, wall_s=wall,
                       latencies_ms=lat, py_cpu_s=cpu1 - cpu0,
                       server_cpu_s=(srv1 - srv0) if srv0 is not None and srv1 is not None else None, ops=delta)
@@ -540,7 +529,7 @@ async def pull_loop(js: JetStreamContext, stream: str, durable: str, subject: st
             continue
         try:
             msgs = await sub.fetch(min(free, 64), timeout=0.5)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             continue
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
             break

@@ -23,6 +23,7 @@ from agentstream.runtime.app import load_app
 from agentstream.runtime.client import AgentClient
 from agentstream.runtime.config import Settings
 from agentstream.runtime.embedded import EmbeddedNats
+from agentstream.runtime.errors import ResultTimeout
 from agentstream.runtime.policy import ApprovalRecord
 from agentstream.runtime.service import Runtime
 
@@ -135,7 +136,7 @@ async def test_two_parallel_calls_needing_approval_one_approved_one_denied(
     assert {p.request.call_id for p in pending} == {by_order[1].call_id, by_order[2].call_id}
     await approvals.decide(client, by_order[2].approval_id, approved=False, approver="bob", reason="too much")
     # The turn waits for the second decision: nothing has run or answered yet.
-    with pytest.raises(Exception):
+    with pytest.raises(ResultTimeout):
         await client.result(task_id, timeout=0.5)
     await approvals.decide(client, by_order[1].approval_id, approved=True, approver="alice")
     res = await client.result(task_id, timeout=WAIT_S)

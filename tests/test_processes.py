@@ -22,7 +22,7 @@ import nats.js.errors as jse
 import pytest
 from apps.crash_app import TOOLS, expected_output
 from cluster import NatsCluster
-from conftest import REPO_ROOT, SpawnWorker, WorkerPool, worker_env
+from conftest import REPO_ROOT, SpawnWorker, WorkerPool, until, worker_env
 
 from agentstream.contracts.events import TaskCompleted
 from agentstream.runtime.client import AgentClient
@@ -36,16 +36,6 @@ RESULT_TIMEOUT_S = 30.0
 
 # --------------------------------------------------------------------------- helpers
 
-
-async def until(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def lines(path: Path) -> list[str]:

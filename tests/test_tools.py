@@ -13,7 +13,6 @@ import asyncio
 import inspect
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import msgspec
 import nats
 import pytest
 from apps import flaky_app
-from conftest import SpawnWorker, WorkerPool
+from conftest import SpawnWorker, WorkerPool, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -167,12 +166,14 @@ async def test_transient_errors_are_retried_then_succeed() -> None:
     out = await runner_for(t, sleeps=sleeps).run(call("svc", {}))
     assert out.result == "ok 0" and out.error is None and out.attempts == 3 and len(runs) == 3
     assert len(sleeps.waits) == 2 and sleeps.waits[1] >= 0.5  # honours RateLimited.retry_after_s
+    assert 0.001 <= sleeps.waits[0] <= FAST.max_backoff_s  # exponential with jitter, capped
 
 
 async def test_retries_are_bounded_and_report_the_last_error() -> None:
     t, runs = scripted_tool([ToolFailure("busy", kind="busy", retryable=True)] * 5, retry=FAST)
-    out = await runner_for(t).run(call("svc", {}))
-    assert out.attempts == 3 and len(runs) == 3
+    sleeps = Sleeps()
+    out = await runner_for(t, sleeps=sleeps).run(call("svc", {}))
+    assert out.attempts == 3 and len(runs) == 3 and len(sleeps.waits) == 2  # no wait after the last attempt
     assert out.error is not None and out.error.kind == "busy" and out.error.retryable
 
 
@@ -220,6 +221,7 @@ async def test_invalid_arguments_never_run_the_tool() -> None:
     t, runs = scripted_tool([], retry=FAST)
     out = await runner_for(t).run(call("svc", {"x": "seven"}))
     assert out.error is not None and out.error.kind == "invalid_arguments" and out.attempts == 0 and runs == []
+    assert out.error.field == "x" and not out.fault
 
 
 async def test_a_result_that_is_not_json_becomes_an_error() -> None:
@@ -387,16 +389,6 @@ async def test_valid_arguments_always_pass_and_match_the_schema(sig: Signature, 
 
 # --------------------------------------------------------------------------- a real broker
 
-
-async def until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_flaky_tool_retried_inside_a_running_task(nats_url: str, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import io
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -201,7 +202,7 @@ async def test_one_trace_across_three_processes(nats_url: str, worker_pool: Work
         pa = p.attributes
         assert pa["messaging.system"] == "nats" and pa["messaging.operation.type"] == "process"
         assert pa["messaging.destination.name"] and pa["messaging.message.id"]
-    inbox = [p for p in by_name(spans, "process agents.support.events.*")]
+    inbox = by_name(spans, "process agents.support.events.*")
     assert len(inbox) == 3 and all(p.worker == "agent-1" for p in inbox)
     assert {index[p.parent_span_id].worker for p in inbox} == {"tools-a", "tools-b"}
 
@@ -236,6 +237,13 @@ def _echo_app() -> App:
     return app
 
 
+def _echo_runtime(url: str, tmp: Path, worker_id: str, env: dict[str, str] | None = None) -> Runtime:
+    """A runtime serving the echo agent and its tool, telemetry configured from ``env``."""
+    s = dataclasses.replace(Settings.from_env({}), nats_url=url, data_dir=tmp, worker_id=worker_id)
+    return Runtime(settings=s, app=_echo_app(), agents=["echo"], tools="all",
+                   telemetry_config=T.TelemetryConfig.from_env(env or {}))
+
+
 async def _run_prompts(tmp: Path, prompts: list[str], capture: bool) -> tuple[list[SpanRecord], str]:
     """Run ``prompts`` through the echo agent on a broker of their own (a runtime
     restarted on the same durables can leave a task waiting, see the report)."""
@@ -249,9 +257,7 @@ async def _run_prompts(tmp: Path, prompts: list[str], capture: bool) -> tuple[li
 
 async def _run_prompts_on(url: str, tmp: Path, prompts: list[str], capture: bool) -> tuple[list[SpanRecord], str]:
     env = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true" if capture else "false"}
-    settings_ = dataclasses.replace(Settings.from_env({}), nats_url=url, data_dir=tmp, worker_id="rt-echo")
-    rt = Runtime(settings=settings_, app=_echo_app(), agents=["echo"], tools="all",
-                 telemetry_config=T.TelemetryConfig.from_env(env))
+    rt = _echo_runtime(url, tmp, "rt-echo", env)
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     handler.setFormatter(T.JsonLogFormatter(worker="rt-echo"))
@@ -334,9 +340,7 @@ def test_capture_off_exports_no_content(tmp_path: Path, samples: list[tuple[str,
 async def test_bare_publish_starts_a_trace_at_the_consumer(nats_url: str, tmp_path: Path) -> None:
     """A task from any NATS client (no traceparent) is still one trace, rooted
     at the agent's process span."""
-    s = dataclasses.replace(Settings.from_env({}), nats_url=nats_url, data_dir=tmp_path, worker_id="rt-bare")
-    rt = Runtime(settings=s, app=_echo_app(), agents=["echo"], tools="all",
-                 telemetry_config=T.TelemetryConfig.from_env({}))
+    rt = _echo_runtime(nats_url, tmp_path, "rt-bare")
     await rt.start()
     try:
         nc = await nats.connect(nats_url)
@@ -360,10 +364,7 @@ async def test_bare_publish_starts_a_trace_at_the_consumer(nats_url: str, tmp_pa
 
 
 async def test_tracing_off_wraps_nothing(nats_url: str, tmp_path: Path) -> None:
-    s = dataclasses.replace(Settings.from_env({}), nats_url=nats_url, data_dir=tmp_path, worker_id="rt-off")
-    rt = Runtime(settings=s, app=_echo_app(), agents=["echo"], tools="all",
-                 telemetry_config=T.TelemetryConfig.from_env({"AGENTSTREAM_TRACING": "0",
-                                                              "OTEL_METRICS_EXPORTER": "none"}))
+    rt = _echo_runtime(nats_url, tmp_path, "rt-off", {"AGENTSTREAM_TRACING": "0", "OTEL_METRICS_EXPORTER": "none"})
     await rt.start()
     try:
         assert rt.telemetry is not None and not rt.telemetry.active
@@ -473,9 +474,7 @@ def test_render_prometheus() -> None:
 
 
 async def test_prometheus_text_after_a_task(nats_url: str, tmp_path: Path) -> None:
-    s = dataclasses.replace(Settings.from_env({}), nats_url=nats_url, data_dir=tmp_path, worker_id="rt-prom")
-    rt = Runtime(settings=s, app=_echo_app(), agents=["echo"], tools="all",
-                 telemetry_config=T.TelemetryConfig.from_env({}))
+    rt = _echo_runtime(nats_url, tmp_path, "rt-prom")
     await rt.start()
     try:
         client = AgentClient(rt.nc)
@@ -518,4 +517,11 @@ def test_text_logs_are_redacted() -> None:
     fmt = T.RedactingFormatter("%(levelname)s %(message)s")
     rec = logging.LogRecord("x", logging.WARNING, __file__, 1, "key %s", ("sk-abcdefghijklmnopqrstu",), None)
     assert fmt.format(rec) == "WARNING key [REDACTED:api_key]"
+    try:
+        raise ValueError("bad card 4111 1111 1111 1111")
+    except ValueError:
+        exc_rec = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    out = fmt.format(exc_rec)
+    assert out.startswith("ERROR failed\n") and "ValueError: bad card [REDACTED:card]" in out
+    assert "4111 1111" not in out
 

@@ -53,7 +53,3 @@ agent_inbox: Decoder[AgentInboxEvent] = Decoder(AgentInboxEvent)
 tool_call: Decoder[ToolCallRequested] = Decoder(ToolCallRequested)
 task_result: Decoder[TaskResult] = Decoder(TaskResult)
 task_event: Decoder[TaskEvent] = Decoder(TaskEvent)
-
-
-def to_builtins(event: msgspec.Struct) -> Any:
-    return msgspec.to_builtins(event)

@@ -18,7 +18,7 @@ def _seq(msg: Msg) -> int | None:
 
 def task_handler(engine: AgentEngine) -> Handler:
     async def handle(msg: Msg) -> None:
-        task = decode_task(msg.data, _seq(msg), engine.spec.version)
+        task = decode_task(msg.data, _seq(msg))
         if task.agent != engine.spec.name:
             raise Reject(f"task for agent {task.agent!r} published on {msg.subject}")
         await engine.on_task(task)

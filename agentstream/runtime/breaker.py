@@ -34,6 +34,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from agentstream.contracts import codec
 from agentstream.runtime.errors import Conflict
 from agentstream.runtime.ports import Entry
 from agentstream.runtime.tools import BreakerPolicy
@@ -121,8 +122,7 @@ class BreakerStore(Protocol):
     async def update(self, key: str, value: bytes, revision: int) -> int: ...
 
 
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(BreakerState).decode
+_decoder: codec.Decoder[BreakerState] = codec.Decoder(BreakerState)
 
 
 class Seen(msgspec.Struct, frozen=True):
@@ -147,8 +147,8 @@ class SharedBreaker:
         if entry is None:
             return Seen(CLOSED, 0)
         try:
-            return Seen(_decode(entry.value), entry.revision)
-        except msgspec.DecodeError:
+            return Seen(_decoder.decode(entry.value), entry.revision)
+        except codec.DecodeError:
             log.warning("breaker state of %r is unreadable; treating it as closed", tool)
             return Seen(CLOSED, entry.revision)
 
@@ -190,6 +190,6 @@ class SharedBreaker:
 
     async def _write(self, tool: str, new: BreakerState, revision: int) -> int:
         if revision == 0:
-            return await self.store.create(tool, _encode(new))
-        return await self.store.update(tool, _encode(new), revision)
+            return await self.store.create(tool, codec.encode(new))
+        return await self.store.update(tool, codec.encode(new), revision)
 

@@ -536,11 +536,3 @@ def _duplicate(state: SessionState, ctx: Context, *, reemit: bool) -> Decision:
     # through compare-and-set, so at most one is recorded.
     cmds = tuple(c for c in state.outbox if fresh or isinstance(c, CallModel))
     return Decision(state=state, commands=cmds, changed=False)
-
-
-def failed_task(task: TaskSubmitted, version: str, reason: str, message: str, now: float) -> TaskFailed:
-    """A failed result for a task that never got a session (e.g. a bad task)."""
-    return TaskFailed(task_id=task.task_id, agent=task.agent, agent_version=task.agent_version or version,
-                      reason=reason, message=message, steps=0, tool_calls=0, usage=Usage(),
-                      started_at=now, finished_at=now, tenant_id=task.tenant_id, user_id=task.user_id,
-                      conversation_id=task.conversation_id)

@@ -13,7 +13,6 @@ Errors are JSON ``{"error": "<one line>"}``.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -56,10 +55,6 @@ def _page() -> bytes:
     return PAGE.read_bytes()
 
 
-def _finite(v: float) -> float | None:
-    return v if math.isfinite(v) else None
-
-
 def task_row(r: TaskResult) -> dict[str, Any]:
     failed = isinstance(r, TaskFailed)
     return {
@@ -99,12 +94,7 @@ async def api_stats(request: web.Request) -> web.Response:
         },
         "series": views.time_series(results, since),
     })
-    for key in ("agents", "tools", "models"):
-        for g in body[key]:
-            for k, v in list(g.items()):
-                if isinstance(v, float):
-                    g[k] = _finite(v)
-    return _json(body)
+    return _json(body)  # msgspec writes non-finite floats as null
 
 
 async def api_tasks(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import (
     ApprovalDecided,
     AuditRecord,
+    ModelResponse,
     ModelTurnCompleted,
     TaskSubmitted,
     ToolCallCompleted,
@@ -29,6 +30,7 @@ from agentstream.runtime import core
 from agentstream.runtime.errors import Conflict, ModelError
 from agentstream.runtime.policy import ApprovalRecord, Policy, decode_record, encode_record
 from agentstream.runtime.ports import LLM, Bus, Entry, ModelRequest, SessionStore
+from agentstream.runtime.retry import complete_with_retry
 from agentstream.runtime.spec import AgentSpec
 from agentstream.runtime.state import (
     AnyCommand,
@@ -66,6 +68,8 @@ MAX_CAS_RETRIES = 50
 
 
 class AgentEngine:
+    model_retry_wait_s = 0.25  # first backoff between attempts of a transient model failure
+
     def __init__(self, spec: AgentSpec, llm: LLM, *, sessions: SessionStore, conversations: SessionStore,
                  deadlines: SessionStore, bus: Bus, worker: str = "", model_attempts: int = 3,
                  clock: Callable[[], float] = time.time, approvals: SessionStore | None = None,
@@ -84,7 +88,8 @@ class AgentEngine:
         # Telemetry hooks (agentstream.runtime.telemetry.EngineHooks), set by
         # service.py; None: no telemetry work at all.
         self.telemetry: EngineHooks | None = None
-        self.model_calls = 0
+        self.model_calls = 0  # attempts, retries included
+        self._counted = _Counted(self)
         # Per-task serialisation inside one process (parallel tool results of one
         # task would otherwise race each other's compare-and-set), and the last
         # state this process wrote, so the next step skips a read. Across
@@ -244,62 +249,62 @@ class AgentEngine:
     async def _record_approval(self, cmd: RecordApproval) -> None:
         if self.approvals is None:
             return
-        for _ in range(MAX_CAS_RETRIES):
-            entry = await self.approvals.get(cmd.approval_id)
-            if entry is None:
+
+        def change(raw: bytes | None) -> bytes | None:
+            if raw is None:
                 if cmd.request is None:
-                    return
-                record = ApprovalRecord(request=cmd.request, status=cmd.status, decision=cmd.decision)
-                try:
-                    await self.approvals.create(cmd.approval_id, encode_record(record))
-                    return
-                except Conflict:
-                    continue
-            record = decode_record(entry.value)
+                    return None
+                return encode_record(ApprovalRecord(request=cmd.request, status=cmd.status, decision=cmd.decision))
+            record = decode_record(raw)
             if record.status == cmd.status:
-                return
-            record = msgspec.structs.replace(record, status=cmd.status, decision=cmd.decision or record.decision)
-            try:
-                await self.approvals.update(cmd.approval_id, encode_record(record), entry.revision)
-                return
-            except Conflict:
-                continue
+                return None
+            return encode_record(msgspec.structs.replace(record, status=cmd.status,
+                                                         decision=cmd.decision or record.decision))
+
+        await _cas_modify(self.approvals, cmd.approval_id, change)
 
     async def _call_model(self, state: SessionState, step: int, max_tokens: int | None = None) -> Input:
         request = ModelRequest(model=self.llm.name, messages=state.messages, tools=self.spec.tools,
                                max_tokens=max_tokens)
         started = self.clock()
-        last: ModelError | None = None
-        for attempt in range(1, self.model_attempts + 1):
-            try:
-                self.model_calls += 1
-                resp = await self.llm.complete(request)
-                return ModelResponded(step=step, response=resp, started_at=started, finished_at=self.clock())
-            except ModelError as exc:
-                last = exc
-                if not exc.transient or attempt == self.model_attempts:
-                    break
-                await _backoff(attempt)
-        return ModelFailed(step=step, message=f"model call failed: {last}")
+        try:
+            resp = await complete_with_retry(self._counted, request, attempts=self.model_attempts,
+                                             initial_wait_s=self.model_retry_wait_s)
+        except ModelError as exc:
+            return ModelFailed(step=step, message=f"model call failed: {exc}")
+        return ModelResponded(step=step, response=resp, started_at=started, finished_at=self.clock())
 
     async def _record_turn(self, cmd: RecordTurn) -> None:
         # Bounded, idempotent append: a replayed completion must not add the turn twice.
         limit = max(self.spec.history_turns, 1)
-        for _ in range(MAX_CAS_RETRIES):
-            entry = await self.conversations.get(cmd.conversation_key)
-            conv = decode_conversation(entry.value) if entry is not None else Conversation()
+
+        def change(raw: bytes | None) -> bytes | None:
+            conv = decode_conversation(raw) if raw is not None else Conversation()
             if any(t.task_id == cmd.task_id for t in conv.turns):
-                return
+                return None
             turns = (*conv.turns, Turn(task_id=cmd.task_id, user=cmd.user, assistant=cmd.assistant))[-limit:]
-            raw = encode_state(Conversation(turns=turns))
-            try:
-                if entry is None:
-                    await self.conversations.create(cmd.conversation_key, raw)
-                else:
-                    await self.conversations.update(cmd.conversation_key, raw, entry.revision)
-                return
-            except Conflict:
-                continue
+            return encode_state(Conversation(turns=turns))
+
+        await _cas_modify(self.conversations, cmd.conversation_key, change)
+
+
+async def _cas_modify(store: SessionStore, key: str, change: Callable[[bytes | None], bytes | None]) -> None:
+    """Read-modify-write one key by compare-and-set, retried on conflict.
+    ``change`` gets the current value (None: absent) and returns the new one,
+    or None to leave the key as it is."""
+    for _ in range(MAX_CAS_RETRIES):
+        entry = await store.get(key)
+        new = change(entry.value if entry is not None else None)
+        if new is None:
+            return
+        try:
+            if entry is None:
+                await store.create(key, new)
+            else:
+                await store.update(key, new, entry.revision)
+            return
+        except Conflict:
+            continue
 
 
 def _deadline_key(agent: str, task_id: str, call_id: str = "") -> str:
@@ -326,13 +331,22 @@ class _RefLock:
         self.refs = 0
 
 
-async def _backoff(attempt: int) -> None:
-    import random
+class _Counted:
+    """The engine's model as the retry helper sees it: every attempt is counted."""
 
-    await asyncio.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
+    def __init__(self, engine: AgentEngine) -> None:
+        self.engine = engine
+
+    @property
+    def name(self) -> str:
+        return self.engine.llm.name
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        self.engine.model_calls += 1
+        return await self.engine.llm.complete(request)
 
 
-def decode_task(raw: bytes, stream_seq: int | None, version: str) -> TaskSubmitted:
+def decode_task(raw: bytes, stream_seq: int | None) -> TaskSubmitted:
     """Decode a task, filling what a bare client may omit (task id, time)."""
     task = codec.task_submitted.decode(raw)
     changes: dict[str, object] = {}

@@ -28,9 +28,5 @@ class ModelError(AgentstreamError):
         self.status = status
 
 
-class TaskNotFound(AgentstreamError):
-    pass
-
-
 class ResultTimeout(AgentstreamError):
     pass

@@ -68,11 +68,16 @@ def similarity(a: str, b: str) -> tuple[float, float]:
     return ratio, jaccard
 
 
-def nearly_same(a: str, b: str) -> bool:
+def _near(a: str, b: str) -> tuple[float, float] | None:
+    """The similarity of two descriptions if they are nearly the same, else None."""
     if not a.strip() or not b.strip():
-        return False
+        return None
     ratio, jaccard = similarity(a, b)
-    return ratio >= SIMILARITY_RATIO or jaccard >= SIMILARITY_JACCARD
+    return (ratio, jaccard) if ratio >= SIMILARITY_RATIO or jaccard >= SIMILARITY_JACCARD else None
+
+
+def nearly_same(a: str, b: str) -> bool:
+    return _near(a, b) is not None
 
 
 def _properties(spec: ToolSpec) -> dict[str, Any]:
@@ -121,8 +126,9 @@ def lint_app(app: App) -> list[Finding]:
                 message=f"{len(specs)} tools (more than {MAX_TOOLS}): the model chooses worse with every tool; "
                         f"split the agent or merge tools"))
         for a, b in itertools.combinations(specs, 2):
-            if nearly_same(a.description, b.description):
-                ratio, jaccard = similarity(a.description, b.description)
+            near = _near(a.description, b.description)
+            if near is not None:
+                ratio, jaccard = near
                 findings.append(Finding(
                     severity="warn", agent=aname, tool=a.name,
                     message=f"description nearly the same as {b.name!r} (similarity {ratio:.2f}, "

@@ -4,7 +4,6 @@ configured, by tests and by benchmarks."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -72,18 +71,3 @@ def calls(*specs: tuple[str, dict[str, object]], step: int = 1) -> ModelResponse
 
 def answer(text: str) -> ModelResponse:
     return ModelResponse(text=text, finish_reason="stop")
-
-
-class SlowModel:
-    """Wraps a model with a fixed latency (benchmarks and crash tests)."""
-
-    def __init__(self, inner: FunctionModel, delay_s: float) -> None:
-        self.inner = inner
-        self.delay_s = delay_s
-        self.name = inner.name
-
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        await asyncio.sleep(self.delay_s)
-        return await self.inner.complete(request)
-
-

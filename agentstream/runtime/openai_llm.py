@@ -18,16 +18,11 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from agentstream.contracts.events import Message, ModelResponse, ToolCall, ToolSpec, Usage
 from agentstream.runtime.errors import ConfigError, ModelError
-from agentstream.runtime.ports import LLM, ModelRequest
+from agentstream.runtime.ports import ModelRequest
+from agentstream.runtime.retry import complete_with_retry  # re-exported: the adapter's callers use it
 
 __all__ = ["OpenAIChatModel", "complete_with_retry", "DEFAULT_BASE_URL"]
 
@@ -338,37 +333,3 @@ class OpenAIChatModel:
         if self._api_key:
             text = text.replace(self._api_key, "***")
         return text
-
-
-# --------------------------------------------------------------------------- retry policy
-
-
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, ModelError) and exc.transient
-
-
-async def complete_with_retry(
-    llm: LLM,
-    request: ModelRequest,
-    attempts: int = 3,
-    max_wait_s: float = 10,
-    *,
-    initial_wait_s: float = 0.5,
-) -> ModelResponse:
-    """``llm.complete`` retried on transient ``ModelError`` only.
-
-    Full-jitter exponential backoff: many agents hitting the same rate limit
-    must not retry in lockstep. The last error is re-raised unchanged.
-    """
-    if attempts < 1:
-        raise ValueError("attempts must be at least 1")
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(_is_transient),
-        wait=wait_random_exponential(multiplier=initial_wait_s, max=max_wait_s),
-        stop=stop_after_attempt(attempts),
-        reraise=True,
-    )
-    async for attempt in retrying:
-        with attempt:
-            return await llm.complete(request)
-    raise AssertionError("unreachable: tenacity re-raises the last error")

@@ -29,7 +29,8 @@ class LLM(Protocol):
     ``transient=True`` for errors worth retrying (rate limits, 5xx, timeouts).
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def complete(self, request: ModelRequest) -> ModelResponse: ...
 

@@ -37,6 +37,7 @@ _SECRETS = re.compile(
     r"|(?P<b64>(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{40,}={0,2})"
 )
 _ONLY_DIGITS = re.compile(r"\D")
+_SEPARATORS = re.compile(r"[ ().\-]+")
 
 
 def _tag(kind: str) -> str:
@@ -63,7 +64,7 @@ def _classify(chunk: str) -> str | None:
         return "card"
     if chunk.startswith("+"):
         return "phone" if 8 <= n <= 15 else None
-    groups = len([g for g in re.split(r"[ ().\-]+", chunk) if g])
+    groups = len([g for g in _SEPARATORS.split(chunk) if g])
     if 9 <= n <= 15 and (groups >= 3 or "(" in chunk):
         return "phone"
     return None

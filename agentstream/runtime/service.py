@@ -164,11 +164,12 @@ class Runtime:
         tools = self.app.tools
 
         def needs_approval(name: str, args: dict[str, Any]) -> bool:
-            check = getattr(tools.get(name), "needs_approval", None)
-            return bool(check(args)) if callable(check) else False
+            tool = tools.get(name)
+            return tool is not None and tool.needs_approval(args)
 
         def approvers_for(name: str) -> tuple[str, ...]:
-            return tuple(getattr(tools.get(name), "approvers", ()) or ())
+            tool = tools.get(name)
+            return tool.approvers if tool is not None else ()
 
         return Policy(prices=load_prices(os.environ), needs_approval=needs_approval,
                       approvers_for=approvers_for, default_approvers=parse_approvers(os.environ))

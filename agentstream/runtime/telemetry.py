@@ -97,8 +97,11 @@ from opentelemetry.trace import (
     TraceState,
 )
 
+from agentstream.contracts.codec import DecodeError, encode
 from agentstream.contracts.telemetry import SpanRecord, span_subject
+from agentstream.runtime.consumer import Reject
 from agentstream.runtime.errors import ConfigError, ModelError
+from agentstream.runtime.nats_adapters import MSG_ID
 from agentstream.runtime.redact import redact
 
 if TYPE_CHECKING:
@@ -124,7 +127,6 @@ __all__ = [
 SCOPE = InstrumentationScope("agentstream", "0.1.0")
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
-MSG_ID = "Nats-Msg-Id"
 DEFAULT_BSP_DELAY_MS = 500  # the SDK's 5 s would make `agentstream trace` lag behind a finished task
 
 TRACE_EXPORTERS = frozenset({"jetstream", "otlp", "console", "none"})
@@ -360,45 +362,37 @@ NOOP_SPAN = _NoopSpan()
 # --------------------------------------------------------------------------- the JetStream exporter
 
 
-def span_record(span: ReadableSpan) -> SpanRecord:
-    ctx = span.context
-    assert ctx is not None
-    parent = span.parent
-    attrs = dict(span.attributes or {})
-    error = span.status.status_code is StatusCode.ERROR
-    res = span.resource.attributes
+def _record(ctx: SpanContext, parent: SpanContext | None, name: str, kind: str, start_ns: int, end_ns: int,
+            status: Status, attrs: dict[str, Any], service: str, worker: str, links: Sequence[Link]) -> SpanRecord:
+    error = status.status_code is StatusCode.ERROR
     return SpanRecord(
         trace_id=f"{ctx.trace_id:032x}", span_id=f"{ctx.span_id:016x}",
         parent_span_id=f"{parent.span_id:016x}" if parent is not None and parent.span_id else "",
-        name=span.name, kind=_KIND_NAMES.get(span.kind, "internal"),
-        start=(span.start_time or 0) / 1e9, end=(span.end_time or 0) / 1e9,
+        name=name, kind=kind, start=start_ns / 1e9, end=end_ns / 1e9,
         status="error" if error else "ok", error_type=str(attrs.get("error.type", "")) if error else "",
-        attributes=attrs, service=str(res.get("service.name", "")), worker=str(res.get("service.instance.id", "")),
+        attributes=attrs, service=service, worker=worker,
         links=[{"trace_id": f"{lk.context.trace_id:032x}", "span_id": f"{lk.context.span_id:016x}"}
-               for lk in span.links] if span.links else [],
+               for lk in links] if links else [],
     )
 
 
-_record_enc = msgspec.json.Encoder()
+def span_record(span: ReadableSpan) -> SpanRecord:
+    assert span.context is not None
+    res = span.resource.attributes
+    return _record(span.context, span.parent, span.name, _KIND_NAMES.get(span.kind, "internal"),
+                   span.start_time or 0, span.end_time or 0, span.status, dict(span.attributes or {}),
+                   str(res.get("service.name", "")), str(res.get("service.instance.id", "")), span.links)
 
 
-def _lite_record(sp: LiteSpan, end_ns: int) -> tuple[str, bytes]:
-    """(trace id, encoded SpanRecord) straight from a lite span."""
-    ctx = sp.context
-    parent = sp.parent
-    tid = f"{ctx.trace_id:032x}"
-    error = sp._status.status_code is StatusCode.ERROR
-    attrs = sp.attributes
-    rec = SpanRecord(
-        trace_id=tid, span_id=f"{ctx.span_id:016x}",
-        parent_span_id=f"{parent.span_id:016x}" if parent is not None else "",
-        name=sp.name, kind=_KIND_NAMES[sp.kind], start=sp.start_ns / 1e9, end=end_ns / 1e9,
-        status="error" if error else "ok", error_type=str(attrs.get("error.type", "")) if error else "",
-        attributes=attrs, service=sp._tel.service_name, worker=sp._tel.worker_name,
-        links=[{"trace_id": f"{lk.context.trace_id:032x}", "span_id": f"{lk.context.span_id:016x}"}
-               for lk in sp.links] if sp.links else [],
-    )
-    return tid, _record_enc.encode(rec)
+def _lite_record(sp: LiteSpan, end_ns: int) -> SpanRecord:
+    """The SpanRecord straight from a lite span (no ReadableSpan)."""
+    return _record(sp.context, sp.parent, sp.name, _KIND_NAMES[sp.kind], sp.start_ns, end_ns, sp._status,
+                   sp.attributes, sp._tel.service_name, sp._tel.worker_name, sp.links)
+
+
+def _dedup_headers(rec: SpanRecord) -> dict[str, str] | None:
+    """``Nats-Msg-Id`` for the ``invoke_agent`` span, which a redelivered final step may emit twice."""
+    return {MSG_ID: f"span:{rec.trace_id}:{rec.span_id}"} if rec.name.startswith("invoke_agent") else None
 
 
 class JetStreamSpanExporter(SpanExporter):
@@ -460,13 +454,13 @@ class JetStreamSpanExporter(SpanExporter):
         items: list[tuple[str, bytes, dict[str, str] | None]] = []
         for sp, end_ns in lite:
             try:
-                tid, data = _lite_record(sp, end_ns)
+                rec = _lite_record(sp, end_ns)
+                data = encode(rec)
             except Exception as exc:  # noqa: BLE001
                 log.debug("cannot encode span %s: %s", sp.name, exc)
                 self.dropped += 1
                 continue
-            hdrs = {MSG_ID: f"span:{tid}:{sp.context.span_id:016x}"} if sp.name.startswith("invoke_agent") else None
-            items.append((span_subject(tid), data, hdrs))
+            items.append((span_subject(rec.trace_id), data, _dedup_headers(rec)))
         self._enqueue(items)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -476,13 +470,12 @@ class JetStreamSpanExporter(SpanExporter):
         for span in spans:
             try:
                 rec = span_record(span)
-                data = _record_enc.encode(rec)
+                data = encode(rec)
             except Exception as exc:  # noqa: BLE001 - one odd attribute must not lose the batch
                 log.debug("cannot encode span %s: %s", span.name, exc)
                 self.dropped += 1
                 continue
-            hdrs = {MSG_ID: f"span:{rec.trace_id}:{rec.span_id}"} if span.name.startswith("invoke_agent") else None
-            items.append((span_subject(rec.trace_id), data, hdrs))
+            items.append((span_subject(rec.trace_id), data, _dedup_headers(rec)))
         try:
             self.loop.call_soon_threadsafe(self._enqueue, items)
         except RuntimeError:  # the loop is closed: the process is exiting
@@ -1073,12 +1066,10 @@ class Telemetry:
             return None
         name = f"process {filter_subject}"
         metrics = self.metrics
-        from agentstream.contracts.codec import DecodeError
-        from agentstream.runtime.consumer import Reject
 
         async def mw(msg: Msg, nxt: Callable[[Msg], Awaitable[None]]) -> None:
             headers = msg.headers
-            parent = parse_traceparent(headers.get(TRACEPARENT), headers.get(TRACESTATE)) if headers else None
+            parent = self.extract(headers)
             attrs: dict[str, Any] = {"messaging.system": "nats", "messaging.operation.type": "process",
                                      "messaging.operation.name": "process", "messaging.destination.name": msg.subject,
                                      "messaging.consumer.group.name": durable,
@@ -1089,13 +1080,8 @@ class Telemetry:
             sp = self.start_span(name, SpanKind.CONSUMER, parent, attrs, use_current=False).activate()
             try:
                 await nxt(msg)
-            except (Reject, DecodeError) as exc:
-                sp.set_error("rejected", str(exc))
-                if metrics is not None:
-                    metrics.errors.add(1, {"error.type": "rejected", "messaging.consumer.group.name": durable})
-                raise
             except BaseException as exc:
-                etype = _error_type(exc)
+                etype = "rejected" if isinstance(exc, (Reject, DecodeError)) else _error_type(exc)
                 sp.set_error(etype, str(exc))
                 if metrics is not None:
                     metrics.errors.add(1, {"error.type": etype, "messaging.consumer.group.name": durable})
@@ -1229,10 +1215,10 @@ class TracedBus:
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
                       headers: dict[str, str] | None = None) -> None:
-        hdrs = dict(headers) if headers else {}
         if not self.tel.tracing:
             await self.inner.publish(subject, payload, msg_id=msg_id, headers=headers)
             return
+        hdrs = dict(headers) if headers else {}
         if not self.spans:
             self.tel.inject(hdrs)
             await self.inner.publish(subject, payload, msg_id=msg_id, headers=hdrs)

@@ -4,6 +4,7 @@ time axis, so parallel tool calls are visibly side by side."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 from agentstream.contracts.events import (
     ApprovalDecided,
@@ -26,10 +27,21 @@ class Span:
         self.label, self.start, self.end, self.note, self.group, self.failed = label, start, end, note, group, failed
 
 
-def overlapping(spans: Sequence[Span]) -> list[list[Span]]:
-    """Groups of spans whose intervals overlap (connected components)."""
+class _Interval(Protocol):
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float: ...
+
+
+_I = TypeVar("_I", bound=_Interval)
+
+
+def overlapping(spans: Sequence[_I]) -> list[list[_I]]:
+    """Groups of spans (anything with ``start`` and ``end``) whose intervals
+    overlap (connected components), ordered by start."""
     ordered = sorted(spans, key=lambda s: s.start)
-    groups: list[list[Span]] = []
+    groups: list[list[_I]] = []
     end = float("-inf")
     for s in ordered:
         if groups and s.start < end:
@@ -68,11 +80,11 @@ def render(events: Sequence[TaskEvent], width: int = WIDTH) -> str:
     spans, result = spans_of(events)
     if result is None and not spans:
         return "(no events)"
-    t0 = result.started_at if result is not None else min(s.start for s in spans)
-    t1 = result.finished_at if result is not None else max(s.end for s in spans)
-    if spans:
-        t0 = min(t0, *(s.start for s in spans))
-        t1 = max(t1, *(s.end for s in spans))
+    bounds = [(s.start, s.end) for s in spans]
+    if result is not None:
+        bounds.append((result.started_at, result.finished_at))
+    t0 = min(a for a, _ in bounds)
+    t1 = max(b for _, b in bounds)
     total = max(t1 - t0, 1e-6)
     lines: list[str] = []
     if result is not None:

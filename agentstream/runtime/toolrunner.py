@@ -14,8 +14,8 @@ Per call, in order:
 4. the tool's circuit breaker (if it has one) admits the call, or fails it
    fast with ``circuit_open`` / serves it with the tool's ``fallback``;
 5. the tool runs, with a timeout per attempt; transient failures are retried
-   (tenacity: exponential backoff with jitter, bounded attempts and total
-   time). Classification:
+   (exponential backoff with jitter, bounded attempts and total time; see
+   ``backoff``). Classification:
 
    ============================================  =========  ==================
    failure                                       retried    breaker counts it
@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ToolCallCompleted, ToolCallRequested, ToolError
@@ -120,29 +119,6 @@ def backoff(p: RetryPolicy, attempt: int, exc: BaseException | None) -> float:
     if isinstance(exc, RateLimited) and exc.retry_after_s:
         wait = max(wait, exc.retry_after_s)
     return wait
-
-
-class _Stop:
-    """Stop after ``max_attempts``, or when the next wait would end past
-    ``max_total_s``. ``offset``: attempts made before tenacity took over."""
-
-    def __init__(self, p: RetryPolicy, started: float, offset: int) -> None:
-        self.p, self.started, self.offset = p, started, offset
-
-    def __call__(self, rs: RetryCallState) -> bool:
-        if rs.attempt_number + self.offset >= self.p.max_attempts:
-            return True
-        upcoming = getattr(rs, "upcoming_sleep", 0.0) or 0.0
-        return time.monotonic() - self.started + upcoming >= self.p.max_total_s
-
-
-class _Wait:
-    def __init__(self, p: RetryPolicy, offset: int) -> None:
-        self.p, self.offset = p, offset
-
-    def __call__(self, rs: RetryCallState) -> float:
-        exc = rs.outcome.exception() if rs.outcome is not None else None
-        return backoff(self.p, rs.attempt_number + self.offset, exc)
 
 
 def result_key(req: ToolCallRequested) -> str:
@@ -262,40 +238,31 @@ class ToolRunner:
                        fault=out.fault)
 
     async def _attempts(self, tool: Tool, args: msgspec.Struct, req: ToolCallRequested) -> Outcome:
-        """The first attempt runs directly (tenacity's loop costs ~50 µs a
-        call); a retryable failure hands the remaining attempts to tenacity."""
+        """Run the tool, retrying what ``classify`` calls transient: stop after
+        ``max_attempts``, or when the next wait would end past ``max_total_s``.
+        The first attempt gets the full timeout; later ones at most what is
+        left of ``max_total_s``."""
         timeout = tool.timeout_s or req.timeout_s or self.default_timeout_s
         policy = tool.retry
-        attempts = 0
         start = time.monotonic()
         self.executions += 1
-
-        async def once() -> Any:
-            nonlocal attempts
+        attempts = 0
+        while True:
             attempts += 1
             self.attempts += 1
             t = timeout if attempts == 1 else min(timeout, max(policy.max_total_s - (time.monotonic() - start),
                                                                 0.001))
-            async with asyncio.timeout(t):  # no extra task, unlike wait_for
-                return await tool(args)
-
-        try:
-            return Outcome(result=await once(), attempts=1)
-        except Exception as exc:  # noqa: BLE001 - any tool bug becomes a result the model sees
-            f = classify(exc, tool, timeout)
-            wait = backoff(policy, 1, exc) if f.retry and policy.max_attempts > 1 else None
-            if wait is None or time.monotonic() - start + wait >= policy.max_total_s:
-                return Outcome(error=f.error, attempts=attempts, fault=f.fault)
-        await self.sleep(wait)
-        retrying = AsyncRetrying(
-            stop=_Stop(policy, start, offset=1), wait=_Wait(policy, offset=1), sleep=self.sleep, reraise=True,
-            retry=retry_if_exception(lambda exc: classify(exc, tool, timeout).retry))
-        try:
-            result: Any = await retrying(once)
-        except Exception as exc:  # noqa: BLE001
-            f = classify(exc, tool, timeout)
-            return Outcome(error=f.error, attempts=attempts, fault=f.fault)
-        return Outcome(result=result, attempts=attempts)
+            try:
+                async with asyncio.timeout(t):  # no extra task, unlike wait_for
+                    return Outcome(result=await tool(args), attempts=attempts)
+            except Exception as exc:  # noqa: BLE001 - any tool bug becomes a result the model sees
+                f = classify(exc, tool, timeout)
+                if not f.retry or attempts >= policy.max_attempts:
+                    return Outcome(error=f.error, attempts=attempts, fault=f.fault)
+                wait = backoff(policy, attempts, exc)
+                if time.monotonic() - start + wait >= policy.max_total_s:
+                    return Outcome(error=f.error, attempts=attempts, fault=f.fault)
+            await self.sleep(wait)
 
     def _encode(self, req: ToolCallRequested, out: Outcome, started: float) -> bytes:
         def done(result: Any, error: ToolError | None) -> ToolCallCompleted:

@@ -29,7 +29,7 @@ import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, get_type_hints
+from typing import Annotated, Any, get_type_hints
 
 import msgspec
 
@@ -40,10 +40,14 @@ log = logging.getLogger("agentstream.tools")
 ToolFn = Callable[..., Awaitable[Any]] | Callable[..., Any]
 ApprovalPolicy = bool | Callable[[Any], bool]
 
+# Where a msgspec ValidationError names the field, most specific first.
+_FIELD_PATTERNS = tuple(re.compile(p) for p in (r"at `\$\.(\w+)", r"missing required field `(\w+)`",
+                                                 r"unknown field `(\w+)`"))
+
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """Retries of transient failures inside one tool call (exponential backoff
-    with full jitter). ``max_total_s`` bounds the whole call, retries and waits
+    with jitter, see ``toolrunner.backoff``). ``max_total_s`` bounds the whole call, retries and waits
     included; the first attempt always gets the tool's full timeout.
 
     ``retry_ambiguous``: retry timeouts and connection errors, whose effect may
@@ -69,7 +73,7 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """Open the breaker after ``failure_threshold`` failed calls within
     ``window_s``; stay open ``open_s``, then let one probe call through
-    (half-open). ``probe_timeout_s`` (default: ``open_s``) is how long a
+    (half-open). ``probe_timeout_s`` (default: ``open_s``, at least 1 s) is how long a
     claimed probe may take before another replica may claim it (the prober
     crashed)."""
 
@@ -189,10 +193,7 @@ class Tool:
             return msgspec.convert(arguments, self.args_type)
         except msgspec.ValidationError as exc:
             text = str(exc)
-            m = re.search(r"at `\$\.(\w+)", text)
-            missing = re.search(r"missing required field `(\w+)`", text)
-            unknown = re.search(r"unknown field `(\w+)`", text)
-            fld = m.group(1) if m else (missing.group(1) if missing else (unknown.group(1) if unknown else None))
+            fld = next((m.group(1) for p in _FIELD_PATTERNS if (m := p.search(text))), None)
             return ToolError(kind="invalid_arguments", message=text, field=fld,
                              hint=f"arguments must match the JSON Schema of {self.name!r}")
 
@@ -239,8 +240,6 @@ class Tool:
 
 
 def _annotated(ann: Any, doc: str) -> Any:
-    from typing import Annotated
-
     return Annotated[ann, msgspec.Meta(description=doc)]
 
 

@@ -47,6 +47,7 @@ from agentstream.contracts.events import (
     ToolCallCompleted,
 )
 from agentstream.contracts.telemetry import TELEMETRY_STREAM, SpanRecord, span_subject
+from agentstream.runtime.timeline import overlapping
 
 if TYPE_CHECKING:
     from agentstream.runtime.config import Settings
@@ -220,16 +221,21 @@ def _task_of(span: SpanRecord) -> str:
     return str(value) if value is not None else ""
 
 
-async def load_trace(js: JetStreamContext, task_or_trace_id: str, *, limit: int = MAX_SCAN) -> list[SpanRecord]:
-    """The spans of a task (found through ``agentstream.task_id`` on its spans) or
-    of a trace id (32 hex chars), sorted by start. Empty if none are stored."""
+def _by_start(spans: Iterable[SpanRecord]) -> list[SpanRecord]:
+    return sorted(spans, key=lambda s: (s.start, s.end))
+
+
+async def _find_trace(js: JetStreamContext, task_or_trace_id: str, *, limit: int = MAX_SCAN,
+                      ) -> tuple[list[SpanRecord], tuple[str, TaskResult | None] | None]:
+    """:func:`load_trace`, plus ``(task_id, result)`` when the id was looked up
+    as a task id, so callers that also want the result need not read it again."""
     ident = task_or_trace_id.strip()
     if not subjects.is_token(ident):
-        return []
+        return [], None
     if _TRACE_ID.fullmatch(ident):
         spans = _decode_spans(await scan(js, TELEMETRY_STREAM, span_subject(ident), limit=limit))
         if spans:
-            return sorted(spans, key=lambda s: (s.start, s.end))
+            return _by_start(spans), None
     # A task id: find its trace(s). Spans are published once finished, so never
     # before the task started: with the result's start time the scan is short.
     result = await load_result(js, ident)
@@ -242,15 +248,26 @@ async def load_trace(js: JetStreamContext, task_or_trace_id: str, *, limit: int 
             continue
         for s in _decode_spans(await scan(js, TELEMETRY_STREAM, span_subject(trace_id), limit=limit)):
             spans_by_id[s.span_id] = s
-    return sorted(spans_by_id.values(), key=lambda s: (s.start, s.end))
+    return _by_start(spans_by_id.values()), (ident, result)
+
+
+async def load_trace(js: JetStreamContext, task_or_trace_id: str, *, limit: int = MAX_SCAN) -> list[SpanRecord]:
+    """The spans of a task (found through ``agentstream.task_id`` on its spans) or
+    of a trace id (32 hex chars), sorted by start. Empty if none are stored."""
+    spans, _looked_up = await _find_trace(js, task_or_trace_id, limit=limit)
+    return spans
 
 
 async def load_task_events(js: JetStreamContext, task_id: str, *, limit: int = 10_000) -> list[TaskEvent]:
     """The task's progress and inbox events from ``EVENTS`` (bounded)."""
     if not subjects.is_token(task_id):
         return []
+    return _decode_events(await scan(js, EVENTS_STREAM, subjects.any_task_activity(task_id), limit=limit))
+
+
+def _decode_events(raws: Iterable[Raw]) -> list[TaskEvent]:
     events: list[TaskEvent] = []
-    for r in await scan(js, EVENTS_STREAM, subjects.any_task_activity(task_id), limit=limit):
+    for r in raws:
         try:
             events.append(codec.task_event.decode(r.data))
         except codec.DecodeError:
@@ -325,15 +342,14 @@ class TaskTrace:
 
 async def load_task_trace(js: JetStreamContext, task_or_trace_id: str) -> TaskTrace:
     """Spans of a task from TELEMETRY, else rebuilt from its events and result."""
-    spans = await load_trace(js, task_or_trace_id)
-    task_id = task_or_trace_id
+    spans, looked_up = await _find_trace(js, task_or_trace_id)
+    task_id = next((t for t in map(_task_of, spans) if t), task_or_trace_id)
+    if looked_up is not None and looked_up[0] == task_id:
+        result = looked_up[1]  # already read while finding the trace
+    else:
+        result = await load_result(js, task_id)
     if spans:
-        for s in spans:
-            if _task_of(s):
-                task_id = _task_of(s)
-                break
-        return TaskTrace(task_id, spans, await load_result(js, task_id), "telemetry")
-    result = await load_result(js, task_id)
+        return TaskTrace(task_id, spans, result, "telemetry")
     events = await load_task_events(js, task_id)
     spans = spans_from_events(task_id, events, result)
     return TaskTrace(task_id, spans, result, "events" if spans else "")
@@ -402,21 +418,8 @@ def tree_order(spans: Sequence[SpanRecord]) -> list[tuple[int, SpanRecord]]:
 
 def parallel_groups(spans: Sequence[SpanRecord]) -> dict[str, int]:
     """span id -> size of its group, for ``execute_tool`` spans that overlap in time."""
-    tools = sorted((s for s in spans if _op(s) == "execute_tool"), key=lambda s: s.start)
-    out: dict[str, int] = {}
-    group: list[SpanRecord] = []
-    end = -math.inf
-    for s in [*tools, None]:
-        if s is not None and group and s.start < end:
-            group.append(s)
-            end = max(end, s.end)
-            continue
-        if len(group) > 1:
-            for g in group:
-                out[g.span_id] = len(group)
-        if s is not None:
-            group, end = [s], s.end
-    return out
+    groups = overlapping([s for s in spans if _op(s) == "execute_tool"])
+    return {s.span_id: len(g) for g in groups if len(g) > 1 for s in g}
 
 
 def _money(v: float) -> str:
@@ -794,13 +797,8 @@ async def load_stats(js: JetStreamContext, since_s: float) -> tuple[Stats, list[
     source = "telemetry"
     if not spans and results:
         source = "events"
-        raws = await scan(js, EVENTS_STREAM, ">", start_time=time.time() - since_s)
         by_task: dict[str, list[TaskEvent]] = defaultdict(list)
-        for r in raws:
-            try:
-                ev = codec.task_event.decode(r.data)
-            except codec.DecodeError:
-                continue
+        for ev in _decode_events(await scan(js, EVENTS_STREAM, ">", start_time=time.time() - since_s)):
             if isinstance(ev, (ModelTurnCompleted, ToolCallCompleted)):
                 by_task[ev.task_id].append(ev)
         for task_id, evs in by_task.items():
