@@ -16,12 +16,12 @@ from typing import Any
 import msgspec
 import nats.js.errors as jse
 from aiohttp import web
-from nats.js.kv import KeyValue
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ApprovalDecided
 from agentstream.runtime.client import AgentClient
 from agentstream.runtime.errors import AgentstreamError
+from agentstream.runtime.nats_adapters import NatsKV, bucket
 from agentstream.runtime.policy import ApprovalRecord, decode_record, parse_approvers
 
 
@@ -29,29 +29,17 @@ class ApprovalError(AgentstreamError):
     pass
 
 
-async def _bucket(client: AgentClient) -> KeyValue:
+async def _bucket(client: AgentClient) -> NatsKV:
     try:
-        return await client.js.key_value(subjects.APPROVALS.name)
+        return await bucket(client.js, subjects.APPROVALS.name)
     except jse.NotFoundError:
         raise ApprovalError("no approvals bucket: no agent has run on this broker yet") from None
 
 
 async def list_approvals(client: AgentClient, *, status: str | None = "pending") -> list[ApprovalRecord]:
     kv = await _bucket(client)
-    try:
-        keys = await kv.keys()
-    except jse.NoKeysError:
-        return []
-    out: list[ApprovalRecord] = []
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except (jse.KeyNotFoundError, jse.KeyDeletedError):
-            continue
-        if entry.value:
-            rec = decode_record(entry.value)
-            if status is None or rec.status == status:
-                out.append(rec)
+    records = [decode_record(e.value) for _, e in await kv.items() if e.value]
+    out = [r for r in records if status is None or r.status == status]
     out.sort(key=lambda r: r.request.requested_at)
     return out
 
@@ -60,11 +48,10 @@ async def get_approval(client: AgentClient, approval_id: str) -> ApprovalRecord:
     kv = await _bucket(client)
     try:
         entry = await kv.get(approval_id)
-    except (jse.KeyNotFoundError, jse.KeyDeletedError):
-        raise ApprovalError(f"no approval {approval_id!r} (see `agentstream approvals`)") from None
     except jse.BadRequestError:
         raise ApprovalError(f"invalid approval id {approval_id!r}") from None
-    assert entry.value is not None
+    if entry is None:
+        raise ApprovalError(f"no approval {approval_id!r} (see `agentstream approvals`)")
     return decode_record(entry.value)
 
 

@@ -41,6 +41,9 @@ class InMemoryKV:
     async def keys(self) -> Sequence[str]:
         return list(self._data)
 
+    async def items(self) -> list[tuple[str, Entry]]:
+        return sorted(self._data.items())
+
     def _write(self, key: str, value: bytes) -> int:
         self._rev += 1
         self._data[key] = Entry(value, self._rev)

@@ -21,6 +21,7 @@ from nats.js.kv import KeyValue
 from agentstream.contracts import subjects
 from agentstream.runtime.errors import BrokerUnavailable, Conflict
 from agentstream.runtime.ports import Entry
+from agentstream.runtime.scan import scan
 
 MSG_ID = "Nats-Msg-Id"
 
@@ -43,8 +44,10 @@ class NatsBus:
 class NatsKV:
     """``SessionStore`` over a JetStream KV bucket; every write is compare-and-set."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext, name: str) -> None:
         self.kv = kv
+        self.js = js
+        self.name = name
 
     async def get(self, key: str) -> Entry | None:
         try:
@@ -77,10 +80,21 @@ class NatsKV:
             pass
 
     async def keys(self) -> Sequence[str]:
+        return [k for k, _ in await self.items()]
+
+    async def items(self) -> list[tuple[str, Entry]]:
+        """Every live key with its value, in one pass over the bucket; not
+        ``KeyValue.keys()``, whose consumer outlives the call (see ``scan``)."""
+        prefix = f"$KV.{self.name}."
+        live: dict[str, Entry] = {}
         try:
-            return await self.kv.keys()
-        except jse.NoKeysError:
-            return []
+            raws = await scan(self.js, f"KV_{self.name}", f"{prefix}>", last_per_subject=True)
+        except (nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
+            raise BrokerUnavailable(f"cannot list bucket {self.name}: {exc}") from exc
+        for r in raws:
+            if not (r.headers and r.headers.get("KV-Operation") in ("DEL", "PURGE")):
+                live[r.subject[len(prefix):]] = Entry(r.data, r.seq)
+        return sorted(live.items())
 
 
 async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = True) -> None:
@@ -117,7 +131,7 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
 
 
 async def bucket(js: JetStreamContext, name: str) -> NatsKV:
-    return NatsKV(await js.key_value(name))
+    return NatsKV(await js.key_value(name), js, name)
 
 
 async def connect(url: str, *, name: str = "agentstream", connect_timeout: float = 5.0,

@@ -57,6 +57,10 @@ class SessionStore(Protocol):
 
     async def keys(self) -> Sequence[str]: ...
 
+    async def items(self) -> list[tuple[str, Entry]]:
+        """Every live key with its entry, sorted by key."""
+        ...
+
 
 class Bus(Protocol):
     """Publishes to a stream with a deduplication id."""

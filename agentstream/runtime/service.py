@@ -198,14 +198,11 @@ class Runtime:
             if self.stop_event.is_set():
                 return
             try:
-                keys = await deadlines.keys()
+                timers = await deadlines.items()
                 now = time.time()
-                for key in keys:
+                for key, entry in timers:
                     a, task_id, call_id = parse_deadline_key(key)
-                    if a != agent:
-                        continue
-                    entry = await deadlines.get(key)
-                    if entry is None or float(entry.value) > now:
+                    if a != agent or float(entry.value) > now:
                         continue
                     if call_id:
                         await engine.on_approval_expired(task_id, call_id)

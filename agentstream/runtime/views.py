@@ -20,8 +20,6 @@ That is fine for demo- and small-production-size data; an index is the next step
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import math
 import re
 import sys
@@ -36,7 +34,6 @@ import msgspec
 import nats.errors
 import nats.js.errors as jse
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import (
@@ -47,6 +44,7 @@ from agentstream.contracts.events import (
     ToolCallCompleted,
 )
 from agentstream.contracts.telemetry import TELEMETRY_STREAM, SpanRecord, span_subject
+from agentstream.runtime.scan import MAX_SCAN, Raw, last_seq, scan
 from agentstream.runtime.timeline import overlapping
 
 if TYPE_CHECKING:
@@ -57,10 +55,6 @@ EVENTS_STREAM = "EVENTS"
 ALL_SPANS = "telemetry.spans.*"
 ALL_RESULTS = "agents.*.results.*"
 
-MAX_SCAN = 200_000  # messages read by one scan, at most
-SCAN_TIMEOUT_S = 30.0  # wall-clock bound of one scan
-FETCH_BATCH = 512
-FETCH_WAIT_S = 2.0
 TRACE_LOOKBACK_S = 300.0  # scan spans from this long before the task started (clock skew, batching)
 WATERFALL_WIDTH = 48
 SYNTHETIC = "agentstream.synthetic"  # attribute on spans rebuilt from task events
@@ -70,85 +64,6 @@ _span_decoder = msgspec.json.Decoder(SpanRecord)
 
 
 # =========================================================================== data access
-
-
-@dataclass(frozen=True)
-class Raw:
-    seq: int
-    time: float  # stream timestamp, epoch seconds
-    subject: str
-    data: bytes
-
-
-async def _last_seq(js: JetStreamContext, stream: str) -> int | None:
-    """The stream's last sequence now, or None if the stream does not exist."""
-    try:
-        info = await js.stream_info(stream)
-    except jse.NotFoundError:
-        return None
-    return int(info.state.last_seq or 0)
-
-
-async def scan(js: JetStreamContext, stream: str, subject: str, *, start_time: float | None = None,
-               start_seq: int | None = None, limit: int = MAX_SCAN,
-               timeout: float = SCAN_TIMEOUT_S) -> list[Raw]:
-    """Messages of ``stream`` matching ``subject``, oldest first, from ``start_time``
-    (epoch seconds) or ``start_seq`` (else from the start), up to the stream's last
-    sequence at call time. Bounded by ``limit`` messages and ``timeout`` seconds.
-    A missing stream reads as empty."""
-    last = await _last_seq(js, stream)
-    if not last:
-        return []
-    cfg = ConsumerConfig(
-        name=f"agentstream-view-{uuid.uuid4().hex[:12]}", ack_policy=AckPolicy.NONE, filter_subject=subject,
-        inactive_threshold=30.0, mem_storage=True, num_replicas=1, max_deliver=1)
-    if start_time is not None:
-        cfg.deliver_policy = DeliverPolicy.BY_START_TIME
-        cfg.opt_start_time = datetime.datetime.fromtimestamp(max(0.0, start_time), tz=datetime.UTC)
-    elif start_seq is not None:
-        cfg.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-        cfg.opt_start_seq = max(1, start_seq)
-    else:
-        cfg.deliver_policy = DeliverPolicy.ALL
-    name = str(cfg.name)
-    try:
-        info = await js.add_consumer(stream, config=cfg)
-    except jse.NotFoundError:
-        return []
-    out: list[Raw] = []
-    sub = await js.pull_subscribe_bind(consumer=name, stream=stream)
-    try:
-        pending = min(int(info.num_pending or 0), limit)
-        deadline = time.monotonic() + timeout
-        while len(out) < pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                msgs = await sub.fetch(batch=min(FETCH_BATCH, pending - len(out)),
-                                       timeout=max(0.1, min(FETCH_WAIT_S, left)))
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
-            done = False
-            for m in msgs:
-                md = m.metadata
-                seq = int(md.sequence.stream)
-                if seq > last:
-                    done = True
-                    break
-                ts = md.timestamp.timestamp() if md.timestamp is not None else 0.0
-                out.append(Raw(seq, ts, m.subject, m.data))
-                if seq >= last or len(out) >= pending:
-                    done = True
-                    break
-            if done:
-                break
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, name)
-    return out
 
 
 def _decode_spans(raws: Iterable[Raw]) -> list[SpanRecord]:
@@ -186,7 +101,7 @@ async def load_results(js: JetStreamContext, since_s: float, *, limit: int = MAX
 
 async def load_recent_results(js: JetStreamContext, limit: int = 50) -> list[TaskResult]:
     """The last ``limit`` results, newest first."""
-    last = await _last_seq(js, RESULTS_STREAM)
+    last = await last_seq(js, RESULTS_STREAM)
     if not last:
         return []
     # A few spare messages absorb duplicate copies of a result.

@@ -1,0 +1,44 @@
+"""The KV adapter against a real nats-server: listing a bucket must leave the
+server as it found it, however often it is done (the deadline sweeper and an
+approvals poller list buckets forever)."""
+
+from __future__ import annotations
+
+import nats
+
+from agentstream.contracts import subjects
+from agentstream.runtime import nats_adapters
+from agentstream.runtime.client import AgentClient
+
+
+async def test_items_lists_live_keys_with_latest_values_and_leaves_no_consumer(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await nats_adapters.provision(js)
+        kv = await nats_adapters.bucket(js, subjects.DEADLINES.name)
+        assert await kv.items() == []
+        for i in range(600):  # more than one fetch batch, several revisions per key
+            await kv.put(f"k{i % 300:03d}", str(i).encode())
+        await kv.delete("k005")
+        for _ in range(50):
+            items = await kv.items()
+        assert len(items) == 299 and "k005" not in dict(items)
+        assert dict(items)["k000"].value == b"300"  # the latest revision, not the first
+        assert [k for k, _ in items] == sorted(k for k, _ in items)
+        info = await js.stream_info(f"KV_{subjects.DEADLINES.name}")
+        assert info.state.consumer_count == 0
+    finally:
+        await nc.close()
+
+
+async def test_polling_pending_approvals_does_not_exhaust_the_server(client: AgentClient) -> None:
+    """nats-py's KeyValue.keys() leaves a consumer behind for five minutes; a
+    poller listing approvals ten times a second hit the server's consumer limit
+    (err 10026) in under two minutes. 1,200 listings must all succeed."""
+    from agentstream.runtime import approvals
+
+    for _ in range(1200):
+        assert await approvals.list_approvals(client) == []
+    info = await client.js.stream_info(f"KV_{subjects.APPROVALS.name}")
+    assert info.state.consumer_count == 0
