@@ -1,7 +1,13 @@
 """Telemetry records on the wire: finished spans written to the TELEMETRY
 stream (subject ``telemetry.spans.<trace_id>``) by the built-in exporter, so
 ``agentstream trace``/``stats`` and the dashboard work with no other
-infrastructure. Times are Unix epoch seconds (float)."""
+infrastructure. Times are Unix epoch seconds (float).
+
+A message is a :class:`SpanBatch`: the spans of one trace that one process
+finished within one flush interval (a task's ~15 spans are one or two
+messages, not fifteen). Readers also accept a bare :class:`SpanRecord`, and
+drop repeats by ``span_id`` (a redelivered final step may emit its
+``invoke_agent`` span twice)."""
 
 from __future__ import annotations
 
@@ -27,6 +33,22 @@ class SpanRecord(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
     # Added by the tracing core: span links, e.g. a ``step`` span's link to
     # the ``process`` span of the message that triggered it.
     links: list[dict[str, str]] = []  # [{"trace_id": ..., "span_id": ...}]
+
+
+class SpanBatch(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
+                tag="agentstream.telemetry.spans.v1"):
+    spans: list[SpanRecord]
+
+
+TelemetryMessage = SpanRecord | SpanBatch
+_decoder = msgspec.json.Decoder(TelemetryMessage)
+
+
+def decode_spans(data: bytes) -> list[SpanRecord]:
+    """The spans in one TELEMETRY message (a batch or a bare record). Raises
+    ``msgspec.DecodeError`` on anything else."""
+    msg = _decoder.decode(data)
+    return list(msg.spans) if isinstance(msg, SpanBatch) else [msg]
 
 
 def span_subject(trace_id: str) -> str:

@@ -23,18 +23,22 @@ How one task is one trace
   step's ``process`` span). When the result is published, the finished
   ``invoke_agent`` span is built directly as a ``ReadableSpan`` with the
   stored ids and ``start = task start`` and handed to the span processors.
-- Hot-path spans are built the same way (:class:`LiteSpan`): a
-  ``ReadableSpan`` assembled at end and given to the provider's processors.
-  The SDK's ``Span`` costs ~45 us per span here (attribute validation and
-  locking), the lite path ~10 us; over ~16 spans a task that is the
-  difference between ~15% and ~5% of the runtime's CPU. Children see a
-  ``NonRecordingSpan`` in the OpenTelemetry context, so user code and other
-  instrumentation (``opentelemetry.trace.get_current_span()``, their own
-  tracers) continue the same trace.
+- Hot-path spans are built the same way (:class:`LiteSpan`): plain values
+  (ids as a :class:`Ctx` tuple, not OpenTelemetry's ``SpanContext``) encoded
+  straight to a ``SpanRecord`` when the span ends, or assembled as a
+  ``ReadableSpan`` for the SDK's processors when other exporters are on. The
+  SDK's ``Span`` costs ~45 us per span here (attribute validation and
+  locking), a lite span ~10 us including its encoding. The spans our own
+  code runs under (``process``, ``step``) are current only in our context
+  variable; the ones foreign code runs under (``execute_tool``, ``chat``,
+  ``Telemetry.span``) are also put in OpenTelemetry's context as a
+  ``NonRecordingSpan``, so a tool's own spans and other instrumentation
+  (``opentelemetry.trace.get_current_span()``, their own tracers) continue
+  the task's trace under them.
 
 Exporters (``OTEL_TRACES_EXPORTER``, comma-separated): ``jetstream`` (default:
-one :class:`~agentstream.contracts.telemetry.SpanRecord` JSON message per span
-on ``telemetry.spans.<trace_id>``, stream TELEMETRY), ``otlp``, ``console``
+:class:`~agentstream.contracts.telemetry.SpanBatch` JSON messages, a trace's
+spans batched, on ``telemetry.spans.<trace_id>``, stream TELEMETRY), ``otlp``, ``console``
 (stderr), ``none``. ``OTEL_METRICS_EXPORTER``: ``prometheus`` (default:
 counters and histograms aggregated in process, ~1 us a record against the
 SDK's ~15-65 us, rendered by :func:`prometheus_text`), ``otlp``, ``console``
@@ -62,7 +66,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 from opentelemetry import context as otel_context
@@ -98,7 +102,7 @@ from opentelemetry.trace import (
 )
 
 from agentstream.contracts.codec import DecodeError, encode
-from agentstream.contracts.telemetry import SpanRecord, span_subject
+from agentstream.contracts.telemetry import SpanBatch, SpanRecord, span_subject
 from agentstream.runtime.consumer import Reject
 from agentstream.runtime.errors import ConfigError, ModelError
 from agentstream.runtime.nats_adapters import MSG_ID
@@ -140,8 +144,6 @@ TASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000
 _KIND_NAMES = {SpanKind.INTERNAL: "internal", SpanKind.CLIENT: "client", SpanKind.SERVER: "server",
                SpanKind.PRODUCER: "producer", SpanKind.CONSUMER: "consumer"}
 _UNSET = Status(StatusCode.UNSET)
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
 # --------------------------------------------------------------------------- configuration
 
@@ -241,11 +243,36 @@ def _trace_id() -> int:
             return v
 
 
-def format_traceparent(ctx: SpanContext) -> str:
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags) & 0xff:02x}"
+class Ctx(NamedTuple):
+    """A span's identity as W3C trace context carries it. The hot path uses
+    this, not OpenTelemetry's ``SpanContext``, whose validating constructor
+    and property accessors were a fifth of the tracing overhead in
+    bench/w1.py; :func:`to_otel` converts where OpenTelemetry needs one."""
+
+    trace_id: int
+    span_id: int
+    flags: int = 1  # W3C trace-flags; bit 0: sampled
+    state: str = ""  # the tracestate header, passed through as it came
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.flags & 1)
 
 
-def parse_traceparent(value: str | None, tracestate: str | None = None) -> SpanContext | None:
+def to_otel(ctx: Ctx, *, remote: bool = False) -> SpanContext:
+    state = TraceState.from_header([ctx.state]) if ctx.state else None
+    return SpanContext(ctx.trace_id, ctx.span_id, remote, TraceFlags(ctx.flags & 0xff), state)
+
+
+def _from_otel(sc: SpanContext) -> Ctx:
+    return Ctx(sc.trace_id, sc.span_id, int(sc.trace_flags), sc.trace_state.to_header() if sc.trace_state else "")
+
+
+def format_traceparent(ctx: Ctx) -> str:
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.flags & 0xff:02x}"
+
+
+def parse_traceparent(value: str | None, tracestate: str | None = None) -> Ctx | None:
     """A W3C ``traceparent`` (version 00 and compatible later ones) or None."""
     if not value or len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
         return None
@@ -261,9 +288,7 @@ def parse_traceparent(value: str | None, tracestate: str | None = None) -> SpanC
         return None
     if not tid or not sid:
         return None
-    state = TraceState.from_header([tracestate]) if tracestate else None
-    return SpanContext(tid, sid, is_remote=True, trace_flags=_SAMPLED if flags & 1 else _NOT_SAMPLED,
-                       trace_state=state)
+    return Ctx(tid, sid, flags, tracestate or "")
 
 
 def trace_id_of(state: SessionState) -> str:
@@ -272,8 +297,18 @@ def trace_id_of(state: SessionState) -> str:
     return tp[3:35] if tp and len(tp) >= 55 else ""
 
 
-def _current() -> SpanContext:
-    return trace_api.get_current_span().get_span_context()
+# The current span when it is one of ours that only our code runs under
+# (process, step); None defers to OpenTelemetry's context, where the spans
+# that foreign code runs under (execute_tool, chat) and anyone else's spans are.
+_CUR: contextvars.ContextVar[Ctx | None] = contextvars.ContextVar("agentstream_span", default=None)
+
+
+def _current() -> Ctx | None:
+    cur = _CUR.get()
+    if cur is not None:
+        return cur
+    sc = trace_api.get_current_span().get_span_context()
+    return _from_otel(sc) if sc.is_valid else None
 
 
 # --------------------------------------------------------------------------- task info (for child spans and logs)
@@ -295,13 +330,13 @@ _TASK: contextvars.ContextVar[_TaskInfo | None] = contextvars.ContextVar("agents
 
 
 class LiteSpan:
-    """A span assembled as a ``ReadableSpan`` when it ends (see the module doc)."""
+    """A span recorded as plain values and handed to the exporters when it ends (see the module doc)."""
 
-    __slots__ = ("_tel", "name", "kind", "context", "parent", "start_ns", "attributes", "links", "_status",
-                 "_token", "_ended")
+    __slots__ = ("_tel", "name", "kind", "context", "parent", "start_ns", "attributes", "links", "error",
+                 "_tokens", "_ended")
 
-    def __init__(self, tel: Telemetry, name: str, kind: SpanKind, context: SpanContext, parent: SpanContext | None,
-                 attributes: dict[str, Any], start_ns: int, links: Sequence[Link] = ()) -> None:
+    def __init__(self, tel: Telemetry, name: str, kind: SpanKind, context: Ctx, parent: Ctx | None,
+                 attributes: dict[str, Any], start_ns: int, links: Sequence[Ctx] = ()) -> None:
         self._tel = tel
         self.name = name
         self.kind = kind
@@ -310,34 +345,43 @@ class LiteSpan:
         self.attributes = attributes
         self.start_ns = start_ns
         self.links = links
-        self._status = _UNSET
-        self._token: object | None = None
+        self.error: str | None = None  # the status description when the span failed
+        self._tokens: tuple[Any, ...] = ()
         self._ended = False
 
     @property
     def recording(self) -> bool:
-        return bool(self.context.trace_flags & 1)
+        return bool(self.context.flags & 1)
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.attributes[key] = value
 
     def set_error(self, error_type: str, description: str = "") -> None:
         self.attributes["error.type"] = error_type
-        self._status = Status(StatusCode.ERROR, redact(description)[:500] if description else None)
+        self.error = redact(description)[:500] if description else ""
 
-    def activate(self) -> LiteSpan:
-        """Make this span the current one (for children and context injection)."""
-        self._token = otel_context.attach(trace_api.set_span_in_context(NonRecordingSpan(self.context)))
+    def activate(self, *, foreign: bool = False) -> LiteSpan:
+        """Make this span the current one (for children and context injection).
+        ``foreign``: code other than ours runs under it (a tool, a model
+        adapter), so it goes into OpenTelemetry's context too, where their
+        own spans and instrumentation look for a parent."""
+        if foreign:
+            otel_token = otel_context.attach(trace_api.set_span_in_context(NonRecordingSpan(to_otel(self.context))))
+            self._tokens = (_CUR.set(None), otel_token)
+        else:
+            self._tokens = (_CUR.set(self.context),)
         return self
 
     def end(self, end_ns: int | None = None) -> None:
-        if self._token is not None:
-            otel_context.detach(self._token)  # type: ignore[arg-type]
-            self._token = None
+        if self._tokens:
+            if len(self._tokens) > 1:
+                otel_context.detach(self._tokens[1])
+            _CUR.reset(self._tokens[0])
+            self._tokens = ()
         if self._ended:
             return
         self._ended = True
-        if self.context.trace_flags & 1:
+        if self.context.flags & 1:
             self._tel._emit_lite(self, end_ns or time.time_ns())
 
 
@@ -362,49 +406,73 @@ NOOP_SPAN = _NoopSpan()
 # --------------------------------------------------------------------------- the JetStream exporter
 
 
-def _record(ctx: SpanContext, parent: SpanContext | None, name: str, kind: str, start_ns: int, end_ns: int,
-            status: Status, attrs: dict[str, Any], service: str, worker: str, links: Sequence[Link]) -> SpanRecord:
-    error = status.status_code is StatusCode.ERROR
+def _record(ctx: Ctx, parent: Ctx | None, name: str, kind: str, start_ns: int, end_ns: int,
+            error: bool, attrs: dict[str, Any], service: str, worker: str, links: Sequence[Ctx]) -> SpanRecord:
     return SpanRecord(
         trace_id=f"{ctx.trace_id:032x}", span_id=f"{ctx.span_id:016x}",
         parent_span_id=f"{parent.span_id:016x}" if parent is not None and parent.span_id else "",
         name=name, kind=kind, start=start_ns / 1e9, end=end_ns / 1e9,
         status="error" if error else "ok", error_type=str(attrs.get("error.type", "")) if error else "",
         attributes=attrs, service=service, worker=worker,
-        links=[{"trace_id": f"{lk.context.trace_id:032x}", "span_id": f"{lk.context.span_id:016x}"}
-               for lk in links] if links else [],
+        links=[{"trace_id": f"{lk.trace_id:032x}", "span_id": f"{lk.span_id:016x}"} for lk in links] if links else [],
     )
 
 
 def span_record(span: ReadableSpan) -> SpanRecord:
     assert span.context is not None
     res = span.resource.attributes
-    return _record(span.context, span.parent, span.name, _KIND_NAMES.get(span.kind, "internal"),
-                   span.start_time or 0, span.end_time or 0, span.status, dict(span.attributes or {}),
-                   str(res.get("service.name", "")), str(res.get("service.instance.id", "")), span.links)
+    return _record(_from_otel(span.context), _from_otel(span.parent) if span.parent is not None else None,
+                   span.name, _KIND_NAMES.get(span.kind, "internal"), span.start_time or 0, span.end_time or 0,
+                   span.status.status_code is StatusCode.ERROR, dict(span.attributes or {}),
+                   str(res.get("service.name", "")), str(res.get("service.instance.id", "")),
+                   [_from_otel(lk.context) for lk in span.links])
 
 
 def _lite_record(sp: LiteSpan, end_ns: int) -> SpanRecord:
     """The SpanRecord straight from a lite span (no ReadableSpan)."""
-    return _record(sp.context, sp.parent, sp.name, _KIND_NAMES[sp.kind], sp.start_ns, end_ns, sp._status,
+    return _record(sp.context, sp.parent, sp.name, _KIND_NAMES[sp.kind], sp.start_ns, end_ns, sp.error is not None,
                    sp.attributes, sp._tel.service_name, sp._tel.worker_name, sp.links)
 
 
-def _dedup_headers(rec: SpanRecord) -> dict[str, str] | None:
-    """``Nats-Msg-Id`` for the ``invoke_agent`` span, which a redelivered final step may emit twice."""
-    return {MSG_ID: f"span:{rec.trace_id}:{rec.span_id}"} if rec.name.startswith("invoke_agent") else None
+_BATCH_HEAD, _BATCH_TAIL = encode(SpanBatch(spans=[]))[:-2], b"]}"
+
+
+def _batches(records: list[tuple[str, bytes]], max_bytes: int) -> list[tuple[str, bytes, int]]:
+    """Encoded spans (trace id, record JSON) as ``SpanBatch`` messages, one per
+    trace (more if a trace's spans exceed ``max_bytes``): ``(subject, payload,
+    spans in it)``."""
+    by_trace: dict[str, list[bytes]] = {}
+    for trace_id, data in records:
+        by_trace.setdefault(trace_id, []).append(data)
+    out: list[tuple[str, bytes, int]] = []
+    room = max_bytes - len(_BATCH_HEAD) - len(_BATCH_TAIL)
+    for trace_id, parts in by_trace.items():
+        subject = span_subject(trace_id)
+        chunk: list[bytes] = []
+        size = 0
+        for part in parts:
+            if chunk and size + len(part) + 1 > room:
+                out.append((subject, _BATCH_HEAD + b",".join(chunk) + _BATCH_TAIL, len(chunk)))
+                chunk, size = [], 0
+            chunk.append(part)
+            size += len(part) + 1
+        out.append((subject, _BATCH_HEAD + b",".join(chunk) + _BATCH_TAIL, len(chunk)))
+    return out
 
 
 class JetStreamSpanExporter(SpanExporter):
-    """Writes each finished span as a ``SpanRecord`` to ``telemetry.spans.<trace_id>``.
+    """Writes finished spans to ``telemetry.spans.<trace_id>`` as ``SpanBatch``
+    messages: the spans of one trace finished in one flush interval go out
+    together, so a task costs one or two messages instead of one per span
+    (publishing was a third of the tracing overhead in bench/w1.py).
 
     ``export`` runs on the BatchSpanProcessor's thread: it encodes there and
-    hands the batch to the event loop (``call_soon_threadsafe``), where a task
-    publishes with nats-py. It never waits on the loop, so a shutdown called
-    from the loop cannot deadlock. Plain (core) publishes into the stream: no
-    per-span acknowledgement round trip; telemetry is best effort. The
-    ``invoke_agent`` span, which a redelivered final step may emit twice, is
-    deduplicated by ``Nats-Msg-Id``.
+    hands the messages to the event loop (``call_soon_threadsafe``), where a
+    task publishes with nats-py. It never waits on the loop, so a shutdown
+    called from the loop cannot deadlock. Plain (core) publishes into the
+    stream: no per-message acknowledgement round trip; telemetry is best
+    effort. A span that arrives twice (a redelivered final step re-emits
+    ``invoke_agent``) is dropped by the readers, by span id.
 
     When it is the only exporter, the runtime's own spans skip the
     BatchSpanProcessor: :meth:`add_lite` buffers them on the loop and a timer
@@ -418,17 +486,23 @@ class JetStreamSpanExporter(SpanExporter):
         self.loop = loop or asyncio.get_running_loop()
         self.delay_s = delay_s
         self.max_batch = max_batch
-        self._queue: collections.deque[tuple[str, bytes, dict[str, str] | None]] = collections.deque()
-        self._lite: list[tuple[LiteSpan, int]] = []
+        # Below the server's max_payload (1 MB by default), with room for headers.
+        self.max_bytes = max(4096, min(int(getattr(nc, "max_payload", 0) or 1 << 20), 1 << 20) - 1024)
+        self._queue: collections.deque[tuple[str, bytes, int]] = collections.deque()
+        self._lite: list[tuple[str, bytes]] = []  # (trace id, encoded SpanRecord)
         self._timer: asyncio.TimerHandle | None = None
         self._loop_thread = threading.get_ident() if loop is None else None
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
-        self.exported = 0
+        self.exported = 0  # spans
+        self.messages = 0  # SpanBatch messages they went out in
         self.dropped = 0
 
     def add_lite(self, span: LiteSpan, end_ns: int) -> None:
-        """Buffer a finished lite span (call on the loop's thread)."""
+        """Encode a finished lite span and buffer the bytes (call on the loop's
+        thread). Encoding now, not at flush, lets the span and its attribute
+        dict die at once: ~15 live objects a span buffered for ``delay_s`` made
+        the garbage collector's passes measurably longer."""
         if self._closed:
             self.dropped += 1
             return
@@ -440,7 +514,13 @@ class JetStreamSpanExporter(SpanExporter):
             except RuntimeError:
                 self.dropped += 1
             return
-        self._lite.append((span, end_ns))
+        try:
+            rec = _lite_record(span, end_ns)
+            self._lite.append((rec.trace_id, encode(rec)))
+        except Exception as exc:  # noqa: BLE001 - one odd attribute must not fail the work
+            log.debug("cannot encode span %s: %s", span.name, exc)
+            self.dropped += 1
+            return
         if len(self._lite) >= self.max_batch:
             self._kick()
         elif self._timer is None:
@@ -450,40 +530,34 @@ class JetStreamSpanExporter(SpanExporter):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        lite, self._lite = self._lite, []
-        items: list[tuple[str, bytes, dict[str, str] | None]] = []
-        for sp, end_ns in lite:
-            try:
-                rec = _lite_record(sp, end_ns)
-                data = encode(rec)
-            except Exception as exc:  # noqa: BLE001
-                log.debug("cannot encode span %s: %s", sp.name, exc)
-                self.dropped += 1
-                continue
-            items.append((span_subject(rec.trace_id), data, _dedup_headers(rec)))
-        self._enqueue(items)
+        records, self._lite = self._lite, []
+        self._enqueue(self._pack(records))
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._closed:
             return SpanExportResult.FAILURE
-        items: list[tuple[str, bytes, dict[str, str] | None]] = []
+        records: list[tuple[str, bytes]] = []
         for span in spans:
             try:
                 rec = span_record(span)
-                data = encode(rec)
+                records.append((rec.trace_id, encode(rec)))
             except Exception as exc:  # noqa: BLE001 - one odd attribute must not lose the batch
                 log.debug("cannot encode span %s: %s", span.name, exc)
                 self.dropped += 1
-                continue
-            items.append((span_subject(rec.trace_id), data, _dedup_headers(rec)))
+        items = self._pack(records)
         try:
             self.loop.call_soon_threadsafe(self._enqueue, items)
         except RuntimeError:  # the loop is closed: the process is exiting
-            self.dropped += len(items)
+            self.dropped += sum(item[2] for item in items)
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
-    def _enqueue(self, items: list[tuple[str, bytes, dict[str, str] | None]]) -> None:
+    def _pack(self, records: list[tuple[str, bytes]]) -> list[tuple[str, bytes, int]]:
+        fits = [r for r in records if len(r[1]) < self.max_bytes - 64]
+        self.dropped += len(records) - len(fits)  # one span over the payload limit: telemetry is best effort
+        return _batches(fits, self.max_bytes)
+
+    def _enqueue(self, items: list[tuple[str, bytes, int]]) -> None:
         self._queue.extend(items)
         if self._sender is None or self._sender.done():
             self._sender = self.loop.create_task(self._send())
@@ -491,12 +565,13 @@ class JetStreamSpanExporter(SpanExporter):
     async def _send(self) -> None:
         q = self._queue
         while q:
-            subject, data, hdrs = q.popleft()
+            subject, data, n = q.popleft()
             try:
-                await self.nc.publish(subject, data, headers=hdrs)
-                self.exported += 1
+                await self.nc.publish(subject, data)
+                self.exported += n
+                self.messages += 1
             except Exception as exc:  # noqa: BLE001 - a closed connection: drop telemetry, never fail work
-                self.dropped += 1 + len(q)
+                self.dropped += n + sum(item[2] for item in q)
                 q.clear()
                 log.debug("span export failed: %s", exc)
                 return
@@ -836,7 +911,7 @@ class JsonLogFormatter(logging.Formatter):
             "level": record.levelname, "logger": record.name, "message": redact(record.getMessage()),
         }
         ctx = _current()
-        if ctx.is_valid:
+        if ctx is not None:
             out["trace_id"] = f"{ctx.trace_id:032x}"
             out["span_id"] = f"{ctx.span_id:016x}"
         info = _TASK.get()
@@ -958,27 +1033,28 @@ class Telemetry:
             return
         if not self._processors:
             return
-        rs = ReadableSpan(sp.name, sp.context, sp.parent, self.resource, sp.attributes, (), sp.links, sp.kind,
-                          None, sp._status, sp.start_ns, end_ns, SCOPE)
+        status = _UNSET if sp.error is None else Status(StatusCode.ERROR, sp.error or None)
+        rs = ReadableSpan(sp.name, to_otel(sp.context), to_otel(sp.parent, remote=True) if sp.parent else None,
+                          self.resource, sp.attributes, (), [Link(to_otel(lk)) for lk in sp.links], sp.kind,
+                          None, status, sp.start_ns, end_ns, SCOPE)
         for p in self._processors:
             p.on_end(rs)
 
-    def start_span(self, name: str, kind: SpanKind = SpanKind.INTERNAL, parent: SpanContext | None = None,
+    def start_span(self, name: str, kind: SpanKind = SpanKind.INTERNAL, parent: Ctx | None = None,
                    attributes: dict[str, Any] | None = None, *, start_ns: int | None = None,
-                   links: Sequence[Link] = (), span_id: int | None = None,
+                   links: Sequence[Ctx] = (), span_id: int | None = None,
                    use_current: bool = True) -> LiteSpan:
         """A span whose parent is ``parent``, else the current span (unless
         ``use_current`` is False): the root of a new trace when there is none."""
         if parent is None and use_current:
-            cur = _current()
-            parent = cur if cur.is_valid else None
+            parent = _current()
         attrs = attributes if attributes is not None else {}
         if parent is not None:
-            ctx = SpanContext(parent.trace_id, span_id or _span_id(), False, parent.trace_flags, parent.trace_state)
+            ctx = Ctx(parent.trace_id, span_id or _span_id(), parent.flags, parent.state)
         else:
             tid = _trace_id()
             sampled = self._sampler.should_sample(None, tid, name, kind, attrs).decision.is_sampled()
-            ctx = SpanContext(tid, span_id or _span_id(), False, _SAMPLED if sampled else _NOT_SAMPLED)
+            ctx = Ctx(tid, span_id or _span_id(), 1 if sampled else 0)
         return LiteSpan(self, name, kind, ctx, parent, attrs, start_ns or time.time_ns(), links)
 
     @contextmanager
@@ -988,7 +1064,7 @@ class Telemetry:
         if not self.tracing:
             yield NOOP_SPAN
             return
-        sp = self.start_span(name, kind, attributes=attributes).activate()
+        sp = self.start_span(name, kind, attributes=attributes).activate(foreign=True)
         try:
             yield sp
         except BaseException as exc:
@@ -1018,20 +1094,20 @@ class Telemetry:
 
     # ------------------------------------------------------------ propagation
 
-    _last_ctx: SpanContext | None = None
+    _last_ctx: Ctx | None = None
     _last_tp = ""
 
     def inject(self, headers: dict[str, str]) -> None:
         ctx = _current()
-        if ctx.is_valid:
+        if ctx is not None:
             if ctx is not self._last_ctx:  # a step publishes several messages under one span
                 self._last_ctx, self._last_tp = ctx, format_traceparent(ctx)
             headers[TRACEPARENT] = self._last_tp
-            if ctx.trace_state:
-                headers[TRACESTATE] = ctx.trace_state.to_header()
+            if ctx.state:
+                headers[TRACESTATE] = ctx.state
 
     @staticmethod
-    def extract(headers: Mapping[str, str] | None) -> SpanContext | None:
+    def extract(headers: Mapping[str, str] | None) -> Ctx | None:
         if not headers:
             return None
         return parse_traceparent(headers.get(TRACEPARENT), headers.get(TRACESTATE))
@@ -1047,8 +1123,8 @@ class Telemetry:
             attrs.update(attributes)
         sp = self.start_span(f"send {_template(subject)}", SpanKind.PRODUCER, attributes=attrs)
         headers[TRACEPARENT] = format_traceparent(sp.context)
-        if sp.context.trace_state:
-            headers[TRACESTATE] = sp.context.trace_state.to_header()
+        if sp.context.state:
+            headers[TRACESTATE] = sp.context.state
         return sp
 
     # ------------------------------------------------------------ wrappers
@@ -1120,7 +1196,7 @@ class Telemetry:
             }
             if self.capture:
                 attrs["gen_ai.tool.call.arguments"] = redact(_json(req.arguments))
-            sp = self.start_span(f"execute_tool {req.tool}", SpanKind.INTERNAL, attributes=attrs).activate()
+            sp = self.start_span(f"execute_tool {req.tool}", SpanKind.INTERNAL, attributes=attrs).activate(foreign=True)
         t0 = time.perf_counter()
         try:
             out = await inner(req)
@@ -1267,7 +1343,7 @@ class TracedLLM:
                 attrs["gen_ai.input.messages"] = redact(_json(_input_messages(request)))
                 if request.tools:
                     attrs["gen_ai.tool.definitions"] = _json([t.name for t in request.tools])
-            sp = tel.start_span(f"chat {request.model}", SpanKind.CLIENT, attributes=attrs)
+            sp = tel.start_span(f"chat {request.model}", SpanKind.CLIENT, attributes=attrs).activate(foreign=True)
         t0 = time.perf_counter()
         try:
             resp = await self.inner.complete(request)
@@ -1378,11 +1454,11 @@ class EngineHooks:
         if not self.tel.tracing or state is None or state.trace_parent:
             return decision
         cur = _current()
-        if cur.is_valid:
-            tid, flags, caller = cur.trace_id, cur.trace_flags, f"{cur.span_id:016x}"
+        if cur is not None:
+            tid, flags, caller = cur.trace_id, cur.flags, f"{cur.span_id:016x}"
         else:
-            tid, flags, caller = _trace_id(), _SAMPLED, ""
-        tp = f"00-{tid:032x}-{_span_id():016x}-{int(flags) & 1:02x}"
+            tid, flags, caller = _trace_id(), 1, ""
+        tp = f"00-{tid:032x}-{_span_id():016x}-{flags & 1:02x}"
         new_state = msgspec.structs.replace(state, trace_parent=tp, trace_caller_span=caller)
         return msgspec.structs.replace(decision, state=new_state)
 
@@ -1394,7 +1470,7 @@ class EngineHooks:
         if self.tel.tracing:
             parent = parse_traceparent(state.trace_parent) if state.trace_parent else None
             cur = _current()
-            links = (Link(cur),) if parent is not None and cur.is_valid else ()
+            links = (cur,) if parent is not None and cur is not None else ()
             attrs: dict[str, Any] = {"gen_ai.agent.name": self.agent, "agentstream.task_id": task.task_id,
                                      "agentstream.step": state.step, "agentstream.status": state.status,
                                      "agentstream.tenant_id": task.tenant_id, "agentstream.user_id": task.user_id}
@@ -1436,8 +1512,8 @@ class EngineHooks:
         end_ns = int(result.finished_at * 1e9) or time.time_ns()
         if stored is not None:
             caller = state.trace_caller_span if state is not None else ""
-            parent = SpanContext(stored.trace_id, int(caller, 16), True, stored.trace_flags) if caller else None
-            ctx = SpanContext(stored.trace_id, stored.span_id, False, stored.trace_flags)
+            parent = Ctx(stored.trace_id, int(caller, 16), stored.flags) if caller else None
+            ctx = Ctx(stored.trace_id, stored.span_id, stored.flags)
             sp = LiteSpan(self.tel, self.invoke_name, SpanKind.INTERNAL, ctx, parent, attrs2, start_ns)
         else:  # a task started while tracing was off: no stored id, best effort
             sp = self.tel.start_span(self.invoke_name, SpanKind.INTERNAL, attributes=attrs2, start_ns=start_ns)

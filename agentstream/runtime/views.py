@@ -43,7 +43,7 @@ from agentstream.contracts.events import (
     TaskResult,
     ToolCallCompleted,
 )
-from agentstream.contracts.telemetry import TELEMETRY_STREAM, SpanRecord, span_subject
+from agentstream.contracts.telemetry import TELEMETRY_STREAM, SpanRecord, decode_spans, span_subject
 from agentstream.runtime.scan import MAX_SCAN, Raw, last_seq, scan
 from agentstream.runtime.timeline import overlapping
 
@@ -60,20 +60,23 @@ WATERFALL_WIDTH = 48
 SYNTHETIC = "agentstream.synthetic"  # attribute on spans rebuilt from task events
 
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-_span_decoder = msgspec.json.Decoder(SpanRecord)
 
 
 # =========================================================================== data access
 
 
 def _decode_spans(raws: Iterable[Raw]) -> list[SpanRecord]:
-    spans: list[SpanRecord] = []
+    """Every span in the messages, each span id once (a redelivered final step
+    may have emitted its ``invoke_agent`` span twice)."""
+    spans: dict[str, SpanRecord] = {}
     for r in raws:
         try:
-            spans.append(_span_decoder.decode(r.data))
+            batch = decode_spans(r.data)
         except (msgspec.DecodeError, UnicodeError):
             continue  # a newer or broken producer: skip, never fail the view
-    return spans
+        for sp in batch:
+            spans.setdefault(sp.span_id, sp)
+    return list(spans.values())
 
 
 def _decode_results(raws: Iterable[Raw]) -> list[TaskResult]:

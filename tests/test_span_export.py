@@ -1,0 +1,128 @@
+"""The built-in span exporter's wire format and context hand-off:
+- a trace's spans travel in ``SpanBatch`` messages that always fit the
+  server's payload limit and decode back to exactly the spans written;
+- readers count a span once, however often it arrived;
+- code running inside a tool (user code, other instrumentation) sees the
+  ``execute_tool`` span as OpenTelemetry's current span, so its own spans
+  join the task's trace under it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry import trace as trace_api
+from test_tracing import RESULT_TIMEOUT_S, by_name, wait_for_spans
+
+from agentstream.contracts.codec import encode
+from agentstream.contracts.events import TaskCompleted
+from agentstream.contracts.telemetry import SpanBatch, SpanRecord, decode_spans, span_subject
+from agentstream.runtime import telemetry as T
+from agentstream.runtime import views
+from agentstream.runtime.app import App
+from agentstream.runtime.client import AgentClient
+from agentstream.runtime.config import Settings
+from agentstream.runtime.models import FunctionModel, answer, calls, last_user, tool_results
+from agentstream.runtime.ports import ModelRequest
+from agentstream.runtime.scan import Raw
+from agentstream.runtime.service import Runtime
+from agentstream.runtime.tools import tool
+
+TRACE_IDS = [f"{i:032x}" for i in range(1, 4)]
+
+span_records = st.builds(
+    SpanRecord,
+    trace_id=st.sampled_from(TRACE_IDS),
+    span_id=st.integers(1, 2**64 - 1).map(lambda v: f"{v:016x}"),
+    name=st.text(max_size=40),
+    start=st.floats(0, 2e9),
+    end=st.floats(0, 2e9),
+    attributes=st.dictionaries(st.text(max_size=10), st.text(max_size=300) | st.integers(), max_size=6),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(recs=st.lists(span_records, max_size=40), max_bytes=st.integers(2048, 20_000))
+def test_batches_fit_the_limit_and_decode_to_the_spans_written(recs: list[SpanRecord], max_bytes: int) -> None:
+    encoded = [(r.trace_id, encode(r)) for r in recs if len(encode(r)) < max_bytes - 64]
+    messages = T._batches(encoded, max_bytes)
+    back: dict[str, list[SpanRecord]] = {}
+    for subject, payload, n in messages:
+        assert len(payload) <= max_bytes
+        spans = decode_spans(payload)
+        assert len(spans) == n and n > 0
+        assert {span_subject(s.trace_id) for s in spans} == {subject}
+        back.setdefault(subject, []).extend(spans)
+    want: dict[str, list[SpanRecord]] = {}
+    for trace_id, data in encoded:
+        want.setdefault(span_subject(trace_id), []).append(decode_spans(data)[0])
+    assert back == want  # every span, once, in the order written, under its own trace's subject
+    assert len(messages) <= len(encoded)
+
+
+def test_readers_count_a_span_once_and_accept_bare_records() -> None:
+    a = SpanRecord(trace_id=TRACE_IDS[0], span_id="a" * 16, name="invoke_agent x", start=1, end=2)
+    b = SpanRecord(trace_id=TRACE_IDS[0], span_id="b" * 16, name="chat m", start=1, end=2)
+    raws = [Raw(1, 0.0, span_subject(a.trace_id), encode(SpanBatch(spans=[a, b]))),
+            Raw(2, 0.0, span_subject(a.trace_id), encode(a)),  # a redelivered final step re-emitted it
+            Raw(3, 0.0, span_subject(a.trace_id), b"not json")]
+    assert sorted(s.span_id for s in views._decode_spans(raws)) == ["a" * 16, "b" * 16]
+
+
+# --------------------------------------------------------------------------- context inside a tool
+
+_seen: list[tuple[int, int]] = []
+_tracer: list[Any] = []
+
+
+@tool
+async def probe(text: str) -> dict[str, str]:
+    """Record the span current inside a tool, and open one of our own under it.
+
+    Args:
+        text: Anything.
+    """
+    sc = trace_api.get_current_span().get_span_context()
+    _seen.append((sc.trace_id, sc.span_id))
+    with _tracer[0].start_as_current_span("user db query"):
+        pass
+    return {"ok": text}
+
+
+def _script(request: ModelRequest) -> Any:
+    if tool_results(request):
+        return answer("done")
+    return calls(("probe", {"text": last_user(request)}))
+
+
+async def test_code_inside_a_tool_continues_the_task_trace(nats_url: str, tmp_path: Path) -> None:
+    app = App()
+    app.agent("prober", "Probe the tracing context.", tools=[probe],
+              scripted=lambda: FunctionModel(_script, name="probe-model"))
+    s = dataclasses.replace(Settings.from_env({}), nats_url=nats_url, data_dir=tmp_path, worker_id="rt-probe")
+    rt = Runtime(settings=s, app=app, agents=["prober"], tools="all", telemetry_config=T.TelemetryConfig.from_env({}))
+    await rt.start()
+    try:
+        assert rt.telemetry is not None and rt.nc is not None
+        _tracer[:] = [rt.telemetry.tracer]
+        _seen.clear()
+        client = AgentClient(rt.nc, telemetry=rt.telemetry)
+        task_id = await client.submit("prober", "hello")
+        assert isinstance(await client.result(task_id, timeout=RESULT_TIMEOUT_S), TaskCompleted)
+        await rt.telemetry.force_flush()
+        spans = await wait_for_spans(client.js, lambda x: bool(by_name(x, "user db query"))
+                                     and bool(by_name(x, "invoke_agent")))
+        messages = await client.js.stream_info("TELEMETRY", subjects_filter="telemetry.spans.*")
+    finally:
+        await rt.stop()
+    [tool_span] = by_name(spans, "execute_tool probe")
+    [user_span] = by_name(spans, "user db query")
+    assert _seen == [(int(tool_span.trace_id, 16), int(tool_span.span_id, 16))]
+    assert user_span.trace_id == tool_span.trace_id and user_span.parent_span_id == tool_span.span_id
+    assert len({s.trace_id for s in spans}) == 1
+    # Batched: the task's spans took fewer messages than there are spans.
+    assert sum((messages.state.subjects or {}).values()) < len(spans)
