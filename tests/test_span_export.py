@@ -126,3 +126,24 @@ async def test_code_inside_a_tool_continues_the_task_trace(nats_url: str, tmp_pa
     assert len({s.trace_id for s in spans}) == 1
     # Batched: the task's spans took fewer messages than there are spans.
     assert sum((messages.state.subjects or {}).values()) < len(spans)
+
+
+hex_ids = st.integers(1, 2**128 - 1).map(lambda v: f"{v:032x}"), st.integers(1, 2**64 - 1).map(lambda v: f"{v:016x}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(tid=hex_ids[0], sid=hex_ids[1], flags=st.integers(0, 255))
+def test_traceparent_round_trips(tid: str, sid: str, flags: int) -> None:
+    tp = f"00-{tid}-{sid}-{flags:02x}"
+    ctx = T.parse_traceparent(tp)
+    assert ctx is not None and (ctx.trace_id, ctx.span_id, ctx.flags) == (tid, sid, flags)
+    assert T.format_traceparent(ctx) == tp
+    assert T.to_otel(ctx).trace_id == int(tid, 16) and T.to_otel(ctx).span_id == int(sid, 16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(max_size=80) | st.from_regex(r"[0-9a-fA-F-]{50,60}", fullmatch=True))
+def test_any_traceparent_header_parses_or_is_ignored(value: str) -> None:
+    ctx = T.parse_traceparent(value)
+    if ctx is not None:  # only well-formed lowercase hex with non-zero ids gets through
+        assert len(ctx.trace_id) == 32 and len(ctx.span_id) == 16 and int(ctx.trace_id, 16) and int(ctx.span_id, 16)

@@ -200,9 +200,9 @@ def _chain(handler: Handler, middlewares: Sequence[Middleware]) -> Handler:
 
 
 def _bind(mw: Middleware, nxt: Handler) -> Handler:
-    async def bound(msg: Msg) -> None:
-        await mw(msg, nxt)
-    return bound
+    # A plain function returning mw's coroutine, not a wrapping coroutine: one
+    # coroutine frame less per layer per message.
+    return lambda msg: mw(msg, nxt)
 
 
 async def _wait_either(a: asyncio.Event, b: asyncio.Event) -> None:

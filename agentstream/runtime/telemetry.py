@@ -58,6 +58,7 @@ import contextvars
 import logging
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -229,28 +230,30 @@ _rng = random.Random(int.from_bytes(os.urandom(16), "big"))
 os.register_at_fork(after_in_child=lambda: _rng.seed(int.from_bytes(os.urandom(16), "big")))
 
 
-def _span_id() -> int:
+def _span_id() -> str:
     while True:
         v = _rng.getrandbits(64)
         if v:
-            return v
+            return f"{v:016x}"
 
 
-def _trace_id() -> int:
+def _trace_id() -> tuple[int, str]:
     while True:
         v = _rng.getrandbits(128)
         if v:
-            return v
+            return v, f"{v:032x}"
 
 
 class Ctx(NamedTuple):
-    """A span's identity as W3C trace context carries it. The hot path uses
-    this, not OpenTelemetry's ``SpanContext``, whose validating constructor
-    and property accessors were a fifth of the tracing overhead in
-    bench/w1.py; :func:`to_otel` converts where OpenTelemetry needs one."""
+    """A span's identity as W3C trace context carries it, ids as the lowercase
+    hex they travel and are stored in. The hot path uses this, not
+    OpenTelemetry's ``SpanContext`` (int ids, a validating constructor,
+    property accessors): with it, formatting and parsing ids was a fifth of
+    the tracing overhead in bench/w1.py. :func:`to_otel` converts where
+    OpenTelemetry needs one."""
 
-    trace_id: int
-    span_id: int
+    trace_id: str  # 32 hex
+    span_id: str  # 16 hex
     flags: int = 1  # W3C trace-flags; bit 0: sampled
     state: str = ""  # the tracestate header, passed through as it came
 
@@ -261,34 +264,32 @@ class Ctx(NamedTuple):
 
 def to_otel(ctx: Ctx, *, remote: bool = False) -> SpanContext:
     state = TraceState.from_header([ctx.state]) if ctx.state else None
-    return SpanContext(ctx.trace_id, ctx.span_id, remote, TraceFlags(ctx.flags & 0xff), state)
+    return SpanContext(int(ctx.trace_id, 16), int(ctx.span_id, 16), remote, TraceFlags(ctx.flags & 0xff), state)
 
 
 def _from_otel(sc: SpanContext) -> Ctx:
-    return Ctx(sc.trace_id, sc.span_id, int(sc.trace_flags), sc.trace_state.to_header() if sc.trace_state else "")
+    return Ctx(f"{sc.trace_id:032x}", f"{sc.span_id:016x}", int(sc.trace_flags),
+               sc.trace_state.to_header() if sc.trace_state else "")
 
 
 def format_traceparent(ctx: Ctx) -> str:
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.flags & 0xff:02x}"
+    return f"00-{ctx.trace_id}-{ctx.span_id}-{ctx.flags & 0xff:02x}"
+
+
+# version 00 is exactly this; a later version may append "-..." (W3C: parse what you know)
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
 def parse_traceparent(value: str | None, tracestate: str | None = None) -> Ctx | None:
     """A W3C ``traceparent`` (version 00 and compatible later ones) or None."""
-    if not value or len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
+    m = _TRACEPARENT.fullmatch(value) if value else None
+    if m is None:
         return None
-    version = value[:2]
-    if version == "ff" or (version == "00" and len(value) != 55) or (len(value) > 55 and value[55] != "-"):
+    version, tid, sid, flags, rest = m.groups()
+    if version == "ff" or (version == "00" and rest) or tid == _ZERO_TRACE or sid == _ZERO_SPAN:
         return None
-    try:
-        int(version, 16)
-        tid = int(value[3:35], 16)
-        sid = int(value[36:52], 16)
-        flags = int(value[53:55], 16)
-    except ValueError:
-        return None
-    if not tid or not sid:
-        return None
-    return Ctx(tid, sid, flags, tracestate or "")
+    return Ctx(tid, sid, int(flags, 16), tracestate or "")
 
 
 def trace_id_of(state: SessionState) -> str:
@@ -409,12 +410,11 @@ NOOP_SPAN = _NoopSpan()
 def _record(ctx: Ctx, parent: Ctx | None, name: str, kind: str, start_ns: int, end_ns: int,
             error: bool, attrs: dict[str, Any], service: str, worker: str, links: Sequence[Ctx]) -> SpanRecord:
     return SpanRecord(
-        trace_id=f"{ctx.trace_id:032x}", span_id=f"{ctx.span_id:016x}",
-        parent_span_id=f"{parent.span_id:016x}" if parent is not None and parent.span_id else "",
+        trace_id=ctx.trace_id, span_id=ctx.span_id, parent_span_id=parent.span_id if parent is not None else "",
         name=name, kind=kind, start=start_ns / 1e9, end=end_ns / 1e9,
         status="error" if error else "ok", error_type=str(attrs.get("error.type", "")) if error else "",
         attributes=attrs, service=service, worker=worker,
-        links=[{"trace_id": f"{lk.trace_id:032x}", "span_id": f"{lk.span_id:016x}"} for lk in links] if links else [],
+        links=[{"trace_id": lk.trace_id, "span_id": lk.span_id} for lk in links] if links else [],
     )
 
 
@@ -912,8 +912,8 @@ class JsonLogFormatter(logging.Formatter):
         }
         ctx = _current()
         if ctx is not None:
-            out["trace_id"] = f"{ctx.trace_id:032x}"
-            out["span_id"] = f"{ctx.span_id:016x}"
+            out["trace_id"] = ctx.trace_id
+            out["span_id"] = ctx.span_id
         info = _TASK.get()
         if info is not None:
             out["task_id"] = info.task_id
@@ -1042,7 +1042,7 @@ class Telemetry:
 
     def start_span(self, name: str, kind: SpanKind = SpanKind.INTERNAL, parent: Ctx | None = None,
                    attributes: dict[str, Any] | None = None, *, start_ns: int | None = None,
-                   links: Sequence[Ctx] = (), span_id: int | None = None,
+                   links: Sequence[Ctx] = (), span_id: str | None = None,
                    use_current: bool = True) -> LiteSpan:
         """A span whose parent is ``parent``, else the current span (unless
         ``use_current`` is False): the root of a new trace when there is none."""
@@ -1052,9 +1052,9 @@ class Telemetry:
         if parent is not None:
             ctx = Ctx(parent.trace_id, span_id or _span_id(), parent.flags, parent.state)
         else:
-            tid = _trace_id()
+            tid, tid_hex = _trace_id()
             sampled = self._sampler.should_sample(None, tid, name, kind, attrs).decision.is_sampled()
-            ctx = Ctx(tid, span_id or _span_id(), 1 if sampled else 0)
+            ctx = Ctx(tid_hex, span_id or _span_id(), 1 if sampled else 0)
         return LiteSpan(self, name, kind, ctx, parent, attrs, start_ns or time.time_ns(), links)
 
     @contextmanager
@@ -1455,10 +1455,10 @@ class EngineHooks:
             return decision
         cur = _current()
         if cur is not None:
-            tid, flags, caller = cur.trace_id, cur.flags, f"{cur.span_id:016x}"
+            tid, flags, caller = cur.trace_id, cur.flags, cur.span_id
         else:
-            tid, flags, caller = _trace_id(), 1, ""
-        tp = f"00-{tid:032x}-{_span_id():016x}-{flags & 1:02x}"
+            tid, flags, caller = _trace_id()[1], 1, ""
+        tp = f"00-{tid}-{_span_id()}-{flags & 1:02x}"
         new_state = msgspec.structs.replace(state, trace_parent=tp, trace_caller_span=caller)
         return msgspec.structs.replace(decision, state=new_state)
 
@@ -1512,7 +1512,7 @@ class EngineHooks:
         end_ns = int(result.finished_at * 1e9) or time.time_ns()
         if stored is not None:
             caller = state.trace_caller_span if state is not None else ""
-            parent = Ctx(stored.trace_id, int(caller, 16), stored.flags) if caller else None
+            parent = Ctx(stored.trace_id, caller, stored.flags) if caller else None
             ctx = Ctx(stored.trace_id, stored.span_id, stored.flags)
             sp = LiteSpan(self.tel, self.invoke_name, SpanKind.INTERNAL, ctx, parent, attrs2, start_ns)
         else:  # a task started while tracing was off: no stored id, best effort
