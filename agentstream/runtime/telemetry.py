@@ -262,6 +262,9 @@ class Ctx(NamedTuple):
         return bool(self.flags & 1)
 
 
+_new_ctx = tuple.__new__  # Ctx(...) runs a Python-level __new__; this is the same tuple, built in C
+
+
 def to_otel(ctx: Ctx, *, remote: bool = False) -> SpanContext:
     state = TraceState.from_header([ctx.state]) if ctx.state else None
     return SpanContext(int(ctx.trace_id, 16), int(ctx.span_id, 16), remote, TraceFlags(ctx.flags & 0xff), state)
@@ -383,7 +386,7 @@ class LiteSpan:
             return
         self._ended = True
         if self.context.flags & 1:
-            self._tel._emit_lite(self, end_ns or time.time_ns())
+            self._tel._sink(self, end_ns or time.time_ns())
 
 
 class _NoopSpan:
@@ -428,10 +431,7 @@ def span_record(span: ReadableSpan) -> SpanRecord:
                    [_from_otel(lk.context) for lk in span.links])
 
 
-def _lite_record(sp: LiteSpan, end_ns: int) -> SpanRecord:
-    """The SpanRecord straight from a lite span (no ReadableSpan)."""
-    return _record(sp.context, sp.parent, sp.name, _KIND_NAMES[sp.kind], sp.start_ns, end_ns, sp.error is not None,
-                   sp.attributes, sp._tel.service_name, sp._tel.worker_name, sp.links)
+_encode_record = msgspec.json.Encoder().encode
 
 
 _BATCH_HEAD, _BATCH_TAIL = encode(SpanBatch(spans=[]))[:-2], b"]}"
@@ -515,8 +515,15 @@ class JetStreamSpanExporter(SpanExporter):
                 self.dropped += 1
             return
         try:
-            rec = _lite_record(span, end_ns)
-            self._lite.append((rec.trace_id, encode(rec)))
+            ctx, parent = span.context, span.parent
+            rec = SpanRecord(
+                trace_id=ctx.trace_id, span_id=ctx.span_id, parent_span_id=parent.span_id if parent else "",
+                name=span.name, kind=_KIND_NAMES[span.kind], start=span.start_ns / 1e9, end=end_ns / 1e9,
+                status="ok" if span.error is None else "error",
+                error_type="" if span.error is None else str(span.attributes.get("error.type", "")),
+                attributes=span.attributes, service=span._tel.service_name, worker=span._tel.worker_name,
+                links=[{"trace_id": lk.trace_id, "span_id": lk.span_id} for lk in span.links] if span.links else [])
+            self._lite.append((ctx.trace_id, _encode_record(rec)))
         except Exception as exc:  # noqa: BLE001 - one odd attribute must not fail the work
             log.debug("cannot encode span %s: %s", span.name, exc)
             self.dropped += 1
@@ -1013,6 +1020,9 @@ class Telemetry:
             self._sampler = self.provider.sampler
             if len(exporters) == 1 and self._jetstream:
                 self._direct = self._jetstream[0]  # lite spans skip the BSP (see JetStreamSpanExporter)
+        # Where a finished lite span goes: one call from LiteSpan.end.
+        self._sink: Callable[[LiteSpan, int], None] = \
+            self._direct.add_lite if self._direct is not None else self._to_processors
         use_metrics = config.metrics if metrics is None else (metrics and config.metrics)
         self.metrics: _Metrics | None = _metrics_for(config, self.resource) if use_metrics else None
         self.active = self.tracing or self.metrics is not None
@@ -1026,11 +1036,7 @@ class Telemetry:
             return trace_api.NoOpTracer()
         return self.provider.get_tracer("agentstream", "0.1.0")
 
-    def _emit_lite(self, sp: LiteSpan, end_ns: int) -> None:
-        direct = self._direct
-        if direct is not None:
-            direct.add_lite(sp, end_ns)
-            return
+    def _to_processors(self, sp: LiteSpan, end_ns: int) -> None:
         if not self._processors:
             return
         status = _UNSET if sp.error is None else Status(StatusCode.ERROR, sp.error or None)
@@ -1050,7 +1056,7 @@ class Telemetry:
             parent = _current()
         attrs = attributes if attributes is not None else {}
         if parent is not None:
-            ctx = Ctx(parent.trace_id, span_id or _span_id(), parent.flags, parent.state)
+            ctx = _new_ctx(Ctx, (parent.trace_id, span_id or _span_id(), parent.flags, parent.state))
         else:
             tid, tid_hex = _trace_id()
             sampled = self._sampler.should_sample(None, tid, name, kind, attrs).decision.is_sampled()
