@@ -33,6 +33,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from test_redact import text_with_pii
 
@@ -525,3 +526,25 @@ def test_text_logs_are_redacted() -> None:
     assert out.startswith("ERROR failed\n") and "ValueError: bad card [REDACTED:card]" in out
     assert "4111 1111" not in out
 
+
+
+def test_metric_series_per_instrument_are_capped_with_an_overflow_series() -> None:
+    """Metrics carry user ids: past the cap, new users share one overflow series
+    (the OpenTelemetry SDK's rule), so a worker's memory does not grow with its
+    users, and no record is lost from the totals."""
+    m = T._Metrics(T.TelemetryConfig(), Resource.create({}))  # its own instruments, not the process's
+    hist, count = m.task_duration, m.errors
+    users = T.SERIES_LIMIT + 50
+    for i in range(users):
+        hist.record(0.01, {"agentstream.user_id": f"u-{i}"})
+        count.add(1, {"agentstream.user_id": f"u-{i}"})
+    hist.record(0.2, {"agentstream.user_id": "u-0"})  # an existing series still gets its own records
+    for inst in (hist, count):
+        points = dict(inst.points())
+        assert len(points) == T.SERIES_LIMIT + 1
+        overflow = points[(("otel.metric.overflow", True),)]
+        assert (overflow[1] if inst is hist else overflow) == 50
+    hp = dict(hist.points())
+    assert hp[(("agentstream.user_id", "u-0"),)][1] == 2
+    assert sum(v[1] for v in hp.values()) == users + 1
+    assert 'agentstream_errors_total{otel_metric_overflow="true"} 50' in "\n".join(m.prometheus_lines())

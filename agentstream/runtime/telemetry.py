@@ -666,6 +666,14 @@ def build_metric_readers(config: TelemetryConfig) -> tuple[InMemoryMetricReader,
 # --------------------------------------------------------------------------- metrics (process-wide)
 
 
+# Series per instrument before new attribute sets are folded into one
+# ``otel.metric.overflow=true`` series: the OpenTelemetry SDK's default
+# cardinality limit and overflow attribute. Metrics carry tenant and user ids,
+# and a long-running worker must not grow without bound with its users.
+SERIES_LIMIT = 2000
+_OVERFLOW: tuple[tuple[str, Any], ...] = (("otel.metric.overflow", True),)
+
+
 class _LiteInstrument:
     """A counter or fixed-bucket histogram aggregated in process, keyed by the
     tuple of its attribute items: a few dict operations a record, where the
@@ -691,6 +699,8 @@ class _LiteInstrument:
         key = tuple(attributes.items())
         with self._lock:
             series = self._series
+            if key not in series and len(series) >= SERIES_LIMIT:
+                key = _OVERFLOW
             series[key] = series.get(key, 0) + value
         if self.sdk is not None:
             self.sdk.add(value, attributes)
@@ -701,7 +711,11 @@ class _LiteInstrument:
         with self._lock:
             point = self._series.get(key)
             if point is None:
-                point = self._series[key] = [0] * self._width
+                if len(self._series) >= SERIES_LIMIT:
+                    key = _OVERFLOW
+                    point = self._series.get(key)
+                if point is None:
+                    point = self._series[key] = [0] * self._width
             point[0] += value
             point[1] += 1
             point[i] += 1
@@ -828,6 +842,8 @@ def _prom_label(key: str) -> str:
 
 
 def _prom_escape(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
