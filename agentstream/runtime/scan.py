@@ -55,7 +55,7 @@ async def scan(js: JetStreamContext, stream: str, subject: str, *, start_time: f
     if not last:
         return []
     cfg = ConsumerConfig(
-        name=f"agentstream-view-{uuid.uuid4().hex[:12]}", ack_policy=AckPolicy.NONE, filter_subject=subject,
+        name=f"agentstream-scan-{uuid.uuid4().hex[:12]}", ack_policy=AckPolicy.NONE, filter_subject=subject,
         inactive_threshold=30.0, mem_storage=True, num_replicas=1, max_deliver=1)
     if last_per_subject:
         cfg.deliver_policy = DeliverPolicy.LAST_PER_SUBJECT
