@@ -7,8 +7,10 @@ from __future__ import annotations
 import nats
 
 from agentstream.contracts import subjects
+from agentstream.contracts.events import ApprovalRequested
 from agentstream.runtime import nats_adapters
 from agentstream.runtime.client import AgentClient
+from agentstream.runtime.policy import ApprovalRecord, encode_record
 
 
 async def test_items_lists_live_keys_with_latest_values_and_leaves_no_consumer(nats_url: str) -> None:
@@ -34,11 +36,20 @@ async def test_items_lists_live_keys_with_latest_values_and_leaves_no_consumer(n
 
 async def test_polling_pending_approvals_does_not_exhaust_the_server(client: AgentClient) -> None:
     """nats-py's KeyValue.keys() leaves a consumer behind for five minutes; a
-    poller listing approvals ten times a second hit the server's consumer limit
-    (err 10026) in under two minutes. 1,200 listings must all succeed."""
+    poller listing approvals ten times a second hit the server's cap of 1,000
+    consumers a stream (err 10026) in under two minutes. 1,200 listings of a
+    bucket holding a pending and a decided approval must all succeed."""
     from agentstream.runtime import approvals
 
+    kv = await nats_adapters.bucket(client.js, subjects.APPROVALS.name)
+    for i, status in enumerate(("pending", "approved")):
+        req = ApprovalRequested(approval_id=f"ap-{i}", task_id=f"t-{i}", agent="support", step=1, call_id="c",
+                                tool="issue_refund", arguments={"amount": 150}, approvers=("supervisor",),
+                                requested_at=1000.0 + i, deadline_at=2000.0)
+        await kv.put(req.approval_id, encode_record(ApprovalRecord(request=req, status=status)))
     for _ in range(1200):
-        assert await approvals.list_approvals(client) == []
+        pending = await approvals.list_approvals(client)
+        assert [r.request.approval_id for r in pending] == ["ap-0"]
+    assert [r.status for r in await approvals.list_approvals(client, status=None)] == ["pending", "approved"]
     info = await client.js.stream_info(f"KV_{subjects.APPROVALS.name}")
     assert info.state.consumer_count == 0
