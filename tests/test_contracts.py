@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from agentstream.contracts import codec, events, subjects
 from agentstream.contracts.events import ALL_EVENT_TYPES, TAG_FIELD, TaskSubmitted
 from agentstream.contracts.schema import dumps, json_schema
+from agentstream.contracts.telemetry import SpanBatch, SpanRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_FILE = ROOT / "docs" / "events.schema.json"
@@ -426,8 +427,9 @@ def test_schema_shape() -> None:
     schema = json_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["title"] == "agentstream events"
-    assert schema["oneOf"] == [{"$ref": f"#/$defs/{cls.__name__}"} for cls in ALL_EVENT_TYPES]
-    for cls in ALL_EVENT_TYPES:
+    wire = (*ALL_EVENT_TYPES, SpanBatch, SpanRecord)  # events, and the telemetry stream's messages
+    assert schema["oneOf"] == [{"$ref": f"#/$defs/{cls.__name__}"} for cls in wire]
+    for cls in wire:
         d = schema["$defs"][cls.__name__]
         assert d["properties"][TAG_FIELD] == {"enum": [tag_of(cls)]}
         assert TAG_FIELD in d["required"]

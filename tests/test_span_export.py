@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace as trace_api
@@ -147,3 +149,14 @@ def test_any_traceparent_header_parses_or_is_ignored(value: str) -> None:
     ctx = T.parse_traceparent(value)
     if ctx is not None:  # only well-formed lowercase hex with non-zero ids gets through
         assert len(ctx.trace_id) == 32 and len(ctx.span_id) == 16 and int(ctx.trace_id, 16) and int(ctx.span_id, 16)
+
+
+def test_span_batches_validate_against_the_published_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from agentstream.contracts.schema import json_schema
+
+    rec = SpanRecord(trace_id=TRACE_IDS[0], span_id="c" * 16, name="chat m", start=1.0, end=2.0,
+                     attributes={"gen_ai.usage.input_tokens": 3}, links=[{"trace_id": TRACE_IDS[1], "span_id": "d" * 16}])
+    validator = jsonschema.Draft202012Validator(json_schema())
+    for msg in (SpanBatch(spans=[rec, rec]), rec):
+        validator.validate(json.loads(encode(msg)))

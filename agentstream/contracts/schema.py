@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from agentstream.contracts.events import ALL_EVENT_TYPES
+from agentstream.contracts.telemetry import SpanBatch, SpanRecord
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 TITLE = "agentstream events"
@@ -30,14 +31,15 @@ def json_schema() -> dict[str, Any]:
     exactly one branch of the ``oneOf`` can match a valid event.
     """
     refs, components = msgspec.json.schema_components(
-        ALL_EVENT_TYPES, ref_template="#/$defs/{name}"
+        (*ALL_EVENT_TYPES, SpanBatch, SpanRecord), ref_template="#/$defs/{name}"
     )
     return {
         "$schema": SCHEMA_DIALECT,
         "title": TITLE,
         "description": (
             "Every event that crosses NATS. The field 'type' carries the versioned tag "
-            "(suffix .v<N>); unknown fields are ignored by consumers."
+            "(suffix .v<N>); unknown fields are ignored by consumers. SpanBatch (and a bare "
+            "SpanRecord) are the messages on telemetry.spans.<trace_id>."
         ),
         "oneOf": list(refs),
         "$defs": components,
