@@ -18,6 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace as trace_api
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from test_tracing import RESULT_TIMEOUT_S, by_name, wait_for_spans
 
 from agentstream.contracts.codec import encode
@@ -160,3 +162,30 @@ def test_span_batches_validate_against_the_published_schema() -> None:
     validator = jsonschema.Draft202012Validator(json_schema())
     for msg in (SpanBatch(spans=[rec, rec]), rec):
         validator.validate(json.loads(encode(msg)))
+
+
+async def test_spans_reach_sdk_exporters_with_ids_parents_links_and_status() -> None:
+    """With an OTLP or console exporter configured, lite spans go through the
+    SDK's processors as ReadableSpans: ids, remote parent, tracestate, links,
+    kind and error status must survive the conversion."""
+    mem = InMemorySpanExporter()
+    tel = T.Telemetry(T.TelemetryConfig(metrics=False), span_exporters=[mem])
+    tid, sid = TRACE_IDS[2], "e" * 16
+    parent = T.parse_traceparent(f"00-{tid}-{sid}-01", "vendor=x")
+    assert parent is not None
+    sp = tel.start_span("process x", SpanKind.CONSUMER, parent, {"a": 1}, use_current=False, links=[parent]).activate()
+    child = tel.start_span("chat m", SpanKind.CLIENT, attributes={"b": 2})
+    child.set_error("timeout", "took too long")
+    child.end()
+    sp.end()
+    await tel.shutdown()
+    spans = {s.name: s for s in mem.get_finished_spans()}
+    p, c = spans["process x"], spans["chat m"]
+    assert p.context is not None and c.context is not None and p.parent is not None and c.parent is not None
+    assert f"{p.context.trace_id:032x}" == tid and f"{p.parent.span_id:016x}" == sid and p.parent.is_remote
+    assert p.context.trace_state.get("vendor") == "x" and p.kind is SpanKind.CONSUMER
+    assert [f"{lk.context.span_id:016x}" for lk in p.links] == [sid]
+    assert c.parent.span_id == p.context.span_id and c.context.trace_id == p.context.trace_id
+    assert c.status.status_code is StatusCode.ERROR and c.status.description == "took too long"
+    assert c.attributes is not None and c.attributes["error.type"] == "timeout" and c.kind is SpanKind.CLIENT
+    assert p.status.status_code is StatusCode.UNSET
