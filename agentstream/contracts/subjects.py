@@ -1,7 +1,7 @@
 """Subject names, stream and KV bucket definitions: the protocol's address book.
 
-Shadow deployments (a later issue) reuse the same tree under a ``shadow.`` prefix,
-which is why every function takes an optional ``prefix``.
+Every name is built here, so a later prefix (shadow deployments writing their
+outputs under ``shadow.``) is a change to this module only.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 
 import msgspec
+
+from agentstream.contracts.telemetry import TELEMETRY_STREAM, TELEMETRY_SUBJECTS
 
 # A NATS subject token: no dots, spaces or wildcards. Agent, tool and task ids
 # are embedded in subjects, so they must be tokens.
@@ -27,30 +29,30 @@ def check_token(kind: str, value: str) -> str:
     return value
 
 
-def tasks(agent: str, prefix: str = "") -> str:
-    return f"{prefix}agents.{agent}.tasks"
+def tasks(agent: str) -> str:
+    return f"agents.{agent}.tasks"
 
 
-def events(agent: str, task_id: str, prefix: str = "") -> str:
+def events(agent: str, task_id: str) -> str:
     """The agent's continuation inbox for one task (tool results, approvals)."""
-    return f"{prefix}agents.{agent}.events.{task_id}"
+    return f"agents.{agent}.events.{task_id}"
 
 
-def progress(agent: str, task_id: str, prefix: str = "") -> str:
+def progress(agent: str, task_id: str) -> str:
     """Progress notices for watchers and timelines; no agent consumes these."""
-    return f"{prefix}agents.{agent}.progress.{task_id}"
+    return f"agents.{agent}.progress.{task_id}"
 
 
-def results(agent: str, task_id: str, prefix: str = "") -> str:
-    return f"{prefix}agents.{agent}.results.{task_id}"
+def results(agent: str, task_id: str) -> str:
+    return f"agents.{agent}.results.{task_id}"
 
 
-def tool_calls(tool: str, prefix: str = "") -> str:
-    return f"{prefix}tools.{tool}.calls"
+def tool_calls(tool: str) -> str:
+    return f"tools.{tool}.calls"
 
 
-def approvals(agent: str, prefix: str = "") -> str:
-    return f"{prefix}approvals.{agent}.requested"
+def approvals(agent: str) -> str:
+    return f"approvals.{agent}.requested"
 
 
 def audit(kind: str, agent: str) -> str:
@@ -61,13 +63,13 @@ def dead_letter(origin_subject: str) -> str:
     return f"deadletter.{origin_subject}"
 
 
-def any_results(task_id: str, prefix: str = "") -> str:
-    return f"{prefix}agents.*.results.{task_id}"
+def any_results(task_id: str) -> str:
+    return f"agents.*.results.{task_id}"
 
 
-def any_task_activity(task_id: str, prefix: str = "") -> str:
+def any_task_activity(task_id: str) -> str:
     """Matches a task's inbox and progress subjects in the EVENTS stream."""
-    return f"{prefix}agents.*.*.{task_id}"
+    return f"agents.*.*.{task_id}"
 
 
 class StreamDef(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,7 +109,7 @@ STREAMS: tuple[StreamDef, ...] = (
               description="messages a consumer could not process, with the reason"),
     # Finished spans (SpanRecord JSON, agentstream.contracts.telemetry), one
     # subject a trace. Short dedupe window: only invoke_agent spans carry a msg id.
-    StreamDef(name="TELEMETRY", subjects=("telemetry.spans.*",), max_age_s=7 * DAY,
+    StreamDef(name=TELEMETRY_STREAM, subjects=TELEMETRY_SUBJECTS, max_age_s=7 * DAY,
               description="finished spans (SpanRecord), subject telemetry.spans.<trace_id>",
               duplicate_window_s=60.0),
 )

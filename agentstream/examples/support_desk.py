@@ -145,13 +145,10 @@ def support_script(request: ModelRequest) -> ModelResponse:
     question = last_user(request)
     q = question.lower()
     results = tool_results(request)
-    oid = _order_id(question)
-    if oid is None:
-        # A follow-up ("and can I get a refund?") continues the conversation's order.
-        for m in reversed(request.messages):
-            if m.role == "user" and (found := _order_id(m.content)) is not None:
-                oid = found
-                break
+    # The latest user message naming an order: a follow-up ("and can I get a
+    # refund?") continues the conversation's order.
+    oid = next((found for m in reversed(request.messages)
+                if m.role == "user" and (found := _order_id(m.content)) is not None), None)
     if not results:
         if "refund" in q and oid is not None:
             return calls(("lookup_order", {"order_id": oid}), ("shipping_status", {"order_id": oid}),

@@ -5,20 +5,13 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 
 from agentstream.contracts import codec
-from agentstream.runtime.consumer import Handler, Reject
+from agentstream.runtime.consumer import Handler, Reject, stream_seq
 from agentstream.runtime.engine import AgentEngine, decode_task
-
-
-def _seq(msg: Msg) -> int | None:
-    try:
-        return int(msg.metadata.sequence.stream)
-    except Exception:  # noqa: BLE001 - core NATS message (tests), no JetStream metadata
-        return None
 
 
 def task_handler(engine: AgentEngine) -> Handler:
     async def handle(msg: Msg) -> None:
-        task = decode_task(msg.data, _seq(msg))
+        task = decode_task(msg.data, stream_seq(msg))
         if task.agent != engine.spec.name:
             raise Reject(f"task for agent {task.agent!r} published on {msg.subject}")
         await engine.on_task(task)

@@ -12,7 +12,7 @@ payload schemas are filled in from msgspec's JSON Schema.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from faststream.nats import JStream, NatsBroker, NatsMessage
@@ -33,9 +33,9 @@ CHANNELS: tuple[tuple[str, str, tuple[type[ev.Event], ...], str], ...] = (
      "A tool call for the tool workers (stream TOOLS, one durable consumer per tool)."),
     ("agents.{agent}.events.{task_id}", "subscribe", (ev.ToolCallCompleted,),
      "The agent's continuation inbox for one task (stream EVENTS)."),
-    ("agents.{agent}.progress.{task_id}", "publish", (ev.ModelTurnCompleted, ev.ToolCallDispatched),
+    ("agents.{agent}.progress.{task_id}", "publish", get_args(ev.ProgressEvent),
      "Progress notices for watchers and timelines (stream EVENTS)."),
-    ("agents.{agent}.results.{task_id}", "publish", (ev.TaskCompleted, ev.TaskFailed),
+    ("agents.{agent}.results.{task_id}", "publish", get_args(ev.TaskResult),
      "The task's result (stream RESULTS). Subscribe here, or read the last message on the subject."),
     ("deadletter.{subject}", "publish", (ev.DeadLettered,),
      "Messages a consumer could not process, with the reason (stream DEADLETTER)."),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+import weakref
 
 import msgspec
 import nats.js.errors as jse
@@ -26,14 +26,28 @@ from agentstream.runtime.policy import ApprovalRecord, decode_record, parse_appr
 
 
 class ApprovalError(AgentstreamError):
-    pass
+    """``status``: the HTTP status code the decide route answers with."""
+
+    def __init__(self, message: str, *, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# The approvals bucket of each client, once looked up: one round trip per
+# client, not per call. Weak keys: a client's entry goes with the client.
+_buckets: weakref.WeakKeyDictionary[AgentClient, NatsKV] = weakref.WeakKeyDictionary()
 
 
 async def _bucket(client: AgentClient) -> NatsKV:
+    kv = _buckets.get(client)
+    if kv is not None:
+        return kv
     try:
-        return await bucket(client.js, subjects.APPROVALS.name)
+        kv = await bucket(client.js, subjects.APPROVALS.name)
     except jse.NotFoundError:
-        raise ApprovalError("no approvals bucket: no agent has run on this broker yet") from None
+        raise ApprovalError("no approvals bucket: no agent has run on this broker yet", status=404) from None
+    _buckets[client] = kv
+    return kv
 
 
 async def list_approvals(client: AgentClient, *, status: str | None = "pending") -> list[ApprovalRecord]:
@@ -49,9 +63,9 @@ async def get_approval(client: AgentClient, approval_id: str) -> ApprovalRecord:
     try:
         entry = await kv.get(approval_id)
     except jse.BadRequestError:
-        raise ApprovalError(f"invalid approval id {approval_id!r}") from None
+        raise ApprovalError(f"invalid approval id {approval_id!r}", status=409) from None
     if entry is None:
-        raise ApprovalError(f"no approval {approval_id!r} (see `agentstream approvals`)")
+        raise ApprovalError(f"no approval {approval_id!r} (see `agentstream approvals`)", status=404)
     return decode_record(entry.value)
 
 
@@ -62,14 +76,15 @@ def default_identity() -> str:
 async def decide(client: AgentClient, approval_id: str, *, approved: bool, approver: str,
                  reason: str = "") -> ApprovalDecided:
     if not approver:
-        raise ApprovalError("say who decides: --as NAME (or set AGENTSTREAM_APPROVER)")
+        raise ApprovalError("say who decides: --as NAME (or set AGENTSTREAM_APPROVER)", status=409)
     rec = await get_approval(client, approval_id)
     if rec.status != "pending":
-        raise ApprovalError(f"approval {approval_id} is already {rec.status}")
+        raise ApprovalError(f"approval {approval_id} is already {rec.status}", status=409)
     req = rec.request
     allowed = req.approvers or parse_approvers(os.environ)
     if allowed and approver not in allowed:
-        raise ApprovalError(f"{approver} may not decide on {req.tool}; allowed: {', '.join(allowed)}")
+        raise ApprovalError(f"{approver} may not decide on {req.tool}; allowed: {', '.join(allowed)}",
+                            status=403)
     decision = ApprovalDecided(approval_id=req.approval_id, task_id=req.task_id, agent=req.agent, step=req.step,
                                call_id=req.call_id, approved=approved, approver=approver, reason=reason,
                                decided_at=time.time())
@@ -95,31 +110,30 @@ def add_routes(app: web.Application, client: AgentClient) -> None:
     your authenticating proxy and let it set the body (or restrict who reaches it).
     """
 
-    def _resp(body: Any, status: int = 200) -> web.Response:
-        return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
+    # http_api's JSON response (same bytes and headers). Not its _error, which
+    # squeezes and truncates the message: these errors are sent verbatim.
+    from agentstream.runtime.http_api import _json  # late: http_api imports this module in create_app
 
     async def list_route(request: web.Request) -> web.Response:
         status = request.query.get("status", "pending")
         try:
             records = await list_approvals(client, status=None if status == "all" else status)
         except ApprovalError as exc:
-            return _resp({"error": str(exc)}, 503)
-        return _resp({"approvals": records})
+            return _json({"error": str(exc)}, 503)
+        return _json({"approvals": records})
 
     async def decide_route(request: web.Request) -> web.Response:
         try:
             body = msgspec.json.decode(await request.read(), type=DecisionBody)
         except msgspec.DecodeError as exc:
-            return _resp({"error": f"invalid body: {exc}"}, 400)
+            return _json({"error": f"invalid body: {exc}"}, 400)
         approved = request.match_info["verb"] == "approve"
         try:
             d = await decide(client, request.match_info["approval_id"], approved=approved,
                              approver=body.approver, reason=body.reason)
         except ApprovalError as exc:
-            text = str(exc)
-            code = 404 if text.startswith("no approval") else 403 if "may not decide" in text else 409
-            return _resp({"error": text}, code)
-        return _resp(d, 202)
+            return _json({"error": str(exc)}, exc.status)
+        return _json(d, 202)
 
     app.router.add_get("/v1/approvals", list_route)
     app.router.add_post(r"/v1/approvals/{approval_id}/{verb:approve|deny}", decide_route)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -43,6 +43,7 @@ log = logging.getLogger("agentstream.breaker")
 
 State = Literal["closed", "open", "half_open"]
 Action = Literal["run", "probe", "reject"]
+_T = TypeVar("_T")
 
 
 class BreakerState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -154,39 +155,48 @@ class SharedBreaker:
 
     async def admit(self, tool: str, policy: BreakerPolicy, owner: str) -> tuple[Admission, Seen]:
         """One read when closed; a compare-and-set only to claim the probe."""
-        seen = await self.read(tool)
-        for _ in range(self.max_cas_attempts):
-            adm, new = admit(seen.state, policy, self.clock(), owner)
-            if new is None:
-                return adm, seen
-            try:
-                rev = await self._write(tool, new, seen.revision)
-            except Conflict:
-                seen = await self.read(tool)  # someone else changed it (claimed the probe): decide again
-                continue
-            return adm, Seen(new, rev)
-        return Admission(action="reject", retry_after_s=1.0), seen
+        adm, seen = await self._cas(tool, await self.read(tool),
+                                    lambda s: admit(s, policy, self.clock(), owner))
+        if adm is None:
+            return Admission(action="reject", retry_after_s=1.0), seen
+        return adm, seen
 
     async def record(self, tool: str, policy: BreakerPolicy, owner: str, *, ok: bool, probe: bool,
                      seen: Seen) -> BreakerState:
         """Apply a call's outcome, starting from the state it was admitted
         under and re-reading only on a conflict."""
         fn = on_success if ok else on_failure
-        for _ in range(self.max_cas_attempts):
-            new = fn(seen.state, policy, self.clock(), owner, probe)
-            if new is None:
-                return seen.state
-            try:
-                await self._write(tool, new, seen.revision)
-            except Conflict:
-                seen = await self.read(tool)
-                continue
-            return new
-        log.warning("breaker of %r: gave up recording an outcome after %d conflicts", tool, self.max_cas_attempts)
-        return seen.state
+
+        def decide(s: BreakerState) -> tuple[BreakerState, BreakerState | None]:
+            new = fn(s, policy, self.clock(), owner, probe)
+            return (s if new is None else new), new
+
+        state, seen = await self._cas(tool, seen, decide)
+        if state is None:
+            log.warning("breaker of %r: gave up recording an outcome after %d conflicts", tool, self.max_cas_attempts)
+            return seen.state
+        return state
 
     async def state(self, tool: str) -> BreakerState:
         return (await self.read(tool)).state
+
+    async def _cas(self, tool: str, seen: Seen,
+                   decide: Callable[[BreakerState], tuple[_T, BreakerState | None]]) -> tuple[_T | None, Seen]:
+        """Compare-and-set loop: ``decide`` from ``seen`` (a result and the state
+        to write, or None to write nothing), write it, and on a conflict re-read
+        and decide again, at most ``max_cas_attempts`` times. Returns the result
+        with the state it holds for, or (None, the last state read) on giving up."""
+        for _ in range(self.max_cas_attempts):
+            result, new = decide(seen.state)
+            if new is None:
+                return result, seen
+            try:
+                rev = await self._write(tool, new, seen.revision)
+            except Conflict:
+                seen = await self.read(tool)  # someone else changed it (e.g. claimed the probe): decide again
+                continue
+            return result, Seen(new, rev)
+        return None, seen
 
     async def _write(self, tool: str, new: BreakerState, revision: int) -> int:
         if revision == 0:

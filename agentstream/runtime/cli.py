@@ -65,6 +65,22 @@ def _result_line(res: TaskResult) -> str:
     return f"FAILED ({res.reason}): {res.message}"
 
 
+def _print_result(res: TaskResult, as_json: bool) -> int:
+    """Print a task's result (its event as JSON with ``as_json``); the exit code."""
+    print(codec.encode(res).decode() if as_json else _result_line(res))
+    return 0 if isinstance(res, TaskCompleted) else EXIT_FAILED
+
+
+def _write_or_print(text: str, out: str | None, *, end: str = "\n") -> int:
+    """Write ``text`` to the file ``out`` as it is, or print it followed by ``end``."""
+    if out:
+        Path(out).write_text(text)
+        print(f"wrote {out}")
+    else:
+        print(text, end=end)
+    return 0
+
+
 def _event_line(ev: TaskEvent) -> str:
     name = type(ev).__name__
     body = msgspec.json.encode(ev).decode()
@@ -76,6 +92,7 @@ def _event_line(ev: TaskEvent) -> str:
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.openai_llm import DEFAULT_BASE_URL
     from agentstream.runtime.service import Runtime
     from agentstream.runtime.timeline import render
 
@@ -87,7 +104,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         await rt.start()
         engine = rt.engines[args.agent]
         if settings.model:
-            print(f"  model  : {engine.llm.name} at {os.environ.get('OPENAI_BASE_URL', 'https://api.openai.com/v1')}")
+            print(f"  model  : {engine.llm.name} at {os.environ.get('OPENAI_BASE_URL', DEFAULT_BASE_URL)}")
         else:
             print(f"  model  : scripted ({engine.llm.name}); no model configured: set AGENTSTREAM_MODEL, "
                   "OPENAI_BASE_URL and OPENAI_API_KEY to use a real one")
@@ -97,7 +114,8 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         samples = rt.app.samples.get(args.agent) or ["Hello"]
         failures = 0
         try:
-            async with await AgentClient.connect(rt.url) as client:
+            # rt.start() provisioned the streams and buckets already.
+            async with await AgentClient.connect(rt.url, provision=False) as client:
                 supervisor = asyncio.create_task(_demo_supervisor(client))
                 # Submitted together: the agent and tool workers run them concurrently.
                 ids = [await client.submit(args.agent, q, user_id="demo-user", conversation_id=f"demo-{i}")
@@ -167,7 +185,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     if settings.nats_url is None:
         url_file.parent.mkdir(parents=True, exist_ok=True)
         url_file.write_text(rt.url + "\n")
-    client = await AgentClient.connect(rt.url)
+    client = await AgentClient.connect(rt.url, provision=False)  # rt.start() provisioned already
     server = HttpServer(client)
     await server.start(settings.http_host, settings.http_port)
     print(f"agentstream up: NATS {rt.url}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
@@ -225,8 +243,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         if not args.wait:
             return 0
         res = await client.result(task_id, timeout=args.timeout)
-        print(codec.encode(res).decode() if args.json else _result_line(res))
-        return 0 if isinstance(res, TaskCompleted) else EXIT_FAILED
+        return _print_result(res, args.json)
 
 
 async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
@@ -234,8 +251,7 @@ async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
 
     async with await AgentClient.connect(_nats_url(settings)) as client:
         res = await client.result(args.task_id, timeout=args.wait)
-        print(codec.encode(res).decode() if args.json else _result_line(res))
-        return 0 if isinstance(res, TaskCompleted) else EXIT_FAILED
+        return _print_result(res, args.json)
 
 
 async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
@@ -299,25 +315,13 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_asyncapi(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.handlers.protocol import asyncapi_json
 
-    text = asyncapi_json()
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}")
-    else:
-        print(text)
-    return 0
+    return _write_or_print(asyncapi_json(), args.out)
 
 
 async def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.contracts.schema import dumps, json_schema
 
-    text = dumps(json_schema()).rstrip("\n")
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-        print(f"wrote {args.out}")
-    else:
-        print(text)
-    return 0
+    return _write_or_print(dumps(json_schema()).rstrip("\n") + "\n", args.out, end="")
 
 
 async def _wait_for_signal() -> None:

@@ -24,6 +24,7 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult, TaskSubmitted
 from agentstream.runtime import nats_adapters
 from agentstream.runtime.errors import ResultTimeout
+from agentstream.runtime.scan import RESULTS_STREAM, stored_result
 from agentstream.runtime.telemetry import Telemetry, setup_telemetry
 
 # Errors that mean "no stored result readable right now" (a node just died,
@@ -100,20 +101,19 @@ class AgentClient:
         headers = {"Nats-Msg-Id": task_id}
         subject = subjects.tasks(agent)
         tel = self.telemetry
-        if tel is None:
+        # telemetry: a `send` span, the root of the task's trace, its context in the headers
+        span = None if tel is None else tel.producer_span(subject, headers, task_id, {
+            "gen_ai.agent.name": agent, "agentstream.task_id": task_id, "agentstream.tenant_id": tenant_id,
+            "agentstream.user_id": user_id, **({"gen_ai.conversation.id": conversation_id}
+                                               if conversation_id else {})})
+        try:
             await self.js.publish(subject, codec.encode(task), headers=headers, timeout=10)
-        else:
-            # telemetry: a `send` span, the root of the task's trace, its context in the headers
-            span = tel.producer_span(subject, headers, task_id, {
-                "gen_ai.agent.name": agent, "agentstream.task_id": task_id, "agentstream.tenant_id": tenant_id,
-                "agentstream.user_id": user_id, **({"gen_ai.conversation.id": conversation_id}
-                                                   if conversation_id else {})})
-            try:
-                await self.js.publish(subject, codec.encode(task), headers=headers, timeout=10)
-            except BaseException as exc:
+        except BaseException as exc:
+            if span is not None:
                 span.set_error(type(exc).__name__, str(exc))
-                raise
-            finally:
+            raise
+        finally:
+            if span is not None:
                 span.end()
         if len(self._agents) < 100_000:
             self._agents[task_id] = agent
@@ -153,19 +153,10 @@ class AgentClient:
                 await sub.unsubscribe()
 
     async def _stored_result(self, task_id: str, agent: str | None) -> bytes | None:
-        if agent is None:
-            try:
-                info = await self.js.stream_info("RESULTS", subjects_filter=subjects.any_results(task_id))
-            except _NOT_YET:
-                return None
-            found = list((info.state.subjects or {}).keys())
-            if not found:
-                return None
-            subject = found[0]
-        else:
-            subject = subjects.results(agent, task_id)
         try:
-            raw = await self.js.get_last_msg("RESULTS", subject, direct=True)
+            if agent is None:
+                return await stored_result(self.js, task_id, direct=True)
+            raw = await self.js.get_last_msg(RESULTS_STREAM, subjects.results(agent, task_id), direct=True)
         except _NOT_YET:
             return None
         return raw.data

@@ -30,6 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import DeadLettered
+from agentstream.runtime.nats_adapters import MSG_ID
 
 log = logging.getLogger("agentstream.consumer")
 
@@ -58,16 +59,12 @@ class ConsumerSettings:
 
 
 class PullConsumer:
-    def __init__(self, js: JetStreamContext, settings: ConsumerSettings, handler: Handler,
-                 *, worker: str = "") -> None:
+    def __init__(self, js: JetStreamContext, settings: ConsumerSettings, handler: Handler) -> None:
         self.js = js
         self.s = settings
-        self.worker = worker
         self._handler = _chain(handler, [size_limit(settings.max_bytes), *settings.middlewares])
         self._inflight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
         self._slot_freed = asyncio.Event()
-        self.processed = 0
-        self.dead_lettered = 0
         self.started = asyncio.Event()
 
     async def ensure(self) -> JetStreamContext.PullSubscription:
@@ -165,23 +162,17 @@ class PullConsumer:
             except Exception:  # noqa: BLE001
                 pass
             return
-        self.processed += 1
         await _ack(msg)
 
     async def dead_letter(self, msg: Msg, reason: str) -> None:
-        self.dead_lettered += 1
         body = msg.data or b""
         ev = DeadLettered(subject=msg.subject, consumer=self.s.durable, reason=reason[:2000],
                           payload=body[:DLQ_PAYLOAD_LIMIT].decode("utf-8", errors="replace"),
                           payload_bytes=len(body), deliveries=_deliveries(msg), at=time.time())
-        meta_seq = ""
-        try:
-            meta_seq = str(msg.metadata.sequence.stream)
-        except Exception:  # noqa: BLE001
-            pass
+        seq = stream_seq(msg)
         log.warning("dead-lettered %s from %s: %s", msg.subject, self.s.durable, reason)
         await self.js.publish(subjects.dead_letter(msg.subject), codec.encode(ev),
-                              headers={"Nats-Msg-Id": f"dlq:{self.s.stream}:{meta_seq}"} if meta_seq else None)
+                              headers={MSG_ID: f"dlq:{self.s.stream}:{seq}"} if seq is not None else None)
 
 
 def size_limit(max_bytes: int) -> Middleware:
@@ -210,6 +201,14 @@ async def _wait_either(a: asyncio.Event, b: asyncio.Event) -> None:
     _, pending = await asyncio.wait({ta, tb}, return_when=asyncio.FIRST_COMPLETED)
     for t in pending:
         t.cancel()
+
+
+def stream_seq(msg: Msg) -> int | None:
+    """The message's stream sequence; None for a core NATS message (no JetStream metadata)."""
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _deliveries(msg: Msg) -> int:

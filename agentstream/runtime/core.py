@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 import msgspec
 
@@ -136,10 +136,18 @@ def decide(state: SessionState | None, event: Input, ctx: Context) -> Decision:
 # ----------------------------------------------------------------- transitions
 
 
+_T = TypeVar("_T")
+
+
+def _override(value: Any, default: _T) -> _T:
+    """A task's own limit when it set a positive one, else the agent's."""
+    return value if value is not None and value > 0 else default
+
+
 def _start(task: TaskSubmitted, ctx: Context) -> Decision:
     spec = ctx.spec
-    max_steps = task.max_steps if task.max_steps and task.max_steps > 0 else spec.max_steps
-    deadline_s = task.deadline_s if task.deadline_s and task.deadline_s > 0 else spec.deadline_s
+    max_steps = _override(task.max_steps, spec.max_steps)
+    deadline_s = _override(task.deadline_s, spec.deadline_s)
     messages: list[Message] = [Message(role="system", content=spec.instructions)]
     for turn in ctx.history[-spec.history_turns:] if spec.history_turns > 0 else ():
         messages.append(Message(role="user", content=turn.user))
@@ -155,8 +163,8 @@ def _start(task: TaskSubmitted, ctx: Context) -> Decision:
         updated_at=ctx.now,
         deadline_at=ctx.now + deadline_s,
         max_steps=max_steps,
-        max_tokens=task.max_tokens if task.max_tokens and task.max_tokens > 0 else spec.max_tokens,
-        max_cost_usd=task.max_cost_usd if task.max_cost_usd and task.max_cost_usd > 0 else spec.max_cost_usd,
+        max_tokens=_override(task.max_tokens, spec.max_tokens),
+        max_cost_usd=_override(task.max_cost_usd, spec.max_cost_usd),
     )
     return _call_model(state, ctx, extra=(SetDeadline(deadline_at=state.deadline_at),))
 
@@ -216,13 +224,6 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
             return _fail(state, ctx, "loop_detected",
                          f"the model called {call.name} with the same arguments {counts[key]} times",
                          extra=(progress,))
-        request = ToolCallRequested(
-            task_id=task.task_id, agent=task.agent, step=ev.step, call_id=call_id,
-            tool=call.name, arguments=args,
-            idempotency_key=f"{task.task_id}:{ev.step}:{call_id}",
-            reply_subject=subjects.events(task.agent, task.task_id),
-            requested_at=ctx.now, timeout_s=ctx.spec.tool_timeout_s,
-            tenant_id=task.tenant_id, user_id=task.user_id)
         if ctx.needs_approval is not None and ctx.needs_approval(call.name, args):
             approvers = (ctx.approvers_for(call.name) if ctx.approvers_for else ()) or ctx.default_approvers
             approval = ApprovalRequested(
@@ -239,7 +240,7 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
                             approval_id=approval.approval_id, tool=call.name, step=ev.step)]
             continue
         pending.append(PendingCall(call_id=call_id, tool=call.name, arguments=args))
-        cmds.append(PublishToolCall(request=request))
+        cmds.append(PublishToolCall(request=_tool_request(task, ev.step, call_id, call.name, args, ctx)))
     # The transcript must pair every tool call id the model produced with a result.
     if any(c.id != i for c, i in zip(resp.tool_calls, ids)):
         fixed = tuple(msgspec.structs.replace(c, id=i) for c, i in zip(resp.tool_calls, ids))
@@ -256,7 +257,7 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
         cmds.append(SetDeadline(deadline_at=state.deadline_at))
     dispatched = PublishProgress(event=ToolCallDispatched(
         task_id=task.task_id, agent=task.agent, step=ev.step,
-        calls=tuple(c for c in state.messages[-1].tool_calls), at=ctx.now))
+        calls=state.messages[-1].tool_calls, at=ctx.now))
     if not pending:
         return _next_turn(state, ctx, extra=(progress, dispatched))
     return _emit(state, (progress, dispatched, *cmds))
@@ -308,8 +309,7 @@ def _on_tool_result(state: SessionState, ev: ToolCallCompleted, ctx: Context) ->
         content = tool_error_content(ev.error or ToolError(kind="execution_error", message="tool failed"))
     result = CallResult(call_id=ev.call_id, tool=ev.tool, ok=ev.ok, content=content)
     state = msgspec.structs.replace(state, results=(*state.results, result), updated_at=ctx.now)
-    done = {r.call_id for r in state.results}
-    if any(p.call_id not in done for p in state.pending):
+    if not _all_settled(state):
         # Keep the outbox: if the step that published these calls crashed half
         # way, a redelivery must still be able to publish the rest.
         return Decision(state=state, commands=(), changed=True)
@@ -346,11 +346,7 @@ def _on_decision(state: SessionState, ev: ApprovalDecided, ctx: Context) -> Deci
         pending = tuple(msgspec.structs.replace(p, approval="approved") if p.call_id == pend.call_id else p
                         for p in state.pending)
         state = msgspec.structs.replace(state, pending=pending, updated_at=ctx.now)
-        request = ToolCallRequested(
-            task_id=task.task_id, agent=task.agent, step=state.step, call_id=pend.call_id, tool=pend.tool,
-            arguments=pend.arguments, idempotency_key=f"{task.task_id}:{state.step}:{pend.call_id}",
-            reply_subject=subjects.events(task.agent, task.task_id), requested_at=ctx.now,
-            timeout_s=ctx.spec.tool_timeout_s, tenant_id=task.tenant_id, user_id=task.user_id)
+        request = _tool_request(task, state.step, pend.call_id, pend.tool, pend.arguments, ctx)
         return _emit(state, (*common, PublishToolCall(request=request)))
     reason = f": {ev.reason}" if ev.reason else ""
     error = ToolError(kind="approval_denied", message=f"{ev.approver} denied this call{reason}",
@@ -383,10 +379,23 @@ def _settle_call(state: SessionState, ctx: Context, pend: PendingCall, error: To
                     for p in state.pending)
     result = CallResult(call_id=pend.call_id, tool=pend.tool, ok=False, content=tool_error_content(error))
     state = msgspec.structs.replace(state, pending=pending, results=(*state.results, result), updated_at=ctx.now)
-    done = {r.call_id for r in state.results}
-    if any(p.call_id not in done for p in state.pending):
+    if not _all_settled(state):
         return _emit(state, extra)
     return _next_turn(state, ctx, extra=extra)
+
+
+def _tool_request(task: TaskSubmitted, step: int, call_id: str, tool: str, args: dict[str, Any],
+                  ctx: Context) -> ToolCallRequested:
+    return ToolCallRequested(
+        task_id=task.task_id, agent=task.agent, step=step, call_id=call_id, tool=tool, arguments=args,
+        idempotency_key=f"{task.task_id}:{step}:{call_id}", reply_subject=subjects.events(task.agent, task.task_id),
+        requested_at=ctx.now, timeout_s=ctx.spec.tool_timeout_s, tenant_id=task.tenant_id, user_id=task.user_id)
+
+
+def _all_settled(state: SessionState) -> bool:
+    """Every pending call of the step has its result."""
+    done = {r.call_id for r in state.results}
+    return all(p.call_id in done for p in state.pending)
 
 
 def _audit(kind: str, ctx: Context, task: TaskSubmitted, *, actor: str, **details: Any) -> PublishAudit:

@@ -12,6 +12,7 @@ Errors are JSON ``{"error": "<one line>"}``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,7 @@ def _error(status: int, message: str) -> web.Response:
 PAGE = Path(__file__).resolve().parent / "static" / "dashboard.html"  # shipped as package data
 
 
+@functools.cache
 def _page() -> bytes:
     # agentstream.runtime is a namespace package (importlib.resources cannot read it
     # under an editable install), so the page is read next to this module.
@@ -83,7 +85,7 @@ async def api_stats(request: web.Request) -> web.Response:
     if since > MAX_SINCE_S:
         return _error(400, f"since must be at most {views.format_duration(MAX_SINCE_S)}, got {raw!r}")
     js = request.app[JS_GETTER_KEY]()
-    stats, _spans, results, source = await views.load_stats(js, since)
+    stats, results, source = await views.load_stats(js, since)
     body = views.stats_json(stats)
     body.update({
         "source": source, "generated_at": time.time(),
@@ -120,8 +122,9 @@ async def api_trace(request: web.Request) -> web.Response:
         return _error(404, f"no spans or events found for task {task_id}")
     t0 = min(s.start for s in trace.spans)
     parallel = views.parallel_groups(trace.spans)
+    rows = views.tree_order(trace.spans)
     spans = []
-    for depth, s in views.tree_order(trace.spans):
+    for depth, s in rows:
         d = msgspec.to_builtins(s)
         d.update({"depth": depth, "offset_s": s.start - t0, "duration_s": max(0.0, s.end - s.start),
                   "error": views.is_error(s), "error_type": views.error_type(s), "note": views.span_note(s),
@@ -129,7 +132,7 @@ async def api_trace(request: web.Request) -> web.Response:
         spans.append(d)
     return _json({"task_id": trace.task_id, "source": trace.source, "spans": spans,
                   "result": task_row(trace.result) if trace.result is not None else None,
-                  "text": views.render_waterfall(trace.spans)})
+                  "text": views.render_waterfall(trace.spans, rows=rows, parallel=parallel)})
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]

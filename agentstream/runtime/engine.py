@@ -29,7 +29,7 @@ from agentstream.contracts.events import (
 from agentstream.runtime import core
 from agentstream.runtime.errors import Conflict, ModelError
 from agentstream.runtime.policy import ApprovalRecord, Policy, decode_record, encode_record
-from agentstream.runtime.ports import LLM, Bus, Entry, ModelRequest, SessionStore
+from agentstream.runtime.ports import LLM, Bus, ModelRequest, SessionStore
 from agentstream.runtime.retry import complete_with_retry
 from agentstream.runtime.spec import AgentSpec
 from agentstream.runtime.state import (
@@ -95,19 +95,15 @@ class AgentEngine:
         # state this process wrote, so the next step skips a read. Across
         # replicas compare-and-set still decides; a stale cache costs one retry.
         self._locks: dict[str, _RefLock] = {}
-        self._cache: OrderedDict[str, Entry] = OrderedDict()
+        # task id -> (state, revision): the decoded state, so a step on a
+        # cached session decodes nothing (states are frozen; the core copies).
+        self._cache: OrderedDict[str, tuple[SessionState, int]] = OrderedDict()
         self.cache_size = 4096
 
     # ------------------------------------------------------------ entry points
 
     async def on_task(self, task: TaskSubmitted) -> None:
-        history: tuple[Turn, ...] = ()
-        key = core.conversation_key(task)
-        if key:
-            entry = await self.conversations.get(key)
-            if entry is not None:
-                history = decode_conversation(entry.value).turns
-        await self.drive(task.task_id, task, history)
+        await self.drive(task.task_id, task)
 
     async def on_event(self, event: ToolCallCompleted | ApprovalDecided) -> None:
         await self.drive(event.task_id, event)
@@ -126,25 +122,25 @@ class AgentEngine:
 
     # ------------------------------------------------------------ the loop
 
-    async def drive(self, task_id: str, event: Input, history: tuple[Turn, ...] = ()) -> None:
+    async def drive(self, task_id: str, event: Input) -> None:
         lock = self._locks.get(task_id)
         if lock is None:
             lock = self._locks[task_id] = _RefLock()
         lock.refs += 1
         try:
             async with lock.lock:
-                await self._drive(task_id, event, history)
+                await self._drive(task_id, event)
         finally:
             lock.refs -= 1
             if lock.refs == 0:
                 self._locks.pop(task_id, None)
 
-    async def _drive(self, task_id: str, event: Input, history: tuple[Turn, ...]) -> None:
+    async def _drive(self, task_id: str, event: Input) -> None:
         next_input: Input | None = event
         scope = None  # telemetry: one `step` span (under the task's invoke_agent span) over this step's effects
         try:
             while next_input is not None:
-                decision = await self._apply(task_id, next_input, history)
+                decision = await self._apply(task_id, next_input)
                 next_input = None
                 state = decision.state
                 if scope is None and self.telemetry is not None and state is not None and decision.commands:
@@ -162,14 +158,27 @@ class AgentEngine:
             if scope is not None:
                 scope.close()
 
-    async def _apply(self, task_id: str, event: Input, history: tuple[Turn, ...]) -> core.Decision:
+    async def _history(self, task: TaskSubmitted) -> tuple[Turn, ...]:
+        """The earlier turns of the task's conversation (only a new session needs them)."""
+        key = core.conversation_key(task)
+        entry = await self.conversations.get(key) if key else None
+        return decode_conversation(entry.value).turns if entry is not None else ()
+
+    async def _apply(self, task_id: str, event: Input) -> core.Decision:
+        history: tuple[Turn, ...] | None = None
         for _ in range(MAX_CAS_RETRIES):
-            entry = self._cache.get(task_id)
-            cached = entry is not None
-            if entry is None:
+            hit = self._cache.get(task_id)
+            cached = hit is not None
+            state: SessionState | None
+            rev: int | None
+            if hit is not None:
+                state, rev = hit
+            else:
                 entry = await self.sessions.get(task_id)
-            state = decode_state(entry.value) if entry is not None else None
-            ctx = self.context(history)
+                state, rev = (decode_state(entry.value), entry.revision) if entry is not None else (None, None)
+            if state is None and isinstance(event, TaskSubmitted) and history is None:
+                history = await self._history(event)
+            ctx = self.context(history or ())
             decision = core.decide(state, event, ctx)
             if not decision.changed or decision.state is None:
                 if cached:
@@ -178,27 +187,27 @@ class AgentEngine:
                     self._cache.pop(task_id, None)
                     continue
                 return decision
-            if entry is None and self.telemetry is not None:
+            if rev is None and self.telemetry is not None:
                 decision = self.telemetry.stamp(decision)  # telemetry: the task's trace context into its new state
             assert decision.state is not None
             raw = encode_state(decision.state)
             try:
-                if entry is None:
-                    rev = await self.sessions.create(task_id, raw)
+                if rev is None:
+                    new_rev = await self.sessions.create(task_id, raw)
                 else:
-                    rev = await self.sessions.update(task_id, raw, entry.revision)
+                    new_rev = await self.sessions.update(task_id, raw, rev)
             except Conflict:
                 self._cache.pop(task_id, None)
                 continue  # another replica moved the session on: decide again on fresh state
             if decision.state.terminal:
                 self._cache.pop(task_id, None)
             else:
-                self._remember(task_id, Entry(raw, rev))
+                self._remember(task_id, decision.state, new_rev)
             return decision
         raise Conflict(f"session {task_id}: gave up after {MAX_CAS_RETRIES} compare-and-set conflicts")
 
-    def _remember(self, task_id: str, entry: Entry) -> None:
-        self._cache[task_id] = entry
+    def _remember(self, task_id: str, state: SessionState, revision: int) -> None:
+        self._cache[task_id] = (state, revision)
         self._cache.move_to_end(task_id)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

@@ -243,6 +243,9 @@ class OpenAIChatModel:
         self.timeout_s = timeout_s
         self._api_key = api_key or None
         self._url = f"{self.base_url}/chat/completions"
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -264,13 +267,18 @@ class OpenAIChatModel:
             try:
                 timeout_s = float(raw_timeout)
             except ValueError:
-                timeout_s = math.nan
-            if not (timeout_s > 0 and math.isfinite(timeout_s)):
-                raise ConfigError(
-                    "AGENTSTREAM_MODEL_TIMEOUT must be a positive number of seconds, "
-                    f"got {raw_timeout!r}"
-                )
-        return cls(model, base_url=base_url, api_key=api_key, timeout_s=timeout_s)
+                timeout_s = math.nan  # rejected by __init__ below
+        try:
+            return cls(model, base_url=base_url, api_key=api_key, timeout_s=timeout_s)
+        except ConfigError:
+            # ``model`` is non-empty here, so only the timeout can be invalid (and
+            # the default is valid): name the variable it came from.
+            if not raw_timeout:
+                raise
+            raise ConfigError(
+                "AGENTSTREAM_MODEL_TIMEOUT must be a positive number of seconds, "
+                f"got {raw_timeout!r}"
+            ) from None
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession binds to the running loop, and the
@@ -294,12 +302,9 @@ class OpenAIChatModel:
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         payload = _encoder.encode(build_request_body(request, self.name))
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
         session = self._get_session()
         try:
-            async with session.post(self._url, data=payload, headers=headers) as resp:
+            async with session.post(self._url, data=payload, headers=self._headers) as resp:
                 status = resp.status
                 body = await resp.read()
         except TimeoutError:

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from agentstream.contracts import codec
 from agentstream.contracts.events import ApprovalDecided, ApprovalRequested
 from agentstream.runtime.errors import ConfigError
 
@@ -68,12 +69,11 @@ class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True):
     decision: ApprovalDecided | None = None
 
 
-_enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(ApprovalRecord)
 
 
 def encode_record(record: ApprovalRecord) -> bytes:
-    return _enc.encode(record)
+    return codec.encode(record)
 
 
 def decode_record(raw: bytes) -> ApprovalRecord:

@@ -14,10 +14,13 @@ import nats.js.errors as jse
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from agentstream.contracts import subjects
+
 MAX_SCAN = 200_000  # messages read by one scan, at most
 SCAN_TIMEOUT_S = 30.0  # wall-clock bound of one scan
 FETCH_BATCH = 512
 FETCH_WAIT_S = 2.0
+RESULTS_STREAM = "RESULTS"
 
 
 @dataclass(frozen=True)
@@ -40,18 +43,21 @@ async def last_seq(js: JetStreamContext, stream: str) -> int | None:
 
 async def scan(js: JetStreamContext, stream: str, subject: str, *, start_time: float | None = None,
                start_seq: int | None = None, limit: int = MAX_SCAN,
-               timeout: float = SCAN_TIMEOUT_S, last_per_subject: bool = False) -> list[Raw]:
+               timeout: float = SCAN_TIMEOUT_S, last_per_subject: bool = False,
+               last: int | None = None) -> list[Raw]:
     """Messages of ``stream`` matching ``subject``, oldest first, from ``start_time``
     (epoch seconds) or ``start_seq`` (else from the start), up to the stream's last
     sequence at call time. Bounded by ``limit`` messages and ``timeout`` seconds.
     With ``last_per_subject``, only the newest message of each subject (a KV
-    bucket's current entries). A missing stream reads as empty.
+    bucket's current entries). A missing stream reads as empty. ``last``: the
+    stream's last sequence if the caller has just read it (else read here).
 
     The consumer is created for this scan and deleted before it returns, so a
     caller may scan as often as it likes; nats-py's ordered consumers (what
     ``KeyValue.keys()`` uses) linger on the server for minutes and a periodic
     caller exhausts the server's consumer limit (err 10026)."""
-    last = await last_seq(js, stream)
+    if last is None:
+        last = await last_seq(js, stream)
     if not last:
         return []
     cfg = ConsumerConfig(
@@ -106,3 +112,14 @@ async def scan(js: JetStreamContext, stream: str, subject: str, *, start_time: f
         with contextlib.suppress(Exception):
             await js.delete_consumer(stream, name)
     return out
+
+
+async def stored_result(js: JetStreamContext, task_id: str, *, direct: bool = False) -> bytes | None:
+    """The stored result message of a task (any agent), None if there is none.
+    Errors of the lookup (stream missing, timeouts) propagate to the caller."""
+    info = await js.stream_info(RESULTS_STREAM, subjects_filter=subjects.any_results(task_id))
+    found = list((info.state.subjects or {}).keys())
+    if not found:
+        return None
+    raw = await js.get_last_msg(RESULTS_STREAM, found[0], direct=direct)
+    return raw.data

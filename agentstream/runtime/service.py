@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +128,7 @@ class Runtime:
         deadlines = await nats_adapters.bucket(self.js, subjects.DEADLINES.name)
         approvals = await nats_adapters.bucket(self.js, subjects.APPROVALS.name)
 
+        policy = self._policy()
         for name in self.agents:
             agent = self.app.get_agent(name)
             llm = self.models.get(name) or select_model(self.app, name, s)
@@ -135,7 +137,7 @@ class Runtime:
                 llm = tel.wrap_llm(llm, name)
             engine = AgentEngine(agent.spec, llm, sessions=sessions, conversations=conversations,
                                  deadlines=deadlines, bus=bus, worker=s.worker_id, approvals=approvals,
-                                 policy=self._policy())
+                                 policy=policy)
             if tel is not None:
                 engine.telemetry = tel.engine_hooks(agent.spec, model_name)
             self.engines[name] = engine
@@ -155,8 +157,8 @@ class Runtime:
                                tool_handler(runner))
         for c in self.consumers:
             self._tasks.append(asyncio.create_task(c.run(self.stop_event, s.shutdown_timeout_s)))
-        for name, engine in self.engines.items():
-            self._tasks.append(asyncio.create_task(self._sweep(name, engine, deadlines)))
+        if self.engines:
+            self._tasks.append(asyncio.create_task(self._sweep(deadlines)))
         await asyncio.wait_for(asyncio.gather(*(c.started.wait() for c in self.consumers)), timeout=30)
 
     def _policy(self) -> Policy:
@@ -178,20 +180,18 @@ class Runtime:
         s = self.settings
         assert self.js is not None
         cs = ConsumerSettings(stream=stream, durable=durable, filter_subject=subject,
-                              max_in_flight=s.max_in_flight, batch=min(s.max_in_flight, 64),
+                              max_in_flight=s.max_in_flight,
                               ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver,
                               max_bytes=s.max_event_bytes)
         mw = self.telemetry.consumer_middleware(durable, subject) if self.telemetry is not None else None
         if mw is not None:
             cs.middlewares = (*cs.middlewares, mw)  # telemetry: a `process <subject>` span per message
-        self.consumers.append(PullConsumer(self.js, cs, handler, worker=s.worker_id))  # type: ignore[arg-type]
+        self.consumers.append(PullConsumer(self.js, cs, handler))  # type: ignore[arg-type]
 
-    async def _sweep(self, agent: str, engine: AgentEngine, deadlines: nats_adapters.NatsKV) -> None:
+    async def _sweep(self, deadlines: nats_adapters.NatsKV) -> None:
         """Fail tasks whose deadline passed while nothing arrived for them (a tool
-        worker down, say). Every replica sweeps; compare-and-set makes the
-        failure happen once."""
-        import time
-
+        worker down, say). Every replica sweeps, one pass over the timers for
+        all the agents it serves; compare-and-set makes the failure happen once."""
         while not self.stop_event.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.sweep_interval_s)
@@ -201,8 +201,9 @@ class Runtime:
                 timers = await deadlines.items()
                 now = time.time()
                 for key, entry in timers:
-                    a, task_id, call_id = parse_deadline_key(key)
-                    if a != agent or float(entry.value) > now:
+                    agent, task_id, call_id = parse_deadline_key(key)
+                    engine = self.engines.get(agent)
+                    if engine is None or float(entry.value) > now:
                         continue
                     if call_id:
                         await engine.on_approval_expired(task_id, call_id)
@@ -221,13 +222,12 @@ class Runtime:
         self.stop_event.set()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.shutdown_timeout_s + 5)
-        for llm in self.models.values():
+        # Each model once: one passed in through ``models`` is also an engine's
+        # (behind the telemetry wrapper, which passes ``close`` through).
+        models = {id(getattr(e.llm, "inner", e.llm)): e.llm for e in self.engines.values()}
+        models.update({id(m): m for m in self.models.values()})
+        for llm in models.values():
             close = getattr(llm, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
-        for engine in self.engines.values():
-            close = getattr(engine.llm, "close", None)
             if close is not None:
                 with contextlib.suppress(Exception):
                     await close()

@@ -162,11 +162,11 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True):
     max_steps: int
     max_tokens: int | None = None
     max_cost_usd: float | None = None
-    call_counts: dict[str, int] = {}
+    call_counts: dict[str, int] = {}  # "tool:canonical-args" -> times called (loop breaker)
     # The last model call's reported input tokens and how many messages it saw:
     # the next call's input is at least that plus what was added since.
     last_input_tokens: int = 0
-    last_input_messages: int = 0  # "tool:canonical-args" -> times called (loop breaker)
+    last_input_messages: int = 0
     outbox: tuple[AnyCommand, ...] = ()
     outbox_at: float = 0.0  # when the outbox was produced: its dedupe window starts here
     outcome: TaskCompleted | TaskFailed | None = None

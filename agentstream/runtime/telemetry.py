@@ -65,7 +65,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -126,7 +126,7 @@ __all__ = [
     "TelemetryConfig", "Telemetry", "setup_telemetry", "prometheus_text", "render_prometheus",
     "JetStreamSpanExporter", "JsonLogFormatter", "RedactingFormatter", "configure_logging",
     "build_span_exporters", "build_metric_readers", "span_record", "parse_traceparent", "format_traceparent",
-    "LiteSpan", "TracedBus", "TracedLLM", "trace_id_of",
+    "LiteSpan", "TracedBus", "TracedLLM",
 ]
 
 SCOPE = InstrumentationScope("agentstream", "0.1.0")
@@ -189,7 +189,6 @@ class TelemetryConfig:
     otlp_traces_endpoint: str | None = None
     otlp_metrics_endpoint: str | None = None
     bsp_delay_ms: int | None = DEFAULT_BSP_DELAY_MS
-    env: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TelemetryConfig:
@@ -216,7 +215,6 @@ class TelemetryConfig:
             otlp_traces_endpoint=env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or None,
             otlp_metrics_endpoint=env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or None,
             bsp_delay_ms=None if env.get("OTEL_BSP_SCHEDULE_DELAY") else DEFAULT_BSP_DELAY_MS,
-            env=dict(env),
         )
 
     @classmethod
@@ -247,10 +245,9 @@ def _trace_id() -> tuple[int, str]:
 class Ctx(NamedTuple):
     """A span's identity as W3C trace context carries it, ids as the lowercase
     hex they travel and are stored in. The hot path uses this, not
-    OpenTelemetry's ``SpanContext`` (int ids, a validating constructor,
-    property accessors): with it, formatting and parsing ids was a fifth of
-    the tracing overhead in bench/w1.py. :func:`to_otel` converts where
-    OpenTelemetry needs one."""
+    OpenTelemetry's ``SpanContext`` (int ids to format to hex for every
+    record and header, a validating constructor, property accessors);
+    :func:`to_otel` converts where OpenTelemetry needs one."""
 
     trace_id: str  # 32 hex
     span_id: str  # 16 hex
@@ -260,9 +257,6 @@ class Ctx(NamedTuple):
     @property
     def sampled(self) -> bool:
         return bool(self.flags & 1)
-
-
-_new_ctx = tuple.__new__  # Ctx(...) runs a Python-level __new__; this is the same tuple, built in C
 
 
 def to_otel(ctx: Ctx, *, remote: bool = False) -> SpanContext:
@@ -293,12 +287,6 @@ def parse_traceparent(value: str | None, tracestate: str | None = None) -> Ctx |
     if version == "ff" or (version == "00" and rest) or tid == _ZERO_TRACE or sid == _ZERO_SPAN:
         return None
     return Ctx(tid, sid, int(flags, 16), tracestate or "")
-
-
-def trace_id_of(state: SessionState) -> str:
-    """The task's trace id (32 hex) from its session state, or ""."""
-    tp = state.trace_parent
-    return tp[3:35] if tp and len(tp) >= 55 else ""
 
 
 # The current span when it is one of ours that only our code runs under
@@ -353,10 +341,6 @@ class LiteSpan:
         self._tokens: tuple[Any, ...] = ()
         self._ended = False
 
-    @property
-    def recording(self) -> bool:
-        return bool(self.context.flags & 1)
-
     def set_attribute(self, key: str, value: Any) -> None:
         self.attributes[key] = value
 
@@ -390,8 +374,6 @@ class LiteSpan:
 
 
 class _NoopSpan:
-    recording = False
-
     def set_attribute(self, key: str, value: Any) -> None:
         pass
 
@@ -431,9 +413,6 @@ def span_record(span: ReadableSpan) -> SpanRecord:
                    [_from_otel(lk.context) for lk in span.links])
 
 
-_encode_record = msgspec.json.Encoder().encode
-
-
 _BATCH_HEAD, _BATCH_TAIL = encode(SpanBatch(spans=[]))[:-2], b"]}"
 
 
@@ -463,8 +442,8 @@ def _batches(records: list[tuple[str, bytes]], max_bytes: int) -> list[tuple[str
 class JetStreamSpanExporter(SpanExporter):
     """Writes finished spans to ``telemetry.spans.<trace_id>`` as ``SpanBatch``
     messages: the spans of one trace finished in one flush interval go out
-    together, so a task costs one or two messages instead of one per span
-    (publishing was a third of the tracing overhead in bench/w1.py).
+    together, so a task costs one to three messages instead of one per span
+    and the TELEMETRY stream stores a fraction of the messages.
 
     ``export`` runs on the BatchSpanProcessor's thread: it encodes there and
     hands the messages to the event loop (``call_soon_threadsafe``), where a
@@ -494,15 +473,12 @@ class JetStreamSpanExporter(SpanExporter):
         self._loop_thread = threading.get_ident() if loop is None else None
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
-        self.exported = 0  # spans
-        self.messages = 0  # SpanBatch messages they went out in
-        self.dropped = 0
+        self.dropped = 0  # spans lost (closed exporter, encoding error, broker gone): for inspection
 
     def add_lite(self, span: LiteSpan, end_ns: int) -> None:
         """Encode a finished lite span and buffer the bytes (call on the loop's
-        thread). Encoding now, not at flush, lets the span and its attribute
-        dict die at once: ~15 live objects a span buffered for ``delay_s`` made
-        the garbage collector's passes measurably longer."""
+        thread); the span and its attribute dict can then be freed at once
+        instead of living until the flush."""
         if self._closed:
             self.dropped += 1
             return
@@ -515,15 +491,10 @@ class JetStreamSpanExporter(SpanExporter):
                 self.dropped += 1
             return
         try:
-            ctx, parent = span.context, span.parent
-            rec = SpanRecord(
-                trace_id=ctx.trace_id, span_id=ctx.span_id, parent_span_id=parent.span_id if parent else "",
-                name=span.name, kind=_KIND_NAMES[span.kind], start=span.start_ns / 1e9, end=end_ns / 1e9,
-                status="ok" if span.error is None else "error",
-                error_type="" if span.error is None else str(span.attributes.get("error.type", "")),
-                attributes=span.attributes, service=span._tel.service_name, worker=span._tel.worker_name,
-                links=[{"trace_id": lk.trace_id, "span_id": lk.span_id} for lk in span.links] if span.links else [])
-            self._lite.append((ctx.trace_id, _encode_record(rec)))
+            rec = _record(span.context, span.parent, span.name, _KIND_NAMES[span.kind], span.start_ns, end_ns,
+                          span.error is not None, span.attributes, span._tel.service_name, span._tel.worker_name,
+                          span.links)
+            self._lite.append((rec.trace_id, encode(rec)))
         except Exception as exc:  # noqa: BLE001 - one odd attribute must not fail the work
             log.debug("cannot encode span %s: %s", span.name, exc)
             self.dropped += 1
@@ -575,8 +546,6 @@ class JetStreamSpanExporter(SpanExporter):
             subject, data, n = q.popleft()
             try:
                 await self.nc.publish(subject, data)
-                self.exported += n
-                self.messages += 1
             except Exception as exc:  # noqa: BLE001 - a closed connection: drop telemetry, never fail work
                 self.dropped += n + sum(item[2] for item in q)
                 q.clear()
@@ -1064,7 +1033,7 @@ class Telemetry:
 
     def start_span(self, name: str, kind: SpanKind = SpanKind.INTERNAL, parent: Ctx | None = None,
                    attributes: dict[str, Any] | None = None, *, start_ns: int | None = None,
-                   links: Sequence[Ctx] = (), span_id: str | None = None,
+                   links: Sequence[Ctx] = (),
                    use_current: bool = True) -> LiteSpan:
         """A span whose parent is ``parent``, else the current span (unless
         ``use_current`` is False): the root of a new trace when there is none."""
@@ -1072,11 +1041,11 @@ class Telemetry:
             parent = _current()
         attrs = attributes if attributes is not None else {}
         if parent is not None:
-            ctx = _new_ctx(Ctx, (parent.trace_id, span_id or _span_id(), parent.flags, parent.state))
+            ctx = Ctx(parent.trace_id, _span_id(), parent.flags, parent.state)
         else:
             tid, tid_hex = _trace_id()
             sampled = self._sampler.should_sample(None, tid, name, kind, attrs).decision.is_sampled()
-            ctx = Ctx(tid_hex, span_id or _span_id(), 1 if sampled else 0)
+            ctx = Ctx(tid_hex, _span_id(), 1 if sampled else 0)
         return LiteSpan(self, name, kind, ctx, parent, attrs, start_ns or time.time_ns(), links)
 
     @contextmanager
@@ -1490,7 +1459,7 @@ class EngineHooks:
         token = _TASK.set(info)
         sp: LiteSpan | None = None
         if self.tel.tracing:
-            parent = parse_traceparent(state.trace_parent) if state.trace_parent else None
+            parent = parse_traceparent(state.trace_parent)
             cur = _current()
             links = (cur,) if parent is not None and cur is not None else ()
             attrs: dict[str, Any] = {"gen_ai.agent.name": self.agent, "agentstream.task_id": task.task_id,
@@ -1515,7 +1484,7 @@ class EngineHooks:
             m.task_duration.record(max(0.0, result.finished_at - result.started_at), attrs)
         if not self.tel.tracing:
             return
-        stored = parse_traceparent(state.trace_parent) if state is not None and state.trace_parent else None
+        stored = parse_traceparent(state.trace_parent) if state is not None else None
         u = result.usage
         attrs2: dict[str, Any] = {
             "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": self.agent,
@@ -1548,13 +1517,13 @@ class EngineHooks:
 
 
 def setup_telemetry(config: TelemetryConfig | Mapping[str, str] | None = None, *, nc: NatsClient | None = None,
-                    js: object | None = None, worker_id: str = "", configure_logs: bool = False,
+                    worker_id: str = "", configure_logs: bool = False,
                     span_exporters: Sequence[SpanExporter] | None = None, metrics: bool | None = None,
                     loop: asyncio.AbstractEventLoop | None = None) -> Telemetry:
     """Telemetry for one process role, from a config or an environment
     mapping (default ``os.environ``). ``nc``: the connection the jetstream
-    exporter publishes on (``js`` is accepted for symmetry and unused: spans
-    are plain publishes). Call from the event loop the connection runs on.
+    exporter publishes on (plain publishes). Call from the event loop the
+    connection runs on.
     ``metrics=False``: no metrics from this role (clients)."""
     cfg = config if isinstance(config, TelemetryConfig) else TelemetryConfig.from_env(config)
     if loop is None and nc is not None:

@@ -53,7 +53,7 @@ import msgspec
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ToolCallCompleted, ToolCallRequested, ToolError
-from agentstream.runtime.breaker import BreakerStore, SharedBreaker
+from agentstream.runtime.breaker import Admission, BreakerStore, SharedBreaker
 from agentstream.runtime.consumer import Reject
 from agentstream.runtime.errors import Conflict
 from agentstream.runtime.memory import InMemoryKV
@@ -68,11 +68,6 @@ _PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsA
 
 
 ResultStore = BreakerStore  # where idempotent tools' results are kept (create-only)
-
-
-@dataclass(frozen=True)
-class _Rejected:
-    retry_after_s: float
 
 
 @dataclass(frozen=True)
@@ -151,8 +146,7 @@ class ToolRunner:
         self.breaker = SharedBreaker(breakers if breakers is not None else InMemoryKV(), clock=clock)
         self.results = results
         self.sleep = sleep
-        self.executions = 0  # calls whose tool ran (attempts counted in ``attempts``)
-        self.attempts = 0
+        self.executions = 0  # calls whose tool ran
         self.replayed = 0  # idempotent calls answered from the stored result
 
     async def on_call(self, req: ToolCallRequested) -> None:
@@ -199,8 +193,8 @@ class ToolRunner:
             kind="circuit_open", message=f"{tool.name} is failing and calls to it are suspended",
             hint=f"retry after {max(out.retry_after_s, 1.0):.0f}s, or do without this tool", retryable=False))
 
-    async def _guarded(self, tool: Tool, args: msgspec.Struct, req: ToolCallRequested) -> Outcome | _Rejected:
-        """Run through the tool's breaker, or say it is open."""
+    async def _guarded(self, tool: Tool, args: msgspec.Struct, req: ToolCallRequested) -> Outcome | Admission:
+        """Run through the tool's breaker, or return its ``reject`` admission (it is open)."""
         policy = tool.breaker
         if policy is None:
             return await self._attempts(tool, args, req)
@@ -211,7 +205,7 @@ class ToolRunner:
             log.warning("breaker of %r unavailable (%s); running the call unguarded", tool.name, exc)
             return await self._attempts(tool, args, req)
         if adm.action == "reject":
-            return _Rejected(adm.retry_after_s)
+            return adm
         probe = adm.action == "probe"
         out = await self._attempts(tool, args, req)
         try:
@@ -232,7 +226,7 @@ class ToolRunner:
             log.warning("fallback %r of %r rejects the arguments: %s", fb.name, tool.name, args.message)
             return None
         out = await self._guarded(fb, args, req)  # one level: the fallback's own fallback is not chained
-        if isinstance(out, _Rejected):
+        if isinstance(out, Admission):
             return None
         return Outcome(result=out.result, error=out.error, attempts=out.attempts, served_by=fb.name,
                        fault=out.fault)
@@ -249,7 +243,6 @@ class ToolRunner:
         attempts = 0
         while True:
             attempts += 1
-            self.attempts += 1
             t = timeout if attempts == 1 else min(timeout, max(policy.max_total_s - (time.monotonic() - start),
                                                                 0.001))
             try:

@@ -152,7 +152,6 @@ class Tool:
         self.name = name or fn.__name__
         summary, param_docs = _parse_docstring(fn.__doc__ or "")
         self.description = description or summary
-        self.param_docs = param_docs
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"tool {self.name!r}: timeout_s must be > 0")
         self.timeout_s = timeout_s
@@ -166,8 +165,7 @@ class Tool:
         if fallback == self.name:
             raise ValueError(f"tool {self.name!r} cannot be its own fallback")
         self.fallback = fallback
-        self.breaker: BreakerPolicy | None = (BreakerPolicy() if breaker is True else
-                                              None if breaker is False or breaker is None else breaker)
+        self.breaker: BreakerPolicy | None = BreakerPolicy() if breaker is True else None if breaker is False else breaker
         hints = get_type_hints(fn)
         sig = inspect.signature(fn)
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []

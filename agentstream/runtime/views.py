@@ -20,6 +20,7 @@ That is fine for demo- and small-production-size data; an index is the next step
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import re
 import sys
@@ -44,16 +45,15 @@ from agentstream.contracts.events import (
     ToolCallCompleted,
 )
 from agentstream.contracts.telemetry import TELEMETRY_STREAM, SpanRecord, decode_spans, span_subject
-from agentstream.runtime.scan import MAX_SCAN, Raw, last_seq, scan
+from agentstream.runtime.scan import MAX_SCAN, RESULTS_STREAM, Raw, last_seq, scan, stored_result
 from agentstream.runtime.timeline import overlapping
 
 if TYPE_CHECKING:
     from agentstream.runtime.config import Settings
 
-RESULTS_STREAM = "RESULTS"
 EVENTS_STREAM = "EVENTS"
-ALL_SPANS = "telemetry.spans.*"
-ALL_RESULTS = "agents.*.results.*"
+ALL_SPANS = span_subject("*")  # telemetry.spans.*
+ALL_RESULTS = subjects.any_results("*")  # agents.*.results.*
 
 TRACE_LOOKBACK_S = 300.0  # scan spans from this long before the task started (clock skew, batching)
 WATERFALL_WIDTH = 48
@@ -108,7 +108,8 @@ async def load_recent_results(js: JetStreamContext, limit: int = 50) -> list[Tas
     if not last:
         return []
     # A few spare messages absorb duplicate copies of a result.
-    raws = await scan(js, RESULTS_STREAM, ALL_RESULTS, start_seq=max(1, last - 2 * limit + 1), limit=2 * limit)
+    raws = await scan(js, RESULTS_STREAM, ALL_RESULTS, start_seq=max(1, last - 2 * limit + 1), limit=2 * limit,
+                      last=last)
     results = _decode_results(raws)
     results.sort(key=lambda r: r.finished_at, reverse=True)
     return results[:limit]
@@ -119,17 +120,13 @@ async def load_result(js: JetStreamContext, task_id: str) -> TaskResult | None:
     if not subjects.is_token(task_id):
         return None
     try:
-        info = await js.stream_info(RESULTS_STREAM, subjects_filter=subjects.any_results(task_id))
-        found = list((info.state.subjects or {}).keys())
-        if not found:
-            return None
-        raw = await js.get_last_msg(RESULTS_STREAM, found[0])
+        data = await stored_result(js, task_id)
     except (jse.NotFoundError, nats.errors.TimeoutError):
         return None
-    if raw.data is None:
+    if data is None:
         return None
     try:
-        return codec.task_result.decode(raw.data)
+        return codec.task_result.decode(data)
     except codec.DecodeError:
         return None
 
@@ -158,13 +155,25 @@ async def _find_trace(js: JetStreamContext, task_or_trace_id: str, *, limit: int
     # before the task started: with the result's start time the scan is short.
     result = await load_result(js, ident)
     start = None if result is None else result.started_at - TRACE_LOOKBACK_S
-    candidates = _decode_spans(await scan(js, TELEMETRY_STREAM, ALL_SPANS, start_time=start, limit=limit))
+    raws = await scan(js, TELEMETRY_STREAM, ALL_SPANS, start_time=start, limit=limit)
+    candidates = _decode_spans(raws)
     trace_ids = sorted({s.trace_id for s in candidates if _task_of(s) == ident})
+    # A trace's spans may predate the lookback window, or lie past a scan cut
+    # at ``limit``: then read each trace's subject in full. Otherwise the scan
+    # above already holds every message of these traces.
+    rescan = start is not None or len(raws) >= limit
+    by_subject: dict[str, list[Raw]] = defaultdict(list)
+    if not rescan:
+        for r in raws:
+            by_subject[r.subject].append(r)
     spans_by_id: dict[str, SpanRecord] = {}
     for trace_id in trace_ids:
         if not subjects.is_token(trace_id):
             continue
-        for s in _decode_spans(await scan(js, TELEMETRY_STREAM, span_subject(trace_id), limit=limit)):
+        subject = span_subject(trace_id)
+        trace_raws = (await scan(js, TELEMETRY_STREAM, subject, limit=limit) if rescan
+                      else by_subject.get(subject, []))
+        for s in _decode_spans(trace_raws):
             spans_by_id[s.span_id] = s
     return _by_start(spans_by_id.values()), (ident, result)
 
@@ -247,7 +256,7 @@ def spans_from_events(task_id: str, events: Sequence[TaskEvent], result: TaskRes
             start=min(s.start for s in spans), end=max(s.end for s in spans), attributes={
                 "gen_ai.agent.name": agent, "agentstream.task_id": task_id, SYNTHETIC: True,
                 "agentstream.in_progress": True}))
-    return sorted(spans, key=lambda s: (s.start, s.end))
+    return _by_start(spans)
 
 
 @dataclass(frozen=True)
@@ -363,18 +372,22 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
-def render_waterfall(spans: Sequence[SpanRecord], width: int = WATERFALL_WIDTH, *, label_width: int = 52) -> str:
+def render_waterfall(spans: Sequence[SpanRecord], width: int = WATERFALL_WIDTH, *, label_width: int = 52,
+                     rows: Sequence[tuple[int, SpanRecord]] | None = None,
+                     parallel: dict[str, int] | None = None) -> str:
     """The spans of one trace on a common time axis: one line per span, indented
     under its parent, ``#`` bars (``x`` for failures) from its start offset for its
-    duration; overlapping tool calls are marked ``||``; model calls show tokens and cost."""
+    duration; overlapping tool calls are marked ``||``; model calls show tokens and cost.
+    ``rows`` and ``parallel``: :func:`tree_order` and :func:`parallel_groups` of
+    ``spans`` if the caller has them already."""
     if not spans:
         return "(no spans)"
     width = max(10, width)
     t0 = min(s.start for s in spans)
     t1 = max(s.end for s in spans)
     total = max(t1 - t0, 1e-6)
-    rows = tree_order(spans)
-    parallel = parallel_groups(spans)
+    rows = tree_order(spans) if rows is None else rows
+    parallel = parallel_groups(spans) if parallel is None else parallel
     labels = [("  " * d + s.name) for d, s in rows]
     lw = min(max([len(x) for x in labels] + [10]), label_width)
 
@@ -707,11 +720,17 @@ def time_series(results: Sequence[TaskResult], since_s: float, *, now: float | N
     return rows
 
 
-async def load_stats(js: JetStreamContext, since_s: float) -> tuple[Stats, list[SpanRecord], list[TaskResult], str]:
+async def load_stats(js: JetStreamContext, since_s: float) -> tuple[Stats, list[TaskResult], str]:
     """Stats over the window: spans from TELEMETRY, else (no exporter) rebuilt from
-    the window's events. Returns (stats, spans, results, source)."""
-    results = await load_results(js, since_s)
-    spans = await load_spans(js, since_s)
+    the window's events. Returns (stats, results, source)."""
+    # Both scans at once; on failure, the results scan's error wins, as when run in turn.
+    got_results, got_spans = await asyncio.gather(load_results(js, since_s), load_spans(js, since_s),
+                                                  return_exceptions=True)
+    if isinstance(got_results, BaseException):
+        raise got_results
+    if isinstance(got_spans, BaseException):
+        raise got_spans
+    results, spans = got_results, got_spans
     source = "telemetry"
     if not spans and results:
         source = "events"
@@ -721,7 +740,7 @@ async def load_stats(js: JetStreamContext, since_s: float) -> tuple[Stats, list[
                 by_task[ev.task_id].append(ev)
         for task_id, evs in by_task.items():
             spans.extend(s for s in spans_from_events(task_id, evs, None) if _op(s) != "invoke_agent")
-    return compute_stats(spans, results, since_s=since_s), spans, results, source
+    return compute_stats(spans, results, since_s=since_s), results, source
 
 
 # =========================================================================== CLI glue
@@ -814,7 +833,7 @@ async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.client import AgentClient
 
     async with await AgentClient.connect(_nats_url(settings), provision=False) as client:
-        stats, _spans, _results, source = await load_stats(client.js, args.since)
+        stats, _results, source = await load_stats(client.js, args.since)
     if getattr(args, "json", False):
         print(msgspec.json.encode({**stats_json(stats), "source": source}).decode())
     else:
