@@ -152,8 +152,18 @@ async def test_shared_breaker_records_through_conflicts() -> None:
     assert len((await a.state("t")).failures) == 2
 
 
+class YieldingKV(InMemoryKV):
+    """Yields to the loop between reading and returning, so concurrent admits all
+    read the same revision before any of them writes: the CAS really races."""
+
+    async def get(self, key: str) -> Entry | None:
+        e = await super().get(key)
+        await asyncio.sleep(0)
+        return e
+
+
 async def test_only_one_replica_claims_the_probe() -> None:
-    kv, clock = InMemoryKV(), Clock()
+    kv, clock = YieldingKV(), Clock()
     await kv.create("t", codec.encode(BreakerState(state="open", opened_at=clock.now - 31)))
     replicas = [SharedBreaker(kv, clock=clock) for _ in range(5)]
     outcomes = await asyncio.gather(*(r.admit("t", P, f"r{i}/1") for i, r in enumerate(replicas)))

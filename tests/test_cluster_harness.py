@@ -51,7 +51,6 @@ async def _wait_for(predicate, timeout: float, what: str, interval: float = 0.05
 
 
 async def test_r3_stream_survives_a_killed_node(cluster: NatsCluster) -> None:
-    assert cluster.startup_seconds is not None and cluster.startup_seconds < 30
     nc = await nats.connect(servers=cluster.urls.split(","), connect_timeout=2,
                             reconnect_time_wait=0.1, max_reconnect_attempts=-1)
     try:

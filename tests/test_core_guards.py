@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentstream.contracts.events import ApprovalDecided, TaskCompleted, TaskFailed, Usage
-from agentstream.runtime.core import Context, decide, estimate_tokens
+from agentstream.runtime.core import MIN_OUTPUT_TOKENS, Context, decide, estimate_tokens
 from agentstream.runtime.state import (
     ApprovalExpired,
     CallModel,
@@ -205,7 +205,8 @@ def test_no_model_call_is_made_once_the_budget_is_spent(budget: int, turns: list
         for cm in of(d.commands, CallModel):
             used = state.usage.input_tokens + state.usage.output_tokens
             left = budget - used
-            assert cm.max_tokens is not None and 0 < cm.max_tokens <= left
+            assert cm.max_tokens is not None
+            assert MIN_OUTPUT_TOKENS <= cm.max_tokens <= left - estimate_tokens(state.messages, c.spec.tools)
         if state.terminal or not of(d.commands, CallModel):
             return
         d = decide(state, responded(i, call(f"k{i}", "lookup_order", {"order_id": i}),

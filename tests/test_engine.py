@@ -328,12 +328,7 @@ async def test_crash_during_the_second_model_call_is_recovered_by_a_redelivered_
     model = FunctionModel(script)
     engine = world.engine(model)
     await engine.on_task(task())
-    runner = world.runner()
-    results: list[ToolCallCompleted] = []
-    for req in world.tool_calls():
-        ok, err = await runner.execute(req)
-        results.append(ToolCallCompleted(task_id=req.task_id, agent=req.agent, step=req.step, call_id=req.call_id,
-                                         tool=req.tool, ok=err is None, result=ok, error=err))
+    results = await _step1_results(world)
     await engine.on_event(results[0])
     await engine.on_event(results[1])
     script.fail.append(RuntimeError("worker killed mid-call"))
@@ -433,12 +428,13 @@ async def test_a_result_redelivered_while_the_next_model_call_runs_records_one_a
     is in flight re-issues that call (by design: it is also the crash-recovery
     path, so it costs a second paid call); the later response loses the
     compare-and-set, so exactly one answer is recorded and published."""
-    gate = asyncio.Event()
+    gate, entered = asyncio.Event(), asyncio.Event()
 
     class Gated(Script):
         async def __call__(self, request: ModelRequest) -> ModelResponse:
             if tool_results(request) and not any(len(tool_results(r)) for r in self.requests):
                 self.requests.append(request)
+                entered.set()
                 await gate.wait()  # a's step-2 call hangs until released
                 return self.fn(request)
             return await super().__call__(request)
@@ -453,12 +449,13 @@ async def test_a_result_redelivered_while_the_next_model_call_runs_records_one_a
     await a.on_event(results[0])
     await a.on_event(results[1])
     in_flight = asyncio.create_task(a.on_event(results[2]))
-    while len(script.requests) < 2:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(entered.wait(), 5)
+    assert len(script.requests) == 2
     await b.on_event(results[2])  # redelivered to the other replica
     gate.set()
     await in_flight
-    assert model_a.calls + model_b.calls in (2, 3)
+    # a: step 1 and the gated step 2; b: the re-issued step-2 call
+    assert (model_a.calls, model_b.calls) == (2, 1)
     res = only_result(world)
     assert isinstance(res, TaskCompleted) and res.output == REFUND_A
     notices = [p.msg_id or "" for p in world.bus.on(subjects.progress(AGENT, "t1"))]

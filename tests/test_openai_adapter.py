@@ -154,8 +154,6 @@ async def test_malformed_arguments_survive_as_raw_string(model_factory: Any) -> 
         resp = await complete(model_factory(srv.base_url), ask(tools=(WEATHER,)))
     (call,) = resp.tool_calls
     assert call.arguments == broken
-    with pytest.raises(ValueError):
-        json.loads(call.arguments)
 
 
 async def test_arguments_as_object_are_json_encoded(model_factory: Any) -> None:

@@ -104,14 +104,10 @@ async def result_through_failover(client: AgentClient, task_id: str, timeout: fl
     while True:
         try:
             return await client.result(task_id, timeout=max(0.1, deadline - time.monotonic()), agent="support")
-        except (nats.errors.Error, jse.Error) as exc:
-            FAILOVER_ERRORS.append(f"{type(exc).__name__}")
+        except (nats.errors.Error, jse.Error):
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.25)
-
-
-FAILOVER_ERRORS: list[str] = []
 
 
 # --------------------------------------------------------------------------- a. SIGKILL mid-task

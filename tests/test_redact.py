@@ -4,6 +4,7 @@ with test_tracing.py's end-to-end redaction test."""
 
 from __future__ import annotations
 
+import re
 import string
 
 import pytest
@@ -87,6 +88,7 @@ def test_no_generated_pii_survives(sample: tuple[str, list[str]]) -> None:
     out = redact(text)
     for s in secrets:
         assert s not in out, (s, text, out)
+        assert re.fullmatch(r"\[REDACTED:\w+\]", redact(s)), (s, redact(s))  # whole value, one tag
     assert "[REDACTED:" in out
 
 

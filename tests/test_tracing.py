@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import io
 import logging
+import re
 import sys
 import time
 import uuid
@@ -47,6 +48,7 @@ from agentstream.runtime.embedded import EmbeddedNats
 from agentstream.runtime.errors import ConfigError
 from agentstream.runtime.models import FunctionModel, answer, calls, last_user, tool_results
 from agentstream.runtime.ports import ModelRequest
+from agentstream.runtime.redact import redact
 from agentstream.runtime.service import Runtime
 from agentstream.runtime.tools import tool
 
@@ -307,6 +309,7 @@ def test_capture_on_exports_content_but_never_pii(tmp_path: Path, samples: list[
     strings = _all_strings(spans)
     blob = "\n".join(strings)
     for s in secrets:
+        assert re.fullmatch(r"\[REDACTED:\w+\]", redact(s)), (s, redact(s))  # the whole value, one tag
         assert s not in blob, s
         assert s not in logs, s
     # Capture really was on: prompts and tool arguments are there, redacted.
@@ -378,6 +381,7 @@ async def test_tracing_off_wraps_nothing(nats_url: str, tmp_path: Path) -> None:
         tid = await client.submit("echo", "hi")
         assert isinstance(await client.result(tid, timeout=RESULT_TIMEOUT_S), TaskCompleted)
         assert rt.js is not None
+        await rt.telemetry.force_flush()  # any span leaked despite tracing off would now be stored
         assert await read_spans(rt.js) == []
     finally:
         await rt.stop()

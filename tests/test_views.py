@@ -235,8 +235,13 @@ def test_time_series_and_histogram() -> None:
                               completed("c", now - 5000, 1)], 3600, now=now, buckets=12)
     assert len(rows) == 12 and rows[-1]["tasks"] == 2 and rows[-1]["error_rate"] == 0.5
     assert rows[-1]["cost_usd"] == pytest.approx(0.501)
+    # 300 s buckets from now - 3600: a and b finish in the last one; c (now - 4999) is before the window
+    assert [r["t"] for r in rows] == pytest.approx([now - 3600 + 300 * i for i in range(12)])
+    assert [r["tasks"] for r in rows] == [0.0] * 11 + [2.0]
+    # 4 equal bins over 100..1000 ms (225 ms wide): 0.1, 0.2, 0.2 in the first, 1.0 in the last
     h = views.histogram([0.1, 0.2, 0.2, 1.0], bins=4)
-    assert sum(h["counts"]) == 4 and len(h["edges_ms"]) == 5
+    assert h["edges_ms"] == pytest.approx([100.0, 325.0, 550.0, 775.0, 1000.0])
+    assert h["counts"] == [3.0, 0.0, 0.0, 1.0]
 
 
 # --------------------------------------------------------------------------- real nats-server
