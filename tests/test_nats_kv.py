@@ -4,6 +4,9 @@ approvals poller list buckets forever)."""
 
 from __future__ import annotations
 
+import nats.js.errors as jse
+import pytest
+
 from agentstream.contracts import subjects
 from agentstream.contracts.events import ApprovalRequested
 from agentstream.runtime import approvals, nats_adapters
@@ -43,3 +46,32 @@ async def test_polling_pending_approvals_does_not_exhaust_the_server(client: Age
     assert [r.status for r in await approvals.list_approvals(client, status=None)] == ["pending", "approved"]
     info = await client.js.stream_info(f"KV_{subjects.APPROVALS.name}")
     assert info.state.consumer_count == 0
+
+
+async def test_a_malformed_approval_id_is_a_clear_user_error(client: AgentClient) -> None:
+    """A key NATS cannot hold (here with '*') was an internal error (HTTP 500);
+    it is the same "invalid approval id" as any other the server refuses."""
+    await nats_adapters.bucket(client.js, subjects.APPROVALS.name)
+    with pytest.raises(approvals.ApprovalError, match="invalid approval id 'a\\*b'") as err:
+        await approvals.get_approval(client, "a*b")
+    assert err.value.status == 409
+
+
+async def test_a_bucket_another_replica_is_still_creating_is_waited_for() -> None:
+    """On a cluster, a create refused because another replica is creating the
+    same stream can be followed by a lookup that does not see it yet."""
+    answers: list[object] = [jse.NotFoundError(), jse.BucketNotFoundError(), "the bucket"]
+
+    async def lookup() -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert await nats_adapters._once_visible(lookup) == "the bucket" and answers == []
+    with pytest.raises(jse.NotFoundError):
+        await nats_adapters._once_visible(lookup_missing, timeout=0.3)
+
+
+async def lookup_missing() -> object:
+    raise jse.NotFoundError()

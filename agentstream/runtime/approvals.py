@@ -62,7 +62,7 @@ async def get_approval(client: AgentClient, approval_id: str) -> ApprovalRecord:
     kv = await _bucket(client)
     try:
         entry = await kv.get(approval_id)
-    except jse.BadRequestError:
+    except (jse.BadRequestError, jse.InvalidKeyError):
         raise ApprovalError(f"invalid approval id {approval_id!r}", status=409) from None
     if entry is None:
         raise ApprovalError(f"no approval {approval_id!r} (see `agentstream approvals`)", status=404)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors as jse
@@ -97,6 +100,23 @@ class NatsKV:
         return sorted(live.items())
 
 
+_T = TypeVar("_T")
+
+
+async def _once_visible(lookup: Callable[[], Awaitable[_T]], timeout: float = 10.0) -> _T:
+    """``lookup()`` of a stream or bucket the server just refused to create
+    because it exists. On a cluster it may be another replica's creation still
+    in flight, not yet visible (NotFound): retry, bounded, until it is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await lookup()
+        except jse.NotFoundError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = True) -> None:
     """Create every stream and bucket the protocol needs. Idempotent.
 
@@ -116,7 +136,7 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
         except jse.BadRequestError:
             if not update:
                 continue
-            existing = await js.stream_info(sd.name)
+            existing = await _once_visible(functools.partial(js.stream_info, sd.name))
             cfg.num_replicas = existing.config.num_replicas
             if sorted(existing.config.subjects or []) != sorted(cfg.subjects or []):
                 await js.update_stream(cfg)
@@ -127,7 +147,8 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
                 ttl=bd.max_age_s or None, replicas=replicas, storage=StorageType.FILE,
                 direct=True))  # direct gets skip the JSON API: ~36% of handler time otherwise
         except jse.BadRequestError:
-            await js.key_value(bd.name)  # exists with other settings (e.g. replicas): use it as it is
+            # exists with other settings (e.g. replicas): use it as it is
+            await _once_visible(functools.partial(js.key_value, bd.name))
 
 
 async def bucket(js: JetStreamContext, name: str) -> NatsKV:
