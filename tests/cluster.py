@@ -175,13 +175,16 @@ class NatsCluster:
         finally:
             log.close()
 
-    def start(self, timeout: float = 30.0) -> NatsCluster:
+    def start(self, timeout: float = 30.0, *, wait: bool = True) -> NatsCluster:
+        """Spawn all three nodes; with ``wait`` (the default) return only once
+        the cluster is ready, without it at once, as ``docker compose up`` does."""
         t0 = time.monotonic()
         try:
             self._render()
             for node in self.nodes:
                 self._spawn(node)
-            self.wait_ready(timeout)
+            if wait:
+                self.wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
@@ -252,6 +255,18 @@ class NatsCluster:
             return False, f"{node.name}: health={health} meta_leader={leader!r}"
         return True, leader
 
+    def _peers_not_current(self, leader: str, live: list[Node]) -> list[str]:
+        """Running nodes the meta leader does not yet count as current peers. A
+        leader is elected with a quorum of two; until the third has caught up,
+        an R3 stream cannot be placed ('no suitable peers for placement')."""
+        try:
+            meta = self.monitor(self.index_of(leader), "/jsz").get("meta_cluster") or {}
+        except (OSError, ValueError, KeyError) as exc:
+            return [f"(leader {leader} unreadable: {exc})"]
+        current = {r.get("name") for r in meta.get("replicas") or []
+                   if r.get("current") and not r.get("offline")}
+        return [n.name for n in live if n.name != leader and n.name not in current]
+
     def meta_leader(self) -> str | None:
         for node in self.nodes:
             if node.alive:
@@ -280,7 +295,10 @@ class NatsCluster:
             statuses = [self._node_status(n) for n in live]
             leaders = {s for ok, s in statuses if ok}
             if live and all(ok for ok, _ in statuses) and len(leaders) == 1:
-                return
+                lagging = self._peers_not_current(next(iter(leaders)), live)
+                if not lagging:
+                    return
+                statuses = [(False, f"meta leader does not yet see {', '.join(lagging)} as current")]
             last = [s for _, s in statuses]
             if time.monotonic() >= deadline:
                 tails = "\n".join(f"--- {n.name} ---\n{n.log_tail()}" for n in live)

@@ -75,3 +75,30 @@ async def test_a_bucket_another_replica_is_still_creating_is_waited_for() -> Non
 
 async def lookup_missing() -> object:
     raise jse.NotFoundError()
+
+
+async def test_creating_retries_a_forming_cluster_and_tells_exists_from_failure() -> None:
+    """'No suitable peers' (10005) while a cluster forms is retried; 'exists with
+    another config' (10058) means exists; any other API error is raised."""
+    answers: list[BaseException | None] = [
+        jse.BadRequestError(code=400, err_code=10005, description="no suitable peers for placement"),
+        jse.ServiceUnavailableError(code=503, description="JetStream system temporarily unavailable"),
+        None]
+
+    async def create() -> None:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    assert await nats_adapters._creating(create) is True and answers == []
+
+    async def exists() -> None:
+        raise jse.BadRequestError(code=400, err_code=10058, description="stream name already in use")
+
+    assert await nats_adapters._creating(exists) is False
+
+    async def denied() -> None:
+        raise jse.APIError(code=403, err_code=10100, description="not allowed")
+
+    with pytest.raises(jse.APIError, match="not allowed"):
+        await nats_adapters._creating(denied)

@@ -24,6 +24,7 @@ from apps.crash_app import TOOLS, expected_output
 from cluster import NatsCluster
 from conftest import REPO_ROOT, SpawnWorker, WorkerPool, until, worker_env
 
+from agentstream.contracts import subjects
 from agentstream.contracts.events import TaskCompleted
 from agentstream.runtime.client import AgentClient
 from agentstream.runtime.embedded import EmbeddedNats, free_port
@@ -376,3 +377,42 @@ async def test_cluster_survives_a_killed_node(nats_cluster: NatsCluster, worker_
         await batch("after")
     finally:
         await client.close()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+async def test_provisioning_waits_for_a_cluster_still_forming(tmp_path: Path) -> None:
+    """Replicas started together with their cluster (docker compose up) meet
+    'no suitable peers for placement' until the meta leader has seen every
+    peer: provisioning R3 assets waits for that instead of failing start-up."""
+    from agentstream.runtime import nats_adapters
+
+    cluster = NatsCluster(base_dir=tmp_path / "forming").start(wait=False)
+    try:
+        nc = await _connect_within(cluster.urls, 30.0)
+        try:
+            await nats_adapters.provision(nc.jetstream(), replicas=3)
+            js = nc.jetstream()
+            for stream in ("TASKS", "EVENTS", "TOOLS", "RESULTS"):
+                assert (await js.stream_info(stream)).config.num_replicas == 3
+            kv = await nats_adapters.bucket(js, subjects.SESSIONS.name)
+            await kv.put("k", b"v")
+            assert (await kv.get("k")).value == b"v"  # type: ignore[union-attr]
+        finally:
+            await nc.close()
+    finally:
+        cluster.stop()
+
+
+async def _connect_within(urls: str, timeout: float) -> nats.aio.client.Client:
+    from agentstream.runtime import nats_adapters
+    from agentstream.runtime.errors import BrokerUnavailable
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await nats_adapters.connect(urls, connect_timeout=1.0)
+        except BrokerUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.05)  # polling a port that is not listening yet

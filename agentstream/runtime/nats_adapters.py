@@ -117,6 +117,38 @@ async def _once_visible(lookup: Callable[[], Awaitable[_T]], timeout: float = 10
             await asyncio.sleep(0.1)
 
 
+# JetStream errors a cluster gives while it is still forming (a node just
+# started, the meta leader has not yet seen every peer) or briefly without a
+# leader: retried, bounded, so replicas started together with their cluster
+# (docker compose up) do not die at start-up.
+_FORMING = {10005,  # no suitable peers for placement
+            10008}  # JetStream system temporarily unavailable
+_FORMING_TIMEOUT_S = 30.0
+
+
+async def _creating(create: Callable[[], Awaitable[object]]) -> bool:
+    """Run ``create()``; True if it created, False if the server refused because
+    the asset exists (BadRequest other than a forming cluster)."""
+    deadline = time.monotonic() + _FORMING_TIMEOUT_S
+    while True:
+        try:
+            await create()
+            return True
+        except jse.APIError as exc:
+            if not (exc.err_code in _FORMING or exc.code == 503):
+                if isinstance(exc, jse.BadRequestError):
+                    return False
+                raise
+            why = str(exc.description)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            # no meta leader yet: the API request goes unanswered. A create that
+            # did land is 'exists' on the next attempt.
+            why = str(exc)
+        if time.monotonic() >= deadline:
+            raise BrokerUnavailable(f"JetStream cluster not ready after {_FORMING_TIMEOUT_S:g}s: {why}")
+        await asyncio.sleep(0.25)
+
+
 async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = True) -> None:
     """Create every stream and bucket the protocol needs. Idempotent.
 
@@ -131,22 +163,18 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
             num_replicas=replicas, duplicate_window=sd.duplicate_window_s, discard=DiscardPolicy.OLD,
             allow_direct=True,
         )
-        try:
-            await js.add_stream(cfg)
-        except jse.BadRequestError:
-            if not update:
-                continue
-            existing = await _once_visible(functools.partial(js.stream_info, sd.name))
-            cfg.num_replicas = existing.config.num_replicas
-            if sorted(existing.config.subjects or []) != sorted(cfg.subjects or []):
-                await js.update_stream(cfg)
+        if await _creating(functools.partial(js.add_stream, cfg)) or not update:
+            continue
+        existing = await _once_visible(functools.partial(js.stream_info, sd.name))
+        cfg.num_replicas = existing.config.num_replicas
+        if sorted(existing.config.subjects or []) != sorted(cfg.subjects or []):
+            await js.update_stream(cfg)
     for bd in subjects.BUCKETS:
-        try:
-            await js.create_key_value(KeyValueConfig(
-                bucket=bd.name, description=bd.description, history=bd.history,
-                ttl=bd.max_age_s or None, replicas=replicas, storage=StorageType.FILE,
-                direct=True))  # direct gets skip the JSON API: ~36% of handler time otherwise
-        except jse.BadRequestError:
+        created = await _creating(functools.partial(js.create_key_value, KeyValueConfig(
+            bucket=bd.name, description=bd.description, history=bd.history,
+            ttl=bd.max_age_s or None, replicas=replicas, storage=StorageType.FILE,
+            direct=True)))  # direct gets skip the JSON API: ~36% of handler time otherwise
+        if not created:
             # exists with other settings (e.g. replicas): use it as it is
             await _once_visible(functools.partial(js.key_value, bd.name))
 
