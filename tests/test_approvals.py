@@ -156,3 +156,54 @@ async def test_a_budget_stops_a_task_mid_way_before_the_next_model_call(
     assert rt.engines["spendy"].model_calls == 1  # the call that would exceed the budget was not made
     assert log.read_text().splitlines() == ["lookup_order 5"]
     assert (res.usage.input_tokens, res.usage.output_tokens) == (1_200, 300)
+
+
+async def test_every_event_the_runtime_publishes_is_documented_on_its_asyncapi_channel(
+        runtime: tuple[Runtime, AgentClient, Path]) -> None:
+    """A client in another language learns the protocol from docs/asyncapi.json:
+    every message on every stream after a task with tools, approvals, a result
+    and a dead letter must match a channel listing its event type."""
+    import json
+    import re
+
+    from agentstream.contracts import subjects
+    from agentstream.handlers.protocol import asyncapi_document
+    from agentstream.runtime.scan import scan
+
+    _, client, _ = runtime
+    task_id = await client.submit("refunds", "two refunds please")
+    for p in await wait_pending(client, 2):
+        await approvals.decide(client, p.request.approval_id, approved=True, approver="alice")
+    assert isinstance(await client.result(task_id, timeout=WAIT_S), TaskCompleted)
+    await client.js.publish("agents.refunds.tasks", b"{not json")
+    deadline = time.monotonic() + WAIT_S
+    while not (await client.js.stream_info("DEADLETTER")).state.messages:
+        assert time.monotonic() < deadline, "the malformed task was not dead-lettered"
+        await asyncio.sleep(0.05)
+
+    doc = asyncapi_document()
+    schemas = doc["components"]["schemas"]
+    documented: list[tuple[re.Pattern[str], set[str]]] = []
+    for channel in doc["channels"].values():
+        pattern = re.escape(channel["address"]).replace(r"\{subject\}", ".+")
+        pattern = re.sub(r"\\\{[a-z_]+\\\}", "[^.]+", pattern)
+        tags: set[str] = set()
+        for message in channel["messages"].values():
+            payload = doc["components"]["messages"][message["$ref"].rsplit("/", 1)[1]]["payload"]
+            for ref in payload.get("oneOf", [payload]):
+                tags.add(schemas[ref["$ref"].rsplit("/", 1)[1]]["properties"]["type"]["enum"][0])
+        documented.append((re.compile(pattern), tags))
+
+    seen: set[tuple[str, str]] = set()
+    for sd in subjects.STREAMS:
+        for raw in await scan(client.js, sd.name, ">"):
+            try:
+                tag = json.loads(raw.data)["type"]
+            except (ValueError, KeyError, TypeError):
+                assert sd.name == "TASKS", (raw.subject, raw.data[:80])  # the garbage we sent
+                continue
+            seen.add((raw.subject.split(".")[0], tag))
+            assert any(p.fullmatch(raw.subject) and tag in tags for p, tags in documented), \
+                f"{tag} on {raw.subject} is not in the AsyncAPI document"
+    for needed in ("approval.requested", "approval.decided", "audit.record", "task.completed", "dead.lettered"):
+        assert any(needed in tag for _, tag in seen), (needed, sorted(seen))

@@ -552,3 +552,14 @@ def test_metric_series_per_instrument_are_capped_with_an_overflow_series() -> No
     assert hp[(("agentstream.user_id", "u-0"),)][1] == 2
     assert sum(v[1] for v in hp.values()) == users + 1
     assert 'agentstream_errors_total{otel_metric_overflow="true"} 50' in "\n".join(m.prometheus_lines())
+
+
+def test_error_kind_of_a_model_failure_is_its_http_status_or_invalid_response() -> None:
+    """`agentstream stats` groups errors by this kind: an unreadable 200 body is
+    the model's invalid response, not an error kind called "200"."""
+    from agentstream.runtime.errors import ModelError
+    from agentstream.runtime.telemetry import _error_type
+
+    assert _error_type(ModelError("rate limited", status=429, transient=True)) == "429"
+    assert _error_type(ModelError("unreadable body", status=200)) == "invalid_response"
+    assert _error_type(ModelError("timed out", transient=True)) == "model_unavailable"

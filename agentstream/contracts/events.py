@@ -264,7 +264,7 @@ class AuditRecord(Event, frozen=True, tag="agentstream.audit.record.v1"):
 
 
 AgentInboxEvent = Union[ToolCallCompleted, ApprovalDecided]
-ProgressEvent = Union[ModelTurnCompleted, ToolCallDispatched]
+ProgressEvent = Union[ModelTurnCompleted, ToolCallDispatched, ApprovalRequested]
 TaskEvent = Union[
     TaskSubmitted,
     ToolCallCompleted,

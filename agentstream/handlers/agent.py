@@ -1,12 +1,21 @@
-"""The agent's two subscriptions: new tasks, and its per-task inbox."""
+"""The agent's two subscriptions: new tasks, and its per-task inbox; and the
+answer to a task that can never run."""
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Any
+
+import msgspec
 from nats.aio.msg import Msg
 
-from agentstream.contracts import codec
-from agentstream.runtime.consumer import Handler, Reject, stream_seq
+from agentstream.contracts import codec, subjects
+from agentstream.contracts.events import TaskFailed, Usage
+from agentstream.runtime.consumer import DeadLetterHook, Handler, Reject, stream_seq
 from agentstream.runtime.engine import AgentEngine, decode_task
+
+log = logging.getLogger("agentstream.agent")
 
 
 def task_handler(engine: AgentEngine) -> Handler:
@@ -22,3 +31,74 @@ def inbox_handler(engine: AgentEngine) -> Handler:
     async def handle(msg: Msg) -> None:
         await engine.on_event(codec.agent_inbox.decode(msg.data))
     return handle
+
+
+# ------------------------------------------------------------ rejected tasks
+
+
+class _TaskIds(msgspec.Struct):
+    """What a rejected task body may still tell: read leniently (any type), so
+    a wrong type elsewhere in the body does not hide the task id."""
+
+    task_id: Any = None
+    tenant_id: Any = None
+    user_id: Any = None
+    conversation_id: Any = None
+
+
+_ids_decoder = msgspec.json.Decoder(_TaskIds)
+
+
+def rejected_result(raw: bytes, reason: str, *, agent: str, seq: int | None, now: float) -> TaskFailed | None:
+    """The failed result for a task body the consumer dead-lettered, or None
+    when the body yields no usable task id (then there is nobody to answer).
+
+    ``agent`` is the one whose task subject carried the body, not the body's
+    own claim. The task id is taken as the runtime would (``seq-<n>`` when
+    absent) and must be a subject token: a forged id cannot steer the result
+    to any other subject."""
+    try:
+        ids = _ids_decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeError, RecursionError):
+        return None  # not a JSON object: no task id to answer
+    if ids.task_id is None or ids.task_id == "":
+        if seq is None:
+            return None
+        task_id = f"seq-{seq}"
+    elif isinstance(ids.task_id, str) and subjects.is_token(ids.task_id):
+        task_id = ids.task_id
+    else:
+        return None
+    if not subjects.is_token(agent):
+        return None
+
+    def text(value: Any, default: str) -> str:
+        return value if isinstance(value, str) and value else default
+
+    return TaskFailed(task_id=task_id, agent=agent, agent_version="", reason="rejected",
+                      message=f"the task was rejected and will not run: {reason}", steps=0, tool_calls=0,
+                      usage=Usage(), started_at=now, finished_at=now,
+                      tenant_id=text(ids.tenant_id, "default"), user_id=text(ids.user_id, "anonymous"),
+                      conversation_id=text(ids.conversation_id, ""))
+
+
+def task_rejected(engine: AgentEngine) -> DeadLetterHook:
+    """After the task consumer dead-letters a body: answer its task with a
+    failed result, so whoever waits on it learns at once instead of timing out."""
+    agent = engine.spec.name
+
+    async def hook(msg: Msg, reason: str) -> None:
+        result = rejected_result(msg.data or b"", reason, agent=agent, seq=stream_seq(msg), now=time.time())
+        if result is None:
+            return
+        # A task the runtime knows (a session exists, running or finished) has,
+        # or will get, its own result (the deadline sweep fails a stuck one):
+        # a bad body reusing its id must not answer for it.
+        if await engine.sessions.get(result.task_id) is not None:
+            log.warning("rejected body for known task %s left unanswered: %s", result.task_id, reason)
+            return
+        # The msg id every result of the task uses: one result per task, and a
+        # redelivered rejection publishes nothing new.
+        await engine.bus.publish(subjects.results(agent, result.task_id), codec.encode(result),
+                                 msg_id=f"{result.task_id}:result")
+    return hook

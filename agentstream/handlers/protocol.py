@@ -20,25 +20,34 @@ from faststream.specification import AsyncAPI
 
 from agentstream.contracts import events as ev
 from agentstream.contracts import subjects
+from agentstream.contracts.telemetry import SpanBatch
 
 TITLE = "agentstream"
 VERSION = "1.0.0"
 
 # (channel address, role, event types, description)
-CHANNELS: tuple[tuple[str, str, tuple[type[ev.Event], ...], str], ...] = (
+CHANNELS: tuple[tuple[str, str, tuple[type[msgspec.Struct], ...], str], ...] = (
     ("agents.{agent}.tasks", "subscribe", (ev.TaskSubmitted,),
      "Submit a task to an agent. Stream TASKS (limits retention: every durable consumer, production "
      "or shadow, sees every task). Set header Nats-Msg-Id to the task id to make retries idempotent."),
     ("tools.{tool}.calls", "subscribe", (ev.ToolCallRequested,),
      "A tool call for the tool workers (stream TOOLS, one durable consumer per tool)."),
-    ("agents.{agent}.events.{task_id}", "subscribe", (ev.ToolCallCompleted,),
-     "The agent's continuation inbox for one task (stream EVENTS)."),
+    ("agents.{agent}.events.{task_id}", "subscribe", get_args(ev.AgentInboxEvent),
+     "The agent's continuation inbox for one task (stream EVENTS): tool results, and approval "
+     "decisions (publish an ApprovalDecided here to decide; the CLI and HTTP API check the approver first)."),
     ("agents.{agent}.progress.{task_id}", "publish", get_args(ev.ProgressEvent),
      "Progress notices for watchers and timelines (stream EVENTS)."),
+    ("approvals.{agent}.requested", "publish", (ev.ApprovalRequested,),
+     "A tool call waiting for a human decision (stream APPROVALS); the session is parked meanwhile."),
+    ("audit.{kind}.{agent}", "publish", (ev.AuditRecord,),
+     "Auditable facts: approval requested, decided, rejected, expired (stream AUDIT). "
+     "{kind} is the record's kind with '.' as '_'."),
     ("agents.{agent}.results.{task_id}", "publish", get_args(ev.TaskResult),
      "The task's result (stream RESULTS). Subscribe here, or read the last message on the subject."),
     ("deadletter.{subject}", "publish", (ev.DeadLettered,),
      "Messages a consumer could not process, with the reason (stream DEADLETTER)."),
+    ("telemetry.spans.{trace_id}", "publish", (SpanBatch,),
+     "Finished spans of one trace, batched, from the built-in exporter (stream TELEMETRY)."),
 )
 
 
@@ -75,7 +84,8 @@ def asyncapi_document() -> dict[str, Any]:
     doc: dict[str, Any] = AsyncAPI(broker, title=TITLE, version=VERSION, schema_version="3.0.0",
                                    description=__doc__.split("\n\n")[0] if __doc__ else None
                                    ).to_specification().to_jsonable()
-    _, components = msgspec.json.schema_components(ev.ALL_EVENT_TYPES, ref_template="#/components/schemas/{name}")
+    _, components = msgspec.json.schema_components((*ev.ALL_EVENT_TYPES, SpanBatch),
+                                                   ref_template="#/components/schemas/{name}")
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(components)
     messages = doc["components"].setdefault("messages", {})

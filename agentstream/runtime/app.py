@@ -7,6 +7,8 @@ Loaded by every process (API, agent workers, tool workers) from
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -69,14 +71,21 @@ class App:
         return out
 
 
-def load_app(ref: str | None) -> App:
+def load_app(ref: str | None, *, source: str = "AGENTSTREAM_APP") -> App:
+    """Import the App ``ref`` names (``module:attribute``). ``source`` is where
+    the user wrote it (``--app`` or ``AGENTSTREAM_APP``), for error messages."""
     ref = ref or DEFAULT_APP
     mod_name, _, attr = ref.partition(":")
+    # As uvicorn does: a module next to where the command runs is importable
+    # without PYTHONPATH=. (the `agentstream` script's sys.path[0] is its bin dir).
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ConfigError(f"AGENTSTREAM_APP={ref!r}: cannot import {mod_name!r} ({exc})") from None
+    except (ImportError, ValueError) as exc:  # ValueError: an empty or relative module name
+        raise ConfigError(f"{source}={ref!r}: cannot import {mod_name!r} ({exc})") from None
     obj = getattr(module, attr or "app", None)
     if not isinstance(obj, App):
-        raise ConfigError(f"AGENTSTREAM_APP={ref!r}: {mod_name}.{attr or 'app'} is not an agentstream App")
+        raise ConfigError(f"{source}={ref!r}: {mod_name}.{attr or 'app'} is not an agentstream App")
     return obj

@@ -4,11 +4,14 @@ the same by publishing ``ApprovalDecided`` to the task's inbox subject.
 
 The engine is the authority on who may decide (it ignores and audits a
 decision by an identity not allowed); the checks here only fail early with a
-clear message.
+clear message. A decision refused here never reaches the engine, so it is
+audited here, as the engine would (``approval.rejected``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import time
 import weakref
@@ -18,11 +21,13 @@ import nats.js.errors as jse
 from aiohttp import web
 
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import ApprovalDecided
+from agentstream.contracts.events import ApprovalDecided, ApprovalRequested, AuditRecord
 from agentstream.runtime.client import AgentClient
 from agentstream.runtime.errors import AgentstreamError
-from agentstream.runtime.nats_adapters import NatsKV, bucket
+from agentstream.runtime.nats_adapters import MSG_ID, NatsKV, bucket
 from agentstream.runtime.policy import ApprovalRecord, decode_record, parse_approvers
+
+log = logging.getLogger("agentstream.approvals")
 
 
 class ApprovalError(AgentstreamError):
@@ -78,13 +83,19 @@ async def decide(client: AgentClient, approval_id: str, *, approved: bool, appro
     if not approver:
         raise ApprovalError("say who decides: --as NAME (or set AGENTSTREAM_APPROVER)", status=409)
     rec = await get_approval(client, approval_id)
-    if rec.status != "pending":
-        raise ApprovalError(f"approval {approval_id} is already {rec.status}", status=409)
     req = rec.request
-    allowed = req.approvers or parse_approvers(os.environ)
-    if allowed and approver not in allowed:
-        raise ApprovalError(f"{approver} may not decide on {req.tool}; allowed: {', '.join(allowed)}",
-                            status=403)
+    refusal: ApprovalError | None = None
+    if rec.status != "pending":
+        refusal = ApprovalError(f"approval {approval_id} is already {rec.status}", status=409)
+    else:
+        allowed = req.approvers or parse_approvers(os.environ)
+        if allowed and approver not in allowed:
+            refusal = ApprovalError(f"{approver} may not decide on {req.tool}; allowed: {', '.join(allowed)}",
+                                    status=403)
+    if refusal is not None:
+        await _audit_refusal(client, req, approver=approver, approved=approved, status=rec.status,
+                             reason=str(refusal))
+        raise refusal
     decision = ApprovalDecided(approval_id=req.approval_id, task_id=req.task_id, agent=req.agent, step=req.step,
                                call_id=req.call_id, approved=approved, approver=approver, reason=reason,
                                decided_at=time.time())
@@ -92,6 +103,27 @@ async def decide(client: AgentClient, approval_id: str, *, approved: bool, appro
     await client.js.publish(subjects.events(req.agent, req.task_id), codec.encode(decision),
                             headers={"Nats-Msg-Id": f"{req.approval_id}:decision"}, timeout=10)
     return decision
+
+
+async def _audit_refusal(client: AgentClient, req: ApprovalRequested, *, approver: str, approved: bool,
+                         status: str, reason: str) -> None:
+    """Record a refused decision on the AUDIT stream: who tried, on which
+    approval, what they tried, why it was refused. Same kind and subject as
+    the engine's own ``approval.rejected`` records."""
+    rec = AuditRecord(kind="approval.rejected", at=time.time(), actor=approver, agent=req.agent,
+                      task_id=req.task_id, details={"approval_id": req.approval_id, "tool": req.tool,
+                                                    "approved": approved, "status": status, "reason": reason})
+    try:
+        # The engine's audit msg id shape (one record per attempt, a retried
+        # publish of it deduplicated), the approver hashed: it is free text
+        # from the caller and must not reach a header verbatim.
+        who = hashlib.sha256(approver.encode()).hexdigest()[:16]
+        await client.js.publish(subjects.audit(rec.kind.replace(".", "_"), req.agent), codec.encode(rec),
+                                headers={MSG_ID: f"audit:{rec.kind}:{req.approval_id}:{who}:{rec.at!r}"},
+                                timeout=10)
+    except Exception as exc:  # noqa: BLE001 - the refusal stands and is what the caller must hear
+        log.warning("could not audit the refused decision of %s on %s: %s: %s", approver, req.approval_id,
+                    type(exc).__name__, exc)
 
 
 # ----------------------------------------------------------------- HTTP routes

@@ -11,30 +11,61 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import msgspec
 
-from agentstream.contracts import codec
+from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult
 from agentstream.runtime.config import Settings
+from agentstream.runtime.embedded import DirLock
 from agentstream.runtime.errors import AgentstreamError
+
+if TYPE_CHECKING:
+    from agentstream.runtime.client import AgentClient
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+
+_N = TypeVar("_N", int, float)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"agentstream: error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(EXIT_USAGE)
+
+
+def _number(kind: type[_N], what: str, ok: Callable[[_N], bool]) -> Callable[[str], _N]:
+    """An argparse type: ``kind`` parsed and checked, else a usage error (exit 2).
+    A budget or limit of 0 would otherwise be taken for 'none set' downstream."""
+    noun = "whole number" if kind is int else "number"
+
+    def parse(raw: str) -> _N:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {what} {noun}, got {raw!r}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"expected a {what} {noun}, got {raw!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, "positive", lambda v: v > 0)
+_positive_float = _number(float, "positive", lambda v: v > 0)
+_non_negative_float = _number(float, "non-negative", lambda v: v >= 0)
+_port = _number(int, "port (0-65535)", lambda v: 0 <= v <= 65535)
 
 
 def _nats_url(settings: Settings) -> str:
@@ -74,17 +105,45 @@ def _print_result(res: TaskResult, as_json: bool) -> int:
 def _write_or_print(text: str, out: str | None, *, end: str = "\n") -> int:
     """Write ``text`` to the file ``out`` as it is, or print it followed by ``end``."""
     if out:
-        Path(out).write_text(text)
+        try:
+            Path(out).write_text(text)
+        except OSError as exc:
+            raise AgentstreamError(f"cannot write {out}: {_os_reason(exc)}") from None
         print(f"wrote {out}")
     else:
         print(text, end=end)
     return 0
 
 
+# When each kind of event happened, by its own fields; first non-zero wins
+# (a ToolCallCompleted from an old producer has no times).
+_EVENT_TIMES = ("finished_at", "decided_at", "at", "requested_at", "submitted_at", "started_at")
+
+
+def _event_time(ev: TaskEvent) -> float | None:
+    for attr in _EVENT_TIMES:
+        value = getattr(ev, attr, None)
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value)
+    return None
+
+
 def _event_line(ev: TaskEvent) -> str:
+    """The event's own time, not now: `watch` replays a task's past events too."""
     name = type(ev).__name__
     body = msgspec.json.encode(ev).decode()
-    return f"{time.strftime('%H:%M:%S')} {name:<20} {body}"
+    at = _event_time(ev)
+    clock = time.strftime("%H:%M:%S", time.localtime(at)) if at is not None else "--:--:--"
+    return f"{clock} {name:<20} {body}"
+
+
+def _os_reason(exc: BaseException) -> str:
+    """'address already in use', not Python's '[Errno 98] error while attempting to bind ...'."""
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno).lower()
+    return str(exc)
 
 
 # ----------------------------------------------------------------- commands
@@ -101,45 +160,52 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         rt = Runtime.from_settings(settings, agents=[args.agent], tools="all")
         print("agentstream demo")
         print(f"  broker : {'external ' + settings.nats_url if settings.nats_url else 'embedded nats-server (JetStream, temp dir)'}")
-        await rt.start()
-        engine = rt.engines[args.agent]
-        if settings.model:
-            print(f"  model  : {engine.llm.name} at {os.environ.get('OPENAI_BASE_URL', DEFAULT_BASE_URL)}")
-        else:
-            print(f"  model  : scripted ({engine.llm.name}); no model configured: set AGENTSTREAM_MODEL, "
-                  "OPENAI_BASE_URL and OPENAI_API_KEY to use a real one")
-        print(f"  agent  : {args.agent} with {len(engine.spec.tools)} tools: "
-              + ", ".join(t.name for t in engine.spec.tools))
-        print(f"  workers: 1 agent consumer, {len(rt.app.tools)} tool consumers (in this process)\n")
-        samples = rt.app.samples.get(args.agent) or ["Hello"]
         failures = 0
         try:
+            # Inside the try: a start-up that fails half way must not leave its broker behind.
+            await rt.start()
+            engine = rt.engines[args.agent]
+            if settings.model:
+                print(f"  model  : {engine.llm.name} at {os.environ.get('OPENAI_BASE_URL', DEFAULT_BASE_URL)}")
+            else:
+                print(f"  model  : scripted ({engine.llm.name}); no model configured: set AGENTSTREAM_MODEL, "
+                      "OPENAI_BASE_URL and OPENAI_API_KEY to use a real one")
+            print(f"  agent  : {args.agent} with {len(engine.spec.tools)} tools: "
+                  + ", ".join(t.name for t in engine.spec.tools))
+            print(f"  workers: 1 agent consumer, {len(rt.app.tools)} tool consumers (in this process)\n")
+            samples = rt.app.samples.get(args.agent) or ["Hello"]
             # rt.start() provisioned the streams and buckets already.
             async with await AgentClient.connect(rt.url, provision=False) as client:
                 supervisor = asyncio.create_task(_demo_supervisor(client))
-                # Submitted together: the agent and tool workers run them concurrently.
-                ids = [await client.submit(args.agent, q, user_id="demo-user", conversation_id=f"demo-{i}")
-                       for i, q in enumerate(samples)]
-                # A follow-up that continues the first conversation.
-                first = await client.result(ids[0], timeout=args.timeout)
-                follow = await client.submit(args.agent, "Please refund it.", user_id="demo-user",
-                                             conversation_id="demo-0")
-                pairs = list(zip([*samples, "Please refund it. (same conversation as task 1)"],
-                                 [*ids, follow]))
-                for n, (question, task_id) in enumerate(pairs, 1):
-                    res = first if task_id == ids[0] else await client.result(task_id, timeout=args.timeout)
-                    events = [ev async for ev in client.events(task_id, timeout=args.timeout)]
-                    print(f"[{n}/{len(pairs)}] {question}")
-                    print(f"      -> {_result_line(res)}")
-                    print("      " + render(events).replace("\n", "\n      "))
-                    print()
-                    failures += isinstance(res, TaskFailed)
-                supervisor.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await supervisor  # before the client closes under it
+                try:
+                    # Submitted together: the agent and tool workers run them concurrently.
+                    ids = [await client.submit(args.agent, q, user_id="demo-user", conversation_id=f"demo-{i}")
+                           for i, q in enumerate(samples)]
+                    # A follow-up that continues the first conversation.
+                    first = await client.result(ids[0], timeout=args.timeout)
+                    follow = await client.submit(args.agent, "Please refund it.", user_id="demo-user",
+                                                 conversation_id="demo-0")
+                    pairs = list(zip([*samples, "Please refund it. (same conversation as task 1)"],
+                                     [*ids, follow]))
+                    for n, (question, task_id) in enumerate(pairs, 1):
+                        res = first if task_id == ids[0] else await client.result(task_id, timeout=args.timeout)
+                        events = [ev async for ev in client.events(task_id, timeout=args.timeout)]
+                        print(f"[{n}/{len(pairs)}] {question}")
+                        print(f"      -> {_result_line(res)}")
+                        print("      " + render(events).replace("\n", "\n      "))
+                        print()
+                        failures += isinstance(res, TaskFailed)
+                finally:
+                    supervisor.cancel()  # also when a result times out: not left running on a closed client
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await supervisor
         finally:
             await rt.stop()
-        print(f"{len(pairs) - failures} of {len(pairs)} tasks completed; parallel tool calls are marked '||'.")
+        if failures:
+            print(f"{len(pairs) - failures} of {len(pairs)} tasks completed, {failures} failed: "
+                  "see the FAILED lines above.")
+            return EXIT_FAILED
+        print(f"{len(pairs)} of {len(pairs)} tasks completed; parallel tool calls are marked '||'.")
         return 0
 
 
@@ -174,31 +240,81 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.http_api import HttpServer
     from agentstream.runtime.service import Runtime
 
-    run_workers = os.environ.get("AGENTSTREAM_RUN_WORKERS", "1") not in ("0", "false", "no")
-    agents = (args.agent or list_agents(settings)) if run_workers else []
-    tools = args.tools if run_workers else None
-    rt = Runtime.from_settings(settings, agents=agents, tools=tools)
-    if settings.nats_url is None:
-        rt.embedded_port = args.nats_port
-    await rt.start()
+    # Before anything can fail half way: a signal during start-up then stops
+    # it right after, through the clean-up below, instead of killing the
+    # process and orphaning its nats-server.
+    stop = _stop_on_signal()
+    embedded = settings.nats_url is None
     url_file = settings.data_dir / "nats.url"
-    if settings.nats_url is None:
-        url_file.parent.mkdir(parents=True, exist_ok=True)
-        url_file.write_text(rt.url + "\n")
-    client = await AgentClient.connect(rt.url, provision=False)  # rt.start() provisioned already
-    server = HttpServer(client)
-    await server.start(settings.http_host, settings.http_port)
-    print(f"agentstream up: NATS {rt.url}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
-          f"tools: {tools or '-'}. Ctrl-C or SIGTERM stops gracefully.", flush=True)
-    await _wait_for_signal()
-    print("agentstream: shutting down (finishing in-flight steps)...", file=sys.stderr, flush=True)
-    await server.stop()
-    await client.close()
-    await rt.stop()
-    with contextlib.suppress(OSError):
-        if settings.nats_url is None:
-            url_file.unlink()
+    lock = DirLock(settings.data_dir / "agentstream.lock") if embedded else None
+    if lock is not None:
+        _lock_data_dir(lock, settings)
+    rt: Runtime | None = None
+    client: AgentClient | None = None
+    server: HttpServer | None = None
+    wrote_url = False
+    try:
+        agents = (args.agent or list_agents(settings)) if settings.run_workers else []
+        tools = args.tools if settings.run_workers else None
+        rt = Runtime.from_settings(settings, agents=agents, tools=tools)
+        if embedded:
+            rt.embedded_port = args.nats_port
+        await rt.start()
+        if embedded:
+            url_file.write_text(rt.url + "\n")
+            wrote_url = True
+        client = await AgentClient.connect(rt.url, provision=False)  # rt.start() provisioned already
+        # With its workers, `up` knows the app: a task for an agent it does not
+        # define is refused (404) instead of waiting forever. API-only, workers
+        # elsewhere may run any app, so every agent is accepted.
+        server = HttpServer(client, agents=list_agents(settings) if settings.run_workers else None)
+        try:
+            await server.start(settings.http_host, settings.http_port)
+        except (OSError, OverflowError) as exc:
+            raise AgentstreamError(f"cannot listen on {settings.http_host}:{settings.http_port}: "
+                                   f"{_os_reason(exc)} (AGENTSTREAM_HTTP_HOST, AGENTSTREAM_HTTP_PORT)") from None
+        print(f"agentstream up: NATS {rt.url}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
+              f"tools: {tools or '-'}. Ctrl-C or SIGTERM stops gracefully.", flush=True)
+        await stop.wait()
+        print("agentstream: shutting down (finishing in-flight steps)...", file=sys.stderr, flush=True)
+    finally:
+        # Whatever failed: stop what was started, newest first, and leave no
+        # nats.url pointing at a broker that is gone. The broker is stopped
+        # even if closing the API or the client fails.
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await server.stop()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+        if rt is not None:
+            await rt.stop()
+        if wrote_url:
+            with contextlib.suppress(OSError):
+                url_file.unlink()
+        if lock is not None:
+            lock.release()
     return 0
+
+
+def _lock_data_dir(lock: DirLock, settings: Settings) -> None:
+    """One `up` per data dir: a second would start another nats-server on the
+    same store and overwrite the first one's nats.url."""
+    try:
+        acquired = lock.acquire()
+    except OSError as exc:
+        raise AgentstreamError(f"cannot use data dir {settings.data_dir}: {_os_reason(exc)} "
+                               "(AGENTSTREAM_DATA_DIR)") from None
+    if acquired:
+        return
+    try:
+        url = (settings.data_dir / "nats.url").read_text().strip() or "starting"
+    except OSError:
+        url = "starting"
+    pid = lock.holder()
+    raise AgentstreamError(
+        f"agentstream is already running in this directory (data dir {settings.data_dir}; broker {url}, "
+        f"pid {pid if pid is not None else '?'}); stop it first or set AGENTSTREAM_DATA_DIR")
 
 
 def list_agents(settings: Settings) -> list[str]:
@@ -214,11 +330,14 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         raise AgentstreamError("say what to run: --agent NAME (repeatable) and/or --tools all|name,name")
     settings = dataclasses.replace(settings, nats_url=_nats_url(settings))
     rt = Runtime.from_settings(settings, agents=args.agent or [], tools=args.tools)
-    await rt.start()
-    print(f"agentstream worker {settings.worker_id}: agents={','.join(args.agent or []) or '-'} "
-          f"tools={args.tools or '-'} on {rt.url}", flush=True)
-    await _wait_for_signal()
-    await rt.stop()
+    stop = _stop_on_signal()
+    try:
+        await rt.start()
+        print(f"agentstream worker {settings.worker_id}: agents={','.join(args.agent or []) or '-'} "
+              f"tools={args.tools or '-'} on {rt.url}", flush=True)
+        await stop.wait()
+    finally:
+        await rt.stop()
     return 0
 
 
@@ -239,11 +358,29 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                                           max_tokens=args.max_tokens, max_cost_usd=args.max_cost)
         except ValueError as exc:
             raise AgentstreamError(str(exc)) from None
+        await _warn_if_unserved(client, args.agent)
         print(task_id, flush=True)
         if not args.wait:
             return 0
         res = await client.result(task_id, timeout=args.timeout)
         return _print_result(res, args.json)
+
+
+async def _warn_if_unserved(client: AgentClient, agent: str) -> None:
+    """A task for an agent no worker ever served just sits in the stream: say so
+    (a typo in the agent name looks exactly like this). One lookup of the
+    durable consumer every agent worker creates; anything but 'not found' is
+    no reason to warn."""
+    import nats.js.errors as jse
+
+    durable = subjects.agent_durable(agent, "tasks")
+    try:
+        await client.js.consumer_info("TASKS", durable, timeout=5)
+    except jse.NotFoundError:
+        sys.stderr.write(f"agentstream: warning: no consumer exists for agent {agent!r} (no worker has served it); "
+                         "the task waits until a worker for it starts\n")
+    except Exception:  # noqa: BLE001 - best effort: the task is submitted either way
+        pass
 
 
 async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
@@ -324,12 +461,13 @@ async def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
     return _write_or_print(dumps(json_schema()).rstrip("\n") + "\n", args.out, end="")
 
 
-async def _wait_for_signal() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """An event SIGTERM or SIGINT sets (instead of ending the process)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 # ----------------------------------------------------------------- parser
@@ -341,13 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the sample support desk end to end on an embedded broker")
     d.add_argument("--agent", default="support")
-    d.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each result")
+    d.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds to wait for each result")
     d.set_defaults(fn=cmd_demo)
 
     u = sub.add_parser("up", help="run the runtime as a service: broker, workers, HTTP API")
     u.add_argument("--agent", action="append", help="agents to serve (default: all in the app)")
     u.add_argument("--tools", default="all", help="tools to serve: all, or name,name")
-    u.add_argument("--nats-port", type=int, default=4222, help="embedded broker port (0: any free port)")
+    u.add_argument("--nats-port", type=_port, default=4222, help="embedded broker port (0: any free port)")
     u.set_defaults(fn=cmd_up)
 
     w = sub.add_parser("worker", help="run one replica: an agent consumer and/or tool consumers")
@@ -359,33 +497,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("agent")
     s.add_argument("input")
     s.add_argument("--wait", action="store_true", help="wait for and print the result")
-    s.add_argument("--timeout", type=float, default=120.0)
+    s.add_argument("--timeout", type=_positive_float, default=120.0)
     s.add_argument("--json", action="store_true", help="print the result event as JSON")
     s.add_argument("--task-id")
     s.add_argument("--tenant", default="default")
     s.add_argument("--user", default="anonymous")
     s.add_argument("--conversation", default="")
     s.add_argument("--meta", action="append", metavar="KEY=VALUE")
-    s.add_argument("--max-steps", type=int)
-    s.add_argument("--deadline", type=float, help="seconds")
-    s.add_argument("--max-tokens", type=int, help="token budget for the task (input + output)")
-    s.add_argument("--max-cost", type=float, help="cost budget for the task, USD")
+    s.add_argument("--max-steps", type=_positive_int)
+    s.add_argument("--deadline", type=_positive_float, help="seconds")
+    s.add_argument("--max-tokens", type=_positive_int, help="token budget for the task (input + output)")
+    s.add_argument("--max-cost", type=_positive_float, help="cost budget for the task, USD")
     s.set_defaults(fn=cmd_submit)
 
     r = sub.add_parser("result", help="print a task's result")
     r.add_argument("task_id")
-    r.add_argument("--wait", type=float, default=5.0)
+    r.add_argument("--wait", type=_non_negative_float, default=5.0, help="seconds (0: only look)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(fn=cmd_result)
 
     wa = sub.add_parser("watch", help="stream a task's events as they happen, until its result")
     wa.add_argument("task_id")
-    wa.add_argument("--timeout", type=float, default=None)
+    wa.add_argument("--timeout", type=_positive_float, default=None)
     wa.set_defaults(fn=cmd_watch)
 
     t = sub.add_parser("timeline", help="draw a task's timeline: model turns and parallel tool calls")
     t.add_argument("task_id")
-    t.add_argument("--timeout", type=float, default=10.0)
+    t.add_argument("--timeout", type=_positive_float, default=10.0)
     t.set_defaults(fn=cmd_timeline)
 
     ap = sub.add_parser("approvals", help="list tool calls waiting for a human decision")
@@ -398,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
         dp.add_argument("approval_id")
         dp.add_argument("--as", dest="as_", metavar="NAME",
                         help="your identity (default: $AGENTSTREAM_APPROVER, else $USER)")
-        dp.add_argument("--reason", required=verb == "deny", default="")
+        dp.add_argument("--reason", default="", help="why (optional, as over HTTP)")
         dp.set_defaults(fn=cmd_decide)
 
     from agentstream.runtime.lint import add_parser as add_lint

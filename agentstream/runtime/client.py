@@ -89,6 +89,12 @@ class AgentClient:
                      metadata: Mapping[str, str] | None = None, max_steps: int | None = None,
                      deadline_s: float | None = None, max_tokens: int | None = None,
                      max_cost_usd: float | None = None) -> str:
+        # Wrong types are caught here, not by the worker: there the task would
+        # only be dead-lettered, far from the caller's mistake.
+        for name, value in (("agent", agent), ("input", input), ("task_id", task_id or ""),
+                            ("conversation_id", conversation_id)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, got {type(value).__name__}: {value!r:.80}")
         subjects.check_token("agent", agent)
         task_id = subjects.check_token("task id", task_id or new_task_id())
         if conversation_id:
@@ -97,6 +103,12 @@ class AgentClient:
                              conversation_id=conversation_id, agent_version=agent_version,
                              metadata=dict(metadata or {}), submitted_at=time.time(), max_steps=max_steps,
                              deadline_s=deadline_s, max_tokens=max_tokens, max_cost_usd=max_cost_usd)
+        body = codec.encode(task)
+        try:
+            # The rest (ids, metadata, limits) checked as the worker will decode them.
+            codec.task_submitted.decode(body)
+        except codec.DecodeError as exc:
+            raise TypeError(f"invalid task: {exc}") from None
         # The task id doubles as the dedupe id: a retried submit is one task.
         headers = {"Nats-Msg-Id": task_id}
         subject = subjects.tasks(agent)
@@ -107,7 +119,7 @@ class AgentClient:
             "agentstream.user_id": user_id, **({"gen_ai.conversation.id": conversation_id}
                                                if conversation_id else {})})
         try:
-            await self.js.publish(subject, codec.encode(task), headers=headers, timeout=10)
+            await self.js.publish(subject, body, headers=headers, timeout=10)
         except BaseException as exc:
             if span is not None:
                 span.set_error(type(exc).__name__, str(exc))

@@ -3,6 +3,7 @@ README's configuration table; a malformed value is a one-line ConfigError."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -25,7 +26,8 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0,
+         maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -35,7 +37,35 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={raw!r} must be between {minimum} and {maximum}")
     return value
+
+
+# The spellings AGENTSTREAM_TRACING and friends accept too.
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"{name}={env.get(name)!r} must be one of 1, true, yes, on or 0, false, no, off")
+
+
+def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name) or default
+    level = raw.strip().upper()
+    # Named levels only: logging.getLevelName() would turn a typo into "Level LOUD".
+    names = logging.getLevelNamesMapping()
+    if level not in names:
+        raise ConfigError(f"{name}={raw!r} is not a log level: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,8 @@ class Settings:
     shutdown_timeout_s: float
     model: str | None
     log_level: str
+    # False: `up` serves only the HTTP API, workers run elsewhere.
+    run_workers: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -72,10 +104,11 @@ class Settings:
             max_deliver=_int(env, "AGENTSTREAM_MAX_DELIVER", 5, minimum=1),
             max_event_bytes=_int(env, "AGENTSTREAM_MAX_EVENT_BYTES", 1024 * 1024, minimum=1024),
             http_host=env.get("AGENTSTREAM_HTTP_HOST") or "127.0.0.1",
-            http_port=_int(env, "AGENTSTREAM_HTTP_PORT", 8080, minimum=0),
+            http_port=_int(env, "AGENTSTREAM_HTTP_PORT", 8080, minimum=0, maximum=65535),
             worker_id=env.get("AGENTSTREAM_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
             sweep_interval_s=_float(env, "AGENTSTREAM_SWEEP_INTERVAL", 5.0, minimum=0.05),
             shutdown_timeout_s=_float(env, "AGENTSTREAM_SHUTDOWN_TIMEOUT", 20.0, minimum=0.0),
             model=env.get("AGENTSTREAM_MODEL") or None,
-            log_level=(env.get("AGENTSTREAM_LOG_LEVEL") or "WARNING").upper(),
+            log_level=_log_level(env, "AGENTSTREAM_LOG_LEVEL", "WARNING"),
+            run_workers=env_bool(env, "AGENTSTREAM_RUN_WORKERS", True),
         )

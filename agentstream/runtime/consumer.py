@@ -12,6 +12,11 @@ Outcome of a handler:
 - raises :class:`Reject` (or a decode error): dead-letter with the reason, then ack;
 - raises anything else: nak with a delay, redelivered; after ``max_deliver``
   attempts the message is dead-lettered instead of looping forever.
+
+A consumer may be given an ``on_dead_letter`` hook, run after the dead letter
+is published and before the ack (the task consumer answers a task that can
+never run with a failed result). If the dead letter or the hook fails, the
+message is not acked: its redelivery repeats both, deduplicated by msg id.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ log = logging.getLogger("agentstream.consumer")
 
 Handler = Callable[[Msg], Awaitable[None]]
 Middleware = Callable[[Msg, Handler], Awaitable[None]]
+# Called with the message and the dead-letter reason once it is dead-lettered.
+DeadLetterHook = Callable[[Msg, str], Awaitable[None]]
 
 DLQ_PAYLOAD_LIMIT = 64 * 1024
 
@@ -59,9 +66,11 @@ class ConsumerSettings:
 
 
 class PullConsumer:
-    def __init__(self, js: JetStreamContext, settings: ConsumerSettings, handler: Handler) -> None:
+    def __init__(self, js: JetStreamContext, settings: ConsumerSettings, handler: Handler, *,
+                 on_dead_letter: DeadLetterHook | None = None) -> None:
         self.js = js
         self.s = settings
+        self._on_dead_letter = on_dead_letter
         self._handler = _chain(handler, [size_limit(settings.max_bytes), *settings.middlewares])
         self._inflight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
         self._slot_freed = asyncio.Event()
@@ -144,21 +153,39 @@ class PullConsumer:
         try:
             await self._handler(msg)
         except (Reject, codec.DecodeError) as exc:
-            await self.dead_letter(msg, str(exc) or type(exc).__name__)
-            await _ack(msg)
+            await self._give_up(msg, str(exc) or type(exc).__name__)
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the consumer
             deliveries = _deliveries(msg)
             if deliveries >= self.s.max_deliver:
-                await self.dead_letter(msg, f"failed {deliveries} times; last error: {type(exc).__name__}: {exc}")
-                await _ack(msg)
+                await self._give_up(msg, f"failed {deliveries} times; last error: {type(exc).__name__}: {exc}")
                 return
             log.warning("%s: %s failed (attempt %d/%d): %s: %s", self.s.durable, msg.subject, deliveries,
                         self.s.max_deliver, type(exc).__name__, exc)
             try:
                 await msg.nak(delay=self.s.nak_delay_s * deliveries)
+            except Exception:  # noqa: BLE001
+                pass
+            return
+        await _ack(msg)
+
+    async def _give_up(self, msg: Msg, reason: str) -> None:
+        """Dead-letter, run the hook, then ack. Not acked if either fails (the
+        broker is away, say): the redelivery tries again, and both publishes
+        carry deterministic msg ids, so a repeat is deduplicated."""
+        try:
+            await self.dead_letter(msg, reason)
+            if self._on_dead_letter is not None:
+                await self._on_dead_letter(msg, reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the consumer outlives a broker hiccup
+            log.warning("%s: could not dead-letter %s (%s: %s); it will be redelivered", self.s.durable,
+                        msg.subject, type(exc).__name__, exc)
+            try:
+                await msg.nak(delay=self.s.nak_delay_s * _deliveries(msg))
             except Exception:  # noqa: BLE001
                 pass
             return

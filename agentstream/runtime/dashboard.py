@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from agentstream.contracts import subjects
 from agentstream.contracts.events import TaskFailed, TaskResult
 from agentstream.runtime import views
+from agentstream.runtime.errors import BROKER_ERRORS
 
 log = logging.getLogger("agentstream.dashboard")
 
@@ -146,9 +147,13 @@ def _guarded(handler: Handler) -> Handler:
             return await handler(request)
         except web.HTTPException:
             raise
+        except BROKER_ERRORS as exc:
+            # expected while the broker is away: a warning line, not a traceback
+            log.warning("dashboard %s: broker unavailable (%s: %s)", request.path, type(exc).__name__, exc)
+            return _error(503, f"broker unavailable: {type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - never an HTML traceback
             log.exception("dashboard request %s failed", request.path)
-            status = 503 if isinstance(exc, ConnectionError | TimeoutError | nats.errors.Error) else 500
+            status = 503 if isinstance(exc, nats.errors.Error) else 500
             return _error(status, f"{type(exc).__name__}: {exc}")
 
     wrapped.__name__ = handler.__name__

@@ -8,14 +8,17 @@ It is the same server users run in production; only the URL differs. When
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -52,6 +55,51 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+class DirLock:
+    """An exclusive ``flock`` on a file, held until release() or the process
+    exits: the kernel drops it however the holder dies, so a crashed holder
+    never blocks the next one (a pid file alone would). The holder's pid is
+    written into the file for the message of whoever is refused."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False if another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # No O_TRUNC: the file holds the current holder's pid until we own it.
+        # O_CLOEXEC: a child (the nats-server) must not keep the lock alive.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> int | None:
+        """The pid the current holder wrote, if readable."""
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        # The file stays: unlinked, a process that opened it just before could
+        # lock the old inode while another creates and locks a new one.
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
 class EmbeddedNats:
     """A nats-server child process; use as a context manager or start()/stop()."""
 
@@ -71,13 +119,28 @@ class EmbeddedNats:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedNats:
+        self._spawn()
+        return self._wait_listening(timeout)
+
+    async def astart(self, timeout: float = 10.0) -> EmbeddedNats:
+        # Spawned from this (the loop's) thread: the child's parent-death signal
+        # is tied to the spawning thread, and a pool thread may go first.
+        self._spawn()
+        return await asyncio.to_thread(self._wait_listening, timeout)
+
+    def _spawn(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [find_nats_server(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
                 "-sd", str(self.store_dir), *self.extra_args]
         log = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        log.close()
+        try:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
+        finally:
+            log.close()
+
+    def _wait_listening(self, timeout: float) -> EmbeddedNats:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -89,9 +152,6 @@ class EmbeddedNats:
             time.sleep(0.02)
         self.stop()
         raise BrokerUnavailable(f"embedded nats-server did not listen on port {self.port} within {timeout}s")
-
-    async def astart(self, timeout: float = 10.0) -> EmbeddedNats:
-        return await asyncio.to_thread(self.start, timeout)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -112,3 +172,24 @@ class EmbeddedNats:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, the embedded broker gets SIGTERM when the process that started
+    it dies, even by SIGKILL: an `up` killed by the OOM killer leaves no
+    orphaned nats-server on the port and store for the next `up` to trip on.
+    Elsewhere the clean shutdown paths are all there is."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return preexec

@@ -6,14 +6,16 @@ so it can run in any process that can reach the broker.
 
 Routes::
 
-    POST /v1/tasks                      submit; 202 with the task id (?wait=S: 200 with the result)
+    POST /v1/tasks                      submit; 202 with the task id (?wait=S: 200 with the result);
+                                        404 for an agent the serving app does not define
     GET  /v1/tasks/{task_id}/result     the result (?wait=S, default 0, max 300) or 404
     GET  /v1/tasks/{task_id}/events     text/event-stream of the task's events, ending with its result
     GET  /healthz                       the process is alive
     GET  /readyz                        the broker is connected and the streams exist, else 503
     GET  /                              this index
 
-Every error is JSON ``{"error": "<one line>"}``, never an HTML page.
+Every error is JSON ``{"error": "<one line>"}``, never an HTML page; a broker
+that is unreachable or does not answer is a 503 on every route.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Annotated, Any
 
 import msgspec
@@ -32,7 +34,7 @@ from aiohttp import web
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskEvent
 from agentstream.runtime.client import AgentClient
-from agentstream.runtime.errors import BrokerUnavailable, ResultTimeout
+from agentstream.runtime.errors import BROKER_ERRORS, BrokerUnavailable, ResultTimeout
 
 log = logging.getLogger("agentstream.http")
 
@@ -49,7 +51,12 @@ CLIENT_KEY: web.AppKey[AgentClient] = web.AppKey("agentstream_client", AgentClie
 READY_KEY: web.AppKey[ReadyCheck | None] = web.AppKey("agentstream_ready")
 HEARTBEAT_KEY: web.AppKey[float] = web.AppKey("agentstream_heartbeat_s", float)
 SHUTDOWN_KEY: web.AppKey[asyncio.Event] = web.AppKey("agentstream_shutdown", asyncio.Event)
+# The agents the serving app defines, when the API knows them (``agentstream
+# up``); None: a standalone API, which submits to any agent name.
+AGENTS_KEY: web.AppKey[frozenset[str] | None] = web.AppKey("agentstream_agents")
 
+# What a broker that is down, restarting or without JetStream looks like from
+# a request: unanswered (TimeoutError), nobody listening, connection closed.
 _JSON = "application/json"
 _encoder = msgspec.json.Encoder()
 
@@ -88,6 +95,10 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return _json({"error": _one_line(message), **extra}, status=status)
+
+
+def broker_unavailable(exc: BaseException) -> str:
+    return f"broker unavailable: {_one_line(str(exc), 200) or 'no answer'} ({type(exc).__name__})"
 
 
 class _BadRequest(Exception):
@@ -147,8 +158,10 @@ async def error_middleware(request: web.Request,
         resp = _error(exc.status, exc.reason or "error")
         resp.headers.update(headers)
         return resp
-    except (BrokerUnavailable, ConnectionError) as exc:
-        return _error(503, f"broker unavailable: {exc or type(exc).__name__}")
+    except BROKER_ERRORS as exc:
+        # Expected while the broker is away: a warning line, not a traceback.
+        log.warning("%s %s: broker unavailable (%s: %s)", request.method, request.path, type(exc).__name__, exc)
+        return _error(503, broker_unavailable(exc))
     except Exception as exc:  # noqa: BLE001 - the point: never an HTML traceback
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error(500, f"internal error ({type(exc).__name__})")
@@ -212,6 +225,10 @@ async def submit_task(request: web.Request) -> web.Response:
         raise _BadRequest(f"invalid task: {exc}") from None
     except msgspec.DecodeError as exc:
         raise _BadRequest(f"invalid JSON: {exc}") from None
+    agents = request.app[AGENTS_KEY]
+    if agents is not None and req.agent not in agents:
+        # Nothing here would ever run it: say so rather than accept it.
+        return _error(404, f"unknown agent {req.agent!r}; this service runs: {', '.join(sorted(agents)) or '-'}")
     client = request.app[CLIENT_KEY]
     try:
         task_id = await client.submit(
@@ -241,6 +258,10 @@ async def task_result(request: web.Request) -> web.Response:
     try:
         result = await client.result(task_id, timeout=wait if wait > 0 else NO_WAIT_PROBE_S)
     except ResultTimeout:
+        if not client.nc.is_connected:
+            # result() waits out a broker that is away (its lookups fail as
+            # "not yet"): then "no result yet" would be a guess, not an answer.
+            return _error(503, "broker unavailable: not connected to NATS", task_id=task_id)
         return _error(404, "no result yet", task_id=task_id)
     return _result_response(result)
 
@@ -299,6 +320,12 @@ async def task_events(request: web.Request) -> web.StreamResponse:
             except ResultTimeout as exc:
                 await resp.write(_sse("error", _encoder.encode({"error": _one_line(str(exc)), "task_id": task_id})))
                 break
+            except BROKER_ERRORS as exc:
+                log.warning("event stream for task %s: broker unavailable (%s: %s)", task_id,
+                            type(exc).__name__, exc)
+                await resp.write(_sse("error", _encoder.encode({"error": broker_unavailable(exc),
+                                                                "task_id": task_id})))
+                break
             if event is None:
                 break
             await resp.write(_sse(_event_tag(event), codec.encode(event)))
@@ -327,14 +354,16 @@ async def task_events(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(client: AgentClient, *, ready: ReadyCheck | None = None,
-               heartbeat_s: float = HEARTBEAT_S) -> web.Application:
+               heartbeat_s: float = HEARTBEAT_S, agents: Collection[str] | None = None) -> web.Application:
     """The aiohttp application over a connected ``client``. ``ready`` overrides
-    the default readiness check (connected + streams present)."""
+    the default readiness check (connected + streams present). ``agents``: the
+    agents the serving app defines; a task for any other is refused (404)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024 * 1024)
     app[CLIENT_KEY] = client
     app[READY_KEY] = ready
     app[HEARTBEAT_KEY] = float(heartbeat_s)
     app[SHUTDOWN_KEY] = asyncio.Event()
+    app[AGENTS_KEY] = frozenset(agents) if agents is not None else None
 
     async def _on_shutdown(app: web.Application) -> None:
         app[SHUTDOWN_KEY].set()  # open event streams end now rather than at the shutdown timeout
@@ -368,8 +397,9 @@ class HttpServer:
     ``.port`` / ``.url`` after :meth:`start`."""
 
     def __init__(self, client: AgentClient, *, ready: ReadyCheck | None = None,
-                 heartbeat_s: float = HEARTBEAT_S, shutdown_timeout_s: float = 5.0) -> None:
-        self.app = create_app(client, ready=ready, heartbeat_s=heartbeat_s)
+                 heartbeat_s: float = HEARTBEAT_S, shutdown_timeout_s: float = 5.0,
+                 agents: Collection[str] | None = None) -> None:
+        self.app = create_app(client, ready=ready, heartbeat_s=heartbeat_s, agents=agents)
         self.shutdown_timeout_s = shutdown_timeout_s
         self.host = ""
         self.port = 0

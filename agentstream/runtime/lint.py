@@ -164,7 +164,8 @@ def add_parser(subparsers: Any) -> None:
 async def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
     """One line per finding on stdout, a summary on stderr. Exit 1 on an error
     finding, or on any finding with ``--strict``; else 0."""
-    app = load_app(getattr(args, "app", None) or settings.app)
+    ref = getattr(args, "app", None)
+    app = load_app(ref, source="--app") if ref else load_app(settings.app)
     findings = lint_app(app)
     for f in findings:
         print(f)

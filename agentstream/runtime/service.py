@@ -20,12 +20,12 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from agentstream.contracts import subjects
-from agentstream.handlers.agent import inbox_handler, task_handler
+from agentstream.handlers.agent import inbox_handler, task_handler, task_rejected
 from agentstream.handlers.tools import tool_handler
 from agentstream.runtime import nats_adapters
 from agentstream.runtime.app import App, load_app
 from agentstream.runtime.config import Settings
-from agentstream.runtime.consumer import ConsumerSettings, PullConsumer
+from agentstream.runtime.consumer import ConsumerSettings, DeadLetterHook, PullConsumer
 from agentstream.runtime.embedded import EmbeddedNats
 from agentstream.runtime.engine import AgentEngine, parse_deadline_key
 from agentstream.runtime.errors import ConfigError
@@ -141,8 +141,9 @@ class Runtime:
             if tel is not None:
                 engine.telemetry = tel.engine_hooks(agent.spec, model_name)
             self.engines[name] = engine
+            # A task body it can never run gets a failed result, not silence.
             self._consumer("TASKS", subjects.agent_durable(name, "tasks"), subjects.tasks(name),
-                           task_handler(engine))
+                           task_handler(engine), on_dead_letter=task_rejected(engine))
             self._consumer("EVENTS", subjects.agent_durable(name, "events"), subjects.events(name, "*"),
                            inbox_handler(engine))
         if tools:
@@ -176,7 +177,8 @@ class Runtime:
         return Policy(prices=load_prices(os.environ), needs_approval=needs_approval,
                       approvers_for=approvers_for, default_approvers=parse_approvers(os.environ))
 
-    def _consumer(self, stream: str, durable: str, subject: str, handler: object) -> None:
+    def _consumer(self, stream: str, durable: str, subject: str, handler: object, *,
+                  on_dead_letter: DeadLetterHook | None = None) -> None:
         s = self.settings
         assert self.js is not None
         cs = ConsumerSettings(stream=stream, durable=durable, filter_subject=subject,
@@ -186,7 +188,8 @@ class Runtime:
         mw = self.telemetry.consumer_middleware(durable, subject) if self.telemetry is not None else None
         if mw is not None:
             cs.middlewares = (*cs.middlewares, mw)  # telemetry: a `process <subject>` span per message
-        self.consumers.append(PullConsumer(self.js, cs, handler))  # type: ignore[arg-type]
+        self.consumers.append(PullConsumer(self.js, cs, handler,  # type: ignore[arg-type]
+                                           on_dead_letter=on_dead_letter))
 
     async def _sweep(self, deadlines: nats_adapters.NatsKV) -> None:
         """Fail tasks whose deadline passed while nothing arrived for them (a tool

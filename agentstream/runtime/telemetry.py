@@ -104,6 +104,7 @@ from opentelemetry.trace import (
 
 from agentstream.contracts.codec import DecodeError, encode
 from agentstream.contracts.telemetry import SpanBatch, SpanRecord, span_subject
+from agentstream.runtime.config import env_bool as _bool
 from agentstream.runtime.consumer import Reject
 from agentstream.runtime.errors import ConfigError, ModelError
 from agentstream.runtime.nats_adapters import MSG_ID
@@ -147,21 +148,6 @@ _KIND_NAMES = {SpanKind.INTERNAL: "internal", SpanKind.CLIENT: "client", SpanKin
 _UNSET = Status(StatusCode.UNSET)
 
 # --------------------------------------------------------------------------- configuration
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ConfigError(f"{name}={env.get(name)!r} must be true or false")
-
 
 def _names(env: Mapping[str, str], name: str, default: str, allowed: frozenset[str]) -> tuple[str, ...]:
     raw = env.get(name) or default
@@ -944,8 +930,12 @@ def configure_logging(config: TelemetryConfig, *, worker: str = "") -> None:
 
 
 def _error_type(exc: BaseException) -> str:
-    if isinstance(exc, ModelError) and exc.status:
-        return str(exc.status)
+    if isinstance(exc, ModelError):
+        # an HTTP error status is the useful kind; a 2xx whose body we could
+        # not read is an invalid response, not an error kind called "200"
+        if exc.status is None:
+            return "model_unavailable"  # timed out or unreachable: no answer at all
+        return str(exc.status) if exc.status >= 400 else "invalid_response"
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
     if isinstance(exc, TimeoutError):
@@ -1273,7 +1263,8 @@ def _template(subject: str) -> str:
 
 class TracedBus:
     """``Bus`` that injects the current trace context into every publish, in a
-    ``send <subject>`` PRODUCER span (``AGENTSTREAM_TRACE_PUBLISH=0``: context only)."""
+    ``send <subject>`` PRODUCER span when ``AGENTSTREAM_TRACE_PUBLISH=1`` (by
+    default context only: a span per publish costs more than it tells)."""
 
     def __init__(self, inner: Bus, tel: Telemetry) -> None:
         self.inner = inner
