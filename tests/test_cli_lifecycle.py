@@ -430,3 +430,18 @@ def test_up_refuses_a_task_for_an_agent_its_app_does_not_define(workdir: Path, u
     status, body = post("support")
     assert status == 202 and body["task_id"], body
     assert up.stop() == 0
+
+
+def test_up_whose_embedded_broker_dies_exits_non_zero_in_one_line(workdir: Path, ups: list[Up]) -> None:
+    """Nothing works again once its own broker is gone: `up` ends, non-zero,
+    so a supervisor restarts it, rather than serving 503s with /healthz green."""
+    up = Up(workdir, {"AGENTSTREAM_HTTP_PORT": "0", "AGENTSTREAM_RUN_WORKERS": "0"}, "--nats-port", "0")
+    ups.append(up)
+    up.wait_ready()
+    (broker,) = brokers_in(workdir)
+    os.kill(broker, signal.SIGKILL)
+    assert up.proc.wait(timeout=30) == 1
+    lines = [ln for ln in up.err.read_text().splitlines() if ln.strip()]
+    assert lines[-1].startswith("agentstream: error: the embedded nats-server exited (signal 9)"), lines[-5:]
+    assert not any("Traceback" in ln for ln in lines), lines
+    assert not (workdir / ".agentstream" / "nats.url").exists()

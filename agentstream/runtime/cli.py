@@ -27,7 +27,7 @@ import msgspec
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult
 from agentstream.runtime.config import Settings
-from agentstream.runtime.embedded import DirLock
+from agentstream.runtime.embedded import DirLock, EmbeddedNats
 from agentstream.runtime.errors import AgentstreamError
 
 if TYPE_CHECKING:
@@ -275,7 +275,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                                    f"{_os_reason(exc)} (AGENTSTREAM_HTTP_HOST, AGENTSTREAM_HTTP_PORT)") from None
         print(f"agentstream up: NATS {rt.url}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
               f"tools: {tools or '-'}. Ctrl-C or SIGTERM stops gracefully.", flush=True)
-        await stop.wait()
+        await _until_stopped(stop, rt.broker)
         print("agentstream: shutting down (finishing in-flight steps)...", file=sys.stderr, flush=True)
     finally:
         # Whatever failed: stop what was started, newest first, and leave no
@@ -295,6 +295,25 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         if lock is not None:
             lock.release()
     return 0
+
+
+async def _until_stopped(stop: asyncio.Event, broker: EmbeddedNats | None) -> None:
+    """Until SIGTERM/SIGINT, or until the embedded broker dies: then nothing
+    can work again in this process, so end it (non-zero) for a supervisor to
+    restart, instead of serving 503s while /healthz says all is well."""
+    waits: set[asyncio.Task[object]] = {asyncio.create_task(stop.wait())}
+    died = asyncio.create_task(broker.exited()) if broker is not None else None
+    if died is not None:
+        waits.add(died)
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in waits:
+            t.cancel()
+    if died is not None and died.done() and not died.cancelled() and not stop.is_set():
+        code = died.result()
+        how = f"signal {-code}" if code < 0 else f"code {code}"
+        raise AgentstreamError(f"the embedded nats-server exited ({how}); see {broker.log_path if broker else ''}")
 
 
 def _lock_data_dir(lock: DirLock, settings: Settings) -> None:

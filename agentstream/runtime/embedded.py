@@ -132,7 +132,7 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [find_nats_server(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
                 "-sd", str(self.store_dir), *self.extra_args]
-        log = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         try:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
@@ -145,13 +145,25 @@ class EmbeddedNats:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise BrokerUnavailable(
-                    f"embedded nats-server exited with {self.proc.returncode}; see {self.store_dir / 'nats-server.log'}"
+                    f"embedded nats-server exited with {self.proc.returncode}; see {self.log_path}"
                 )
             if _port_open(self.port):
                 return self
             time.sleep(0.02)
         self.stop()
         raise BrokerUnavailable(f"embedded nats-server did not listen on port {self.port} within {timeout}s")
+
+    async def exited(self) -> int:
+        """Wait until the broker process ends, for whatever reason; its exit
+        code (negative: the signal that ended it)."""
+        proc = self.proc
+        if proc is None:
+            raise BrokerUnavailable("the embedded nats-server was never started")
+        return await asyncio.to_thread(proc.wait)
+
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir / "nats-server.log"
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
