@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from agentstream.runtime.client import AgentClient
 from agentstream.runtime.embedded import EmbeddedNats
@@ -27,6 +28,12 @@ TESTS_DIR = Path(__file__).resolve().parent
 APPS_DIR = TESTS_DIR / "apps"
 READY_MARKER = "agentstream worker "
 READY_TIMEOUT_S = 20.0
+
+# Every property test reproduces: the same examples on every run and machine,
+# no example database, no wall-clock deadline on a shared, noisy machine.
+settings.register_profile("agentstream", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("agentstream")
 
 SpawnWorker = Callable[..., subprocess.Popen[bytes]]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentstream.contracts import codec, events, subjects
@@ -26,13 +26,7 @@ from agentstream.contracts.telemetry import SpanBatch, SpanRecord
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_FILE = ROOT / "docs" / "events.schema.json"
 
-DETERMINISTIC = settings(
-    derandomize=True,
-    max_examples=60,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+DETERMINISTIC = settings(max_examples=60)  # on top of conftest's deterministic profile
 
 DECODERS: dict[str, codec.Decoder[Any]] = {
     "any_event": codec.any_event,

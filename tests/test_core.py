@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentstream.contracts import subjects
@@ -50,13 +50,7 @@ from agentstream.runtime.state import (
     encode_state,
 )
 
-DETERMINISTIC = settings(
-    derandomize=True,
-    max_examples=60,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+DETERMINISTIC = settings(max_examples=60)  # on top of conftest's deterministic profile
 
 _OBJ = {"type": "object", "properties": {"order_id": {"type": "integer"}}, "required": ["order_id"]}
 TOOLS = (

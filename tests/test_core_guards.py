@@ -190,7 +190,7 @@ def test_tool_call_cap_and_loop_breaker() -> None:
     assert "lookup_order" in pub.result.message and "2 times" in pub.result.message
 
 
-@settings(derandomize=True, max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(budget=st.integers(min_value=1, max_value=5_000),
        turns=st.lists(st.tuples(st.integers(0, 2_000), st.integers(0, 2_000)), min_size=1, max_size=6))
 def test_no_model_call_is_made_once_the_budget_is_spent(budget: int, turns: list[tuple[int, int]]) -> None:

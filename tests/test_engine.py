@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentstream.contracts import codec, subjects
@@ -42,13 +42,7 @@ from agentstream.runtime.state import decode_conversation, decode_state
 from agentstream.runtime.toolrunner import ToolRunner
 from agentstream.runtime.tools import Tool, ToolFailure, tool
 
-DETERMINISTIC = settings(
-    derandomize=True,
-    max_examples=80,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+DETERMINISTIC = settings(max_examples=80)  # on top of conftest's deterministic profile
 
 SPEC = app.get_agent("support").spec
 AGENT = SPEC.name

@@ -22,7 +22,7 @@ import nats
 import pytest
 from apps import flaky_app
 from conftest import SpawnWorker, WorkerPool, until
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentstream.contracts import codec, subjects
@@ -334,8 +334,7 @@ signatures: st.SearchStrategy[Signature] = st.lists(
     st.tuples(st.sampled_from(sorted(PARAM_TYPES)), st.booleans()), max_size=5,
 ).map(lambda ps: [(f"p{i}", kind, opt) for i, (kind, opt) in enumerate(ps)])
 
-FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(max_examples=150)
 
 
 def build_tool(sig: Signature) -> Tool:
