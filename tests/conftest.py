@@ -38,6 +38,31 @@ settings.load_profile("agentstream")
 SpawnWorker = Callable[..., subprocess.Popen[bytes]]
 
 
+def cli_command() -> list[str]:
+    """The installed ``agentstream`` script, as users run it: its sys.path[0] is
+    the venv's bin, not the cwd (which ``python -m`` would add, hiding bugs)."""
+    exe = Path(sys.executable).with_name("agentstream")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-P", "-m", "agentstream.runtime.cli"]
+
+
+def run_cli(args: Sequence[str], env: Mapping[str, str], *, cwd: Path = REPO_ROOT,
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """One CLI command to completion, its output captured as text."""
+    return subprocess.run([*cli_command(), *args], env=dict(env), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *, code: int | None = None) -> str:
+    """The single stderr line of a failed command (asserting that is all there is)."""
+    assert proc.returncode != 0, proc.stdout
+    if code is not None:
+        assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("agentstream: error:"), proc.stderr
+    return lines[0]
+
+
 def worker_env(extra: Mapping[str, str] | None = None, *, data_dir: Path | None = None) -> dict[str, str]:
     """The environment of a child process: ours without AGENTSTREAM_* (a developer's
     own settings must not leak into a test), the repo and tests/apps importable,

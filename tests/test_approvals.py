@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from agentstream.contracts import codec
 from agentstream.contracts.events import AuditRecord, TaskCompleted, TaskFailed
@@ -48,8 +49,7 @@ async def wait_pending(client: AgentClient, n: int, timeout: float = WAIT_S) -> 
 
 
 def cli(args: list[str], env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agentstream.runtime.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli(args, env, timeout=timeout)
 
 
 async def audit_records(client: AgentClient) -> list[AuditRecord]:

@@ -14,14 +14,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import nats
 import pytest
-from conftest import WorkerPool, worker_env
+from conftest import WorkerPool, cli_command, one_line_error, run_cli, worker_env
 
 from agentstream.contracts import codec
 from agentstream.contracts.events import ModelTurnCompleted, TaskCompleted, Usage
@@ -35,13 +34,6 @@ UP_READY = "agentstream up:"
 # --------------------------------------------------------------------------- helpers
 
 
-def _command() -> list[str]:
-    # The installed script, as users run it: its sys.path[0] is the venv's bin,
-    # not the cwd (which `python -m` would add and so hide the lint --app bug).
-    exe = Path(sys.executable).with_name("agentstream")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-P", "-m", "agentstream.runtime.cli"]
-
-
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in worker_env(extra).items() if not k.startswith("OPENAI_")}
     return {**env, **(extra or {})}
@@ -49,19 +41,7 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def run(args: list[str], cwd: Path, extra: dict[str, str] | None = None,
         timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*_command(), *args], env=_env(extra), cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str], *, code: int | None = None) -> str:
-    """The single stderr line of a failed command (asserting that is all there is)."""
-    assert proc.returncode != 0, proc.stdout
-    if code is not None:
-        assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("agentstream: error:"), proc.stderr
-    return lines[0]
+    return run_cli(args, _env(extra), cwd=cwd, timeout=timeout)
 
 
 def port_open(port: int) -> bool:
@@ -108,7 +88,7 @@ class Up:
     def __init__(self, cwd: Path, extra: dict[str, str], *args: str) -> None:
         self.out, self.err = cwd.parent / f"up-{time.monotonic_ns()}.out", cwd.parent / "up.err"
         with open(self.out, "wb") as fo, open(self.err, "ab") as fe:
-            self.proc = subprocess.Popen([*_command(), "up", *args], env=_env(extra), cwd=cwd, stdout=fo,
+            self.proc = subprocess.Popen([*cli_command(), "up", *args], env=_env(extra), cwd=cwd, stdout=fo,
                                          stderr=fe, stdin=subprocess.DEVNULL)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> str:

@@ -11,7 +11,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import nats.js.errors as jse
 import pytest
 from apps.crash_app import TOOLS, expected_output
 from cluster import NatsCluster
-from conftest import REPO_ROOT, SpawnWorker, WorkerPool, until, worker_env
+from conftest import SpawnWorker, WorkerPool, one_line_error, run_cli, until, worker_env
 
 from agentstream.contracts import subjects
 from agentstream.contracts.events import TaskCompleted
@@ -225,17 +224,7 @@ async def test_plain_nats_client_submits_and_reads_results(support_desk: str) ->
 
 
 def _cli(args: list[str], url: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("agentstream")
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "agentstream.runtime.cli"]
-    return subprocess.run([*cmd, *args], env=worker_env({"AGENTSTREAM_NATS_URL": url}), cwd=str(REPO_ROOT),
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def _assert_one_line_error(proc: subprocess.CompletedProcess[str]) -> None:
-    assert proc.returncode != 0
-    err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("agentstream: error:"), proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
+    return run_cli(args, worker_env({"AGENTSTREAM_NATS_URL": url}), timeout=timeout)
 
 
 def test_cli_submit_watch_and_errors(support_desk: str) -> None:
@@ -253,8 +242,8 @@ def test_cli_submit_watch_and_errors(support_desk: str) -> None:
     assert "ToolCallCompleted" in names and names[-1] == "TaskCompleted", watch.stdout
 
     closed = f"nats://127.0.0.1:{free_port()}"
-    _assert_one_line_error(_cli(["submit", "support", "hello"], closed, timeout=30))
-    _assert_one_line_error(_cli(["submit", "bad.agent", "x"], support_desk))
+    one_line_error(_cli(["submit", "support", "hello"], closed, timeout=30))
+    one_line_error(_cli(["submit", "bad.agent", "x"], support_desk))
 
 
 async def test_bad_messages_are_dead_lettered_and_consumers_keep_going(support_desk: str) -> None:

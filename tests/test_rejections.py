@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -29,7 +28,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import until
+from conftest import run_cli, until
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import AuditRecord, TaskCompleted, TaskFailed
@@ -257,8 +256,7 @@ async def test_refused_decisions_are_audited_from_the_cli_and_http(client: Agent
     env.update({"AGENTSTREAM_NATS_URL": nats_url, "PYTHONPATH": os.pathsep.join(sys.path)})
 
     refused = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "agentstream.runtime.cli", "approve", approval_id, "--as", "mallory"],
-        env=env, capture_output=True, text=True, timeout=60)
+        run_cli, ["approve", approval_id, "--as", "mallory"], env)
     assert refused.returncode != 0 and "may not decide" in refused.stderr, refused.stderr
     async with http(client) as session:
         async with session.post(f"/v1/approvals/{approval_id}/approve", json={"approver": "eve"}) as resp:
