@@ -20,11 +20,15 @@ WIDTH = 40
 
 
 class Span:
-    __slots__ = ("label", "start", "end", "note", "group", "failed")
+    """One row. ``kind``: ``model``, ``tool`` or ``approval``; only tool calls
+    are checked for overlap (an approval wait is not a parallel call)."""
+
+    __slots__ = ("label", "start", "end", "note", "group", "failed", "kind")
 
     def __init__(self, label: str, start: float, end: float, note: str = "", group: int = 0,
-                 failed: bool = False) -> None:
+                 failed: bool = False, kind: str = "tool") -> None:
         self.label, self.start, self.end, self.note, self.group, self.failed = label, start, end, note, group, failed
+        self.kind = kind
 
 
 class _Interval(Protocol):
@@ -62,12 +66,12 @@ def spans_of(events: Sequence[TaskEvent]) -> tuple[list[Span], TaskCompleted | T
             req = asked.pop(ev.call_id)
             verdict = "approved" if ev.approved else "DENIED"
             spans.append(Span(f"  approval {req.tool}", req.requested_at, ev.decided_at or req.requested_at,
-                              f"{verdict} by {ev.approver}", req.step, failed=not ev.approved))
+                              f"{verdict} by {ev.approver}", req.step, failed=not ev.approved, kind="approval"))
         if isinstance(ev, ModelTurnCompleted):
             u = ev.usage
             what = ("-> " + ", ".join(ev.tool_calls)) if ev.tool_calls else "-> answer"
             spans.append(Span(f"model turn {ev.step}", ev.started_at, ev.finished_at,
-                              f"{u.input_tokens}/{u.output_tokens} tok {what}", ev.step))
+                              f"{u.input_tokens}/{u.output_tokens} tok {what}", ev.step, kind="model"))
         elif isinstance(ev, ToolCallCompleted):
             note = "" if ev.ok else f"FAILED {ev.error.kind if ev.error else ''}".strip()
             spans.append(Span(f"  {ev.tool}", ev.started_at, ev.finished_at, note, ev.step, failed=not ev.ok))
@@ -98,12 +102,12 @@ def render(events: Sequence[TaskEvent], width: int = WIDTH) -> str:
     # Tool calls of one turn that overlapped in time get a bracket and a note.
     parallel: dict[int, int] = {}
     for step in {s.group for s in spans}:
-        tools = [s for s in spans if s.group == step and s.label.startswith("  ")]
+        tools = [s for s in spans if s.group == step and s.kind == "tool"]
         for grp in overlapping(tools):
             if len(grp) > 1:
                 for s in grp:
                     parallel[id(s)] = len(grp)
-    ordered = sorted(spans, key=lambda s: (s.group, not s.label.startswith("model"), s.start))
+    ordered = sorted(spans, key=lambda s: (s.group, s.kind != "model", s.start))
     for s in ordered:
         a = int((s.start - t0) / total * width)
         b = max(a + 1, int(round((s.end - t0) / total * width)))
