@@ -54,13 +54,9 @@ async def noop(x: int, label: str = "a") -> int:
     return x
 
 
-def guarded(store_note: str) -> Tool:
-    async def noop_guarded(x: int, label: str = "a") -> int:
-        return x
-
-    noop_guarded.__doc__ = f"Do nothing, behind a breaker ({store_note}).\n\nArgs:\n    x: A number.\n" \
-                           f"    label: A label.\n"
-    return Tool(noop_guarded, name="noop_guarded", read_only=True, breaker=POLICY)
+# The same no-op behind a breaker. A Tool holds no breaker state (the runner's
+# KV does), so the in-memory and JetStream rows share it.
+GUARDED = Tool(noop.fn, name="noop_guarded", read_only=True, breaker=POLICY)
 
 
 ARGS: dict[str, Any] = {"x": 1, "label": "b"}
@@ -97,8 +93,8 @@ def row(name: str, samples: list[float]) -> str:
 
 async def seed(store: Any) -> None:
     closed = BreakerState(state="closed", failures=(time.time(),))
-    if await store.get("noop_guarded") is None:
-        await store.create("noop_guarded", msgspec.json.encode(closed))
+    if await store.get(GUARDED.name) is None:
+        await store.create(GUARDED.name, msgspec.json.encode(closed))
 
 
 async def main() -> None:
@@ -116,14 +112,13 @@ async def main() -> None:
     await seed(mem)
     b_mem = SharedBreaker(mem)
     rows.append(row("breaker check, closed, in-memory KV",
-                    await measure(lambda: b_mem.admit("noop_guarded", POLICY, "w/x"), a.n, True)))
+                    await measure(lambda: b_mem.admit(GUARDED.name, POLICY, "w/x"), a.n, True)))
 
     plain = ToolRunner({"noop": noop}, InMemoryBus(), worker="w")
     req = request("noop")
     rows.append(row("ToolRunner.execute, no breaker", await measure(lambda: plain.execute(req), a.n, True)))
-    g_mem = guarded("in-memory")
-    r_mem = ToolRunner({g_mem.name: g_mem}, InMemoryBus(), worker="w", breakers=mem)
-    req_g = request(g_mem.name)
+    r_mem = ToolRunner({GUARDED.name: GUARDED}, InMemoryBus(), worker="w", breakers=mem)
+    req_g = request(GUARDED.name)
     rows.append(row("ToolRunner.execute, breaker on in-memory KV",
                     await measure(lambda: r_mem.execute(req_g), a.n, True)))
 
@@ -137,11 +132,10 @@ async def main() -> None:
             await seed(kv)
             b_kv = SharedBreaker(kv)
             rows.append(row("breaker check, closed, JetStream KV (1 get)",
-                            await measure(lambda: b_kv.admit("noop_guarded", POLICY, "w/x"), a.kv_n, True)))
+                            await measure(lambda: b_kv.admit(GUARDED.name, POLICY, "w/x"), a.kv_n, True)))
             rows.append(row("raw KV get (nats-py, for reference)",
-                            await measure(lambda: kv.kv.get("noop_guarded"), a.kv_n, True)))
-            g_kv = guarded("JetStream")
-            r_kv = ToolRunner({g_kv.name: g_kv}, InMemoryBus(), worker="w", breakers=kv)
+                            await measure(lambda: kv.kv.get(GUARDED.name), a.kv_n, True)))
+            r_kv = ToolRunner({GUARDED.name: GUARDED}, InMemoryBus(), worker="w", breakers=kv)
             rows.append(row("ToolRunner.execute, breaker on JetStream KV",
                             await measure(lambda: r_kv.execute(req_g), a.kv_n, True)))
         finally:

@@ -811,16 +811,15 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     meter = Meter()
     runs: list[tuple[bool, list[PhaseResult]]] = []
     try:
-        sizes: dict[str, int] = {}
-        prof: str | None = None
+        outcomes = []
         for n, mode in enumerate(args.tracing):
             tracing = mode == "on"
-            r_rows, r_sizes, r_prof = await run_runtime(broker.url, args, inputs, server_pid, meter, tracing, n)
-            runs.append((tracing, r_rows))
-            if not sizes or (not tracing and not any(not t for t, _ in runs[:-1])):
-                sizes, prof = r_sizes, r_prof
-        # Against the floor: the first tracing-off run (else the first run).
-        rt_rows = next((rows_ for t, rows_ in runs if not t), runs[0][1])
+            outcome = await run_runtime(broker.url, args, inputs, server_pid, meter, tracing, n)
+            runs.append((tracing, outcome[0]))
+            outcomes.append(outcome)
+        # Against the floor, and for payload sizes and the profile: the first
+        # tracing-off run (else the first run).
+        rt_rows, sizes, prof = next((o for (t, _), o in zip(runs, outcomes) if not t), outcomes[0])
         fl_rows = await run_floor(broker.url, args, inputs, server_pid, sizes)
     finally:
         say("stopping nats-server ...")

@@ -142,7 +142,6 @@ class NatsCluster:
                  http_port=ports[3 * i + 2], dir=self.base_dir / name)
             for i, name in enumerate(NODE_NAMES)
         ]
-        self.startup_seconds: float | None = None
 
     # -- addresses ---------------------------------------------------------------
     @property
@@ -178,7 +177,6 @@ class NatsCluster:
     def start(self, timeout: float = 30.0, *, wait: bool = True) -> NatsCluster:
         """Spawn all three nodes; with ``wait`` (the default) return only once
         the cluster is ready, without it at once, as ``docker compose up`` does."""
-        t0 = time.monotonic()
         try:
             self._render()
             for node in self.nodes:
@@ -188,7 +186,6 @@ class NatsCluster:
         except BaseException:
             self.stop()
             raise
-        self.startup_seconds = time.monotonic() - t0
         return self
 
     def stop(self) -> None:

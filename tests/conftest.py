@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import subprocess
@@ -116,6 +117,13 @@ class WorkerPool:
             self.wait_ready(proc, timeout)
         return proc
 
+    def spawn_all(self, specs: Sequence[tuple[Sequence[str], Mapping[str, str]]]) -> list[subprocess.Popen[bytes]]:
+        """Start several workers at once (they start in parallel), then wait for each to be ready."""
+        procs = [self.spawn(args, env, wait=False) for args, env in specs]
+        for p in procs:
+            self.wait_ready(p)
+        return procs
+
     def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT_S) -> None:
         out, _ = self.logs[proc.pid]
         deadline = time.monotonic() + timeout
@@ -145,16 +153,34 @@ class WorkerPool:
 
 
 async def until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``pred`` until it returns something truthy, or fail after ``timeout``
-    seconds saying what was awaited. (Import it: ``from conftest import until``.)"""
+    """Poll ``pred`` (a function or a coroutine function) until it returns
+    something truthy, or fail after ``timeout`` seconds saying what was
+    awaited. (Import it: ``from conftest import until``.)"""
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def broker_with_workers(base: Path, specs: Sequence[tuple[Sequence[str], Mapping[str, str]]]) -> Iterator[str]:
+    """A nats-server (its store under ``base``) and worker processes on it,
+    ``(args, env)`` each; yields the broker URL once every worker is ready.
+    For module-scoped fixtures that share one set of workers between tests."""
+    server = EmbeddedNats(store_dir=base / "nats").start()
+    pool = WorkerPool(base)
+    try:
+        pool.spawn_all([(args, {"AGENTSTREAM_NATS_URL": server.url, **env}) for args, env in specs])
+        yield server.url
+    finally:
+        pool.close()
+        server.stop()
 
 
 @pytest.fixture

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import nats
 import pytest
-from conftest import WorkerPool, cli_command, one_line_error, run_cli, worker_env
+from conftest import broker_with_workers, cli_command, one_line_error, run_cli, worker_env
 
 from agentstream.contracts import codec
 from agentstream.contracts.events import ModelTurnCompleted, TaskCompleted, Usage
-from agentstream.runtime.embedded import EmbeddedNats, free_port
+from agentstream.runtime.embedded import _port_open as port_open
+from agentstream.runtime.embedded import free_port
 
 RUN_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 30.0
@@ -42,12 +43,6 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def run(args: list[str], cwd: Path, extra: dict[str, str] | None = None,
         timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     return run_cli(args, _env(extra), cwd=cwd, timeout=timeout)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def brokers_in(cwd: Path) -> list[int]:
@@ -229,16 +224,10 @@ def test_second_up_in_the_same_directory_is_refused_and_a_crashed_one_does_not_b
 def approvals_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A broker and one worker serving approval_app's agents and tools."""
     base = tmp_path_factory.mktemp("lifecycle")
-    server = EmbeddedNats(store_dir=base / "nats").start()
-    pool = WorkerPool(base)
-    try:
-        pool.spawn(["--agent", "refunds", "--agent", "spendy", "--tools", "all"],
-                   {"AGENTSTREAM_NATS_URL": server.url, "AGENTSTREAM_APP": "approval_app:app",
-                    "APPROVAL_APP_LOG": str(base / "tools.log")})
-        yield server.url
-    finally:
-        pool.close()
-        server.stop()
+    with broker_with_workers(base, [(["--agent", "refunds", "--agent", "spendy", "--tools", "all"],
+                                     {"AGENTSTREAM_APP": "approval_app:app",
+                                      "APPROVAL_APP_LOG": str(base / "tools.log")})]) as url:
+        yield url
 
 
 def test_submit_of_a_failed_task_exits_1_with_and_without_json(approvals_desk: str, workdir: Path) -> None:

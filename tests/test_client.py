@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from agentstream.contracts import codec, subjects
@@ -39,9 +40,18 @@ async def test_result_before_and_after_the_call(nats_url: str) -> None:
         await client.js.publish(subjects.results("support", "early"), codec.encode(_completed("early")))
         assert (await client.result("early", timeout=5)).task_id == "early"  # agent unknown: found by filter
 
-        import asyncio
+        real = client._stored_result
+        looked = asyncio.Event()
 
+        async def lookup(task_id: str, agent: str | None) -> bytes | None:
+            found = await real(task_id, agent)
+            looked.set()
+            return found
+
+        client._stored_result = lookup  # type: ignore[method-assign]
         waiter = asyncio.create_task(client.result("late", timeout=10, agent="support"))
-        await asyncio.sleep(0)  # let result() subscribe; publishing before it is also fine (stored)
+        # Published only once result() has subscribed and found nothing stored.
+        await asyncio.wait_for(looked.wait(), 5)
+        assert not waiter.done()
         await client.js.publish(subjects.results("support", "late"), codec.encode(_completed("late")))
         assert (await asyncio.wait_for(waiter, 10)).task_id == "late"

@@ -11,6 +11,7 @@ import nats
 import nats.errors
 import pytest
 from cluster import NatsCluster  # tests/ is on sys.path (pytest rootdir-less "prepend" import mode)
+from conftest import until
 from nats.js import JetStreamContext, api
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -39,17 +40,6 @@ async def _publish(js: JetStreamContext, i: int, deadline: float) -> api.PubAck:
             await asyncio.sleep(0.05)
 
 
-async def _wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 async def test_r3_stream_survives_a_killed_node(cluster: NatsCluster) -> None:
     nc = await nats.connect(servers=cluster.urls.split(","), connect_timeout=2,
                             reconnect_time_wait=0.1, max_reconnect_attempts=-1)
@@ -74,7 +64,7 @@ async def test_r3_stream_survives_a_killed_node(cluster: NatsCluster) -> None:
                 return si
             return None
 
-        si = await _wait_for(placed, 20, "stream leader and current replicas")
+        si = await until(placed, 20, "stream leader and current replicas")
         victim = cluster.index_of(si.cluster.leader)
         cluster.kill(victim)
 
@@ -89,7 +79,7 @@ async def test_r3_stream_survives_a_killed_node(cluster: NatsCluster) -> None:
                 return None
             return si if si.cluster and si.cluster.leader and si.cluster.leader != cluster.nodes[victim].name else None
 
-        si = await _wait_for(new_leader, 20, "a new stream leader")
+        si = await until(new_leader, 20, "a new stream leader")
         assert si.state.messages == 100
 
         # Creating a consumer goes through the meta leader, which may have been the
@@ -130,6 +120,6 @@ async def test_r3_stream_survives_a_killed_node(cluster: NatsCluster) -> None:
                         return sd["state"]["messages"] == 100
             return False
 
-        await _wait_for(caught_up, 20, f"{cluster.nodes[victim].name} to catch up")
+        await until(caught_up, 20, f"{cluster.nodes[victim].name} to catch up")
     finally:
         await nc.close()

@@ -202,7 +202,7 @@ def test_encoded_json_carries_versioned_tag(ev: Any) -> None:
 # must turn all of them into DecodeError so consumers dead-letter, not crash.
 
 
-def _decode_or_decode_error(dec: codec.Decoder[Any], buf: bytes | str) -> None:
+def _decode_or_decode_error(dec: codec.Decoder[Any], buf: bytes | bytearray | memoryview | str) -> None:
     try:
         dec.decode(buf)
     except codec.DecodeError:
@@ -317,6 +317,8 @@ def test_minimal_task_decodes_with_documented_defaults() -> None:
         assert task.submitted_at == 0.0
         assert task.max_steps is None
         assert task.deadline_s is None
+        assert task.max_tokens is None
+        assert task.max_cost_usd is None
 
 
 @pytest.mark.parametrize(

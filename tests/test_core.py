@@ -657,3 +657,13 @@ def test_random_input_sequences_never_raise_and_terminal_is_final(data: st.DataO
             if state.terminal:
                 assert state.outcome is not None and state.pending == ()
                 terminal = state
+
+
+def test_the_core_imports_no_broker() -> None:
+    """The decision core stays pure (DESIGN.md): importing it loads no NATS client."""
+    import subprocess
+    import sys
+
+    probe = "import sys, agentstream.runtime.core; print(sorted(m for m in sys.modules if m.split('.')[0] == 'nats'))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

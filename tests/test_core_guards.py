@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_core import SPEC, T0, TASK_ID, call, completed, of, responded, submitted, tool_error
 
 from agentstream.contracts.events import ApprovalDecided, TaskCompleted, TaskFailed, Usage
 from agentstream.runtime.core import MIN_OUTPUT_TOKENS, Context, decide, estimate_tokens
@@ -25,11 +26,6 @@ from agentstream.runtime.state import (
     SessionState,
     SetDeadline,
 )
-
-try:
-    from tests.test_core import SPEC, T0, TASK_ID, call, completed, of, responded, submitted, tool_error
-except ImportError:  # plain `pytest` without the repo root on sys.path
-    from test_core import SPEC, T0, TASK_ID, call, completed, of, responded, submitted, tool_error  # type: ignore
 
 
 def refunds_need_approval(tool: str, args: dict[str, Any]) -> bool:
@@ -149,10 +145,9 @@ def test_token_budget_stops_the_call_that_would_exceed_it_with_figures() -> None
 
 
 def test_the_output_of_a_call_is_capped_by_what_the_budget_leaves() -> None:
-    c = gctx()
-    state = begin(c, max_tokens=600)
-    est = estimate_tokens(state.messages, SPEC.tools)
-    d = decide(None, submitted(max_tokens=600), c)
+    d = decide(None, submitted(max_tokens=600), gctx())
+    assert d.state is not None
+    est = estimate_tokens(d.state.messages, SPEC.tools)
     (cm,) = of(d.commands, CallModel)
     assert cm.max_tokens == min(SPEC.max_output_tokens, 600 - est)
 

@@ -4,14 +4,14 @@ on an embedded broker and show what the README promises."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+from pathlib import Path
+
+from conftest import run_cli
 
 
-def test_demo_runs_end_to_end_with_the_scripted_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_runs_end_to_end_with_the_scripted_model(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTSTREAM_", "OPENAI_"))}
-    proc = subprocess.run([sys.executable, "-m", "agentstream.runtime.cli", "demo"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli(["demo"], env, cwd=tmp_path, timeout=120)
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "scripted" in out and "AGENTSTREAM_MODEL" in out  # says no model is configured

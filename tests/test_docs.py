@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agentstream.contracts import codec
 from agentstream.contracts.events import TaskCompleted, TaskSubmitted
-from agentstream.handlers.protocol import asyncapi_document, asyncapi_json
+from agentstream.handlers.protocol import CHANNELS, asyncapi_document, asyncapi_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +27,17 @@ def test_asyncapi_describes_every_subject_with_its_event_schema() -> None:
     for name in ("TaskSubmitted", "TaskCompleted", "TaskFailed", "ToolCallRequested", "ToolCallCompleted"):
         assert f"#/components/schemas/{name}" in payloads
     assert doc["components"]["schemas"]["TaskSubmitted"]["required"] == ["type", "agent", "input"]
+    # Every subject of the protocol, each with exactly its event types' schemas.
+    channels = {ch["address"]: ch for ch in doc["channels"].values()}
+    assert set(channels) == {address for address, _, _, _ in CHANNELS}
+    for address, _, types, _ in CHANNELS:
+        refs: set[str] = set()
+        for message in channels[address]["messages"].values():
+            payload = doc["components"]["messages"][message["$ref"].rsplit("/", 1)[1]]["payload"]
+            refs |= {r["$ref"] for r in payload.get("oneOf", [payload])}
+        assert refs == {f"#/components/schemas/{t.__name__}" for t in types}, address
+        for t in types:
+            assert t.__name__ in doc["components"]["schemas"], t
 
 
 def _json_blocks(text: str) -> list[str]:

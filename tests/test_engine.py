@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import (
+    AuditRecord,
     ModelResponse,
     TaskCompleted,
     TaskFailed,
@@ -512,6 +513,18 @@ async def test_a_stale_replica_cache_does_not_drop_a_newer_result() -> None:
     await broker.results_to(a)  # step 2's result reaches a, whose cache still says step 1
     assert len(script.requests) == 3
     assert only_result(world).output == "Order 17 is in transit."  # type: ignore[union-attr]
+
+
+def test_audit_msg_ids_are_deterministic_and_keep_the_actor_out_of_the_header() -> None:
+    rec = AuditRecord(kind="approval.rejected", at=1.5, actor="eve\r\nNats-Msg-Id: x", agent=AGENT, task_id="t1",
+                      details={"approval_id": "t1-1-c1"})
+    msg_id = engine_mod.audit_msg_id(rec)
+    assert msg_id == engine_mod.audit_msg_id(rec)  # a retried publish is deduplicated
+    assert msg_id.startswith("audit:approval.rejected:t1-1-c1:") and "eve" not in msg_id
+    assert msg_id.isprintable()
+    other = msgspec.structs.replace(rec, actor="mallory")
+    assert engine_mod.audit_msg_id(other) != msg_id  # one record per actor
+    assert subjects.audit(rec.kind, AGENT) == f"audit.approval_rejected.{AGENT}"
 
 
 # ----------------------------------------------------------------- ToolRunner

@@ -55,6 +55,26 @@ def with_bad_fallback(q: str) -> str:
     return q
 
 
+@tool(fallback="by_zip")
+def by_city(city: str) -> str:
+    """Weather for a city.
+
+    Args:
+        city: City name.
+    """
+    return city
+
+
+@tool
+def by_zip(zip_code: str) -> str:
+    """Weather for a postal code.
+
+    Args:
+        zip_code: Postal code.
+    """
+    return zip_code
+
+
 def synthetic() -> App:
     app = App()
     tools = [_numbered(i) for i in range(7)]
@@ -67,6 +87,8 @@ def synthetic() -> App:
              description="Look up the current state of a customer order."),
         with_bad_fallback,
     ])
+    # Served by tool workers only: tool-level findings, no agent's.
+    app.tools.update({t.name: t for t in (by_city, by_zip)})
     return app
 
 
@@ -83,6 +105,10 @@ def test_synthetic_app_findings() -> None:
     assert any(f.severity == "error" and f.tool == "with_bad_fallback" and "'nowhere'" in f.message
                for f in findings)
     assert any(f.tool == "with_bad_fallback" and "approvers" in f.message for f in findings)
+    (mismatch,) = [f for f in findings if f.tool == "by_city"]
+    assert mismatch.severity == "warn" and "fallback 'by_zip' does not take this tool's arguments" in mismatch.message
+    assert "['city']" in mismatch.message and "['zip_code']" in mismatch.message
+    assert not any(f.tool == "by_zip" for f in findings)
     # The 7 fetch tools differ in one meaningful word each: not near-duplicates.
     assert not any(f.tool.startswith("fetch_") for f in findings)
     assert all(isinstance(f, Finding) and str(f).startswith(f.severity) for f in findings)

@@ -102,3 +102,16 @@ async def test_creating_retries_a_forming_cluster_and_tells_exists_from_failure(
 
     with pytest.raises(jse.APIError, match="not allowed"):
         await nats_adapters._creating(denied)
+
+
+async def test_provisioning_brings_an_existing_streams_limits_up_to_date(client: AgentClient) -> None:
+    """A stream left by an older version with other limits gets today's, and
+    keeps its replica count."""
+    tasks = next(sd for sd in subjects.STREAMS if sd.name == "TASKS")
+    old = (await client.js.stream_info("TASKS")).config
+    old.max_age, old.duplicate_window = 60.0, 30.0
+    await client.js.update_stream(old)
+    await nats_adapters.provision(client.js)
+    now = (await client.js.stream_info("TASKS")).config
+    assert (now.max_age, now.duplicate_window) == (tasks.max_age_s, tasks.duplicate_window_s)
+    assert now.num_replicas == old.num_replicas

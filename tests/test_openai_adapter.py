@@ -9,16 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from fake_openai import HANG, FakeOpenAI, Reply, completion, text_reply, tool_calls_reply
 
 from agentstream.contracts.events import Message, ToolCall, ToolSpec, Usage
 from agentstream.runtime.errors import ConfigError, ModelError
 from agentstream.runtime.openai_llm import OpenAIChatModel, complete_with_retry
 from agentstream.runtime.ports import ModelRequest
-
-try:  # rootdir-relative import works whether or not tests/ becomes a package
-    from tests.fake_openai import HANG, FakeOpenAI, Reply, completion, text_reply, tool_calls_reply
-except ImportError:  # pragma: no cover
-    from fake_openai import HANG, FakeOpenAI, Reply, completion, text_reply, tool_calls_reply  # type: ignore[no-redef]
 
 TIMEOUT = 10.0
 

@@ -21,12 +21,13 @@ import nats.js.errors as jse
 import pytest
 from apps.crash_app import TOOLS, expected_output
 from cluster import NatsCluster
-from conftest import SpawnWorker, WorkerPool, one_line_error, run_cli, until, worker_env
+from conftest import SpawnWorker, WorkerPool, broker_with_workers, one_line_error, run_cli, until, worker_env
+from nats.aio.client import Client as NatsClient
 
 from agentstream.contracts import subjects
 from agentstream.contracts.events import TaskCompleted
 from agentstream.runtime.client import AgentClient
-from agentstream.runtime.embedded import EmbeddedNats, free_port
+from agentstream.runtime.embedded import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,6 @@ RESULT_TIMEOUT_S = 30.0
 
 
 # --------------------------------------------------------------------------- helpers
-
 
 
 def lines(path: Path) -> list[str]:
@@ -76,15 +76,6 @@ def crash_env(url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
             **extra}
 
 
-def start_all(pool_spawn: SpawnWorker, pool: WorkerPool,
-              specs: list[tuple[list[str], dict[str, str]]]) -> list[subprocess.Popen[bytes]]:
-    """Start several workers at once, then wait for each to be ready."""
-    procs = [pool_spawn(args, env, wait=False) for args, env in specs]
-    for p in procs:
-        pool.wait_ready(p)
-    return procs
-
-
 async def retry(fn: Callable[[], Awaitable[str]], timeout: float) -> str:
     """Retry a call through a broker fail-over (a retried submit is deduplicated by task id)."""
     deadline = time.monotonic() + timeout
@@ -114,9 +105,9 @@ async def result_through_failover(client: AgentClient, task_id: str, timeout: fl
 
 
 async def test_sigkill_mid_task_another_replica_finishes(nats_url: str, worker_pool: WorkerPool,
-                                                         spawn_worker: SpawnWorker, tmp_path: Path) -> None:
+                                                         tmp_path: Path) -> None:
     tools_log, model_log = tmp_path / "tools.log", tmp_path / "model.log"
-    agents = start_all(spawn_worker, worker_pool, [
+    agents = worker_pool.spawn_all([
         (["--tools", "all"], crash_env(nats_url, tmp_path, AGENTSTREAM_WORKER_ID="tools", CRASH_APP_TOOL_S="0.3")),
         (["--agent", "crashy"], crash_env(nats_url, tmp_path, AGENTSTREAM_WORKER_ID="agent-1", CRASH_APP_MODEL_S="3")),
         (["--agent", "crashy"], crash_env(nats_url, tmp_path, AGENTSTREAM_WORKER_ID="agent-2", CRASH_APP_MODEL_S="3")),
@@ -153,9 +144,9 @@ async def test_sigkill_mid_task_another_replica_finishes(nats_url: str, worker_p
 
 
 async def test_two_agent_replicas_split_the_load(nats_url: str, worker_pool: WorkerPool,
-                                                 spawn_worker: SpawnWorker, tmp_path: Path) -> None:
+                                                 tmp_path: Path) -> None:
     model_log = tmp_path / "model.log"
-    start_all(spawn_worker, worker_pool, [
+    worker_pool.spawn_all([
         (["--tools", "all"], crash_env(nats_url, tmp_path, AGENTSTREAM_WORKER_ID="tools", CRASH_APP_TOOL_S="0.05")),
         (["--agent", "crashy"], crash_env(nats_url, tmp_path, AGENTSTREAM_WORKER_ID="agent-1",
                                           AGENTSTREAM_MAX_IN_FLIGHT="8")),
@@ -180,19 +171,11 @@ async def test_two_agent_replicas_split_the_load(nats_url: str, worker_pool: Wor
 @pytest.fixture(scope="module")
 def support_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One broker with a support agent worker and a tool worker for the whole module."""
-    base = tmp_path_factory.mktemp("support")
-    server = EmbeddedNats(store_dir=base / "nats").start()
-    pool = WorkerPool(base)
-    try:
-        env = {"AGENTSTREAM_NATS_URL": server.url, "AGENTSTREAM_MAX_EVENT_BYTES": "2048"}
-        procs = [pool.spawn(["--agent", "support"], {**env, "AGENTSTREAM_WORKER_ID": "support-agent"}, wait=False),
-                 pool.spawn(["--tools", "all"], {**env, "AGENTSTREAM_WORKER_ID": "support-tools"}, wait=False)]
-        for p in procs:
-            pool.wait_ready(p)
-        yield server.url
-    finally:
-        pool.close()
-        server.stop()
+    env = {"AGENTSTREAM_MAX_EVENT_BYTES": "2048"}
+    with broker_with_workers(tmp_path_factory.mktemp("support"), [
+            (["--agent", "support"], {**env, "AGENTSTREAM_WORKER_ID": "support-agent"}),
+            (["--tools", "all"], {**env, "AGENTSTREAM_WORKER_ID": "support-tools"})]) as url:
+        yield url
 
 
 async def test_plain_nats_client_submits_and_reads_results(support_desk: str) -> None:
@@ -304,7 +287,7 @@ async def test_bad_messages_are_dead_lettered_and_consumers_keep_going(support_d
 async def test_sigterm_tool_worker_finishes_or_hands_over(nats_url: str, worker_pool: WorkerPool,
                                                           spawn_worker: SpawnWorker, tmp_path: Path) -> None:
     tools_log = tmp_path / "tools.log"
-    tools1, _agent = start_all(spawn_worker, worker_pool, [
+    tools1, _agent = worker_pool.spawn_all([
         (["--tools", "all"], crash_env(nats_url, tmp_path, AGENTSTREAM_WORKER_ID="tools-1", CRASH_APP_TOOL_S="1.5")),
         (["--agent", "crashy"], crash_env(nats_url, tmp_path, AGENTSTREAM_WORKER_ID="agent-1")),
     ])
@@ -340,10 +323,9 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 
 @pytest.mark.cluster
 @pytest.mark.timeout(240)
-async def test_cluster_survives_a_killed_node(nats_cluster: NatsCluster, worker_pool: WorkerPool,
-                                              spawn_worker: SpawnWorker) -> None:
+async def test_cluster_survives_a_killed_node(nats_cluster: NatsCluster, worker_pool: WorkerPool) -> None:
     env = {"AGENTSTREAM_NATS_URL": nats_cluster.urls, "AGENTSTREAM_REPLICAS": "3"}
-    start_all(spawn_worker, worker_pool, [
+    worker_pool.spawn_all([
         (["--agent", "support"], {**env, "AGENTSTREAM_WORKER_ID": "c-agent"}),
         (["--tools", "all"], {**env, "AGENTSTREAM_WORKER_ID": "c-tools"}),
     ])
@@ -393,7 +375,7 @@ async def test_provisioning_waits_for_a_cluster_still_forming(tmp_path: Path) ->
         cluster.stop()
 
 
-async def _connect_within(urls: str, timeout: float) -> nats.aio.client.Client:
+async def _connect_within(urls: str, timeout: float) -> NatsClient:
     from agentstream.runtime import nats_adapters
     from agentstream.runtime.errors import BrokerUnavailable
 

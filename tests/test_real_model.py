@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_openai import FakeOpenAI, text_reply, tool_calls_reply
 
 from agentstream.contracts.events import TaskCompleted, TaskFailed
 from agentstream.runtime.client import AgentClient
@@ -17,11 +18,6 @@ from agentstream.runtime.config import Settings
 from agentstream.runtime.embedded import EmbeddedNats
 from agentstream.runtime.openai_llm import OpenAIChatModel
 from agentstream.runtime.service import Runtime
-
-try:
-    from tests.fake_openai import FakeOpenAI, text_reply, tool_calls_reply
-except ImportError:  # plain `pytest` without the repo root on sys.path
-    from fake_openai import FakeOpenAI, text_reply, tool_calls_reply  # type: ignore[no-redef]
 
 
 def _tool_messages(req: dict[str, Any]) -> list[dict[str, Any]]:

@@ -87,6 +87,10 @@ def test_options_live_on_the_tool_not_in_what_the_model_sees() -> None:
 
     assert set(msgspec.structs.asdict(refund.spec)) == {"name", "description", "parameters"}
     assert isinstance(refund.spec, ToolSpec) and "fallback" not in json.dumps(refund.spec.parameters)
+    assert set(refund.spec.parameters["properties"]) == {"order_id", "amount"}
+    shown = json.dumps(msgspec.structs.asdict(refund.spec)).lower()
+    assert not any(opt in shown for opt in ("timeout", "retry", "idempotent", "read_only", "approv", "ops",
+                                            "other", "breaker"))
     assert refund.timeout_s == 2 and refund.retry.max_attempts == 1 and refund.idempotent
     assert refund.read_only and not refund.side_effects and refund.approvers == ("ops",)
     assert refund.fallback == "other" and refund.breaker == BreakerPolicy()
@@ -106,6 +110,8 @@ def test_defaults_are_the_safe_ones() -> None:
         return to
 
     assert send_email.side_effects and not send_email.idempotent and not send_email.retry_ambiguous
+    assert not send_email.read_only and send_email.timeout_s is None and send_email.fallback is None
+    assert send_email.requires_approval is False and send_email.approvers == ()
     assert send_email.breaker is None and send_email.retry == RetryPolicy() and send_email.retry.max_attempts == 3
     assert not send_email.needs_approval({"to": "x"})
 
@@ -132,6 +138,8 @@ def test_bad_options_are_rejected() -> None:
 
     with pytest.raises(ValueError):
         Tool(f, fallback="f")
+    with pytest.raises(ValueError):
+        Tool(f, timeout_s=0)
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError):

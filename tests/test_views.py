@@ -288,7 +288,7 @@ async def test_load_and_trace_against_nats(nats_server: EmbeddedNats, client: Ag
     assert {r.task_id for r in results} == {"task-a", "task-c"}
     recent = await asyncio.wait_for(views.load_recent_results(js, 1), 20)
     assert [r.task_id for r in recent] == ["task-c"]
-    # The scan stops at the stream's last sequence at call time.
+    # A bounded scan: the first `limit` messages, oldest first.
     assert await asyncio.wait_for(views.load_spans(js, 3600, limit=3), 20) == all_spans[:3]
 
     settings = dataclasses.replace(Settings.from_env({}), nats_url=nats_server.url)

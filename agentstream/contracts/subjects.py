@@ -56,7 +56,8 @@ def approvals(agent: str) -> str:
 
 
 def audit(kind: str, agent: str) -> str:
-    return f"audit.{kind}.{agent}"
+    """``kind`` as in AuditRecord (``approval.decided``); its dots become ``_`` to keep it one token."""
+    return f"audit.{kind.replace('.', '_')}.{agent}"
 
 
 def dead_letter(origin_subject: str) -> str:

@@ -141,7 +141,8 @@ def _order_id(text: str) -> int | None:
 
 
 def support_script(request: ModelRequest) -> ModelResponse:
-    """The scripted support model: one tool turn, then an answer from the results."""
+    """The scripted support model: one tool turn (two for a refund it is asked
+    to issue), then an answer from the results."""
     question = last_user(request)
     q = question.lower()
     results = tool_results(request)

@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskFailed, Usage
 from agentstream.runtime.consumer import DeadLetterHook, Handler, Reject, stream_seq
-from agentstream.runtime.engine import AgentEngine, decode_task
+from agentstream.runtime.engine import AgentEngine, decode_task, seq_task_id
 
 log = logging.getLogger("agentstream.agent")
 
@@ -64,7 +64,7 @@ def rejected_result(raw: bytes, reason: str, *, agent: str, seq: int | None, now
     if ids.task_id is None or ids.task_id == "":
         if seq is None:
             return None
-        task_id = f"seq-{seq}"
+        task_id = seq_task_id(seq)
     elif isinstance(ids.task_id, str) and subjects.is_token(ids.task_id):
         task_id = ids.task_id
     else:

@@ -10,7 +10,6 @@ audited here, as the engine would (``approval.rejected``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from aiohttp import web
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ApprovalDecided, ApprovalRequested, AuditRecord
 from agentstream.runtime.client import AgentClient
+from agentstream.runtime.engine import audit_msg_id
 from agentstream.runtime.errors import AgentstreamError
 from agentstream.runtime.nats_adapters import MSG_ID, NatsKV, bucket
 from agentstream.runtime.policy import ApprovalRecord, decode_record, parse_approvers
@@ -101,7 +101,7 @@ async def decide(client: AgentClient, approval_id: str, *, approved: bool, appro
                                decided_at=time.time())
     # One decision per approval: the first one published wins (deduplicated).
     await client.js.publish(subjects.events(req.agent, req.task_id), codec.encode(decision),
-                            headers={"Nats-Msg-Id": f"{req.approval_id}:decision"}, timeout=10)
+                            headers={MSG_ID: f"{req.approval_id}:decision"}, timeout=10)
     return decision
 
 
@@ -114,13 +114,8 @@ async def _audit_refusal(client: AgentClient, req: ApprovalRequested, *, approve
                       task_id=req.task_id, details={"approval_id": req.approval_id, "tool": req.tool,
                                                     "approved": approved, "status": status, "reason": reason})
     try:
-        # The engine's audit msg id shape (one record per attempt, a retried
-        # publish of it deduplicated), the approver hashed: it is free text
-        # from the caller and must not reach a header verbatim.
-        who = hashlib.sha256(approver.encode()).hexdigest()[:16]
-        await client.js.publish(subjects.audit(rec.kind.replace(".", "_"), req.agent), codec.encode(rec),
-                                headers={MSG_ID: f"audit:{rec.kind}:{req.approval_id}:{who}:{rec.at!r}"},
-                                timeout=10)
+        await client.js.publish(subjects.audit(rec.kind, req.agent), codec.encode(rec),
+                                headers={MSG_ID: audit_msg_id(rec)}, timeout=10)
     except Exception as exc:  # noqa: BLE001 - the refusal stands and is what the caller must hear
         log.warning("could not audit the refused decision of %s on %s: %s: %s", approver, req.approval_id,
                     type(exc).__name__, exc)

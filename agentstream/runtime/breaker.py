@@ -30,13 +30,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 
 from agentstream.contracts import codec
 from agentstream.runtime.errors import Conflict
-from agentstream.runtime.ports import Entry
+from agentstream.runtime.ports import SessionStore
 from agentstream.runtime.tools import BreakerPolicy
 
 log = logging.getLogger("agentstream.breaker")
@@ -113,16 +113,6 @@ def _claim(s: BreakerState, now: float, owner: str) -> BreakerState:
 # --------------------------------------------------------------------------- shared
 
 
-class BreakerStore(Protocol):
-    """The part of ``SessionStore`` the breaker needs (compare-and-set KV)."""
-
-    async def get(self, key: str) -> Entry | None: ...
-
-    async def create(self, key: str, value: bytes) -> int: ...
-
-    async def update(self, key: str, value: bytes, revision: int) -> int: ...
-
-
 _decoder: codec.Decoder[BreakerState] = codec.Decoder(BreakerState)
 
 
@@ -137,7 +127,7 @@ class Seen(msgspec.Struct, frozen=True):
 class SharedBreaker:
     """Breakers of all tools in one compare-and-set KV bucket."""
 
-    def __init__(self, store: BreakerStore, *, clock: Callable[[], float] = time.time,
+    def __init__(self, store: SessionStore, *, clock: Callable[[], float] = time.time,
                  max_cas_attempts: int = 16) -> None:
         self.store = store
         self.clock = clock

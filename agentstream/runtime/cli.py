@@ -209,13 +209,11 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
 
-async def _demo_supervisor(client: object) -> None:
+async def _demo_supervisor(client: AgentClient) -> None:
     """Plays the human in the loop: approves each pending approval as
     'supervisor', printing what it approved (the session waited parked in KV)."""
     from agentstream.runtime import approvals
-    from agentstream.runtime.client import AgentClient
 
-    assert isinstance(client, AgentClient)
     seen: set[str] = set()
     while True:
         try:
@@ -252,7 +250,6 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     rt: Runtime | None = None
     client: AgentClient | None = None
     server: HttpServer | None = None
-    wrote_url = False
     try:
         agents = (args.agent or list_agents(settings)) if settings.run_workers else []
         tools = args.tools if settings.run_workers else None
@@ -262,12 +259,11 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         await rt.start()
         if embedded:
             url_file.write_text(rt.url + "\n")
-            wrote_url = True
         client = await AgentClient.connect(rt.url, provision=False)  # rt.start() provisioned already
         # With its workers, `up` knows the app: a task for an agent it does not
         # define is refused (404) instead of waiting forever. API-only, workers
         # elsewhere may run any app, so every agent is accepted.
-        server = HttpServer(client, agents=list_agents(settings) if settings.run_workers else None)
+        server = HttpServer(client, agents=rt.app.agents if settings.run_workers else None)
         try:
             await server.start(settings.http_host, settings.http_port)
         except (OSError, OverflowError) as exc:
@@ -289,7 +285,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 await client.close()
         if rt is not None:
             await rt.stop()
-        if wrote_url:
+        if embedded:  # ours, or a crashed predecessor's: we hold the data dir's lock
             with contextlib.suppress(OSError):
                 url_file.unlink()
         if lock is not None:
@@ -301,19 +297,20 @@ async def _until_stopped(stop: asyncio.Event, broker: EmbeddedNats | None) -> No
     """Until SIGTERM/SIGINT, or until the embedded broker dies: then nothing
     can work again in this process, so end it (non-zero) for a supervisor to
     restart, instead of serving 503s while /healthz says all is well."""
-    waits: set[asyncio.Task[object]] = {asyncio.create_task(stop.wait())}
-    died = asyncio.create_task(broker.exited()) if broker is not None else None
-    if died is not None:
-        waits.add(died)
+    if broker is None:
+        await stop.wait()
+        return
+    stopped = asyncio.create_task(stop.wait())
+    died = asyncio.create_task(broker.exited())
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in waits:
-            t.cancel()
-    if died is not None and died.done() and not died.cancelled() and not stop.is_set():
+        stopped.cancel()
+        died.cancel()
+    if died.done() and not died.cancelled() and not stop.is_set():
         code = died.result()
         how = f"signal {-code}" if code < 0 else f"code {code}"
-        raise AgentstreamError(f"the embedded nats-server exited ({how}); see {broker.log_path if broker else ''}")
+        raise AgentstreamError(f"the embedded nats-server exited ({how}); see {broker.log_path}")
 
 
 def _lock_data_dir(lock: DirLock, settings: Settings) -> None:

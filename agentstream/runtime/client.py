@@ -55,7 +55,6 @@ class AgentClient:
         AGENTSTREAM_TRACING; spans exported on this connection); False, none;
         or a Telemetry to share (not shut down by close())."""
         nc = await nats_adapters.connect(url, name="agentstream-client", reconnect=True)
-        owned = telemetry is True
         tel: Telemetry | None = None
         if telemetry is True:
             tel = setup_telemetry(os.environ, nc=nc, worker_id=f"client-{socket.gethostname()}-{os.getpid()}",
@@ -63,7 +62,7 @@ class AgentClient:
         elif isinstance(telemetry, Telemetry):
             tel = telemetry
         client = cls(nc, telemetry=tel)
-        client._owns_telemetry = owned and client.telemetry is not None
+        client._owns_telemetry = telemetry is True
         if provision:
             # Idempotent; lets a client submit before any worker has started.
             await nats_adapters.provision(client.js, update=False)

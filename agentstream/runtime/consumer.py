@@ -164,10 +164,7 @@ class PullConsumer:
                 return
             log.warning("%s: %s failed (attempt %d/%d): %s: %s", self.s.durable, msg.subject, deliveries,
                         self.s.max_deliver, type(exc).__name__, exc)
-            try:
-                await msg.nak(delay=self.s.nak_delay_s * deliveries)
-            except Exception:  # noqa: BLE001
-                pass
+            await _nak(msg, self.s.nak_delay_s * deliveries)
             return
         await _ack(msg)
 
@@ -184,10 +181,7 @@ class PullConsumer:
         except Exception as exc:  # noqa: BLE001 - the consumer outlives a broker hiccup
             log.warning("%s: could not dead-letter %s (%s: %s); it will be redelivered", self.s.durable,
                         msg.subject, type(exc).__name__, exc)
-            try:
-                await msg.nak(delay=self.s.nak_delay_s * _deliveries(msg))
-            except Exception:  # noqa: BLE001
-                pass
+            await _nak(msg, self.s.nak_delay_s * _deliveries(msg))
             return
         await _ack(msg)
 
@@ -249,4 +243,11 @@ async def _ack(msg: Msg) -> None:
     try:
         await msg.ack()
     except Exception:  # noqa: BLE001 - an ack lost to a closed connection means a redelivery, which is safe
+        pass
+
+
+async def _nak(msg: Msg, delay: float) -> None:
+    try:
+        await msg.nak(delay=delay)
+    except Exception:  # noqa: BLE001 - a lost nak means a redelivery after ack_wait instead, which is safe
         pass

@@ -74,6 +74,7 @@ class Context:
     history: tuple[Turn, ...] = ()
     worker: str = ""
     model: str = ""  # the model that will be called (prices, budgets)
+    # The deployment's rules (runtime.policy.Policy, flattened by the engine).
     # (input, output) USD per million tokens, by model name.
     prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     # Whether a call needs a human's approval, given its tool and arguments.
@@ -212,8 +213,7 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
     counts = dict(state.call_counts)
     approval_deadline = ctx.now + ctx.spec.approval_timeout_s
     ids = _ids(resp.tool_calls, ev.step)
-    for idx, call in enumerate(resp.tool_calls):
-        call_id = ids[idx]
+    for call, call_id in zip(resp.tool_calls, ids):
         args = _check_call(call, ctx.spec, truncated=resp.finish_reason == "length")
         if isinstance(args, ToolError):
             early.append(CallResult(call_id=call_id, tool=call.name, ok=False, content=tool_error_content(args)))
@@ -449,6 +449,10 @@ def _call_model(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]
     then the call is not made and the task fails with the figures. The call's
     output is capped at what the budget leaves."""
     max_out = ctx.spec.max_output_tokens
+    if state.max_tokens is None and state.max_cost_usd is None:
+        # Nothing to check: the estimate walks the whole transcript and encodes
+        # every tool spec, work every step of an unbudgeted task would waste.
+        return _emit(state, (*extra, CallModel(step=state.step, max_tokens=max_out)))
     u = state.usage
     est_in = estimate_tokens(state.messages, ctx.spec.tools)
     if state.last_input_tokens:

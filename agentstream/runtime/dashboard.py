@@ -13,23 +13,19 @@ Errors are JSON ``{"error": "<one line>"}``.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats.errors
 from aiohttp import web
 from nats.js import JetStreamContext
 
 from agentstream.contracts import subjects
 from agentstream.contracts.events import TaskFailed, TaskResult
 from agentstream.runtime import views
-from agentstream.runtime.errors import BROKER_ERRORS
-
-log = logging.getLogger("agentstream.dashboard")
+from agentstream.runtime.http_api import error_middleware
 
 JsGetter = Callable[[], JetStreamContext]
 JS_GETTER_KEY: web.AppKey[JsGetter] = web.AppKey("agentstream_dashboard_js", JsGetter)  # type: ignore[arg-type]
@@ -136,25 +132,15 @@ async def api_trace(request: web.Request) -> web.Response:
                   "text": views.render_waterfall(trace.spans, rows=rows, parallel=parallel)})
 
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _guarded(handler: Handler) -> Handler:
-    """JSON errors even on an app without the HTTP API's error middleware."""
+    """The HTTP API's error middleware around one route, so the routes answer
+    JSON errors even on an app without that middleware."""
 
-    async def wrapped(request: web.Request) -> web.Response:
-        try:
-            return await handler(request)
-        except web.HTTPException:
-            raise
-        except BROKER_ERRORS as exc:
-            # expected while the broker is away: a warning line, not a traceback
-            log.warning("dashboard %s: broker unavailable (%s: %s)", request.path, type(exc).__name__, exc)
-            return _error(503, f"broker unavailable: {type(exc).__name__}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - never an HTML traceback
-            log.exception("dashboard request %s failed", request.path)
-            status = 503 if isinstance(exc, nats.errors.Error) else 500
-            return _error(status, f"{type(exc).__name__}: {exc}")
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        return await error_middleware(request, handler)
 
     wrapped.__name__ = handler.__name__
     return wrapped

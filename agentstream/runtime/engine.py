@@ -9,6 +9,7 @@ stored outbox, which JetStream deduplicates by ``Nats-Msg-Id``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -152,11 +153,9 @@ class AgentEngine:
         except BaseException as exc:
             if scope is not None:
                 scope.close(exc)
-                scope = None
             raise
-        finally:
-            if scope is not None:
-                scope.close()
+        if scope is not None:
+            scope.close()
 
     async def _history(self, task: TaskSubmitted) -> tuple[Turn, ...]:
         """The earlier turns of the task's conversation (only a new session needs them)."""
@@ -243,8 +242,7 @@ class AgentEngine:
                 await self.bus.publish(subjects.progress(agent, task_id), raw,
                                        msg_id=f"{req.approval_id}:progress")
             case PublishAudit(record=rec):
-                await self.bus.publish(subjects.audit(rec.kind.replace(".", "_"), agent), codec.encode(rec),
-                                       msg_id=_audit_id(rec))
+                await self.bus.publish(subjects.audit(rec.kind, agent), codec.encode(rec), msg_id=audit_msg_id(rec))
             case SetApprovalTimer(call_id=call_id, at=at):
                 await self.deadlines.put(_deadline_key(agent, task_id, call_id), repr(at).encode())
             case ClearApprovalTimer(call_id=call_id):
@@ -327,9 +325,13 @@ def parse_deadline_key(key: str) -> tuple[str, str, str]:
     return agent, task_id, call_id
 
 
-def _audit_id(rec: AuditRecord) -> str:
+def audit_msg_id(rec: AuditRecord) -> str:
+    """One record per attempt, a retried publish of it deduplicated. The actor
+    is hashed: an approver's name is free text from whoever published the
+    decision and must not reach a header verbatim."""
     ident = rec.details.get("approval_id") or rec.task_id
-    return f"audit:{rec.kind}:{ident}:{rec.actor}:{rec.at!r}"
+    who = hashlib.sha256(rec.actor.encode()).hexdigest()[:16]
+    return f"audit:{rec.kind}:{ident}:{who}:{rec.at!r}"
 
 
 class _RefLock:
@@ -355,6 +357,11 @@ class _Counted:
         return await self.engine.llm.complete(request)
 
 
+def seq_task_id(stream_seq: int) -> str:
+    """The id of a task published without one: its stream sequence, the same on every replica."""
+    return f"seq-{stream_seq}"
+
+
 def decode_task(raw: bytes, stream_seq: int | None) -> TaskSubmitted:
     """Decode a task, filling what a bare client may omit (task id, time)."""
     task = codec.task_submitted.decode(raw)
@@ -362,7 +369,7 @@ def decode_task(raw: bytes, stream_seq: int | None) -> TaskSubmitted:
     if not task.task_id:
         if stream_seq is None:
             raise codec.DecodeError("task has no task_id")
-        changes["task_id"] = f"seq-{stream_seq}"
+        changes["task_id"] = seq_task_id(stream_seq)
     elif not subjects.is_token(task.task_id):
         raise codec.DecodeError(f"task_id {task.task_id!r} is not a subject token (letters, digits, _ and -)")
     if not task.submitted_at:

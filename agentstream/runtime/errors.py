@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import nats.errors
-import nats.js.errors as jse
-
 
 class AgentstreamError(Exception):
     """Base of every error this package raises on purpose."""
@@ -34,9 +31,3 @@ class ModelError(AgentstreamError):
 class ResultTimeout(AgentstreamError):
     pass
 
-
-# What an HTTP endpoint may meet while the broker is away: a 503, not a 500.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (
-    BrokerUnavailable, ConnectionError, TimeoutError, nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError,
-    jse.ServiceUnavailableError)

@@ -34,7 +34,8 @@ from aiohttp import web
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskEvent
 from agentstream.runtime.client import AgentClient
-from agentstream.runtime.errors import BROKER_ERRORS, BrokerUnavailable, ResultTimeout
+from agentstream.runtime.errors import BrokerUnavailable, ResultTimeout
+from agentstream.runtime.nats_adapters import BROKER_ERRORS
 
 log = logging.getLogger("agentstream.http")
 
@@ -55,8 +56,6 @@ SHUTDOWN_KEY: web.AppKey[asyncio.Event] = web.AppKey("agentstream_shutdown", asy
 # up``); None: a standalone API, which submits to any agent name.
 AGENTS_KEY: web.AppKey[frozenset[str] | None] = web.AppKey("agentstream_agents")
 
-# What a broker that is down, restarting or without JetStream looks like from
-# a request: unanswered (TimeoutError), nobody listening, connection closed.
 _JSON = "application/json"
 _encoder = msgspec.json.Encoder()
 

@@ -164,13 +164,12 @@ def add_parser(subparsers: Any) -> None:
 async def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
     """One line per finding on stdout, a summary on stderr. Exit 1 on an error
     finding, or on any finding with ``--strict``; else 0."""
-    ref = getattr(args, "app", None)
-    app = load_app(ref, source="--app") if ref else load_app(settings.app)
+    app = load_app(args.app, source="--app") if args.app else load_app(settings.app)
     findings = lint_app(app)
     for f in findings:
         print(f)
     errors = sum(f.severity == "error" for f in findings)
     sys.stderr.write(f"agentstream lint: {errors} error(s), {len(findings) - errors} warning(s)\n")
-    if errors or (getattr(args, "strict", False) and findings):
+    if errors or (args.strict and findings):
         return 1
     return 0

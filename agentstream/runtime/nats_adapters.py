@@ -100,6 +100,13 @@ class NatsKV:
         return sorted(live.items())
 
 
+# What a request may meet while the broker is away (down, restarting, without
+# JetStream): for the HTTP API a 503, not a 500.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    BrokerUnavailable, ConnectionError, TimeoutError, nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError,
+    jse.ServiceUnavailableError)
+
 _T = TypeVar("_T")
 
 
@@ -167,7 +174,7 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
             continue
         existing = await _once_visible(functools.partial(js.stream_info, sd.name))
         cfg.num_replicas = existing.config.num_replicas
-        if sorted(existing.config.subjects or []) != sorted(cfg.subjects or []):
+        if _drifted(existing.config, cfg):
             await js.update_stream(cfg)
     for bd in subjects.BUCKETS:
         created = await _creating(functools.partial(js.create_key_value, KeyValueConfig(
@@ -177,6 +184,19 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
         if not created:
             # exists with other settings (e.g. replicas): use it as it is
             await _once_visible(functools.partial(js.key_value, bd.name))
+
+
+def _drifted(have: StreamConfig, want: StreamConfig) -> bool:
+    """Whether a stream's subjects or limits differ from what the protocol
+    defines now (an update of the package may change them)."""
+    return (sorted(have.subjects or []) != sorted(want.subjects or [])
+            or not _same_seconds(have.max_age, want.max_age)
+            or not _same_seconds(have.duplicate_window, want.duplicate_window))
+
+
+def _same_seconds(a: float | None, b: float | None) -> bool:
+    # nats-py gives durations back as float seconds from nanoseconds
+    return abs((a or 0.0) - (b or 0.0)) < 1e-3
 
 
 async def bucket(js: JetStreamContext, name: str) -> NatsKV:

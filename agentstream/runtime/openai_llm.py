@@ -216,6 +216,10 @@ def _error_summary(body: bytes) -> str:
     return _excerpt(detail.encode("utf-8")) if detail else _excerpt(body)
 
 
+def _positive_seconds(value: float) -> bool:
+    return value > 0 and math.isfinite(value)
+
+
 def _is_transient_status(status: int) -> bool:
     # 408 is a server-side timeout in all but name; treat it like a 5xx.
     return status in (408, 429) or status >= 500
@@ -236,7 +240,7 @@ class OpenAIChatModel:
     ) -> None:
         if not model:
             raise ConfigError("model name must not be empty")
-        if not (timeout_s > 0 and math.isfinite(timeout_s)):
+        if not _positive_seconds(timeout_s):
             raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         self.name = model
         self.base_url = base_url.rstrip("/")
@@ -267,18 +271,13 @@ class OpenAIChatModel:
             try:
                 timeout_s = float(raw_timeout)
             except ValueError:
-                timeout_s = math.nan  # rejected by __init__ below
-        try:
-            return cls(model, base_url=base_url, api_key=api_key, timeout_s=timeout_s)
-        except ConfigError:
-            # ``model`` is non-empty here, so only the timeout can be invalid (and
-            # the default is valid): name the variable it came from.
-            if not raw_timeout:
-                raise
-            raise ConfigError(
-                "AGENTSTREAM_MODEL_TIMEOUT must be a positive number of seconds, "
-                f"got {raw_timeout!r}"
-            ) from None
+                timeout_s = math.nan
+            if not _positive_seconds(timeout_s):
+                raise ConfigError(
+                    "AGENTSTREAM_MODEL_TIMEOUT must be a positive number of seconds, "
+                    f"got {raw_timeout!r}"
+                )
+        return cls(model, base_url=base_url, api_key=api_key, timeout_s=timeout_s)
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession binds to the running loop, and the

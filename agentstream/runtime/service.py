@@ -213,7 +213,8 @@ class Runtime:
                     else:
                         await engine.on_deadline(task_id)
                     # A timer the core found not yet due (the deadline moved) is
-                    # rewritten by the core; one for a finished task is dropped.
+                    # rewritten by the core, a finished task's cleared by it; only
+                    # one whose session is gone (expired) has nobody to clear it.
                     if (await engine.sessions.get(task_id)) is None:
                         await deadlines.delete(key)
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive a broker hiccup

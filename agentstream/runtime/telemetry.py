@@ -119,7 +119,7 @@ if TYPE_CHECKING:
     from agentstream.runtime.ports import LLM, Bus, ModelRequest
     from agentstream.runtime.spec import AgentSpec
     from agentstream.runtime.state import SessionState
-    from agentstream.runtime.toolrunner import ToolRunner
+    from agentstream.runtime.toolrunner import Outcome, ToolRunner
 
 log = logging.getLogger("agentstream.telemetry")
 
@@ -746,14 +746,8 @@ class _Metrics:
                 labels = dict(attrs)
                 if bounds is None:
                     lines.append(f"{name}{_labels(labels)} {_prom_num(val)}")
-                    continue
-                cum = 0
-                for bound, count in zip(bounds, val[2:]):
-                    cum += count
-                    lines.append(f"{name}_bucket{_labels(labels, ('le', _prom_num(float(bound))))} {cum}")
-                lines.append(f"{name}_bucket{_labels(labels, ('le', '+Inf'))} {val[1]}")
-                lines.append(f"{name}_sum{_labels(labels)} {_prom_num(val[0])}")
-                lines.append(f"{name}_count{_labels(labels)} {val[1]}")
+                else:
+                    lines += _histogram_lines(name, labels, bounds, val[2:], val[1], val[0])
         return lines
 
 
@@ -825,6 +819,21 @@ def _labels(attrs: Mapping[str, Any] | None, extra: tuple[str, str] | None = Non
     return "{" + ",".join(items) + "}" if items else ""
 
 
+def _histogram_lines(name: str, attrs: Mapping[str, Any] | None, bounds: Sequence[float],
+                     counts: Sequence[int], count: int, total: float) -> list[str]:
+    """One histogram series: a cumulative ``_bucket`` line per bound, then
+    ``+Inf`` (which is ``count``), ``_sum`` and ``_count``."""
+    lines: list[str] = []
+    cum = 0
+    for bound, n in zip(bounds, counts):
+        cum += n
+        lines.append(f"{name}_bucket{_labels(attrs, ('le', _prom_num(float(bound))))} {cum}")
+    lines.append(f"{name}_bucket{_labels(attrs, ('le', '+Inf'))} {count}")
+    lines.append(f"{name}_sum{_labels(attrs)} {_prom_num(total)}")
+    lines.append(f"{name}_count{_labels(attrs)} {count}")
+    return lines
+
+
 def render_prometheus(data: MetricsData) -> str:
     lines: list[str] = []
     seen: set[str] = set()
@@ -847,13 +856,8 @@ def render_prometheus(data: MetricsData) -> str:
                     lines.append(f"# TYPE {name} {kind}")
                 if isinstance(d, Histogram):
                     for hp in d.data_points:
-                        cum = 0
-                        for bound, count in zip(hp.explicit_bounds, hp.bucket_counts):
-                            cum += count
-                            lines.append(f"{name}_bucket{_labels(hp.attributes, ('le', _prom_num(float(bound))))} {cum}")
-                        lines.append(f"{name}_bucket{_labels(hp.attributes, ('le', '+Inf'))} {hp.count}")
-                        lines.append(f"{name}_sum{_labels(hp.attributes)} {_prom_num(hp.sum)}")
-                        lines.append(f"{name}_count{_labels(hp.attributes)} {hp.count}")
+                        lines += _histogram_lines(name, hp.attributes, hp.explicit_bounds, hp.bucket_counts,
+                                                  hp.count, hp.sum)
                 else:
                     for np_ in d.data_points:
                         lines.append(f"{name}{_labels(np_.attributes)} {_prom_num(np_.value)}")
@@ -971,7 +975,6 @@ class Telemetry:
                  loop: asyncio.AbstractEventLoop | None = None,
                  span_exporters: Sequence[SpanExporter] | None = None, metrics: bool | None = None) -> None:
         self.config = config
-        self.worker_id = worker_id
         self.tracing = config.tracing
         self.capture = config.capture_content
         self.resource = Resource.create({"service.name": config.service_name,
@@ -980,7 +983,7 @@ class Telemetry:
         self.worker_name = str(self.resource.attributes.get("service.instance.id", ""))
         self._processors: list[SpanProcessor] = []
         self._jetstream: list[JetStreamSpanExporter] = []
-        self._direct: JetStreamSpanExporter | None = None
+        direct: JetStreamSpanExporter | None = None
         self.provider: TracerProvider | None = None
         if self.tracing:
             self.provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
@@ -994,10 +997,9 @@ class Telemetry:
                 self._processors.append(bsp)
             self._sampler = self.provider.sampler
             if len(exporters) == 1 and self._jetstream:
-                self._direct = self._jetstream[0]  # lite spans skip the BSP (see JetStreamSpanExporter)
+                direct = self._jetstream[0]  # lite spans skip the BSP (see JetStreamSpanExporter)
         # Where a finished lite span goes: one call from LiteSpan.end.
-        self._sink: Callable[[LiteSpan, int], None] = \
-            self._direct.add_lite if self._direct is not None else self._to_processors
+        self._sink: Callable[[LiteSpan, int], None] = direct.add_lite if direct is not None else self._to_processors
         use_metrics = config.metrics if metrics is None else (metrics and config.metrics)
         self.metrics: _Metrics | None = _metrics_for(config, self.resource) if use_metrics else None
         self.active = self.tracing or self.metrics is not None
@@ -1053,25 +1055,6 @@ class Telemetry:
             raise
         finally:
             sp.end()
-
-    def retrieval_span(self, data_source: str, *, query: str | None = None, top_k: int | None = None,
-                       attributes: dict[str, Any] | None = None) -> Any:
-        """For the memory service (not built yet): a GenAI ``retrieval
-        {data_source}`` span, e.g. around a vector search. The query text is
-        recorded only with content capture on, redacted. Use as ``with
-        telemetry.retrieval_span("episodes", query=q, top_k=5) as span:``."""
-        attrs: dict[str, Any] = {"gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": data_source}
-        if top_k is not None:
-            attrs["gen_ai.retrieval.top_k"] = top_k
-        if query is not None and self.capture:
-            attrs["gen_ai.retrieval.query.text"] = redact(query)
-        info = _TASK.get()
-        if info is not None:
-            attrs["gen_ai.agent.name"] = info.agent
-            attrs["agentstream.task_id"] = info.task_id
-        if attributes:
-            attrs.update(attributes)
-        return self.span(f"retrieval {data_source}", SpanKind.CLIENT, attrs)
 
     # ------------------------------------------------------------ propagation
 
@@ -1149,24 +1132,21 @@ class Telemetry:
 
     def instrument_tool_runner(self, runner: ToolRunner) -> None:
         """An ``execute_tool {name}`` span and the tool metrics per execution,
-        by wrapping the runner from outside (an instance attribute shadows the
-        method). ``ToolRunner.on_call`` goes through ``run`` (returning an
-        Outcome with ``result``/``error``); a runner without ``run`` gets its
-        ``execute`` (returning ``(result, error)``) wrapped instead."""
+        by wrapping the runner's ``run`` from outside (an instance attribute
+        shadows the method); ``on_call`` and ``execute`` both go through it."""
         if not self.active or getattr(runner, "_agentstream_instrumented", False):
             return
-        attr = "run" if callable(getattr(runner, "run", None)) else "execute"
-        inner = getattr(runner, attr)
+        inner = runner.run
         tel = self
 
-        async def wrapped(req: ToolCallRequested) -> Any:
+        async def wrapped(req: ToolCallRequested) -> Outcome:
             return await tel._execute_tool(inner, req)
 
-        setattr(runner, attr, wrapped)
+        setattr(runner, "run", wrapped)  # noqa: B010
         setattr(runner, "_agentstream_instrumented", True)  # noqa: B010
 
-    async def _execute_tool(self, inner: Callable[[ToolCallRequested], Awaitable[Any]],
-                            req: ToolCallRequested) -> Any:
+    async def _execute_tool(self, inner: Callable[[ToolCallRequested], Awaitable[Outcome]],
+                            req: ToolCallRequested) -> Outcome:
         sp: LiteSpan | None = None
         if self.tracing:
             attrs: dict[str, Any] = {
@@ -1188,24 +1168,17 @@ class Telemetry:
                 sp.end()
             self._tool_metrics(req, time.perf_counter() - t0, etype)
             raise
-        if isinstance(out, tuple):
-            result, error = out
-        else:
-            result, error = getattr(out, "result", None), getattr(out, "error", None)
-        err_type: str | None = error.kind if error is not None else None
+        error = out.error
         if sp is not None:
-            attempts = getattr(out, "attempts", None)
-            if isinstance(attempts, int):
-                sp.set_attribute("agentstream.tool.attempts", attempts)
-            served_by = getattr(out, "served_by", "")
-            if served_by and served_by != req.tool:
-                sp.set_attribute("agentstream.tool.served_by", served_by)
+            sp.set_attribute("agentstream.tool.attempts", out.attempts)
+            if out.served_by and out.served_by != req.tool:
+                sp.set_attribute("agentstream.tool.served_by", out.served_by)
             if error is not None:
                 sp.set_error(error.kind, error.message)
             elif self.capture:
-                sp.set_attribute("gen_ai.tool.call.result", redact(_json(result))[:8192])
+                sp.set_attribute("gen_ai.tool.call.result", redact(_json(out.result))[:8192])
             sp.end()
-        self._tool_metrics(req, time.perf_counter() - t0, err_type)
+        self._tool_metrics(req, time.perf_counter() - t0, error.kind if error is not None else None)
         return out
 
     def _tool_metrics(self, req: ToolCallRequested, seconds: float, error_type: str | None) -> None:
@@ -1423,7 +1396,6 @@ class EngineHooks:
     def __init__(self, tel: Telemetry, spec: AgentSpec, model: str = "") -> None:
         self.tel = tel
         self.agent = spec.name
-        self.version = spec.version
         self.model = model
         self.step_name = f"step {spec.name}"
         self.invoke_name = f"invoke_agent {spec.name}"
@@ -1440,7 +1412,7 @@ class EngineHooks:
             tid, flags, caller = cur.trace_id, cur.flags, cur.span_id
         else:
             tid, flags, caller = _trace_id()[1], 1, ""
-        tp = f"00-{tid}-{_span_id()}-{flags & 1:02x}"
+        tp = format_traceparent(Ctx(tid, _span_id(), flags & 1))
         new_state = msgspec.structs.replace(state, trace_parent=tp, trace_caller_span=caller)
         return msgspec.structs.replace(decision, state=new_state)
 

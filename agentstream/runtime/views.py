@@ -847,5 +847,5 @@ __all__ = [
     "GroupStats", "Latency", "Stats", "TaskTrace", "add_stats_parser", "add_trace_parser", "cmd_stats",
     "cmd_trace", "compute_stats", "histogram", "load_recent_results", "load_result", "load_results",
     "load_spans", "load_stats", "load_task_events", "load_task_trace", "load_trace", "parse_duration",
-    "percentile", "render_stats", "render_waterfall", "scan", "spans_from_events", "stats_json", "time_series",
+    "percentile", "render_stats", "render_waterfall", "spans_from_events", "stats_json", "time_series",
 ]
