@@ -28,7 +28,6 @@ import platform
 import pstats
 import random
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -61,7 +60,7 @@ from agentstream.runtime.config import Settings
 from agentstream.runtime.embedded import EmbeddedNats, find_nats_server
 from agentstream.runtime.errors import Conflict
 from agentstream.runtime.models import FunctionModel, answer, calls, tool_results
-from agentstream.runtime.ports import ModelRequest
+from agentstream.runtime.ports import Entry, ModelRequest
 from agentstream.runtime.service import Runtime
 from agentstream.runtime.telemetry import TelemetryConfig
 from agentstream.runtime.tools import tool
@@ -289,6 +288,10 @@ class CountingStore:
     async def keys(self) -> Sequence[str]:
         self.meter.add(f"kv.{self.name}.keys")
         return await self.inner.keys()
+
+    async def items(self) -> list[tuple[str, Entry]]:
+        self.meter.add(f"kv.{self.name}.items")
+        return await self.inner.items()
 
 
 def subject_kind(subject: str) -> str:
@@ -944,4 +947,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -15,7 +15,7 @@ import nats
 import pytest
 
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import ToolCallRequested
+from agentstream.contracts.events import ToolCallCompleted, ToolCallRequested
 from agentstream.runtime import nats_adapters
 from agentstream.runtime.breaker import (
     CLOSED,
@@ -288,6 +288,7 @@ async def test_fallback_serves_while_open() -> None:
         assert out.served_by == ""
     await runner.on_call(req("primary", 3))
     done = codec.agent_inbox.decode(bus.published[-1].payload)
+    assert isinstance(done, ToolCallCompleted)
     assert done.ok and done.tool == "primary" and done.served_by == "backup"
     assert done.result == "cached: mild in Oslo (metric)" and done.attempts == 1
     assert switch.runs == 3

@@ -357,7 +357,9 @@ def test_non_finite_floats_are_not_wire_safe() -> None:
     field rejects. Producers must not put non-finite floats in events."""
     ev = TaskSubmitted(agent="a", input="i", deadline_s=math.inf)
     assert b'"deadline_s":null' in codec.encode(ev)
-    assert codec.any_event.decode(codec.encode(ev)).deadline_s is None  # Optional: silently None
+    back = codec.any_event.decode(codec.encode(ev))
+    assert isinstance(back, TaskSubmitted)
+    assert back.deadline_s is None  # Optional: silently None
     ev2 = TaskSubmitted(agent="a", input="i", submitted_at=math.nan)
     with pytest.raises(codec.DecodeError):
         codec.any_event.decode(codec.encode(ev2))
@@ -423,7 +425,8 @@ def test_schema_shape() -> None:
     schema = json_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["title"] == "agentstream events"
-    wire = (*ALL_EVENT_TYPES, SpanBatch, SpanRecord)  # events, and the telemetry stream's messages
+    # events, and the telemetry stream's messages
+    wire: tuple[type[msgspec.Struct], ...] = (*ALL_EVENT_TYPES, SpanBatch, SpanRecord)
     assert schema["oneOf"] == [{"$ref": f"#/$defs/{cls.__name__}"} for cls in wire]
     for cls in wire:
         d = schema["$defs"][cls.__name__]

@@ -546,6 +546,7 @@ async def _run(req: ToolCallRequested, tools: dict[str, Tool] | None = None) -> 
     (pub,) = world.bus.published
     assert pub.subject == req.reply_subject and pub.msg_id == f"{req.idempotency_key}:result"
     done = codec.agent_inbox.decode(pub.payload)
+    assert isinstance(done, ToolCallCompleted)
     assert (done.task_id, done.step, done.call_id, done.tool) == (req.task_id, req.step, req.call_id, req.tool)
     return done
 

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agentstream.contracts.events import TaskResult
 from agentstream.runtime.client import AgentClient
 from agentstream.runtime.config import Settings
 from agentstream.runtime.embedded import EmbeddedNats
@@ -279,7 +280,7 @@ async def test_unexpected_exception_is_json_500(http_client: AgentClient) -> Non
         # Any other unexpected exception inside a handler becomes a JSON 500.
         original = http_client.result
 
-        async def exploding_result(task_id: str, timeout: float = 60.0) -> Any:
+        async def exploding_result(task_id: str, timeout: float = 60.0, *, agent: str | None = None) -> TaskResult:
             raise KeyError("kaboom\nsecond line")
 
         http_client.result = exploding_result  # type: ignore[method-assign]

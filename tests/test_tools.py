@@ -197,9 +197,10 @@ async def test_permanent_errors_return_at_once() -> None:
 async def test_ambiguous_failures_retry_only_when_safe() -> None:
     """A timeout or a dropped connection may have taken effect: retried for
     read-only and idempotent tools, not for a tool with side effects."""
-    for opts, attempts in [({}, 1), ({"read_only": True}, 2), ({"idempotent": True}, 2),
-                           ({"retry": RetryPolicy(max_attempts=3, initial_backoff_s=0.001,
-                                                  retry_ambiguous=True)}, 2)]:
+    cases: list[tuple[dict[str, Any], int]] = [
+        ({}, 1), ({"read_only": True}, 2), ({"idempotent": True}, 2),
+        ({"retry": RetryPolicy(max_attempts=3, initial_backoff_s=0.001, retry_ambiguous=True)}, 2)]
+    for opts, attempts in cases:
         opts.setdefault("retry", FAST)
         t, runs = scripted_tool([ConnectionResetError("reset")], **opts)
         out = await runner_for(t).run(call("svc", {}))
@@ -278,6 +279,7 @@ async def test_idempotent_tool_redelivered_runs_once_and_returns_the_first_resul
     assert bus_a.duplicates == 1  # same msg id: JetStream would drop it within its window
     assert bus_b.published[0].payload == first.payload and bus_b.published[0].msg_id == first.msg_id
     done = codec.agent_inbox.decode(first.payload)
+    assert isinstance(done, ToolCallCompleted)
     assert done.result == {"charged": 7, "run": 1}
     assert (await store.get(result_key(req))) is not None
     # A different call (another call id) runs again.
@@ -313,6 +315,7 @@ async def test_idempotent_results_on_a_real_kv(nats_url: str) -> None:
         msg = await sub.next_msg(timeout=5)
         assert msg.data == stored.value  # the published result is the stored one
         done = codec.agent_inbox.decode(stored.value)
+        assert isinstance(done, ToolCallCompleted)
         assert done.worker == "w1" and done.result == {"charged": 9, "run": 1}
         info = await js.stream_info("EVENTS", subjects_filter=req.reply_subject)
         assert (info.state.subjects or {}).get(req.reply_subject) == 1  # the second publish was deduplicated
@@ -391,6 +394,7 @@ async def test_valid_arguments_always_pass_and_match_the_schema(sig: Signature, 
     jsonschema.validate(arguments, t.spec.parameters)  # what the model is shown accepts them
     result, error = await ToolRunner({"echo": t}, InMemoryBus()).execute(call("echo", arguments))
     assert error is None, (arguments, error)
+    assert isinstance(result, dict), result
     assert {k: result[k] for k in arguments} == arguments
 
 
@@ -411,6 +415,7 @@ async def test_flaky_tool_retried_inside_a_running_task(nats_url: str, tmp_path:
             assert isinstance(res, TaskCompleted), res
             assert res.output == f"got value-{key}"
             msg = await client.js.get_last_msg("EVENTS", subjects.events("flaky", task_id))
+            assert msg.data is not None
             done = codec.agent_inbox.decode(msg.data)
             assert isinstance(done, ToolCallCompleted) and done.ok and done.worker == "rt-1"
             assert done.attempts == 3 and flaky_app.ATTEMPTS[key] == 3

@@ -114,8 +114,8 @@ async def test_one_trace_across_three_processes(nats_url: str, worker_pool: Work
     base = {"AGENTSTREAM_NATS_URL": nats_url}
     procs = [spawn_worker(args, {**base, "AGENTSTREAM_WORKER_ID": wid}, wait=False) for args, wid in [
         (["--agent", "support"], "agent-1"), (["--tools", TOOLS_A], "tools-a"), (["--tools", TOOLS_B], "tools-b")]]
-    for p in procs:
-        worker_pool.wait_ready(p)
+    for proc in procs:
+        worker_pool.wait_ready(proc)
 
     async with await AgentClient.connect(nats_url) as client:
         assert client.telemetry is not None and client.telemetry.tracing
@@ -377,6 +377,7 @@ async def test_tracing_off_wraps_nothing(nats_url: str, tmp_path: Path) -> None:
         assert type(engine.bus).__name__ == "NatsBus"
         assert all(len(c.s.middlewares) == 0 for c in rt.consumers)
         assert not getattr(rt.runners[0], "_agentstream_instrumented", False)
+        assert rt.nc is not None
         client = AgentClient(rt.nc, telemetry=None)
         tid = await client.submit("echo", "hi")
         assert isinstance(await client.result(tid, timeout=RESULT_TIMEOUT_S), TaskCompleted)
@@ -482,6 +483,7 @@ async def test_prometheus_text_after_a_task(nats_url: str, tmp_path: Path) -> No
     rt = _echo_runtime(nats_url, tmp_path, "rt-prom")
     await rt.start()
     try:
+        assert rt.nc is not None
         client = AgentClient(rt.nc)
         tid = await client.submit("echo", "count me", tenant_id="t-prom", user_id="u-prom")
         assert isinstance(await client.result(tid, timeout=RESULT_TIMEOUT_S), TaskCompleted)

@@ -98,7 +98,8 @@ async def crashy_script(request: ModelRequest) -> ModelResponse:
     step = 2 if results else 1
     _append("CRASH_APP_MODEL_LOG", f"model {step} {worker_id()} {os.getpid()} {task}")
     if step == 1:
-        return calls(*((name, {"task": task}) for name in TOOLS))
+        specs: list[tuple[str, dict[str, object]]] = [(name, {"task": task}) for name in TOOLS]
+        return calls(*specs)
     delay = float(os.environ.get("CRASH_APP_MODEL_S", "0") or 0)
     if delay > 0:
         await asyncio.sleep(delay)
