@@ -33,12 +33,12 @@ import nats
 
 from agentstream.contracts import subjects
 from agentstream.contracts.events import ToolCallRequested
-from agentstream.runtime import nats_adapters
-from agentstream.runtime.breaker import BreakerState, SharedBreaker
-from agentstream.runtime.embedded import EmbeddedNats
-from agentstream.runtime.memory import InMemoryBus, InMemoryKV
-from agentstream.runtime.toolrunner import ToolRunner
-from agentstream.runtime.tools import BreakerPolicy, Tool, tool
+from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.adapters.in_memory import InMemoryBus, InMemoryKV
+from agentstream.runtime.core.tools import BreakerPolicy, Tool, tool
+from agentstream.runtime.execution.breaker import BreakerState, SharedBreaker
+from agentstream.runtime.execution.tool_runner import ToolRunner
 
 POLICY = BreakerPolicy(failure_threshold=5, window_s=60.0, open_s=30.0)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from agentstream.runtime.embedded import find_nats_server, free_port
+from agentstream.runtime.adapters.embedded_broker import find_nats_server, free_port
 
 OPS_CLUSTER_DIR = Path(__file__).resolve().parent.parent / "ops" / "nats-cluster"
 NODE_NAMES = ("n1", "n2", "n3")

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.embedded import EmbeddedNats
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.interfaces.client import AgentClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent
@@ -43,7 +43,7 @@ def cli_command() -> list[str]:
     """The installed ``agentstream`` script, as users run it: its sys.path[0] is
     the venv's bin, not the cwd (which ``python -m`` would add, hiding bugs)."""
     exe = Path(sys.executable).with_name("agentstream")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-P", "-m", "agentstream.runtime.cli"]
+    return [str(exe)] if exe.is_file() else [sys.executable, "-P", "-m", "agentstream.runtime.interfaces.cli"]
 
 
 def run_cli(args: Sequence[str], env: Mapping[str, str], *, cwd: Path = REPO_ROOT,
@@ -108,7 +108,7 @@ class WorkerPool:
         data_dir = self.log_dir / f"{name}.{self._n}.data"
         with open(out, "wb") as fo, open(err, "wb") as fe:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "agentstream.runtime.cli", "worker", *args],
+                [sys.executable, "-m", "agentstream.runtime.interfaces.cli", "worker", *args],
                 env=worker_env(env, data_dir=data_dir), stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
                 cwd=str(REPO_ROOT))
         self.procs.append(proc)

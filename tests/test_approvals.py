@@ -19,14 +19,14 @@ from conftest import run_cli
 
 from agentstream.contracts import codec
 from agentstream.contracts.events import AuditRecord, TaskCompleted, TaskFailed
-from agentstream.runtime import approvals
-from agentstream.runtime.app import load_app
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.config import Settings
-from agentstream.runtime.embedded import EmbeddedNats
-from agentstream.runtime.errors import ResultTimeout
-from agentstream.runtime.policy import ApprovalRecord
-from agentstream.runtime.service import Runtime
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.core.app import load_app
+from agentstream.runtime.core.errors import ResultTimeout
+from agentstream.runtime.core.policy import ApprovalRecord
+from agentstream.runtime.interfaces import approvals
+from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.service.runtime import Runtime
 
 APPS = Path(__file__).resolve().parent / "apps"
 if str(APPS) not in sys.path:
@@ -168,7 +168,7 @@ async def test_every_event_the_runtime_publishes_is_documented_on_its_asyncapi_c
 
     from agentstream.contracts import subjects
     from agentstream.handlers.protocol import asyncapi_document
-    from agentstream.runtime.scan import scan
+    from agentstream.runtime.adapters.scan import scan
 
     _, client, _ = runtime
     task_id = await client.submit("refunds", "two refunds please")

@@ -16,8 +16,12 @@ import pytest
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ToolCallCompleted, ToolCallRequested
-from agentstream.runtime import nats_adapters
-from agentstream.runtime.breaker import (
+from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.adapters.in_memory import InMemoryBus, InMemoryKV
+from agentstream.runtime.core.errors import Conflict
+from agentstream.runtime.core.ports import Entry
+from agentstream.runtime.core.tools import NO_RETRY, BreakerPolicy, Tool, tool
+from agentstream.runtime.execution.breaker import (
     CLOSED,
     BreakerState,
     SharedBreaker,
@@ -25,11 +29,7 @@ from agentstream.runtime.breaker import (
     on_failure,
     on_success,
 )
-from agentstream.runtime.errors import Conflict
-from agentstream.runtime.memory import InMemoryBus, InMemoryKV
-from agentstream.runtime.ports import Entry
-from agentstream.runtime.toolrunner import ToolRunner
-from agentstream.runtime.tools import NO_RETRY, BreakerPolicy, Tool, tool
+from agentstream.runtime.execution.tool_runner import ToolRunner
 
 P = BreakerPolicy(failure_threshold=3, window_s=10.0, open_s=30.0)
 

@@ -24,8 +24,8 @@ from conftest import broker_with_workers, cli_command, one_line_error, run_cli, 
 
 from agentstream.contracts import codec
 from agentstream.contracts.events import ModelTurnCompleted, TaskCompleted, Usage
-from agentstream.runtime.embedded import _port_open as port_open
-from agentstream.runtime.embedded import free_port
+from agentstream.runtime.adapters.embedded_broker import _port_open as port_open
+from agentstream.runtime.adapters.embedded_broker import free_port
 
 RUN_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 30.0
@@ -147,7 +147,7 @@ def test_up_that_cannot_listen_fails_in_one_line_and_stops_its_broker(case: str,
 def test_up_that_fails_after_its_broker_started_stops_it(workdir: Path) -> None:
     # A model that no agent can use: start-up fails after the broker is up.
     (workdir / "nomodel.py").write_text(
-        "from agentstream.runtime.app import App\n"
+        "from agentstream.runtime.core.app import App\n"
         "app = App()\n"
         "app.agent('bare', instructions='x', tools=[])\n")
     nats_port = free_port()
@@ -353,8 +353,8 @@ def test_submit_rejects_non_positive_limits(option: str, value: str, workdir: Pa
 
 def test_lint_app_from_the_current_directory(workdir: Path) -> None:
     (workdir / "badapp.py").write_text(
-        "from agentstream.runtime.app import App\n"
-        "from agentstream.runtime.tools import tool\n\n\n"
+        "from agentstream.runtime.core.app import App\n"
+        "from agentstream.runtime.core.tools import tool\n\n\n"
         "@tool\n"
         "async def mystery(x: int) -> int:\n"
         "    return x\n\n\n"

@@ -7,7 +7,7 @@ import time
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, Usage
-from agentstream.runtime.client import AgentClient
+from agentstream.runtime.interfaces.client import AgentClient
 
 
 def _completed(task_id: str) -> TaskCompleted:

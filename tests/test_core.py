@@ -30,9 +30,9 @@ from agentstream.contracts.events import (
     ToolSpec,
     Usage,
 )
-from agentstream.runtime.core import DEDUPE_WINDOW_S, Context, Decision, decide
-from agentstream.runtime.spec import AgentSpec
-from agentstream.runtime.state import (
+from agentstream.runtime.core.decide import DEDUPE_WINDOW_S, Context, Decision, decide
+from agentstream.runtime.core.spec import AgentSpec
+from agentstream.runtime.core.state import (
     CallModel,
     ClearDeadline,
     DeadlineReached,
@@ -664,6 +664,6 @@ def test_the_core_imports_no_broker() -> None:
     import subprocess
     import sys
 
-    probe = "import sys, agentstream.runtime.core; print(sorted(m for m in sys.modules if m.split('.')[0] == 'nats'))"
+    probe = "import sys, agentstream.runtime.core.decide; print(sorted(m for m in sys.modules if m.split('.')[0] == 'nats'))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from test_core import SPEC, T0, TASK_ID, call, completed, of, responded, submitted, tool_error
 
 from agentstream.contracts.events import ApprovalDecided, TaskCompleted, TaskFailed, Usage
-from agentstream.runtime.core import MIN_OUTPUT_TOKENS, Context, decide, estimate_tokens
-from agentstream.runtime.state import (
+from agentstream.runtime.core.decide import MIN_OUTPUT_TOKENS, Context, decide, estimate_tokens
+from agentstream.runtime.core.state import (
     ApprovalExpired,
     CallModel,
     PublishApproval,

@@ -32,11 +32,11 @@ from test_views import (  # tests/ is on sys.path
 )
 
 from agentstream.contracts.events import TaskCompleted
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.config import Settings
-from agentstream.runtime.dashboard import add_dashboard_routes
-from agentstream.runtime.embedded import EmbeddedNats
-from agentstream.runtime.service import Runtime
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.interfaces.dashboard import add_dashboard_routes
+from agentstream.runtime.service.runtime import Runtime
 
 CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
 CHROME_TIMEOUT_S = 90.0
@@ -181,7 +181,7 @@ def _grafana_exprs() -> list[str]:
 
 async def test_grafana_dashboard_uses_real_metric_and_label_names(nats_server: EmbeddedNats, client: AgentClient,
                                                                    tmp_path: Path) -> None:
-    from agentstream.runtime.telemetry import prometheus_text
+    from agentstream.runtime.observability.telemetry import prometheus_text
 
     exprs = _grafana_exprs()
     titles = " ".join(p["title"] for p in json.loads(GRAFANA.read_text())["panels"]).lower()

@@ -32,16 +32,16 @@ from agentstream.contracts.events import (
 )
 from agentstream.examples import support_desk
 from agentstream.examples.support_desk import app, support_script
-from agentstream.runtime import engine as engine_mod
-from agentstream.runtime.consumer import Reject
-from agentstream.runtime.engine import AgentEngine
-from agentstream.runtime.errors import ModelError
-from agentstream.runtime.memory import InMemoryBus, InMemoryKV
-from agentstream.runtime.models import FunctionModel, answer, calls, tool_results
-from agentstream.runtime.ports import Entry, ModelRequest
-from agentstream.runtime.state import decode_conversation, decode_state
-from agentstream.runtime.toolrunner import ToolRunner
-from agentstream.runtime.tools import Tool, ToolFailure, tool
+from agentstream.runtime.adapters.in_memory import InMemoryBus, InMemoryKV
+from agentstream.runtime.adapters.scripted_models import FunctionModel, answer, calls, tool_results
+from agentstream.runtime.core.errors import ModelError
+from agentstream.runtime.core.ports import Entry, ModelRequest
+from agentstream.runtime.core.state import decode_conversation, decode_state
+from agentstream.runtime.core.tools import Tool, ToolFailure, tool
+from agentstream.runtime.execution import engine as engine_mod
+from agentstream.runtime.execution.consumer import Reject
+from agentstream.runtime.execution.engine import AgentEngine
+from agentstream.runtime.execution.tool_runner import ToolRunner
 
 DETERMINISTIC = settings(max_examples=80)  # on top of conftest's deterministic profile
 

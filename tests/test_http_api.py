@@ -18,11 +18,11 @@ import aiohttp
 import pytest
 
 from agentstream.contracts.events import TaskResult
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.config import Settings
-from agentstream.runtime.embedded import EmbeddedNats
-from agentstream.runtime.http_api import HttpServer
-from agentstream.runtime.service import Runtime
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.interfaces.http_api import HttpServer
+from agentstream.runtime.service.runtime import Runtime
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
 

@@ -9,10 +9,10 @@ import logging
 import pytest
 
 from agentstream.examples.support_desk import app as support_app
-from agentstream.runtime.app import App
-from agentstream.runtime.config import Settings
-from agentstream.runtime.lint import Finding, add_parser, cmd_lint, lint_app, nearly_same, warn_at_startup
-from agentstream.runtime.tools import Tool, tool
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.core.app import App
+from agentstream.runtime.core.tools import Tool, tool
+from agentstream.runtime.interfaces.lint import Finding, add_parser, cmd_lint, lint_app, nearly_same, warn_at_startup
 
 
 def _numbered(i: int) -> Tool:

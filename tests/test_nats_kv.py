@@ -9,9 +9,10 @@ import pytest
 
 from agentstream.contracts import subjects
 from agentstream.contracts.events import ApprovalRequested
-from agentstream.runtime import approvals, nats_adapters
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.policy import ApprovalRecord, encode_record
+from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.core.policy import ApprovalRecord, encode_record
+from agentstream.runtime.interfaces import approvals
+from agentstream.runtime.interfaces.client import AgentClient
 
 
 async def test_items_lists_live_keys_with_latest_values_and_leaves_no_consumer(client: AgentClient) -> None:

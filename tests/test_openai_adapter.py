@@ -12,9 +12,9 @@ import pytest
 from fake_openai import HANG, FakeOpenAI, Reply, completion, text_reply, tool_calls_reply
 
 from agentstream.contracts.events import Message, ToolCall, ToolSpec, Usage
-from agentstream.runtime.errors import ConfigError, ModelError
-from agentstream.runtime.openai_llm import OpenAIChatModel, complete_with_retry
-from agentstream.runtime.ports import ModelRequest
+from agentstream.runtime.adapters.openai_model import OpenAIChatModel, complete_with_retry
+from agentstream.runtime.core.errors import ConfigError, ModelError
+from agentstream.runtime.core.ports import ModelRequest
 
 TIMEOUT = 10.0
 

@@ -26,8 +26,8 @@ from nats.aio.client import Client as NatsClient
 
 from agentstream.contracts import subjects
 from agentstream.contracts.events import TaskCompleted
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.embedded import free_port
+from agentstream.runtime.adapters.embedded_broker import free_port
+from agentstream.runtime.interfaces.client import AgentClient
 
 pytestmark = pytest.mark.slow
 
@@ -356,7 +356,7 @@ async def test_provisioning_waits_for_a_cluster_still_forming(tmp_path: Path) ->
     """Replicas started together with their cluster (docker compose up) meet
     'no suitable peers for placement' until the meta leader has seen every
     peer: provisioning R3 assets waits for that instead of failing start-up."""
-    from agentstream.runtime import nats_adapters
+    from agentstream.runtime.adapters import jetstream as nats_adapters
 
     cluster = NatsCluster(base_dir=tmp_path / "forming").start(wait=False)
     try:
@@ -376,8 +376,8 @@ async def test_provisioning_waits_for_a_cluster_still_forming(tmp_path: Path) ->
 
 
 async def _connect_within(urls: str, timeout: float) -> NatsClient:
-    from agentstream.runtime import nats_adapters
-    from agentstream.runtime.errors import BrokerUnavailable
+    from agentstream.runtime.adapters import jetstream as nats_adapters
+    from agentstream.runtime.core.errors import BrokerUnavailable
 
     deadline = time.monotonic() + timeout
     while True:

@@ -1,4 +1,4 @@
-"""Redaction of personal data and secrets (agentstream.runtime.redact), with
+"""Redaction of personal data and secrets (agentstream.runtime.observability.redact), with
 hypothesis-generated PII embedded in random text. The strategies are shared
 with test_tracing.py's end-to-end redaction test."""
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentstream.runtime.redact import luhn_ok, redact, redact_value
+from agentstream.runtime.observability.redact import luhn_ok, redact, redact_value
 
 # --------------------------------------------------------------------------- strategies
 

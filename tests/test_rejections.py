@@ -32,14 +32,14 @@ from conftest import run_cli, until
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import AuditRecord, TaskCompleted, TaskFailed
-from agentstream.runtime import approvals
-from agentstream.runtime.app import load_app
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.config import Settings
-from agentstream.runtime.embedded import EmbeddedNats
-from agentstream.runtime.errors import ResultTimeout
-from agentstream.runtime.http_api import HttpServer
-from agentstream.runtime.service import Runtime
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.core.app import load_app
+from agentstream.runtime.core.errors import ResultTimeout
+from agentstream.runtime.interfaces import approvals
+from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.interfaces.http_api import HttpServer
+from agentstream.runtime.service.runtime import Runtime
 
 APPS = Path(__file__).resolve().parent / "apps"
 if str(APPS) not in sys.path:

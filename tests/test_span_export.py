@@ -25,16 +25,16 @@ from test_tracing import RESULT_TIMEOUT_S, by_name, wait_for_spans
 from agentstream.contracts.codec import encode
 from agentstream.contracts.events import TaskCompleted
 from agentstream.contracts.telemetry import SpanBatch, SpanRecord, decode_spans, span_subject
-from agentstream.runtime import telemetry as T
-from agentstream.runtime import views
-from agentstream.runtime.app import App
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.config import Settings
-from agentstream.runtime.models import FunctionModel, answer, calls, last_user, tool_results
-from agentstream.runtime.ports import ModelRequest
-from agentstream.runtime.scan import Raw
-from agentstream.runtime.service import Runtime
-from agentstream.runtime.tools import tool
+from agentstream.runtime.adapters.scan import Raw
+from agentstream.runtime.adapters.scripted_models import FunctionModel, answer, calls, last_user, tool_results
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.core.app import App
+from agentstream.runtime.core.ports import ModelRequest
+from agentstream.runtime.core.tools import tool
+from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.observability import telemetry as T
+from agentstream.runtime.observability import views
+from agentstream.runtime.service.runtime import Runtime
 
 TRACE_IDS = [f"{i:032x}" for i in range(1, 4)]
 

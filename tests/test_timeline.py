@@ -11,7 +11,7 @@ from agentstream.contracts.events import (
     ToolCallCompleted,
     Usage,
 )
-from agentstream.runtime.timeline import render
+from agentstream.runtime.observability.timeline import render
 
 T0 = 1_800_000_000.0
 

@@ -27,13 +27,10 @@ from hypothesis import strategies as st
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, ToolCallCompleted, ToolCallRequested, ToolSpec
-from agentstream.runtime import nats_adapters
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.config import Settings
-from agentstream.runtime.memory import InMemoryBus, InMemoryKV
-from agentstream.runtime.service import Runtime
-from agentstream.runtime.toolrunner import ToolRunner, result_key
-from agentstream.runtime.tools import (
+from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.adapters.in_memory import InMemoryBus, InMemoryKV
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.core.tools import (
     NO_RETRY,
     BreakerPolicy,
     RateLimited,
@@ -43,6 +40,9 @@ from agentstream.runtime.tools import (
     ToolFailure,
     tool,
 )
+from agentstream.runtime.execution.tool_runner import ToolRunner, result_key
+from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.service.runtime import Runtime
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002)
 

@@ -1,4 +1,4 @@
-"""Tracing, metrics and logs (agentstream.runtime.telemetry).
+"""Tracing, metrics and logs (agentstream.runtime.observability.telemetry).
 
 - one trace per task across three worker processes and the client, read back
   from the TELEMETRY stream, with correct parent links and GenAI attributes;
@@ -40,17 +40,17 @@ from test_redact import text_with_pii
 
 from agentstream.contracts.events import TaskCompleted
 from agentstream.contracts.telemetry import SpanRecord, decode_spans
-from agentstream.runtime import telemetry as T
-from agentstream.runtime.app import App
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.config import Settings
-from agentstream.runtime.embedded import EmbeddedNats
-from agentstream.runtime.errors import ConfigError
-from agentstream.runtime.models import FunctionModel, answer, calls, last_user, tool_results
-from agentstream.runtime.ports import ModelRequest
-from agentstream.runtime.redact import redact
-from agentstream.runtime.service import Runtime
-from agentstream.runtime.tools import tool
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.adapters.scripted_models import FunctionModel, answer, calls, last_user, tool_results
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.core.app import App
+from agentstream.runtime.core.errors import ConfigError
+from agentstream.runtime.core.ports import ModelRequest
+from agentstream.runtime.core.tools import tool
+from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.observability import telemetry as T
+from agentstream.runtime.observability.redact import redact
+from agentstream.runtime.service.runtime import Runtime
 
 RESULT_TIMEOUT_S = 30.0
 
@@ -559,8 +559,8 @@ def test_metric_series_per_instrument_are_capped_with_an_overflow_series() -> No
 def test_error_kind_of_a_model_failure_is_its_http_status_or_invalid_response() -> None:
     """`agentstream stats` groups errors by this kind: an unreadable 200 body is
     the model's invalid response, not an error kind called "200"."""
-    from agentstream.runtime.errors import ModelError
-    from agentstream.runtime.telemetry import _error_type
+    from agentstream.runtime.core.errors import ModelError
+    from agentstream.runtime.observability.telemetry import _error_type
 
     assert _error_type(ModelError("rate limited", status=429, transient=True)) == "429"
     assert _error_type(ModelError("unreadable body", status=200)) == "invalid_response"

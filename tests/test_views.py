@@ -21,10 +21,10 @@ from nats.js.api import StreamConfig
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskFailed, ToolCallCompleted, ToolError, Usage
 from agentstream.contracts.telemetry import TELEMETRY_STREAM, TELEMETRY_SUBJECTS, SpanRecord, span_subject
-from agentstream.runtime import views
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.config import Settings
-from agentstream.runtime.embedded import EmbeddedNats
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.observability import views
 
 # --------------------------------------------------------------------------- synthetic data
 

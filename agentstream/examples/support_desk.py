@@ -16,10 +16,10 @@ import zlib
 from typing import Any
 
 from agentstream.contracts.events import ModelResponse
-from agentstream.runtime.app import App
-from agentstream.runtime.models import FunctionModel, answer, calls, last_user, tool_results
-from agentstream.runtime.ports import ModelRequest
-from agentstream.runtime.tools import ToolFailure, tool
+from agentstream.runtime.adapters.scripted_models import FunctionModel, answer, calls, last_user, tool_results
+from agentstream.runtime.core.app import App
+from agentstream.runtime.core.ports import ModelRequest
+from agentstream.runtime.core.tools import ToolFailure, tool
 
 # Simulated downstream latency, so the timeline shows real overlap.
 LATENCY_S = 0.15

@@ -12,8 +12,8 @@ from nats.aio.msg import Msg
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskFailed, Usage
-from agentstream.runtime.consumer import DeadLetterHook, Handler, Reject, stream_seq
-from agentstream.runtime.engine import AgentEngine, decode_task, seq_task_id
+from agentstream.runtime.execution.consumer import DeadLetterHook, Handler, Reject, stream_seq
+from agentstream.runtime.execution.engine import AgentEngine, decode_task, seq_task_id
 
 log = logging.getLogger("agentstream.agent")
 

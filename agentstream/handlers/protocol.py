@@ -3,7 +3,7 @@ document (``agentstream asyncapi``) and FastStream's in-memory ``TestNatsBroker`
 
 Each subscriber here is a thin shim over the same handler the production
 consumer loop runs (``agentstream.handlers.agent`` / ``.tools``). The hot path
-itself runs on nats-py pull consumers (see ``agentstream.runtime.consumer`` for
+itself runs on nats-py pull consumers (see ``agentstream.runtime.execution.consumer`` for
 the measured reason). FastStream derives payload schemas with pydantic, which
 does not know msgspec Structs, so handlers take the raw message and the
 payload schemas are filled in from msgspec's JSON Schema.

@@ -5,8 +5,8 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 
 from agentstream.contracts import codec
-from agentstream.runtime.consumer import Handler
-from agentstream.runtime.toolrunner import ToolRunner
+from agentstream.runtime.execution.consumer import Handler
+from agentstream.runtime.execution.tool_runner import ToolRunner
 
 
 def tool_handler(runner: ToolRunner) -> Handler:

@@ -15,10 +15,10 @@ import os
 import re
 
 from agentstream.contracts.events import ModelResponse, Usage
-from agentstream.runtime.app import App
-from agentstream.runtime.models import FunctionModel, answer, calls, last_user, tool_results
-from agentstream.runtime.ports import ModelRequest
-from agentstream.runtime.tools import tool
+from agentstream.runtime.adapters.scripted_models import FunctionModel, answer, calls, last_user, tool_results
+from agentstream.runtime.core.app import App
+from agentstream.runtime.core.ports import ModelRequest
+from agentstream.runtime.core.tools import tool
 
 
 def _log(line: str) -> None:

@@ -19,10 +19,10 @@ import socket
 from collections import Counter
 
 from agentstream.contracts.events import ModelResponse
-from agentstream.runtime.app import App
-from agentstream.runtime.models import FunctionModel, answer, calls, last_user, tool_results
-from agentstream.runtime.ports import ModelRequest
-from agentstream.runtime.tools import NO_RETRY, BreakerPolicy, RetryPolicy, tool
+from agentstream.runtime.adapters.scripted_models import FunctionModel, answer, calls, last_user, tool_results
+from agentstream.runtime.core.app import App
+from agentstream.runtime.core.ports import ModelRequest
+from agentstream.runtime.core.tools import NO_RETRY, BreakerPolicy, RetryPolicy, tool
 
 FLAKY_FAILURES = 2
 ATTEMPTS: Counter[str] = Counter()

@@ -36,9 +36,9 @@ from typing import Any, Literal
 import msgspec
 
 from agentstream.contracts.events import ToolSpec
-from agentstream.runtime.app import App, load_app
-from agentstream.runtime.config import Settings
-from agentstream.runtime.tools import Tool
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.core.app import App, load_app
+from agentstream.runtime.core.tools import Tool
 
 MAX_TOOLS = 8
 SIMILARITY_RATIO = 0.9

@@ -35,7 +35,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import DeadLettered
-from agentstream.runtime.nats_adapters import MSG_ID
+from agentstream.runtime.adapters.jetstream import MSG_ID
 
 log = logging.getLogger("agentstream.consumer")
 

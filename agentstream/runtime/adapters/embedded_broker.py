@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from agentstream.runtime.errors import BrokerUnavailable, ConfigError
+from agentstream.runtime.core.errors import BrokerUnavailable, ConfigError
 
 
 def find_nats_server() -> str:

@@ -46,7 +46,7 @@ SDK's ~15-65 us, rendered by :func:`prometheus_text`), ``otlp``, ``console``
 ``none`` (no metrics at all). ``AGENTSTREAM_TRACING=0`` turns tracing off.
 Prompt and tool-argument content is captured only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``, and always
-passes through :mod:`agentstream.runtime.redact`.
+passes through :mod:`agentstream.runtime.observability.redact`.
 """
 
 from __future__ import annotations
@@ -104,22 +104,22 @@ from opentelemetry.trace import (
 
 from agentstream.contracts.codec import DecodeError, encode
 from agentstream.contracts.telemetry import SpanBatch, SpanRecord, span_subject
-from agentstream.runtime.config import env_bool as _bool
-from agentstream.runtime.consumer import Reject
-from agentstream.runtime.errors import ConfigError, ModelError
-from agentstream.runtime.nats_adapters import MSG_ID
-from agentstream.runtime.redact import redact
+from agentstream.runtime.adapters.jetstream import MSG_ID
+from agentstream.runtime.config.settings import env_bool as _bool
+from agentstream.runtime.core.errors import ConfigError, ModelError
+from agentstream.runtime.execution.consumer import Reject
+from agentstream.runtime.observability.redact import redact
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
 
     from agentstream.contracts.events import TaskCompleted, TaskFailed, ToolCallRequested
-    from agentstream.runtime.core import Decision
-    from agentstream.runtime.ports import LLM, Bus, ModelRequest
-    from agentstream.runtime.spec import AgentSpec
-    from agentstream.runtime.state import SessionState
-    from agentstream.runtime.toolrunner import Outcome, ToolRunner
+    from agentstream.runtime.core.decide import Decision
+    from agentstream.runtime.core.ports import LLM, Bus, ModelRequest
+    from agentstream.runtime.core.spec import AgentSpec
+    from agentstream.runtime.core.state import SessionState
+    from agentstream.runtime.execution.tool_runner import Outcome, ToolRunner
 
 log = logging.getLogger("agentstream.telemetry")
 

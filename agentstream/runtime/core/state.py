@@ -170,7 +170,7 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True):
     outbox: tuple[AnyCommand, ...] = ()
     outbox_at: float = 0.0  # when the outbox was produced: its dedupe window starts here
     outcome: TaskCompleted | TaskFailed | None = None
-    # Telemetry (agentstream.runtime.telemetry), set when the session is
+    # Telemetry (agentstream.runtime.observability.telemetry), set when the session is
     # created: the W3C traceparent of the task's invoke_agent span (every step,
     # on any replica, is its child) and the span id of that span's parent.
     trace_parent: str = ""

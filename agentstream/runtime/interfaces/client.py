@@ -22,10 +22,10 @@ from nats.js.api import DeliverPolicy
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult, TaskSubmitted
-from agentstream.runtime import nats_adapters
-from agentstream.runtime.errors import ResultTimeout
-from agentstream.runtime.scan import RESULTS_STREAM, stored_result
-from agentstream.runtime.telemetry import Telemetry, setup_telemetry
+from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.adapters.scan import RESULTS_STREAM, stored_result
+from agentstream.runtime.core.errors import ResultTimeout
+from agentstream.runtime.observability.telemetry import Telemetry, setup_telemetry
 
 # Errors that mean "no stored result readable right now" (a node just died,
 # leader election): result() then waits on its live subscription instead.

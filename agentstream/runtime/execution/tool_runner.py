@@ -53,12 +53,12 @@ import msgspec
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ToolCallCompleted, ToolCallRequested, ToolError
-from agentstream.runtime.breaker import Admission, SharedBreaker
-from agentstream.runtime.consumer import Reject
-from agentstream.runtime.errors import Conflict
-from agentstream.runtime.memory import InMemoryKV
-from agentstream.runtime.ports import Bus, Entry, SessionStore
-from agentstream.runtime.tools import RateLimited, RetryPolicy, Tool, ToolFailure
+from agentstream.runtime.adapters.in_memory import InMemoryKV
+from agentstream.runtime.core.errors import Conflict
+from agentstream.runtime.core.ports import Bus, Entry, SessionStore
+from agentstream.runtime.core.tools import RateLimited, RetryPolicy, Tool, ToolFailure
+from agentstream.runtime.execution.breaker import Admission, SharedBreaker
+from agentstream.runtime.execution.consumer import Reject
 
 log = logging.getLogger("agentstream.toolrunner")
 

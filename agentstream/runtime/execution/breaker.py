@@ -3,7 +3,7 @@
 Two layers:
 
 - a **pure state machine**: functions of a :class:`BreakerState`, a
-  :class:`~agentstream.runtime.tools.BreakerPolicy` and ``now``. No clock, no
+  :class:`~agentstream.runtime.core.tools.BreakerPolicy` and ``now``. No clock, no
   I/O, so timing is tested with plain numbers;
 - :class:`SharedBreaker`: the state of each tool in a KV bucket (key = tool
   name, JSON value), every change written with compare-and-set and retried on
@@ -35,9 +35,9 @@ from typing import Literal, TypeVar
 import msgspec
 
 from agentstream.contracts import codec
-from agentstream.runtime.errors import Conflict
-from agentstream.runtime.ports import SessionStore
-from agentstream.runtime.tools import BreakerPolicy
+from agentstream.runtime.core.errors import Conflict
+from agentstream.runtime.core.ports import SessionStore
+from agentstream.runtime.core.tools import BreakerPolicy
 
 log = logging.getLogger("agentstream.breaker")
 

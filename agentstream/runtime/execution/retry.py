@@ -7,8 +7,8 @@ from __future__ import annotations
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from agentstream.contracts.events import ModelResponse
-from agentstream.runtime.errors import ModelError
-from agentstream.runtime.ports import LLM, ModelRequest
+from agentstream.runtime.core.errors import ModelError
+from agentstream.runtime.core.ports import LLM, ModelRequest
 
 
 def _is_transient(exc: BaseException) -> bool:

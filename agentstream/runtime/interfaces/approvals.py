@@ -21,11 +21,11 @@ from aiohttp import web
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ApprovalDecided, ApprovalRequested, AuditRecord
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.engine import audit_msg_id
-from agentstream.runtime.errors import AgentstreamError
-from agentstream.runtime.nats_adapters import MSG_ID, NatsKV, bucket
-from agentstream.runtime.policy import ApprovalRecord, decode_record, parse_approvers
+from agentstream.runtime.adapters.jetstream import MSG_ID, NatsKV, bucket
+from agentstream.runtime.core.errors import AgentstreamError
+from agentstream.runtime.core.policy import ApprovalRecord, decode_record, parse_approvers
+from agentstream.runtime.execution.engine import audit_msg_id
+from agentstream.runtime.interfaces.client import AgentClient
 
 log = logging.getLogger("agentstream.approvals")
 
@@ -139,7 +139,7 @@ def add_routes(app: web.Application, client: AgentClient) -> None:
 
     # http_api's JSON response (same bytes and headers). Not its _error, which
     # squeezes and truncates the message: these errors are sent verbatim.
-    from agentstream.runtime.http_api import _json  # late: http_api imports this module in create_app
+    from agentstream.runtime.interfaces.http_api import _json  # late: http_api imports this module in create_app
 
     async def list_route(request: web.Request) -> web.Response:
         status = request.query.get("status", "pending")

@@ -27,13 +27,12 @@ from agentstream.contracts.events import (
     TaskSubmitted,
     ToolCallCompleted,
 )
-from agentstream.runtime import core
-from agentstream.runtime.errors import Conflict, ModelError
-from agentstream.runtime.policy import ApprovalRecord, Policy, decode_record, encode_record
-from agentstream.runtime.ports import LLM, Bus, ModelRequest, SessionStore
-from agentstream.runtime.retry import complete_with_retry
-from agentstream.runtime.spec import AgentSpec
-from agentstream.runtime.state import (
+from agentstream.runtime.core import decide as core
+from agentstream.runtime.core.errors import Conflict, ModelError
+from agentstream.runtime.core.policy import ApprovalRecord, Policy, decode_record, encode_record
+from agentstream.runtime.core.ports import LLM, Bus, ModelRequest, SessionStore
+from agentstream.runtime.core.spec import AgentSpec
+from agentstream.runtime.core.state import (
     AnyCommand,
     ApprovalExpired,
     CallModel,
@@ -59,9 +58,10 @@ from agentstream.runtime.state import (
     decode_state,
     encode_state,
 )
+from agentstream.runtime.execution.retry import complete_with_retry
 
 if TYPE_CHECKING:
-    from agentstream.runtime.telemetry import EngineHooks
+    from agentstream.runtime.observability.telemetry import EngineHooks
 
 log = logging.getLogger("agentstream.engine")
 
@@ -86,7 +86,7 @@ class AgentEngine:
         self.clock = clock
         self.approvals = approvals
         self.policy = policy or Policy()
-        # Telemetry hooks (agentstream.runtime.telemetry.EngineHooks), set by
+        # Telemetry hooks (agentstream.runtime.observability.telemetry.EngineHooks), set by
         # service.py; None: no telemetry work at all.
         self.telemetry: EngineHooks | None = None
         self.model_calls = 0  # attempts, retries included

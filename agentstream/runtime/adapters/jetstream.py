@@ -22,9 +22,9 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from agentstream.contracts import subjects
-from agentstream.runtime.errors import BrokerUnavailable, Conflict
-from agentstream.runtime.ports import Entry
-from agentstream.runtime.scan import scan
+from agentstream.runtime.adapters.scan import scan
+from agentstream.runtime.core.errors import BrokerUnavailable, Conflict
+from agentstream.runtime.core.ports import Entry
 
 MSG_ID = "Nats-Msg-Id"
 

@@ -22,17 +22,17 @@ from nats.js import JetStreamContext
 from agentstream.contracts import subjects
 from agentstream.handlers.agent import inbox_handler, task_handler, task_rejected
 from agentstream.handlers.tools import tool_handler
-from agentstream.runtime import nats_adapters
-from agentstream.runtime.app import App, load_app
-from agentstream.runtime.config import Settings
-from agentstream.runtime.consumer import ConsumerSettings, DeadLetterHook, PullConsumer
-from agentstream.runtime.embedded import EmbeddedNats
-from agentstream.runtime.engine import AgentEngine, parse_deadline_key
-from agentstream.runtime.errors import ConfigError
-from agentstream.runtime.policy import Policy, load_prices, parse_approvers
-from agentstream.runtime.ports import LLM, Bus
-from agentstream.runtime.telemetry import Telemetry, TelemetryConfig, setup_telemetry
-from agentstream.runtime.toolrunner import ToolRunner
+from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.core.app import App, load_app
+from agentstream.runtime.core.errors import ConfigError
+from agentstream.runtime.core.policy import Policy, load_prices, parse_approvers
+from agentstream.runtime.core.ports import LLM, Bus
+from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterHook, PullConsumer
+from agentstream.runtime.execution.engine import AgentEngine, parse_deadline_key
+from agentstream.runtime.execution.tool_runner import ToolRunner
+from agentstream.runtime.observability.telemetry import Telemetry, TelemetryConfig, setup_telemetry
 
 log = logging.getLogger("agentstream.service")
 
@@ -41,7 +41,7 @@ def select_model(app: App, agent: str, settings: Settings) -> LLM:
     """A real OpenAI-compatible model when AGENTSTREAM_MODEL is set, else the
     agent's scripted model."""
     if settings.model:
-        from agentstream.runtime.openai_llm import OpenAIChatModel
+        from agentstream.runtime.adapters.openai_model import OpenAIChatModel
 
         llm = OpenAIChatModel.from_env(os.environ)
         assert llm is not None
@@ -102,7 +102,7 @@ class Runtime:
         s = self.settings
         for a in self.agents:
             self.app.get_agent(a)  # fail fast on an unknown agent
-        from agentstream.runtime.lint import warn_at_startup
+        from agentstream.runtime.interfaces.lint import warn_at_startup
 
         warn_at_startup(self.app, self.agents, log)
         tools = self.app.select_tools(self.tools) if self.tools is not None else {}

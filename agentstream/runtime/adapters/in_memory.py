@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agentstream.runtime.errors import Conflict
-from agentstream.runtime.ports import Entry
+from agentstream.runtime.core.errors import Conflict
+from agentstream.runtime.core.ports import Entry
 
 
 class InMemoryKV:

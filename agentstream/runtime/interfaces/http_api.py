@@ -33,9 +33,9 @@ from aiohttp import web
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskEvent
-from agentstream.runtime.client import AgentClient
-from agentstream.runtime.errors import BrokerUnavailable, ResultTimeout
-from agentstream.runtime.nats_adapters import BROKER_ERRORS
+from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
+from agentstream.runtime.core.errors import BrokerUnavailable, ResultTimeout
+from agentstream.runtime.interfaces.client import AgentClient
 
 log = logging.getLogger("agentstream.http")
 
@@ -374,8 +374,8 @@ def create_app(client: AgentClient, *, ready: ReadyCheck | None = None,
     app.router.add_post("/v1/tasks", submit_task)
     app.router.add_get("/v1/tasks/{task_id}/result", task_result)
     app.router.add_get("/v1/tasks/{task_id}/events", task_events)
-    from agentstream.runtime import approvals  # late: approvals imports the client, as we do
-    from agentstream.runtime.dashboard import add_dashboard_routes
+    from agentstream.runtime.interfaces import approvals
+    from agentstream.runtime.interfaces.dashboard import add_dashboard_routes
 
     approvals.add_routes(app, client)
     add_dashboard_routes(app, lambda: client.js)
@@ -385,7 +385,7 @@ def create_app(client: AgentClient, *, ready: ReadyCheck | None = None,
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus scrape endpoint: this process's OpenTelemetry metrics."""
-    from agentstream.runtime.telemetry import prometheus_text
+    from agentstream.runtime.observability.telemetry import prometheus_text
 
     return web.Response(text=prometheus_text(), content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Version": "0.0.4"})

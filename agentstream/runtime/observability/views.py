@@ -45,11 +45,11 @@ from agentstream.contracts.events import (
     ToolCallCompleted,
 )
 from agentstream.contracts.telemetry import TELEMETRY_STREAM, SpanRecord, decode_spans, span_subject
-from agentstream.runtime.scan import MAX_SCAN, RESULTS_STREAM, Raw, last_seq, scan, stored_result
-from agentstream.runtime.timeline import overlapping
+from agentstream.runtime.adapters.scan import MAX_SCAN, RESULTS_STREAM, Raw, last_seq, scan, stored_result
+from agentstream.runtime.observability.timeline import overlapping
 
 if TYPE_CHECKING:
-    from agentstream.runtime.config import Settings
+    from agentstream.runtime.config.settings import Settings
 
 EVENTS_STREAM = "EVENTS"
 ALL_SPANS = span_subject("*")  # telemetry.spans.*
@@ -790,8 +790,8 @@ def add_stats_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 async def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime.cli import _nats_url
-    from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.interfaces.cli import _nats_url
+    from agentstream.runtime.interfaces.client import AgentClient
 
     async with await AgentClient.connect(_nats_url(settings), provision=False) as client:
         trace = await load_task_trace(client.js, args.task_id)
@@ -829,8 +829,8 @@ def stats_json(stats: Stats) -> dict[str, Any]:
 
 
 async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime.cli import _nats_url
-    from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.interfaces.cli import _nats_url
+    from agentstream.runtime.interfaces.client import AgentClient
 
     async with await AgentClient.connect(_nats_url(settings), provision=False) as client:
         stats, _results, source = await load_stats(client.js, args.since)

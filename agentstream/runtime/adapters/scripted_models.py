@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from agentstream.contracts.events import Message, ModelResponse, ToolCall, Usage
-from agentstream.runtime.ports import ModelRequest
+from agentstream.runtime.core.ports import ModelRequest
 
 ModelFn = Callable[[ModelRequest], ModelResponse | Awaitable[ModelResponse]]
 

@@ -26,12 +26,12 @@ import msgspec
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult
-from agentstream.runtime.config import Settings
-from agentstream.runtime.embedded import DirLock, EmbeddedNats
-from agentstream.runtime.errors import AgentstreamError
+from agentstream.runtime.adapters.embedded_broker import DirLock, EmbeddedNats
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.core.errors import AgentstreamError
 
 if TYPE_CHECKING:
-    from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.interfaces.client import AgentClient
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -79,7 +79,7 @@ def _nats_url(settings: Settings) -> str:
 
 
 def _setup_logging(settings: Settings) -> None:
-    from agentstream.runtime.telemetry import TelemetryConfig, configure_logging
+    from agentstream.runtime.observability.telemetry import TelemetryConfig, configure_logging
 
     logging.basicConfig(level=getattr(logging, settings.log_level, logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -150,10 +150,10 @@ def _os_reason(exc: BaseException) -> str:
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime.client import AgentClient
-    from agentstream.runtime.openai_llm import DEFAULT_BASE_URL
-    from agentstream.runtime.service import Runtime
-    from agentstream.runtime.timeline import render
+    from agentstream.runtime.adapters.openai_model import DEFAULT_BASE_URL
+    from agentstream.runtime.interfaces.client import AgentClient
+    from agentstream.runtime.observability.timeline import render
+    from agentstream.runtime.service.runtime import Runtime
 
     with tempfile.TemporaryDirectory(prefix="agentstream-demo-") as tmp:
         settings = dataclasses.replace(settings, data_dir=Path(tmp))
@@ -212,7 +212,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 async def _demo_supervisor(client: AgentClient) -> None:
     """Plays the human in the loop: approves each pending approval as
     'supervisor', printing what it approved (the session waited parked in KV)."""
-    from agentstream.runtime import approvals
+    from agentstream.runtime.interfaces import approvals
 
     seen: set[str] = set()
     while True:
@@ -234,9 +234,9 @@ async def _demo_supervisor(client: AgentClient) -> None:
 
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime.client import AgentClient
-    from agentstream.runtime.http_api import HttpServer
-    from agentstream.runtime.service import Runtime
+    from agentstream.runtime.interfaces.client import AgentClient
+    from agentstream.runtime.interfaces.http_api import HttpServer
+    from agentstream.runtime.service.runtime import Runtime
 
     # Before anything can fail half way: a signal during start-up then stops
     # it right after, through the clean-up below, instead of killing the
@@ -334,13 +334,13 @@ def _lock_data_dir(lock: DirLock, settings: Settings) -> None:
 
 
 def list_agents(settings: Settings) -> list[str]:
-    from agentstream.runtime.app import load_app
+    from agentstream.runtime.core.app import load_app
 
     return sorted(load_app(settings.app).agents)
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime.service import Runtime
+    from agentstream.runtime.service.runtime import Runtime
 
     if not args.agent and args.tools is None:
         raise AgentstreamError("say what to run: --agent NAME (repeatable) and/or --tools all|name,name")
@@ -358,7 +358,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.interfaces.client import AgentClient
 
     meta = {}
     for kv in args.meta or []:
@@ -400,7 +400,7 @@ async def _warn_if_unserved(client: AgentClient, agent: str) -> None:
 
 
 async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.interfaces.client import AgentClient
 
     async with await AgentClient.connect(_nats_url(settings)) as client:
         res = await client.result(args.task_id, timeout=args.wait)
@@ -408,7 +408,7 @@ async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.interfaces.client import AgentClient
 
     async with await AgentClient.connect(_nats_url(settings)) as client:
         code = 0
@@ -420,8 +420,8 @@ async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime.client import AgentClient
-    from agentstream.runtime.timeline import render
+    from agentstream.runtime.interfaces.client import AgentClient
+    from agentstream.runtime.observability.timeline import render
 
     async with await AgentClient.connect(_nats_url(settings)) as client:
         events = [ev async for ev in client.events(args.task_id, timeout=args.timeout)]
@@ -430,8 +430,8 @@ async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_approvals(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime import approvals
-    from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.interfaces import approvals
+    from agentstream.runtime.interfaces.client import AgentClient
 
     async with await AgentClient.connect(_nats_url(settings)) as client:
         records = await approvals.list_approvals(client, status=None if args.all else "pending")
@@ -454,8 +454,8 @@ async def cmd_approvals(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime import approvals
-    from agentstream.runtime.client import AgentClient
+    from agentstream.runtime.interfaces import approvals
+    from agentstream.runtime.interfaces.client import AgentClient
 
     approved = args.command == "approve"
     async with await AgentClient.connect(_nats_url(settings)) as client:
@@ -555,8 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
         dp.add_argument("--reason", default="", help="why (optional, as over HTTP)")
         dp.set_defaults(fn=cmd_decide)
 
-    from agentstream.runtime.lint import add_parser as add_lint
-    from agentstream.runtime.views import add_stats_parser, add_trace_parser
+    from agentstream.runtime.interfaces.lint import add_parser as add_lint
+    from agentstream.runtime.observability.views import add_stats_parser, add_trace_parser
 
     add_lint(sub)
     add_trace_parser(sub)

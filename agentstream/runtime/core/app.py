@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from agentstream.runtime.errors import ConfigError
-from agentstream.runtime.ports import LLM
-from agentstream.runtime.spec import AgentSpec
-from agentstream.runtime.tools import Tool
+from agentstream.runtime.core.errors import ConfigError
+from agentstream.runtime.core.ports import LLM
+from agentstream.runtime.core.spec import AgentSpec
+from agentstream.runtime.core.tools import Tool
 
 DEFAULT_APP = "agentstream.examples.support_desk:app"
 

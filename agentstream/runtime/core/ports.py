@@ -25,7 +25,7 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
 class LLM(Protocol):
     """A chat model with tool calling.
 
-    Raises :class:`agentstream.runtime.errors.ModelError` on failure, with
+    Raises :class:`agentstream.runtime.core.errors.ModelError` on failure, with
     ``transient=True`` for errors worth retrying (rate limits, 5xx, timeouts).
     """
 

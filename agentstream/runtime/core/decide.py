@@ -31,8 +31,8 @@ from agentstream.contracts.events import (
     ToolError,
     Usage,
 )
-from agentstream.runtime.spec import AgentSpec
-from agentstream.runtime.state import (
+from agentstream.runtime.core.spec import AgentSpec
+from agentstream.runtime.core.state import (
     AnyCommand,
     ApprovalExpired,
     CallModel,

@@ -24,8 +24,8 @@ from nats.js import JetStreamContext
 
 from agentstream.contracts import subjects
 from agentstream.contracts.events import TaskFailed, TaskResult
-from agentstream.runtime import views
-from agentstream.runtime.http_api import error_middleware
+from agentstream.runtime.interfaces.http_api import error_middleware
+from agentstream.runtime.observability import views
 
 JsGetter = Callable[[], JetStreamContext]
 JS_GETTER_KEY: web.AppKey[JsGetter] = web.AppKey("agentstream_dashboard_js", JsGetter)  # type: ignore[arg-type]

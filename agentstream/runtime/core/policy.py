@@ -13,7 +13,7 @@ import msgspec
 
 from agentstream.contracts import codec
 from agentstream.contracts.events import ApprovalDecided, ApprovalRequested
-from agentstream.runtime.errors import ConfigError
+from agentstream.runtime.core.errors import ConfigError
 
 # USD per million tokens (input, output). Scripted models are free; real
 # models are priced from AGENTSTREAM_PRICES (JSON) or AGENTSTREAM_PRICES_FILE.
