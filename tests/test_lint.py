@@ -11,8 +11,9 @@ import pytest
 from agentstream.examples.support_desk import app as support_app
 from agentstream.runtime.config.settings import Settings
 from agentstream.runtime.core.app import App
+from agentstream.runtime.core.lint import Finding, lint_app, nearly_same, warn_at_startup
 from agentstream.runtime.core.tools import Tool, tool
-from agentstream.runtime.interfaces.lint import Finding, add_parser, cmd_lint, lint_app, nearly_same, warn_at_startup
+from agentstream.runtime.interfaces.lint_command import add_parser, cmd_lint
 
 
 def _numbered(i: int) -> Tool:

@@ -23,6 +23,7 @@ from agentstream.contracts.events import TaskCompleted, TaskFailed, ToolCallComp
 from agentstream.contracts.telemetry import TELEMETRY_STREAM, TELEMETRY_SUBJECTS, SpanRecord, span_subject
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
 from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.interfaces import view_commands
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.observability import views
 
@@ -221,7 +222,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
 @pytest.mark.parametrize("text", ["", "h", "1w", "-1h", "0m", "1 hour"])
 def test_since_bad_value_is_argparse_error(text: str, capsys: pytest.CaptureFixture[str]) -> None:
     p = argparse.ArgumentParser(prog="agentstream")
-    views.add_stats_parser(p.add_subparsers())
+    view_commands.add_stats_parser(p.add_subparsers())
     with pytest.raises(SystemExit) as exc:
         p.parse_args(["stats", f"--since={text}"])
     assert exc.value.code == 2
@@ -292,7 +293,7 @@ async def test_load_and_trace_against_nats(nats_server: EmbeddedNats, client: Ag
     assert await asyncio.wait_for(views.load_spans(js, 3600, limit=3), 20) == all_spans[:3]
 
     settings = dataclasses.replace(Settings.from_env({}), nats_url=nats_server.url)
-    code = await asyncio.wait_for(views.cmd_trace(argparse.Namespace(task_id="task-a", width=40, json=False),
+    code = await asyncio.wait_for(view_commands.cmd_trace(argparse.Namespace(task_id="task-a", width=40, json=False),
                                                   settings), 30)
     out = capsys.readouterr().out
     with capsys.disabled():
@@ -301,13 +302,13 @@ async def test_load_and_trace_against_nats(nats_server: EmbeddedNats, client: Ag
     assert "task task-a" in out and "execute_tool refund_eligibility" in out and "FAILED timeout" in out
     assert "|| 3 parallel" in out and "120/30 tok" in out
 
-    code = await asyncio.wait_for(views.cmd_trace(argparse.Namespace(task_id="task-zzz", width=40, json=False),
+    code = await asyncio.wait_for(view_commands.cmd_trace(argparse.Namespace(task_id="task-zzz", width=40, json=False),
                                                   settings), 30)
     cap = capsys.readouterr()
     assert code == 1 and cap.out == ""
     assert cap.err.strip().splitlines() == ["agentstream: error: no spans or events found for task 'task-zzz'"]
 
-    code = await asyncio.wait_for(views.cmd_stats(argparse.Namespace(since=3600.0, json=False), settings), 30)
+    code = await asyncio.wait_for(view_commands.cmd_stats(argparse.Namespace(since=3600.0, json=False), settings), 30)
     out = capsys.readouterr().out
     assert code == 0 and "deadline" in out and "refund_eligibility" in out
 

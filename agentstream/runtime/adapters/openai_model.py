@@ -20,9 +20,9 @@ import aiohttp
 import msgspec
 
 from agentstream.contracts.events import Message, ModelResponse, ToolCall, ToolSpec, Usage
+from agentstream.runtime.adapters.retry import complete_with_retry  # re-exported: the adapter's callers use it
 from agentstream.runtime.core.errors import ConfigError, ModelError
 from agentstream.runtime.core.ports import ModelRequest
-from agentstream.runtime.execution.retry import complete_with_retry  # re-exported: the adapter's callers use it
 
 __all__ = ["OpenAIChatModel", "complete_with_retry", "DEFAULT_BASE_URL"]
 

@@ -112,3 +112,13 @@ class Settings:
             log_level=_log_level(env, "AGENTSTREAM_LOG_LEVEL", "WARNING"),
             run_workers=env_bool(env, "AGENTSTREAM_RUN_WORKERS", True),
         )
+
+
+def broker_url(settings: Settings) -> str:
+    """AGENTSTREAM_NATS_URL, else the broker a local `agentstream up` started."""
+    if settings.nats_url:
+        return settings.nats_url
+    url_file = settings.data_dir / "nats.url"
+    if url_file.is_file():
+        return url_file.read_text().strip()
+    return "nats://127.0.0.1:4222"

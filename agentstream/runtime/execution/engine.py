@@ -27,6 +27,7 @@ from agentstream.contracts.events import (
     TaskSubmitted,
     ToolCallCompleted,
 )
+from agentstream.runtime.adapters.retry import complete_with_retry
 from agentstream.runtime.core import decide as core
 from agentstream.runtime.core.errors import Conflict, ModelError
 from agentstream.runtime.core.policy import ApprovalRecord, Policy, decode_record, encode_record
@@ -58,7 +59,6 @@ from agentstream.runtime.core.state import (
     decode_state,
     encode_state,
 )
-from agentstream.runtime.execution.retry import complete_with_retry
 
 if TYPE_CHECKING:
     from agentstream.runtime.observability.telemetry import EngineHooks

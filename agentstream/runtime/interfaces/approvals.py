@@ -26,6 +26,7 @@ from agentstream.runtime.core.errors import AgentstreamError
 from agentstream.runtime.core.policy import ApprovalRecord, decode_record, parse_approvers
 from agentstream.runtime.execution.engine import audit_msg_id
 from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.interfaces.http_common import _json
 
 log = logging.getLogger("agentstream.approvals")
 
@@ -137,10 +138,8 @@ def add_routes(app: web.Application, client: AgentClient) -> None:
     your authenticating proxy and let it set the body (or restrict who reaches it).
     """
 
-    # http_api's JSON response (same bytes and headers). Not its _error, which
-    # squeezes and truncates the message: these errors are sent verbatim.
-    from agentstream.runtime.interfaces.http_api import _json  # late: http_api imports this module in create_app
-
+    # The shared JSON response. Not _error, which squeezes and truncates the
+    # message: these errors are sent verbatim.
     async def list_route(request: web.Request) -> web.Response:
         status = request.query.get("status", "pending")
         try:

@@ -27,7 +27,7 @@ import msgspec
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult
 from agentstream.runtime.adapters.embedded_broker import DirLock, EmbeddedNats
-from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.core.errors import AgentstreamError
 
 if TYPE_CHECKING:
@@ -66,16 +66,6 @@ _positive_int = _number(int, "positive", lambda v: v > 0)
 _positive_float = _number(float, "positive", lambda v: v > 0)
 _non_negative_float = _number(float, "non-negative", lambda v: v >= 0)
 _port = _number(int, "port (0-65535)", lambda v: 0 <= v <= 65535)
-
-
-def _nats_url(settings: Settings) -> str:
-    """AGENTSTREAM_NATS_URL, else the broker a local `agentstream up` started."""
-    if settings.nats_url:
-        return settings.nats_url
-    url_file = settings.data_dir / "nats.url"
-    if url_file.is_file():
-        return url_file.read_text().strip()
-    return "nats://127.0.0.1:4222"
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -344,7 +334,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.agent and args.tools is None:
         raise AgentstreamError("say what to run: --agent NAME (repeatable) and/or --tools all|name,name")
-    settings = dataclasses.replace(settings, nats_url=_nats_url(settings))
+    settings = dataclasses.replace(settings, nats_url=broker_url(settings))
     rt = Runtime.from_settings(settings, agents=args.agent or [], tools=args.tools)
     stop = _stop_on_signal()
     try:
@@ -366,7 +356,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         if not sep or not k:
             raise AgentstreamError(f"--meta {kv!r}: expected KEY=VALUE")
         meta[k] = v
-    async with await AgentClient.connect(_nats_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings)) as client:
         try:
             task_id = await client.submit(args.agent, args.input, task_id=args.task_id, tenant_id=args.tenant,
                                           user_id=args.user, conversation_id=args.conversation, metadata=meta,
@@ -402,7 +392,7 @@ async def _warn_if_unserved(client: AgentClient, agent: str) -> None:
 async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
 
-    async with await AgentClient.connect(_nats_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings)) as client:
         res = await client.result(args.task_id, timeout=args.wait)
         return _print_result(res, args.json)
 
@@ -410,7 +400,7 @@ async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
 
-    async with await AgentClient.connect(_nats_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings)) as client:
         code = 0
         async for ev in client.events(args.task_id, timeout=args.timeout):
             print(_event_line(ev), flush=True)
@@ -423,7 +413,7 @@ async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
     from agentstream.runtime.observability.timeline import render
 
-    async with await AgentClient.connect(_nats_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings)) as client:
         events = [ev async for ev in client.events(args.task_id, timeout=args.timeout)]
         print(render(events))
         return 0
@@ -433,7 +423,7 @@ async def cmd_approvals(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces import approvals
     from agentstream.runtime.interfaces.client import AgentClient
 
-    async with await AgentClient.connect(_nats_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings)) as client:
         records = await approvals.list_approvals(client, status=None if args.all else "pending")
         if args.json:
             print(msgspec.json.encode(records).decode())
@@ -458,7 +448,7 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
 
     approved = args.command == "approve"
-    async with await AgentClient.connect(_nats_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings)) as client:
         d = await approvals.decide(client, args.approval_id, approved=approved,
                                    approver=args.as_ or approvals.default_identity(), reason=args.reason or "")
     print(f"{'approved' if approved else 'denied'} {d.approval_id} as {d.approver}")
@@ -555,8 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
         dp.add_argument("--reason", default="", help="why (optional, as over HTTP)")
         dp.set_defaults(fn=cmd_decide)
 
-    from agentstream.runtime.interfaces.lint import add_parser as add_lint
-    from agentstream.runtime.observability.views import add_stats_parser, add_trace_parser
+    from agentstream.runtime.interfaces.lint_command import add_parser as add_lint
+    from agentstream.runtime.interfaces.view_commands import add_stats_parser, add_trace_parser
 
     add_lint(sub)
     add_trace_parser(sub)

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 
 from agentstream.contracts import subjects
 from agentstream.contracts.events import TaskFailed, TaskResult
-from agentstream.runtime.interfaces.http_api import error_middleware
+from agentstream.runtime.interfaces.http_common import error_middleware
 from agentstream.runtime.observability import views
 
 JsGetter = Callable[[], JetStreamContext]

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 import nats.errors
@@ -36,6 +36,16 @@ from agentstream.contracts.events import TaskEvent
 from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
 from agentstream.runtime.core.errors import BrokerUnavailable, ResultTimeout
 from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.interfaces.http_common import (
+    _JSON,
+    _BadRequest,
+    _encoder,
+    _error,
+    _json,
+    _one_line,
+    broker_unavailable,
+    error_middleware,
+)
 
 log = logging.getLogger("agentstream.http")
 
@@ -55,10 +65,6 @@ SHUTDOWN_KEY: web.AppKey[asyncio.Event] = web.AppKey("agentstream_shutdown", asy
 # The agents the serving app defines, when the API knows them (``agentstream
 # up``); None: a standalone API, which submits to any agent name.
 AGENTS_KEY: web.AppKey[frozenset[str] | None] = web.AppKey("agentstream_agents")
-
-_JSON = "application/json"
-_encoder = msgspec.json.Encoder()
-
 
 class SubmitRequest(msgspec.Struct, kw_only=True):
     """Body of ``POST /v1/tasks``. Unknown fields are ignored."""
@@ -81,27 +87,6 @@ _submit_decoder = msgspec.json.Decoder(SubmitRequest)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _one_line(text: str, limit: int = 500) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=_encoder.encode(body), status=status, content_type=_JSON, headers=headers)
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return _json({"error": _one_line(message), **extra}, status=status)
-
-
-def broker_unavailable(exc: BaseException) -> str:
-    return f"broker unavailable: {_one_line(str(exc), 200) or 'no answer'} ({type(exc).__name__})"
-
-
-class _BadRequest(Exception):
-    """Turned into a 400 by the error middleware."""
 
 
 def _seconds(request: web.Request, name: str, *, default: float | None, maximum: float) -> float | None:
@@ -138,32 +123,6 @@ def _result_response(result: msgspec.Struct) -> web.Response:
 def _event_tag(event: msgspec.Struct) -> str:
     tag = type(event).__struct_config__.tag
     return str(tag) if tag is not None else type(event).__name__
-
-
-# --------------------------------------------------------------------------- middleware
-
-
-@web.middleware
-async def error_middleware(request: web.Request,
-                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except _BadRequest as exc:
-        return _error(400, str(exc))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise  # redirects and the like pass through untouched
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        resp = _error(exc.status, exc.reason or "error")
-        resp.headers.update(headers)
-        return resp
-    except BROKER_ERRORS as exc:
-        # Expected while the broker is away: a warning line, not a traceback.
-        log.warning("%s %s: broker unavailable (%s: %s)", request.method, request.path, type(exc).__name__, exc)
-        return _error(503, broker_unavailable(exc))
-    except Exception as exc:  # noqa: BLE001 - the point: never an HTML traceback
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return _error(500, f"internal error ({type(exc).__name__})")
 
 
 # --------------------------------------------------------------------------- handlers

@@ -19,17 +19,15 @@ That is fine for demo- and small-production-size data; an index is the next step
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
 import re
-import sys
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -47,9 +45,6 @@ from agentstream.contracts.events import (
 from agentstream.contracts.telemetry import TELEMETRY_STREAM, SpanRecord, decode_spans, span_subject
 from agentstream.runtime.adapters.scan import MAX_SCAN, RESULTS_STREAM, Raw, last_seq, scan, stored_result
 from agentstream.runtime.observability.timeline import overlapping
-
-if TYPE_CHECKING:
-    from agentstream.runtime.config.settings import Settings
 
 EVENTS_STREAM = "EVENTS"
 ALL_SPANS = span_subject("*")  # telemetry.spans.*
@@ -760,54 +755,6 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def _since_arg(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_trace_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """``agentstream trace TASK_ID``: register on the CLI's subparsers."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "trace", help="draw a task's spans as a waterfall: hops, parallel tool calls, tokens, cost, failures")
-    p.add_argument("task_id", help="task id (or a 32-hex trace id)")
-    p.add_argument("--width", type=int, default=WATERFALL_WIDTH, help="bar width in characters")
-    p.add_argument("--json", action="store_true", help="print the spans as JSON lines instead")
-    p.set_defaults(fn=cmd_trace)
-    return p
-
-
-def add_stats_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """``agentstream stats [--since 1h]``: register on the CLI's subparsers."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "stats", help="latency percentiles, error rates and cost per agent, model and tool")
-    p.add_argument("--since", type=_since_arg, default=3600.0, metavar="DURATION",
-                   help="window: 30s, 15m, 1h (default), 2d")
-    p.add_argument("--json", action="store_true", help="print the stats as JSON")
-    p.set_defaults(fn=cmd_stats)
-    return p
-
-
-async def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime.interfaces.cli import _nats_url
-    from agentstream.runtime.interfaces.client import AgentClient
-
-    async with await AgentClient.connect(_nats_url(settings), provision=False) as client:
-        trace = await load_task_trace(client.js, args.task_id)
-    if not trace.spans:
-        sys.stderr.write(f"agentstream: error: no spans or events found for task {args.task_id!r}\n")
-        return 1
-    if getattr(args, "json", False):
-        for s in trace.spans:
-            print(msgspec.json.encode(s).decode())
-    else:
-        print(render_waterfall(trace.spans, width=getattr(args, "width", WATERFALL_WIDTH)))
-        if isinstance(trace.result, TaskFailed):
-            print(f"reason: {trace.result.reason}: {trace.result.message}")
-    return 0
-
-
 def stats_json(stats: Stats) -> dict[str, Any]:
     def nan(v: float) -> float | None:
         return None if math.isnan(v) else v
@@ -828,24 +775,8 @@ def stats_json(stats: Stats) -> dict[str, Any]:
             "errors": [{"scope": e.scope, "kind": e.kind, "count": e.count, "rate": e.rate} for e in stats.errors]}
 
 
-async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.runtime.interfaces.cli import _nats_url
-    from agentstream.runtime.interfaces.client import AgentClient
-
-    async with await AgentClient.connect(_nats_url(settings), provision=False) as client:
-        stats, _results, source = await load_stats(client.js, args.since)
-    if getattr(args, "json", False):
-        print(msgspec.json.encode({**stats_json(stats), "source": source}).decode())
-    else:
-        print(render_stats(stats))
-        if source == "events" and stats.tasks:
-            print("\n(no telemetry spans stored: model and tool figures rebuilt from task events)")
-    return 0
-
-
 __all__ = [
-    "GroupStats", "Latency", "Stats", "TaskTrace", "add_stats_parser", "add_trace_parser", "cmd_stats",
-    "cmd_trace", "compute_stats", "histogram", "load_recent_results", "load_result", "load_results",
+    "GroupStats", "Latency", "Stats", "TaskTrace", "compute_stats", "histogram", "load_recent_results", "load_result", "load_results",
     "load_spans", "load_stats", "load_task_events", "load_task_trace", "load_trace", "parse_duration",
     "percentile", "render_stats", "render_waterfall", "spans_from_events", "stats_json", "time_series",
 ]

@@ -102,7 +102,7 @@ class Runtime:
         s = self.settings
         for a in self.agents:
             self.app.get_agent(a)  # fail fast on an unknown agent
-        from agentstream.runtime.interfaces.lint import warn_at_startup
+        from agentstream.runtime.core.lint import warn_at_startup
 
         warn_at_startup(self.app, self.agents, log)
         tools = self.app.select_tools(self.tools) if self.tools is not None else {}

@@ -1,4 +1,4 @@
-"""``agentstream lint``: what makes a model misuse an app's tools, found before
+"""Tool hygiene (``agentstream lint``): what makes a model misuse an app's tools, found before
 it runs.
 
 Checks (``error`` breaks a deployment or leaves the model guessing; ``warn``
@@ -24,20 +24,17 @@ degrades tool choice):
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import itertools
 import logging
 import re
-import sys
 from collections.abc import Iterable
 from typing import Any, Literal
 
 import msgspec
 
 from agentstream.contracts.events import ToolSpec
-from agentstream.runtime.config.settings import Settings
-from agentstream.runtime.core.app import App, load_app
+from agentstream.runtime.core.app import App
 from agentstream.runtime.core.tools import Tool
 
 MAX_TOOLS = 8
@@ -148,28 +145,3 @@ def warn_at_startup(app: App, agents: Iterable[str], log: logging.Logger) -> lis
     for f in findings:
         log.log(logging.ERROR if f.severity == "error" else logging.WARNING, "lint: %s", f)
     return findings
-
-
-# --------------------------------------------------------------------------- CLI glue
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``agentstream lint`` on the CLI's subparsers."""
-    p = subparsers.add_parser("lint", help="check an app's tools and agents for what confuses a model")
-    p.add_argument("--app", help="module:attribute of the App (default: AGENTSTREAM_APP, else the demo)")
-    p.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
-    p.set_defaults(fn=cmd_lint)
-
-
-async def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
-    """One line per finding on stdout, a summary on stderr. Exit 1 on an error
-    finding, or on any finding with ``--strict``; else 0."""
-    app = load_app(args.app, source="--app") if args.app else load_app(settings.app)
-    findings = lint_app(app)
-    for f in findings:
-        print(f)
-    errors = sum(f.severity == "error" for f in findings)
-    sys.stderr.write(f"agentstream lint: {errors} error(s), {len(findings) - errors} warning(s)\n")
-    if errors or (args.strict and findings):
-        return 1
-    return 0
