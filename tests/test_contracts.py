@@ -460,3 +460,23 @@ def test_encoded_events_validate_against_schema() -> None:
     with pytest.raises(jsonschema.ValidationError):
         validator.validate({TAG_FIELD: "agentstream.task.submitted.v1", "agent": "a"})
     validator.validate({TAG_FIELD: "agentstream.task.submitted.v1", "agent": "a", "input": "i"})
+
+
+def test_schema_module_help_prints_usage_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from agentstream.contracts import schema
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        schema.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_schema_descriptions_do_not_depend_on_docstring_indentation() -> None:
+    from agentstream.contracts.schema import clean_descriptions
+
+    indented = {"a": {"description": "First line.\n\n    Indented body.\n    More."}, "b": [{"description": " x"}]}
+    flush = {"a": {"description": "First line.\n\nIndented body.\nMore."}, "b": [{"description": "x"}]}
+    assert clean_descriptions(indented) == clean_descriptions(flush) == flush

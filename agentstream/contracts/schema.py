@@ -9,8 +9,9 @@ A test compares the checked-in file with :func:`json_schema`, so it cannot go st
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,21 @@ from agentstream.contracts.telemetry import SpanBatch, SpanRecord
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 TITLE = "agentstream events"
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "docs" / "events.schema.json"
+
+
+def clean_descriptions(node: Any) -> Any:
+    """Normalise every ``description`` with :func:`inspect.cleandoc`.
+
+    msgspec copies docstrings into schemas, and releases differ on whether they
+    strip the indentation (0.23 does, 0.22 does not). Cleaning them here makes
+    the checked-in documents the same whatever msgspec version builds them.
+    """
+    if isinstance(node, dict):
+        return {k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else clean_descriptions(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [clean_descriptions(v) for v in node]
+    return node
 
 
 def json_schema() -> dict[str, Any]:
@@ -42,7 +58,7 @@ def json_schema() -> dict[str, Any]:
             "SpanRecord) are the messages on telemetry.spans.<trace_id>."
         ),
         "oneOf": list(refs),
-        "$defs": components,
+        "$defs": clean_descriptions(components),
     }
 
 
@@ -57,5 +73,13 @@ def write_schema(path: Path) -> None:
     path.write_text(dumps(json_schema()), encoding="utf-8")
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m agentstream.contracts.schema",
+                                     description="Write the JSON Schema of every agentstream event.")
+    parser.add_argument("path", nargs="?", type=Path, default=DEFAULT_PATH,
+                        help=f"where to write it (default: {DEFAULT_PATH})")
+    write_schema(parser.parse_args(argv).path)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    write_schema(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PATH)
+    main()

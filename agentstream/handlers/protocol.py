@@ -20,6 +20,7 @@ from faststream.specification import AsyncAPI
 
 from agentstream.contracts import events as ev
 from agentstream.contracts import subjects
+from agentstream.contracts.schema import clean_descriptions
 from agentstream.contracts.telemetry import SpanBatch
 
 TITLE = "agentstream"
@@ -87,7 +88,7 @@ def asyncapi_document() -> dict[str, Any]:
     _, components = msgspec.json.schema_components((*ev.ALL_EVENT_TYPES, SpanBatch),
                                                    ref_template="#/components/schemas/{name}")
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    schemas.update(components)
+    schemas.update(clean_descriptions(components))
     messages = doc["components"].setdefault("messages", {})
     by_title = {_title(a): types for a, _, types, _ in CHANNELS}
     for key, message in messages.items():
