@@ -31,12 +31,12 @@ from typing import Any
 import msgspec
 import nats
 
+from agentstream import BreakerPolicy, Tool, tool
 from agentstream.contracts import subjects
 from agentstream.contracts.events import ToolCallRequested
 from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
 from agentstream.runtime.adapters.in_memory import InMemoryBus, InMemoryKV
-from agentstream.runtime.core.tools import BreakerPolicy, Tool, tool
 from agentstream.runtime.execution.breaker import BreakerState, SharedBreaker
 from agentstream.runtime.execution.tool_runner import ToolRunner
 

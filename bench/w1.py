@@ -52,19 +52,25 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from agentstream import (
+    AgentClient,
+    App,
+    FunctionModel,
+    ModelRequest,
+    Runtime,
+    Settings,
+    TaskCompleted,
+    answer,
+    calls,
+    tool,
+    tool_results,
+)
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import TaskCompleted
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats, find_nats_server
-from agentstream.runtime.adapters.scripted_models import FunctionModel, answer, calls, tool_results
-from agentstream.runtime.config.settings import Settings
-from agentstream.runtime.core.app import App
 from agentstream.runtime.core.errors import Conflict
-from agentstream.runtime.core.ports import Entry, ModelRequest
-from agentstream.runtime.core.tools import tool
-from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.core.ports import Entry
 from agentstream.runtime.observability.telemetry import TelemetryConfig
 from agentstream.runtime.observability.views import percentile
-from agentstream.runtime.service.runtime import Runtime
 
 AGENT = "w1"
 MODEL_STEPS_PER_TASK = 2

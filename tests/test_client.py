@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from agentstream import AgentClient, TaskCompleted
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import TaskCompleted, Usage
-from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.contracts.events import Usage
 
 
 def _completed(task_id: str) -> TaskCompleted:

@@ -49,3 +49,19 @@ def test_readme_json_examples_are_valid_events() -> None:
     decoded = [codec.any_event.decode(b.encode()) for b in blocks]
     assert any(isinstance(e, TaskSubmitted) and e.agent == "support" for e in decoded)
     assert any(isinstance(e, TaskCompleted) for e in decoded)
+
+
+def _sh_blocks(text: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", text, re.S)
+
+
+def test_ci_runs_the_readmes_test_command_and_both_commands_install_from_the_lock() -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for block in _sh_blocks(readme) for line in block.splitlines()
+                if line.startswith("python3 -m venv .venv")]
+    demo, test = commands[0], commands[1]
+    assert "requirements/demo.txt" in demo and demo.endswith("agentstream demo")
+    assert "requirements/test.txt" in test and "pytest" in test
+    assert "--require-hashes" in demo and "--require-hashes" in test
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test in ci

@@ -12,12 +12,8 @@ from typing import Any
 import pytest
 from fake_openai import FakeOpenAI, text_reply, tool_calls_reply
 
-from agentstream.contracts.events import TaskCompleted, TaskFailed
+from agentstream import AgentClient, OpenAIChatModel, Runtime, Settings, TaskCompleted, TaskFailed
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
-from agentstream.runtime.adapters.openai_model import OpenAIChatModel
-from agentstream.runtime.config.settings import Settings
-from agentstream.runtime.interfaces.client import AgentClient
-from agentstream.runtime.service.runtime import Runtime
 
 
 def _tool_messages(req: dict[str, Any]) -> list[dict[str, Any]]:

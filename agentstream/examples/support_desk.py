@@ -15,11 +15,18 @@ import re
 import zlib
 from typing import Any
 
-from agentstream.contracts.events import ModelResponse
-from agentstream.runtime.adapters.scripted_models import FunctionModel, answer, calls, last_user, tool_results
-from agentstream.runtime.core.app import App
-from agentstream.runtime.core.ports import ModelRequest
-from agentstream.runtime.core.tools import ToolFailure, tool
+from agentstream import (
+    App,
+    FunctionModel,
+    ModelRequest,
+    ModelResponse,
+    ToolFailure,
+    answer,
+    calls,
+    last_user,
+    tool,
+    tool_results,
+)
 
 # Simulated downstream latency, so the timeline shows real overlap.
 LATENCY_S = 0.15

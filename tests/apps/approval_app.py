@@ -14,11 +14,8 @@ import json
 import os
 import re
 
-from agentstream.contracts.events import ModelResponse, Usage
-from agentstream.runtime.adapters.scripted_models import FunctionModel, answer, calls, last_user, tool_results
-from agentstream.runtime.core.app import App
-from agentstream.runtime.core.ports import ModelRequest
-from agentstream.runtime.core.tools import tool
+from agentstream import App, FunctionModel, ModelRequest, ModelResponse, answer, calls, last_user, tool, tool_results
+from agentstream.contracts.events import Usage
 
 
 def _log(line: str) -> None:

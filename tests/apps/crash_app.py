@@ -20,11 +20,7 @@ import json
 import os
 import socket
 
-from agentstream.contracts.events import ModelResponse
-from agentstream.runtime.adapters.scripted_models import FunctionModel, answer, calls, last_user, tool_results
-from agentstream.runtime.core.app import App
-from agentstream.runtime.core.ports import ModelRequest
-from agentstream.runtime.core.tools import tool
+from agentstream import App, FunctionModel, ModelRequest, ModelResponse, answer, calls, last_user, tool, tool_results
 
 TOOLS = ("count_a", "count_b", "count_c")
 

@@ -18,11 +18,20 @@ import os
 import socket
 from collections import Counter
 
-from agentstream.contracts.events import ModelResponse
-from agentstream.runtime.adapters.scripted_models import FunctionModel, answer, calls, last_user, tool_results
-from agentstream.runtime.core.app import App
-from agentstream.runtime.core.ports import ModelRequest
-from agentstream.runtime.core.tools import NO_RETRY, BreakerPolicy, RetryPolicy, tool
+from agentstream import (
+    NO_RETRY,
+    App,
+    BreakerPolicy,
+    FunctionModel,
+    ModelRequest,
+    ModelResponse,
+    RetryPolicy,
+    answer,
+    calls,
+    last_user,
+    tool,
+    tool_results,
+)
 
 FLAKY_FAILURES = 2
 ATTEMPTS: Counter[str] = Counter()
