@@ -11,7 +11,11 @@ Outcome of a handler:
 - returns: ack;
 - raises :class:`Reject` (or a decode error): dead-letter with the reason, then ack;
 - raises anything else: nak with a delay, redelivered; after ``max_deliver``
-  attempts the message is dead-lettered instead of looping forever.
+  attempts the message is dead-lettered instead of looping forever;
+- raises :class:`StoreFull` (a store at its byte limit refused a write): the
+  handler is run again after a pause, the message kept in progress meanwhile,
+  until there is room or the consumer stops. A full store is transient, and a
+  nak would count towards ``max_deliver`` and end in a dead letter.
 
 A consumer may be given an ``on_dead_letter`` hook, run after the dead letter
 is published and before the ack (the task consumer answers a task that can
@@ -22,6 +26,7 @@ message is not acked: its redelivery repeats both, deduplicated by msg id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,6 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import DeadLettered
 from agentstream.runtime.adapters.jetstream import MSG_ID
+from agentstream.runtime.core.errors import StoreFull
 
 log = logging.getLogger("agentstream.consumer")
 
@@ -74,7 +80,9 @@ class PullConsumer:
         self._handler = _chain(handler, [size_limit(settings.max_bytes), *settings.middlewares])
         self._inflight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
         self._slot_freed = asyncio.Event()
+        self._stop = asyncio.Event()
         self.started = asyncio.Event()
+        self.full_backoff_max_s = 2.0
 
     async def ensure(self) -> JetStreamContext.PullSubscription:
         cfg = ConsumerConfig(
@@ -86,6 +94,7 @@ class PullConsumer:
                                             stream=self.s.stream, config=cfg)
 
     async def run(self, stop: asyncio.Event, drain_timeout_s: float = 10.0) -> None:
+        self._stop = stop
         sub = await self.ensure()
         self.started.set()
         beat = asyncio.create_task(self._heartbeat(stop))
@@ -149,9 +158,27 @@ class PullConsumer:
                     except Exception:  # noqa: BLE001
                         pass
 
+    async def _run_until_room(self, msg: Msg) -> bool:
+        """The handler, run again while a store is full; False if the consumer
+        stopped first (the message is left unacknowledged, for redelivery)."""
+        delay = 0.05
+        while True:
+            try:
+                await self._handler(msg)
+                return True
+            except StoreFull as exc:
+                if delay == 0.05:
+                    log.warning("%s: %s; holding %s until there is room", self.s.durable, exc, msg.subject)
+            if self._stop.is_set():
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            delay = min(delay * 2, self.full_backoff_max_s)
+
     async def _process(self, msg: Msg) -> None:
         try:
-            await self._handler(msg)
+            if not await self._run_until_room(msg):
+                return
         except (Reject, codec.DecodeError) as exc:
             await self._give_up(msg, str(exc) or type(exc).__name__)
             return

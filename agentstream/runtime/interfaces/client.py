@@ -118,7 +118,14 @@ class AgentClient:
             "agentstream.user_id": user_id, **({"gen_ai.conversation.id": conversation_id}
                                                if conversation_id else {})})
         try:
-            await self.js.publish(subject, body, headers=headers, timeout=10)
+            try:
+                await self.js.publish(subject, body, headers=headers, timeout=10)
+            except jse.APIError as exc:
+                # TASKS refuses new work when full rather than drop tasks not yet run.
+                full = nats_adapters.store_full(exc, subjects.stream_of(subject))
+                if full is None:
+                    raise
+                raise full from None
         except BaseException as exc:
             if span is not None:
                 span.set_error(type(exc).__name__, str(exc))

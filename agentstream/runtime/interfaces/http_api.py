@@ -34,7 +34,7 @@ from aiohttp import web
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskEvent
 from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
-from agentstream.runtime.core.errors import BrokerUnavailable, ResultTimeout
+from agentstream.runtime.core.errors import BrokerUnavailable, ResultTimeout, StoreFull
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.interfaces.http_common import (
     _JSON,
@@ -196,6 +196,9 @@ async def submit_task(request: web.Request) -> web.Response:
             max_cost_usd=req.max_cost_usd)
     except ValueError as exc:  # an agent / task / conversation id that is not a subject token
         raise _BadRequest(str(exc)) from None
+    except StoreFull as exc:
+        # 507 Insufficient Storage: the task was not accepted; retry later.
+        return _error(507, str(exc), store=exc.store)
     except (TimeoutError, BrokerUnavailable, nats.errors.Error) as exc:
         return _error(503, f"broker unavailable: could not publish the task ({exc or type(exc).__name__})")
     links = _links(task_id)

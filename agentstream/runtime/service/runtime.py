@@ -115,12 +115,14 @@ class Runtime:
             await self.broker.astart()
         self.nc = await nats_adapters.connect(self.url, name=f"agentstream-{s.worker_id}")
         self.js = self.nc.jetstream()
-        await nats_adapters.provision(self.js, replicas=s.replicas)
+        await nats_adapters.provision(self.js, replicas=s.replicas, limits=s.store_limits,
+                                      compression=s.store_compression)
         # telemetry: one pipeline for this process; ports are wrapped only when it is on
         self.telemetry = setup_telemetry(self.telemetry_config or os.environ, nc=self.nc, worker_id=s.worker_id,
                                          configure_logs=True)
         tel = self.telemetry if self.telemetry.active else None
-        bus: Bus = nats_adapters.NatsBus(self.js)
+        # A full store makes a worker wait for room, not drop or dead-letter work.
+        bus: Bus = nats_adapters.NatsBus(self.js, wait_when_full=True)
         if tel is not None:
             bus = tel.wrap_bus(bus)
         sessions = await nats_adapters.bucket(self.js, subjects.SESSIONS.name)
