@@ -120,6 +120,20 @@ class NatsKV:
         except jse.APIError as exc:
             raise (store_full(exc, self.name) or exc) from None
 
+    async def write_expiring(self, key: str, value: bytes, revision: int | None, ttl_s: float) -> int:
+        # A KV write as nats-py's update does it (expected last subject
+        # sequence; 0 = the key must not exist), plus Nats-TTL: whole seconds,
+        # at least 1; KV streams allow per-message TTLs (allow_msg_ttl).
+        ttl = max(1.0, float(round(ttl_s)))
+        hdrs = {"Nats-Expected-Last-Subject-Sequence": str(revision or 0)}
+        try:
+            ack = await self.js.publish(f"$KV.{self.name}.{key}", value, headers=hdrs, msg_ttl=ttl)
+        except jse.APIError as exc:
+            if exc.err_code in (10071, 10164):  # wrong last sequence: someone wrote first
+                raise Conflict(f"{key} changed since revision {revision}") from exc
+            raise (store_full(exc, self.name) or exc) from None
+        return int(ack.seq)
+
     async def put(self, key: str, value: bytes) -> int:
         try:
             return await self.kv.put(key, value)

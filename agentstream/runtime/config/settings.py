@@ -92,6 +92,28 @@ def parse_size(text: str) -> int:
     return value
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``12h``, ``7d`` or bare seconds -> seconds (>= 0). ValueError otherwise."""
+    m = _DURATION.match(text or "")
+    if not m:
+        raise ValueError(f"invalid duration {text!r}: use e.g. 90s, 15m, 12h or 7d")
+    return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "").lower()]
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 def parse_store_limits(raw: str, known: tuple[str, ...]) -> dict[str, int]:
     """``TASKS=1GiB,agent_sessions=2GiB`` -> {store: bytes}; names as in
     ``agentstream admin storage``. A typo is an error, not an ignored limit."""
@@ -147,6 +169,8 @@ class Settings:
     store_limits: Mapping[str, int] = field(default_factory=dict)
     # None: each store's own choice; "s2" or "none": every store.
     store_compression: str | None = None
+    # How long a finished session stays in agent_sessions (0: the bucket's max age).
+    finished_session_ttl_s: float = 86400.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -173,6 +197,7 @@ class Settings:
             run_workers=env_bool(env, "AGENTSTREAM_RUN_WORKERS", True),
             store_limits=_store_limits(env, "AGENTSTREAM_STORE_LIMITS"),
             store_compression=_compression(env, "AGENTSTREAM_STORE_COMPRESSION"),
+            finished_session_ttl_s=_duration(env, "AGENTSTREAM_FINISHED_SESSION_TTL", 86400.0),
         )
 
 

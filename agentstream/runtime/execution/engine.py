@@ -31,7 +31,7 @@ from agentstream.runtime.adapters.retry import complete_with_retry
 from agentstream.runtime.core import decide as core
 from agentstream.runtime.core.errors import Conflict, ModelError
 from agentstream.runtime.core.policy import ApprovalRecord, Policy, decode_record, encode_record
-from agentstream.runtime.core.ports import LLM, Bus, ModelRequest, SessionStore
+from agentstream.runtime.core.ports import LLM, Bus, ExpiringStore, ModelRequest, SessionStore
 from agentstream.runtime.core.spec import AgentSpec
 from agentstream.runtime.core.state import (
     AnyCommand,
@@ -58,6 +58,7 @@ from agentstream.runtime.core.state import (
     decode_conversation,
     decode_state,
     encode_state,
+    finished_record,
 )
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class AgentEngine:
     def __init__(self, spec: AgentSpec, llm: LLM, *, sessions: SessionStore, conversations: SessionStore,
                  deadlines: SessionStore, bus: Bus, worker: str = "", model_attempts: int = 3,
                  clock: Callable[[], float] = time.time, approvals: SessionStore | None = None,
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, finished_ttl_s: float = 0.0) -> None:
         self.spec = spec
         self.llm = llm
         self.sessions = sessions
@@ -86,6 +87,9 @@ class AgentEngine:
         self.clock = clock
         self.approvals = approvals
         self.policy = policy or Policy()
+        # >0: a finished session expires from the store this long after it
+        # finished (AGENTSTREAM_FINISHED_SESSION_TTL), if the store can.
+        self.finished_ttl_s = finished_ttl_s
         # Telemetry hooks (agentstream.runtime.observability.telemetry.EngineHooks), set by
         # service.py; None: no telemetry work at all.
         self.telemetry: EngineHooks | None = None
@@ -189,9 +193,12 @@ class AgentEngine:
             if rev is None and self.telemetry is not None:
                 decision = self.telemetry.stamp(decision)  # telemetry: the task's trace context into its new state
             assert decision.state is not None
-            raw = encode_state(decision.state)
+            # A finished session is stored trimmed to what a retry needs.
+            raw = encode_state(finished_record(decision.state))
             try:
-                if rev is None:
+                if decision.state.terminal and self.finished_ttl_s > 0 and isinstance(self.sessions, ExpiringStore):
+                    new_rev = await self.sessions.write_expiring(task_id, raw, rev, self.finished_ttl_s)
+                elif rev is None:
                     new_rev = await self.sessions.create(task_id, raw)
                 else:
                     new_rev = await self.sessions.update(task_id, raw, rev)

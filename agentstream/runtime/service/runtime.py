@@ -139,7 +139,7 @@ class Runtime:
                 llm = tel.wrap_llm(llm, name)
             engine = AgentEngine(agent.spec, llm, sessions=sessions, conversations=conversations,
                                  deadlines=deadlines, bus=bus, worker=s.worker_id, approvals=approvals,
-                                 policy=policy)
+                                 policy=policy, finished_ttl_s=s.finished_session_ttl_s)
             if tel is not None:
                 engine.telemetry = tel.engine_hooks(agent.spec, model_name)
             self.engines[name] = engine
