@@ -140,11 +140,20 @@ class NatsKV:
         except jse.APIError as exc:
             raise (store_full(exc, self.name) or exc) from None
 
+    # A purge leaves a marker message on the key's subject; without a TTL it
+    # stays for the bucket's max age, forever in agent_deadlines (one marker a
+    # finished task: disk, and an entry in the server's subject index, growing
+    # without bound). It expires instead, after long enough for any reader of
+    # the bucket to have seen the key go.
+    delete_marker_ttl_s = 60.0
+
     async def delete(self, key: str) -> None:
         try:
-            await self.kv.purge(key)
+            await self.kv.purge(key, msg_ttl=self.delete_marker_ttl_s)
         except jse.NotFoundError:
             pass
+        except jse.APIError as exc:
+            raise (store_full(exc, self.name) or exc) from None
 
     async def keys(self) -> Sequence[str]:
         return [k for k, _ in await self.items()]
@@ -289,9 +298,12 @@ async def _provision(js: JetStreamContext, replicas: int, update: bool, limits: 
         info = await _once_visible(functools.partial(js.stream_info, bd.stream))
         have = info.config
         want = _compression(bd.compress, compression)
-        if (have.compression or StoreCompression.NONE) != want or (have.max_bytes or -1) != max_bytes:
+        if ((have.compression or StoreCompression.NONE) != want or (have.max_bytes or -1) != max_bytes
+                or not have.allow_msg_ttl):
             have.compression = want
             have.max_bytes = max_bytes
+            # expiring finished sessions and delete markers (buckets made by an older nats-py lack it)
+            have.allow_msg_ttl = True
             await js.update_stream(have)
 
 

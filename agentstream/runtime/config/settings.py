@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections.abc import Mapping
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -51,6 +51,7 @@ Middleware = Callable[[Msg, Handler], Awaitable[None]]
 DeadLetterHook = Callable[[Msg, str], Awaitable[None]]
 
 DLQ_PAYLOAD_LIMIT = 64 * 1024
+FULL_LOG_EVERY_S = 10.0  # one "store full" warning per consumer this often, not one per held message
 
 
 class Reject(Exception):
@@ -83,6 +84,7 @@ class PullConsumer:
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
         self.full_backoff_max_s = 2.0
+        self._full_logged = -FULL_LOG_EVERY_S
 
     async def ensure(self) -> JetStreamContext.PullSubscription:
         cfg = ConsumerConfig(
@@ -167,8 +169,11 @@ class PullConsumer:
                 await self._handler(msg)
                 return True
             except StoreFull as exc:
-                if delay == 0.05:
-                    log.warning("%s: %s; holding %s until there is room", self.s.durable, exc, msg.subject)
+                now = time.monotonic()
+                if now - self._full_logged >= FULL_LOG_EVERY_S:
+                    self._full_logged = now
+                    log.warning("%s: %s; holding %s (and any other message meeting it) until there is room",
+                                self.s.durable, exc, msg.subject)
             if self._stop.is_set():
                 return False
             with contextlib.suppress(TimeoutError):

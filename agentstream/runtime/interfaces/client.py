@@ -48,6 +48,7 @@ class AgentClient:
         # task id -> agent, for tasks submitted here: lets result() read the
         # exact result subject directly.
         self._agents: dict[str, str] = {}
+        self.max_remembered = 10_000
 
     @classmethod
     async def connect(cls, url: str, *, provision: bool = True, telemetry: Telemetry | bool = True) -> AgentClient:
@@ -133,8 +134,12 @@ class AgentClient:
         finally:
             if span is not None:
                 span.end()
-        if len(self._agents) < 100_000:
-            self._agents[task_id] = agent
+        # Only a shortcut for result(): bounded, the oldest entry going first, so
+        # a long-lived client (the HTTP API's) that is never asked for most
+        # results does not grow with every task it submits.
+        self._agents[task_id] = agent
+        if len(self._agents) > self.max_remembered:
+            self._agents.pop(next(iter(self._agents)))
         return task_id
 
     async def result(self, task_id: str, timeout: float = 60.0, *, agent: str | None = None) -> TaskResult:
