@@ -125,10 +125,12 @@ async def start(url: str, tracing: bool, compression: str | None, inputs: list[s
 
 
 async def run_tasks(run: Run, first: int, n: int, inflight: int, tag: str) -> None:
-    sem = asyncio.Semaphore(inflight)
+    """``n`` tasks, ``inflight`` at a time, by a fixed pool of submitters (not
+    one coroutine per task: the harness's own memory must not grow with n)."""
+    it = iter(range(first, first + n))
 
-    async def one(i: int) -> None:
-        async with sem:
+    async def submitter() -> None:
+        for i in it:
             tid = f"soak-{tag}-{i:07d}"
             fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             run.waiting[tid] = fut
@@ -139,13 +141,13 @@ async def run_tasks(run: Run, first: int, n: int, inflight: int, tag: str) -> No
                 logging.getLogger("soak").warning("task %s: %s: %s", tid, type(exc).__name__, exc)
                 run.waiting.pop(tid, None)
                 run.failed += 1
-                return
+                continue
             if isinstance(res, TaskCompleted) and res.steps == MODEL_STEPS_PER_TASK:
                 run.done += 1
             else:
                 run.failed += 1
 
-    await asyncio.gather(*(one(i) for i in range(first, first + n)))
+    await asyncio.gather(*(submitter() for _ in range(inflight)))
 
 
 async def stop(run: Run) -> None:

@@ -101,10 +101,11 @@ class BucketDef(msgspec.Struct, frozen=True, kw_only=True):
     description: str
     max_age_s: float = 0.0
     history: int = 1
-    # A KV bucket always discards "new" when full (nats-py's KV layout); an
-    # update of an existing key still fits, since it replaces the key's one
-    # revision, so only new keys are refused.
+    # A KV bucket always discards "new" when full (nats-py's KV layout): a new
+    # key, or a value growing past the room left, is refused.
     max_bytes: int = 256 * MiB
+    # Off for every bucket: S2 on agent_sessions measured no gain on disk
+    # (2,453 against 2,483 bytes a W1 task over 20,000 tasks; docs/storage.md).
     compress: bool = False
 
     @property
@@ -130,7 +131,7 @@ STREAMS: tuple[StreamDef, ...] = (
     # new: dropping the oldest would silently lose tasks no worker has run yet;
     # the submitter gets "TASKS is full" instead.
     StreamDef(name="TASKS", subjects=("agents.*.tasks",), max_age_s=7 * DAY,
-              description="TaskSubmitted, one subject per agent", max_bytes=GiB, discard="new"),
+              description="TaskSubmitted, one subject per agent", max_bytes=GiB, discard="new", compress=True),
     # new: the continuation inbox holds tool results of running tasks; the
     # worker publishing one waits for room rather than lose it.
     StreamDef(name="EVENTS", subjects=("agents.*.events.*", "agents.*.progress.*"), max_age_s=7 * DAY,
@@ -166,18 +167,18 @@ STREAMS: tuple[StreamDef, ...] = (
 )
 
 SESSIONS = BucketDef(name="agent_sessions", description="session state, one key a task, CAS only",
-                     max_age_s=7 * DAY, max_bytes=2 * GiB, compress=True)
+                     max_age_s=7 * DAY, max_bytes=2 * GiB)
 DEADLINES = BucketDef(name="agent_deadlines", description="live tasks and their deadlines",
                       max_bytes=256 * MiB)
 CONVERSATIONS = BucketDef(name="agent_conversations", description="bounded turn history per conversation",
-                          max_age_s=30 * DAY, max_bytes=GiB, compress=True)
+                          max_age_s=30 * DAY, max_bytes=GiB)
 APPROVALS = BucketDef(name="agent_approvals", description="approval requests and their status, by approval id",
                       max_age_s=30 * DAY, max_bytes=256 * MiB)
 TOOL_BREAKERS = BucketDef(name="tool_breakers",
                           description="circuit breaker state per tool (key = tool name), shared by replicas, CAS only",
                           max_bytes=16 * MiB)
 TOOL_RESULTS = BucketDef(name="tool_results", description="results of idempotent tool calls by idempotency key",
-                         max_age_s=DAY, max_bytes=512 * MiB, compress=True)
+                         max_age_s=DAY, max_bytes=512 * MiB)
 BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS)
 
 
