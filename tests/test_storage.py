@@ -62,11 +62,12 @@ def build_app() -> App:
 
 
 @contextlib.asynccontextmanager
-async def running(url: str, tmp_path: Path, limits: str, **extra: str) -> AsyncIterator[Runtime]:
+async def running(url: str, tmp_path: Path, limits: str, room_interval_s: float = 3600.0,
+                  **extra: str) -> AsyncIterator[Runtime]:
     env = {**extra, "AGENTSTREAM_NATS_URL": url, "AGENTSTREAM_DATA_DIR": str(tmp_path), "AGENTSTREAM_WORKER_ID": "st-1",
            "AGENTSTREAM_SHUTDOWN_TIMEOUT": "1", "AGENTSTREAM_ACK_WAIT": "2", "AGENTSTREAM_STORE_LIMITS": limits}
     rt = Runtime(settings=Settings.from_env(env), app=build_app(), agents=[AGENT], tools="all",
-                 telemetry_config=TelemetryConfig.disabled())
+                 telemetry_config=TelemetryConfig.disabled(), room_interval_s=room_interval_s)
     await rt.start()
     try:
         yield rt
@@ -211,6 +212,26 @@ async def test_full_tasks_stream_refuses_submitters_and_recovers_when_space_retu
         assert isinstance((await results_of(client, [again]))[0], TaskCompleted)
 
 
+async def test_processed_tasks_make_room_so_only_a_backlog_fills_tasks(
+        nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    limit = 12 * 1024
+    async with running(nats_server.url, tmp_path, f"TASKS={limit}", room_interval_s=0.1) as rt, \
+            await AgentClient.connect(nats_server.url, telemetry=False) as client:
+        # Ten times what TASKS holds, one after another: each is processed
+        # before the next, so processed ones make room and none is refused for long.
+        for i in range(250):
+            async def submitted(i: int = i) -> str:
+                with contextlib.suppress(StoreFull):
+                    return await client.submit(AGENT, f"count {500_000 + i}")
+                return ""
+
+            task_id = await until(submitted, 30, "room in TASKS")
+            assert isinstance((await results_of(client, [task_id]))[0], TaskCompleted)
+        info = await client.js.stream_info("TASKS")
+        assert info.state.bytes <= limit and info.state.last_seq == 250 and info.state.messages < 250
+        assert alive(rt) and await messages(client, "DEADLETTER") == 0
+
+
 async def test_a_full_inbox_holds_workers_without_losing_or_dead_lettering(
         nats_server: EmbeddedNats, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="agentstream")
@@ -350,3 +371,24 @@ async def test_admin_storage_and_purge_are_audited(nats_server: EmbeddedNats, tm
 def test_admin_usage_errors_are_one_line(args: list[str]) -> None:
     proc = run_cli(args, worker_env({"AGENTSTREAM_NATS_URL": "nats://127.0.0.1:1"}))
     one_line_error(proc, code=2)
+
+
+async def test_the_http_api_answers_507_when_tasks_is_full(client: AgentClient) -> None:
+    import aiohttp
+
+    from agentstream.runtime.interfaces.http_api import HttpServer
+
+    await nats_adapters.provision(client.js, limits={"TASKS": 4096})
+    server = HttpServer(client)
+    await server.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession(base_url=server.url, timeout=aiohttp.ClientTimeout(total=30)) as http:
+            for i in range(100):
+                async with http.post("/v1/tasks", json={"agent": AGENT, "input": f"count {i}"}) as resp:
+                    body = await resp.json()
+                    if resp.status != 202:
+                        break
+            assert resp.status == 507, body
+            assert body["store"] == "TASKS" and body["error"].startswith("TASKS is full")
+    finally:
+        await server.stop()

@@ -94,6 +94,10 @@ class StreamDef(msgspec.Struct, frozen=True, kw_only=True):
     # S2 compression of the stream's file blocks, where it was measured to pay
     # (docs/storage.md: bytes per task with and without).
     compress: bool = False
+    # With discard "new": workers delete the oldest messages every durable
+    # consumer has acknowledged once the stream is 90% full, so it refuses new
+    # messages only when what is not yet processed fills it.
+    trim_acked: bool = False
 
 
 class BucketDef(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,18 +133,20 @@ DAY = 86400.0
 # read after the fact (results, dead letters, spans) drops its oldest.
 STREAMS: tuple[StreamDef, ...] = (
     # new: dropping the oldest would silently lose tasks no worker has run yet;
-    # the submitter gets "TASKS is full" instead.
+    # the submitter gets "TASKS is full" instead. Processed tasks make room
+    # (trim_acked), so it is full only when the backlog fills it.
     StreamDef(name="TASKS", subjects=("agents.*.tasks",), max_age_s=7 * DAY,
-              description="TaskSubmitted, one subject per agent", max_bytes=GiB, discard="new", compress=True),
+              description="TaskSubmitted, one subject per agent", max_bytes=GiB, discard="new", compress=True,
+              trim_acked=True),
     # new: the continuation inbox holds tool results of running tasks; the
     # worker publishing one waits for room rather than lose it.
     StreamDef(name="EVENTS", subjects=("agents.*.events.*", "agents.*.progress.*"), max_age_s=7 * DAY,
               description="per-task continuation inbox and progress notices", max_bytes=4 * GiB, discard="new",
-              compress=True),
+              compress=True, trim_acked=True),
     # new: a dropped tool call is a task that never finishes.
     StreamDef(name="TOOLS", subjects=("tools.*.calls",), max_age_s=7 * DAY,
               description="ToolCallRequested, one subject per tool", max_bytes=2 * GiB, discard="new",
-              compress=True),
+              compress=True, trim_acked=True),
     # old: results are read soon after they are written; the oldest going first
     # is an earlier age limit, while refusing would stop every task finishing.
     StreamDef(name="RESULTS", subjects=("agents.*.results.*",), max_age_s=7 * DAY,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -143,10 +144,39 @@ async def _unacked_floor(js: JetStreamContext, stream: str) -> tuple[int | None,
     for ci in await js.consumers_info(stream):
         if ci.config.ack_policy == AckPolicy.NONE:
             continue  # views' and watchers' short-lived readers: nothing to lose
+        if not ci.num_pending and not ci.num_ack_pending:
+            # Nothing outstanding. Its ack floor may be far behind: a filtered
+            # consumer (one agent's tasks) moves it only when it acks its own.
+            continue
         first = int(ci.ack_floor.stream_seq if ci.ack_floor else 0) + 1
         if floor is None or first < floor:
             floor, holder = first, str(ci.name)
     return floor, holder
+
+
+async def trim_acknowledged(js: JetStreamContext, stream: str, *, high: float = 0.9,
+                            low: float = 0.7) -> tuple[int, str]:
+    """When ``stream`` holds more than ``high`` of its byte limit, delete its
+    oldest messages down to about ``low``, but only ones every durable consumer
+    has acknowledged. Returns (messages deleted, the consumer holding back more,
+    if one did). For a discard-new stream this keeps "full" meaning "full of
+    unprocessed work"."""
+    info = await js.stream_info(stream)
+    limit, st = int(info.config.max_bytes or -1), info.state
+    if limit <= 0 or not st.messages or st.bytes < high * limit:
+        return 0, ""
+    # Oldest first, as many as bring it to `low`; a stream's messages are of
+    # similar size, and an estimate is enough for a safety margin.
+    drop = math.ceil(st.messages * (st.bytes - low * limit) / st.bytes)
+    upto = int(st.first_seq) + drop
+    floor, holder = await _unacked_floor(js, stream)
+    held = ""
+    if floor is not None and floor < upto:
+        upto, held = floor, holder
+    if upto <= int(st.first_seq):
+        return 0, held
+    await js.purge_stream(stream, seq=upto)
+    return upto - int(st.first_seq), held
 
 
 async def _bytes(js: JetStreamContext, stream: str) -> tuple[int, int]:

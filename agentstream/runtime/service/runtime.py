@@ -23,6 +23,7 @@ from agentstream.contracts import subjects
 from agentstream.handlers.agent import inbox_handler, task_handler, task_rejected
 from agentstream.handlers.tools import tool_handler
 from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.adapters import storage
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
 from agentstream.runtime.config.settings import Settings
 from agentstream.runtime.core.app import App, load_app
@@ -84,6 +85,9 @@ class Runtime:
     # Telemetry: from the environment (OTEL_*, AGENTSTREAM_TRACING) unless given.
     telemetry_config: TelemetryConfig | None = None
     telemetry: Telemetry | None = None
+    # How often a worker process deletes acknowledged messages from nearly
+    # full discard-new streams (subjects.StreamDef.trim_acked).
+    room_interval_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings, *, agents: Sequence[str] = (), tools: str | None = None,
@@ -162,6 +166,8 @@ class Runtime:
             self._tasks.append(asyncio.create_task(c.run(self.stop_event, s.shutdown_timeout_s)))
         if self.engines:
             self._tasks.append(asyncio.create_task(self._sweep(deadlines)))
+        if self.consumers:
+            self._tasks.append(asyncio.create_task(self._keep_room()))
         await asyncio.wait_for(asyncio.gather(*(c.started.wait() for c in self.consumers)), timeout=30)
 
     def _policy(self) -> Policy:
@@ -221,6 +227,30 @@ class Runtime:
                         await deadlines.delete(key)
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive a broker hiccup
                 log.warning("deadline sweep failed: %s", exc)
+
+    async def _keep_room(self) -> None:
+        """Every replica, every ``room_interval_s``: processed tasks, tool
+        calls and tool results leave a nearly full stream, so it refuses new
+        messages only when unprocessed work fills it. Idempotent across replicas."""
+        assert self.js is not None
+        held_logged: set[str] = set()
+        while not self.stop_event.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=self.room_interval_s)
+            if self.stop_event.is_set():
+                return
+            for sd in subjects.STREAMS:
+                if not sd.trim_acked:
+                    continue
+                try:
+                    _, held = await storage.trim_acknowledged(self.js, sd.name)
+                except Exception as exc:  # noqa: BLE001 - outlive a broker hiccup
+                    log.warning("making room in %s failed: %s", sd.name, exc)
+                    continue
+                if held and held not in held_logged:
+                    held_logged.add(held)  # once per consumer: a stalled one stays stalled
+                    log.warning("%s is nearly full and consumer %s has not acknowledged its oldest messages: "
+                                "they stay; a consumer nobody runs any more should be deleted", sd.name, held)
 
     async def stop(self) -> None:
         """Graceful: stop fetching, let in-flight steps finish (bounded), leave
