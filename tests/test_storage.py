@@ -297,9 +297,9 @@ async def test_a_finished_session_keeps_only_what_a_retry_needs_and_expires(
         assert entry is not None and len(entry.value) < 2000
         state = decode_state(entry.value)
         assert state.terminal and state.outcome == first and state.messages == () and state.task.input == ""
-        # Its entry carries a TTL (AGENTSTREAM_FINISHED_SESSION_TTL, 1 day by default).
+        # Its entry carries a TTL (AGENTSTREAM_FINISHED_SESSION_TTL, 1 hour by default).
         raw = await client.js.get_last_msg(subjects.SESSIONS.stream, f"$KV.{subjects.SESSIONS.name}.{task_id}")
-        assert raw.headers is not None and raw.headers.get("Nats-TTL") == "86400"
+        assert raw.headers is not None and raw.headers.get("Nats-TTL") == "3600"
         # A retry of the task id still gets the same result, not a second run.
         await client.submit(AGENT, "count 300000", task_id=task_id)
         assert (await results_of(client, [task_id]))[0] == first and CALLS[300000] == 1

@@ -170,7 +170,7 @@ class Settings:
     # None: each store's own choice; "s2" or "none": every store.
     store_compression: str | None = None
     # How long a finished session stays in agent_sessions (0: the bucket's max age).
-    finished_session_ttl_s: float = 86400.0
+    finished_session_ttl_s: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -197,7 +197,7 @@ class Settings:
             run_workers=env_bool(env, "AGENTSTREAM_RUN_WORKERS", True),
             store_limits=_store_limits(env, "AGENTSTREAM_STORE_LIMITS"),
             store_compression=_compression(env, "AGENTSTREAM_STORE_COMPRESSION"),
-            finished_session_ttl_s=_duration(env, "AGENTSTREAM_FINISHED_SESSION_TTL", 86400.0),
+            finished_session_ttl_s=_duration(env, "AGENTSTREAM_FINISHED_SESSION_TTL", 3600.0),
         )
 
 
