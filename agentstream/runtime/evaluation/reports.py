@@ -5,6 +5,7 @@ builders; model output is untrusted, so everything shown is escaped."""
 from __future__ import annotations
 
 import html
+import io
 import json
 import re
 import time
@@ -57,7 +58,7 @@ def terminal_report(run: EvalRun, *, baseline: EvalRun | None = None, gates: Gat
 
     s = summarize(run)
     b = summarize(baseline) if baseline is not None else None
-    console = Console(width=width, record=True, file=_Null(), color_system=None)
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     t = Table(title=f"{run.dataset} — {run.agent}@{run.version}: {len(run.case_ids)} cases x {run.runs_per_case} "
                     f"runs", title_justify="left")
     t.add_column("score")
@@ -106,14 +107,6 @@ def terminal_report(run: EvalRun, *, baseline: EvalRun | None = None, gates: Gat
             mark = {"pass": "ok  ", "fail": "FAIL", "inconclusive": "INCONCLUSIVE", "warn": "warn"}[g.status]
             console.print(_plain(f"gate {mark} {g.message}"), markup=False, highlight=False)
     return console.export_text()
-
-
-class _Null:
-    def write(self, _: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
 
 
 def _plain(text: str) -> str:

@@ -37,7 +37,8 @@ class TaskHarness(Protocol):
 
 
 class Judge(Protocol):
-    version: str
+    @property
+    def version(self) -> str: ...
 
     async def grade(self, case: Case, evidence: TaskEvidence) -> tuple[float, str]: ...
 

@@ -120,9 +120,9 @@ class TaskEvidence(msgspec.Struct, frozen=True, kw_only=True):
                 calls.setdefault((ev.step, ev.call_id), {"step": ev.step, "call_id": ev.call_id, "name": ev.tool,
                                                          "arguments": dict(ev.arguments)})
             elif isinstance(ev, ApprovalDecided):
-                entry = calls.get((ev.step, ev.call_id))
-                if entry is not None:
-                    entry["approval"] = "approved" if ev.approved else "denied"
+                decided = calls.get((ev.step, ev.call_id))
+                if decided is not None:
+                    decided["approval"] = "approved" if ev.approved else "denied"
             elif isinstance(ev, (TaskCompleted, TaskFailed)):
                 result = ev
                 task_id = task_id or ev.task_id

@@ -19,7 +19,7 @@ import dataclasses
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,11 @@ from agentstream.runtime.core.errors import AgentstreamError, ConfigError
 
 if TYPE_CHECKING:  # imported when the command runs: every CLI start parses this module's arguments
     from agentstream.contracts.events import ApprovalRequested, TaskEvent
+    from agentstream.runtime.core.ports import LLM
+    from agentstream.runtime.evaluation.dataset import Dataset
     from agentstream.runtime.evaluation.judge import LLMJudge
+    from agentstream.runtime.evaluation.results import EvalRun
+    from agentstream.runtime.evaluation.runner import Judge, RunConfig
     from agentstream.runtime.interfaces.client import AgentClient
 
 EXIT_GATE = 1
@@ -133,7 +137,6 @@ async def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_judge(args: argparse.Namespace, env: Mapping[str, str]) -> LLMJudge | None:
     from agentstream.runtime.adapters.scripted_models import FunctionModel
-    from agentstream.runtime.core.ports import LLM
     from agentstream.runtime.evaluation.judge import JudgeCache, LLMJudge, keyword_judge
 
     model_name = args.judge_model or env.get("AGENTSTREAM_JUDGE_MODEL", "")
@@ -231,14 +234,54 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
     return bar, update
 
 
+async def evaluate(dataset: Dataset, settings: Settings, *, agent: str, label: str | None = None, runs: int = 1,
+                   concurrency: int = 8, timeout_s: float = 60.0, seed: int = 0, remote: bool = False,
+                   model: LLM | None = None, judge: Judge | None = None, progress: bool = False,
+                   before_run: Callable[[RunConfig], None] | None = None) -> EvalRun:
+    """Run ``dataset`` as real tasks: on an embedded broker with this process's
+    own workers (the app from ``settings.app``, ``model`` or the agent's
+    usual one), or with ``remote`` on the configured broker's running workers.
+    ``before_run`` sees the run's config once the version is known (to
+    fail fast, e.g. on a missing baseline, before any task runs)."""
+    from agentstream.runtime.evaluation.runner import RunConfig, behaviour_hash, run_dataset
+    from agentstream.runtime.interfaces.client import AgentClient
+    from agentstream.runtime.service.runtime import Runtime, select_model
+
+    with tempfile.TemporaryDirectory(prefix="agentstream-eval-") as tmp:
+        rt: Runtime | None = None
+        if remote:
+            url = broker_url(settings)
+            spec_version, model_name, bhash = "", "", ""
+        else:
+            # A fresh broker and store per run: no earlier run's tasks or sessions can leak in.
+            settings = dataclasses.replace(settings, data_dir=Path(tmp), nats_url=None)
+            rt = Runtime.from_settings(settings, agents=[agent], tools="all")
+            spec = rt.app.get_agent(agent).spec
+            llm = model or select_model(rt.app, agent, settings)
+            rt.models[agent] = llm
+            spec_version, model_name, bhash = spec.version, llm.name, behaviour_hash(spec, llm.name)
+        cfg = RunConfig(agent=agent, version=label or spec_version or "unversioned", runs=runs,
+                        concurrency=concurrency, timeout_s=timeout_s, seed=seed, behaviour_hash=bhash,
+                        model=model_name)
+        if before_run is not None:
+            before_run(cfg)
+        try:
+            if rt is not None:
+                await rt.start()
+                url = rt.url
+            async with await AgentClient.connect(url, provision=rt is None) as client:
+                bar, update = _progress(progress)
+                with bar:
+                    return await run_dataset(dataset, _ClientHarness(client), cfg, judge=judge, progress=update)
+        finally:
+            if rt is not None:
+                await rt.stop()
+
+
 async def cmd_run(args: argparse.Namespace, settings: Settings, path: Path) -> int:
     from agentstream.runtime.evaluation import baselines, reports
     from agentstream.runtime.evaluation.dataset import load_dataset
     from agentstream.runtime.evaluation.gates import GateSpec, evaluate_gates, load_gates
-    from agentstream.runtime.evaluation.results import EvalRun
-    from agentstream.runtime.evaluation.runner import RunConfig, behaviour_hash, run_dataset
-    from agentstream.runtime.interfaces.client import AgentClient
-    from agentstream.runtime.service.runtime import Runtime, select_model
 
     # Everything that can be wrong with the inputs fails before a broker starts.
     dataset = load_dataset(path)
@@ -248,37 +291,20 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, path: Path) -> i
         settings = dataclasses.replace(settings, app=args.app)
     judge = build_judge(args, os.environ) if any(c.judge for c in dataset.cases) else None
     root = Path(args.baseline_dir)
+    baseline: EvalRun | None = None
 
-    with tempfile.TemporaryDirectory(prefix="agentstream-eval-") as tmp:
-        rt: Runtime | None = None
-        if args.remote:
-            url = broker_url(settings)
-            spec_version, model_name, bhash = args.label or "", "", ""
-        else:
-            settings = dataclasses.replace(settings, data_dir=Path(tmp))
-            rt = Runtime.from_settings(settings, agents=[agent], tools="all")
-            spec = rt.app.get_agent(agent).spec
-            llm = select_model(rt.app, agent, settings)
-            rt.models[agent] = llm
-            spec_version, model_name, bhash = spec.version, llm.name, behaviour_hash(spec, llm.name)
-        version = args.label or spec_version or "unversioned"
-        baseline: EvalRun | None = None
+    def load_baseline(cfg: RunConfig) -> None:
+        nonlocal baseline
         if args.baseline:
             baseline = baselines.load_baseline(root, args.baseline, dataset_hash=dataset.hash, agent=agent)
-        cfg = RunConfig(agent=agent, version=version, runs=args.runs, concurrency=args.concurrency,
-                        timeout_s=args.timeout, seed=args.seed, behaviour_hash=bhash, model=model_name)
-        try:
-            if rt is not None:
-                await rt.start()
-                url = rt.url
-            async with await AgentClient.connect(url, provision=rt is None) as client:
-                bar, update = _progress(not args.no_progress and sys.stderr.isatty())
-                with bar:
-                    run = await run_dataset(dataset, _ClientHarness(client), cfg, judge=judge, progress=update)
-        finally:
-            if rt is not None:
-                await rt.stop()
-            await _close_judge(judge)
+
+    try:
+        run = await evaluate(dataset, settings, agent=agent, label=args.label, runs=args.runs,
+                             concurrency=args.concurrency, timeout_s=args.timeout, seed=args.seed,
+                             remote=args.remote, judge=judge, before_run=load_baseline,
+                             progress=not args.no_progress and sys.stderr.isatty())
+    finally:
+        await _close_judge(judge)
 
     report = evaluate_gates(gates, run, baseline=baseline) if gates is not None else None
     print(reports.terminal_report(run, baseline=baseline, gates=report), end="")
