@@ -30,7 +30,7 @@ import msgspec
 from agentstream.contracts.events import Message, ModelResponse
 from agentstream.runtime.core.errors import AgentstreamError, ConfigError
 from agentstream.runtime.core.ports import LLM, ModelRequest
-from agentstream.runtime.evaluation.dataset import Case
+from agentstream.runtime.evaluation.dataset import Case, yaml_reason
 from agentstream.runtime.evaluation.scoring import TaskEvidence
 
 PROMPT_VERSION = "judge-prompt-v1"
@@ -228,8 +228,10 @@ def load_labels(path: Path) -> list[LabelledItem]:
     try:
         raw: Any = ([json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl"
                     else yaml.safe_load(text))
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {yaml_reason(exc)}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not JSON lines: {exc}") from None
     if isinstance(raw, dict):
         raw = raw.get("items")
     try:

@@ -163,6 +163,8 @@ def pass_k_svg(curves: Sequence[tuple[str, str, Summary]], *, width: int = 480, 
     pad_l, pad_r, pad_t, pad_b = 44, 16, 14, 34
     kmax = max((max(s.pass_k) for _, _, s in curves if s.pass_k), default=1)
     pw, ph = width - pad_l - pad_r, height - pad_t - pad_b
+    plot_h = height
+    height += 16 * len(curves) + 4
 
     def x(k: int) -> float:
         return pad_l + (pw * (k - 1) / (kmax - 1) if kmax > 1 else pw / 2)
@@ -177,8 +179,8 @@ def pass_k_svg(curves: Sequence[tuple[str, str, Summary]], *, width: int = 480, 
         parts.append(f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e4e4e4"/>'
                      f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" font-size="11" text-anchor="end">{v:g}</text>')
     for k in range(1, kmax + 1):
-        parts.append(f'<text x="{x(k):.1f}" y="{height - pad_b + 16}" font-size="11" text-anchor="middle">{k}</text>')
-    parts.append(f'<text x="{pad_l + pw / 2:.1f}" y="{height - 4}" font-size="11" text-anchor="middle">k '
+        parts.append(f'<text x="{x(k):.1f}" y="{plot_h - pad_b + 16}" font-size="11" text-anchor="middle">{k}</text>')
+    parts.append(f'<text x="{pad_l + pw / 2:.1f}" y="{plot_h - 4}" font-size="11" text-anchor="middle">k '
                  '(runs that must all pass)</text>')
     for i, (label, color, s) in enumerate(curves):
         ks = sorted(s.pass_k)
@@ -192,8 +194,9 @@ def pass_k_svg(curves: Sequence[tuple[str, str, Summary]], *, width: int = 480, 
         for k in ks:
             parts.append(f'<circle cx="{x(k):.1f}" cy="{y(s.pass_k[k].estimate):.1f}" r="3.5" fill="{color}">'
                          f'<title>{html.escape(label)} pass^{k} = {s.pass_k[k].estimate:.3f}</title></circle>')
-        parts.append(f'<rect x="{pad_l + 10}" y="{pad_t + 8 + 16 * i}" width="12" height="4" fill="{color}"/>'
-                     f'<text x="{pad_l + 28}" y="{pad_t + 14 + 16 * i}" font-size="12">{html.escape(label)}</text>')
+        ly = plot_h + 8 + 16 * i  # the legend sits under the axis, never over a curve
+        parts.append(f'<rect x="{pad_l}" y="{ly - 6}" width="12" height="4" fill="{color}"/>'
+                     f'<text x="{pad_l + 18}" y="{ly}" font-size="12">{html.escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
