@@ -10,6 +10,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Literal
 from xml.etree import ElementTree as ET
 
 import msgspec
@@ -211,8 +212,9 @@ async def test_pairwise_preference_must_survive_the_swap() -> None:
 
 
 async def test_calibration_counts_agreement_and_kappa() -> None:
+    labels: tuple[Literal["pass", "fail"], ...] = ("pass", "pass", "fail", "fail")
     items = [LabelledItem(id=str(i), request="q", answer="a", rubric="r", label=lab)
-             for i, lab in enumerate(["pass", "pass", "fail", "fail"])]
+             for i, lab in enumerate(labels)]
     always_pass = LLMJudge(FunctionModel(lambda r: answer('{"verdict": "pass", "score": 1}')))
     cal = await calibrate(always_pass, items)
     assert cal.agreement == 0.5 and cal.kappa == 0.0 and cal.confusion == {"pass/pass": 2, "fail/pass": 2}

@@ -81,6 +81,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     on.add_argument("--sample", type=_fraction, default=1.0, help="fraction of results to score (0-1]")
     on.add_argument("--window", type=_positive_int, default=200, help="drift: results in the moving window")
     on.add_argument("--drift-threshold", type=_fraction, default=0.1, help="drift: drop in a score that alarms")
+    on.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.set_defaults(fn=cmd_eval)
     return p
 
