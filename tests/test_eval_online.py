@@ -77,8 +77,8 @@ async def test_online_evaluator_scores_results_and_counts_feedback(nats_server: 
         for task_id in ids:
             await client.result(task_id, timeout=20)
         for task_id in ids:
-            raw = await until(lambda t=task_id: _last(client, subjects.eval_scores("support", t)), 20,
-                              f"the score of {task_id}")
+            subject = subjects.eval_scores("support", task_id)
+            raw = await until(lambda: _last(client, subject), 20, f"the score of {task_id}")  # noqa: B023
             ev = codec.evaluation_event.decode(raw)
             assert isinstance(ev, EvaluationScored)
             assert ev.task_id == task_id and ev.status == "completed" and ev.safety and ev.groundedness == 1.0
