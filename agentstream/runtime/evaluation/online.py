@@ -5,8 +5,8 @@ Pure logic, driven by the evaluator handler (``agentstream.handlers.evaluator``)
 - sampling is a hash of the task id and a seed, not a coin flip: every
   replica and every redelivery makes the same choice for a task;
 - a task is scored without a case (no expected answer exists for live
-  traffic): safety, groundedness, latency, tokens, cost, and the judge
-  against a generic rubric if one is configured;
+  traffic): safety, groundedness, latency, tokens and cost (``score``
+  takes a judge's verdict too, for callers that run one);
 - drift: per agent and metric, the first ``baseline_size`` scores form the
   baseline window, the latest ``window`` the moving one; an alarm is raised
   when the moving window's mean drops below the baseline's by more than

@@ -121,16 +121,13 @@ async def run_dataset(dataset: Dataset, harness: TaskHarness, cfg: RunConfig, *,
 
     jobs = [one(case, i, r) for r in range(cfg.runs) for i, case in enumerate(dataset.cases)]
     results = await asyncio.gather(*jobs)
-    results.sort(key=lambda r: (dataset.cases.index(_case(dataset, r.case_id)), r.run))
+    position = {c.id: i for i, c in enumerate(dataset.cases)}
+    results.sort(key=lambda r: (position[r.case_id], r.run))
     return EvalRun(run_id=run_id, dataset=dataset.name, dataset_hash=dataset.hash, agent=cfg.agent,
                    version=cfg.version, behaviour_hash=cfg.behaviour_hash, model=cfg.model,
                    runs_per_case=cfg.runs, seed=cfg.seed, started_at=started, finished_at=time.time(),
                    case_ids=tuple(c.id for c in dataset.cases), results=tuple(results),
                    judge_version=judge.version if judge is not None else "")
-
-
-def _case(dataset: Dataset, case_id: str) -> Case:
-    return next(c for c in dataset.cases if c.id == case_id)
 
 
 def behaviour_hash(spec: msgspec.Struct, model: str) -> str:
