@@ -19,6 +19,7 @@ from agentstream import FunctionModel, Settings
 from agentstream.runtime.evaluation.dataset import load_dataset
 from agentstream.runtime.evaluation.gates import evaluate_gates, parse_gates
 from agentstream.runtime.evaluation.results import discordant_pairs, summarize
+from agentstream.runtime.interfaces.cli import main as cli_main
 from agentstream.runtime.interfaces.eval_command import evaluate
 
 DATASETS = REPO_ROOT / "agentstream" / "examples" / "datasets"
@@ -106,6 +107,22 @@ async def test_a_no_change_candidate_on_a_random_model_is_not_flagged(tmp_path: 
           f"worse/better {worse}/{better}: " + "; ".join(g.message for g in report.results))
 
 
+def eval_main(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+              capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:
+    """``agentstream eval ARGS`` in this process (mistakes fail before any
+    broker starts, so a subprocess would only add its start-up time)."""
+    for key in [k for k in os.environ if k.startswith("AGENTSTREAM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    try:
+        code = cli_main(["eval", *args])
+    except SystemExit as exc:  # usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["missing.yaml"], "cannot read dataset missing.yaml"),
     ([str(SUPPORT), "--gates", "nope.yaml"], "cannot read gate file nope.yaml"),
@@ -114,18 +131,26 @@ async def test_a_no_change_candidate_on_a_random_model_is_not_flagged(tmp_path: 
     (["calibrate"], "usage: agentstream eval calibrate LABELS"),
     ([str(SUPPORT), str(SUPPORT)], "one dataset at a time"),
 ])
-def test_mistakes_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
-    line = one_line_error(eval_cli(args, tmp_path), code=1)
+def test_mistakes_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                               args: list[str], needle: str) -> None:
+    line = one_line_error(eval_main(args, tmp_path, monkeypatch, capsys), code=1)
     assert needle in line
 
 
-def test_bad_dataset_and_gate_file_name_the_problem(tmp_path: Path) -> None:
+def test_bad_dataset_and_gate_file_name_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    def error(*args: str) -> str:
+        return one_line_error(eval_main(list(args), tmp_path, monkeypatch, capsys), code=1)
+
     (tmp_path / "d.yaml").write_text("cases:\n  - id: a\n    input: hi\n    expect: {tools: {order: sideways}}\n")
-    assert "case a" in one_line_error(eval_cli(["d.yaml"], tmp_path), code=1)
+    assert "case a" in error("d.yaml")
+    (tmp_path / "y.yaml").write_text("cases: [oops\n")
+    assert "not valid YAML" in error("y.yaml") and "line 2" in error("y.yaml")
     (tmp_path / "g.yaml").write_text("thresholds: {pass@1: 1.5}\n")
-    assert "not between 0 and 1" in one_line_error(eval_cli([str(SUPPORT), "--gates", "g.yaml"], tmp_path), code=1)
+    assert "not between 0 and 1" in error(str(SUPPORT), "--gates", "g.yaml")
     (tmp_path / "g2.yaml").write_text("thresholds: {accuracy: 0.5}\n")
-    assert "unknown metric 'accuracy'" in one_line_error(eval_cli([str(SUPPORT), "--gates", "g2.yaml"], tmp_path))
+    assert "unknown metric 'accuracy'" in error(str(SUPPORT), "--gates", "g2.yaml")
+    assert one_line_error(eval_main([str(SUPPORT), "--runs", "0"], tmp_path, monkeypatch, capsys), code=2)
 
 
 def test_calibrate_prints_agreement_with_the_labels(tmp_path: Path) -> None:
