@@ -219,3 +219,22 @@ async def test_calibration_counts_agreement_and_kappa() -> None:
     cal = await calibrate(always_pass, items)
     assert cal.agreement == 0.5 and cal.kappa == 0.0 and cal.confusion == {"pass/pass": 2, "fail/pass": 2}
     assert agreement_stats([("pass", "pass"), ("fail", "fail")])[:2] == (1.0, 1.0)
+
+
+async def test_judge_calls_an_openai_compatible_server_through_the_model_port() -> None:
+    from fake_openai import FakeOpenAI, text_reply
+
+    from agentstream import OpenAIChatModel
+
+    replies = [text_reply('{"verdict": "pass", "score": 0.8, "reason": "says shipped"}'),
+               text_reply("As an AI I think it is fine!")]
+    async with FakeOpenAI(replies) as srv:
+        judge = LLMJudge(OpenAIChatModel("judge-model", base_url=srv.base_url, api_key="sk-test"))
+        ev = TaskEvidence(task_id="t", status="completed", output="Order 8 is shipped.", inputs=("Where is 8?",))
+        assert await judge.grade(_case(), ev) == (0.8, "pass: says shipped")
+        assert await judge.grade(_case(), msgspec.structs.replace(ev, output="?")) == (
+            0.0, "invalid: judge reply is not a JSON object: As an AI I think it is fine!")
+        sent = srv.chat_requests[0]
+        assert sent["model"] == "judge-model" and sent["temperature"] == 0.0
+        assert judge.version == "judge-prompt-v1:judge-model"
+        await judge.llm.close()  # type: ignore[attr-defined]
