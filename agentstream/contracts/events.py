@@ -263,6 +263,63 @@ class AuditRecord(Event, frozen=True, tag="agentstream.audit.record.v1"):
     details: dict[str, Any] = {}
 
 
+# --------------------------------------------------------------------------- evaluation
+
+
+class EvaluationScored(Event, frozen=True, tag="agentstream.eval.scored.v1"):
+    """An online evaluator's scores for one finished task, on
+    ``evals.<agent>.scores.<task_id>`` (stream EVALS). The scores are kept
+    apart (see docs/evaluation.md); ``judge`` is None when no judge ran.
+    ``deployment``: which traffic the task was (production, shadow, canary)."""
+
+    task_id: str
+    agent: str
+    agent_version: str
+    evaluator: str  # name and version of the evaluator
+    status: str  # completed | failed
+    groundedness: float
+    safety: bool
+    latency_s: float
+    tokens: int
+    cost_usd: float
+    at: float
+    judge: float | None = None
+    failed_checks: tuple[str, ...] = ()
+    sample_rate: float = 1.0  # the share of results this evaluator scores: counts divide by it
+    deployment: str = "production"
+    tenant_id: str = "default"
+
+
+class FeedbackSubmitted(Event, frozen=True, tag="agentstream.eval.feedback.v1"):
+    """A user's thumbs up or down on a task's answer, on ``evals.<agent>.feedback.<task_id>``
+    (``POST /v1/tasks/{task_id}/feedback``), stored beside the scores."""
+
+    task_id: str
+    agent: str
+    rating: Literal["up", "down"]
+    at: float
+    comment: str = ""
+    user_id: str = "anonymous"
+
+
+class DriftDetected(Event, frozen=True, tag="agentstream.eval.drift.v1"):
+    """A score's moving window fell below its baseline window by more than the
+    threshold, with the whole confidence interval of the drop beyond it. On ``evals.<agent>.drift``."""
+
+    agent: str
+    metric: str
+    baseline_mean: float
+    window_mean: float
+    diff_low: float
+    diff_high: float
+    threshold: float
+    baseline_size: int
+    window_size: int
+    at: float
+
+
+EvaluationEvent = Union[EvaluationScored, FeedbackSubmitted, DriftDetected]
+
 AgentInboxEvent = Union[ToolCallCompleted, ApprovalDecided]
 ProgressEvent = Union[ModelTurnCompleted, ToolCallDispatched, ApprovalRequested]
 TaskEvent = Union[
@@ -287,6 +344,9 @@ AnyEvent = Union[
     ApprovalRequested,
     ApprovalDecided,
     AuditRecord,
+    EvaluationScored,
+    FeedbackSubmitted,
+    DriftDetected,
 ]
 
 # Every wire event type, in AnyEvent's order (JSON Schema, AsyncAPI, property tests).

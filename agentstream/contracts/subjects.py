@@ -64,6 +64,20 @@ def dead_letter(origin_subject: str) -> str:
     return f"deadletter.{origin_subject}"
 
 
+def eval_scores(agent: str, task_id: str) -> str:
+    """An online evaluator's EvaluationScored for one task (stream EVALS)."""
+    return f"evals.{agent}.scores.{task_id}"
+
+
+def eval_feedback(agent: str, task_id: str) -> str:
+    """A user's FeedbackSubmitted for one task (stream EVALS, beside the scores)."""
+    return f"evals.{agent}.feedback.{task_id}"
+
+
+def eval_drift(agent: str) -> str:
+    return f"evals.{agent}.drift"
+
+
 def any_results(task_id: str) -> str:
     return f"agents.*.results.{task_id}"
 
@@ -108,6 +122,8 @@ STREAMS: tuple[StreamDef, ...] = (
               description="audit records: every approval decision, with who made it"),
     StreamDef(name="DEADLETTER", subjects=("deadletter.>",), max_age_s=30 * DAY,
               description="messages a consumer could not process, with the reason"),
+    StreamDef(name="EVALS", subjects=("evals.>",), max_age_s=30 * DAY,
+              description="online evaluation: scores, user feedback and drift alarms, per agent and task"),
     # Finished spans (SpanRecord JSON, agentstream.contracts.telemetry), one
     # subject a trace. Short dedupe window: only invoke_agent spans carry a msg id.
     StreamDef(name=TELEMETRY_STREAM, subjects=TELEMETRY_SUBJECTS, max_age_s=7 * DAY,
