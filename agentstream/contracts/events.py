@@ -102,6 +102,9 @@ class TaskSubmitted(Event, frozen=True, tag="agentstream.task.submitted.v1"):
     deadline_s: float | None = None
     max_tokens: int | None = None  # per-task token budget (input + output), overrides the agent's
     max_cost_usd: float | None = None  # per-task cost budget, overrides the agent's
+    # Claim-check: the input is too large for an event and is in the object
+    # store (bucket agent_payloads) under this name; ``input`` is then empty.
+    input_ref: str = ""
 
 
 class TaskCompleted(Event, frozen=True, tag="agentstream.task.completed.v1"):
@@ -171,6 +174,9 @@ class ToolCallCompleted(Event, frozen=True, tag="agentstream.tool.call.completed
     attempts: int = 1  # tries of the tool in this call; 0 = it did not run (bad arguments, circuit open)
     worker: str = ""
     served_by: str = ""  # the fallback tool that produced the result while ``tool``'s breaker was open
+    # Claim-check: ``result`` (its JSON) is in the object store (bucket
+    # agent_payloads) under this name, too large for an event; ``result`` is then null.
+    result_ref: str = ""
 
 
 # --------------------------------------------------------------------------- progress

@@ -15,6 +15,11 @@ class BrokerUnavailable(AgentstreamError):
     """The NATS server cannot be reached."""
 
 
+class PayloadTooLarge(AgentstreamError):
+    """A message is larger than the broker accepts (its ``max_payload``): a
+    property of the message, not an outage; retrying it cannot help."""
+
+
 class Conflict(AgentstreamError):
     """A compare-and-set lost the race: reload and retry."""
 
