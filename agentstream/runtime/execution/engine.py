@@ -73,6 +73,7 @@ MAX_CAS_RETRIES = 50
 # backoff after the first few: a leader election (seconds) must not make a
 # step give up, and a lost race is retried at once.
 CAS_RETRY_S = 30.0
+CAS_BACKOFF_MAX_S = 0.5
 _IMMEDIATE_RETRIES = 5
 
 
@@ -398,7 +399,7 @@ class _CasRetry:
             return
         if self.n == _IMMEDIATE_RETRIES + 1:
             log.info("%s: %s; backing off", what, type(exc).__name__)
-        base = min(1.0, 0.01 * 2 ** min(self.n, 10))
+        base = min(CAS_BACKOFF_MAX_S, 0.005 * 2 ** min(self.n, 10))
         await asyncio.sleep(base / 2 + random.uniform(0, base / 2))
 
 
