@@ -6,9 +6,16 @@ is something the model should see and react to, never a crashed step.
 Per call, in order:
 
 1. the request is checked (the reply goes only to the named task's inbox);
-2. an ``idempotent`` tool whose result for this idempotency key is already
-   stored (bucket ``tool_results``) publishes that result again instead of
-   running: a redelivered call returns the first result;
+   a call this process is still running (a redelivery after a broker
+   restart) waits for that run; a call whose result this process computed
+   before (kept in memory, bounded) publishes that result again;
+2. an ``idempotent`` or ``at_most_once`` tool whose result for this
+   idempotency key is already stored (bucket ``tool_results``) publishes that
+   result again instead of running: a redelivered call returns the first
+   result. An ``at_most_once`` tool then records its start by
+   compare-and-set (``<key>.started``); if a start is already recorded and no
+   result, an earlier run was cut off (its worker died): the call is not run
+   again but answered ``outcome_unknown``, audited (``audit.tool_outcome_unknown.<agent>``);
 3. the arguments are validated (a model mistake: returned at once, never
    retried, never counted by the breaker);
 4. the tool's circuit breaker (if it has one) admits the call, or fails it
@@ -32,10 +39,17 @@ Per call, in order:
 
    (*) their effect may already have happened; ``RetryPolicy.retry_ambiguous``
    overrides;
-6. the outcome is recorded in the breaker, stored (idempotent tools,
-   create-only) and published as ``ToolCallCompleted`` with its ``attempts``
-   (0 = the tool did not run) and ``served_by`` (the fallback's name, if one
-   served it).
+6. the outcome is recorded in the breaker, stored (idempotent and
+   at-most-once tools, create-only), kept in memory, and published as
+   ``ToolCallCompleted`` with its ``attempts`` (0 = the tool did not run) and
+   ``served_by`` (the fallback's name, if one served it). A result larger than
+   ``claim_check_bytes`` goes to the object store and the event carries its
+   name (``result_ref``). The publish (and the store) is retried with the same
+   msg id while the broker is away, up to ``publish_retry_s``: a computed
+   result is not thrown away because a publish failed. The consumer's
+   heartbeat (``in_progress``) keeps the call's message meanwhile.
+
+Guarantees per tool mode and crash: ``docs/effects.md``.
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ import hashlib
 import logging
 import random
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -162,6 +177,8 @@ class ToolRunner:
         # from here instead of running its tool again.
         self.keep_results = keep_results
         self._kept: OrderedDict[str, bytes] = OrderedDict()
+        self._kept_bytes = 0
+        self.keep_results_bytes = 64 * 1024 * 1024
         self._running: dict[str, asyncio.Future[None]] = {}
         self._local = InMemoryKV()  # at-most-once marks when no KV is given
         self.executions = 0  # calls whose tool ran
@@ -238,16 +255,20 @@ class ToolRunner:
         return self.results if tool.idempotent else None
 
     def _keep(self, idem_key: str, payload: bytes) -> None:
+        old = self._kept.pop(idem_key, None)
+        self._kept_bytes += len(payload) - (len(old) if old is not None else 0)
         self._kept[idem_key] = payload
-        self._kept.move_to_end(idem_key)
-        while len(self._kept) > self.keep_results:
-            self._kept.popitem(last=False)
+        while len(self._kept) > self.keep_results or self._kept_bytes > self.keep_results_bytes:
+            _, dropped = self._kept.popitem(last=False)
+            self._kept_bytes -= len(dropped)
 
     async def _claim_start(self, store: SessionStore, key: str, req: ToolCallRequested) -> ToolError | None:
         """Record the start of an at-most-once call by compare-and-set before it
         runs. None: ours, run it. A ToolError: someone started it before and
         never stored an outcome (a worker killed mid-call): it must not run again."""
-        mark = msgspec.json.encode({"worker": self.worker, "at": time.time(), "key": req.idempotency_key})
+        nonce = uuid.uuid4().hex
+        mark = msgspec.json.encode({"worker": self.worker, "at": time.time(), "key": req.idempotency_key,
+                                    "nonce": nonce})
         try:
             await self._with_broker(lambda: store.create(start_key(key), mark), "record the start of", req)
             return None
@@ -261,9 +282,13 @@ class ToolRunner:
         if prior is not None:
             try:
                 info = msgspec.json.decode(prior.value)
+            except msgspec.DecodeError:
+                info = {}
+            if isinstance(info, dict) and info.get("nonce") == nonce:
+                # Our own create: it landed, but its answer was lost (a timeout), and the retry conflicted.
+                return None
+            if isinstance(info, dict) and isinstance(info.get("at"), (int, float)):
                 who = f" by worker {info.get('worker', '?')} at {time.strftime('%H:%M:%S', time.gmtime(info['at']))} UTC"
-            except Exception:  # noqa: BLE001 - the mark is ours, but stay readable if it is not
-                who = ""
         self.outcome_unknown += 1
         log.warning("at-most-once call %s of %s started before%s and never finished; not run again",
                     req.idempotency_key, req.tool, who)
