@@ -13,6 +13,10 @@ itself). Scenarios:
 - ``worker``: the same load; after ``--kill-at`` seconds the tool worker is
   SIGKILLed and a new one started at once (its calls in flight are
   redelivered after the ack wait).
+- ``cluster``: a 3-node cluster from the ``ops/nats-cluster`` configs (the
+  tests' harness), R3 streams; the node leading both TOOLS and EVENTS
+  (EVENTS' leader is stepped down until it is) is SIGKILLed for ``--down``
+  seconds, then restarted. Worker stderr lines show the log volume.
 
 Printed per scenario: tasks submitted / acknowledged / completed / failed /
 lost (acknowledged, no result within the wait), then per tool mode: calls,
@@ -120,21 +124,49 @@ def worker_env(url: str, fault_log: Path, ack_wait: float) -> dict[str, str]:
     return env
 
 
+async def _same_leader(nc: Any, cluster: Any) -> int:
+    """Make one node lead both TOOLS and EVENTS (EVENTS steps down until it
+    lands where TOOLS is, bounded); its index."""
+    js = nc.jetstream()
+    for _ in range(20):
+        tools = (await js.stream_info("TOOLS")).cluster.leader
+        events = (await js.stream_info("EVENTS")).cluster.leader
+        if tools == events and tools:
+            return int(cluster.index_of(tools))
+        with contextlib.suppress(Exception):
+            await nc.request("$JS.API.STREAM.LEADER.STEPDOWN.EVENTS", b"", timeout=5)
+        await asyncio.sleep(1.0)
+    return int(cluster.index_of((await js.stream_info("TOOLS")).cluster.leader))
+
+
 async def scenario(name: str, args: argparse.Namespace) -> Run:
     run = Run(scenario=name)
     with tempfile.TemporaryDirectory(prefix=f"agentstream-faults-{name}-") as tmp:
         base = Path(tmp)
         fault_log = base / "starts.log"
-        server = EmbeddedNats(store_dir=base / "nats", port=free_port()).start()
+        server: EmbeddedNats | None = None
+        cluster: Any = None
+        if name == "cluster":
+            sys.path.insert(0, str(REPO / "tests"))
+            from cluster import NatsCluster  # the tests' harness: the ops/ configs, rendered for localhost
+
+            cluster = NatsCluster().start()
+            url = cluster.urls
+        else:
+            server = EmbeddedNats(store_dir=base / "nats", port=free_port()).start()
+            url = server.url
         workers: list[Worker] = []
         try:
-            env = worker_env(server.url, fault_log, args.ack_wait if name == "worker" else 30.0)
+            env = worker_env(url, fault_log, args.ack_wait if name == "worker" else 30.0)
+            if cluster is not None:
+                env["AGENTSTREAM_REPLICAS"] = "3"
             agent = Worker("agent", ["--agent", "faults"], env, base)
             tools = Worker("tools1", ["--tools", "all"], env, base)
             workers += [agent, tools]
             for w in workers:
                 await asyncio.to_thread(w.wait_ready)
-            client = await AgentClient.connect(server.url, telemetry=False)
+            # after the workers: they provision the streams (R3 on the cluster)
+            client = await AgentClient.connect(url, telemetry=False)
             client.submit_retry_s = args.down + 30.0
             started = time.monotonic()
 
@@ -154,9 +186,17 @@ async def scenario(name: str, args: argparse.Namespace) -> Run:
 
             async def fault() -> None:
                 await asyncio.sleep(args.kill_at)
-                if name == "broker":
+                if name == "cluster":
+                    victim = await _same_leader(client.nc, cluster)
+                    print(f"  t={time.monotonic() - started:5.1f}s SIGKILL node {victim + 1} (leads TOOLS and "
+                          f"EVENTS), down {args.down:g}s", flush=True)
+                    cluster.kill(victim)
+                    await asyncio.sleep(args.down)
+                    await asyncio.to_thread(cluster.restart, victim)
+                    print(f"  t={time.monotonic() - started:5.1f}s node {victim + 1} restarted", flush=True)
+                elif name == "broker":
                     print(f"  t={time.monotonic() - started:5.1f}s SIGKILL broker, down {args.down:g}s", flush=True)
-                    assert server.proc is not None
+                    assert server is not None and server.proc is not None
                     server.proc.send_signal(signal.SIGKILL)
                     await asyncio.to_thread(server.proc.wait)
                     await asyncio.sleep(args.down)
@@ -196,7 +236,10 @@ async def scenario(name: str, args: argparse.Namespace) -> Run:
         finally:
             for w in workers:
                 w.kill(signal.SIGTERM)
-            server.stop()
+            if server is not None:
+                server.stop()
+            if cluster is not None:
+                cluster.stop()
         run.log_lines = {w.name: w.lines() for w in workers}
         run.starts = {m: collections.Counter() for m in MODES}
         if fault_log.exists():
@@ -222,7 +265,8 @@ def report(run: Run) -> None:
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--scenario", choices=("broker", "worker", "both"), default="both")
+    p.add_argument("--scenario", choices=("broker", "worker", "cluster", "both", "all"), default="both",
+                   help="both = broker and worker; all = those and cluster")
     p.add_argument("--tasks", type=int, default=200)
     p.add_argument("--rate", type=float, default=20.0, help="tasks submitted per second")
     p.add_argument("--kill-at", type=float, default=4.0, help="seconds into the load")
@@ -230,7 +274,8 @@ async def main() -> None:
     p.add_argument("--ack-wait", type=float, default=2.0, help="AGENTSTREAM_ACK_WAIT in the worker scenario")
     p.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the results")
     args = p.parse_args()
-    names = ("broker", "worker") if args.scenario == "both" else (args.scenario,)
+    names = {"both": ("broker", "worker"), "all": ("broker", "worker", "cluster")}.get(args.scenario,
+                                                                                    (args.scenario,))
     runs = []
     for name in names:
         print(f"scenario {name}: {args.tasks} tasks at {args.rate:g}/s", flush=True)

@@ -429,3 +429,24 @@ async def test_an_inbox_event_for_an_unknown_task_is_dead_lettered_and_counted(r
     await until(lambda: count(client.js, "DEADLETTER", f"deadletter.{subjects.events('fx', ghost)}"), WAIT_S,
                 "the dead letter")
     assert runtime.engines["fx"].unknown_task_events == 1
+
+
+# ----------------------------------------------------------------- at most once across a real SIGKILL
+
+
+@pytest.mark.slow
+async def test_an_at_most_once_tool_never_runs_twice_when_its_worker_is_sigkilled(
+        nats_url: str, spawn_worker: Any, client: AgentClient, tmp_path: Path) -> None:
+    log = tmp_path / "pay.log"
+    env = {"AGENTSTREAM_NATS_URL": nats_url, "AGENTSTREAM_APP": "effects_app:app", "EFFECTS_APP_LOG": str(log)}
+    spawn_worker(["--agent", "effects"], env)
+    first = spawn_worker(["--tools", "all"], {**env, "AGENTSTREAM_WORKER_ID": "tools-1"})
+    task_id = await client.submit("effects", "pay please")
+    await until(lambda: log.exists() and log.read_text().strip(), WAIT_S, "the tool to start")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    spawn_worker(["--tools", "all"], {**env, "AGENTSTREAM_WORKER_ID": "tools-2", "EFFECTS_APP_TOOL_S": "0"})
+    res = await client.result(task_id, timeout=WAIT_S)
+    assert isinstance(res, TaskCompleted), res
+    assert "outcome_unknown" in res.output and "tools-1" in res.output, res.output
+    assert len(log.read_text().splitlines()) == 1  # started once, never again
