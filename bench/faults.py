@@ -40,6 +40,7 @@ import collections
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -241,6 +242,11 @@ async def scenario(name: str, args: argparse.Namespace) -> Run:
             if cluster is not None:
                 cluster.stop()
         run.log_lines = {w.name: w.lines() for w in workers}
+        if args.keep_logs:
+            keep = Path(args.keep_logs) / name
+            keep.mkdir(parents=True, exist_ok=True)
+            for w in workers:
+                shutil.copy(w.err, keep / w.err.name)
         run.starts = {m: collections.Counter() for m in MODES}
         if fault_log.exists():
             for line in fault_log.read_text().splitlines():
@@ -273,6 +279,7 @@ async def main() -> None:
     p.add_argument("--down", type=float, default=15.0, help="seconds the broker stays down")
     p.add_argument("--ack-wait", type=float, default=2.0, help="AGENTSTREAM_ACK_WAIT in the worker scenario")
     p.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the results")
+    p.add_argument("--keep-logs", metavar="DIR", help="copy each worker's stderr here")
     args = p.parse_args()
     names = {"both": ("broker", "worker"), "all": ("broker", "worker", "cluster")}.get(args.scenario,
                                                                                     (args.scenario,))

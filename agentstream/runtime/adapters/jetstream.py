@@ -134,7 +134,9 @@ async def blob_store(js: JetStreamContext, name: str = subjects.PAYLOADS.name) -
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     BrokerUnavailable, ConnectionError, TimeoutError, nats.errors.NoRespondersError,
     nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError,
-    jse.ServiceUnavailableError)
+    jse.ServiceUnavailableError,
+    # js.publish's "no responders": the stream has no leader (a node died, an election)
+    jse.NoStreamResponseError)
 
 _T = TypeVar("_T")
 

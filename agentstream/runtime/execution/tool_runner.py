@@ -357,7 +357,7 @@ class ToolRunner:
                 wait = min(wait * 2, 2.0)
                 continue
             if failures:
-                log.warning("could %s %s after %d failed attempts", what, what_id or "", failures)
+                log.info("could %s %s after %d failed attempts", what, what_id or "", failures)
             return result
 
     async def execute(self, req: ToolCallRequested) -> tuple[object, ToolError | None]:
