@@ -450,3 +450,14 @@ async def test_an_at_most_once_tool_never_runs_twice_when_its_worker_is_sigkille
     assert isinstance(res, TaskCompleted), res
     assert "outcome_unknown" in res.output and "tools-1" in res.output, res.output
     assert len(log.read_text().splitlines()) == 1  # started once, never again
+
+
+async def test_a_reference_to_another_tasks_payload_is_refused(runtime: Runtime, client: AgentClient) -> None:
+    """A forged event cannot read someone else's claim-checked input into its
+    session: a task may only name its own input, a tool result only a result."""
+    secret = await client.submit("fx", "s" * BIG)
+    await client.result(secret, timeout=WAIT_S)
+    thief = TaskSubmitted(agent="fx", input="", task_id="thief", input_ref=f"input-{secret}")
+    await client.js.publish(subjects.tasks("fx"), codec.encode(thief))
+    res = await client.result("thief", timeout=WAIT_S)
+    assert isinstance(res, TaskFailed) and res.reason == "rejected" and "not this task's" in res.message

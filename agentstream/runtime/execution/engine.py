@@ -122,11 +122,16 @@ class AgentEngine:
 
     async def on_task(self, task: TaskSubmitted) -> None:
         if task.input_ref:
+            # Only the task's own input: a body naming another object must not read it into this session.
+            if task.input_ref != input_ref(task.task_id):
+                raise Reject(f"input_ref {task.input_ref!r} is not this task's ({input_ref(task.task_id)!r})")
             task = msgspec.structs.replace(task, input=(await self._blob(task.input_ref, "input")).decode())
         await self.drive(task.task_id, task)
 
     async def on_event(self, event: ToolCallCompleted | ApprovalDecided) -> None:
         if isinstance(event, ToolCallCompleted) and event.result_ref:
+            if not event.result_ref.startswith(RESULT_REF_PREFIX):
+                raise Reject(f"result_ref {event.result_ref!r} does not name a tool result")
             raw = await self._blob(event.result_ref, "tool result")
             try:
                 result = msgspec.json.decode(raw)
@@ -444,6 +449,16 @@ class _Counted:
     async def complete(self, request: ModelRequest) -> ModelResponse:
         self.engine.model_calls += 1
         return await self.engine.llm.complete(request)
+
+
+# Claim-check object names: a task's input is ``input-<task id>``; a tool
+# result is ``result-<sha256 of its JSON>`` (content-addressed: naming one
+# takes knowing its content).
+RESULT_REF_PREFIX = "result-"
+
+
+def input_ref(task_id: str) -> str:
+    return f"input-{task_id}"
 
 
 def seq_task_id(stream_seq: int) -> str:

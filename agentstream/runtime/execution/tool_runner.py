@@ -71,11 +71,12 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import AuditRecord, ToolCallCompleted, ToolCallRequested, ToolError
 from agentstream.runtime.adapters.in_memory import InMemoryKV
 from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
-from agentstream.runtime.core.errors import Conflict
+from agentstream.runtime.core.errors import Conflict, PayloadTooLarge
 from agentstream.runtime.core.ports import BlobStore, Bus, Entry, SessionStore
 from agentstream.runtime.core.tools import RateLimited, RetryPolicy, Tool, ToolContext, ToolFailure
 from agentstream.runtime.execution.breaker import Admission, SharedBreaker
 from agentstream.runtime.execution.consumer import Reject
+from agentstream.runtime.execution.engine import RESULT_REF_PREFIX
 
 log = logging.getLogger("agentstream.toolrunner")
 
@@ -243,7 +244,15 @@ class ToolRunner:
         if key is not None and store is not None and (out.attempts > 0 or (tool is not None and tool.at_most_once)):
             payload = await self._store(store, key, payload, must=tool is not None and tool.at_most_once)
         self._keep(req.idempotency_key, payload)
-        await self._deliver(req.reply_subject, payload, msg_id)
+        try:
+            await self._deliver(req.reply_subject, payload, msg_id)
+        except PayloadTooLarge as exc:
+            # No object store to put it in: the model learns, the task goes on.
+            small = self._encode(req, Outcome(error=ToolError(
+                kind="result_too_large", message=f"{req.tool} returned a result too large to deliver: {exc}",
+                hint="ask for less (a narrower query, a summary)")), started)
+            self._keep(req.idempotency_key, small)
+            await self._deliver(req.reply_subject, small, msg_id)
 
     def _store_for(self, tool: Tool | None) -> SessionStore | None:
         """Where this tool's results (and at-most-once start marks) live."""
@@ -328,7 +337,7 @@ class ToolRunner:
             return payload
         done = msgspec.json.decode(payload, type=ToolCallCompleted)
         raw = msgspec.json.encode(done.result)
-        name = f"result-{hashlib.sha256(raw).hexdigest()}"
+        name = f"{RESULT_REF_PREFIX}{hashlib.sha256(raw).hexdigest()}"
         await self._with_broker(lambda: self.blobs.put(name, raw), "store the large result of",  # type: ignore[union-attr]
                                 None, what_id=done.call_id)
         return codec.encode(msgspec.structs.replace(done, result=None, result_ref=name))

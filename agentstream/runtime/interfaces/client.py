@@ -125,7 +125,7 @@ class AgentClient:
                 f"task input of {size} bytes is too large: a session must fit the broker's max payload "
                 f"({self.nc.max_payload} bytes), so inputs are limited to {limit} bytes")
         if size > self.claim_check_bytes:
-            input_ref = f"input-{task_id}"
+            input_ref = f"input-{task_id}"  # the one name the agent accepts for this task (engine.input_ref)
             await self._retrying(lambda t: self._put_blob(input_ref, input.encode(), t), task_id, stored=False)
         task = TaskSubmitted(agent=agent, input="" if input_ref else input, task_id=task_id, tenant_id=tenant_id,
                              user_id=user_id, conversation_id=conversation_id, agent_version=agent_version,
