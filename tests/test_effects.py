@@ -461,3 +461,30 @@ async def test_a_reference_to_another_tasks_payload_is_refused(runtime: Runtime,
     await client.js.publish(subjects.tasks("fx"), codec.encode(thief))
     res = await client.result("thief", timeout=WAIT_S)
     assert isinstance(res, TaskFailed) and res.reason == "rejected" and "not this task's" in res.message
+
+
+async def test_a_result_too_large_for_the_broker_without_an_object_store_is_a_tool_error(nats_url: str) -> None:
+    """No object store configured: the 2 MB result cannot be delivered, so the
+    model gets ``result_too_large`` rather than the call looping until dead-lettered."""
+    nc = await nats_adapters.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        await nats_adapters.provision(js)
+
+        @tool(read_only=True)
+        def dump(n: int) -> str:
+            """Dump.
+
+            Args:
+                n: Bytes.
+            """
+            return "d" * n
+
+        runner = ToolRunner({"dump": dump}, nats_adapters.NatsBus(js), worker="w")
+        req = request("dump", {"n": 2 * 1024 * 1024})
+        await asyncio.wait_for(runner.on_call(req), WAIT_S)
+        done = codec.agent_inbox.decode((await js.get_last_msg("EVENTS", req.reply_subject)).data or b"")
+        assert isinstance(done, ToolCallCompleted) and done.error is not None
+        assert done.error.kind == "result_too_large"
+    finally:
+        await nc.close()
