@@ -488,3 +488,37 @@ async def test_a_result_too_large_for_the_broker_without_an_object_store_is_a_to
         assert done.error.kind == "result_too_large"
     finally:
         await nc.close()
+
+
+async def test_an_unknown_outcome_can_escalate_the_task_to_a_human() -> None:
+    """``on_unknown="escalate"``: the task fails with reason ``escalated``
+    instead of the model deciding what to do about a payment that may have happened."""
+    from agentstream.runtime.core.spec import AgentSpec
+    from agentstream.runtime.execution.engine import AgentEngine
+
+    @tool(at_most_once=True, on_unknown="escalate")
+    def wire(amount: int) -> str:
+        """Wire money.
+
+        Args:
+            amount: Cents.
+        """
+        raise AssertionError("must not run: its start is already recorded")
+
+    async def script(req: ModelRequest) -> ModelResponse:
+        return calls(("wire", {"amount": 5})) if not results_of(req) else answer("should not get here")
+
+    bus, results = InMemoryBus(), InMemoryKV()
+    engine = AgentEngine(AgentSpec(name="fx", instructions="", tools=(wire.spec,)), FunctionModel(script),
+                         sessions=InMemoryKV(), conversations=InMemoryKV(), deadlines=InMemoryKV(), bus=bus)
+    await engine.on_task(TaskSubmitted(agent="fx", input="pay", task_id="t1"))
+    (call,) = [codec.tool_call.decode(p.payload) for p in bus.on("tools.wire.calls")]
+    # An earlier delivery started it and its worker died.
+    await results.create(start_key(result_key(call)), b'{"worker": "w0", "at": 0}')
+    await ToolRunner({"wire": wire}, bus, worker="w1", results=results).on_call(call)
+    (done,) = [codec.agent_inbox.decode(p.payload) for p in bus.on("agents.fx.events.t1")]
+    assert isinstance(done, ToolCallCompleted) and done.error is not None and done.error.escalate
+    await engine.on_event(done)
+    (res,) = [codec.task_result.decode(p.payload) for p in bus.on("agents.fx.results.t1")]
+    assert isinstance(res, TaskFailed) and res.reason == "escalated" and "outcome was never recorded" in res.message
+    assert [p.subject for p in bus.on("audit.tool_outcome_unknown.")] == ["audit.tool_outcome_unknown.fx"]

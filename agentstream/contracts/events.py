@@ -76,6 +76,10 @@ class ToolError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     field: str | None = None
     hint: str | None = None
     retryable: bool = False
+    # The task cannot go on without a human (an at-most-once call whose outcome
+    # is unknown, with ``on_unknown="escalate"``): the agent fails the task
+    # with reason ``escalated`` instead of showing the error to the model.
+    escalate: bool = False
 
 
 # --------------------------------------------------------------------------- tasks

@@ -304,6 +304,9 @@ def _on_tool_result(state: SessionState, ev: ToolCallCompleted, ctx: Context) ->
             or all(p.call_id != ev.call_id for p in state.pending)
             or any(r.call_id == ev.call_id for r in state.results)):
         return _duplicate(state, ctx, reemit=True)
+    if not ev.ok and ev.error is not None and ev.error.escalate:
+        return _fail(state, ctx, "escalated", f"{ev.tool} (call {ev.call_id}): {ev.error.message}; "
+                     "the task is escalated to a human")
     if ev.ok:
         content = tool_ok_content(ev.result)
     else:

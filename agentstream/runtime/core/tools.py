@@ -179,7 +179,7 @@ class Tool:
                  idempotent: bool = False, read_only: bool = False,
                  requires_approval: ApprovalPolicy = False, approvers: Iterable[str] = (),
                  fallback: str | None = None, breaker: BreakerPolicy | bool | None = None,
-                 at_most_once: bool = False) -> None:
+                 at_most_once: bool = False, on_unknown: Literal["error", "escalate"] = "error") -> None:
         self.fn = fn
         self.name = name or fn.__name__
         summary, param_docs = _parse_docstring(fn.__doc__ or "")
@@ -194,6 +194,13 @@ class Tool:
             raise ValueError(f"tool {self.name!r}: at_most_once excludes idempotent and read_only "
                              "(those may safely run again; at-most-once ones must not)")
         self.at_most_once = at_most_once
+        if on_unknown not in ("error", "escalate"):
+            raise ValueError(f"tool {self.name!r}: on_unknown must be 'error' or 'escalate'")
+        if on_unknown == "escalate" and not at_most_once:
+            raise ValueError(f"tool {self.name!r}: on_unknown applies to at_most_once tools only")
+        # An at-most-once call whose outcome is unknown: an error the model
+        # sees ("error"), or the task fails with reason "escalated" ("escalate").
+        self.on_unknown = on_unknown
         if not (isinstance(requires_approval, bool) or callable(requires_approval)):
             raise TypeError(f"tool {self.name!r}: requires_approval must be a bool or a callable")
         self.requires_approval = requires_approval
@@ -323,7 +330,7 @@ def tool(fn: ToolFn | None = None, *, name: str | None = None, description: str 
          timeout_s: float | None = None, retry: RetryPolicy | None = None, idempotent: bool = False,
          read_only: bool = False, requires_approval: ApprovalPolicy = False, approvers: Iterable[str] = (),
          fallback: str | None = None, breaker: BreakerPolicy | bool | None = None,
-         at_most_once: bool = False) -> Any:
+         at_most_once: bool = False, on_unknown: Literal["error", "escalate"] = "error") -> Any:
     """Decorator: ``@tool`` or ``@tool(timeout_s=5, read_only=True, breaker=True)``.
 
     Options (all on :class:`Tool`, none shown to the model): ``timeout_s`` per
@@ -336,12 +343,14 @@ def tool(fn: ToolFn | None = None, *, name: str | None = None, description: str 
     open); ``breaker`` (:class:`BreakerPolicy`, or True for the defaults);
     ``at_most_once`` (the start is recorded before the tool runs; a redelivered
     call that started and never finished is not run again but answered with an
-    ``outcome_unknown`` error).
+    ``outcome_unknown`` error; with ``on_unknown="escalate"`` the task fails
+    with reason ``escalated`` instead, for a human to check).
     """
     def wrap(f: ToolFn) -> Tool:
         return Tool(f, name=name, description=description, timeout_s=timeout_s, retry=retry,
                     idempotent=idempotent, read_only=read_only, requires_approval=requires_approval,
-                    approvers=approvers, fallback=fallback, breaker=breaker, at_most_once=at_most_once)
+                    approvers=approvers, fallback=fallback, breaker=breaker, at_most_once=at_most_once,
+                    on_unknown=on_unknown)
 
     if fn is not None:
         return wrap(fn)

@@ -302,17 +302,21 @@ class ToolRunner:
         log.warning("at-most-once call %s of %s started before%s and never finished; not run again",
                     req.idempotency_key, req.tool, who)
         await self._audit_unknown(req, who)
+        tool = self.tools.get(req.tool)
         return ToolError(kind="outcome_unknown",
                          message=f"{req.tool} was started{who} but its outcome was never recorded "
                                  "(its worker stopped mid-call); it may or may not have taken effect, "
                                  "and it is not run again",
-                         hint="do not call it again blindly; check its effect first or ask a human")
+                         hint="do not call it again blindly; check its effect first or ask a human",
+                         escalate=tool is not None and tool.on_unknown == "escalate")
 
     async def _audit_unknown(self, req: ToolCallRequested, who: str) -> None:
+        tool = self.tools.get(req.tool)
         rec = AuditRecord(kind="tool.outcome_unknown", at=time.time(), actor=f"tool-worker:{self.worker}",
                           agent=req.agent, task_id=req.task_id,
                           details={"tool": req.tool, "call_id": req.call_id, "step": req.step,
-                                   "idempotency_key": req.idempotency_key, "started": who.strip()})
+                                   "idempotency_key": req.idempotency_key, "started": who.strip(),
+                                   "escalated": tool is not None and tool.on_unknown == "escalate"})
         try:
             await self._with_broker(lambda: self.bus.publish(
                 subjects.audit(rec.kind, req.agent), codec.encode(rec),
