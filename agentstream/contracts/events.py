@@ -130,7 +130,7 @@ class TaskFailed(Event, frozen=True, tag="agentstream.task.failed.v1"):
     task_id: str
     agent: str
     agent_version: str
-    reason: str  # max_steps | deadline | model_error | model_output | bad_task | ...
+    reason: str  # max_steps | deadline | model_error | model_output | rejected | state_too_large | escalated | ...
     message: str
     steps: int
     tool_calls: int
