@@ -522,3 +522,38 @@ async def test_an_unknown_outcome_can_escalate_the_task_to_a_human() -> None:
     (res,) = [codec.task_result.decode(p.payload) for p in bus.on("agents.fx.results.t1")]
     assert isinstance(res, TaskFailed) and res.reason == "escalated" and "outcome was never recorded" in res.message
     assert [p.subject for p in bus.on("audit.tool_outcome_unknown.")] == ["audit.tool_outcome_unknown.fx"]
+
+
+async def test_a_redelivery_waiting_on_a_failed_first_delivery_is_not_acked() -> None:
+    """Two deliveries of one call in one process: the second waits for the
+    first. If the first cannot deliver its result, the second must fail too
+    (an ack of it would settle the message with no result published)."""
+    release = asyncio.Event()
+
+    @tool
+    async def slow(x: int) -> int:
+        """Slow.
+
+        Args:
+            x: A number.
+        """
+        await release.wait()
+        return x
+
+    class DeadBus(InMemoryBus):
+        async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
+                          headers: dict[str, str] | None = None) -> None:
+            from agentstream.runtime.core.errors import BrokerUnavailable
+
+            raise BrokerUnavailable("down")
+
+    runner = ToolRunner({"slow": slow}, DeadBus(), worker="w", publish_retry_s=0.05)
+    req = request("slow", {"x": 1})
+    first = asyncio.create_task(runner.on_call(req))
+    await until(lambda: req.idempotency_key in runner._running, WAIT_S, "the first delivery to start")
+    second = asyncio.create_task(runner.on_call(req))
+    await asyncio.sleep(0)  # one turn of the loop: the second task runs until it blocks on the first
+    release.set()
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    assert all(isinstance(r, Exception) for r in results), results
+    assert runner.executions == 1

@@ -180,7 +180,7 @@ class ToolRunner:
         self._kept: OrderedDict[str, bytes] = OrderedDict()
         self._kept_bytes = 0
         self.keep_results_bytes = 64 * 1024 * 1024
-        self._running: dict[str, asyncio.Future[None]] = {}
+        self._running: dict[str, asyncio.Future[BaseException | None]] = {}
         self._local = InMemoryKV()  # at-most-once marks when no KV is given
         self.executions = 0  # calls whose tool ran
         self.replayed = 0  # calls answered from a stored or kept result
@@ -199,18 +199,26 @@ class ToolRunner:
         if running is not None:
             # A redelivery while this process still runs (or re-publishes) the
             # call, e.g. after a broker restart: wait for that one, run nothing.
-            await asyncio.shield(running)
+            # If that one failed, so does this delivery (acking it would ack
+            # the message whose result was never published).
+            failed = await asyncio.shield(running)
+            if failed is not None:
+                raise RuntimeError(f"the first delivery of {key} failed: {failed}")
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         self._running[key] = fut
+        outcome: BaseException | None = None
         try:
             await self._on_call(req)
         except _Replay as replay:
             self.replayed += 1
             await self._deliver(req.reply_subject, replay.payload, f"{req.idempotency_key}:result")
+        except BaseException as exc:
+            outcome = exc
+            raise
         finally:
             self._running.pop(key, None)
-            fut.set_result(None)
+            fut.set_result(outcome)
 
     async def _on_call(self, req: ToolCallRequested) -> None:
         msg_id = f"{req.idempotency_key}:result"
