@@ -3,7 +3,11 @@ tools at once, one per tool mode, then answers with their results.
 
 Every start of a tool is one ``O_APPEND`` line ``<mode> <idempotency key>
 <pid>`` in the file named by ``FAULT_LOG`` (lines from several processes
-never interleave), so the bench counts executions at the tool itself.
+never interleave), so the bench counts executions at the tool itself; its
+effect (applied at once, before the tool's latency: the worst case for a
+crash) is a line ``<mode>-effect ...``. The idempotent
+tool applies its effect through a downstream that deduplicates by the
+idempotency key the tool receives (a directory of keys, ``FAULT_LEDGER``).
 ``FAULT_TOOL_S`` (default 0.2) is each tool's latency: the window in which a
 broker or a worker dies with the call in flight.
 """
@@ -32,8 +36,28 @@ def record(mode: str, key: str) -> None:
 
 async def _effect(mode: str, key: str, n: str) -> str:
     record(mode, key)
+    # The effect first, then the slow part: the worst case, a call cut off
+    # after its effect happened and before its result was published.
+    if mode == "idempotent":
+        downstream_once(key)
+    else:
+        record(f"{mode}-effect", key)
     await asyncio.sleep(float(os.environ.get("FAULT_TOOL_S", "0.2")))
     return f"{mode}:{n}"
+
+
+def downstream_once(key: str) -> None:
+    """A downstream that deduplicates by idempotency key (as a payments API
+    with an ``Idempotency-Key`` header does): the effect is applied (and
+    logged as ``idempotent-effect``) only for a key it has not seen."""
+    ledger = os.environ.get("FAULT_LEDGER")
+    if not ledger:
+        return
+    try:
+        os.close(os.open(os.path.join(ledger, key.replace(":", "_")), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    record("idempotent-effect", key)
 
 
 @tool

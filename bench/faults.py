@@ -21,7 +21,9 @@ itself). Scenarios:
 Printed per scenario: tasks submitted / acknowledged / completed / failed /
 lost (acknowledged, no result within the wait), then per tool mode: calls,
 executions (starts logged by the tool), duplicate executions (starts beyond
-the first per idempotency key), and ``outcome_unknown`` answers. Targets:
+the first per idempotency key), effects (applied as a call starts; the
+idempotent tool's through a downstream deduplicating by its key),
+duplicate effects, and ``outcome_unknown`` answers. Targets:
 0 lost; 0 duplicates for idempotent and at-most-once tools in the broker
 scenario, and for plain tools too (their worker survives); 0 duplicates for
 at-most-once tools in the worker scenario (a duplicate *start* of an
@@ -121,6 +123,7 @@ def worker_env(url: str, fault_log: Path, ack_wait: float) -> dict[str, str]:
         "AGENTSTREAM_SWEEP_INTERVAL": "1",
         "AGENTSTREAM_LOG_LEVEL": "WARNING",
         "FAULT_LOG": str(fault_log),
+        "FAULT_LEDGER": str(fault_log.parent / "ledger"),
     })
     return env
 
@@ -145,6 +148,7 @@ async def scenario(name: str, args: argparse.Namespace) -> Run:
     with tempfile.TemporaryDirectory(prefix=f"agentstream-faults-{name}-") as tmp:
         base = Path(tmp)
         fault_log = base / "starts.log"
+        (base / "ledger").mkdir()
         server: EmbeddedNats | None = None
         cluster: Any = None
         if name == "cluster":
@@ -247,7 +251,7 @@ async def scenario(name: str, args: argparse.Namespace) -> Run:
             keep.mkdir(parents=True, exist_ok=True)
             for w in workers:
                 shutil.copy(w.err, keep / w.err.name)
-        run.starts = {m: collections.Counter() for m in MODES}
+        run.starts = {m: collections.Counter() for m in (*MODES, *(f"{m}-effect" for m in MODES))}
         if fault_log.exists():
             for line in fault_log.read_text().splitlines():
                 mode, key, _pid = line.split()
@@ -260,12 +264,14 @@ def report(run: Run) -> None:
     print(f"  tasks: submitted {run.submitted}, acknowledged {len(run.acked)}, submit unconfirmed "
           f"{len(run.maybe)}, refused {run.refused}; completed {run.completed}, failed {dict(run.failed) or 0}, "
           f"LOST {len(run.lost)}{' ' + ','.join(run.lost[:10]) if run.lost else ''}")
-    print(f"  {'tool mode':<14} {'calls':>6} {'executions':>11} {'duplicates':>11} {'outcome_unknown':>16}")
+    print(f"  {'tool mode':<14} {'calls':>6} {'executions':>11} {'duplicates':>11} {'effects':>8} "
+          f"{'dup. effects':>13} {'outcome_unknown':>16}")
     for mode in MODES:
-        c = run.starts[mode]
+        c, e = run.starts[mode], run.starts[f"{mode}-effect"]
         dup = sum(n - 1 for n in c.values() if n > 1)
+        dup_e = sum(n - 1 for n in e.values() if n > 1)
         unk = run.unknown if mode == "at_most_once" else 0
-        print(f"  {mode:<14} {len(c):>6} {sum(c.values()):>11} {dup:>11} {unk:>16}")
+        print(f"  {mode:<14} {len(c):>6} {sum(c.values()):>11} {dup:>11} {sum(e.values()):>8} {dup_e:>13} {unk:>16}")
     print(f"  worker stderr lines: {run.log_lines}")
 
 
