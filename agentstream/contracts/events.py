@@ -76,6 +76,10 @@ class ToolError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     field: str | None = None
     hint: str | None = None
     retryable: bool = False
+    # The task cannot go on without a human (an at-most-once call whose outcome
+    # is unknown, with ``on_unknown="escalate"``): the agent fails the task
+    # with reason ``escalated`` instead of showing the error to the model.
+    escalate: bool = False
 
 
 # --------------------------------------------------------------------------- tasks
@@ -102,6 +106,9 @@ class TaskSubmitted(Event, frozen=True, tag="agentstream.task.submitted.v1"):
     deadline_s: float | None = None
     max_tokens: int | None = None  # per-task token budget (input + output), overrides the agent's
     max_cost_usd: float | None = None  # per-task cost budget, overrides the agent's
+    # Claim-check: the input is too large for an event and is in the object
+    # store (bucket agent_payloads) under this name; ``input`` is then empty.
+    input_ref: str = ""
 
 
 class TaskCompleted(Event, frozen=True, tag="agentstream.task.completed.v1"):
@@ -123,7 +130,7 @@ class TaskFailed(Event, frozen=True, tag="agentstream.task.failed.v1"):
     task_id: str
     agent: str
     agent_version: str
-    reason: str  # max_steps | deadline | model_error | model_output | bad_task | ...
+    reason: str  # max_steps | deadline | model_error | model_output | rejected | state_too_large | escalated | ...
     message: str
     steps: int
     tool_calls: int
@@ -171,6 +178,9 @@ class ToolCallCompleted(Event, frozen=True, tag="agentstream.tool.call.completed
     attempts: int = 1  # tries of the tool in this call; 0 = it did not run (bad arguments, circuit open)
     worker: str = ""
     served_by: str = ""  # the fallback tool that produced the result while ``tool``'s breaker was open
+    # Claim-check: ``result`` (its JSON) is in the object store (bucket
+    # agent_payloads) under this name, too large for an event; ``result`` is then null.
+    result_ref: str = ""
 
 
 # --------------------------------------------------------------------------- progress

@@ -142,6 +142,10 @@ TOOL_BREAKERS = BucketDef(name="tool_breakers",
                           description="circuit breaker state per tool (key = tool name), shared by replicas, CAS only")
 TOOL_RESULTS = BucketDef(name="tool_results", description="results of idempotent tool calls by idempotency key",
                          max_age_s=DAY)
+# Claim-check: task inputs and tool results too large for an event (an object
+# store bucket; the events carry the object's name).
+PAYLOADS = BucketDef(name="agent_payloads", description="large task inputs and tool results (claim-check)",
+                     max_age_s=7 * DAY)
 BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS)
 
 

@@ -36,7 +36,7 @@ from aiohttp import web
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskEvent
 from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
-from agentstream.runtime.core.errors import BrokerUnavailable, ResultTimeout
+from agentstream.runtime.core.errors import BrokerUnavailable, PayloadTooLarge, ResultTimeout, SubmitFailed
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.interfaces.http_common import (
     _JSON,
@@ -199,6 +199,10 @@ async def submit_task(request: web.Request) -> web.Response:
             max_cost_usd=req.max_cost_usd)
     except ValueError as exc:  # an agent / task / conversation id that is not a subject token
         raise _BadRequest(str(exc)) from None
+    except PayloadTooLarge as exc:  # a property of the request, not an outage
+        return _error(413, str(exc))
+    except SubmitFailed as exc:  # the message says whether the task may have been stored
+        return _error(503, f"broker unavailable: {exc}", task_id=exc.task_id)
     except (TimeoutError, BrokerUnavailable, nats.errors.Error) as exc:
         return _error(503, f"broker unavailable: could not publish the task ({exc or type(exc).__name__})")
     links = _links(task_id)
