@@ -44,8 +44,9 @@ class BusMemory:
         self.timeout_s = timeout_s
         self.inject = inject
 
-    async def request(self, tenant: str, req: MemoryRequest) -> MemoryReplied:
-        subject = subjects.memory(verb_of(req), subjects.check_token("tenant", tenant))
+    async def request(self, tenant: str, req: MemoryRequest, *, verb: str | None = None) -> MemoryReplied:
+        """``verb="admin"`` sends a write as an operator's (ingestion)."""
+        subject = subjects.memory(verb or verb_of(req), subjects.check_token("tenant", tenant))
         headers: dict[str, str] = {}
         if self.inject is not None:
             self.inject(headers)

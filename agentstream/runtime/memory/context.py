@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from agentstream.contracts.events import Message, MemoryHit, ToolSpec
+from agentstream.contracts.events import MemoryHit, Message, ToolSpec
 from agentstream.runtime.core.state import Turn
 from agentstream.runtime.memory.tokens import estimate_message, estimate_text, estimate_tools
 

@@ -104,13 +104,16 @@ class MemoryStore:
     # ------------------------------------------------------------ writes
 
     async def write(self, tenant: str, writes: Sequence[MemoryWrite], *, actor: str = "",
-                    reviewed: bool = False) -> MemoryReplied:
+                    reviewed: bool = False, operator: bool = False) -> MemoryReplied:
+        """``reviewed``: approved from quarantine (no gate, no limit);
+        ``operator``: arrived on the operators' subject (gated, not rate-limited)."""
         if len(writes) > MAX_WRITES:
             return MemoryReplied(ok=False, error=f"at most {MAX_WRITES} writes a request")
-        results = [await self._write_one(tenant, w, actor, reviewed) for w in writes]
+        results = [await self._write_one(tenant, w, actor, reviewed, operator) for w in writes]
         return MemoryReplied(ok=True, results=tuple(results), count=len(results))
 
-    async def _write_one(self, tenant: str, w: MemoryWrite, actor: str, reviewed: bool) -> MemoryWriteResult:
+    async def _write_one(self, tenant: str, w: MemoryWrite, actor: str, reviewed: bool,
+                         operator: bool = False) -> MemoryWriteResult:
         def result(status: str, mid: str = "", reason: str = "") -> MemoryWriteResult:
             return MemoryWriteResult(write_id=w.write_id, op=w.op, status=status, memory_id=mid, reason=reason)
 
@@ -128,7 +131,7 @@ class MemoryStore:
             qkey = quarantine_key(tenant, w.write_id)
             if await self.quarantine.get(qkey) is not None:
                 return result("quarantined", reason="already held for review")
-            if not self.rate.allow(f"{tenant}\x00{w.source}"):
+            if not operator and not self.rate.allow(f"{tenant}\x00{w.source}"):
                 return result("rate_limited", reason=f"source {w.source!r} writes faster than "
                                                      f"{self.limits.write_rate:g}/s")
             reasons = screen_write(w)
