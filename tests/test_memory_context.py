@@ -8,7 +8,7 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentstream.contracts.events import Message, MemoryHit, ModelResponse
+from agentstream.contracts.events import MemoryHit, Message, ModelResponse
 from agentstream.runtime.adapters.in_memory import InMemoryKV
 from agentstream.runtime.core.errors import ModelError
 from agentstream.runtime.core.ports import ModelRequest

@@ -190,8 +190,15 @@ class AgentMemory:
         if key:
             await self.record_turn(key, Turn(task_id=task.task_id, user=task.input, assistant=result.output),
                                    budget=self.options.budget(self.llm.name))
+        stated = statements(task.input)
         if self.episodes is not None:
             try:
+                # Preferences and corrections as episodes too: recalled for the user
+                # whatever the query's words (lexical search misses "contact me" vs "email").
+                for i, st in enumerate(stated):
+                    await self.episodes.put(task.tenant_id, task.user_id, f"{task.task_id}-{st.slot or i}", Episode(
+                        kind=st.kind, text=st.text, task_id=task.task_id, at=result.finished_at,
+                        conversation_id=task.conversation_id), ttl_s=self.options.episode_ttl_s)
                 await self.episodes.put(task.tenant_id, task.user_id, task.task_id, Episode(
                     kind="session", text=f"User asked: {first_sentence(task.input)} Answer: "
                                          f"{first_sentence(result.output)}",
@@ -204,7 +211,7 @@ class AgentMemory:
                 MemoryWrite(op="UPDATE" if s.slot else "ADD", write_id=f"{task.task_id}:stmt:{i}", text=s.text,
                             slot=s.slot, kind=s.kind, scope="user", user_id=task.user_id, source=task.task_id,
                             task_id=task.task_id, trust="medium")
-                for i, s in enumerate(statements(task.input)))
+                for i, s in enumerate(stated))
             if writes:
                 try:
                     reply = await self.api.request(task.tenant_id, MemoryWriteRequested(writes=writes,
