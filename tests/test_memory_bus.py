@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -68,8 +69,9 @@ async def test_support_desk_remembers_a_preference_across_conversations(
         from agentstream import AgentClient
 
         async with await AgentClient.connect(nats_server.url) as client:
-            async def run(text: str, **kw: str) -> str:
-                res = await client.result(await client.submit("support", text, **kw), timeout=30)
+            async def run(text: str, user_id: str, conversation_id: str) -> str:
+                res = await client.result(await client.submit("support", text, user_id=user_id,
+                                                              conversation_id=conversation_id), timeout=30)
                 assert isinstance(res, TaskCompleted), res
                 return res.output
 
@@ -130,15 +132,9 @@ def test_tenant_a_never_reads_tenant_b(tmp_path: Path, ops: list[tuple[str, ...]
                 other = next(t for t in TENANTS if t != tenant)
                 assert f"secret-of-{other}" not in codec.encode(reply).decode()
                 spoofed = await answer(store, f"memory.{verb}.{tenant}",
-                                       codec.encode(type(req)(**{**_fields(req), "tenant_id": other})), None)
+                                       codec.encode(msgspec.structs.replace(req, tenant_id=other)), None)
                 assert not spoofed.ok
         finally:
             await store.close()
 
     asyncio.run(run())
-
-
-def _fields(req: object) -> dict[str, object]:
-    import msgspec
-
-    return {f: getattr(req, f) for f in msgspec.structs.asdict(req)}  # type: ignore[call-overload]
