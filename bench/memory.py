@@ -16,7 +16,6 @@ import asyncio
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_tracing import ancestors, by_name, wait_for_spans
 
 from agentstream.contracts.events import (
     MemoryAdminRequested,
@@ -29,6 +30,7 @@ from agentstream.runtime.memory.client import BusMemory
 from agentstream.runtime.memory.edge_index import EdgeIndex
 from agentstream.runtime.memory.embed import Lexical
 from agentstream.runtime.memory.store import MemoryStore, StoreLimits
+from agentstream.runtime.observability.telemetry import TelemetryConfig
 from agentstream.runtime.service.memory import MemorySettings, start_memory_service
 from agentstream.runtime.service.runtime import Runtime
 
@@ -64,6 +66,7 @@ async def test_support_desk_remembers_a_preference_across_conversations(
     monkeypatch.setenv("AGENTSTREAM_MEMORY_DIR", str(tmp_path / "mem"))
     settings = Settings.from_env({"AGENTSTREAM_NATS_URL": nats_server.url, "AGENTSTREAM_DATA_DIR": str(tmp_path)})
     rt = Runtime.from_settings(settings, agents=["support"], tools="all")
+    rt.telemetry_config = TelemetryConfig.from_env({})  # spans to the TELEMETRY stream
     await rt.start()
     try:
         from agentstream import AgentClient
@@ -81,6 +84,16 @@ async def test_support_desk_remembers_a_preference_across_conversations(
             assert "I prefer email over phone calls" in later
             stranger = await run("How will you contact me next time?", user_id="kim", conversation_id="c3")
             assert "email or phone?" in stranger
+        # Retrieval is its own span in the task's trace, with hits and scores.
+        assert rt.telemetry is not None and rt.js is not None
+        await rt.telemetry.force_flush()
+        spans = await wait_for_spans(rt.js, lambda x: len(by_name(x, "retrieval memory")) >= 3
+                                     and len(by_name(x, "invoke_agent")) >= 3)
+        index = {x.span_id: x for x in spans}
+        for r in by_name(spans, "retrieval memory"):
+            assert r.attributes["gen_ai.operation.name"] == "retrieval"
+            assert "agentstream.memory.hits" in r.attributes and "agentstream.memory.scores" in r.attributes
+            assert any(a.name.startswith("invoke_agent") for a in ancestors(r, index)), r
     finally:
         await rt.stop()
 

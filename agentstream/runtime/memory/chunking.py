@@ -35,9 +35,10 @@ def chunk(text: str, size: int = 800, overlap: int = 120) -> list[str]:
     chunks: list[str] = []
     current = ""
     for piece in _pieces(text, size - overlap):
-        if current and len(current) + 1 + len(piece) > size:
+        if current and (piece.startswith("#") or len(current) + 1 + len(piece) > size):
+            # a heading starts a chunk: a section's facts stay with their title
             chunks.append(current)
-            tail = current[-overlap:] if overlap else ""
+            tail = current[-overlap:] if overlap and not piece.startswith("#") else ""
             cut = tail.find(" ")
             current = (tail[cut + 1:] if cut >= 0 else tail).strip()
         current = f"{current}\n{piece}" if current else piece

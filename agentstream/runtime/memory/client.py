@@ -46,7 +46,9 @@ class BusMemory:
 
     async def request(self, tenant: str, req: MemoryRequest, *, verb: str | None = None) -> MemoryReplied:
         """``verb="admin"`` sends a write as an operator's (ingestion)."""
-        subject = subjects.memory(verb or verb_of(req), subjects.check_token("tenant", tenant))
+        if not subjects.is_token(tenant):
+            raise MemoryError_(f"invalid tenant {tenant[:64]!r}: use 1-128 letters, digits, '_' or '-'")
+        subject = subjects.memory(verb or verb_of(req), tenant)
         headers: dict[str, str] = {}
         if self.inject is not None:
             self.inject(headers)
