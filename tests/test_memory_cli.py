@@ -4,6 +4,7 @@ a memory service (in this process)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,5 @@ async def test_no_memory_service_is_a_one_line_error(nats_server: EmbeddedNats, 
     assert "no memory service" in one_line_error(_completed(code, out, err))
 
 
-def _completed(code: int, out: str, err: str) -> object:
-    import subprocess
-
+def _completed(code: int, out: str, err: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess([], code, out, err)
