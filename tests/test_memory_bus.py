@@ -151,3 +151,29 @@ def test_tenant_a_never_reads_tenant_b(tmp_path: Path, ops: list[tuple[str, ...]
             await store.close()
 
     asyncio.run(run())
+
+
+async def test_episodes_expire_by_their_own_ttl(nats_server: EmbeddedNats) -> None:
+    from agentstream.runtime.memory.episodic import Episode, EpisodeStore, provision_memory_buckets
+    from conftest import until
+
+    nc = await nats_adapters.connect(nats_server.url)
+    js = nc.jetstream()
+    try:
+        await provision_memory_buckets(js)
+        info = await js.stream_info("KV_memory_episodes")
+        assert info.config.allow_msg_ttl  # per-message TTL is on for the bucket's stream
+        eps = EpisodeStore(js)
+        await eps.put("acme", "sam", "short", Episode(kind="session", text="short-lived", task_id="t1", at=1.0),
+                      ttl_s=1)
+        await eps.put("acme", "sam", "long", Episode(kind="preference", text="kept", task_id="t2", at=2.0),
+                      ttl_s=3600)
+        assert [e.text for e in await eps.recent("acme", "sam")] == ["short-lived", "kept"]
+        assert await eps.recent("globex", "sam") == []
+
+        async def short_gone() -> bool:
+            return [e.text for e in await eps.recent("acme", "sam")] == ["kept"]
+
+        await until(short_gone, timeout=15, what="the 1 s episode to expire while the 1 h one stays")
+    finally:
+        await nc.drain()

@@ -5,7 +5,8 @@ place of a Qdrant server, which these machines do not have)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,35 @@ async def test_invalid_writes_are_rejected_with_a_reason(store: MemoryStore) -> 
     r = await store.write("acme", [w("", "x"), w("a", ""), w("b", "x", user=""), w("c", op="DELETE"),
                                    w("d", op="DELETE", memory_id="not-a-uuid")])
     assert all(x.status == "rejected" and x.reason for x in r.results)
+
+
+class HashEmbedder:
+    """A real (tiny, deterministic) Embedder: bag of hashed words, normalised."""
+
+    dim = 64
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        out = []
+        for t in texts:
+            v = [0.0] * self.dim
+            for word in t.lower().split():
+                v[zlib.crc32(word.strip(".,").encode()) % self.dim] += 1.0
+            norm = sum(x * x for x in v) ** 0.5 or 1.0
+            out.append([x / norm for x in v])
+        return out
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("kind", ["edge", "qdrant-client"])
+async def test_hybrid_dense_and_bm25_fuse(kind: str, tmp_path: Path) -> None:
+    s = MemoryStore(make_index(kind, tmp_path), lexical=Lexical(), quarantine=InMemoryKV(), embedder=HashEmbedder())
+    await s.open()
+    try:
+        await s.write("acme", [w("a", "The user prefers email"), w("b", "Parcel lockers are available in Porto")])
+        assert (await search(s, "acme", "prefers email"))[0] == "The user prefers email"
+        assert (await search(s, "acme", "parcel lockers Porto"))[0] == "Parcel lockers are available in Porto"
+        assert await search(s, "globex", "prefers email") == []
+    finally:
+        await s.close()
