@@ -154,8 +154,9 @@ def test_tenant_a_never_reads_tenant_b(tmp_path: Path, ops: list[tuple[str, ...]
 
 
 async def test_episodes_expire_by_their_own_ttl(nats_server: EmbeddedNats) -> None:
-    from agentstream.runtime.memory.episodic import Episode, EpisodeStore, provision_memory_buckets
     from conftest import until
+
+    from agentstream.runtime.memory.episodic import Episode, EpisodeStore, provision_memory_buckets
 
     nc = await nats_adapters.connect(nats_server.url)
     js = nc.jetstream()
