@@ -54,6 +54,11 @@ async def test_memory_service_answers_on_the_bus(nats_server: EmbeddedNats, tmp_
         assert b'"ok":false' in bad.data and b"bad request" in bad.data
         wrong = await api.request("acme", MemoryQueryRequested(query="x"), verb="write")
         assert not wrong.ok and "does not belong" in wrong.error
+        dead = await js.get_last_msg("DEADLETTER", "deadletter.memory.query.acme")
+        assert b"bad request" in dead.data and b"{not json" in dead.data
+        # ... and the write was audited on the AUDIT stream.
+        audit = await js.get_last_msg("AUDIT", "audit.memory_write.memory")
+        assert b'"write_id":"w1"' in audit.data
         assert (await api.request("acme", MemoryAdminRequested(action="stats"))).count == 1
     finally:
         await service.stop()

@@ -4,7 +4,8 @@ in one queue group, so several replicas share the load.
 The tenant is the subject's last token (what subject permissions grant the
 caller), never a body field or model output. Every request gets a reply:
 a body that does not decode, names the wrong verb, or fails in the store
-gets ``ok=false`` with the reason, and the subscription keeps serving.
+gets ``ok=false`` with the reason (a malformed one is also dead-lettered on
+``deadletter.memory.<verb>.<tenant>``), and the subscription keeps serving.
 Retrieval is its own span (``retrieval memory``) with its hits and scores,
 a child of the caller's span when the request carries trace context.
 """
@@ -12,6 +13,7 @@ a child of the caller's span when the request carries trace context.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -20,7 +22,7 @@ from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import AuditRecord, MemoryQueryRequested, MemoryReplied, MemoryWriteRequested
+from agentstream.contracts.events import AuditRecord, DeadLettered, MemoryQueryRequested, MemoryReplied, MemoryWriteRequested
 from agentstream.runtime.core.errors import AgentstreamError
 from agentstream.runtime.core.ports import Bus
 from agentstream.runtime.execution.engine import audit_msg_id
@@ -85,10 +87,22 @@ async def answer(store: MemoryStore, subject: str, data: bytes, headers: dict[st
     return reply
 
 
-async def serve_memory(nc: NatsClient, store: MemoryStore, *, tel: Telemetry | None = None) -> list[Subscription]:
+# Replies that mean the request itself was malformed: also dead-lettered, so an
+# operator sees a misbehaving client even if it ignores its replies.
+_MALFORMED = ("bad request", "not a memory subject", "a Memory", "request larger")
+
+
+async def serve_memory(nc: NatsClient, store: MemoryStore, *, tel: Telemetry | None = None,
+                       bus: Bus | None = None) -> list[Subscription]:
     async def on_request(msg: Msg) -> None:
         try:
             reply = await answer(store, msg.subject, msg.data or b"", msg.headers, tel)
+            if bus is not None and not reply.ok and reply.error.startswith(_MALFORMED):
+                body = msg.data or b""
+                ev = DeadLettered(subject=msg.subject, consumer=subjects.MEMORY_QUEUE, reason=reply.error[:2000],
+                                  payload=body[:4096].decode("utf-8", errors="replace"), payload_bytes=len(body),
+                                  deliveries=1, at=time.time())
+                await bus.publish(subjects.dead_letter(msg.subject), codec.encode(ev))
         except AgentstreamError as exc:
             reply = MemoryReplied(ok=False, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the service

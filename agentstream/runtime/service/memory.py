@@ -101,11 +101,12 @@ async def start_memory_service(nc: NatsClient, js: JetStreamContext, settings: M
                                bus: Bus | None = None, tel: Telemetry | None = None,
                                replicas: int = 1) -> MemoryService:
     await provision_memory_buckets(js, replicas)
+    bus = bus or nats_adapters.NatsBus(js)
     store = MemoryStore(build_index(settings), lexical=Lexical(), embedder=OpenAIEmbedder.from_env(settings.env),
                         quarantine=await nats_adapters.bucket(js, subjects.MEMORY_QUARANTINE.name),
-                        audit=audit_sink(bus or nats_adapters.NatsBus(js)))
+                        audit=audit_sink(bus))
     await store.open()
-    return MemoryService(store=store, subs=await serve_memory(nc, store, tel=tel))
+    return MemoryService(store=store, subs=await serve_memory(nc, store, tel=tel, bus=bus))
 
 
 async def attach_agent_memory(engine: AgentEngine, app: App, nc: NatsClient, js: JetStreamContext,
