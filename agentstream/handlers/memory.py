@@ -22,7 +22,13 @@ from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import AuditRecord, DeadLettered, MemoryQueryRequested, MemoryReplied, MemoryWriteRequested
+from agentstream.contracts.events import (
+    AuditRecord,
+    DeadLettered,
+    MemoryQueryRequested,
+    MemoryReplied,
+    MemoryWriteRequested,
+)
 from agentstream.runtime.core.errors import AgentstreamError
 from agentstream.runtime.core.ports import Bus
 from agentstream.runtime.execution.engine import audit_msg_id
