@@ -76,3 +76,27 @@ async def test_no_memory_service_is_a_one_line_error(nats_server: EmbeddedNats, 
 
 def _completed(code: int, out: str, err: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess([], code, out, err)
+
+
+async def test_memory_serve_runs_until_sigterm(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    import signal
+
+    from conftest import cli_command, until
+
+    env = worker_env({"AGENTSTREAM_NATS_URL": nats_server.url}, data_dir=tmp_path)
+    out = tmp_path / "serve.out"
+    with open(out, "wb") as fo:
+        proc = subprocess.Popen([*cli_command(), "memory", "serve"], env=env, stdout=fo, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        await until(lambda: "serving memory" in out.read_text() or proc.poll() is not None, timeout=30,
+                    what="memory serve to start")
+        assert proc.poll() is None, out.read_text()
+        code, stdout, err = await cli(env, "search", "anything", "--tenant", "acme")
+        assert code == 0 and "no memories match" in stdout, err
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
