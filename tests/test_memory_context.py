@@ -13,13 +13,14 @@ from agentstream.runtime.adapters.in_memory import InMemoryKV
 from agentstream.runtime.core.errors import ModelError
 from agentstream.runtime.core.ports import ModelRequest
 from agentstream.runtime.core.state import Turn
-from agentstream.runtime.memory.agent import AgentMemory, MemoryOptions, _kv_key
+from agentstream.runtime.memory.agent import AgentMemory, MemoryOptions, conversation_kv_key
 from agentstream.runtime.memory.chunking import chunk
 from agentstream.runtime.memory.context import Budget, assemble, decode_conversation
 from agentstream.runtime.memory.remember import statements
 from agentstream.runtime.memory.tokens import estimate_messages
 
 SYSTEM = Message(role="system", content="You are a support agent.")
+KEY = conversation_kv_key("acme", "c1")
 
 
 def turns(n: int, words: int = 40) -> list[Turn]:
@@ -83,12 +84,12 @@ async def record_all(mode: str, n: int) -> tuple[AgentMemory, InMemoryKV]:
     mem = AgentMemory(llm=llm, conversations=kv, options=MemoryOptions(summarise_batch=2))
     budget = Budget(recent_turns=3, summary_tokens=2000)
     for t in turns(n, words=3):
-        await mem.record_turn("acme.c1", t, budget=budget)
+        await mem.record_turn(KEY, t, budget=budget)
     return mem, kv
 
 
 async def conversation(kv: InMemoryKV) -> object:
-    entry = await kv.get(_kv_key("acme.c1"))
+    entry = await kv.get(KEY)
     assert entry is not None
     return decode_conversation(entry.value)
 
@@ -113,7 +114,7 @@ async def test_a_working_summariser_replaces_folded_turns() -> None:
 
 async def test_a_replayed_turn_is_recorded_once() -> None:
     mem, kv = await record_all("ok", 2)
-    await mem.record_turn("acme.c1", turns(2, words=3)[1], budget=Budget())
+    await mem.record_turn(KEY, turns(2, words=3)[1], budget=Budget())
     conv = await conversation(kv)
     assert conv.total == 2  # type: ignore[attr-defined]
 
@@ -129,7 +130,7 @@ def test_no_sequence_of_summariser_outcomes_loses_a_turn(outcomes: list[str]) ->
         kv = InMemoryKV()
         mem = AgentMemory(llm=Flaky("ok"), conversations=kv, options=MemoryOptions(summarise_batch=1))
         for t in turns(len(outcomes) + 4, words=2):
-            await mem.record_turn("acme.c1", t, budget=Budget(recent_turns=2))
+            await mem.record_turn(KEY, t, budget=Budget(recent_turns=2))
         conv = await conversation(kv)
         assert conv.total == len(outcomes) + 4  # type: ignore[attr-defined]
         assert [t.task_id for t in conv.turns] == [f"t{i}" for i in range(conv.summarised, conv.total)]  # type: ignore[attr-defined]

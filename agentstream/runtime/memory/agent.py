@@ -117,10 +117,9 @@ class AgentMemory:
         return msgspec.structs.replace(request, messages=out.messages)
 
     async def _conversation(self, task: Any) -> ConversationMemory:
-        key = core.conversation_key(task)
-        if not key:
+        if not task.conversation_id:
             return ConversationMemory()
-        entry = await self.conversations.get(_kv_key(key))
+        entry = await self.conversations.get(conversation_kv_key(task.tenant_id, task.conversation_id))
         return decode_conversation(entry.value) if entry is not None else ConversationMemory()
 
     async def _recall(self, state: SessionState) -> tuple[MemoryHit, ...]:
@@ -186,9 +185,8 @@ class AgentMemory:
         if state is None or not isinstance(result, TaskCompleted):
             return
         task = state.task
-        key = core.conversation_key(task)
-        if key:
-            await self.record_turn(key, Turn(task_id=task.task_id, user=task.input, assistant=result.output),
+        if task.conversation_id:
+            await self.record_turn(conversation_kv_key(task.tenant_id, task.conversation_id), Turn(task_id=task.task_id, user=task.input, assistant=result.output),
                                    budget=self.options.budget(self.llm.name))
         stated = statements(task.input)
         if self.episodes is not None:
@@ -221,12 +219,11 @@ class AgentMemory:
                 except (AgentstreamError, ValueError) as exc:
                     log.warning("memory writes of task %s failed: %s", task.task_id, exc)
 
-    async def record_turn(self, key: str, turn: Turn, *, budget: Budget) -> None:
-        """Append the turn, then fold the oldest turns into the summary when
-        due. Turns leave the record only in the write that stores a summary
-        covering them; a summariser that fails or is cut off is replaced by
-        the extractive summary, so nothing is lost."""
-        kv = _kv_key(key)
+    async def record_turn(self, kv: str, turn: Turn, *, budget: Budget) -> None:
+        """Append the turn to the record at key ``kv``, then fold the oldest
+        turns into the summary when due. Turns leave the record only in the
+        write that stores a summary covering them; a summariser that fails or
+        is cut off is replaced by the extractive summary, so nothing is lost."""
         for _ in range(MAX_CAS):
             entry = await self.conversations.get(kv)
             conv = decode_conversation(entry.value) if entry is not None else ConversationMemory()
@@ -245,7 +242,7 @@ class AgentMemory:
                 return
             except Conflict:
                 continue
-        log.warning("conversation %s: turn %s not recorded after %d conflicts", key, turn.task_id, MAX_CAS)
+        log.warning("conversation %s: turn %s not recorded after %d conflicts", kv, turn.task_id, MAX_CAS)
 
     async def summarise(self, previous: str, turns: tuple[Turn, ...], max_tokens: int) -> tuple[str, str]:
         """(summary, "model") when the model produced a whole one, else the
@@ -280,7 +277,8 @@ def relevant_episodes(query: str, episodes: list[Episode], limit: int) -> list[M
             for s, _, e in scored[:limit]]
 
 
-def _kv_key(conversation_key: str) -> str:
-    # Tenant and conversation ids are free text; a KV key is tokens. Hashed, not
-    # sanitised, so two conversations can never share a record.
-    return hashlib.sha256(conversation_key.encode()).hexdigest()[:40]
+def conversation_kv_key(tenant: str, conversation_id: str) -> str:
+    """Tenant and conversation ids are free text; a KV key is tokens. Hashed
+    with a separator neither can contain, so two conversations (of one tenant
+    or of two) never share a record."""
+    return hashlib.sha256(f"{tenant}\x00{conversation_id}".encode()).hexdigest()[:40]

@@ -48,6 +48,8 @@ class EpisodeStore:
 
     async def put(self, tenant: str, user_id: str, episode_id: str, episode: Episode,
                   ttl_s: float = DEFAULT_TTL_S) -> None:
+        if not subjects.is_token(tenant):
+            raise MemoryError_(f"invalid tenant {tenant[:64]!r} for episodic memory")
         key = f"{tenant}.{user_token(user_id)}.{re.sub(r'[^A-Za-z0-9_-]', '_', episode_id)[:100]}"
         try:
             await self.js.publish(f"$KV.{self.bucket}.{key}", msgspec.json.encode(episode),
@@ -56,6 +58,8 @@ class EpisodeStore:
             raise MemoryError_(f"cannot store episode {key}: {exc}") from exc
 
     async def recent(self, tenant: str, user_id: str) -> list[Episode]:
+        if not subjects.is_token(tenant):
+            return []
         prefix = f"$KV.{self.bucket}.{tenant}.{user_token(user_id)}."
         raws = await scan(self.js, f"KV_{self.bucket}", f"{prefix}>", last_per_subject=True, limit=MAX_EPISODES * 4)
         out = []

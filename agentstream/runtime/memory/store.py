@@ -37,7 +37,6 @@ from agentstream.contracts.events import (
 from agentstream.runtime.core.errors import Conflict
 from agentstream.runtime.core.ports import SessionStore
 from agentstream.runtime.memory.embed import Embedder, Lexical
-from agentstream.runtime.memory.errors import MemoryError_
 from agentstream.runtime.memory.gate import RateLimiter, cap_per_source, screen_write
 from agentstream.runtime.memory.index import TENANT_FIELD, IndexPoint, IndexRecord, VectorIndex, Where
 
@@ -310,7 +309,3 @@ def _hit(r: IndexRecord) -> MemoryHit:
                      source=str(p.get("source", "")), task_id=str(p.get("task_id", "")),
                      trust=trust if trust in ("high", "medium", "low") else "low",
                      created_at=float(p.get("created_at") or 0.0))
-
-
-class StoreError(MemoryError_):
-    pass
