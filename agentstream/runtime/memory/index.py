@@ -18,7 +18,7 @@ SPARSE = "bm25"
 TENANT_FIELD = "tenant"
 # ``state``: "current" or "invalidated" (a keyword, not a bool: qdrant-edge 0.9
 # does not match bool payloads). Keyword payload fields with an index (filters on them stay fast at scale).
-KEYWORD_FIELDS = ("state", "scope", "user_id", "source", "kind", "slot", "write_id")
+KEYWORD_FIELDS = ("state", "scope", "user_id", "source")
 
 
 class Sparse(msgspec.Struct, frozen=True):
