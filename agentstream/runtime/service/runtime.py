@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -33,6 +33,9 @@ from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterH
 from agentstream.runtime.execution.engine import AgentEngine, parse_deadline_key
 from agentstream.runtime.execution.tool_runner import ToolRunner
 from agentstream.runtime.observability.telemetry import Telemetry, TelemetryConfig, setup_telemetry
+
+if TYPE_CHECKING:
+    from agentstream.runtime.service.memory import MemoryService
 
 log = logging.getLogger("agentstream.service")
 
@@ -84,7 +87,7 @@ class Runtime:
     # Telemetry: from the environment (OTEL_*, AGENTSTREAM_TRACING) unless given.
     telemetry_config: TelemetryConfig | None = None
     telemetry: Telemetry | None = None
-    memory_service: Any = None  # runtime.service.memory.MemoryService when AGENTSTREAM_MEMORY=on
+    memory_service: MemoryService | None = None  # when AGENTSTREAM_MEMORY=on
 
     @classmethod
     def from_settings(cls, settings: Settings, *, agents: Sequence[str] = (), tools: str | None = None,
