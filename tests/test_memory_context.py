@@ -150,3 +150,15 @@ def test_chunks_overlap_and_cover_the_text() -> None:
     assert all(len(p) <= 400 for p in parts) and len(parts) > 3
     for i in range(10):
         assert any(f"Paragraph {i}." in p for p in parts)
+
+
+def test_estimates_follow_the_models_reported_usage() -> None:
+    from agentstream.runtime.memory.tokens import Calibration, estimate_text
+
+    assert 8 <= estimate_text("The quick brown fox jumps over the lazy dog.") <= 14
+    cal = Calibration()
+    assert cal.scale("m", 1000) == 1000  # nothing reported yet: the offline estimate
+    for _ in range(20):
+        cal.observe("m", estimated=1000, reported=1500)
+    assert 1450 <= cal.scale("m", 1000) <= 1500
+    assert cal.scale("other", 1000) == 1000
