@@ -162,3 +162,21 @@ def test_estimates_follow_the_models_reported_usage() -> None:
         cal.observe("m", estimated=1000, reported=1500)
     assert 1450 <= cal.scale("m", 1000) <= 1500
     assert cal.scale("other", 1000) == 1000
+
+
+def test_memory_settings_from_the_environment() -> None:
+    import pytest
+
+    from agentstream.runtime.core.errors import ConfigError
+    from agentstream.runtime.service.memory import MemorySettings
+
+    off = MemorySettings.from_env({})
+    assert not off.enabled and off.min_score == 0.0
+    on = MemorySettings.from_env({"AGENTSTREAM_MEMORY": "on", "AGENTSTREAM_CONTEXT_BUDGETS": "gpt-4o=24000,*=8000",
+                                  "AGENTSTREAM_MEMORY_MIN_SCORE": "0.5", "QDRANT_URL": "http://qdrant:6333"})
+    assert on.enabled and on.budgets["gpt-4o"].context_tokens == 24000 and on.min_score == 0.5
+    assert on.qdrant_url == "http://qdrant:6333"
+    for bad in ({"AGENTSTREAM_MEMORY": "maybe"}, {"AGENTSTREAM_CONTEXT_BUDGETS": "gpt-4o"},
+                {"AGENTSTREAM_MEMORY_MIN_SCORE": "high"}):
+        with pytest.raises(ConfigError):
+            MemorySettings.from_env(bad)

@@ -6,7 +6,8 @@ Backend: ``QDRANT_URL`` (and ``QDRANT_API_KEY``) for a Qdrant server or
 cluster shared by several memory-service replicas; else qdrant-edge in
 process, its shard under ``AGENTSTREAM_MEMORY_DIR`` (default
 ``<data dir>/memory``). ``AGENTSTREAM_CONTEXT_BUDGETS="gpt-4o=24000,*=8000"``
-sets each model's context budget in tokens. Memory is off by default: a
+sets each model's context budget in tokens; ``AGENTSTREAM_MEMORY_MIN_SCORE`` the
+relevance below which a recalled memory stays out. Memory is off by default: a
 process without it behaves exactly as before.
 """
 
@@ -48,6 +49,7 @@ class MemorySettings:
     qdrant_api_key: str | None = None
     path: Path = Path(".agentstream/memory")
     budgets: dict[str, Budget] = field(default_factory=dict)
+    min_score: float = 0.0  # retrieved memories below this relevance stay out of the context
     env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -60,7 +62,18 @@ class MemorySettings:
                    qdrant_url=env.get("QDRANT_URL", "").strip(),
                    qdrant_api_key=env.get("QDRANT_API_KEY", "").strip() or None,
                    path=Path(env.get("AGENTSTREAM_MEMORY_DIR") or data_dir / "memory"),
-                   budgets=parse_budgets(env.get("AGENTSTREAM_CONTEXT_BUDGETS", "")), env=dict(env))
+                   budgets=parse_budgets(env.get("AGENTSTREAM_CONTEXT_BUDGETS", "")),
+                   min_score=_min_score(env.get("AGENTSTREAM_MEMORY_MIN_SCORE", "")), env=dict(env))
+
+
+def _min_score(raw: str) -> float:
+    try:
+        value = float(raw) if raw.strip() else 0.0
+    except ValueError:
+        raise ConfigError(f"AGENTSTREAM_MEMORY_MIN_SCORE={raw!r} is not a number") from None
+    if not value >= 0.0:
+        raise ConfigError(f"AGENTSTREAM_MEMORY_MIN_SCORE={raw!r} must be >= 0")
+    return value
 
 
 def parse_budgets(raw: str) -> dict[str, Budget]:
@@ -122,7 +135,8 @@ async def attach_agent_memory(engine: AgentEngine, app: App, nc: NatsClient, js:
     mem = AgentMemory(llm=llm or engine.llm,
                       conversations=await nats_adapters.bucket(js, subjects.MEMORY_CONVERSATIONS.name),
                       api=BusMemory(nc, inject=tel.inject if tel is not None and tel.tracing else None),
-                      episodes=EpisodeStore(js), options=MemoryOptions(budgets=settings.budgets),
+                      episodes=EpisodeStore(js),
+                      options=MemoryOptions(budgets=settings.budgets, min_score=settings.min_score),
                       side_effecting=side_effecting)
     engine.memory = mem
     return mem
