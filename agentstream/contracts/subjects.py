@@ -61,8 +61,32 @@ def audit(kind: str, agent: str) -> str:
     return f"audit.{kind.replace('.', '_')}.{agent}"
 
 
+def memory(verb: str, tenant: str) -> str:
+    """``memory.<verb>.<tenant>`` (verb: query | write | admin), request-reply
+    with the memory service. The tenant token is what subject permissions grant."""
+    return f"memory.{verb}.{tenant}"
+
+
+MEMORY_VERBS: tuple[str, ...] = ("query", "write", "admin")
+MEMORY_QUEUE = "memory"  # the queue group the memory-service replicas share
+
+
 def dead_letter(origin_subject: str) -> str:
     return f"deadletter.{origin_subject}"
+
+
+def eval_scores(agent: str, task_id: str) -> str:
+    """An online evaluator's EvaluationScored for one task (stream EVALS)."""
+    return f"evals.{agent}.scores.{task_id}"
+
+
+def eval_feedback(agent: str, task_id: str) -> str:
+    """A user's FeedbackSubmitted for one task (stream EVALS, beside the scores)."""
+    return f"evals.{agent}.feedback.{task_id}"
+
+
+def eval_drift(agent: str) -> str:
+    return f"evals.{agent}.drift"
 
 
 def any_results(task_id: str) -> str:
@@ -112,9 +136,12 @@ class BucketDef(msgspec.Struct, frozen=True, kw_only=True):
     # (2,453 against 2,483 bytes a W1 task over 20,000 tasks; docs/storage.md).
     compress: bool = False
 
+    # An object store (chunked blobs), not a KV bucket: its stream is OBJ_<name>.
+    objects: bool = False
+
     @property
     def stream(self) -> str:
-        return f"KV_{self.name}"
+        return f"{'OBJ' if self.objects else 'KV'}_{self.name}"
 
 
 DAY = 86400.0
@@ -164,6 +191,11 @@ STREAMS: tuple[StreamDef, ...] = (
     StreamDef(name="DEADLETTER", subjects=("deadletter.>",), max_age_s=30 * DAY,
               description="messages a consumer could not process, with the reason", max_bytes=512 * MiB,
               discard="old", compress=True),
+    # new: scores and feedback are records a user or evaluator sent once;
+    # refusing tells the sender, dropping would lose them silently.
+    StreamDef(name="EVALS", subjects=("evals.>",), max_age_s=30 * DAY,
+              description="online evaluation: scores, user feedback and drift alarms, per agent and task",
+              max_bytes=GiB, discard="new", compress=True),
     # Finished spans (SpanRecord JSON, agentstream.contracts.telemetry), one
     # subject a trace. Short dedupe window: only invoke_agent spans carry a msg id.
     # old: telemetry must never stop the work it describes.
@@ -185,6 +217,23 @@ TOOL_BREAKERS = BucketDef(name="tool_breakers",
                           max_bytes=16 * MiB)
 TOOL_RESULTS = BucketDef(name="tool_results", description="results of idempotent tool calls by idempotency key",
                          max_age_s=DAY, max_bytes=512 * MiB)
+# Claim-check: task inputs and tool results too large for an event (an object
+# store bucket; the events carry the object's name).
+PAYLOADS = BucketDef(name="agent_payloads", description="large task inputs and tool results (claim-check)",
+                     max_age_s=7 * DAY, objects=True, max_bytes=2 * GiB)
+# Memory buckets, created by the memory service and agents that use memory
+# (not in BUCKETS: a deployment without memory provisions nothing for it).
+# Episodes carry a TTL per key (the Nats-TTL header; the bucket's stream has
+# allow_msg_ttl); max_age is only the ceiling.
+EPISODES = BucketDef(name="memory_episodes", description="episodic memory: session summaries, decisions, "
+                     "preferences, one key per episode, TTL per key", max_age_s=365 * DAY, max_bytes=GiB)
+MEMORY_CONVERSATIONS = BucketDef(name="memory_conversations",
+                                 description="per conversation: the summary and the unsummarised tail, CAS only",
+                                 max_age_s=90 * DAY, max_bytes=GiB)
+MEMORY_QUARANTINE = BucketDef(name="memory_quarantine",
+                              description="memory writes the poisoning gate held for review", max_age_s=90 * DAY,
+                              max_bytes=256 * MiB)
+MEMORY_BUCKETS: tuple[BucketDef, ...] = (EPISODES, MEMORY_CONVERSATIONS, MEMORY_QUARANTINE)
 BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS)
 
 
@@ -212,7 +261,7 @@ def stream_of(subject: str) -> str:
 def store_names() -> tuple[str, ...]:
     """Every store by the name operators use: streams by stream name, buckets
     by bucket name (their stream is ``KV_<bucket>``)."""
-    return (*(sd.name for sd in STREAMS), *(bd.name for bd in BUCKETS))
+    return (*(sd.name for sd in STREAMS), *(bd.name for bd in (*BUCKETS, PAYLOADS, *MEMORY_BUCKETS)))
 
 
 def agent_durable(agent: str, role: str = "tasks") -> str:

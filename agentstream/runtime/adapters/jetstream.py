@@ -16,16 +16,18 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StoreCompression,
     StreamConfig,
 )
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from agentstream.contracts import subjects
 from agentstream.runtime.adapters.scan import scan
-from agentstream.runtime.core.errors import BrokerUnavailable, ConfigError, Conflict, StoreFull
+from agentstream.runtime.core.errors import BrokerUnavailable, ConfigError, Conflict, PayloadTooLarge, StoreFull
 from agentstream.runtime.core.ports import Entry
 
 MSG_ID = "Nats-Msg-Id"
@@ -57,8 +59,9 @@ class NatsBus:
 
     full_backoff_max_s = 2.0
 
-    def __init__(self, js: JetStreamContext, *, wait_when_full: bool = False) -> None:
+    def __init__(self, js: JetStreamContext, *, timeout_s: float = 10.0, wait_when_full: bool = False) -> None:
         self.js = js
+        self.timeout_s = timeout_s
         self.wait_when_full = wait_when_full
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
@@ -69,22 +72,26 @@ class NatsBus:
         delay = 0.05
         while True:
             try:
-                await self.js.publish(subject, payload, headers=hdrs or None, timeout=10)
+                await self.js.publish(subject, payload, headers=hdrs or None, timeout=self.timeout_s)
                 return
-            except (nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
-                raise BrokerUnavailable(f"cannot publish to {subject}: {exc}") from exc
-            except jse.APIError as exc:
+            except nats.errors.MaxPayloadError as exc:
+                raise PayloadTooLarge(f"{len(payload)} bytes to {subject} exceed the broker's max payload") from exc
+            except Exception as exc:  # noqa: BLE001 - sorted below: full, broker away, or not ours
                 full = store_full(exc, subjects.stream_of(subject))
                 if full is None:
+                    if isinstance(exc, BROKER_ERRORS):
+                        # A timeout may hide a publish the stream did store: a retry with
+                        # the same msg id is deduplicated, so callers may simply retry.
+                        raise BrokerUnavailable(f"cannot publish to {subject}: {type(exc).__name__}: {exc}") from exc
                     raise
                 if not self.wait_when_full:
                     raise full from None
-                # Cancellation (shutdown) ends the wait: the message being handled
-                # stays unacknowledged and is redelivered, nothing lost.
-                if delay == 0.05:
-                    log.warning("%s; waiting for room", full)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.full_backoff_max_s)
+            # Full: wait for room. Cancellation (shutdown) ends the wait; the
+            # message being handled stays unacknowledged and is redelivered.
+            if delay == 0.05:
+                log.warning("%s; waiting for room", full)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.full_backoff_max_s)
 
 
 class NatsKV:
@@ -173,12 +180,36 @@ class NatsKV:
         return sorted(live.items())
 
 
+class NatsBlobStore:
+    """``BlobStore`` over a JetStream object store (chunked, so a blob may be
+    larger than the broker's max payload)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self.store.put(name, data)
+
+    async def get(self, name: str) -> bytes:
+        try:
+            res = await self.store.get(name)
+        except jse.NotFoundError as exc:  # ObjectNotFoundError is one
+            raise KeyError(name) from exc
+        return bytes(res.data or b"")
+
+
+async def blob_store(js: JetStreamContext, name: str = subjects.PAYLOADS.name) -> NatsBlobStore:
+    return NatsBlobStore(await js.object_store(name))
+
+
 # What a request may meet while the broker is away (down, restarting, without
 # JetStream): for the HTTP API a 503, not a 500.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     BrokerUnavailable, ConnectionError, TimeoutError, nats.errors.NoRespondersError,
     nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError,
-    jse.ServiceUnavailableError)
+    jse.ServiceUnavailableError,
+    # js.publish's "no responders": the stream has no leader (a node died, an election)
+    jse.NoStreamResponseError)
 
 _T = TypeVar("_T")
 
@@ -305,6 +336,28 @@ async def _provision(js: JetStreamContext, replicas: int, update: bool, limits: 
             # expiring finished sessions and delete markers (buckets made by an older nats-py lack it)
             have.allow_msg_ttl = True
             await js.update_stream(have)
+    pd = subjects.PAYLOADS
+    created = await _creating(functools.partial(js.create_object_store, pd.name, ObjectStoreConfig(
+        description=pd.description, ttl=pd.max_age_s, replicas=replicas, storage=StorageType.FILE,
+        max_bytes=limits.get(pd.name, pd.max_bytes))))
+    if not created:
+        await _once_visible(functools.partial(js.object_store, pd.name))
+    if update:
+        # Buckets created by others (the object store above; the memory
+        # service's, when it runs): their byte limits kept up to date.
+        for od in (pd, *subjects.MEMORY_BUCKETS):
+            await _update_limits(js, od, limits.get(od.name, od.max_bytes), _compression(od.compress, compression))
+
+
+async def _update_limits(js: JetStreamContext, bd: subjects.BucketDef, max_bytes: int,
+                         compression: StoreCompression) -> None:
+    try:
+        have = (await js.stream_info(bd.stream)).config
+    except jse.NotFoundError:
+        return  # not created (yet): whoever creates it sets its limit
+    if (have.max_bytes or -1) != max_bytes or (have.compression or StoreCompression.NONE) != compression:
+        have.max_bytes, have.compression = max_bytes, compression
+        await js.update_stream(have)
 
 
 def _drifted(have: StreamConfig, want: StreamConfig) -> bool:

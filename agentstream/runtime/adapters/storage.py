@@ -74,7 +74,9 @@ class PurgeResult:
 
 def _stores() -> list[tuple[str, str, str]]:
     return ([(sd.name, "stream", sd.name) for sd in subjects.STREAMS]
-            + [(bd.name, "bucket", bd.stream) for bd in subjects.BUCKETS])
+            + [(bd.name, "bucket", bd.stream) for bd in subjects.BUCKETS]
+            + [(bd.name, "objects" if bd.objects else "bucket", bd.stream)
+               for bd in (subjects.PAYLOADS, *subjects.MEMORY_BUCKETS)])
 
 
 def stream_of_store(name: str) -> str:
@@ -267,4 +269,10 @@ async def purge(nc: NatsClient, js: JetStreamContext, name: str, cutoff: float) 
         return PurgeResult(name=name, removed=0, bytes_before=0, bytes_after=0, note="does not exist")
     if stream == name:
         return await purge_stream(nc, js, name, cutoff)
+    if stream.startswith("OBJ_"):
+        # Objects are claim-checked inputs and results a running task may still
+        # read, and one object is many chunk messages: its age limit removes them.
+        before, _ = await _bytes(js, stream)
+        return PurgeResult(name=name, removed=0, bytes_before=before, bytes_after=before,
+                           note="not purged by age: claim-checked payloads of tasks that may still run")
     return await purge_bucket(js, name, cutoff)

@@ -546,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         dp.set_defaults(fn=cmd_decide)
 
     from agentstream.runtime.interfaces.admin import add_parser as add_admin
+    from agentstream.runtime.interfaces.eval_command import add_parser as add_eval
     from agentstream.runtime.interfaces.lint_command import add_parser as add_lint
     from agentstream.runtime.interfaces.view_commands import add_stats_parser, add_trace_parser
 
@@ -553,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_admin(sub)
     add_trace_parser(sub)
     add_stats_parser(sub)
+    add_eval(sub)
+    from agentstream.runtime.interfaces.memory_command import add_parser as add_memory
+
+    add_memory(sub)
 
     a = sub.add_parser("asyncapi", help="export the AsyncAPI document of the protocol")
     a.add_argument("--out")
