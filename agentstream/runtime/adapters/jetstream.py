@@ -63,6 +63,7 @@ class NatsBus:
         self.js = js
         self.timeout_s = timeout_s
         self.wait_when_full = wait_when_full
+        self._full_logged = float("-inf")
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
                       headers: dict[str, str] | None = None) -> None:
@@ -88,7 +89,9 @@ class NatsBus:
                     raise full from None
             # Full: wait for room. Cancellation (shutdown) ends the wait; the
             # message being handled stays unacknowledged and is redelivered.
-            if delay == 0.05:
+            now = time.monotonic()
+            if now - self._full_logged >= 10.0:  # one warning every 10 s, not one per waiting publish
+                self._full_logged = now
                 log.warning("%s; waiting for room", full)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.full_backoff_max_s)

@@ -84,7 +84,7 @@ class PullConsumer:
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
         self.full_backoff_max_s = 2.0
-        self._full_logged = -FULL_LOG_EVERY_S
+        self._full_logged = float("-inf")
 
     async def ensure(self) -> JetStreamContext.PullSubscription:
         cfg = ConsumerConfig(
