@@ -59,6 +59,7 @@ from agentstream.runtime.core.state import (
     decode_state,
     encode_state,
 )
+from agentstream.runtime.core.version import fingerprint
 
 if TYPE_CHECKING:
     from agentstream.runtime.observability.telemetry import EngineHooks
@@ -100,6 +101,7 @@ class AgentEngine:
         # cached session decodes nothing (states are frozen; the core copies).
         self._cache: OrderedDict[str, tuple[SessionState, int]] = OrderedDict()
         self.cache_size = 4096
+        self.version_hash = fingerprint(spec, llm.name)
 
     # ------------------------------------------------------------ entry points
 
@@ -119,7 +121,8 @@ class AgentEngine:
         p = self.policy
         return core.Context(spec=self.spec, now=self.clock(), history=history, worker=self.worker,
                             model=self.llm.name, prices=p.prices, needs_approval=p.needs_approval,
-                            approvers_for=p.approvers_for, default_approvers=p.default_approvers)
+                            approvers_for=p.approvers_for, default_approvers=p.default_approvers,
+                            version_hash=self.version_hash)
 
     # ------------------------------------------------------------ the loop
 

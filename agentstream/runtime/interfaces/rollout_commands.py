@@ -1,0 +1,186 @@
+"""The safe-change commands: ``worker --version/--shadow``, ``shadow report``,
+``shadow show``, ``versions`` (and ``canary``, see rollout.canary)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+from agentstream.contracts import codec, subjects
+from agentstream.contracts.events import TaskCompleted, TaskFailed
+from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.adapters.scan import scan
+from agentstream.runtime.config.settings import Settings, broker_url
+from agentstream.runtime.core.errors import AgentstreamError
+from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.observability.views import parse_duration
+from agentstream.runtime.rollout.comparator import load_records, record_key
+from agentstream.runtime.rollout.compare import decode_record, render_report, shadow_report
+from agentstream.runtime.rollout.shadow import ShadowConfig
+
+
+def _pct(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage 0-100, got {text!r}") from None
+    if not 0.0 <= v <= 100.0:
+        raise argparse.ArgumentTypeError(f"expected a percentage 0-100, got {text!r}")
+    return v
+
+
+def _usd(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an amount in USD, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError("a cost cap cannot be negative")
+    return v
+
+
+def _since(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_worker_flags(w: argparse.ArgumentParser) -> None:
+    g = w.add_argument_group("safe change (see docs/rollout.md)")
+    g.add_argument("--version", help="run this declared version of the agent (default: production's)")
+    g.add_argument("--shadow", action="store_true",
+                   help="run as a shadow: every production task, no side effects, outputs under shadow.<label>")
+    g.add_argument("--label", help="the shadow's name (default: --version, else 'shadow'); "
+                                   "run production's own version under a second label to measure noise")
+    g.add_argument("--sample", type=_pct, default=100.0, metavar="PCT", help="share of tasks a shadow runs")
+    g.add_argument("--daily-cost", type=_usd, metavar="USD", help="a shadow stops taking tasks for the day past this")
+    g.add_argument("--read-only", choices=("live", "replay"), default="live",
+                   help="read-only tools in a shadow: run them, or serve production's recorded results")
+    g.add_argument("--comparator", action="store_true",
+                   help="also join production and shadow outcomes (shadow replicas always do)")
+
+
+def shadow_config(args: argparse.Namespace) -> ShadowConfig | None:
+    if not getattr(args, "shadow", False):
+        for flag in ("label", "daily_cost"):
+            if getattr(args, flag, None) is not None:
+                raise AgentstreamError(f"--{flag.replace('_', '-')} applies to a shadow: add --shadow")
+        return None
+    if not args.agent:
+        raise AgentstreamError("--shadow needs --agent NAME")
+    label = args.label or args.version or "shadow"
+    try:
+        return ShadowConfig(label=label, sample_pct=args.sample, daily_cost_usd=args.daily_cost,
+                            read_only=args.read_only)
+    except ValueError as exc:
+        raise AgentstreamError(str(exc)) from None
+
+
+# ----------------------------------------------------------------- commands
+
+
+async def _outcomes(client: AgentClient) -> nats_adapters.NatsKV:
+    return await nats_adapters.bucket(client.js, subjects.OUTCOMES.name)
+
+
+async def cmd_shadow_report(args: argparse.Namespace, settings: Settings) -> int:
+    async with await AgentClient.connect(broker_url(settings), provision=False) as client:
+        records = await load_records(await _outcomes(client), args.agent)
+    rep = shadow_report(records, agent=args.agent, candidate=args.candidate, noise=args.noise or "",
+                        min_pairs=args.min_pairs)
+    if args.json:
+        print(msgspec.json.encode(rep).decode())
+    else:
+        print(render_report(rep, limit=args.limit))
+    return 0
+
+
+async def cmd_shadow_show(args: argparse.Namespace, settings: Settings) -> int:
+    async with await AgentClient.connect(broker_url(settings), provision=False) as client:
+        entry = await (await _outcomes(client)).get(record_key(args.agent, args.task_id))
+    if entry is None:
+        sys.stderr.write(f"agentstream: error: no shadow ran task {args.task_id!r} of agent {args.agent!r}\n")
+        return 1
+    rec = decode_record(entry.value)
+    rows = [("production", rec.production)] + sorted(rec.shadows.items())
+    for label, out in rows:
+        if out is None:
+            print(f"{label}: (no result yet)")
+            continue
+        print(f"{label} [{out.version} {out.version_hash}] {out.status}{'/' + out.reason if out.reason else ''} "
+              f"in {out.latency_s * 1000:.0f} ms, {out.tokens} tokens, ${out.cost_usd:.4f}")
+        print(f"  tools: {', '.join(out.tools) or '-'}")
+        print(f"  output: {out.output}")
+    return 0
+
+
+async def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
+    """Every version that answered in the window: production's results and shadows'."""
+    since = time.time() - args.since
+    seen: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    async with await AgentClient.connect(broker_url(settings), provision=False) as client:
+        for stream, subject in (("RESULTS", subjects.any_production_results()),
+                                ("SHADOW", subjects.any_shadow_results())):
+            for raw in await scan(client.js, stream, subject, start_time=since):
+                try:
+                    ev = codec.any_event.decode(raw.data)
+                except Exception:  # noqa: BLE001 - a foreign message is not a version
+                    continue
+                if not isinstance(ev, (TaskCompleted, TaskFailed)):
+                    continue
+                label, _ = subjects.unshadowed(raw.subject)
+                key = (ev.agent, ev.agent_version, ev.version_hash, label)
+                row = seen.setdefault(key, {"agent": ev.agent, "version": ev.agent_version,
+                                            "hash": ev.version_hash, "deployment": f"shadow:{label}" if label
+                                            else "production", "first_seen": raw.time, "last_seen": raw.time,
+                                            "tasks": 0, "failed": 0})
+                row["tasks"] += 1
+                row["failed"] += isinstance(ev, TaskFailed)
+                row["first_seen"] = min(row["first_seen"], raw.time)
+                row["last_seen"] = max(row["last_seen"], raw.time)
+    rows = sorted(seen.values(), key=lambda r: (r["agent"], r["first_seen"]))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print(f"no results in the last {args.since:g}s")
+        return 0
+
+    def ts(t: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+    print(f"{'agent':<14} {'version':<10} {'hash':<13} {'deployment':<18} {'first seen (UTC)':<20} "
+          f"{'last seen (UTC)':<20} {'tasks':>7} {'failed':>7}")
+    for r in rows:
+        print(f"{r['agent']:<14} {r['version'] or '-':<10} {r['hash'] or '-':<13} {r['deployment']:<18} "
+              f"{ts(r['first_seen']):<20} {ts(r['last_seen']):<20} {r['tasks']:>7} {r['failed']:>7}")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    sh = sub.add_parser("shadow", help="compare a shadow deployment with production")
+    shs = sh.add_subparsers(dest="shadow_command", required=True, parser_class=type(sh))
+    rp = shs.add_parser("report", help="agreement with production, beyond production's own noise; regressions first")
+    rp.add_argument("--agent", required=True)
+    rp.add_argument("--candidate", required=True, help="the shadow's label")
+    rp.add_argument("--noise", help="label of a shadow of production's own version (measures noise)")
+    rp.add_argument("--min-pairs", type=int, default=20, help="fewer paired tasks than this: inconclusive")
+    rp.add_argument("--limit", type=int, default=20, help="differences listed")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(fn=cmd_shadow_report)
+    so = shs.add_parser("show", help="one task: production's and each shadow's outcome side by side")
+    so.add_argument("task_id")
+    so.add_argument("--agent", required=True)
+    so.add_argument("--candidate", help="(accepted for symmetry with report; all shadows are shown)")
+    so.set_defaults(fn=cmd_shadow_show)
+
+    v = sub.add_parser("versions", help="the versions that answered: label, behaviour hash, deployment, traffic")
+    v.add_argument("--since", type=_since, default=86400.0, metavar="DURATION", help="window (default 24h)")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(fn=cmd_versions)

@@ -1,0 +1,297 @@
+"""Safe change: versions as code, shadow deployments with no side effects, and
+a comparator whose verdicts know about the agents' own noise."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agentstream import AgentClient, TaskCompleted
+from agentstream.contracts import subjects
+from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.core.app import App
+from agentstream.runtime.core.errors import ConfigError
+from agentstream.runtime.core.version import fingerprint
+from agentstream.runtime.rollout.comparator import load_records
+from agentstream.runtime.rollout.compare import (
+    Outcome,
+    PairRecord,
+    agreement,
+    newcombe,
+    normalise,
+    shadow_report,
+    wilson,
+)
+from agentstream.runtime.rollout.shadow import ShadowConfig, sampled
+from agentstream.runtime.service.runtime import Runtime
+
+APPS = Path(__file__).resolve().parent / "apps"
+if str(APPS) not in sys.path:
+    sys.path.insert(0, str(APPS))
+
+import rollout_app  # noqa: E402
+
+WAIT_S = 60.0
+
+
+# ----------------------------------------------------------------- pure parts
+
+
+def test_a_version_is_the_hash_of_behaviour_not_of_its_label() -> None:
+    v1 = rollout_app.app.get_version("shop", "v1").spec
+    v1b = rollout_app.app.get_version("shop", "v1b").spec
+    v2 = rollout_app.app.get_version("shop", "v2").spec
+    assert fingerprint(v1, "m") == fingerprint(v1b, "m")  # relabelled, same behaviour
+    assert fingerprint(v1, "m") != fingerprint(v2, "m")  # another prompt
+    assert fingerprint(v1, "m") != fingerprint(v1, "other-model")
+    assert fingerprint(msgspec.structs.replace(v1, max_steps=3), "m") != fingerprint(v1, "m")
+
+
+def test_candidates_are_declared_beside_production_and_never_replace_it() -> None:
+    assert rollout_app.app.get_agent("shop").spec.version == "v1"
+    assert rollout_app.app.get_version("shop", None).spec.version == "v1"
+    with pytest.raises(ConfigError, match="no version 'v9'"):
+        rollout_app.app.get_version("shop", "v9")
+    app = App()
+    with pytest.raises(ConfigError, match="before its production version"):
+        app.agent("x", "i", [], version="v2", candidate=True)
+    app.agent("x", "i", [], version="v1")
+    with pytest.raises(ConfigError, match="reuses production's version label"):
+        app.agent("x", "i", [], version="v1", candidate=True)
+
+
+@given(st.text(max_size=30))
+def test_sampling_is_stable_and_monotone_in_the_percentage(task_id: str) -> None:
+    assert sampled(task_id, 100.0) and not sampled(task_id, 0.0)
+    for low, high in ((10.0, 50.0), (50.0, 90.0)):
+        assert not sampled(task_id, low) or sampled(task_id, high)
+
+
+def test_sampling_takes_about_the_share_asked_for() -> None:
+    share = sum(sampled(f"t-{i}", 25.0) for i in range(4000)) / 4000
+    assert 0.22 < share < 0.28
+
+
+@given(st.integers(0, 200), st.integers(1, 200))
+def test_the_wilson_interval_holds_the_estimate_inside_zero_and_one(k: int, n: int) -> None:
+    k = min(k, n)
+    low, high = wilson(k, n)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+
+
+def test_wilson_and_newcombe_match_published_values() -> None:
+    # Newcombe (1998), Stat Med 17:873, example (a): 56/70 vs 48/80 -> 0.2000, [0.0524, 0.3339]
+    d, lo, hi = newcombe(56, 70, 48, 80)
+    assert (round(d, 4), round(lo, 4), round(hi, 4)) == (0.2, 0.0524, 0.3339)
+    lo1, hi1 = wilson(81, 263)  # Wilson 95 % CI of 81/263: 0.2553-0.3662
+    assert (round(lo1, 4), round(hi1, 4)) == (0.2553, 0.3662)
+
+
+def _out(label: str, output: str = "ok", *, status: str = "completed", tools: tuple[str, ...] = ("a({})",)) -> Outcome:
+    return Outcome(label=label, version=label or "v1", version_hash="h", status=status,  # type: ignore[arg-type]
+                   output=output, tools=tools)
+
+
+def test_answers_agree_whatever_their_case_spacing_and_punctuation() -> None:
+    assert normalise("Charged 3.00 for  Tea; 10 left.") == normalise("charged 3.00 for tea 10 left")
+    assert agreement(_out(""), _out("c", "OK.")).overall
+    assert not agreement(_out(""), _out("c", tools=("b({})",))).tools
+
+
+def _records(n: int, *, noise_disagree: int, cand_disagree: int) -> list[PairRecord]:
+    recs = []
+    for i in range(n):
+        shadows = {"noise": _out("noise", "other" if i < noise_disagree else "ok"),
+                   "cand": _out("cand", "other" if i < cand_disagree else "ok")}
+        recs.append(PairRecord(agent="a", task_id=f"t{i}", production=_out(""), shadows=shadows))
+    return recs
+
+
+def test_a_candidate_is_flagged_only_beyond_the_noise_of_production_itself() -> None:
+    same = shadow_report(_records(100, noise_disagree=20, cand_disagree=24), agent="a", candidate="cand",
+                         noise="noise")
+    assert same.verdict == "within noise" and same.excess is not None and same.excess[1] <= 0
+    worse = shadow_report(_records(100, noise_disagree=5, cand_disagree=40), agent="a", candidate="cand",
+                          noise="noise")
+    assert worse.verdict == "differs beyond noise"
+    assert shadow_report(_records(10, noise_disagree=0, cand_disagree=9), agent="a", candidate="cand",
+                         noise="noise").verdict == "inconclusive"
+
+
+def test_regressions_are_listed_first() -> None:
+    recs = [PairRecord(agent="a", task_id="t-answer", production=_out(""), shadows={"c": _out("c", "x")}),
+            PairRecord(agent="a", task_id="t-regress", production=_out(""),
+                       shadows={"c": _out("c", status="failed")})]
+    rep = shadow_report(recs, agent="a", candidate="c", min_pairs=1)
+    assert [d.kind for d in rep.differences] == ["regression", "answer"]
+
+
+# ----------------------------------------------------------------- against the broker
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    server = await EmbeddedNats(store_dir=tmp_path / "nats").astart()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _settings(url: str) -> Settings:
+    return dataclasses.replace(Settings.from_env({}), nats_url=url, app="rollout_app:app", ack_wait_s=5.0)
+
+
+async def _runtime(url: str, *, shadow: str | None = None, version: str | None = None,
+                   tools: str | None = "all") -> Runtime:
+    rt = Runtime(settings=_settings(url), app=rollout_app.app, agents=["shop"],
+                 tools=tools if shadow is None else None, version=version,
+                 shadow=ShadowConfig(label=shadow, recorded_wait_s=20.0) if shadow else None)
+    await rt.start()
+    return rt
+
+
+async def _records_with(url: str, labels: set[str], n: int) -> list[PairRecord]:
+    client = await AgentClient.connect(url, provision=False)
+    try:
+        store = await nats_adapters.bucket(client.js, subjects.OUTCOMES.name)
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while True:
+            recs = [r for r in await load_records(store, "shop")
+                    if r.production is not None and labels <= set(r.shadows)]
+            if len(recs) >= n or asyncio.get_running_loop().time() > deadline:
+                return recs
+            await asyncio.sleep(0.2)
+    finally:
+        await client.close()
+
+
+async def _submit_all(client: AgentClient, n: int, prefix: str) -> list[TaskCompleted]:
+    ids = [await client.submit("shop", f"buy tea{i % 7} for {i + 1}", task_id=f"{prefix}-{i}") for i in range(n)]
+    results = await asyncio.gather(*(client.result(t, timeout=WAIT_S) for t in ids))
+    assert all(isinstance(r, TaskCompleted) for r in results), [r for r in results if not isinstance(r, TaskCompleted)]
+    return list(results)  # type: ignore[arg-type]
+
+
+async def test_a_shadow_sees_every_task_and_never_runs_a_side_effecting_tool(broker: EmbeddedNats) -> None:
+    n = 200
+    rollout_app.COUNTS.update(check_stock=0, charge=0)
+    prod = await _runtime(broker.url)
+    shadow = await _runtime(broker.url, shadow="v2", version="v2")
+    client = await AgentClient.connect(broker.url)
+    try:
+        results = await _submit_all(client, n, "s")
+        recs = await _records_with(broker.url, {"v2"}, n)
+        # Every production task has the shadow's outcome beside it ...
+        assert len(recs) == n
+        # ... and the card was charged once per task: production's charge, never the shadow's.
+        assert rollout_app.COUNTS["charge"] == n
+        assert shadow.shadow_tools is not None
+        assert shadow.shadow_tools.counts == {"live": 0, "recorded": n, "stub": 0}
+        assert shadow.shadow_tools.counts["stub"] == 0
+        # The results say which version answered, label and behaviour hash.
+        v1_hash = fingerprint(rollout_app.app.get_agent("shop").spec, "shop-v1")
+        assert {(r.agent_version, r.version_hash) for r in results} == {("v1", v1_hash)}
+        assert {rec.shadows["v2"].version_hash for rec in recs} == {
+            fingerprint(rollout_app.app.get_version("shop", "v2").spec, "shop-v2")}
+        rep = shadow_report(recs, agent="shop", candidate="v2")
+        assert rep.pairs == n and rep.verdict == "differs (no noise estimate)"
+        assert rep.tools.agree == 0  # v2 skipped the stock check on every task
+    finally:
+        await client.close()
+        await shadow.stop()
+        await prod.stop()
+
+
+async def test_a_read_only_tool_runs_live_in_a_shadow_and_nothing_lands_in_production(
+        broker: EmbeddedNats) -> None:
+    rollout_app.COUNTS.update(check_stock=0, charge=0)
+    prod = await _runtime(broker.url)
+    shadow = await _runtime(broker.url, shadow="twin", version="v1b")
+    client = await AgentClient.connect(broker.url)
+    try:
+        await _submit_all(client, 20, "live")
+        recs = await _records_with(broker.url, {"twin"}, 20)
+        assert len(recs) == 20
+        assert shadow.shadow_tools is not None and shadow.shadow_tools.counts["live"] == 20
+        assert rollout_app.COUNTS == {"check_stock": 40, "charge": 20}
+        assert shadow_report(recs, agent="shop", candidate="twin", min_pairs=20).verdict == "no differences"
+        # Production's streams hold one result per task: the shadow wrote only under shadow.twin.
+        prod_results = await client.js.stream_info("RESULTS")
+        assert prod_results.state.messages == 20
+    finally:
+        await client.close()
+        await shadow.stop()
+        await prod.stop()
+
+
+async def test_noise_from_a_random_model_is_measured_and_stops_a_no_change_candidate_being_flagged(
+        broker: EmbeddedNats, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROLLOUT_APP_RANDOM", "1")
+    monkeypatch.setenv("ROLLOUT_APP_SEED", "7")
+    n = 60
+    prod = await _runtime(broker.url)
+    shadows = [await _runtime(broker.url, shadow=label, version=version)
+               for label, version in (("noise", "v1"), ("same", "v1b"), ("v2", "v2"))]
+    client = await AgentClient.connect(broker.url)
+    try:
+        await _submit_all(client, n, "noisy")
+        recs = await _records_with(broker.url, {"noise", "same", "v2"}, n)
+        assert len(recs) == n
+        same = shadow_report(recs, agent="shop", candidate="same", noise="noise")
+        assert same.noise_overall is not None and 0 < same.noise_overall.agree < n  # the model is noisy
+        assert same.verdict == "within noise"
+        assert shadow_report(recs, agent="shop", candidate="v2", noise="noise").verdict == "differs beyond noise"
+    finally:
+        await client.close()
+        for rt in shadows:
+            await rt.stop()
+        await prod.stop()
+
+
+@pytest.mark.slow
+async def test_killing_a_shadow_worker_changes_nothing_for_production(
+        broker: EmbeddedNats, spawn_worker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "tools.log"
+    env = {"AGENTSTREAM_NATS_URL": broker.url, "AGENTSTREAM_APP": "rollout_app:app", "ROLLOUT_APP_LOG": str(log)}
+    shadow = spawn_worker(["--agent", "shop", "--version", "v2", "--shadow"], env)
+    prod = spawn_worker(["--agent", "shop", "--tools", "all"], env)
+    client = await AgentClient.connect(broker.url)
+    try:
+        first = [await client.submit("shop", f"buy tea for {i + 1}", task_id=f"k-{i}") for i in range(20)]
+        await asyncio.gather(*(client.result(t, timeout=WAIT_S) for t in first))
+        shadow.kill()  # SIGKILL, mid-traffic
+        shadow.wait(timeout=10)
+        rest = [await client.submit("shop", f"buy tea for {i + 1}", task_id=f"k2-{i}") for i in range(40)]
+        results = await asyncio.gather(*(client.result(t, timeout=WAIT_S) for t in rest))
+        assert all(isinstance(r, TaskCompleted) for r in results)
+        charges = [line for line in log.read_text().splitlines() if line.startswith("charge")]
+        assert len(charges) == 60  # once per task, whatever happened to the shadow
+    finally:
+        await client.close()
+        with contextlib.suppress(Exception):
+            prod.terminate()
+
+
+def test_outcome_of_a_failed_task_keeps_its_reason() -> None:
+    from agentstream.contracts.events import TaskFailed, Usage
+    from agentstream.runtime.rollout.compare import outcome_of
+
+    failed = TaskFailed(task_id="t", agent="a", agent_version="v2", reason="max_steps", message="m", steps=1,
+                        tool_calls=0, usage=Usage(input_tokens=3, output_tokens=4, cost_usd=0.5), started_at=1.0,
+                        finished_at=3.0, version_hash="abc")
+    out = outcome_of(failed, label="v2")
+    assert (out.status, out.reason, out.tokens, out.latency_s, out.version_hash) == ("failed", "max_steps", 7, 2.0, "abc")
+    assert math.isclose(out.cost_usd, 0.5)
