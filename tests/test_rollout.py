@@ -295,3 +295,169 @@ def test_outcome_of_a_failed_task_keeps_its_reason() -> None:
     out = outcome_of(failed, label="v2")
     assert (out.status, out.reason, out.tokens, out.latency_s, out.version_hash) == ("failed", "max_steps", 7, 2.0, "abc")
     assert math.isclose(out.cost_usd, 0.5)
+
+
+# ----------------------------------------------------------------- canary
+
+from agentstream.runtime.rollout import canary as C  # noqa: E402
+from agentstream.runtime.rollout.canary_control import (  # noqa: E402
+    CanaryStore,
+    ensure_candidate_consumers,
+)
+
+
+def test_routing_keeps_a_conversation_on_one_version_and_honours_the_weight() -> None:
+    state = C.start("a", "v1", "v2", C.CanaryPolicy(steps=(30.0, 100.0)), now=0.0)
+    at = C.PROPAGATION_S + 1
+    keys = [C.routing_key(f"conv-{i}", "u", f"t-{i}") for i in range(3000)]
+    share = sum(C.route(state, k, at) == "candidate" for k in keys) / len(keys)
+    assert 0.27 < share < 0.33
+    assert all(C.route(state, k, 0.0) == "baseline" for k in keys)  # before the weight takes effect
+    # the same conversation, whatever the task, goes the same way
+    assert {C.route(state, C.routing_key("conv-1", "u", f"t-{i}"), at) for i in range(50)} == {
+        C.route(state, keys[1], at)}
+
+
+def _window(verdict_cand: tuple[int, int], base: tuple[int, int] = (50, 0)) -> tuple[C.WindowStats, C.WindowStats]:
+    b = C.window_stats([(i < base[1], "x" if i < base[1] else "", 0.1, 0.0) for i in range(base[0])])
+    c = C.window_stats([(i < verdict_cand[1], "max_steps" if i < verdict_cand[1] else "", 0.1, 0.0)
+                        for i in range(verdict_cand[0])])
+    return b, c
+
+
+def test_a_window_fails_on_errors_passes_within_limits_and_is_inconclusive_without_traffic() -> None:
+    p = C.CanaryPolicy(min_samples=20)
+    assert C.judge(*_window((50, 10)), p)[0] == "fail"
+    assert C.judge(*_window((50, 1)), p)[0] == "pass"
+    assert C.judge(*_window((5, 0)), p)[0] == "inconclusive"
+    assert C.judge(*_window((0, 0), base=(0, 0)), p)[0] == "inconclusive"
+
+
+def test_the_state_machine_steps_up_rolls_back_and_stops_when_traffic_never_comes() -> None:
+    p = C.CanaryPolicy(steps=(10.0, 50.0), interval_s=10, failure_limit=1, max_inconclusive=2)
+    s = C.start("a", "v1", "v2", p, now=0.0)
+
+    def result(verdict: str) -> C.WindowResult:
+        b, c = _window((50, 0))
+        return C.WindowResult(start=0, end=10, weight=s.weight, baseline=b, candidate=c, verdict=verdict, why=())  # type: ignore[arg-type]
+
+    s1 = C.advance(s, result("pass"), 20.0)
+    assert (s1.status, s1.weight, s1.weight_at(20.0)) == ("running", 50.0, 10.0)  # 50 % only after propagation
+    assert C.advance(s1, result("pass"), 40.0).status == "promoted"
+    assert C.advance(s1, result("pass"), 40.0).weight == 100.0
+    back = C.advance(s1, result("fail"), 40.0)
+    assert back.status == "rolled_back" and back.weight == 0.0
+    quiet = C.advance(C.advance(s, result("inconclusive"), 20.0), result("inconclusive"), 30.0)
+    assert quiet.status == "inconclusive" and quiet.weight == 0.0
+
+
+async def _canary_setup(url: str, candidate: str, policy: C.CanaryPolicy) -> None:
+    client = await AgentClient.connect(url, provision=False)
+    try:
+        store = CanaryStore(await nats_adapters.bucket(client.js, subjects.ROLLOUT.name))
+        now = asyncio.get_running_loop().time()  # noqa: F841 - the state uses wall time below
+        import time as _time
+
+        await ensure_candidate_consumers(client.js, "shop", candidate, _time.time())
+        await store.create(C.start("shop", "v1", candidate, policy, _time.time()))
+    finally:
+        await client.close()
+
+
+async def _drive_canary(url: str, client: AgentClient, *, prefix: str, timeout: float) -> tuple[C.CanaryState, list[str]]:
+    """Submit tasks (distinct conversations) until the canary leaves 'running'."""
+    store_client = await AgentClient.connect(url, provision=False)
+    store = CanaryStore(await nats_adapters.bucket(store_client.js, subjects.ROLLOUT.name))
+    ids: list[str] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            loaded = await store.load("shop")
+            assert loaded is not None
+            if loaded[0].status != "running" or asyncio.get_running_loop().time() > deadline:
+                return loaded[0], ids
+            for _ in range(4):
+                i = len(ids)
+                ids.append(await client.submit("shop", f"buy tea for {i + 1}", task_id=f"{prefix}-{i}",
+                                               conversation_id=f"conv-{prefix}-{i}"))
+            await asyncio.sleep(0.2)  # load generation pace, not synchronisation
+    finally:
+        await store_client.close()
+
+
+@pytest.fixture
+def fast_canary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(C, "PROPAGATION_S", 1.5)
+
+
+async def test_a_canary_whose_prompt_breaks_tool_use_is_rolled_back(broker: EmbeddedNats, fast_canary: None) -> None:
+    prod = await _runtime(broker.url)
+    cand = Runtime(settings=_settings(broker.url), app=rollout_app.app, agents=["shop"], version="broken", canary=True)
+    await cand.start()
+    client = await AgentClient.connect(broker.url)
+    try:
+        await _canary_setup(broker.url, "broken", C.CanaryPolicy(steps=(50.0, 100.0), interval_s=2.0, min_samples=3))
+        state, ids = await _drive_canary(broker.url, client, prefix="rb", timeout=60)
+        assert state.status == "rolled_back", state
+        assert "error rate" in state.note
+        results = await asyncio.gather(*(client.result(t, timeout=WAIT_S) for t in ids))
+        by_version = {r.agent_version for r in results}
+        assert by_version == {"v1", "broken"}  # the candidate did get real traffic before the rollback
+        # Each task ran on exactly one version: two model turns for v1, at most two (max_steps) for broken.
+        v1 = sum(r.agent_version == "v1" for r in results)
+        broken = sum(r.agent_version == "broken" for r in results)
+        assert prod.engines["shop"].model_calls == 2 * v1
+        assert cand.engines["shop"].model_calls == 2 * broken
+        # After the rollback takes effect, production answers everything.
+        await asyncio.sleep(C.PROPAGATION_S)  # the rollback's own, documented, propagation delay
+        later = [await client.submit("shop", "buy tea for 1", conversation_id=f"after-{i}") for i in range(20)]
+        assert {r.agent_version for r in await asyncio.gather(*(client.result(t, timeout=WAIT_S) for t in later))} == {"v1"}
+    finally:
+        await client.close()
+        await cand.stop()
+        await prod.stop()
+
+
+async def test_a_good_canary_is_promoted(broker: EmbeddedNats, fast_canary: None) -> None:
+    prod = await _runtime(broker.url)
+    cand = Runtime(settings=_settings(broker.url), app=rollout_app.app, agents=["shop"], version="v1b", canary=True)
+    await cand.start()
+    client = await AgentClient.connect(broker.url)
+    try:
+        await _canary_setup(broker.url, "v1b", C.CanaryPolicy(steps=(50.0, 100.0), interval_s=2.0, min_samples=3))
+        state, ids = await _drive_canary(broker.url, client, prefix="pr", timeout=60)
+        assert state.status == "promoted", state
+        assert [w.verdict for w in state.windows] == ["pass", "pass"]
+        results = await asyncio.gather(*(client.result(t, timeout=WAIT_S) for t in ids))
+        assert all(isinstance(r, TaskCompleted) for r in results)
+        assert rollout_app.app.get_version("shop", "v1b")  # and the audit trail says so
+        audit = await client.js.stream_info("AUDIT", subjects_filter="audit.canary_>")
+        kinds = set((audit.state.subjects or {}).keys())
+        assert {"audit.canary_step.shop", "audit.canary_promoted.shop"} <= kinds
+    finally:
+        await client.close()
+        await cand.stop()
+        await prod.stop()
+
+
+async def test_a_canary_with_no_traffic_is_inconclusive_not_a_pass(broker: EmbeddedNats, fast_canary: None) -> None:
+    prod = await _runtime(broker.url)
+    try:
+        await _canary_setup(broker.url, "v2", C.CanaryPolicy(steps=(50.0,), interval_s=1.0, min_samples=3,
+                                                             max_inconclusive=2))
+        client = await AgentClient.connect(broker.url, provision=False)
+        store = CanaryStore(await nats_adapters.bucket(client.js, subjects.ROLLOUT.name))
+        try:
+            from conftest import until
+
+            async def stopped() -> C.CanaryState | None:
+                loaded = await store.load("shop")
+                return loaded[0] if loaded is not None and loaded[0].status != "running" else None
+
+            state = await until(stopped, 30, "the canary to stop")
+            assert state.status == "inconclusive" and state.weight == 0.0
+            assert [w.verdict for w in state.windows] == ["inconclusive", "inconclusive"]
+        finally:
+            await client.close()
+    finally:
+        await prod.stop()

@@ -1,9 +1,11 @@
-"""A shadow deployment's subscriptions (tasks, its inbox, its tool calls) and
-the comparator's (production and shadow results)."""
+"""Safe change on the bus: a shadow deployment's subscriptions (tasks, its
+inbox, its tool calls), the comparator's (production and shadow results), and
+canary routing in front of an agent's task subscription."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 import msgspec
 from nats.aio.msg import Msg
@@ -12,6 +14,8 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskFailed
 from agentstream.runtime.execution.consumer import Handler, Reject, stream_seq
 from agentstream.runtime.execution.engine import AgentEngine, decode_task
+from agentstream.runtime.rollout.canary import route, routing_key
+from agentstream.runtime.rollout.canary_control import Router
 from agentstream.runtime.rollout.comparator import Comparator
 from agentstream.runtime.rollout.shadow import ShadowBudget, ShadowConfig, ShadowToolRunner, sampled
 
@@ -48,4 +52,27 @@ def comparator_handler(comparator: Comparator) -> Handler:
             await comparator.on_shadow(label, result)
         else:
             await comparator.on_production(result)
+    return handle
+
+
+def routed_task_handler(router: Router, agent: str, role: str, inner: Handler) -> Handler:
+    """Canary routing in front of an agent's task handler: this replica runs a
+    task only if the canary rule gives it to ``role`` (baseline or candidate)."""
+    async def handle(msg: Msg) -> None:
+        state = await router.state(agent)
+        if state is None:
+            if role == "baseline":
+                await inner(msg)
+            return
+        try:
+            task = decode_task(msg.data, stream_seq(msg))
+        except Exception:
+            if role == "baseline":  # a bad body is dead-lettered (and answered) once, by the baseline
+                await inner(msg)
+            return
+        md = msg.metadata
+        at = md.timestamp.timestamp() if md.timestamp is not None else time.time()
+        key = routing_key(task.conversation_id, task.user_id, task.task_id, task.tenant_id)
+        if route(state, key, at) == role:
+            await inner(msg)
     return handle

@@ -96,3 +96,12 @@ app.agent("shop", "Sell things.", _TOOLS, version="v1", scripted=lambda: _model(
 app.agent("shop", "Sell things.", _TOOLS, version="v1b", candidate=True, scripted=lambda: _model("v1b"))
 app.agent("shop", "Sell things, fast.", _TOOLS, version="v2", candidate=True,
           scripted=lambda: _model("v2", check=False, regressed=True))
+
+
+def _broken(request: ModelRequest) -> ModelResponse:
+    """A candidate whose prompt broke tool use: it never stops asking for a tool that does not exist."""
+    return calls(("chargee", {"item": "x"}))
+
+
+app.agent("shop", "Sell things, broken.", _TOOLS, version="broken", candidate=True, max_steps=2,
+          scripted=lambda: FunctionModel(_broken, name="shop-broken"))

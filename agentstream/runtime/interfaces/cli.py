@@ -340,7 +340,9 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         raise AgentstreamError("a shadow serves its own tool calls; run --tools in a separate production worker")
     settings = dataclasses.replace(settings, nats_url=broker_url(settings))
     rt = Runtime.from_settings(settings, agents=args.agent or [], tools=args.tools)
-    rt.version, rt.shadow, rt.comparator = args.version, shadow, args.comparator
+    rt.version, rt.shadow, rt.comparator, rt.canary = args.version, shadow, args.comparator, args.canary
+    if args.canary and (shadow is not None or not args.version):
+        raise AgentstreamError("--canary runs a declared candidate for real: give --version, and no --shadow")
     for name in args.agent or []:
         rt.app.get_version(name, args.version)  # an unknown version is a usage error, before connecting
     stop = _stop_on_signal()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import msgspec
 
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import TaskCompleted, TaskFailed
+from agentstream.contracts.events import AuditRecord, TaskCompleted, TaskFailed
 from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters.scan import scan
 from agentstream.runtime.config.settings import Settings, broker_url
@@ -62,6 +63,8 @@ def add_worker_flags(w: argparse.ArgumentParser) -> None:
     g.add_argument("--daily-cost", type=_usd, metavar="USD", help="a shadow stops taking tasks for the day past this")
     g.add_argument("--read-only", choices=("live", "replay"), default="live",
                    help="read-only tools in a shadow: run them, or serve production's recorded results")
+    g.add_argument("--canary", action="store_true",
+                   help="run --version as a canary candidate: real traffic, the share `agentstream canary` routes to it")
     g.add_argument("--comparator", action="store_true",
                    help="also join production and shadow outcomes (shadow replicas always do)")
 
@@ -163,7 +166,103 @@ async def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_canary(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.core.app import load_app
+    from agentstream.runtime.rollout import canary as C
+    from agentstream.runtime.rollout.canary_control import (
+        CanaryStore,
+        audit_for,
+        ensure_candidate_consumers,
+        publish_audit,
+    )
+
+    async with await AgentClient.connect(broker_url(settings), provision=args.action == "start") as client:
+        store = CanaryStore(await nats_adapters.bucket(client.js, subjects.ROLLOUT.name))
+        loaded = await store.load(args.agent)
+        now = time.time()
+        actor = os.environ.get("AGENTSTREAM_APPROVER") or os.environ.get("USER") or "cli"
+        bus = nats_adapters.NatsBus(client.js)
+        if args.action == "start":
+            if loaded is not None and loaded[0].status == "running":
+                raise AgentstreamError(f"a canary of {args.agent!r} is already running "
+                                       f"(candidate {loaded[0].candidate!r}); roll it back or promote it first")
+            if not args.candidate:
+                raise AgentstreamError("canary start needs --candidate VERSION")
+            app = load_app(settings.app)
+            baseline = args.baseline or app.get_agent(args.agent).spec.version
+            app.get_version(args.agent, args.candidate)  # a version the app declares
+            policy = C.CanaryPolicy(steps=tuple(args.steps), interval_s=args.interval, min_samples=args.min_samples,
+                                    failure_limit=args.failure_limit, max_inconclusive=args.max_inconclusive)
+            try:
+                state = C.start(args.agent, baseline, args.candidate, policy, now)
+            except ValueError as exc:
+                raise AgentstreamError(str(exc)) from None
+            await ensure_candidate_consumers(client.js, args.agent, args.candidate, now)
+            if loaded is None:
+                await store.create(state)
+                rev = 1
+            else:
+                await store.replace(state, loaded[1])
+                rev = loaded[1] + 1
+            rec = AuditRecord(kind="canary.started", at=now, actor=actor, agent=args.agent, task_id="",
+                              details={"candidate": args.candidate, "baseline": baseline,
+                                       "policy": msgspec.to_builtins(policy)})
+            await publish_audit(bus, rec, rev)
+            print(f"canary of {args.agent}: {args.candidate} gets {state.weight:g}% from "
+                  f"{time.strftime('%H:%M:%S', time.gmtime(state.weights[-1].effective_at))} UTC; "
+                  f"windows of {policy.interval_s:g}s, steps {', '.join(f'{s:g}%' for s in policy.steps)}")
+            return 0
+        if loaded is None:
+            raise AgentstreamError(f"no canary of {args.agent!r}")
+        state, rev = loaded
+        if args.action in ("promote", "rollback"):
+            new = C.manual(state, args.action, now, actor)
+            await store.replace(new, rev)
+            await publish_audit(bus, audit_for(state, new, actor, now), rev + 1)
+            print(f"canary of {args.agent}: {new.status} ({new.note}); {new.candidate} at {new.weight:g}% "
+                  f"from {C.PROPAGATION_S:g}s from now")
+            return 0
+        if args.action == "clear":
+            if state.status == "running":
+                raise AgentstreamError("the canary is running: promote or roll it back first")
+            await store.clear(args.agent)
+            print(f"canary of {args.agent} cleared: all traffic to the production version")
+            return 0
+        if args.json:
+            print(msgspec.json.encode(state).decode())
+            return 0
+        print(f"canary of {state.agent}: {state.status}, candidate {state.candidate} at {state.weight:g}% "
+              f"(step {state.step + 1}/{len(state.policy.steps)}), baseline {state.baseline}")
+        if state.note:
+            print(f"  {state.note}")
+        for w in state.windows[-10:]:
+            print(f"  window {time.strftime('%H:%M:%S', time.gmtime(w.start))}: {w.verdict:<12} "
+                  f"baseline {w.baseline.tasks} tasks, candidate {w.candidate.tasks} tasks "
+                  f"({w.candidate.failed} failed): {'; '.join(w.why)}")
+        return 0
+
+
+def _steps(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected percentages like 10,25,50,100, got {text!r}") from None
+
+
 def add_parsers(sub: Any) -> None:
+    ca = sub.add_parser("canary", help="route a share of real traffic to a candidate; promote or roll back by analysis")
+    ca.add_argument("action", choices=("start", "status", "promote", "rollback", "clear"))
+    ca.add_argument("--agent", required=True)
+    ca.add_argument("--candidate", help="(start) the declared version to route traffic to")
+    ca.add_argument("--baseline", help="(start) production's version label (default: the app's)")
+    ca.add_argument("--steps", type=_steps, default=[10.0, 25.0, 50.0, 100.0], help="(start) weights, %%")
+    ca.add_argument("--interval", type=float, default=60.0, help="(start) seconds per analysis window")
+    ca.add_argument("--min-samples", type=int, default=20, help="(start) tasks per version per window")
+    ca.add_argument("--failure-limit", type=int, default=1, help="(start) failed windows before rollback")
+    ca.add_argument("--max-inconclusive", type=int, default=5, help="(start) quiet windows before it stops")
+    ca.add_argument("--json", action="store_true")
+    ca.set_defaults(fn=cmd_canary)
+
     sh = sub.add_parser("shadow", help="compare a shadow deployment with production")
     shs = sh.add_subparsers(dest="shadow_command", required=True, parser_class=type(sh))
     rp = shs.add_parser("report", help="agreement with production, beyond production's own noise; regressions first")

@@ -21,7 +21,12 @@ from nats.js import JetStreamContext
 
 from agentstream.contracts import subjects
 from agentstream.handlers.agent import inbox_handler, task_handler, task_rejected
-from agentstream.handlers.shadow import comparator_handler, shadow_task_handler, shadow_tool_handler
+from agentstream.handlers.shadow import (
+    comparator_handler,
+    routed_task_handler,
+    shadow_task_handler,
+    shadow_tool_handler,
+)
 from agentstream.handlers.tools import tool_handler
 from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
@@ -35,6 +40,7 @@ from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterH
 from agentstream.runtime.execution.engine import AgentEngine, parse_deadline_key
 from agentstream.runtime.execution.tool_runner import ToolRunner
 from agentstream.runtime.observability.telemetry import Telemetry, TelemetryConfig, setup_telemetry
+from agentstream.runtime.rollout.canary_control import CanaryStore, Controller, Router, candidate_durables
 from agentstream.runtime.rollout.comparator import Comparator
 from agentstream.runtime.rollout.namespace import PrefixedStore, ReadOnlyStore, ShadowBus
 from agentstream.runtime.rollout.shadow import CostMeter, ShadowBudget, ShadowConfig, ShadowToolRunner
@@ -83,6 +89,7 @@ class Runtime:
     version: str | None = None
     shadow: ShadowConfig | None = None
     comparator: bool = False
+    canary: bool = False  # run ``version`` as a canary candidate: real traffic, as the canary routes it
 
     nc: NatsClient | None = None
     js: JetStreamContext | None = None
@@ -146,23 +153,41 @@ class Runtime:
         elif self.comparator:
             await self._start_comparator()
         policy = self._policy()
+        canaries = CanaryStore(await nats_adapters.bucket(self.js, subjects.ROLLOUT.name))
+        router = Router(canaries)
+        role = "candidate" if self.canary else "baseline"
+        if self.canary and not self.version:
+            raise ConfigError("a canary candidate needs --version: the declared version it runs")
         for name in self.agents if self.shadow is None else ():
             agent = self.app.get_version(name, self.version)
             llm = self.models.get(name) or select_model(self.app, name, s, self.version)
             model_name = llm.name
             if tel is not None:
                 llm = tel.wrap_llm(llm, name)
-            engine = AgentEngine(agent.spec, llm, sessions=sessions, conversations=conversations,
-                                 deadlines=deadlines, bus=bus, worker=s.worker_id, approvals=approvals,
-                                 policy=policy)
+            # A candidate keeps its sessions and timers under its own keys: both
+            # versions' inbox consumers see every inbox event, each resumes only its own tasks.
+            prefix = f"canary.{self.version}." if self.canary else ""
+            engine = AgentEngine(agent.spec, llm,
+                                 sessions=PrefixedStore(sessions, prefix) if prefix else sessions,
+                                 conversations=conversations,
+                                 deadlines=PrefixedStore(deadlines, prefix) if prefix else deadlines,
+                                 bus=bus, worker=s.worker_id, approvals=approvals, policy=policy)
+            if prefix:
+                self._deadlines = engine.deadlines
             if tel is not None:
                 engine.telemetry = tel.engine_hooks(agent.spec, model_name)
             self.engines[name] = engine
             # A task body it can never run gets a failed result, not silence.
-            self._consumer("TASKS", subjects.agent_durable(name, "tasks"), subjects.tasks(name),
-                           task_handler(engine), on_dead_letter=task_rejected(engine))
-            self._consumer("EVENTS", subjects.agent_durable(name, "events"), subjects.events(name, "*"),
-                           inbox_handler(engine))
+            tasks_durable, inbox_durable = subjects.agent_durable(name, "tasks"), subjects.agent_durable(name, "events")
+            if self.canary:
+                assert self.version is not None
+                tasks_durable, inbox_durable = candidate_durables(name, self.version)
+            self._consumer("TASKS", tasks_durable, subjects.tasks(name),
+                           routed_task_handler(router, name, role, task_handler(engine)),
+                           on_dead_letter=task_rejected(engine) if not self.canary else None,
+                           deliver_new=self.canary)
+            self._consumer("EVENTS", inbox_durable, subjects.events(name, "*"), inbox_handler(engine),
+                           deliver_new=self.canary)
         if tools:
             runner = ToolRunner(tools, bus, worker=s.worker_id, registry=self.app.tools,
                                 breakers=await nats_adapters.bucket(self.js, subjects.TOOL_BREAKERS.name),
@@ -177,6 +202,9 @@ class Runtime:
             self._tasks.append(asyncio.create_task(c.run(self.stop_event, s.shutdown_timeout_s)))
         if self.engines:
             self._tasks.append(asyncio.create_task(self._sweep(self._deadlines or deadlines)))
+            if self.shadow is None:
+                controller = Controller(self.js, canaries, bus, self.engines, actor=f"canary:{s.worker_id}")
+                self._tasks.append(asyncio.create_task(controller.run(self.stop_event)))
         await asyncio.wait_for(asyncio.gather(*(c.started.wait() for c in self.consumers)), timeout=30)
 
     async def _start_shadow(self, cfg: ShadowConfig, *, bus: Bus, conversations: SessionStore) -> None:
