@@ -461,3 +461,67 @@ async def test_a_canary_with_no_traffic_is_inconclusive_not_a_pass(broker: Embed
             await client.close()
     finally:
         await prod.stop()
+
+
+# ----------------------------------------------------------------- replay
+
+from agentstream.runtime.rollout.replay import RecordedModel, load_recordings, replay_one, report  # noqa: E402
+
+
+async def test_replay_of_production_against_itself_agrees_and_a_candidate_shows_its_first_divergence(
+        broker: EmbeddedNats) -> None:
+    rollout_app.COUNTS.update(check_stock=0, charge=0)
+    prod = await _runtime(broker.url)
+    client = await AgentClient.connect(broker.url)
+    try:
+        await _submit_all(client, 15, "rp")
+        charged = rollout_app.COUNTS["charge"]
+        recs = await load_recordings(client.js, "shop", since_s=3600)
+        assert len(recs) == 15
+        app = rollout_app.app
+        v1, v2 = app.get_version("shop", "v1").spec, app.get_version("shop", "v2").spec
+        same = [await replay_one(v1, app.get_version("shop", "v1").scripted(), r, app.tools) for r in recs]  # type: ignore[misc]
+        assert all(not r.divergence.what for r in same)
+        assert report(same, agent="shop", candidate="v1").verdict == "no differences"
+        played = [await replay_one(v1, RecordedModel(r), r, app.tools) for r in recs]
+        assert all(not r.divergence.what for r in played)  # the determinism check
+        cand = [await replay_one(v2, app.get_version("shop", "v2").scripted(), r, app.tools) for r in recs]  # type: ignore[misc]
+        assert {r.divergence.step for r in cand} == {1}
+        assert all("check_stock" in r.divergence.what for r in cand)
+        # Nothing ran for real: charges came from the recording.
+        assert rollout_app.COUNTS["charge"] == charged
+        assert all(r.served["recorded"] >= 1 and r.served["stub"] == 0 for r in cand)
+    finally:
+        await client.close()
+        await prod.stop()
+
+
+async def test_the_cli_reports_shadows_versions_replays_and_canaries(broker: EmbeddedNats) -> None:
+    from conftest import one_line_error, run_cli, worker_env
+
+    prod = await _runtime(broker.url)
+    shadow = await _runtime(broker.url, shadow="v2", version="v2")
+    client = await AgentClient.connect(broker.url)
+    env = worker_env({"AGENTSTREAM_NATS_URL": broker.url, "AGENTSTREAM_APP": "rollout_app:app"})
+    try:
+        await _submit_all(client, 6, "cli")
+        await _records_with(broker.url, {"v2"}, 6)
+        rep = await asyncio.to_thread(run_cli, ["shadow", "report", "--agent", "shop", "--candidate", "v2",
+                                                "--min-pairs", "1"], env)
+        assert rep.returncode == 0, rep.stderr
+        assert "same tool calls       0.0%" in rep.stdout and "[tools] task cli-" in rep.stdout
+        assert "agentstream trace cli-" in rep.stdout  # each difference links to its trace
+        ver = await asyncio.to_thread(run_cli, ["versions", "--json"], env)
+        rows = {(r["version"], r["deployment"]): r["tasks"] for r in __import__("json").loads(ver.stdout)}
+        assert rows == {("v1", "production"): 6, ("v2", "shadow:v2"): 6}
+        rp = await asyncio.to_thread(run_cli, ["replay", "--agent", "shop", "--candidate", "v1", "--recorded-model"],
+                                     env)
+        assert rp.returncode == 0 and "6 identical to production" in rp.stdout, rp.stdout + rp.stderr
+        none = await asyncio.to_thread(run_cli, ["canary", "status", "--agent", "shop"], env)
+        assert "no canary of 'shop'" in one_line_error(none)
+        bad = await asyncio.to_thread(run_cli, ["worker", "--agent", "shop", "--version", "v9", "--shadow"], env)
+        assert "no version 'v9'" in one_line_error(bad)
+    finally:
+        await client.close()
+        await shadow.stop()
+        await prod.stop()

@@ -242,6 +242,52 @@ async def cmd_canary(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
 
+async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Re-run logged tasks with a candidate, tools from the recording; first divergence per task."""
+    import os as _os
+
+    from agentstream.runtime.core.app import load_app
+    from agentstream.runtime.core.policy import load_prices
+    from agentstream.runtime.rollout.replay import RecordedModel, load_recordings, replay_one, report
+    from agentstream.runtime.service.runtime import select_model
+
+    app = load_app(settings.app)
+    agent = app.get_version(args.agent, args.candidate)
+    async with await AgentClient.connect(broker_url(settings), provision=False) as client:
+        recordings = await load_recordings(client.js, args.agent, since_s=args.since, sample=args.sample,
+                                           seed=args.seed)
+    if not recordings:
+        print(f"no finished tasks of {args.agent!r} in the last {args.since:g}s to replay")
+        return 0
+    prices = load_prices(_os.environ)
+    replayed = []
+    for i, rec in enumerate(recordings, 1):
+        llm = RecordedModel(rec) if args.recorded_model else select_model(app, args.agent, settings, args.candidate)
+        replayed.append(await replay_one(agent.spec, llm, rec, app.tools, live_read_only=args.live_read_only,
+                                         prices=prices))
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\rreplayed {i}/{len(recordings)}")
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    rep = report(replayed, agent=args.agent, candidate=args.candidate)
+    same = sum(1 for r in replayed if not r.divergence.what)
+    if args.json:
+        print(json.dumps({"tasks": len(replayed), "identical": same,
+                          "divergences": [{"task_id": r.divergence.task_id, "step": r.divergence.step,
+                                           "what": r.divergence.what, "tools_served": r.served}
+                                          for r in replayed if r.divergence.what],
+                          "report": msgspec.to_builtins(rep)}))
+        return 0
+    print(f"replayed {len(replayed)} tasks of {args.agent} with {args.candidate}"
+          f"{' (recorded model responses)' if args.recorded_model else ''}: {same} identical to production")
+    for r in replayed:
+        if r.divergence.what:
+            print(f"  {r.divergence.task_id}: first divergence at {r.divergence.what}")
+    print()
+    print(render_report(rep, limit=args.limit))
+    return 0
+
+
 def _steps(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -250,6 +296,19 @@ def _steps(text: str) -> list[float]:
 
 
 def add_parsers(sub: Any) -> None:
+    rp2 = sub.add_parser("replay", help="re-run logged tasks with a candidate version; first divergence per task")
+    rp2.add_argument("--agent", required=True)
+    rp2.add_argument("--candidate", required=True, help="a declared version (production's own: a determinism check)")
+    rp2.add_argument("--since", type=_since, default=86400.0, metavar="DURATION", help="window (default 24h)")
+    rp2.add_argument("--sample", type=int, help="replay at most N tasks (a stable sample)")
+    rp2.add_argument("--seed", type=int, default=1)
+    rp2.add_argument("--live-read-only", action="store_true", help="run read-only tools live when not recorded")
+    rp2.add_argument("--recorded-model", action="store_true",
+                     help="play back production's model responses instead of calling the candidate's model")
+    rp2.add_argument("--limit", type=int, default=20)
+    rp2.add_argument("--json", action="store_true")
+    rp2.set_defaults(fn=cmd_replay)
+
     ca = sub.add_parser("canary", help="route a share of real traffic to a candidate; promote or roll back by analysis")
     ca.add_argument("action", choices=("start", "status", "promote", "rollback", "clear"))
     ca.add_argument("--agent", required=True)
