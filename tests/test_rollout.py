@@ -521,6 +521,13 @@ async def test_the_cli_reports_shadows_versions_replays_and_canaries(broker: Emb
         assert "no canary of 'shop'" in one_line_error(none)
         bad = await asyncio.to_thread(run_cli, ["worker", "--agent", "shop", "--version", "v9", "--shadow"], env)
         assert "no version 'v9'" in one_line_error(bad)
+        # The dashboard's panel: the same verdict as the report.
+        from agentstream.runtime.rollout.comparator import summary
+
+        panel = await summary(await nats_adapters.bucket(client.js, subjects.OUTCOMES.name),
+                              await nats_adapters.bucket(client.js, subjects.ROLLOUT.name))
+        assert [(s["candidate"], s["pairs"], s["verdict"]) for s in panel["shadows"]] == [
+            ("v2", 6, "inconclusive")]
     finally:
         await client.close()
         await shadow.stop()

@@ -21,7 +21,7 @@ from agentstream.runtime.core.errors import AgentstreamError
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.observability.views import parse_duration
 from agentstream.runtime.rollout.comparator import load_records, record_key
-from agentstream.runtime.rollout.compare import decode_record, render_report, shadow_report
+from agentstream.runtime.rollout.compare import decode_record, noise_label, render_report, shadow_report
 from agentstream.runtime.rollout.shadow import ShadowConfig
 
 
@@ -95,8 +95,8 @@ async def _outcomes(client: AgentClient) -> nats_adapters.NatsKV:
 async def cmd_shadow_report(args: argparse.Namespace, settings: Settings) -> int:
     async with await AgentClient.connect(broker_url(settings), provision=False) as client:
         records = await load_records(await _outcomes(client), args.agent)
-    rep = shadow_report(records, agent=args.agent, candidate=args.candidate, noise=args.noise or "",
-                        min_pairs=args.min_pairs)
+    noise = args.noise if args.noise is not None else noise_label(records, agent=args.agent, candidate=args.candidate)
+    rep = shadow_report(records, agent=args.agent, candidate=args.candidate, noise=noise, min_pairs=args.min_pairs)
     if args.json:
         print(msgspec.json.encode(rep).decode())
     else:
@@ -327,7 +327,8 @@ def add_parsers(sub: Any) -> None:
     rp = shs.add_parser("report", help="agreement with production, beyond production's own noise; regressions first")
     rp.add_argument("--agent", required=True)
     rp.add_argument("--candidate", required=True, help="the shadow's label")
-    rp.add_argument("--noise", help="label of a shadow of production's own version (measures noise)")
+    rp.add_argument("--noise", help="label of a shadow of production's own version (measures noise; default: "
+                                    "a shadow found running production's version label, '' for none)")
     rp.add_argument("--min-pairs", type=int, default=20, help="fewer paired tasks than this: inconclusive")
     rp.add_argument("--limit", type=int, default=20, help="differences listed")
     rp.add_argument("--json", action="store_true")

@@ -102,3 +102,38 @@ async def load_records(outcomes: SessionStore, agent: str) -> list[PairRecord]:
             except Exception:  # noqa: BLE001 - a record from a newer version: skip, do not crash the report
                 log.warning("unreadable outcome record %s", key)
     return out
+
+
+async def summary(outcomes: SessionStore, rollout: SessionStore) -> dict[str, object]:
+    """What the dashboard shows: every shadow's agreement and verdict, every canary's state."""
+    from agentstream.runtime.rollout import canary as C
+    from agentstream.runtime.rollout.compare import noise_label, shadow_report
+
+    by_agent: dict[str, list[PairRecord]] = {}
+    for key, entry in await outcomes.items():
+        try:
+            rec = decode_record(entry.value)
+        except Exception:  # noqa: BLE001
+            log.warning("unreadable outcome record %s", key)
+            continue
+        by_agent.setdefault(rec.agent, []).append(rec)
+    shadows = []
+    for agent, recs in sorted(by_agent.items()):
+        for label in sorted({lbl for r in recs for lbl in r.shadows}):
+            rep = shadow_report(recs, agent=agent, candidate=label,
+                                noise=noise_label(recs, agent=agent, candidate=label))
+            shadows.append({"agent": agent, "candidate": label, "noise": rep.noise, "pairs": rep.pairs,
+                            "agreement": rep.overall.rate if rep.pairs else None, "low": rep.overall.low,
+                            "high": rep.overall.high, "verdict": rep.verdict,
+                            "regressions": sum(d.kind == "regression" for d in rep.differences),
+                            "differences": len(rep.differences)})
+    canaries = []
+    for key, entry in await rollout.items():
+        if key.startswith("canary.") and entry.value:
+            s = C.decode(entry.value)
+            last = s.windows[-1] if s.windows else None
+            canaries.append({"agent": s.agent, "candidate": s.candidate, "baseline": s.baseline, "status": s.status,
+                             "weight": s.weight, "step": s.step + 1, "steps": len(s.policy.steps), "note": s.note,
+                             "last_verdict": last.verdict if last else None,
+                             "last_why": list(last.why) if last else []})
+    return {"shadows": shadows, "canaries": canaries}

@@ -222,6 +222,18 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def noise_label(records: Iterable[PairRecord], *, agent: str, candidate: str) -> str:
+    """A shadow running production's own version (same label as production's
+    answers): the noise estimate, when the user named none."""
+    for rec in records:
+        if rec.agent != agent or rec.production is None:
+            continue
+        for label, out in sorted(rec.shadows.items()):
+            if label != candidate and out.version == rec.production.version:
+                return label
+    return ""
+
+
 def shadow_report(records: Iterable[PairRecord], *, agent: str, candidate: str, noise: str = "",
                   min_pairs: int = MIN_PAIRS) -> ShadowReport:
     """Agreement of ``candidate`` with production over the tasks both answered,

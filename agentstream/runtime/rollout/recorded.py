@@ -73,7 +73,7 @@ async def production_result(js: JetStreamContext, task_id: str) -> TaskCompleted
 
 async def find_recorded(js: JetStreamContext, agent: str, task_id: str, tool: str, args: dict[str, object], *,
                         wait_s: float, call_id: str = "", used: dict[str, str] | None = None,
-                        poll_s: float = 0.2) -> ToolCallCompleted | None:
+                        poll_s: float = 0.05) -> ToolCallCompleted | None:
     """Production's result of the same tool with the same arguments in the same
     task. Production usually runs beside the shadow, a little ahead or behind:
     wait (bounded by ``wait_s``) while its task is unfinished.
@@ -82,20 +82,22 @@ async def find_recorded(js: JetStreamContext, agent: str, task_id: str, tool: st
     for this task, so two identical calls get two recorded results, and a
     redelivered shadow call gets the same one again."""
     want = canonical_args(args)
+    # Wait for production's result (a cheap direct read) and scan its task
+    # once, rather than scanning the task's events on every poll: the scans
+    # are what a shadow costs the broker.
     deadline = time.monotonic() + wait_s
-    while True:
-        recorded = await recorded_calls(js, agent, task_id)
-        if used is not None and call_id in used:
-            for rec in recorded:
-                if rec.completed.call_id == used[call_id]:
-                    return rec.completed
-        taken = set(used.values()) if used is not None else set()
-        for rec in recorded:
-            if rec.tool == tool and rec.args == want and rec.completed.call_id not in taken:
-                if used is not None:
-                    used[call_id] = rec.completed.call_id
-                return rec.completed
-        if time.monotonic() >= deadline or await production_result(js, task_id) is not None:
-            return None
+    while await production_result(js, task_id) is None and time.monotonic() < deadline:
         await asyncio.sleep(poll_s)
-        poll_s = min(poll_s * 2, 2.0)
+        poll_s = min(poll_s * 2, 1.0)
+    recorded = await recorded_calls(js, agent, task_id)
+    if used is not None and call_id in used:
+        for rec in recorded:
+            if rec.completed.call_id == used[call_id]:
+                return rec.completed
+    taken = set(used.values()) if used is not None else set()
+    for rec in recorded:
+        if rec.tool == tool and rec.args == want and rec.completed.call_id not in taken:
+            if used is not None:
+                used[call_id] = rec.completed.call_id
+            return rec.completed
+    return None
