@@ -328,6 +328,12 @@ def _window(verdict_cand: tuple[int, int], base: tuple[int, int] = (50, 0)) -> t
 def test_a_window_fails_on_errors_passes_within_limits_and_is_inconclusive_without_traffic() -> None:
     p = C.CanaryPolicy(min_samples=20)
     assert C.judge(*_window((50, 10)), p)[0] == "fail"
+    # latency: only a real slowdown fails (ratio and absolute), not tens of ms of noise
+    fast = C.window_stats([(False, "", 0.030, 0.0)] * 30)
+    noisy = C.window_stats([(False, "", 0.051, 0.0)] * 30)
+    slow = C.window_stats([(False, "", 0.400, 0.0)] * 30)
+    assert C.judge(fast, noisy, p)[0] == "pass"
+    assert C.judge(fast, slow, p)[0] == "fail"
     assert C.judge(*_window((50, 1)), p)[0] == "pass"
     assert C.judge(*_window((5, 0)), p)[0] == "inconclusive"
     assert C.judge(*_window((0, 0), base=(0, 0)), p)[0] == "inconclusive"

@@ -45,6 +45,9 @@ class CanaryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     max_inconclusive: int = 5  # inconclusive windows in a row before the canary stops
     max_error_rate_increase: float = 0.05  # candidate - baseline, absolute
     max_p95_ratio: float = 1.5
+    # ... and at least this much slower: a p95 over a few dozen tasks moves by
+    # tens of milliseconds on its own, which must not roll a canary back.
+    min_p95_delta_s: float = 0.1
     max_cost_ratio: float = 1.5
     max_score_drop: float = 0.1  # online evaluation score, when scores exist
 
@@ -181,7 +184,8 @@ def judge(base: WindowStats, cand: WindowStats, policy: CanaryPolicy) -> tuple[V
         top = ", ".join(f"{r} x{n}{' (new)' if r in new else ''}" for r, n in
                         sorted(cand.reasons.items(), key=lambda rn: (rn[0] not in new, -rn[1]))[:3])
         why.append(f"error rate {cand.error_rate:.1%} vs baseline {base.error_rate:.1%} ({top})")
-    if base.p95_s and cand.p95_s is not None and cand.p95_s > policy.max_p95_ratio * base.p95_s:
+    if base.p95_s and cand.p95_s is not None and cand.p95_s > policy.max_p95_ratio * base.p95_s \
+            and cand.p95_s - base.p95_s > policy.min_p95_delta_s:
         why.append(f"p95 latency {cand.p95_s * 1000:.0f} ms vs baseline {base.p95_s * 1000:.0f} ms")
     if base.cost_per_task and cand.cost_per_task is not None and \
             cand.cost_per_task > policy.max_cost_ratio * base.cost_per_task:
