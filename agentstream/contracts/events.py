@@ -124,6 +124,9 @@ class TaskCompleted(Event, frozen=True, tag="agentstream.task.completed.v1"):
     tenant_id: str = "default"
     user_id: str = "anonymous"
     conversation_id: str = ""
+    # The hash of what defines the answering version's behaviour (instructions,
+    # model, tools and their schemas, limits, strategy); ``agent_version`` is its label.
+    version_hash: str = ""
 
 
 class TaskFailed(Event, frozen=True, tag="agentstream.task.failed.v1"):
@@ -140,6 +143,7 @@ class TaskFailed(Event, frozen=True, tag="agentstream.task.failed.v1"):
     tenant_id: str = "default"
     user_id: str = "anonymous"
     conversation_id: str = ""
+    version_hash: str = ""
 
 
 TaskResult = Union[TaskCompleted, TaskFailed]
@@ -181,6 +185,9 @@ class ToolCallCompleted(Event, frozen=True, tag="agentstream.tool.call.completed
     # Claim-check: ``result`` (its JSON) is in the object store (bucket
     # agent_payloads) under this name, too large for an event; ``result`` is then null.
     result_ref: str = ""
+    # In a shadow deployment: how the result was obtained without a side effect
+    # (``live`` for a read-only tool run, ``recorded`` production's result, ``stub``).
+    shadow: str = ""
 
 
 # --------------------------------------------------------------------------- progress
@@ -199,6 +206,8 @@ class ModelTurnCompleted(Event, frozen=True, tag="agentstream.model.turn.complet
     started_at: float
     finished_at: float
     worker: str = ""
+    agent_version: str = ""
+    version_hash: str = ""
 
 
 class ToolCallDispatched(Event, frozen=True, tag="agentstream.tool.call.dispatched.v1"):
@@ -209,6 +218,8 @@ class ToolCallDispatched(Event, frozen=True, tag="agentstream.tool.call.dispatch
     step: int
     calls: tuple[ToolCall, ...]
     at: float
+    agent_version: str = ""
+    version_hash: str = ""
 
 
 # --------------------------------------------------------------------------- dead letters

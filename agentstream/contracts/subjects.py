@@ -98,6 +98,39 @@ def any_task_activity(task_id: str) -> str:
     return f"agents.*.*.{task_id}"
 
 
+# ----------------------------------------------------------------- rollout
+
+SHADOW_ROOT = "shadow"
+
+
+def shadow_prefix(label: str) -> str:
+    """Everything a shadow deployment ``label`` writes lives under this prefix:
+    the same tree as production's (``shadow.<label>.agents.<agent>.results.<task>``,
+    ``shadow.<label>.tools.<tool>.calls``, ...), so nothing of production's
+    subscribes to it and it can never reach a production consumer."""
+    return f"{SHADOW_ROOT}.{check_token('shadow label', label)}."
+
+
+def shadowed(label: str, subject: str) -> str:
+    return shadow_prefix(label) + subject
+
+
+def unshadowed(subject: str) -> tuple[str, str]:
+    """``shadow.<label>.<rest>`` -> (label, rest); a production subject -> ("", subject)."""
+    if subject.startswith(SHADOW_ROOT + "."):
+        _, label, rest = subject.split(".", 2)
+        return label, rest
+    return "", subject
+
+
+def any_shadow_results() -> str:
+    return f"{SHADOW_ROOT}.*.agents.*.results.*"
+
+
+def any_production_results() -> str:
+    return "agents.*.results.*"
+
+
 Discard = Literal["old", "new"]
 
 MiB = 1024 * 1024
@@ -187,6 +220,11 @@ STREAMS: tuple[StreamDef, ...] = (
     StreamDef(name="AUDIT", subjects=("audit.>",), max_age_s=365 * DAY,
               description="audit records: every approval decision, with who made it", max_bytes=GiB,
               discard="new"),
+    # old: a shadow deployment's outputs are an experiment's record; losing its
+    # oldest only thins old comparisons, refusing would stall its workers.
+    StreamDef(name="SHADOW", subjects=(f"{SHADOW_ROOT}.>",), max_age_s=7 * DAY,
+              description="everything shadow deployments publish, under shadow.<label>.<production subject>",
+              max_bytes=2 * GiB, discard="old", compress=True),
     # old: diagnostics; refusing would leave a poison message nowhere to go.
     StreamDef(name="DEADLETTER", subjects=("deadletter.>",), max_age_s=30 * DAY,
               description="messages a consumer could not process, with the reason", max_bytes=512 * MiB,
@@ -234,7 +272,16 @@ MEMORY_QUARANTINE = BucketDef(name="memory_quarantine",
                               description="memory writes the poisoning gate held for review", max_age_s=90 * DAY,
                               max_bytes=256 * MiB)
 MEMORY_BUCKETS: tuple[BucketDef, ...] = (EPISODES, MEMORY_CONVERSATIONS, MEMORY_QUARANTINE)
-BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS)
+SHADOW_SESSIONS = BucketDef(name="shadow_sessions",
+                            description="shadow deployments' session state and timers, keys <label>.<...>",
+                            max_age_s=7 * DAY)
+OUTCOMES = BucketDef(name="rollout_outcomes",
+                     description="production and shadow outcomes of one task side by side, key <agent>.<task>",
+                     max_age_s=14 * DAY)
+ROLLOUT = BucketDef(name="rollout_state",
+                    description="canary state per agent and shadow cost counters, CAS only")
+BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS,
+                                  SHADOW_SESSIONS, OUTCOMES, ROLLOUT)
 
 
 def _matches(pattern: str, subject: str) -> bool:
@@ -270,3 +317,8 @@ def agent_durable(agent: str, role: str = "tasks") -> str:
 
 def tool_durable(tool: str) -> str:
     return f"tool_{tool}"
+
+
+def shadow_durable(label: str, name: str) -> str:
+    """A shadow deployment's own durable consumer beside production's ``name``."""
+    return f"shadow_{label}_{name}"

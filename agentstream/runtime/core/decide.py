@@ -83,6 +83,8 @@ class Context:
     approvers_for: Callable[[str], tuple[str, ...]] | None = None
     # Empty: any identity may decide (development default).
     default_approvers: tuple[str, ...] = ()
+    # The hash of this deployment's behaviour (core.version.fingerprint): on results and progress.
+    version_hash: str = ""
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -181,7 +183,8 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
         task_id=state.task.task_id, agent=state.task.agent, step=ev.step,
         model=resp.model, finish_reason=resp.finish_reason,
         tool_calls=tuple(c.name for c in resp.tool_calls), usage=turn_usage,
-        started_at=ev.started_at, finished_at=ev.finished_at, worker=ctx.worker))
+        started_at=ev.started_at, finished_at=ev.finished_at, worker=ctx.worker,
+        agent_version=state.agent_version, version_hash=ctx.version_hash))
     state = msgspec.structs.replace(state, usage=usage, messages=messages, updated_at=ctx.now,
                                     last_input_tokens=resp.usage.input_tokens,
                                     last_input_messages=len(state.messages))
@@ -258,7 +261,8 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
         cmds.append(SetDeadline(deadline_at=state.deadline_at))
     dispatched = PublishProgress(event=ToolCallDispatched(
         task_id=task.task_id, agent=task.agent, step=ev.step,
-        calls=state.messages[-1].tool_calls, at=ctx.now))
+        calls=state.messages[-1].tool_calls, at=ctx.now, agent_version=state.agent_version,
+        version_hash=ctx.version_hash))
     if not pending:
         return _next_turn(state, ctx, extra=(progress, dispatched))
     return _emit(state, (progress, dispatched, *cmds))
@@ -505,7 +509,7 @@ def _complete(state: SessionState, ctx: Context, output: str, extra: tuple[AnyCo
         task_id=task.task_id, agent=task.agent, agent_version=state.agent_version, output=output,
         steps=state.step, tool_calls=state.tool_calls_total, usage=state.usage,
         started_at=state.started_at, finished_at=ctx.now, tenant_id=task.tenant_id,
-        user_id=task.user_id, conversation_id=task.conversation_id)
+        user_id=task.user_id, conversation_id=task.conversation_id, version_hash=ctx.version_hash)
     cancel = _cancel_approvals(state)
     state = msgspec.structs.replace(state, status="completed", outcome=result, pending=(), results=())
     cmds: list[AnyCommand] = [*extra, *cancel, PublishResult(result=result), ClearDeadline()]
@@ -524,7 +528,7 @@ def _fail(state: SessionState, ctx: Context, reason: str, message: str,
         task_id=task.task_id, agent=task.agent, agent_version=state.agent_version, reason=reason,
         message=message, steps=state.step, tool_calls=state.tool_calls_total, usage=state.usage,
         started_at=state.started_at, finished_at=ctx.now, tenant_id=task.tenant_id,
-        user_id=task.user_id, conversation_id=task.conversation_id)
+        user_id=task.user_id, conversation_id=task.conversation_id, version_hash=ctx.version_hash)
     cancel = _cancel_approvals(state)
     state = msgspec.structs.replace(state, status="failed", outcome=result, pending=(), results=(),
                                     updated_at=ctx.now)

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, assert_never
 
 import msgspec
@@ -64,6 +64,7 @@ from agentstream.runtime.core.state import (
     encode_state,
     finished_record,
 )
+from agentstream.runtime.core.version import fingerprint
 from agentstream.runtime.execution.consumer import Reject
 
 if TYPE_CHECKING:
@@ -106,6 +107,10 @@ class AgentEngine:
         # store (KV on the broker) cannot hold it. None: no limit known.
         self.max_state_bytes = max_state_bytes
         self.unknown_task_events = 0  # inbox events for a task with no session (dead-lettered)
+        # During a canary both versions' inbox consumers see every inbox event:
+        # whether another deployment of this agent holds the task's session (then
+        # the event is its to handle, and this engine acks it silently).
+        self.owned_elsewhere: Callable[[str], Awaitable[bool]] | None = None
         self.cas_conflicts = 0
         # >0: a finished session expires from the store this long after it
         # finished (AGENTSTREAM_FINISHED_SESSION_TTL), if the store can.
@@ -127,6 +132,7 @@ class AgentEngine:
         # cached session decodes nothing (states are frozen; the core copies).
         self._cache: OrderedDict[str, tuple[SessionState, int]] = OrderedDict()
         self.cache_size = 4096
+        self.version_hash = fingerprint(spec, llm.name)
 
     # ------------------------------------------------------------ entry points
 
@@ -149,6 +155,8 @@ class AgentEngine:
                 raise Reject(f"tool result {event.result_ref} is not JSON: {exc}") from None
             event = msgspec.structs.replace(event, result=result, result_ref="")
         if not await self.drive(event.task_id, event):
+            if self.owned_elsewhere is not None and await self.owned_elsewhere(event.task_id):
+                return
             # No session: nothing can resume. Dead-lettered (and counted), not dropped.
             self.unknown_task_events += 1
             raise Reject(f"no session for task {event.task_id!r} (unknown, or expired)")
@@ -171,7 +179,8 @@ class AgentEngine:
         p = self.policy
         return core.Context(spec=self.spec, now=self.clock(), history=history, worker=self.worker,
                             model=self.llm.name, prices=p.prices, needs_approval=p.needs_approval,
-                            approvers_for=p.approvers_for, default_approvers=p.default_approvers)
+                            approvers_for=p.approvers_for, default_approvers=p.default_approvers,
+                            version_hash=self.version_hash)
 
     # ------------------------------------------------------------ the loop
 
