@@ -232,6 +232,19 @@ async def test_processed_tasks_make_room_so_only_a_backlog_fills_tasks(
         assert alive(rt) and await messages(client, "DEADLETTER") == 0
 
 
+async def test_tasks_for_an_agent_nobody_serves_yet_are_never_trimmed(client: AgentClient) -> None:
+    await nats_adapters.provision(client.js, limits={"TASKS": 8192})
+    n = 0
+    with contextlib.suppress(StoreFull):
+        for i in range(1000):
+            await client.submit("nobody", f"count {i}")
+            n += 1
+    assert 0 < n < 1000
+    removed, held = await storage.trim_acknowledged(client.js, "TASKS")
+    assert (removed, held) == (0, "no consumer for agents.nobody.tasks")
+    assert await messages(client, "TASKS") == n
+
+
 async def test_a_full_inbox_holds_workers_without_losing_or_dead_lettering(
         nats_server: EmbeddedNats, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="agentstream")

@@ -284,7 +284,8 @@ BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS,
                                   SHADOW_SESSIONS, OUTCOMES, ROLLOUT)
 
 
-def _matches(pattern: str, subject: str) -> bool:
+def matches(pattern: str, subject: str) -> bool:
+    """Whether NATS subject filter ``pattern`` (``*``, ``>``) matches ``subject``."""
     pt, st = pattern.split("."), subject.split(".")
     for i, tok in enumerate(pt):
         if tok == ">":
@@ -300,7 +301,7 @@ def stream_of(subject: str) -> str:
     if subject.startswith("$KV."):
         return subject.split(".", 2)[1] if subject.count(".") >= 2 else ""
     for sd in STREAMS:
-        if any(_matches(p, subject) for p in sd.subjects):
+        if any(matches(p, subject) for p in sd.subjects):
             return sd.name
     return ""
 

@@ -156,17 +156,42 @@ async def _unacked_floor(js: JetStreamContext, stream: str) -> tuple[int | None,
     return floor, holder
 
 
+# Work subjects with few distinct values (one per agent, one per tool): each
+# must have a durable consumer reading it before anything of the stream is
+# trimmed, or tasks submitted for an agent not yet deployed would go. (An
+# inbox event exists only once its agent ran the task, so its consumer too.)
+_WORK_SUBJECTS = {"TASKS": "agents.*.tasks", "TOOLS": "tools.*.calls"}
+
+
+async def _unread_subject(js: JetStreamContext, stream: str, filters: list[str]) -> str:
+    """A work subject of ``stream`` holding messages no durable consumer reads ("" if none)."""
+    pattern = _WORK_SUBJECTS.get(stream)
+    if pattern is None:
+        return ""
+    info = await js.stream_info(stream, subjects_filter=pattern)
+    for subject in (info.state.subjects or {}):
+        if not any(subjects.matches(f, subject) for f in filters):
+            return subject
+    return ""
+
+
 async def trim_acknowledged(js: JetStreamContext, stream: str, *, high: float = 0.9,
                             low: float = 0.7) -> tuple[int, str]:
     """When ``stream`` holds more than ``high`` of its byte limit, delete its
     oldest messages down to about ``low``, but only ones every durable consumer
-    has acknowledged. Returns (messages deleted, the consumer holding back more,
-    if one did). For a discard-new stream this keeps "full" meaning "full of
-    unprocessed work"."""
+    has acknowledged, and nothing while some agent's or tool's messages have
+    no consumer at all. Returns (messages deleted, what held back more, if
+    anything did). For a discard-new stream this keeps "full" meaning "full
+    of unprocessed work"."""
     info = await js.stream_info(stream)
     limit, st = int(info.config.max_bytes or -1), info.state
     if limit <= 0 or not st.messages or st.bytes < high * limit:
         return 0, ""
+    filters = [f for ci in await js.consumers_info(stream) if ci.config.ack_policy != AckPolicy.NONE
+               for f in (ci.config.filter_subjects or [ci.config.filter_subject or ">"])]
+    unread = await _unread_subject(js, stream, filters)
+    if unread:
+        return 0, f"no consumer for {unread}"
     # Oldest first, as many as bring it to `low`; a stream's messages are of
     # similar size, and an estimate is enough for a safety margin.
     drop = math.ceil(st.messages * (st.bytes - low * limit) / st.bytes)
@@ -174,7 +199,7 @@ async def trim_acknowledged(js: JetStreamContext, stream: str, *, high: float = 
     floor, holder = await _unacked_floor(js, stream)
     held = ""
     if floor is not None and floor < upto:
-        upto, held = floor, holder
+        upto, held = floor, f"consumer {holder}"
     if upto <= int(st.first_seq):
         return 0, held
     await js.purge_stream(stream, seq=upto)

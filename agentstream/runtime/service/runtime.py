@@ -379,10 +379,10 @@ class Runtime:
                 except Exception as exc:  # noqa: BLE001 - outlive a broker hiccup
                     log.warning("making room in %s failed: %s", sd.name, exc)
                     continue
-                if held and held not in held_logged:
-                    held_logged.add(held)  # once per consumer: a stalled one stays stalled
-                    log.warning("%s is nearly full and consumer %s has not acknowledged its oldest messages: "
-                                "they stay; a consumer nobody runs any more should be deleted", sd.name, held)
+                if held and held not in held_logged and len(held_logged) < 1000:
+                    held_logged.add(held)  # once each: a stalled consumer stays stalled
+                    log.warning("%s is nearly full and its oldest messages stay (%s): a consumer nobody runs "
+                                "any more should be deleted, an agent or tool nobody serves deployed", sd.name, held)
 
     async def stop(self) -> None:
         """Graceful: stop fetching, let in-flight steps finish (bounded), leave
