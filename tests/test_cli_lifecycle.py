@@ -363,7 +363,9 @@ def test_lint_app_from_the_current_directory(workdir: Path) -> None:
     proc = run(["lint", "--app", "badapp:app"], workdir)
     assert proc.returncode == 1, proc.stderr  # the undocumented tool is an error finding
     assert "tool=mystery: no description" in proc.stdout
-    assert proc.stderr.strip() == "agentstream lint: 1 error(s), 1 warning(s)"
+    # The summary is output, not a diagnostic: on stdout, after the findings.
+    assert proc.stdout.strip().splitlines()[-1] == "agentstream lint: 1 error(s), 1 warning(s)"
+    assert proc.stderr == ""
 
     # The error names what the user actually used.
     assert "--app='nosuch:app': cannot import 'nosuch'" in one_line_error(run(["lint", "--app", "nosuch:app"],

@@ -296,8 +296,6 @@ async def test_load_and_trace_against_nats(nats_server: EmbeddedNats, client: Ag
     code = await asyncio.wait_for(view_commands.cmd_trace(argparse.Namespace(task_id="task-a", width=40, json=False),
                                                   settings), 30)
     out = capsys.readouterr().out
-    with capsys.disabled():
-        print("\n" + out)
     assert code == 0
     assert "task task-a" in out and "execute_tool refund_eligibility" in out and "FAILED timeout" in out
     assert "|| 3 parallel" in out and "120/30 tok" in out
