@@ -110,3 +110,27 @@ def test_exit_codes_are_distinct_and_documented() -> None:
     assert len({int(c) for c in ExitCode}) == len(ExitCode) == len(MEANING)
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert table() in readme, "README's exit-code table differs from exit_codes.table()"
+
+
+async def test_dashboard_shows_in_flight_tasks_and_pending_approvals(desk: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from conftest import until
+
+    from agentstream.runtime.interfaces.client import AgentClient
+    from agentstream.runtime.interfaces.dashboard import PAGE, live_state
+
+    async with await AgentClient.connect(desk, provision=False, telemetry=False) as client:
+        task_id = await client.submit("refunds", "refund 180 for order 9")
+
+        async def parked() -> dict[str, object] | None:
+            live = await live_state(client.js)
+            mine = [t for t in live["in_flight"] if t["task_id"] == task_id]
+            return live if mine and mine[0]["waiting_for_approval"] else None
+
+        live = await asyncio.wait_for(until(parked, 20, "the task parked on its approval"), 30)
+    approval = next(a for a in live["pending_approvals"] if a["task_id"] == task_id)
+    assert approval["tool"] == "issue_refund" and approval["arguments"] == {"order_id": 9, "amount": 180.0}
+    assert approval["decide"] == f"agentstream approve {approval['approval_id']} --as NAME"
+    page = PAGE.read_text()
+    assert 'id="in-flight"' in page and 'id="pending-approvals"' in page and "/api/live" in page
