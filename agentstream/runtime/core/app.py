@@ -37,7 +37,7 @@ class App:
 
     def agent(self, name: str, instructions: str, tools: Iterable[Tool], *, version: str = "v1",
               scripted: Callable[[], LLM] | None = None, samples: Iterable[str] = (),
-              **limits: float | int) -> AgentSpec:
+              **limits: float | int | str | bool | None) -> AgentSpec:
         tools = list(tools)
         for t in tools:
             existing = self.tools.get(t.name)
@@ -48,6 +48,10 @@ class App:
                          version=version)
         if limits:
             spec = msgspec.structs.replace(spec, **limits)
+        choice = spec.tool_choice
+        if choice not in (None, "auto", "required", "none") and spec.tool(str(choice)) is None:
+            raise ConfigError(f"agent {name!r}: tool_choice={choice!r} is none of auto, required, none "
+                              "or one of its tools' names")
         self.agents[name] = Agent(spec=spec, scripted=scripted)
         self.samples[name] = list(samples)
         return spec
