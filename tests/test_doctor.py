@@ -88,3 +88,18 @@ async def test_no_broker_is_exit_4(tmp_path: Path) -> None:
     assert code == ExitCode.BROKER_UNREACHABLE
     assert lines["broker"].startswith("FAIL") and "no broker configured" in lines["broker"]
     assert set(lines) >= {"broker", "model", "otlp"}  # the other checks still report
+
+
+async def test_worker_start_up_warns_when_its_model_cannot_call_tools(nats_server: EmbeddedNats, worker_pool: Any,
+                                                                       tmp_path: Path) -> None:
+    from conftest import until
+
+    async with FakeOpenAI(lambda req: text_reply("It is sunny.")) as srv:
+        proc = worker_pool.spawn(["--agent", "support"], {"AGENTSTREAM_NATS_URL": nats_server.url,
+                                                         "AGENTSTREAM_MODEL": "fake-model",
+                                                         "OPENAI_BASE_URL": srv.base_url})
+        err = worker_pool.logs[proc.pid][1]
+        await until(lambda: "did not call the tool" in err.read_text(), 20, "the start-up warning")
+        assert srv.chat_requests[0]["tools"][0]["function"]["name"] == "get_weather"
+    line = next(x for x in err.read_text().splitlines() if "did not call the tool" in x)
+    assert "agents with tools (support)" in line and "docs/models.md" in line

@@ -30,6 +30,7 @@ from agentstream.contracts.events import ApprovalRequested, TaskCompleted, TaskE
 from agentstream.runtime.adapters.embedded_broker import DirLock, EmbeddedNats
 from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.core.errors import AgentstreamError, ResultTimeout
+from agentstream.runtime.interfaces.doctor import probe_at_start_up
 from agentstream.runtime.interfaces.exit_codes import CommandExit, ExitCode, for_error
 
 if TYPE_CHECKING:
@@ -243,6 +244,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     rt: Runtime | None = None
     client: AgentClient | None = None
     server: HttpServer | None = None
+    probe: asyncio.Task[None] | None = None
     try:
         agents = (args.agent or list_agents(settings)) if settings.run_workers else []
         tools = args.tools if settings.run_workers else None
@@ -264,12 +266,15 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                                    f"{_os_reason(exc)} (AGENTSTREAM_HTTP_HOST, AGENTSTREAM_HTTP_PORT)") from None
         print(f"agentstream up: NATS {rt.url}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
               f"tools: {tools or '-'}. Ctrl-C or SIGTERM stops gracefully.", flush=True)
+        probe = probe_at_start_up(rt.engines)  # warns when the model cannot call tools
         await _until_stopped(stop, rt.broker)
         print("agentstream: shutting down (finishing in-flight steps)...", file=sys.stderr, flush=True)
     finally:
         # Whatever failed: stop what was started, newest first, and leave no
         # nats.url pointing at a broker that is gone. The broker is stopped
         # even if closing the API or the client fails.
+        if probe is not None:
+            probe.cancel()
         if server is not None:
             with contextlib.suppress(Exception):
                 await server.stop()
@@ -340,12 +345,16 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     settings = dataclasses.replace(settings, nats_url=broker_url(settings))
     rt = Runtime.from_settings(settings, agents=args.agent or [], tools=args.tools)
     stop = _stop_on_signal()
+    probe: asyncio.Task[None] | None = None
     try:
         await rt.start()
         print(f"agentstream worker {settings.worker_id}: agents={','.join(args.agent or []) or '-'} "
               f"tools={args.tools or '-'} on {rt.url}", flush=True)
+        probe = probe_at_start_up(rt.engines)  # warns when the model cannot call tools
         await stop.wait()
     finally:
+        if probe is not None:
+            probe.cancel()
         await rt.stop()
     return 0
 

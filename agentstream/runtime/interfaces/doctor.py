@@ -187,3 +187,39 @@ async def _otlp_check() -> Check:
         await writer.wait_closed()
     return Check(OK, "otlp", f"{endpoint} ({cfg.otlp_protocol}, for {' and '.join(uses)}) accepts connections "
                              f"({(time.monotonic() - t0) * 1000:.0f} ms; protocol not verified)")
+
+
+def probe_at_start_up(engines: dict[str, Any], env: Any = None) -> asyncio.Task[None] | None:
+    """In the background, probe the real model of the agents that have tools,
+    and log a warning if it does not call the offered tool: otherwise such an
+    agent answers without its tools and nothing says why. Off with
+    AGENTSTREAM_MODEL_PROBE=0; scripted models are not probed."""
+    import logging
+
+    from agentstream.runtime.adapters.model_probe import probe_model
+    from agentstream.runtime.adapters.openai_model import OpenAIChatModel
+    from agentstream.runtime.config.settings import env_bool
+
+    if not env_bool(os.environ if env is None else env, "AGENTSTREAM_MODEL_PROBE", True):
+        return None
+    by_model: dict[int, tuple[OpenAIChatModel, list[str]]] = {}
+    for name, engine in engines.items():
+        llm = getattr(engine.llm, "inner", engine.llm)
+        if isinstance(llm, OpenAIChatModel) and engine.spec.tools:
+            by_model.setdefault(id(llm), (llm, []))[1].append(name)
+    if not by_model:
+        return None
+    log = logging.getLogger("agentstream.doctor")
+
+    async def run() -> None:
+        for llm, agents in by_model.values():
+            result = await probe_model(llm, timeout_s=llm.timeout_s)
+            if not result.answered:
+                log.warning("model probe: %s; agents %s cannot work until it answers (agentstream doctor)",
+                            result.summary(), ", ".join(agents))
+            elif not result.called_tool:
+                log.warning("model %s at %s did not call the tool it was offered in a probe; agents with tools "
+                            "(%s) will answer without them. Use a model or chat format with tool calling "
+                            "(docs/models.md; agentstream doctor)", llm.name, llm.base_url, ", ".join(agents))
+
+    return asyncio.get_running_loop().create_task(run(), name="agentstream-model-probe")
