@@ -195,3 +195,36 @@ async def test_a_model_error_after_a_timeout_is_a_model_error(broker: EmbeddedNa
         res = await _run(broker, srv)
     assert isinstance(res, TaskFailed) and res.reason == "model_error", res
     assert [a.outcome for a in res.model_attempts] == ["error", "error"]
+
+
+async def test_tools_offered_and_never_called_is_a_warning_metric_and_a_stats_line(
+        broker: EmbeddedNats, caplog: pytest.LogCaptureFixture) -> None:
+    """A model that never calls tools (it cannot see them, or cannot emit calls):
+    after TOOLS_UNUSED_TURNS such turns the worker warns and counts it, and
+    `stats` says so from the stored spans."""
+    from agentstream.runtime.observability import views
+    from agentstream.runtime.observability.telemetry import TOOLS_UNUSED_TURNS, prometheus_text
+
+    caplog.set_level(logging.WARNING, logger="agentstream.telemetry")
+    settings = dataclasses.replace(Settings.from_env({}), nats_url=broker.url)
+    async with FakeOpenAI(lambda req: text_reply(MADE_UP, prompt_tokens=63)) as srv:
+        llm = OpenAIChatModel("fake-model", base_url=srv.base_url)
+        rt = Runtime.from_settings(settings, agents=["support"], tools="all", models={"support": llm})
+        await rt.start()
+        try:
+            async with await AgentClient.connect(broker.url, telemetry=False) as client:
+                ids = [await client.submit("support", f"is order {n} refundable?") for n in range(TOOLS_UNUSED_TURNS)]
+                for task_id in ids:
+                    assert isinstance(await client.result(task_id, timeout=20), TaskCompleted)
+                metrics = prometheus_text()
+        finally:
+            await rt.stop()
+    warned = [r.getMessage() for r in caplog.records if "called none" in r.getMessage()]
+    assert len(warned) == 1 and "agent support" in warned[0], warned
+    assert 'agentstream_tools_unused' in metrics and 'gen_ai_agent_name="support"' in metrics
+    async with await AgentClient.connect(broker.url, telemetry=False) as client:
+        stats, _, source = await views.load_stats(client.js, 3600)
+    assert source == "telemetry" or stats.tools_unused, source
+    assert stats.tools_unused == (("support", "fake-model", TOOLS_UNUSED_TURNS),)
+    assert "warning: agent support: model fake-model was offered tools in its last 20 turns and called none" \
+        in views.render_stats(stats)

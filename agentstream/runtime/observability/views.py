@@ -530,6 +530,8 @@ class Stats:
     since_s: float | None = None
     # Models that used tokens and cost nothing: no price configured (shown as "unpriced", not $0).
     unpriced_models: tuple[str, ...] = ()
+    # (agent, model, turns): the agent's last turns offered tools and called none.
+    tools_unused: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def task_error_rate(self) -> float:
@@ -647,11 +649,32 @@ def compute_stats(spans: Sequence[SpanRecord], results: Sequence[TaskResult], *,
         return sorted((a.done(n) for n, a in d.items()), key=lambda g: (-g.count, g.name))
 
     total = sum(task_costs)
+    unused = _tools_unused(spans)
     unpriced = tuple(sorted(n for n, a in models.items() if is_unpriced(n, a.tin + a.tout, a.cost)))
     return Stats(tasks=len(task_costs), tasks_failed=failed, task_cost_total=total,
                  task_cost_mean=total / len(task_costs) if task_costs else 0.0, agents=groups(agents),
                  tools=groups(tools), models=groups(models), errors=kinds, spans=len(spans), since_s=since_s,
-                 unpriced_models=unpriced)
+                 unpriced_models=unpriced, tools_unused=unused)
+
+
+# `stats` warns about an agent whose model was offered tools in at least this
+# many of its last turns (up to TOOLS_UNUSED_TURNS) and called none.
+TOOLS_UNUSED_MIN_TURNS = 5
+
+
+def _tools_unused(spans: Sequence[SpanRecord]) -> tuple[tuple[str, str, int], ...]:
+    from agentstream.runtime.observability.telemetry import TOOLS_UNUSED_TURNS
+
+    offered: dict[str, list[SpanRecord]] = defaultdict(list)
+    for s in spans:
+        if _op(s) == "chat" and _num(_attr(s, "agentstream.tools_offered", 0)) > 0:
+            offered[str(_attr(s, "gen_ai.agent.name", "") or "?")].append(s)
+    out = []
+    for agent, chats in sorted(offered.items()):
+        last = sorted(chats, key=lambda s: s.end)[-TOOLS_UNUSED_TURNS:]
+        if len(last) >= TOOLS_UNUSED_MIN_TURNS and not any(_num(_attr(s, "agentstream.tool_calls", 0)) for s in last):
+            out.append((agent, _chat_model(last[-1]), len(last)))
+    return tuple(out)
 
 
 def _lat(v: float) -> str:
@@ -691,6 +714,9 @@ def render_stats(stats: Stats) -> str:
     if unpriced:
         lines.append(f"unpriced models (no price configured): {', '.join(sorted(unpriced))}; "
                      + PRICES_HINT.replace("MODEL", sorted(unpriced)[0]))
+    for agent, model, turns in stats.tools_unused:
+        lines.append(f"warning: agent {agent}: model {model} was offered tools in its last {turns} turns and called "
+                     "none; it may not support tool calling (agentstream doctor)")
     if not stats.tasks and not stats.spans:
         lines.append("(no tasks or spans in this window)")
         return "\n".join(lines)
@@ -811,6 +837,7 @@ def stats_json(stats: Stats) -> dict[str, Any]:
             "agents": [group(g) for g in stats.agents], "tools": [group(g) for g in stats.tools],
             "models": [group(g) for g in stats.models], "unpriced_models": list(stats.unpriced_models),
             "prices_hint": PRICES_HINT if stats.unpriced_models else "",
+            "tools_unused": [{"agent": a, "model": m, "turns": n} for a, m, n in stats.tools_unused],
             "errors": [{"scope": e.scope, "kind": e.kind, "count": e.count, "rate": e.rate} for e in stats.errors]}
 
 
