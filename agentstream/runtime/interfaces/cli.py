@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import msgspec
 
-from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import ApprovalRequested, TaskCompleted, TaskEvent, TaskFailed, TaskResult
+from agentstream.contracts import codec
+from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult
 from agentstream.runtime.adapters.embedded_broker import DirLock, EmbeddedNats
 from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.core.errors import AgentstreamError, ResultTimeout
@@ -360,6 +360,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.interfaces import waiting
     from agentstream.runtime.interfaces.client import AgentClient
 
     meta = {}
@@ -379,80 +380,16 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         # With --json stdout is one JSON document and nothing else.
         if not (args.json and args.wait):
             print(msgspec.json.encode({"task_id": task_id}).decode() if args.json else task_id, flush=True)
-        why = await _unserved(client, args.agent)
+        why = await waiting.unserved(client, args.agent)
         if why:
             raise CommandExit(f"{why}; task {task_id} is queued and runs when a worker for {args.agent!r} starts "
                               f"(`agentstream worker --agent {args.agent}`; check the name: "
                               f"`agentstream watch {task_id}` follows it)", ExitCode.NOT_FOUND)
         if not args.wait:
             return 0
-        res = await _await_result(client, task_id, args.timeout)
+        res = await waiting.await_result(client, task_id, args.timeout)
         return _print_result(res, args.json)
 
-
-# How long `submit` looks for a live worker before saying none serves the agent:
-# a live agent worker always has a pull request outstanding (its fetch waits
-# 0.5 s, then it asks again) or a task in hand.
-_LIVENESS_PROBES = 3
-_LIVENESS_GAP_S = 0.3
-
-
-async def _unserved(client: AgentClient, agent: str) -> str:
-    """Why no worker serves ``agent`` right now, or "" when one does (or when
-    we cannot tell: the task is submitted either way). A typo in the agent
-    name, and an agent whose workers all stopped, look exactly like this.
-
-    Detection: the durable consumer every agent worker creates on TASKS; a
-    live worker keeps a pull request waiting on it (``num_waiting``) or holds
-    a task (``num_ack_pending``)."""
-    import nats.js.errors as jse
-
-    durable = subjects.agent_durable(agent, "tasks")
-    for probe in range(_LIVENESS_PROBES):
-        if probe:
-            await asyncio.sleep(_LIVENESS_GAP_S)
-        try:
-            info = await client.js.consumer_info("TASKS", durable, timeout=5)
-        except jse.NotFoundError:
-            return f"no worker has ever served agent {agent!r}"
-        except Exception:  # noqa: BLE001 - best effort: the task is submitted either way
-            return ""
-        if (info.num_waiting or 0) > 0 or (info.num_ack_pending or 0) > 0:
-            return ""
-    return f"no worker is serving agent {agent!r} now (its consumer exists, but nothing is fetching from it)"
-
-
-def _approval_line(q: ApprovalRequested) -> str:
-    args_text = msgspec.json.encode(q.arguments).decode()
-    who = ", ".join(q.approvers) or "any allowed identity"
-    due = max(0.0, q.deadline_at - time.time())
-    return (f"task {q.task_id} is waiting for approval of {q.tool}{args_text} (approvers: {who}; expires in "
-            f"{due:.0f}s): agentstream approve {q.approval_id} --as NAME  (or: agentstream deny "
-            f"{q.approval_id} --as NAME --reason TEXT)")
-
-
-async def _await_result(client: AgentClient, task_id: str, timeout: float) -> TaskResult:
-    """The task's result, saying on stderr (as it happens) when the task parks
-    on a human approval and how to decide it. A wait that runs out is
-    ``WAIT_TIMEOUT``, not a failure: the task may still finish."""
-    waiting: dict[str, ApprovalRequested] = {}
-    try:
-        async for ev in client.events(task_id, timeout=timeout):
-            if isinstance(ev, ApprovalRequested) and ev.approval_id not in waiting:
-                waiting[ev.approval_id] = ev
-                sys.stderr.write(f"agentstream: {_approval_line(ev)}\n")
-                sys.stderr.flush()
-            elif isinstance(ev, (TaskCompleted, TaskFailed)):
-                return ev
-    except ResultTimeout:
-        pass
-    hint = f"it may still finish: `agentstream watch {task_id}` or `agentstream result {task_id} --wait S`"
-    if waiting:
-        ids = " ".join(waiting)
-        raise CommandExit(f"no result for task {task_id} within {timeout:g}s: it is waiting for approval "
-                          f"(`agentstream approvals`; `agentstream approve {ids} --as NAME`); {hint}",
-                          ExitCode.WAIT_TIMEOUT)
-    raise CommandExit(f"no result for task {task_id} within {timeout:g}s; {hint}", ExitCode.WAIT_TIMEOUT)
 
 
 async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
@@ -468,10 +405,12 @@ async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.interfaces import waiting
     from agentstream.runtime.interfaces.client import AgentClient
 
     async with await AgentClient.connect(broker_url(settings)) as client:
-        await _require_task(client, args.task_id, min(args.timeout or _UNKNOWN_TASK_GRACE_S, _UNKNOWN_TASK_GRACE_S))
+        grace = waiting.UNKNOWN_TASK_GRACE_S
+        await waiting.require_task(client, args.task_id, min(args.timeout or grace, grace))
         code = 0
         async for ev in client.events(args.task_id, timeout=args.timeout):
             print(_event_line(ev), flush=True)
@@ -479,35 +418,6 @@ async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
                 code = EXIT_FAILED
         return code
 
-
-# How long `watch` gives an id nothing knows yet (a task just submitted may not
-# have reached a worker) before calling it unknown.
-_UNKNOWN_TASK_GRACE_S = 5.0
-
-
-async def _require_task(client: AgentClient, task_id: str, grace_s: float) -> None:
-    """Return once anything knows ``task_id`` (a session, an event, a result);
-    after ``grace_s`` of nothing, a ``NOT_FOUND`` error instead of waiting forever."""
-    from agentstream.runtime.adapters.scan import stored_result
-
-    if not subjects.is_token(task_id):
-        raise CommandExit(f"invalid task id {task_id!r}: use 1-128 letters, digits, '_' or '-'", ExitCode.USAGE)
-    deadline = time.monotonic() + grace_s
-    while True:
-        with contextlib.suppress(Exception):  # a missing key or bucket: not known (yet)
-            kv = await client.js.key_value(subjects.SESSIONS.name)
-            if await kv.get(task_id) is not None:
-                return
-        if await client._activity_count(task_id) > 0:
-            return
-        with contextlib.suppress(Exception):
-            if await stored_result(client.js, task_id, direct=True) is not None:
-                return
-        if time.monotonic() >= deadline:
-            raise CommandExit(f"no task {task_id!r}: no session, no events and no result after {grace_s:g}s "
-                              "(check the id; a task no worker has picked up yet has none either)",
-                              ExitCode.NOT_FOUND)
-        await asyncio.sleep(0.25)
 
 
 async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
