@@ -29,6 +29,8 @@ from fake_openai import (
     text_reply,
     tool_calls_reply,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentstream import AgentClient, OpenAIChatModel, Runtime, Settings, TaskCompleted, TaskFailed
 from agentstream.contracts.events import Message, ToolSpec
@@ -228,3 +230,38 @@ async def test_tools_offered_and_never_called_is_a_warning_metric_and_a_stats_li
     assert stats.tools_unused == (("support", "fake-model", TOOLS_UNUSED_TURNS),)
     assert "warning: agent support: model fake-model was offered tools in its last 20 turns and called none" \
         in views.render_stats(stats)
+
+_maybe_float = st.none() | st.floats(min_value=0, max_value=2, allow_nan=False)
+
+
+@given(tools=st.booleans(), agent_choice=st.none() | st.sampled_from(["auto", "required", "none", "lookup_order"]),
+       env_choice=st.sampled_from(["auto", "required", "none"]), parallel=st.none() | st.booleans(),
+       env_parallel=st.none() | st.booleans(), cap=st.none() | st.integers(1, 10_000),
+       field=st.sampled_from(["max_tokens", "max_completion_tokens"]), temperature=_maybe_float,
+       env_temperature=_maybe_float, seed=st.none() | st.integers(0, 2**31))
+def test_request_fields_follow_the_rules_whatever_the_settings(
+        tools: bool, agent_choice: str | None, env_choice: str, parallel: bool | None, env_parallel: bool | None,
+        cap: int | None, field: str, temperature: float | None, env_temperature: float | None,
+        seed: int | None) -> None:
+    opts = RequestOptions(tool_choice=env_choice, parallel_tool_calls=env_parallel, temperature=env_temperature,
+                          max_tokens_field=field)
+    req = ModelRequest(model="m", messages=HELLO, tools=(TOOL,) if tools else (), tool_choice=agent_choice,
+                       parallel_tool_calls=parallel, max_tokens=cap, temperature=temperature, seed=seed)
+    body = build_request_body(req, "m", opts)
+    # tool_choice and parallel_tool_calls only ever travel with tools.
+    assert ("tool_choice" in body) == tools
+    if tools:
+        choice = agent_choice or env_choice
+        assert body["tool_choice"] == (choice if choice != "lookup_order"
+                                       else {"type": "function", "function": {"name": "lookup_order"}})
+        want_parallel = parallel if parallel is not None else env_parallel
+        assert body.get("parallel_tool_calls") == want_parallel
+    else:
+        assert "parallel_tool_calls" not in body
+    # The cap under exactly one name, the configured one.
+    caps = {k for k in ("max_tokens", "max_completion_tokens") if k in body}
+    assert caps == ({field} if cap is not None else set())
+    # The agent's sampling wins over the deployment's; nothing is invented.
+    want_t = temperature if temperature is not None else env_temperature
+    assert body.get("temperature") == want_t and ("temperature" in body) == (want_t is not None)
+    assert body.get("seed") == seed
