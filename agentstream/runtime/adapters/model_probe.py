@@ -26,7 +26,7 @@ PROBE_TOOL = ToolSpec(
 )
 PROBE_MESSAGES = (
     Message(role="system", content="You are a helpful assistant. Use the tools you are given when they help."),
-    Message(role="user", content="What is the weather in Paris right now?"),
+    Message(role="user", content="What is the weather in Paris right now? Use the get_weather tool."),
 )
 PROBE_MAX_TOKENS = 128
 
