@@ -45,6 +45,7 @@ from agentstream import AgentClient
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.adapters.scan import scan
 from agentstream.runtime.observability.views import percentile
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -92,11 +93,13 @@ class Workers:
 
     def env(self, role: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
+        # PYTHONPATH from the caller first: `PYTHONPATH=/tmp/old-agentstream
+        # python bench/scale.py` runs another version of the package side by side.
         env.update({"AGENTSTREAM_NATS_URL": self.url, "AGENTSTREAM_APP": self.app,
                     "AGENTSTREAM_DATA_DIR": str(self.tmp / f"{role}.data"), "AGENTSTREAM_WORKER_ID": role,
                     "AGENTSTREAM_TRACING": "0", "AGENTSTREAM_METRICS": "0", "AGENTSTREAM_LOG_LEVEL": "WARNING",
                     "AGENTSTREAM_SHUTDOWN_TIMEOUT": "5",
-                    "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), str(REPO), os.environ.get("PYTHONPATH", "")])})
+                    "PYTHONPATH": os.pathsep.join([os.environ.get("PYTHONPATH", ""), str(BENCH_DIR), str(REPO)])})
         env.update(self.env_extra)
         return env
 
@@ -199,6 +202,23 @@ class Driver:
         return lat
 
 
+async def hop_gaps(client: AgentClient, tag: str) -> list[float]:
+    """For each isolated task: ms from its last tool result stored in EVENTS to
+    its result stored in RESULTS (the step the issue saw stall 340-480 ms),
+    from the streams' own timestamps."""
+    last_tool: dict[str, float] = {}
+    for raw in await scan(client.js, "EVENTS", f"agents.{AGENT}.events.*"):
+        tid = raw.subject.rsplit(".", 1)[1]
+        if "-iso-" in tid and tid.startswith(tag):
+            last_tool[tid] = max(last_tool.get(tid, 0.0), raw.time)
+    gaps = []
+    for raw in await scan(client.js, "RESULTS", f"agents.{AGENT}.results.*"):
+        tid = raw.subject.rsplit(".", 1)[1]
+        if tid in last_tool:
+            gaps.append(1000 * (raw.time - last_tool[tid]))
+    return gaps
+
+
 @dataclass
 class Row:
     workload: str
@@ -210,6 +230,7 @@ class Row:
     wall_s: float
     lat: list[float]
     iso: list[float]
+    gaps: list[float]
     cpu: dict[str, float]  # role -> CPU seconds during the measured run
 
     @property
@@ -248,10 +269,12 @@ async def run_config(workload: str, agents: int, tools: int, args: argparse.Name
         cpu = {role: proc_cpu_s(pid) - cpu0[role] for role, pid in pids.items()}
         cpu["client"] = time.process_time() - me0
         iso = await driver.isolated(tag, args.isolated, seed=rnd) if args.isolated else []
-        row = Row(workload, agents, tools, rnd, len(lat), failed, wall, lat, iso, cpu)
+        gaps = await hop_gaps(client, tag) if args.isolated else []
+        row = Row(workload, agents, tools, rnd, len(lat), failed, wall, lat, iso, gaps, cpu)
         say(f"{workload} {agents}+{tools} (round {rnd}): {row.tps:,.1f} tasks/s, p50 {percentile(lat, 50):.1f} "
             f"p99 {percentile(lat, 99):.1f} ms" + (f", isolated p50 {percentile(iso, 50):.1f} max {max(iso):.1f} ms"
-                                                   if iso else "") + (f", {failed} FAILED" if failed else ""))
+                                                   f" (last tool result -> result max {max(gaps):.1f} ms)"
+                                                   if iso and gaps else "") + (f", {failed} FAILED" if failed else ""))
         return row
     finally:
         await client.close()
@@ -273,13 +296,14 @@ def report(rows: list[Row]) -> list[dict[str, Any]]:
         print(f"workload {workload}: " + ("CPU-bound W1 (zero-latency model, no-op tools)" if workload == "w1" else
                                           "model turn 50 ms, tool 20 ms, each agent replica capped"))
         hdr = (f"{'agents+tools':<13}{'tasks/s':>9}{'x 1+1':>7}{'p50':>8}{'p95':>8}{'p99':>8}{'p99 x':>7}"
-               f"{'iso p50':>9}{'iso max':>9}{'CPU ms/task':>12}  CPU s per process (measured run)")
+               f"{'iso p50':>9}{'iso max':>9}{'gap max':>9}{'CPU ms/task':>12}  CPU s per process (measured run)")
         print(hdr)
         print("-" * len(hdr))
         for agents, tools in configs:
             rs = [r for r in mine if (r.agents, r.tools) == (agents, tools)]
             lat = [x for r in rs for x in r.lat]
             iso = [x for r in rs for x in r.iso]
+            gaps = [x for r in rs for x in r.gaps]
             tps = mean([r.tps for r in rs])
             p99 = percentile(lat, 99)
             if base is None:
@@ -294,10 +318,14 @@ def report(rows: list[Row]) -> list[dict[str, Any]]:
                  "p99_ms": round(p99, 1), "p99_ratio": round(p99 / base[1], 3) if base[1] else None,
                  "isolated_p50_ms": round(percentile(iso, 50), 1) if iso else None,
                  "isolated_max_ms": round(max(iso), 1) if iso else None,
+                 "isolated_step_gap_p50_ms": round(percentile(gaps, 50), 1) if gaps else None,
+                 "isolated_step_gap_max_ms": round(max(gaps), 1) if gaps else None,
                  "cpu_ms_per_task": round(mean([r.cpu_ms_per_task() for r in rs]), 2),
                  "cpu_s": {k: round(v, 2) for k, v in cpu.items()}, "failed": sum(r.failed for r in rs)}
             out.append(d)
-            iso_s = (f"{d['isolated_p50_ms']:>9.1f}{d['isolated_max_ms']:>9.1f}" if iso else f"{'-':>9}{'-':>9}")
+            iso_s = (f"{d['isolated_p50_ms']:>9.1f}{d['isolated_max_ms']:>9.1f}"
+                     + (f"{d['isolated_step_gap_max_ms']:>9.1f}" if gaps else f"{'-':>9}")
+                     if iso else f"{'-':>9}{'-':>9}{'-':>9}")
             print(f"{agents}+{tools:<11}{tps:>9.1f}{d['ratio']:>7.2f}{d['p50_ms']:>8.1f}{d['p95_ms']:>8.1f}"
                   f"{d['p99_ms']:>8.1f}{d['p99_ratio']:>7.2f}{iso_s}{d['cpu_ms_per_task']:>12.2f}  "
                   + " ".join(f"{k}={v:.1f}" for k, v in sorted(cpu.items()))
