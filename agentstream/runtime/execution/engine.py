@@ -165,6 +165,10 @@ class AgentEngine:
 
     async def _apply(self, task_id: str, event: Input) -> core.Decision:
         history: tuple[Turn, ...] | None = None
+        # A new task's session almost never exists yet: create it without
+        # reading first (one round trip a task less); a redelivered task finds
+        # it with the create's conflict and reads it then.
+        assume_new = isinstance(event, TaskSubmitted)
         for _ in range(MAX_CAS_RETRIES):
             hit = self._cache.get(task_id)
             cached = hit is not None
@@ -172,6 +176,8 @@ class AgentEngine:
             rev: int | None
             if hit is not None:
                 state, rev = hit
+            elif assume_new:
+                state, rev = None, None
             else:
                 entry = await self.sessions.get(task_id)
                 state, rev = (decode_state(entry.value), entry.revision) if entry is not None else (None, None)
@@ -197,6 +203,7 @@ class AgentEngine:
                     new_rev = await self.sessions.update(task_id, raw, rev)
             except Conflict:
                 self._cache.pop(task_id, None)
+                assume_new = False
                 continue  # another replica moved the session on: decide again on fresh state
             if decision.state.terminal:
                 self._cache.pop(task_id, None)
