@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -46,6 +47,10 @@ async def running(nc: NatsClient, seen: list[bytes], **settings: float) -> Async
         await asyncio.wait_for(task, timeout=20)
 
 
+def _at_least(seen: list[bytes], n: int) -> bool:
+    return len(seen) >= n
+
+
 def consumer_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.name.startswith("agentstream") and r.levelno >= logging.WARNING]
@@ -62,8 +67,8 @@ async def test_each_message_is_handled_while_its_pull_request_is_still_open(nats
         async with running(nc, seen, pull_expires_s=60.0, pull_heartbeat_s=20.0) as consumer:
             for i in range(3):
                 await nc.jetstream().publish("pt.x", f"m{i}".encode())
-                n = i + 1
-                await until(lambda: len(seen) >= n, 20, f"message {i} handled with its pull still open")
+                await until(functools.partial(_at_least, seen, i + 1), 20,
+                            f"message {i} handled with its pull still open")
             assert seen == [b"m0", b"m1", b"m2"]
             assert consumer.pull is not None and consumer.pull.pulls <= 2  # one open pull served them all
     finally:
