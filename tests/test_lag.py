@@ -71,3 +71,23 @@ async def test_lag_counts_backlog_and_work_in_progress(nats_url: str) -> None:
         await asyncio.wait_for(task, timeout=20)
         await nc.close()
         await client.close()
+
+
+def test_the_ops_autoscaling_examples_name_real_durables() -> None:
+    """The KEDA and HPA examples scale on consumers the runtime really creates."""
+    from pathlib import Path
+
+    import yaml
+
+    from agentstream.contracts import subjects
+    from agentstream.examples.support_desk import app
+
+    ops = Path(__file__).resolve().parent.parent / "ops" / "autoscaling"
+    real = {subjects.agent_durable("support", "tasks"), subjects.agent_durable("support", "events")}
+    real |= {subjects.tool_durable(t) for t in app.tools}
+    named: set[str] = set()
+    for doc in yaml.safe_load_all((ops / "keda-nats-jetstream.yaml").read_text()):
+        named |= {t["metadata"]["consumer"] for t in doc["spec"]["triggers"]}
+    for doc in yaml.safe_load_all((ops / "hpa-prometheus.yaml").read_text()):
+        named |= {m["external"]["metric"]["selector"]["matchLabels"]["durable"] for m in doc["spec"]["metrics"]}
+    assert named and named <= real, named - real
