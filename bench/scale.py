@@ -45,6 +45,7 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
 from agentstream.runtime.adapters.scan import scan
+from agentstream.runtime.observability.lag import read_lag
 from agentstream.runtime.observability.views import percentile
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -218,6 +219,19 @@ async def hop_gaps(client: AgentClient, tag: str) -> list[float]:
     return gaps
 
 
+async def sample_lag(client: AgentClient, peak: dict[str, tuple[int, int]], period_s: float = 0.5) -> None:
+    """The autoscaling signal during the run: peak pending and ack pending per durable."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            lags = await read_lag(client.js)
+        except Exception:  # noqa: BLE001 - a missed sample is fine
+            continue
+        for c in lags:
+            p, a = peak.get(c.durable, (0, 0))
+            peak[c.durable] = (max(p, c.pending), max(a, c.ack_pending))
+
+
 @dataclass
 class Row:
     workload: str
@@ -264,12 +278,19 @@ async def run_config(workload: str, agents: int, tools: int, args: argparse.Name
         cpu0 = {role: proc_cpu_s(pid) for role, pid in pids.items()}
         me0 = time.process_time()
         n = args.tasks if workload == "w1" else args.latency_tasks
-        wall, lat, failed = await driver.run(tag, n, inflight)
+        peak: dict[str, tuple[int, int]] = {}
+        sampler = asyncio.create_task(sample_lag(client, peak))
+        try:
+            wall, lat, failed = await driver.run(tag, n, inflight)
+        finally:
+            sampler.cancel()
         cpu = {role: proc_cpu_s(pid) - cpu0[role] for role, pid in pids.items()}
         cpu["client"] = time.process_time() - me0
         iso = await driver.isolated(tag, args.isolated, seed=rnd) if args.isolated else []
         gaps = await hop_gaps(client, tag) if args.isolated else []
         row = Row(workload, agents, tools, rnd, len(lat), failed, wall, lat, iso, gaps, cpu)
+        say("  peak consumer lag (pending / ack pending): "
+            + ", ".join(f"{d}={p}/{a}" for d, (p, a) in sorted(peak.items())))
         say(f"{workload} {agents}+{tools} (round {rnd}): {row.tps:,.1f} tasks/s, p50 {percentile(lat, 50):.1f} "
             f"p99 {percentile(lat, 99):.1f} ms" + (f", isolated p50 {percentile(iso, 50):.1f} max {max(iso):.1f} ms"
                                                    f" (last tool result -> result max {max(gaps):.1f} ms)"
