@@ -135,3 +135,45 @@ def test_backoff_is_full_jitter_and_capped() -> None:
     assert len({round(d, 6) for d in delays}) == len(delays)  # jittered, not in lockstep
     b.reset()
     assert b.next_delay() <= 0.1
+
+
+@pytest.mark.slow
+async def test_a_runtime_logs_one_line_per_consumer_for_a_broker_outage(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A whole replica (agent and tool consumers, deadline sweep) through a
+    broker restart: a bounded number of lines, then it serves tasks again."""
+    import dataclasses
+
+    from agentstream.contracts.events import TaskCompleted
+    from agentstream.runtime.config.settings import Settings
+    from agentstream.runtime.interfaces.client import AgentClient
+    from agentstream.runtime.observability.telemetry import TelemetryConfig
+    from agentstream.runtime.service.runtime import Runtime
+
+    caplog.set_level(logging.INFO, logger="agentstream")
+    server = EmbeddedNats(store_dir=tmp_path / "nats").start()
+    settings = dataclasses.replace(Settings.from_env({}), nats_url=server.url, data_dir=tmp_path / "data",
+                                   sweep_interval_s=0.2)
+    from apps.crash_app import app
+
+    rt = Runtime(settings=settings, app=app, agents=["crashy"], tools="all",
+                 telemetry_config=TelemetryConfig.disabled())
+    try:
+        await rt.start()
+        caplog.clear()  # start-up lint warnings are not the outage's
+        await asyncio.to_thread(server.stop)
+        pulls = [c.pull for c in rt.consumers if c.pull is not None]
+        await until(lambda: all(p.outage.attempts >= 3 for p in pulls), 60, "3 attempts on every consumer")
+        during = consumer_warnings(caplog)
+        # one per consumer (5: tasks, inbox, three tools) and one for the deadline sweep, at most
+        assert 1 <= len(during) <= len(pulls) + 1, during
+        await asyncio.to_thread(server.start)
+        async with await AgentClient.connect(server.url, telemetry=False) as client:
+            await client.submit("crashy", "after-outage", task_id="after-outage")
+            res = await client.result("after-outage", timeout=60)
+        assert isinstance(res, TaskCompleted)
+        assert len(consumer_warnings(caplog)) == len(during), consumer_warnings(caplog)
+        assert any("back after" in r.getMessage() for r in caplog.records)
+    finally:
+        await rt.stop()
+        server.stop()

@@ -79,7 +79,7 @@ class Outage:
         self.attempts += 1
         if self.since is None:
             self.since = time.monotonic()
-            self.log.warning("%s unavailable (%s); retrying with backoff, quietly until it is back", self.what,
+            self.log.warning("%s unavailable (%s); retrying, quietly until it is back", self.what,
                              reason)
         else:
             self.log.debug("%s still unavailable (attempt %d): %s", self.what, self.attempts, reason)
