@@ -84,6 +84,7 @@ class PullConsumer:
         self._handler = _chain(handler, [size_limit(settings.max_bytes), *settings.middlewares])
         self._inflight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
         self._stop: asyncio.Event | None = None
+        self._handing_back: set[asyncio.Future[None]] = set()
         self.pull: ContinuousPull | None = None
         self.started = asyncio.Event()
 
@@ -110,7 +111,8 @@ class PullConsumer:
             expires_s=self.s.pull_expires_s, heartbeat_s=self.s.pull_heartbeat_s,
             backoff=Backoff(self.s.backoff_base_s, self.s.backoff_cap_s))
         self._stop = stop
-        await self.pull.start()
+        if not await self.pull.start(stop):
+            return  # stopped before the consumer could be created
         self.started.set()
         beat = asyncio.create_task(self._heartbeat(stop))
         try:
@@ -129,7 +131,9 @@ class PullConsumer:
         if self._stop is not None and self._stop.is_set():
             # Arrived on a pull still open at shutdown: back to the stream at
             # once, for another replica, rather than after the ack wait.
-            asyncio.ensure_future(_nak(msg, 0))
+            t = asyncio.ensure_future(_nak(msg, 0))
+            self._handing_back.add(t)
+            t.add_done_callback(self._handing_back.discard)
             return
         t = asyncio.create_task(self._process(msg))
         self._inflight[t] = (msg, time.monotonic())

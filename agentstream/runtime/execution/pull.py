@@ -134,12 +134,15 @@ class ContinuousPull:
     def wake(self) -> None:
         self._wake.set()
 
-    async def start(self) -> None:
+    async def start(self, stop: asyncio.Event) -> bool:
         """Create the consumer (retrying with backoff while the stream is away)
-        and subscribe the inbox. Returns once both are done."""
-        await self._ensure_until_ok(None)
+        and subscribe the inbox. False if ``stop`` was set first."""
+        await self._ensure_until_ok(stop)
+        if stop.is_set():
+            return False
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pull until ``stop`` is set. Never raises for a broker problem."""
@@ -239,19 +242,15 @@ class ContinuousPull:
             log.debug("%s: unexpected pull status %s %s", self.durable, status, desc)
         self._wake.set()
 
-    async def _ensure_until_ok(self, stop: asyncio.Event | None) -> None:
-        while stop is None or not stop.is_set():
+    async def _ensure_until_ok(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             try:
                 await self._ensure()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every API failure here means "not yet"
                 self.outage.failed(f"cannot create or look up the consumer: {type(exc).__name__}: {exc}")
-                delay = self.backoff.next_delay()
-                if stop is None:
-                    await asyncio.sleep(delay)
-                else:
-                    await _sleep_unless(stop, delay)
+                await _sleep_unless(stop, self.backoff.next_delay())
                 continue
             return
 
