@@ -45,7 +45,6 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
 from agentstream.runtime.adapters.scan import scan
-from agentstream.runtime.observability.lag import read_lag
 from agentstream.runtime.observability.views import percentile
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -221,6 +220,10 @@ async def hop_gaps(client: AgentClient, tag: str) -> list[float]:
 
 async def sample_lag(client: AgentClient, peak: dict[str, tuple[int, int]], period_s: float = 0.5) -> None:
     """The autoscaling signal during the run: peak pending and ack pending per durable."""
+    try:
+        from agentstream.runtime.observability.lag import read_lag
+    except ImportError:  # an older agentstream on PYTHONPATH (a side-by-side run)
+        return
     while True:
         await asyncio.sleep(period_s)
         try:
