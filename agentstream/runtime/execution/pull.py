@@ -231,7 +231,11 @@ class ContinuousPull:
             if status == "409" and "deleted" in desc.lower():
                 self._recreate = True
                 self._trouble = f"409 {desc}"
-            elif status == "409" and "exceeded" not in desc.lower() and "leadership" not in desc.lower():
+            elif status == "409" and "exceeded" in desc.lower():
+                # A limit of the consumer (max waiting pulls, batch, expiry):
+                # asking again at once would spin; back off as for an outage.
+                self._trouble = f"409 {desc}"
+            elif status == "409":
                 log.debug("%s: pull ended: %s %s", self.durable, status, desc)
         elif status == "503":
             # No responders on the consumer's next-message subject: no leader for
