@@ -15,11 +15,20 @@ from agentstream.contracts.events import Message, ModelResponse, ToolSpec
 
 
 class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One model call. The sampling and tool fields are None when the agent did
+    not set them: the adapter then applies its own defaults (from the environment)."""
+
     model: str
     messages: tuple[Message, ...]
     tools: tuple[ToolSpec, ...] = ()
     max_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    # "auto" | "required" | "none" | a tool's name; None: the adapter's default
+    # (auto whenever tools are offered).
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class LLM(Protocol):
@@ -67,3 +76,12 @@ class Bus(Protocol):
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
                       headers: dict[str, str] | None = None) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Named immutable blobs too large for an event (claim-check). Raises
+    ``KeyError`` for a name it does not hold."""
+
+    async def put(self, name: str, data: bytes) -> None: ...
+
+    async def get(self, name: str) -> bytes: ...

@@ -64,6 +64,8 @@ class ConsumerSettings:
     max_deliver: int = 5
     max_bytes: int = 1024 * 1024
     nak_delay_s: float = 1.0
+    # A consumer that starts today without last week's backlog (a shadow, a comparator).
+    deliver_new: bool = False
     middlewares: Sequence[Middleware] = field(default_factory=tuple)
     # Pull requests: how long one stays open on the server, and how often the
     # server proves it is alive while it waits (a lost pull is noticed after
@@ -97,7 +99,8 @@ class PullConsumer:
             pass
         cfg = ConsumerConfig(
             durable_name=self.s.durable, filter_subject=self.s.filter_subject,
-            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.NEW if self.s.deliver_new else DeliverPolicy.ALL,
             ack_wait=self.s.ack_wait_s, max_deliver=self.s.max_deliver, max_ack_pending=-1,
         )
         return await self.js.add_consumer(self.s.stream, cfg)
