@@ -519,39 +519,58 @@ async def provision_floor(js: JetStreamContext) -> None:
 async def pull_loop(js: JetStreamContext, stream: str, durable: str, subject: str,
                     handler: Callable[[Msg], Awaitable[None]], stop: asyncio.Event, started: asyncio.Event,
                     max_inflight: int = 64) -> None:
-    """Bare durable pull consumer: fetch a batch, handle each message in its own
-    task, ack when done. Same shape and limits as the runtime's, nothing else."""
+    """Bare durable consumer with a continuous pull: pull requests kept open for
+    as many messages as there are free slots (topped up once a quarter is
+    free), each message handled in its own task the moment it arrives, acked
+    when done. The runtime's consumer loop does the same plus heartbeats,
+    backoff and dead-lettering; nats-py's ``fetch(n)`` would hold the last
+    message of a burst until its pull expires (see runtime/execution/pull.py)."""
     cfg = ConsumerConfig(durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
                          deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_deliver=5, max_ack_pending=-1)
-    sub = await js.pull_subscribe(subject, durable=durable, stream=stream, config=cfg)
-    started.set()
+    await js.add_consumer(stream, cfg)
+    nc = js._nc
+    inbox = nc.new_inbox()
+    next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
     inflight: set[asyncio.Task[None]] = set()
+    asked = 0  # requested and not yet delivered
+    wake = asyncio.Event()
 
     async def run(msg: Msg) -> None:
         await handler(msg)
         await msg.ack()
 
+    def done(t: asyncio.Task[None]) -> None:
+        inflight.discard(t)
+        wake.set()
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal asked
+        if msg.headers and msg.headers.get("Status"):
+            if msg.headers["Status"] in ("408", "409"):
+                asked = max(0, asked - int(msg.headers.get("Nats-Pending-Messages", asked)))
+                wake.set()
+            return
+        asked -= 1
+        t = asyncio.create_task(run(msg))
+        inflight.add(t)
+        t.add_done_callback(done)
+
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    started.set()
+    stopper = asyncio.create_task(stop.wait())
+    stopper.add_done_callback(lambda _: wake.set())
     while not stop.is_set():
-        free = max_inflight - len(inflight)
-        if free <= 0:
-            await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+        want = max_inflight - len(inflight) - asked
+        if want > 0 and (asked == 0 or want >= max_inflight // 4):
+            await nc.publish(next_subject, json.dumps({"batch": want, "expires": 5_000_000_000}).encode(),
+                             reply=inbox)
+            asked += want
             continue
-        try:
-            msgs = await sub.fetch(min(free, 64), timeout=0.5)
-        except (TimeoutError, nats.errors.TimeoutError):
-            continue
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-            break
-        for m in msgs:
-            t = asyncio.create_task(run(m))
-            inflight.add(t)
-            t.add_done_callback(inflight.discard)
+        wake.clear()
+        await wake.wait()
+    await sub.unsubscribe()
     if inflight:
         await asyncio.wait(inflight, timeout=5)
-    try:
-        await sub.unsubscribe()
-    except Exception:  # noqa: BLE001 - the connection may be closing
-        pass
 
 
 class FloorWorker:

@@ -150,16 +150,13 @@ class NatsKV:
         except jse.APIError as exc:
             raise (store_full(exc, self.name) or exc) from None
 
-    # A purge leaves a marker message on the key's subject; without a TTL it
-    # stays for the bucket's max age, forever in agent_deadlines (one marker a
-    # finished task: disk, and an entry in the server's subject index, growing
-    # without bound). It expires instead, after long enough for any reader of
-    # the bucket to have seen the key go.
-    delete_marker_ttl_s = 60.0
-
     async def delete(self, key: str) -> None:
+        """Remove the key and leave nothing behind. A KV purge or delete leaves
+        a marker message per key forever (no bucket here has watchers that need
+        it): the deadlines bucket grew by one marker a task, and every replica's
+        deadline sweep read all of them every few seconds (bench/soak.py)."""
         try:
-            await self.kv.purge(key, msg_ttl=self.delete_marker_ttl_s)
+            await self.js.purge_stream(f"KV_{self.name}", subject=f"$KV.{self.name}.{key}")
         except jse.NotFoundError:
             pass
         except jse.APIError as exc:

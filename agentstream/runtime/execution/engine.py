@@ -240,6 +240,10 @@ class AgentEngine:
 
     async def _apply(self, task_id: str, event: Input) -> core.Decision:
         history: tuple[Turn, ...] | None = None
+        # A new task's session almost never exists yet: create it without
+        # reading first (one round trip a task less); a redelivered task finds
+        # it with the create's conflict and reads it then.
+        assume_new = isinstance(event, TaskSubmitted)
         retry = _CasRetry()
         while True:
             hit = self._cache.get(task_id)
@@ -248,6 +252,8 @@ class AgentEngine:
             rev: int | None
             if hit is not None:
                 state, rev = hit
+            elif assume_new:
+                state, rev = None, None
             else:
                 try:
                     entry = await self.sessions.get(task_id)
@@ -289,6 +295,7 @@ class AgentEngine:
                     new_rev = await self.sessions.update(task_id, raw, rev)
             except Conflict as exc:
                 self._cache.pop(task_id, None)
+                assume_new = False
                 self.cas_conflicts += 1
                 await retry.wait(exc, f"session {task_id}")
                 continue  # another replica moved the session on: decide again on fresh state

@@ -39,6 +39,7 @@ from agentstream.runtime.core.ports import LLM, BlobStore, Bus, SessionStore
 from agentstream.runtime.core.tools import Tool
 from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterHook, PullConsumer
 from agentstream.runtime.execution.engine import AgentEngine, parse_deadline_key
+from agentstream.runtime.execution.pull import Outage
 from agentstream.runtime.execution.tool_runner import ToolRunner
 from agentstream.runtime.observability.telemetry import Telemetry, TelemetryConfig, setup_telemetry
 from agentstream.runtime.rollout.canary_control import CanaryStore, Controller, Router, candidate_durables
@@ -335,6 +336,7 @@ class Runtime:
         """Fail tasks whose deadline passed while nothing arrived for them (a tool
         worker down, say). Every replica sweeps, one pass over the timers for
         all the agents it serves; compare-and-set makes the failure happen once."""
+        outage = Outage("deadline sweep", log)
         while not self.stop_event.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.sweep_interval_s)
@@ -357,8 +359,9 @@ class Runtime:
                     # one whose session is gone (expired) has nobody to clear it.
                     if (await engine.sessions.get(task_id)) is None:
                         await deadlines.delete(key)
+                outage.recovered()
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive a broker hiccup
-                log.warning("deadline sweep failed: %s", exc)
+                outage.failed(f"{type(exc).__name__}: {exc}")  # one line per outage, not per sweep
 
     async def _keep_room(self) -> None:
         """Every replica, every ``room_interval_s``: processed tasks, tool
