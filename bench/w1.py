@@ -70,7 +70,7 @@ from agentstream.contracts import codec, subjects
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats, find_nats_server
 from agentstream.runtime.core.errors import Conflict
 from agentstream.runtime.core.ports import Entry
-from agentstream.runtime.observability.telemetry import TelemetryConfig
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 from agentstream.runtime.observability.views import percentile
 
 AGENT = "w1"

@@ -32,8 +32,11 @@ from agentstream.runtime.core.app import App
 from agentstream.runtime.core.ports import ModelRequest
 from agentstream.runtime.core.tools import tool
 from agentstream.runtime.interfaces.client import AgentClient
-from agentstream.runtime.observability import telemetry as T
 from agentstream.runtime.observability import views
+from agentstream.runtime.observability.span_export import _batches
+from agentstream.runtime.observability.telemetry import Telemetry
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig
+from agentstream.runtime.observability.trace_context import format_traceparent, parse_traceparent, to_otel
 from agentstream.runtime.service.runtime import Runtime
 
 TRACE_IDS = [f"{i:032x}" for i in range(1, 4)]
@@ -53,7 +56,7 @@ span_records = st.builds(
 @given(recs=st.lists(span_records, max_size=40), max_bytes=st.integers(2048, 20_000))
 def test_batches_fit_the_limit_and_decode_to_the_spans_written(recs: list[SpanRecord], max_bytes: int) -> None:
     encoded = [(r.trace_id, encode(r)) for r in recs if len(encode(r)) < max_bytes - 64]
-    messages = T._batches(encoded, max_bytes)
+    messages = _batches(encoded, max_bytes)
     back: dict[str, list[SpanRecord]] = {}
     for subject, payload, n in messages:
         assert len(payload) <= max_bytes
@@ -108,7 +111,7 @@ async def test_code_inside_a_tool_continues_the_task_trace(nats_url: str, tmp_pa
     app.agent("prober", "Probe the tracing context.", tools=[probe],
               scripted=lambda: FunctionModel(_script, name="probe-model"))
     s = dataclasses.replace(Settings.from_env({}), nats_url=nats_url, data_dir=tmp_path, worker_id="rt-probe")
-    rt = Runtime(settings=s, app=app, agents=["prober"], tools="all", telemetry_config=T.TelemetryConfig.from_env({}))
+    rt = Runtime(settings=s, app=app, agents=["prober"], tools="all", telemetry_config=TelemetryConfig.from_env({}))
     await rt.start()
     try:
         assert rt.telemetry is not None and rt.nc is not None
@@ -139,16 +142,16 @@ hex_ids = st.integers(1, 2**128 - 1).map(lambda v: f"{v:032x}"), st.integers(1, 
 @given(tid=hex_ids[0], sid=hex_ids[1], flags=st.integers(0, 255))
 def test_traceparent_round_trips(tid: str, sid: str, flags: int) -> None:
     tp = f"00-{tid}-{sid}-{flags:02x}"
-    ctx = T.parse_traceparent(tp)
+    ctx = parse_traceparent(tp)
     assert ctx is not None and (ctx.trace_id, ctx.span_id, ctx.flags) == (tid, sid, flags)
-    assert T.format_traceparent(ctx) == tp
-    assert T.to_otel(ctx).trace_id == int(tid, 16) and T.to_otel(ctx).span_id == int(sid, 16)
+    assert format_traceparent(ctx) == tp
+    assert to_otel(ctx).trace_id == int(tid, 16) and to_otel(ctx).span_id == int(sid, 16)
 
 
 @settings(max_examples=300, deadline=None)
 @given(value=st.text(max_size=80) | st.from_regex(r"[0-9a-fA-F-]{50,60}", fullmatch=True))
 def test_any_traceparent_header_parses_or_is_ignored(value: str) -> None:
-    ctx = T.parse_traceparent(value)
+    ctx = parse_traceparent(value)
     if ctx is not None:  # only well-formed lowercase hex with non-zero ids gets through
         assert len(ctx.trace_id) == 32 and len(ctx.span_id) == 16 and int(ctx.trace_id, 16) and int(ctx.span_id, 16)
 
@@ -169,9 +172,9 @@ async def test_spans_reach_sdk_exporters_with_ids_parents_links_and_status() -> 
     SDK's processors as ReadableSpans: ids, remote parent, tracestate, links,
     kind and error status must survive the conversion."""
     mem = InMemorySpanExporter()
-    tel = T.Telemetry(T.TelemetryConfig(metrics=False), span_exporters=[mem])
+    tel = Telemetry(TelemetryConfig(metrics=False), span_exporters=[mem])
     tid, sid = TRACE_IDS[2], "e" * 16
-    parent = T.parse_traceparent(f"00-{tid}-{sid}-01", "vendor=x")
+    parent = parse_traceparent(f"00-{tid}-{sid}-01", "vendor=x")
     assert parent is not None
     sp = tel.start_span("process x", SpanKind.CONSUMER, parent, {"a": 1}, use_current=False, links=[parent]).activate()
     child = tel.start_span("chat m", SpanKind.CLIENT, attributes={"b": 2})

@@ -48,8 +48,15 @@ from agentstream.runtime.core.errors import ConfigError
 from agentstream.runtime.core.ports import ModelRequest
 from agentstream.runtime.core.tools import tool
 from agentstream.runtime.interfaces.client import AgentClient
-from agentstream.runtime.observability import telemetry as T
+from agentstream.runtime.observability.logs import JsonLogFormatter, RedactingFormatter
+from agentstream.runtime.observability.metrics import SERIES_LIMIT, _Metrics, build_metric_readers, prometheus_text
+from agentstream.runtime.observability.prometheus import render_prometheus
 from agentstream.runtime.observability.redact import redact
+from agentstream.runtime.observability.span_export import JetStreamSpanExporter, build_span_exporters
+from agentstream.runtime.observability.spans import LiteSpan
+from agentstream.runtime.observability.telemetry import Telemetry
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig
+from agentstream.runtime.observability.trace_context import format_traceparent, parse_traceparent
 from agentstream.runtime.service.runtime import Runtime
 
 RESULT_TIMEOUT_S = 30.0
@@ -244,7 +251,7 @@ def _echo_runtime(url: str, tmp: Path, worker_id: str, env: dict[str, str] | Non
     """A runtime serving the echo agent and its tool, telemetry configured from ``env``."""
     s = dataclasses.replace(Settings.from_env({}), nats_url=url, data_dir=tmp, worker_id=worker_id)
     return Runtime(settings=s, app=_echo_app(), agents=["echo"], tools="all",
-                   telemetry_config=T.TelemetryConfig.from_env(env or {}))
+                   telemetry_config=TelemetryConfig.from_env(env or {}))
 
 
 async def _run_prompts(tmp: Path, prompts: list[str], capture: bool) -> tuple[list[SpanRecord], str]:
@@ -263,7 +270,7 @@ async def _run_prompts_on(url: str, tmp: Path, prompts: list[str], capture: bool
     rt = _echo_runtime(url, tmp, "rt-echo", env)
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
-    handler.setFormatter(T.JsonLogFormatter(worker="rt-echo"))
+    handler.setFormatter(JsonLogFormatter(worker="rt-echo"))
     log_echo.addHandler(handler)
     log_echo.propagate = False
     await rt.start()
@@ -394,14 +401,14 @@ async def test_tracing_off_wraps_nothing(nats_url: str, tmp_path: Path) -> None:
 def _exporters(env: dict[str, str], nc: Any = None) -> list[Any]:
     loop = asyncio.new_event_loop()
     try:
-        return T.build_span_exporters(T.TelemetryConfig.from_env(env), nc=nc, loop=loop)
+        return build_span_exporters(TelemetryConfig.from_env(env), nc=nc, loop=loop)
     finally:
         loop.close()
 
 
 def test_exporter_selection_from_env() -> None:
     fake_nc = object()
-    assert [type(e) for e in _exporters({}, fake_nc)] == [T.JetStreamSpanExporter]  # the default
+    assert [type(e) for e in _exporters({}, fake_nc)] == [JetStreamSpanExporter]  # the default
     assert _exporters({}, None) == []  # jetstream needs a connection
     assert _exporters({"OTEL_TRACES_EXPORTER": "none"}, fake_nc) == []
     assert [type(e) for e in _exporters({"OTEL_TRACES_EXPORTER": "console"})] == [ConsoleSpanExporter]
@@ -412,45 +419,45 @@ def test_exporter_selection_from_env() -> None:
     assert [type(e) for e in http] == [HttpSpanExporter]
     assert http[0]._endpoint == "http://collector:4318/v1/traces"
     both = _exporters({"OTEL_TRACES_EXPORTER": "jetstream,console"}, fake_nc)
-    assert [type(e) for e in both] == [T.JetStreamSpanExporter, ConsoleSpanExporter]
+    assert [type(e) for e in both] == [JetStreamSpanExporter, ConsoleSpanExporter]
     for e in grpc + http:
         e.shutdown()
 
 
 def test_metric_readers_from_env() -> None:
-    pull, push = T.build_metric_readers(T.TelemetryConfig.from_env({}))
+    pull, push = build_metric_readers(TelemetryConfig.from_env({}))
     assert isinstance(pull, InMemoryMetricReader) and push == []
-    _, push = T.build_metric_readers(T.TelemetryConfig.from_env({"OTEL_METRICS_EXPORTER": "prometheus,console"}))
+    _, push = build_metric_readers(TelemetryConfig.from_env({"OTEL_METRICS_EXPORTER": "prometheus,console"}))
     assert [type(r) for r in push] == [PeriodicExportingMetricReader]
     for r in push:
         r.shutdown()
-    assert not T.TelemetryConfig.from_env({"OTEL_METRICS_EXPORTER": "none"}).metrics
+    assert not TelemetryConfig.from_env({"OTEL_METRICS_EXPORTER": "none"}).metrics
 
 
 def test_config_from_env() -> None:
-    c = T.TelemetryConfig.from_env({})
+    c = TelemetryConfig.from_env({})
     assert c.tracing and c.metrics and not c.capture_content and c.service_name == "agentstream"
     assert c.traces_exporters == ("jetstream",) and c.log_format == "text"
-    c = T.TelemetryConfig.from_env({"AGENTSTREAM_TRACING": "0", "OTEL_SERVICE_NAME": "desk",
+    c = TelemetryConfig.from_env({"AGENTSTREAM_TRACING": "0", "OTEL_SERVICE_NAME": "desk",
                                     "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "True",
                                     "AGENTSTREAM_LOG_FORMAT": "json"})
     assert not c.tracing and c.service_name == "desk" and c.capture_content and c.log_format == "json"
-    assert not T.TelemetryConfig.from_env({"OTEL_SDK_DISABLED": "true"}).tracing
+    assert not TelemetryConfig.from_env({"OTEL_SDK_DISABLED": "true"}).tracing
     for bad in ({"OTEL_TRACES_EXPORTER": "zipkin"}, {"OTEL_METRICS_EXPORTER": "statsd"},
                 {"AGENTSTREAM_TRACING": "maybe"}, {"AGENTSTREAM_LOG_FORMAT": "xml"},
                 {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}):
         with pytest.raises(ConfigError):
-            T.TelemetryConfig.from_env(bad)
+            TelemetryConfig.from_env(bad)
 
 
 def test_traceparent_round_trip() -> None:
     tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    ctx = T.parse_traceparent(tp)
+    ctx = parse_traceparent(tp)
     assert ctx is not None and ctx.sampled
-    assert T.format_traceparent(ctx) == tp
+    assert format_traceparent(ctx) == tp
     for bad in ("", "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", "zz-" + tp[3:],
                 "00-00000000000000000000000000000000-b7ad6b7169203331-01", tp[:-3], "ff" + tp[2:]):
-        assert T.parse_traceparent(bad) is None, bad
+        assert parse_traceparent(bad) is None, bad
 
 
 # --------------------------------------------------------------------------- metrics text, logs
@@ -468,7 +475,7 @@ def test_render_prometheus() -> None:
     dur.record(0.5, {"gen_ai.tool.name": "x"})
     data = reader.get_metrics_data()
     assert data is not None
-    text = T.render_prometheus(data)
+    text = render_prometheus(data)
     assert "# TYPE agentstream_errors_total counter" in text
     assert 'agentstream_errors_total{error_type="time\\"out",gen_ai_tool_name="x"} 2' in text
     assert 'agentstream_cost_usd_total{gen_ai_agent_name="support"} 0.25' in text
@@ -489,7 +496,7 @@ async def test_prometheus_text_after_a_task(nats_url: str, tmp_path: Path) -> No
         assert isinstance(await client.result(tid, timeout=RESULT_TIMEOUT_S), TaskCompleted)
     finally:
         await rt.stop()
-    text = T.prometheus_text()
+    text = prometheus_text()
     for name in ("gen_ai_client_operation_duration_seconds_bucket", "gen_ai_client_token_usage_bucket",
                  "agentstream_task_duration_seconds_count", "agentstream_tool_duration_seconds_count"):
         assert any(line.startswith(name) and 'agentstream_tenant_id="t-prom"' in line
@@ -498,10 +505,10 @@ async def test_prometheus_text_after_a_task(nats_url: str, tmp_path: Path) -> No
 
 
 def test_json_log_lines_carry_trace_context_and_are_redacted() -> None:
-    tel = T.Telemetry(T.TelemetryConfig(metrics=False, traces_exporters=()), worker_id="w-log")
+    tel = Telemetry(TelemetryConfig(metrics=False, traces_exporters=()), worker_id="w-log")
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
-    handler.setFormatter(T.JsonLogFormatter(worker="w-log"))
+    handler.setFormatter(JsonLogFormatter(worker="w-log"))
     lg = logging.getLogger("agentstream.tests.jsonlog")
     lg.addHandler(handler)
     lg.propagate = False
@@ -513,7 +520,7 @@ def test_json_log_lines_carry_trace_context_and_are_redacted() -> None:
         lg.removeHandler(handler)
         lg.propagate = True
     first, second = (msgspec.json.decode(x) for x in buf.getvalue().splitlines())
-    assert isinstance(sp, T.LiteSpan)
+    assert isinstance(sp, LiteSpan)
     assert first["trace_id"] == sp.context.trace_id and first["span_id"] == sp.context.span_id
     assert first["message"] == "mail [REDACTED:email] about card [REDACTED:card]"
     assert first["level"] == "WARNING" and first["worker"] == "w-log"
@@ -521,7 +528,7 @@ def test_json_log_lines_carry_trace_context_and_are_redacted() -> None:
 
 
 def test_text_logs_are_redacted() -> None:
-    fmt = T.RedactingFormatter("%(levelname)s %(message)s")
+    fmt = RedactingFormatter("%(levelname)s %(message)s")
     rec = logging.LogRecord("x", logging.WARNING, __file__, 1, "key %s", ("sk-abcdefghijklmnopqrstu",), None)
     assert fmt.format(rec) == "WARNING key [REDACTED:api_key]"
     try:
@@ -538,16 +545,16 @@ def test_metric_series_per_instrument_are_capped_with_an_overflow_series() -> No
     """Metrics carry user ids: past the cap, new users share one overflow series
     (the OpenTelemetry SDK's rule), so a worker's memory does not grow with its
     users, and no record is lost from the totals."""
-    m = T._Metrics(T.TelemetryConfig(), Resource.create({}))  # its own instruments, not the process's
+    m = _Metrics(TelemetryConfig(), Resource.create({}))  # its own instruments, not the process's
     hist, count = m.task_duration, m.errors
-    users = T.SERIES_LIMIT + 50
+    users = SERIES_LIMIT + 50
     for i in range(users):
         hist.record(0.01, {"agentstream.user_id": f"u-{i}"})
         count.add(1, {"agentstream.user_id": f"u-{i}"})
     hist.record(0.2, {"agentstream.user_id": "u-0"})  # an existing series still gets its own records
     for inst in (hist, count):
         points = dict(inst.points())
-        assert len(points) == T.SERIES_LIMIT + 1
+        assert len(points) == SERIES_LIMIT + 1
         overflow = points[(("otel.metric.overflow", True),)]
         assert (overflow[1] if inst is hist else overflow) == 50
     hp = dict(hist.points())
@@ -560,7 +567,7 @@ def test_error_kind_of_a_model_failure_is_its_http_status_or_invalid_response() 
     """`agentstream stats` groups errors by this kind: an unreadable 200 body is
     the model's invalid response, not an error kind called "200"."""
     from agentstream.runtime.core.errors import ModelError
-    from agentstream.runtime.observability.telemetry import _error_type
+    from agentstream.runtime.observability.spans import _error_type
 
     assert _error_type(ModelError("rate limited", status=429, transient=True)) == "429"
     assert _error_type(ModelError("unreadable body", status=200)) == "invalid_response"

@@ -61,7 +61,7 @@ from agentstream.runtime.core.state import (
 )
 
 if TYPE_CHECKING:
-    from agentstream.runtime.observability.telemetry import EngineHooks
+    from agentstream.runtime.observability.instrumentation import EngineHooks
 
 log = logging.getLogger("agentstream.engine")
 
@@ -86,7 +86,7 @@ class AgentEngine:
         self.clock = clock
         self.approvals = approvals
         self.policy = policy or Policy()
-        # Telemetry hooks (agentstream.runtime.observability.telemetry.EngineHooks), set by
+        # Telemetry hooks (agentstream.runtime.observability.instrumentation.EngineHooks), set by
         # service.py; None: no telemetry work at all.
         self.telemetry: EngineHooks | None = None
         self.model_calls = 0  # attempts, retries included

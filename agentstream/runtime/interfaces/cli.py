@@ -69,7 +69,8 @@ _port = _number(int, "port (0-65535)", lambda v: 0 <= v <= 65535)
 
 
 def _setup_logging(settings: Settings) -> None:
-    from agentstream.runtime.observability.telemetry import TelemetryConfig, configure_logging
+    from agentstream.runtime.observability.logs import configure_logging
+    from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 
     logging.basicConfig(level=getattr(logging, settings.log_level, logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -32,7 +32,8 @@ from agentstream.runtime.core.ports import LLM, Bus
 from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterHook, PullConsumer
 from agentstream.runtime.execution.engine import AgentEngine, parse_deadline_key
 from agentstream.runtime.execution.tool_runner import ToolRunner
-from agentstream.runtime.observability.telemetry import Telemetry, TelemetryConfig, setup_telemetry
+from agentstream.runtime.observability.telemetry import Telemetry, setup_telemetry
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 
 log = logging.getLogger("agentstream.service")
 
