@@ -32,10 +32,10 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+from prometheus_client import CollectorRegistry, generate_latest
 from test_redact import text_with_pii
 
 from agentstream.contracts.events import TaskCompleted
@@ -49,8 +49,8 @@ from agentstream.runtime.core.ports import ModelRequest
 from agentstream.runtime.core.tools import tool
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.observability.logs import JsonLogFormatter, RedactingFormatter
-from agentstream.runtime.observability.metrics import SERIES_LIMIT, _Metrics, build_metric_readers, prometheus_text
-from agentstream.runtime.observability.prometheus import render_prometheus
+from agentstream.runtime.observability.metrics import SERIES_LIMIT, _Metrics, build_metric_readers
+from agentstream.runtime.observability.prometheus import LiteMetricsCollector, exposition, prometheus_text
 from agentstream.runtime.observability.redact import redact
 from agentstream.runtime.observability.span_export import JetStreamSpanExporter, build_span_exporters
 from agentstream.runtime.observability.spans import LiteSpan
@@ -463,27 +463,29 @@ def test_traceparent_round_trip() -> None:
 # --------------------------------------------------------------------------- metrics text, logs
 
 
-def test_render_prometheus() -> None:
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("t")
-    errors = meter.create_counter("agentstream.errors", unit="{error}", description="Errors")
-    cost = meter.create_counter("agentstream.cost", unit="USD")
-    dur = meter.create_histogram("agentstream.tool.duration", unit="s", explicit_bucket_boundaries_advisory=[0.1, 1])
-    errors.add(2, {"error.type": 'time"out', "gen_ai.tool.name": "x"})
-    cost.add(0.25, {"gen_ai.agent.name": "support"})
-    dur.record(0.05, {"gen_ai.tool.name": "x"})
-    dur.record(0.5, {"gen_ai.tool.name": "x"})
-    data = reader.get_metrics_data()
-    assert data is not None
-    text = render_prometheus(data)
+def test_prometheus_exposition_of_the_in_process_metrics() -> None:
+    m = _Metrics(TelemetryConfig(metrics_exporters=("prometheus",)), Resource.create({}))
+    m.errors.add(2, {"error.type": 'time"out', "gen_ai.tool.name": "x"})
+    m.errors.add(1, {"gen_ai.tool.name": "x", "error.type": 'time"out'})  # same series, other order
+    m.cost.add(0.25, {"gen_ai.agent.name": "support", "otel.metric.overflow": True})
+    m.tool_duration.record(0.005, {"gen_ai.tool.name": "x"})
+    m.tool_duration.record(0.015, {"gen_ai.tool.name": "x"})
+    m.operation_duration.record(0.5, {"gen_ai.response.finish_reasons": ("stop", "length")})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LiteMetricsCollector(m))
+    text = generate_latest(registry).decode()
     assert "# TYPE agentstream_errors_total counter" in text
-    assert 'agentstream_errors_total{error_type="time\\"out",gen_ai_tool_name="x"} 2' in text
-    assert 'agentstream_cost_usd_total{gen_ai_agent_name="support"} 0.25' in text
+    assert 'agentstream_errors_total{error_type="time\\"out",gen_ai_tool_name="x"} 3.0' in text
+    assert 'agentstream_cost_usd_total{gen_ai_agent_name="support",otel_metric_overflow="true"} 0.25' in text
     assert "# TYPE agentstream_tool_duration_seconds histogram" in text
-    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="0.1"} 1' in text
-    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="1.0"} 2' in text
-    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="+Inf"} 2' in text
-    assert 'agentstream_tool_duration_seconds_count{gen_ai_tool_name="x"} 2' in text
+    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="0.01"} 1.0' in text
+    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="0.02"} 2.0' in text
+    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="+Inf"} 2.0' in text
+    assert 'agentstream_tool_duration_seconds_count{gen_ai_tool_name="x"} 2.0' in text
+    assert 'gen_ai_response_finish_reasons="stop,length"' in text
+    # What a Prometheus scrape asking for OpenMetrics gets.
+    body, ctype = exposition("application/openmetrics-text; version=1.0.0")
+    assert ctype.startswith("application/openmetrics-text") and body.endswith(b"# EOF\n")
 
 
 async def test_prometheus_text_after_a_task(nats_url: str, tmp_path: Path) -> None:
@@ -540,7 +542,6 @@ def test_text_logs_are_redacted() -> None:
     assert "4111 1111" not in out
 
 
-
 def test_metric_series_per_instrument_are_capped_with_an_overflow_series() -> None:
     """Metrics carry user ids: past the cap, new users share one overflow series
     (the OpenTelemetry SDK's rule), so a worker's memory does not grow with its
@@ -560,7 +561,9 @@ def test_metric_series_per_instrument_are_capped_with_an_overflow_series() -> No
     hp = dict(hist.points())
     assert hp[(("agentstream.user_id", "u-0"),)][1] == 2
     assert sum(v[1] for v in hp.values()) == users + 1
-    assert 'agentstream_errors_total{otel_metric_overflow="true"} 50' in "\n".join(m.prometheus_lines())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LiteMetricsCollector(m))
+    assert 'agentstream_errors_total{otel_metric_overflow="true"} 50.0' in generate_latest(registry).decode()
 
 
 def test_error_kind_of_a_model_failure_is_its_http_status_or_invalid_response() -> None:

@@ -344,10 +344,10 @@ def create_app(client: AgentClient, *, ready: ReadyCheck | None = None,
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus scrape endpoint: this process's OpenTelemetry metrics."""
-    from agentstream.runtime.observability.metrics import prometheus_text
+    from agentstream.runtime.observability.prometheus import exposition
 
-    return web.Response(text=prometheus_text(), content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Version": "0.0.4"})
+    body, content_type = exposition(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 class HttpServer:

@@ -14,7 +14,6 @@ from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from agentstream.runtime.observability.prometheus import _histogram_lines, _labels, _prom_help, _prom_name, _prom_num
 from agentstream.runtime.observability.telemetry_config import TelemetryConfig, _otlp_endpoint
 
 # GenAI semantic conventions' advisory bucket boundaries.
@@ -24,8 +23,8 @@ TASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000
 
 
 def build_metric_readers(config: TelemetryConfig) -> tuple[InMemoryMetricReader, list[MetricReader]]:
-    """The pull reader behind :func:`prometheus_text` (always, when metrics are
-    on) and the push readers ``OTEL_METRICS_EXPORTER`` names."""
+    """An SDK pull reader (for tests and ad-hoc reads; ``/metrics`` reads the
+    in-process aggregation instead) and the push readers ``OTEL_METRICS_EXPORTER`` names."""
     pull = InMemoryMetricReader()
     push: list[MetricReader] = []
     for name in config.metrics_exporters:
@@ -58,7 +57,7 @@ class _LiteInstrument:
     """A counter or fixed-bucket histogram aggregated in process, keyed by the
     tuple of its attribute items: a few dict operations a record, where the
     SDK's attribute cleaning, hashing and aggregation cost ~65 us. It feeds
-    :func:`prometheus_text`; ``sdk`` (the same instrument on the OTel SDK, set
+    ``prometheus_text``; ``sdk`` (the same instrument on the OTel SDK, set
     only when an OTLP or console metrics exporter is configured) gets every
     record too."""
 
@@ -123,7 +122,7 @@ class _LiteInstrument:
 class _Metrics:
     """The process's metrics (one set a process: metrics describe the
     process, whichever runtimes and clients live in it). Aggregated in
-    process for :func:`prometheus_text`; an OTel SDK MeterProvider is built
+    process for ``prometheus_text``; an OTel SDK MeterProvider is built
     only when ``OTEL_METRICS_EXPORTER`` names a push exporter (otlp, console),
     and then gets every record as well."""
 
@@ -155,26 +154,6 @@ class _Metrics:
                 else:
                     inst.sdk = m.create_counter(inst.name, unit=inst.unit, description=inst.description)
 
-    def prometheus_lines(self) -> list[str]:
-        lines: list[str] = []
-        for inst in self.instruments:
-            points = inst.points()
-            if not points:
-                continue
-            name = _prom_name(inst.name, inst.unit)
-            bounds = inst.bounds
-            if bounds is None:
-                name = name if name.endswith("_total") else name + "_total"
-            lines.append(f"# HELP {name} {_prom_help(inst.description or inst.name)}")
-            lines.append(f"# TYPE {name} {'counter' if bounds is None else 'histogram'}")
-            for attrs, val in points:
-                labels = dict(attrs)
-                if bounds is None:
-                    lines.append(f"{name}{_labels(labels)} {_prom_num(val)}")
-                else:
-                    lines += _histogram_lines(name, labels, bounds, val[2:], val[1], val[0])
-        return lines
-
 
 _metrics_lock = threading.Lock()
 _METRICS: _Metrics | None = None
@@ -186,14 +165,3 @@ def _metrics_for(config: TelemetryConfig, resource: Resource) -> _Metrics:
         if _METRICS is None:
             _METRICS = _Metrics(config, resource)
         return _METRICS
-
-
-def prometheus_text() -> str:
-    """The process's current metrics in the Prometheus text exposition format
-    (version 0.0.4); empty when metrics are off. Mount at ``GET /metrics`` with
-    content type ``text/plain; version=0.0.4; charset=utf-8``."""
-    m = _METRICS
-    if m is None:
-        return ""
-    lines = m.prometheus_lines()
-    return "\n".join(lines) + ("\n" if lines else "")

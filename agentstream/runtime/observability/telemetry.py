@@ -41,12 +41,19 @@ Exporters (``OTEL_TRACES_EXPORTER``, comma-separated): ``jetstream`` (default:
 spans batched, on ``telemetry.spans.<trace_id>``, stream TELEMETRY), ``otlp``, ``console``
 (stderr), ``none``. ``OTEL_METRICS_EXPORTER``: ``prometheus`` (default:
 counters and histograms aggregated in process, ~1 us a record against the
-SDK's ~15-65 us, rendered by :func:`prometheus_text`), ``otlp``, ``console``
+SDK's ~15-65 us, exposed by ``prometheus_client`` in :mod:`.prometheus`), ``otlp``, ``console``
 (these add the OpenTelemetry SDK instruments, fed every record as well),
 ``none`` (no metrics at all). ``AGENTSTREAM_TRACING=0`` turns tracing off.
 Prompt and tool-argument content is captured only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``, and always
 passes through :mod:`agentstream.runtime.observability.redact`.
+
+Modules: ``telemetry`` (this: :class:`Telemetry`, :func:`setup_telemetry`),
+``telemetry_config`` (the environment), ``trace_context`` (ids, traceparent,
+current span and task), ``spans`` (lite spans, span records),
+``span_export`` (JetStream exporter, exporter list), ``metrics`` (in-process
+aggregation), ``prometheus`` (``/metrics``), ``logs`` (formatters),
+``instrumentation`` (traced bus and model, the engine's hooks).
 """
 
 from __future__ import annotations
