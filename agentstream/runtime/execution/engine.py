@@ -61,7 +61,7 @@ from agentstream.runtime.core.state import (
 )
 
 if TYPE_CHECKING:
-    from agentstream.runtime.observability.instrumentation import EngineHooks
+    from agentstream.runtime.execution.hooks import EngineHooks
 
 log = logging.getLogger("agentstream.engine")
 
@@ -86,8 +86,8 @@ class AgentEngine:
         self.clock = clock
         self.approvals = approvals
         self.policy = policy or Policy()
-        # Telemetry hooks (agentstream.runtime.observability.instrumentation.EngineHooks), set by
-        # service.py; None: no telemetry work at all.
+        # Telemetry hooks (the execution.hooks Protocol; observability implements
+        # it), set by service.py; None: no telemetry work at all.
         self.telemetry: EngineHooks | None = None
         self.model_calls = 0  # attempts, retries included
         self._counted = _Counted(self)

@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from agentstream.runtime.observability.telemetry_config import TelemetryConfig, _otlp_endpoint
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig, _otlp_endpoint, otlp_protocol
 
 # GenAI semantic conventions' advisory bucket boundaries.
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -34,7 +34,7 @@ def build_metric_readers(config: TelemetryConfig) -> tuple[InMemoryMetricReader,
             push.append(PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stderr)))
         elif name == "otlp":
             endpoint = _otlp_endpoint(config, "metrics")
-            if config.otlp_protocol == "http/protobuf":
+            if otlp_protocol(config, "metrics") == "http/protobuf":
                 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetric
 
                 push.append(PeriodicExportingMetricReader(HttpMetric(endpoint=endpoint)))

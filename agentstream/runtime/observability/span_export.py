@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, Sp
 from agentstream.contracts.codec import encode
 from agentstream.contracts.telemetry import SpanBatch, span_subject
 from agentstream.runtime.observability.spans import _KIND_NAMES, _record, span_record
-from agentstream.runtime.observability.telemetry_config import TelemetryConfig, _otlp_endpoint
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig, _otlp_endpoint, otlp_protocol
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -203,7 +203,7 @@ def build_span_exporters(config: TelemetryConfig, *, nc: NatsClient | None = Non
             out.append(ConsoleSpanExporter(service_name=config.service_name, out=sys.stderr))
         elif name == "otlp":
             endpoint = _otlp_endpoint(config, "traces")
-            if config.otlp_protocol == "http/protobuf":
+            if otlp_protocol(config, "traces") == "http/protobuf":
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
                 out.append(HttpExporter(endpoint=endpoint))

@@ -1,12 +1,23 @@
 """Telemetry configuration from the standard ``OTEL_*`` variables and ours
 (``AGENTSTREAM_TRACING``, ``AGENTSTREAM_LOG_FORMAT``, ...), and the OTLP
-endpoint each signal exports to."""
+endpoint and protocol each signal exports with.
+
+OTLP protocol, per signal: ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` /
+``OTEL_EXPORTER_OTLP_METRICS_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``
+(``grpc`` or ``http/protobuf``). When none is set, ``grpc`` (the OpenTelemetry
+Python SDK's default, port 4317), unless the endpoint is plainly an OTLP/HTTP
+one: port 4318 (OTLP/HTTP's registered port) or a path ending in
+``/v1/traces`` / ``/v1/metrics``. Sending gRPC to an HTTP receiver only ever
+logs ``UNAVAILABLE`` and loses every span, so the endpoint's own evidence wins
+over a default the user did not choose; an explicit variable always wins.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from agentstream.runtime.config.settings import env_bool as _bool
 from agentstream.runtime.core.errors import ConfigError
@@ -15,6 +26,7 @@ DEFAULT_BSP_DELAY_MS = 500  # the SDK's 5 s would make `agentstream trace` lag b
 
 TRACE_EXPORTERS = frozenset({"jetstream", "otlp", "console", "none"})
 METRIC_EXPORTERS = frozenset({"prometheus", "otlp", "console", "none"})
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 
 
 def _names(env: Mapping[str, str], name: str, default: str, allowed: frozenset[str]) -> tuple[str, ...]:
@@ -42,6 +54,10 @@ class TelemetryConfig:
     otlp_protocol: str = "grpc"
     otlp_traces_endpoint: str | None = None
     otlp_metrics_endpoint: str | None = None
+    # Per-signal protocol variables; None: ``otlp_protocol`` when it was set, else inferred (module doc).
+    otlp_traces_protocol: str | None = None
+    otlp_metrics_protocol: str | None = None
+    otlp_protocol_set: bool = False
     bsp_delay_ms: int | None = DEFAULT_BSP_DELAY_MS
 
     @classmethod
@@ -51,9 +67,7 @@ class TelemetryConfig:
         fmt = (env.get("AGENTSTREAM_LOG_FORMAT") or "text").strip().lower()
         if fmt not in ("text", "json"):
             raise ConfigError(f"AGENTSTREAM_LOG_FORMAT={fmt!r} must be text or json")
-        proto = (env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc").strip().lower()
-        if proto not in ("grpc", "http/protobuf"):
-            raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL={proto!r} must be grpc or http/protobuf")
+        proto = _protocol(env, "OTEL_EXPORTER_OTLP_PROTOCOL")
         metrics_exporters = _names(env, "OTEL_METRICS_EXPORTER", "prometheus", METRIC_EXPORTERS)
         return cls(
             tracing=not disabled and _bool(env, "AGENTSTREAM_TRACING", True),
@@ -65,7 +79,10 @@ class TelemetryConfig:
             log_format=fmt,
             producer_spans=_bool(env, "AGENTSTREAM_TRACE_PUBLISH", False),
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
-            otlp_protocol=proto,
+            otlp_protocol=proto or "grpc",
+            otlp_protocol_set=proto is not None,
+            otlp_traces_protocol=_protocol(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+            otlp_metrics_protocol=_protocol(env, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"),
             otlp_traces_endpoint=env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or None,
             otlp_metrics_endpoint=env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or None,
             bsp_delay_ms=None if env.get("OTEL_BSP_SCHEDULE_DELAY") else DEFAULT_BSP_DELAY_MS,
@@ -76,12 +93,43 @@ class TelemetryConfig:
         return cls(tracing=False, metrics=False)
 
 
+def _protocol(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return None
+    if raw not in OTLP_PROTOCOLS:
+        raise ConfigError(f"{name}={raw!r} must be grpc or http/protobuf")
+    return raw
+
+
+def otlp_protocol(config: TelemetryConfig, signal: str) -> str:
+    """The OTLP protocol ``signal`` (``traces`` or ``metrics``) exports with (module doc)."""
+    specific = config.otlp_traces_protocol if signal == "traces" else config.otlp_metrics_protocol
+    if specific:
+        return specific
+    if config.otlp_protocol_set:
+        return config.otlp_protocol
+    endpoint = (config.otlp_traces_endpoint if signal == "traces" else config.otlp_metrics_endpoint) \
+        or config.otlp_endpoint
+    if endpoint:
+        try:
+            url = urlsplit(endpoint if "//" in endpoint else "//" + endpoint)
+            port = url.port
+        except ValueError:
+            return config.otlp_protocol
+        if port == 4318 or url.path.rstrip("/").endswith(f"/v1/{signal}"):
+            return "http/protobuf"
+    return config.otlp_protocol
+
+
 def _otlp_endpoint(config: TelemetryConfig, signal: str) -> str | None:
     specific = config.otlp_traces_endpoint if signal == "traces" else config.otlp_metrics_endpoint
     if specific:
         return specific
     if not config.otlp_endpoint:
         return None
-    if config.otlp_protocol == "http/protobuf":
-        return config.otlp_endpoint.rstrip("/") + f"/v1/{signal}"
+    if otlp_protocol(config, signal) == "http/protobuf":
+        base = config.otlp_endpoint.rstrip("/")
+        # Trace UIs often document the full path (Phoenix: http://host:6006/v1/traces).
+        return base if base.endswith(f"/v1/{signal}") else base + f"/v1/{signal}"
     return config.otlp_endpoint
