@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from agentstream.contracts.events import TaskCompleted, TaskFailed
     from agentstream.runtime.core.decide import Decision
+    from agentstream.runtime.core.policy import ApprovalRecord
     from agentstream.runtime.core.state import SessionState
 
 
@@ -33,3 +34,10 @@ class EngineHooks(Protocol):
 
     def finished(self, state: SessionState | None, result: TaskCompleted | TaskFailed) -> None:
         """The task's result was published."""
+
+    def approval_headers(self, state: SessionState, approval_id: str) -> dict[str, str]:
+        """Headers (trace context) to publish the approval request with; kept
+        in the approval's record too, so a decision can send them back."""
+
+    def approval_resolved(self, state: SessionState, record: ApprovalRecord) -> None:
+        """An approval was decided, expired or cancelled (``record`` as written)."""

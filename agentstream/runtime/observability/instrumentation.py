@@ -12,21 +12,25 @@ import msgspec
 from opentelemetry.trace import SpanKind
 
 from agentstream.runtime.observability.redact import redact
-from agentstream.runtime.observability.spans import LiteSpan, _error_type, _json
+from agentstream.runtime.observability.spans import _PROCESS, LiteSpan, _error_type, _json
 from agentstream.runtime.observability.trace_context import (
+    _CUR,
     _TASK,
+    TRACEPARENT,
     Ctx,
     _current,
-    _span_id,
     _TaskInfo,
     _trace_id,
+    approval_span_id,
     format_traceparent,
     parse_traceparent,
+    task_span_id,
 )
 
 if TYPE_CHECKING:
     from agentstream.contracts.events import TaskCompleted, TaskFailed
     from agentstream.runtime.core.decide import Decision
+    from agentstream.runtime.core.policy import ApprovalRecord
     from agentstream.runtime.core.ports import LLM, Bus, ModelRequest
     from agentstream.runtime.core.spec import AgentSpec
     from agentstream.runtime.core.state import SessionState
@@ -103,7 +107,11 @@ class TracedLLM:
             if tel.capture:
                 attrs["gen_ai.input.messages"] = redact(_json(_input_messages(request)))
                 if request.tools:
-                    attrs["gen_ai.tool.definitions"] = _json([t.name for t in request.tools])
+                    # The conventions' shape (type, name, description, parameters):
+                    # UIs validate it and show a Tools section from it.
+                    attrs["gen_ai.tool.definitions"] = _json([
+                        {"type": "function", "name": t.name, "description": t.description,
+                         "parameters": t.parameters} for t in request.tools])
             sp = tel.start_span(f"chat {request.model}", SpanKind.CLIENT, attributes=attrs).activate(foreign=True)
         t0 = time.perf_counter()
         try:
@@ -207,18 +215,37 @@ class EngineHooks:
         self.invoke_name = f"invoke_agent {spec.name}"
 
     def stamp(self, decision: Decision) -> Decision:
-        """Fix the task's trace context in its new session state: the
-        ``invoke_agent`` span's id, and the id of that span's parent (the
-        current span: the ``process`` span of the task message)."""
+        """Fix the task's trace context in its new session state: the id of
+        its ``invoke_agent`` span (derived from the trace and task ids), and
+        the id of that span's parent, empty when it is the trace's root.
+
+        It is the root when our client started the trace (the task message's
+        parent is that derived id, :meth:`Telemetry.task_context`) and when
+        the task came without trace context (then the ``process`` span that
+        started the trace is put under it: it is still open, so not yet
+        recorded). Under a caller's own span, the task continues the
+        caller's trace below the ``process`` span."""
         state = decision.state
         if not self.tel.tracing or state is None or state.trace_parent:
             return decision
+        task_id = state.task.task_id
         cur = _current()
+        caller = ""
         if cur is not None:
-            tid, flags, caller = cur.trace_id, cur.flags, cur.span_id
+            tid, flags = cur.trace_id, cur.flags & 1
+            root = task_span_id(tid, task_id)
+            proc = _PROCESS.get()
+            if proc is None or proc.context != cur:
+                caller = cur.span_id  # driven from elsewhere (a test, an embedding): under the current span
+            elif proc.parent is None:
+                proc.parent = Ctx(tid, root, flags)
+            elif proc.parent.span_id != root:
+                caller = cur.span_id
         else:
-            tid, flags, caller = _trace_id()[1], 1, ""
-        tp = format_traceparent(Ctx(tid, _span_id(), flags & 1))
+            tid_int, tid = _trace_id()
+            sampled = self.tel._sampler.should_sample(None, tid_int, self.invoke_name, SpanKind.INTERNAL)
+            flags, root = int(sampled.decision.is_sampled()), task_span_id(tid, task_id)
+        tp = format_traceparent(Ctx(tid, root, flags))
         new_state = msgspec.structs.replace(state, trace_parent=tp, trace_caller_span=caller)
         return msgspec.structs.replace(decision, state=new_state)
 
@@ -229,6 +256,8 @@ class EngineHooks:
         sp: LiteSpan | None = None
         if self.tel.tracing:
             parent = parse_traceparent(state.trace_parent)
+            if parent is not None:
+                _adopt(parent)
             cur = _current()
             links = (cur,) if parent is not None and cur is not None else ()
             attrs: dict[str, Any] = {"gen_ai.agent.name": self.agent, "agentstream.task_id": task.task_id,
@@ -268,7 +297,18 @@ class EngineHooks:
             attrs2["gen_ai.request.model"] = self.model
         if result.conversation_id:
             attrs2["gen_ai.conversation.id"] = result.conversation_id
-        start_ns = int(result.started_at * 1e9)
+        if self.tel.capture:
+            if state is not None:
+                attrs2["gen_ai.input.messages"] = redact(_json([_text_message("user", state.task.input)]))
+            output = getattr(result, "output", None)
+            if output is not None:
+                attrs2["gen_ai.output.messages"] = redact(_json([{**_text_message("assistant", output),
+                                                                  "finish_reason": "stop"}]))
+        # From submit (the latency the submitter sees, queueing included) to
+        # result; from the first step when the submitter's clock is ahead.
+        submitted = state.task.submitted_at if state is not None else 0.0
+        start = submitted if 0 < submitted <= result.started_at else result.started_at
+        start_ns = int(start * 1e9)
         end_ns = int(result.finished_at * 1e9) or time.time_ns()
         if stored is not None:
             caller = state.trace_caller_span if state is not None else ""
@@ -277,6 +317,59 @@ class EngineHooks:
             sp = LiteSpan(self.tel, self.invoke_name, SpanKind.INTERNAL, ctx, parent, attrs2, start_ns)
         else:  # a task started while tracing was off: no stored id, best effort
             sp = self.tel.start_span(self.invoke_name, SpanKind.INTERNAL, attributes=attrs2, start_ns=start_ns)
+        # Tail keep rules: a failed or slow task keeps its root span whatever the sampler said.
+        sp.keep = bool(reason) or (end_ns - start_ns) >= self.tel.config.slow_s * 1e9
         if reason:
             sp.set_error(str(reason), getattr(result, "message", ""))
         sp.end(end_ns)
+
+    def approval_headers(self, state: SessionState, approval_id: str) -> dict[str, str]:
+        """Trace context to publish an approval request with (and to keep in
+        its record), so the decision, from whichever path, continues the
+        approval's ``await_approval`` span (id derived from the approval id)."""
+        stored = parse_traceparent(state.trace_parent) if self.tel.tracing else None
+        if stored is None:
+            return {}
+        wait = Ctx(stored.trace_id, approval_span_id(stored.trace_id, approval_id), stored.flags)
+        return {TRACEPARENT: format_traceparent(wait)}
+
+    def approval_resolved(self, state: SessionState, record: ApprovalRecord) -> None:
+        """An approval left ``pending``: its ``await_approval {tool}`` span, from
+        request to decision (or expiry, or cancellation), under the task's root."""
+        stored = parse_traceparent(state.trace_parent) if self.tel.tracing else None
+        if stored is None or record.status == "pending":
+            return
+        req, dec = record.request, record.decision
+        attrs: dict[str, Any] = {
+            "gen_ai.tool.name": req.tool, "gen_ai.tool.call.id": req.call_id, "agentstream.task_id": req.task_id,
+            "agentstream.approval.id": req.approval_id, "agentstream.approval.outcome": record.status,
+            "agentstream.approval.approver": dec.approver if dec is not None else "system",
+        }
+        if dec is not None and dec.reason:
+            attrs["agentstream.approval.reason"] = redact(dec.reason)[:500]
+        ctx = Ctx(stored.trace_id, approval_span_id(stored.trace_id, req.approval_id), stored.flags)
+        parent = Ctx(stored.trace_id, stored.span_id, stored.flags)
+        sp = LiteSpan(self.tel, f"await_approval {req.tool}", SpanKind.INTERNAL, ctx, parent, attrs,
+                      int(req.requested_at * 1e9))
+        if record.status == "expired":
+            sp.set_error("approval_expired", f"no decision on {req.tool} before its deadline")
+        end = dec.decided_at if dec is not None and dec.decided_at >= req.requested_at else time.time()
+        sp.end(int(end * 1e9))
+
+
+def _adopt(task: Ctx) -> None:
+    """A message about this task that came with no trace context (a decision
+    or tool result published by a bare client) started a trace of its own in
+    its ``process`` span: that span, still open, joins the task's trace
+    under its root instead, so the task stays one trace with no orphans."""
+    proc = _PROCESS.get()
+    if proc is None or proc.parent is not None or proc.context.trace_id == task.trace_id:
+        return
+    ctx = Ctx(task.trace_id, proc.context.span_id, task.flags)
+    if _CUR.get() == proc.context:
+        _CUR.set(ctx)  # the process span's own activation token still restores what was before it
+    proc.context, proc.parent = ctx, task
+
+
+def _text_message(role: str, text: str) -> dict[str, Any]:
+    return {"role": role, "parts": [{"type": "text", "content": text}]}

@@ -5,6 +5,7 @@ helpers that fill span attributes (error type, content as JSON, subject template
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ class LiteSpan:
     """A span recorded as plain values and handed to the exporters when it ends (see the module doc)."""
 
     __slots__ = ("_tel", "name", "kind", "context", "parent", "start_ns", "attributes", "links", "error",
-                 "_tokens", "_ended")
+                 "keep", "_tokens", "_ended")
 
     def __init__(self, tel: Telemetry, name: str, kind: SpanKind, context: Ctx, parent: Ctx | None,
                  attributes: dict[str, Any], start_ns: int, links: Sequence[Ctx] = ()) -> None:
@@ -50,6 +51,9 @@ class LiteSpan:
         self.start_ns = start_ns
         self.links = links
         self.error: str | None = None  # the status description when the span failed
+        # Tail keep rule: recorded even though the sampler dropped its trace
+        # (a failed or slow task's root span; a failed span keeps itself).
+        self.keep = False
         self._tokens: tuple[Any, ...] = ()
         self._ended = False
 
@@ -83,6 +87,15 @@ class LiteSpan:
         self._ended = True
         if self.context.flags & 1:
             self._tel._sink(self, end_ns or time.time_ns())
+        elif self.keep or self.error is not None:
+            self.context = self.context._replace(flags=self.context.flags | 1)
+            self._tel._sink(self, end_ns or time.time_ns())
+
+
+# The ``process`` span of the message being handled, while its handler runs:
+# the engine's hooks re-parent it when it turns out to belong to a task's
+# trace (it is not recorded before its handler returns).
+_PROCESS: contextvars.ContextVar[LiteSpan | None] = contextvars.ContextVar("agentstream_process", default=None)
 
 
 class _NoopSpan:

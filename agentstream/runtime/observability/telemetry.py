@@ -81,6 +81,7 @@ from agentstream.runtime.observability.metrics import _Metrics, _metrics_for
 from agentstream.runtime.observability.redact import redact
 from agentstream.runtime.observability.span_export import JetStreamSpanExporter, build_span_exporters
 from agentstream.runtime.observability.spans import (
+    _PROCESS,
     _UNSET,
     NOOP_SPAN,
     SCOPE,
@@ -90,7 +91,7 @@ from agentstream.runtime.observability.spans import (
     _NoopSpan,
     _template,
 )
-from agentstream.runtime.observability.telemetry_config import TelemetryConfig
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig, build_sampler
 from agentstream.runtime.observability.trace_context import (
     TRACEPARENT,
     TRACESTATE,
@@ -100,6 +101,7 @@ from agentstream.runtime.observability.trace_context import (
     _trace_id,
     format_traceparent,
     parse_traceparent,
+    task_span_id,
     to_otel,
 )
 
@@ -128,8 +130,14 @@ class Telemetry:
         self.config = config
         self.tracing = config.tracing
         self.capture = config.capture_content
-        self.resource = Resource.create({"service.name": config.service_name,
-                                         "service.instance.id": worker_id or _default_worker()})
+        # OTEL_RESOURCE_ATTRIBUTES of the config's environment; Phoenix files
+        # traces under openinference.project.name, "default" without one, so
+        # it defaults to the service name.
+        res_attrs: dict[str, Any] = {"openinference.project.name": config.service_name,
+                                     **dict(config.resource_attributes)}
+        res_attrs["service.name"] = config.service_name
+        res_attrs["service.instance.id"] = worker_id or _default_worker()
+        self.resource = Resource.create(res_attrs)
         self.service_name = config.service_name
         self.worker_name = str(self.resource.attributes.get("service.instance.id", ""))
         self._processors: list[SpanProcessor] = []
@@ -137,7 +145,8 @@ class Telemetry:
         direct: JetStreamSpanExporter | None = None
         self.provider: TracerProvider | None = None
         if self.tracing:
-            self.provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
+            self.provider = TracerProvider(resource=self.resource, shutdown_on_exit=False,
+                                           sampler=build_sampler(config))
             exporters = list(span_exporters) if span_exporters is not None else \
                 build_span_exporters(config, nc=nc, loop=loop)
             for exp in exporters:
@@ -213,6 +222,11 @@ class Telemetry:
     _last_tp = ""
 
     def inject(self, headers: dict[str, str]) -> None:
+        """The current span's context into ``headers``, unless they carry one
+        already (a message that continues another span: an approval request
+        carries its wait span's)."""
+        if TRACEPARENT in headers:
+            return
         ctx = _current()
         if ctx is not None:
             if ctx is not self._last_ctx:  # a step publishes several messages under one span
@@ -220,6 +234,18 @@ class Telemetry:
             headers[TRACEPARENT] = self._last_tp
             if ctx.state:
                 headers[TRACESTATE] = ctx.state
+
+    def task_context(self, task_id: str) -> Ctx | None:
+        """The context a client sends a new task with when no span is current:
+        a new trace whose parent span is the task's ``invoke_agent`` span
+        (its id derived from the trace and task ids), so the worker's spans
+        hang under the span that covers the task and it becomes the trace's
+        root. None when a span is current: the task continues that trace."""
+        if not self.tracing or _current() is not None:
+            return None
+        tid, tid_hex = _trace_id()
+        sampled = self._sampler.should_sample(None, tid, "invoke_agent", SpanKind.INTERNAL).decision.is_sampled()
+        return Ctx(tid_hex, task_span_id(tid_hex, task_id), 1 if sampled else 0)
 
     @staticmethod
     def extract(headers: Mapping[str, str] | None) -> Ctx | None:
@@ -269,6 +295,7 @@ class Telemetry:
             if mid:
                 attrs["messaging.message.id"] = mid
             sp = self.start_span(name, SpanKind.CONSUMER, parent, attrs, use_current=False).activate()
+            process_token = _PROCESS.set(sp)
             try:
                 await nxt(msg)
             except BaseException as exc:
@@ -278,6 +305,7 @@ class Telemetry:
                     metrics.errors.add(1, {"error.type": etype, "messaging.consumer.group.name": durable})
                 raise
             finally:
+                _PROCESS.reset(process_token)
                 sp.end()
         return mw
 

@@ -5,6 +5,7 @@ variables holding the current span and the current task."""
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import os
 import random
 import re
@@ -34,6 +35,25 @@ def _trace_id() -> tuple[int, str]:
         v = _rng.getrandbits(128)
         if v:
             return v, f"{v:032x}"
+
+
+def derived_span_id(trace_id: str, key: str) -> str:
+    """A span id every process computes alike from the trace and a key of
+    ours (``task:<task_id>``, ``approval:<approval_id>``): a span whose
+    children start in other processes, before it is recorded, gets its id
+    without anyone passing it along (the task's root, an approval's wait)."""
+    digest = hashlib.blake2b(f"{trace_id}:{key}".encode(), digest_size=8).hexdigest()
+    return digest if digest != "0" * 16 else "0" * 15 + "1"
+
+
+def task_span_id(trace_id: str, task_id: str) -> str:
+    """The id of the task's ``invoke_agent`` span, the root of its trace."""
+    return derived_span_id(trace_id, f"task:{task_id}")
+
+
+def approval_span_id(trace_id: str, approval_id: str) -> str:
+    """The id of an approval's ``await_approval`` span (request to decision)."""
+    return derived_span_id(trace_id, f"approval:{approval_id}")
 
 
 class Ctx(NamedTuple):
