@@ -21,10 +21,15 @@ from agentstream.runtime.observability.metrics import build_metric_readers
 from agentstream.runtime.observability.span_export import build_span_exporters
 from agentstream.runtime.observability.telemetry import Telemetry
 from agentstream.runtime.observability.telemetry_config import TelemetryConfig, otlp_protocol
+from agentstream.runtime.observability.trace_ui import TraceUIExporter
 
 
 def _trace_exporters(env: dict[str, str]) -> list[Any]:
-    return build_span_exporters(TelemetryConfig.from_env({"OTEL_TRACES_EXPORTER": "otlp", **env}))
+    """The OTLP exporters the variables select, inside their trace-UI wrapper."""
+    out = build_span_exporters(TelemetryConfig.from_env({"OTEL_TRACES_EXPORTER": "otlp", **env}))
+    inner = [e.inner for e in out if isinstance(e, TraceUIExporter)]
+    assert len(inner) == len(out)
+    return inner
 
 
 @pytest.mark.parametrize(("env", "kind", "endpoint"), [
@@ -99,9 +104,12 @@ async def test_spans_reach_an_otlp_http_receiver() -> None:
     try:
         cfg = TelemetryConfig.from_env({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none",
                                         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                                        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"})
+                                        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                                        "OTEL_RESOURCE_ATTRIBUTES": "openinference.project.name=support%20desk"})
         tel = Telemetry(cfg, worker_id="w-otlp")
-        with tel.span("invoke_agent support", attributes={"gen_ai.agent.name": "support"}):
+        with tel.span("invoke_agent support", attributes={
+                "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "support",
+                "agentstream.user_id": "u-7", "gen_ai.conversation.id": "c-1"}):
             pass
         await tel.shutdown(timeout=10)
         await asyncio.wait_for(got.wait(), timeout=10)
@@ -111,3 +119,10 @@ async def test_spans_reach_an_otlp_http_receiver() -> None:
     assert [s.name for s in spans] == ["invoke_agent support"]
     resource = {a.key: a.value.string_value for a in received[0].resource_spans[0].resource.attributes}
     assert resource["service.instance.id"] == "w-otlp"
+    assert resource["openinference.project.name"] == "support desk"  # Phoenix's project
+    # What Phoenix and Langfuse read, added on the way out.
+    attrs = {a.key: a.value.string_value for a in spans[0].attributes}
+    assert attrs["openinference.span.kind"] == "AGENT" and attrs["langfuse.observation.type"] == "agent"
+    assert attrs["user.id"] == attrs["langfuse.user.id"] == "u-7"
+    assert attrs["session.id"] == attrs["langfuse.session.id"] == "c-1"
+    assert attrs["langfuse.trace.name"] == "support"

@@ -416,10 +416,11 @@ def test_exporter_selection_from_env() -> None:
     assert _exporters({}, None) == []  # jetstream needs a connection
     assert _exporters({"OTEL_TRACES_EXPORTER": "none"}, fake_nc) == []
     assert [type(e) for e in _exporters({"OTEL_TRACES_EXPORTER": "console"})] == [ConsoleSpanExporter]
-    grpc = _exporters({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
+    grpc = [e.inner for e in _exporters({"OTEL_TRACES_EXPORTER": "otlp",
+                                          "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})]
     assert [type(e) for e in grpc] == [GrpcSpanExporter]
-    http = _exporters({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                       "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
+    http = [e.inner for e in _exporters({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                                          "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})]
     assert [type(e) for e in http] == [HttpSpanExporter]
     assert http[0]._endpoint == "http://collector:4318/v1/traces"
     both = _exporters({"OTEL_TRACES_EXPORTER": "jetstream,console"}, fake_nc)

@@ -20,6 +20,7 @@ from agentstream.contracts.codec import encode
 from agentstream.contracts.telemetry import SpanBatch, span_subject
 from agentstream.runtime.observability.spans import _KIND_NAMES, _record, span_record
 from agentstream.runtime.observability.telemetry_config import TelemetryConfig, _otlp_endpoint, otlp_protocol
+from agentstream.runtime.observability.trace_ui import TraceUIExporter
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -191,7 +192,8 @@ class JetStreamSpanExporter(SpanExporter):
 
 def build_span_exporters(config: TelemetryConfig, *, nc: NatsClient | None = None,
                          loop: asyncio.AbstractEventLoop | None = None) -> list[SpanExporter]:
-    """The span exporters ``OTEL_TRACES_EXPORTER`` names (``jetstream`` needs a connection)."""
+    """The span exporters ``OTEL_TRACES_EXPORTER`` names (``jetstream`` needs a
+    connection); OTLP ones add the attributes trace UIs read (:mod:`.trace_ui`)."""
     out: list[SpanExporter] = []
     for name in config.traces_exporters:
         if name == "jetstream":
@@ -206,9 +208,9 @@ def build_span_exporters(config: TelemetryConfig, *, nc: NatsClient | None = Non
             if otlp_protocol(config, "traces") == "http/protobuf":
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-                out.append(HttpExporter(endpoint=endpoint))
+                out.append(TraceUIExporter(HttpExporter(endpoint=endpoint)))
             else:
                 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-                out.append(GrpcExporter(endpoint=endpoint))
+                out.append(TraceUIExporter(GrpcExporter(endpoint=endpoint)))
     return out
