@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -33,7 +34,7 @@ from agentstream.runtime.core.ports import ModelRequest
 from agentstream.runtime.core.tools import tool
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.observability import views
-from agentstream.runtime.observability.span_export import _batches
+from agentstream.runtime.observability.span_export import _batches, batch_head
 from agentstream.runtime.observability.telemetry import Telemetry
 from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 from agentstream.runtime.observability.trace_context import format_traceparent, parse_traceparent, to_otel
@@ -69,6 +70,26 @@ def test_batches_fit_the_limit_and_decode_to_the_spans_written(recs: list[SpanRe
         want.setdefault(span_subject(trace_id), []).append(decode_spans(data)[0])
     assert back == want  # every span, once, in the order written, under its own trace's subject
     assert len(messages) <= len(encoded)
+
+
+@settings(max_examples=25, deadline=None)
+@given(recs=st.lists(span_records, min_size=1, max_size=5),
+       service=st.text(max_size=12), worker=st.text(max_size=12))
+def test_a_batch_says_its_process_once_and_readers_fill_it_in(recs: list[SpanRecord], service: str,
+                                                             worker: str) -> None:
+    """The exporter leaves service and worker out of each record and writes them
+    once for the batch (~45 bytes a span); readers see every span with them."""
+    bare = [msgspec.structs.replace(r, service="", worker="") for r in recs]
+    encoded = [(r.trace_id, encode(r)) for r in bare]
+    assert all(b'"service"' not in data and b'"worker"' not in data for _, data in encoded)
+    got = [s for _, payload, _ in _batches(encoded, 1 << 20, batch_head(service, worker))
+           for s in decode_spans(payload)]
+    assert sorted(got, key=lambda s: s.span_id) == sorted(
+        (msgspec.structs.replace(r, service=service, worker=worker) for r in bare), key=lambda s: s.span_id)
+    # A record that names another process keeps its own.
+    other = msgspec.structs.replace(recs[0], service="elsewhere", worker="w-2")
+    [(_, payload, _)] = _batches([(other.trace_id, encode(other))], 1 << 20, batch_head(service, worker))
+    assert decode_spans(payload) == [other]
 
 
 def test_readers_count_a_span_once_and_accept_bare_records() -> None:

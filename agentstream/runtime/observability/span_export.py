@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import msgspec
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
@@ -30,29 +31,38 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentstream.telemetry")
 
 
-_BATCH_HEAD, _BATCH_TAIL = encode(SpanBatch(spans=[]))[:-2], b"]}"
+_BATCH_TAIL = b"]}"
 
 
-def _batches(records: list[tuple[str, bytes]], max_bytes: int) -> list[tuple[str, bytes, int]]:
+def batch_head(service: str = "", worker: str = "") -> bytes:
+    """A ``SpanBatch``'s JSON up to its first record (``spans`` is its last field)."""
+    return encode(SpanBatch(service=service, worker=worker, spans=[]))[:-len(_BATCH_TAIL)]
+
+
+_BATCH_HEAD = batch_head()
+
+
+def _batches(records: list[tuple[str, bytes]], max_bytes: int, head: bytes = _BATCH_HEAD,
+             ) -> list[tuple[str, bytes, int]]:
     """Encoded spans (trace id, record JSON) as ``SpanBatch`` messages, one per
     trace (more if a trace's spans exceed ``max_bytes``): ``(subject, payload,
-    spans in it)``."""
+    spans in it)``; ``head``: :func:`batch_head` of the records' process."""
     by_trace: dict[str, list[bytes]] = {}
     for trace_id, data in records:
         by_trace.setdefault(trace_id, []).append(data)
     out: list[tuple[str, bytes, int]] = []
-    room = max_bytes - len(_BATCH_HEAD) - len(_BATCH_TAIL)
+    room = max_bytes - len(head) - len(_BATCH_TAIL)
     for trace_id, parts in by_trace.items():
         subject = span_subject(trace_id)
         chunk: list[bytes] = []
         size = 0
         for part in parts:
             if chunk and size + len(part) + 1 > room:
-                out.append((subject, _BATCH_HEAD + b",".join(chunk) + _BATCH_TAIL, len(chunk)))
+                out.append((subject, head + b",".join(chunk) + _BATCH_TAIL, len(chunk)))
                 chunk, size = [], 0
             chunk.append(part)
             size += len(part) + 1
-        out.append((subject, _BATCH_HEAD + b",".join(chunk) + _BATCH_TAIL, len(chunk)))
+        out.append((subject, head + b",".join(chunk) + _BATCH_TAIL, len(chunk)))
     return out
 
 
@@ -91,6 +101,13 @@ class JetStreamSpanExporter(SpanExporter):
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
         self.dropped = 0  # spans lost (closed exporter, encoding error, broker gone): for inspection
+        self.set_origin("", "")
+
+    def set_origin(self, service: str, worker: str) -> None:
+        """The process the spans come from: said once per batch, left out of
+        each record that matches (the Telemetry that owns this exporter sets it)."""
+        self.service, self.worker = service, worker
+        self._head = batch_head(service, worker)
 
     def add_lite(self, span: LiteSpan, end_ns: int) -> None:
         """Encode a finished lite span and buffer the bytes (call on the loop's
@@ -108,9 +125,11 @@ class JetStreamSpanExporter(SpanExporter):
                 self.dropped += 1
             return
         try:
+            tel = span._tel
             rec = _record(span.context, span.parent, span.name, _KIND_NAMES[span.kind], span.start_ns, end_ns,
-                          span.error is not None, span.attributes, span._tel.service_name, span._tel.worker_name,
-                          span.links)
+                          span.error is not None, span.attributes,
+                          "" if tel.service_name == self.service else tel.service_name,
+                          "" if tel.worker_name == self.worker else tel.worker_name, span.links)
             self._lite.append((rec.trace_id, encode(rec)))
         except Exception as exc:  # noqa: BLE001 - one odd attribute must not fail the work
             log.debug("cannot encode span %s: %s", span.name, exc)
@@ -135,6 +154,8 @@ class JetStreamSpanExporter(SpanExporter):
         for span in spans:
             try:
                 rec = span_record(span)
+                if rec.service == self.service and rec.worker == self.worker:
+                    rec = msgspec.structs.replace(rec, service="", worker="")
                 records.append((rec.trace_id, encode(rec)))
             except Exception as exc:  # noqa: BLE001 - one odd attribute must not lose the batch
                 log.debug("cannot encode span %s: %s", span.name, exc)
@@ -150,7 +171,7 @@ class JetStreamSpanExporter(SpanExporter):
     def _pack(self, records: list[tuple[str, bytes]]) -> list[tuple[str, bytes, int]]:
         fits = [r for r in records if len(r[1]) < self.max_bytes - 64]
         self.dropped += len(records) - len(fits)  # one span over the payload limit: telemetry is best effort
-        return _batches(fits, self.max_bytes)
+        return _batches(fits, self.max_bytes, self._head)
 
     def _enqueue(self, items: list[tuple[str, bytes, int]]) -> None:
         self._queue.extend(items)
