@@ -99,11 +99,10 @@ class TracedLLM:
             if request.temperature is not None:
                 attrs["gen_ai.request.temperature"] = request.temperature
             if info is not None:
-                # The task's tenant and user are on its root span only: a trace
-                # is one task, and each copy costs ~65 bytes a span in TELEMETRY.
+                # The task's id, tenant and user are on its root and step spans: a
+                # trace is one task, and each copy costs 30-65 bytes in TELEMETRY.
                 if info.conversation:
                     attrs["gen_ai.conversation.id"] = info.conversation
-                attrs["agentstream.task_id"] = info.task_id
             if tel.capture:
                 attrs["gen_ai.input.messages"] = redact(_json(_input_messages(request)))
                 if request.tools:

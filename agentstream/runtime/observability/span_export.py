@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
 from agentstream.contracts.codec import encode
-from agentstream.contracts.telemetry import SpanBatch, span_subject
+from agentstream.contracts.telemetry import BatchedSpan, SpanBatch, span_subject
 from agentstream.runtime.observability.spans import _KIND_NAMES, _record, span_record
 from agentstream.runtime.observability.telemetry_config import TelemetryConfig, _otlp_endpoint, otlp_protocol
 from agentstream.runtime.observability.trace_ui import TraceUIExporter
@@ -129,7 +129,7 @@ class JetStreamSpanExporter(SpanExporter):
             rec = _record(span.context, span.parent, span.name, _KIND_NAMES[span.kind], span.start_ns, end_ns,
                           span.error is not None, span.attributes,
                           "" if tel.service_name == self.service else tel.service_name,
-                          "" if tel.worker_name == self.worker else tel.worker_name, span.links)
+                          "" if tel.worker_name == self.worker else tel.worker_name, span.links, BatchedSpan)
             self._lite.append((rec.trace_id, encode(rec)))
         except Exception as exc:  # noqa: BLE001 - one odd attribute must not fail the work
             log.debug("cannot encode span %s: %s", span.name, exc)
@@ -153,9 +153,10 @@ class JetStreamSpanExporter(SpanExporter):
         records: list[tuple[str, bytes]] = []
         for span in spans:
             try:
-                rec = span_record(span)
-                if rec.service == self.service and rec.worker == self.worker:
-                    rec = msgspec.structs.replace(rec, service="", worker="")
+                fields = msgspec.structs.asdict(span_record(span))
+                if fields["service"] == self.service and fields["worker"] == self.worker:
+                    fields["service"] = fields["worker"] = ""
+                rec = BatchedSpan(**fields)
                 records.append((rec.trace_id, encode(rec)))
             except Exception as exc:  # noqa: BLE001 - one odd attribute must not lose the batch
                 log.debug("cannot encode span %s: %s", span.name, exc)

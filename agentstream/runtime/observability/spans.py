@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
-from agentstream.contracts.telemetry import SpanRecord
+from agentstream.contracts.telemetry import BatchedSpan, SpanRecord
 from agentstream.runtime.core.errors import ModelError
 from agentstream.runtime.observability.redact import redact
 from agentstream.runtime.observability.trace_context import _CUR, Ctx, _from_otel, to_otel
@@ -116,8 +116,11 @@ NOOP_SPAN = _NoopSpan()
 
 
 def _record(ctx: Ctx, parent: Ctx | None, name: str, kind: str, start_ns: int, end_ns: int,
-            error: bool, attrs: dict[str, Any], service: str, worker: str, links: Sequence[Ctx]) -> SpanRecord:
-    return SpanRecord(
+            error: bool, attrs: dict[str, Any], service: str, worker: str, links: Sequence[Ctx],
+            cls: type[BatchedSpan] = SpanRecord) -> Any:
+    """The span as ``cls``: a :class:`SpanRecord`, or the untagged
+    :class:`BatchedSpan` the JetStream exporter writes into a batch."""
+    return cls(
         trace_id=ctx.trace_id, span_id=ctx.span_id, parent_span_id=parent.span_id if parent is not None else "",
         name=name, kind=kind, start=start_ns / 1e9, end=end_ns / 1e9,
         status="error" if error else "ok", error_type=str(attrs.get("error.type", "")) if error else "",

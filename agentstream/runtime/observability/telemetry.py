@@ -332,7 +332,7 @@ class Telemetry:
             attrs: dict[str, Any] = {
                 "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": req.tool,
                 "gen_ai.tool.call.id": req.call_id, "gen_ai.tool.type": "function",
-                "gen_ai.agent.name": req.agent, "agentstream.task_id": req.task_id, "agentstream.step": req.step,
+                "gen_ai.agent.name": req.agent, "agentstream.task_id": req.task_id,
             }
             if self.capture:
                 attrs["gen_ai.tool.call.arguments"] = redact(_json(req.arguments))
@@ -349,7 +349,8 @@ class Telemetry:
             raise
         error = out.error
         if sp is not None:
-            sp.set_attribute("agentstream.tool.attempts", out.attempts)
+            if out.attempts != 1:  # retried: one attempt is the rule, not worth 30 bytes a span
+                sp.set_attribute("agentstream.tool.attempts", out.attempts)
             if out.served_by and out.served_by != req.tool:
                 sp.set_attribute("agentstream.tool.served_by", out.served_by)
             if error is not None:
