@@ -60,7 +60,7 @@ class TracedBus:
             await self.inner.publish(subject, payload, msg_id=msg_id, headers=headers)
             return
         hdrs = dict(headers) if headers else {}
-        if not self.spans:
+        if not self.spans or TRACEPARENT in hdrs:  # a message that continues a span of its own (approvals)
             self.tel.inject(hdrs)
             await self.inner.publish(subject, payload, msg_id=msg_id, headers=hdrs)
             return
