@@ -295,9 +295,7 @@ async def test_load_and_trace_against_nats(nats_server: EmbeddedNats, client: Ag
     settings = dataclasses.replace(Settings.from_env({}), nats_url=nats_server.url)
     code = await asyncio.wait_for(view_commands.cmd_trace(argparse.Namespace(task_id="task-a", width=40, json=False),
                                                   settings), 30)
-    out = capsys.readouterr().out
-    with capsys.disabled():
-        print("\n" + out)
+    out = capsys.readouterr().out  # (not echoed: `pytest -q` output stays dots)
     assert code == 0
     assert "task task-a" in out and "execute_tool refund_eligibility" in out and "FAILED timeout" in out
     assert "|| 3 parallel" in out and "120/30 tok" in out

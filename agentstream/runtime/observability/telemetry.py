@@ -1,11 +1,11 @@
 """Observability: one OpenTelemetry trace per task across every process, GenAI
-and messaging spans, metrics with a Prometheus text rendering, JSON logs.
+and messaging spans, metrics exposed for Prometheus, JSON logs.
 
 Wiring (``service.py``, ``client.py``): ``setup_telemetry(...) -> Telemetry``
 per process role, ``await telemetry.shutdown()`` before the NATS connection is
 drained. Ports are wrapped from the outside (``wrap_bus``, ``wrap_llm``,
 ``instrument_tool_runner``), consumers get ``consumer_middleware``, and the
-engine calls three hooks (``engine_hooks``): nothing of this runs when
+engine calls its hooks (``engine_hooks``, the ``execution.hooks`` protocol): nothing of this runs when
 tracing and metrics are off.
 
 How one task is one trace
@@ -14,15 +14,19 @@ How one task is one trace
   every publish injects the current span's context (``TracedBus``, the
   client's submit), every consumer extracts it and runs the handler inside a
   ``process <subject>`` CONSUMER span (messaging conventions).
-- The task's ``invoke_agent {agent}`` span must cover the task from its first
-  step to its result, but the steps run on different replicas. Its span id is
-  generated when the task's session state is created and stored in the state
-  (``SessionState.trace_parent``, a traceparent, plus ``trace_caller_span``,
-  the id of its own parent). Every step, on any replica, runs in a ``step
-  {agent}`` span whose parent is that stored context (and which links to the
-  step's ``process`` span). When the result is published, the finished
-  ``invoke_agent`` span is built directly as a ``ReadableSpan`` with the
-  stored ids and ``start = task start`` and handed to the span processors.
+- The task's ``invoke_agent {agent}`` span is the trace's root and covers
+  the task from submit to result, but the steps run on different replicas.
+  Its span id is derived from the trace and task ids
+  (:func:`~.trace_context.task_span_id`): the client sends the task with it
+  as the parent (:meth:`Telemetry.task_context`), and the engine keeps it in
+  the session state (``SessionState.trace_parent``, plus
+  ``trace_caller_span``, its own parent when the task continues a caller's
+  span). Every step, on any replica, runs in a ``step {agent}`` span whose
+  parent is that stored context (and which links to the step's ``process``
+  span). When the result is published, the finished ``invoke_agent`` span is
+  built with the stored ids and handed to the span processors. An approval's
+  wait is an ``await_approval`` span built the same way (id derived from the
+  approval id). docs/tracing.md has the whole shape and why.
 - Hot-path spans are built the same way (:class:`LiteSpan`): plain values
   (ids as a :class:`Ctx` tuple, not OpenTelemetry's ``SpanContext``) encoded
   straight to a ``SpanRecord`` when the span ends, or assembled as a
