@@ -27,6 +27,7 @@ from agentstream.runtime.config.settings import Settings
 from agentstream.runtime.core.app import load_app
 from agentstream.runtime.interfaces import approvals
 from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.observability import views
 from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 from agentstream.runtime.observability.trace_ui import ui_attributes
 from agentstream.runtime.service.runtime import Runtime
@@ -81,6 +82,16 @@ async def test_approvals_and_their_wait_are_in_the_task_trace(refunds: tuple[Run
     pending = await _pending(client, 2)
     by_order = {p.request.arguments["order_id"]: p for p in pending}
     assert all(p.trace_parent for p in pending), "the record keeps the wait span's context"
+    # While it waits, the views show one tree under a stand-in root, in progress.
+    assert rt.telemetry is not None and rt.js is not None
+    await rt.telemetry.force_flush()
+    await wait_for_spans(rt.js, lambda s: len(by_name(s, "chat")) == 1 and len(by_name(s, "step")) == 1)
+    waiting = await views.load_task_trace(rt.js, task_id)
+    assert waiting.source == "telemetry" and waiting.result is None
+    [(depth, head), *_] = views.tree_order(waiting.spans)
+    assert head.name == "invoke_agent refunds" and head.attributes["agentstream.in_progress"]
+    assert [s.name for d, s in views.tree_order(waiting.spans) if d == 0] == ["invoke_agent refunds"]
+    assert "in progress" in views.render_waterfall(waiting.spans)
     await approvals.decide(client, by_order[1].request.approval_id, approved=True, approver="alice")
     req = by_order[2].request
     bare = ApprovalDecided(approval_id=req.approval_id, task_id=req.task_id, agent=req.agent, step=req.step,
@@ -90,7 +101,6 @@ async def test_approvals_and_their_wait_are_in_the_task_trace(refunds: tuple[Run
                             headers={MSG_ID: f"{req.approval_id}:decision"})
     res = await client.result(task_id, timeout=WAIT_S)
     assert isinstance(res, TaskCompleted), res
-    assert rt.telemetry is not None and rt.js is not None
     await rt.telemetry.force_flush()
     spans = await wait_for_spans(rt.js, lambda s: len(by_name(s, "invoke_agent")) == 1
                                  and len(by_name(s, "await_approval")) == 2
