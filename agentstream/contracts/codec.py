@@ -13,6 +13,9 @@ import msgspec
 from agentstream.contracts.events import (
     AgentInboxEvent,
     AnyEvent,
+    EvaluationEvent,
+    MemoryReplied,
+    MemoryRequest,
     TaskEvent,
     TaskResult,
     TaskSubmitted,
@@ -53,3 +56,6 @@ agent_inbox: Decoder[AgentInboxEvent] = Decoder(AgentInboxEvent)
 tool_call: Decoder[ToolCallRequested] = Decoder(ToolCallRequested)
 task_result: Decoder[TaskResult] = Decoder(TaskResult)
 task_event: Decoder[TaskEvent] = Decoder(TaskEvent)
+evaluation_event: Decoder[EvaluationEvent] = Decoder(EvaluationEvent)
+memory_request: Decoder[MemoryRequest] = Decoder(MemoryRequest)
+memory_reply: Decoder[MemoryReplied] = Decoder(MemoryReplied)

@@ -76,6 +76,10 @@ class ToolError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     field: str | None = None
     hint: str | None = None
     retryable: bool = False
+    # The task cannot go on without a human (an at-most-once call whose outcome
+    # is unknown, with ``on_unknown="escalate"``): the agent fails the task
+    # with reason ``escalated`` instead of showing the error to the model.
+    escalate: bool = False
 
 
 # --------------------------------------------------------------------------- tasks
@@ -102,6 +106,9 @@ class TaskSubmitted(Event, frozen=True, tag="agentstream.task.submitted.v1"):
     deadline_s: float | None = None
     max_tokens: int | None = None  # per-task token budget (input + output), overrides the agent's
     max_cost_usd: float | None = None  # per-task cost budget, overrides the agent's
+    # Claim-check: the input is too large for an event and is in the object
+    # store (bucket agent_payloads) under this name; ``input`` is then empty.
+    input_ref: str = ""
 
 
 class TaskCompleted(Event, frozen=True, tag="agentstream.task.completed.v1"):
@@ -117,13 +124,16 @@ class TaskCompleted(Event, frozen=True, tag="agentstream.task.completed.v1"):
     tenant_id: str = "default"
     user_id: str = "anonymous"
     conversation_id: str = ""
+    # The hash of what defines the answering version's behaviour (instructions,
+    # model, tools and their schemas, limits, strategy); ``agent_version`` is its label.
+    version_hash: str = ""
 
 
 class TaskFailed(Event, frozen=True, tag="agentstream.task.failed.v1"):
     task_id: str
     agent: str
     agent_version: str
-    reason: str  # max_steps | deadline | model_error | model_output | bad_task | ...
+    reason: str  # max_steps | deadline | model_error | model_output | rejected | state_too_large | escalated | ...
     message: str
     steps: int
     tool_calls: int
@@ -133,6 +143,7 @@ class TaskFailed(Event, frozen=True, tag="agentstream.task.failed.v1"):
     tenant_id: str = "default"
     user_id: str = "anonymous"
     conversation_id: str = ""
+    version_hash: str = ""
 
 
 TaskResult = Union[TaskCompleted, TaskFailed]
@@ -171,6 +182,12 @@ class ToolCallCompleted(Event, frozen=True, tag="agentstream.tool.call.completed
     attempts: int = 1  # tries of the tool in this call; 0 = it did not run (bad arguments, circuit open)
     worker: str = ""
     served_by: str = ""  # the fallback tool that produced the result while ``tool``'s breaker was open
+    # Claim-check: ``result`` (its JSON) is in the object store (bucket
+    # agent_payloads) under this name, too large for an event; ``result`` is then null.
+    result_ref: str = ""
+    # In a shadow deployment: how the result was obtained without a side effect
+    # (``live`` for a read-only tool run, ``recorded`` production's result, ``stub``).
+    shadow: str = ""
 
 
 # --------------------------------------------------------------------------- progress
@@ -189,6 +206,8 @@ class ModelTurnCompleted(Event, frozen=True, tag="agentstream.model.turn.complet
     started_at: float
     finished_at: float
     worker: str = ""
+    agent_version: str = ""
+    version_hash: str = ""
 
 
 class ToolCallDispatched(Event, frozen=True, tag="agentstream.tool.call.dispatched.v1"):
@@ -199,6 +218,8 @@ class ToolCallDispatched(Event, frozen=True, tag="agentstream.tool.call.dispatch
     step: int
     calls: tuple[ToolCall, ...]
     at: float
+    agent_version: str = ""
+    version_hash: str = ""
 
 
 # --------------------------------------------------------------------------- dead letters
@@ -263,6 +284,168 @@ class AuditRecord(Event, frozen=True, tag="agentstream.audit.record.v1"):
     details: dict[str, Any] = {}
 
 
+# --------------------------------------------------------------------------- evaluation
+
+
+class EvaluationScored(Event, frozen=True, tag="agentstream.eval.scored.v1"):
+    """An online evaluator's scores for one finished task, on
+    ``evals.<agent>.scores.<task_id>`` (stream EVALS). The scores are kept
+    apart (see docs/evaluation.md); ``judge`` is None when no judge ran.
+    ``deployment``: which traffic the task was (production, shadow, canary)."""
+
+    task_id: str
+    agent: str
+    agent_version: str
+    evaluator: str  # name and version of the evaluator
+    status: str  # completed | failed
+    groundedness: float
+    safety: bool
+    latency_s: float
+    tokens: int
+    cost_usd: float
+    at: float
+    judge: float | None = None
+    failed_checks: tuple[str, ...] = ()
+    sample_rate: float = 1.0  # the share of results this evaluator scores: counts divide by it
+    deployment: str = "production"
+    tenant_id: str = "default"
+
+
+class FeedbackSubmitted(Event, frozen=True, tag="agentstream.eval.feedback.v1"):
+    """A user's thumbs up or down on a task's answer, on ``evals.<agent>.feedback.<task_id>``
+    (``POST /v1/tasks/{task_id}/feedback``), stored beside the scores."""
+
+    task_id: str
+    agent: str
+    rating: Literal["up", "down"]
+    at: float
+    comment: str = ""
+    user_id: str = "anonymous"
+
+
+class DriftDetected(Event, frozen=True, tag="agentstream.eval.drift.v1"):
+    """A score's moving window fell below its baseline window by more than the
+    threshold, with the whole confidence interval of the drop beyond it. On ``evals.<agent>.drift``."""
+
+    agent: str
+    metric: str
+    baseline_mean: float
+    window_mean: float
+    diff_low: float
+    diff_high: float
+    threshold: float
+    baseline_size: int
+    window_size: int
+    at: float
+
+
+EvaluationEvent = Union[EvaluationScored, FeedbackSubmitted, DriftDetected]
+
+# --------------------------------------------------------------------------- memory
+# Request-reply with the memory service on ``memory.<verb>.<tenant>``. The
+# tenant is the subject's token, which per-role subject permissions grant; the
+# service never takes it from a body or from model output (a body's
+# ``tenant_id``, when set, must agree with the subject).
+
+MemoryOp = Literal["ADD", "UPDATE", "DELETE", "NOOP"]
+# high: operator-curated knowledge | medium: stated by the user | low: derived by a model or from outside
+MemoryTrust = Literal["high", "medium", "low"]
+
+
+class MemoryWrite(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One typed write (mem0's model). ``write_id`` makes it idempotent: the
+    same id applied twice changes nothing the second time. UPDATE and DELETE
+    name their target by ``memory_id``, or by ``slot`` (the current valid memory
+    of the same user, kind and slot): the target is invalidated with a time, not
+    deleted (bi-temporal), so what was believed when stays answerable."""
+
+    op: MemoryOp
+    write_id: str
+    text: str = ""
+    memory_id: str = ""
+    slot: str = ""
+    kind: str = "fact"  # fact | preference | correction | episode | document
+    scope: Literal["user", "system"] = "user"  # user memories are kept apart from system knowledge
+    user_id: str = ""
+    source: str = ""  # where it came from: a task id, a document path, an operator
+    task_id: str = ""
+    trust: MemoryTrust = "low"
+    metadata: dict[str, str] = {}
+
+
+class MemoryWriteRequested(Event, frozen=True, tag="agentstream.memory.write.requested.v1"):
+    """Request on ``memory.write.<tenant>``; the reply is a MemoryReplied."""
+
+    writes: tuple[MemoryWrite, ...]
+    tenant_id: str = ""
+    actor: str = ""
+
+
+class MemoryQueryRequested(Event, frozen=True, tag="agentstream.memory.query.requested.v1"):
+    """Request on ``memory.query.<tenant>``: the user's memories and the
+    tenant's system knowledge most relevant to ``query``."""
+
+    query: str
+    user_id: str = ""
+    limit: int = 5
+    min_score: float = 0.0
+    include_system: bool = True
+    task_id: str = ""
+    tenant_id: str = ""
+
+
+class MemoryAdminRequested(Event, frozen=True, tag="agentstream.memory.admin.requested.v1"):
+    """Operator request on ``memory.admin.<tenant>``: forget everything from a
+    source, or review the quarantine (list, approve, reject an item)."""
+
+    action: Literal["forget", "quarantine_list", "quarantine_approve", "quarantine_reject", "stats"]
+    source: str = ""
+    item_id: str = ""
+    actor: str = ""
+    reason: str = ""
+    tenant_id: str = ""
+
+
+class MemoryHit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    memory_id: str
+    text: str
+    score: float
+    kind: str = "fact"
+    scope: str = "user"
+    user_id: str = ""
+    source: str = ""
+    task_id: str = ""
+    trust: MemoryTrust = "low"
+    created_at: float = 0.0
+
+
+class MemoryWriteResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    write_id: str
+    op: MemoryOp
+    # applied | duplicate | noop | quarantined | rate_limited | rejected | not_found
+    status: str
+    memory_id: str = ""
+    reason: str = ""
+
+
+class QuarantinedWrite(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    item_id: str
+    write: MemoryWrite
+    reasons: tuple[str, ...]
+    at: float
+    status: str = "pending"  # pending | approved | rejected
+
+
+class MemoryReplied(Event, frozen=True, tag="agentstream.memory.replied.v1"):
+    """The memory service's answer to any memory request."""
+
+    ok: bool
+    error: str = ""
+    hits: tuple[MemoryHit, ...] = ()
+    results: tuple[MemoryWriteResult, ...] = ()
+    quarantine: tuple[QuarantinedWrite, ...] = ()
+    count: int = 0
+
 AgentInboxEvent = Union[ToolCallCompleted, ApprovalDecided]
 ProgressEvent = Union[ModelTurnCompleted, ToolCallDispatched, ApprovalRequested]
 TaskEvent = Union[
@@ -287,7 +470,15 @@ AnyEvent = Union[
     ApprovalRequested,
     ApprovalDecided,
     AuditRecord,
+    EvaluationScored,
+    FeedbackSubmitted,
+    DriftDetected,
+    MemoryWriteRequested,
+    MemoryQueryRequested,
+    MemoryAdminRequested,
+    MemoryReplied,
 ]
+MemoryRequest = Union[MemoryWriteRequested, MemoryQueryRequested, MemoryAdminRequested]
 
 # Every wire event type, in AnyEvent's order (JSON Schema, AsyncAPI, property tests).
 ALL_EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)

@@ -60,8 +60,32 @@ def audit(kind: str, agent: str) -> str:
     return f"audit.{kind.replace('.', '_')}.{agent}"
 
 
+def memory(verb: str, tenant: str) -> str:
+    """``memory.<verb>.<tenant>`` (verb: query | write | admin), request-reply
+    with the memory service. The tenant token is what subject permissions grant."""
+    return f"memory.{verb}.{tenant}"
+
+
+MEMORY_VERBS: tuple[str, ...] = ("query", "write", "admin")
+MEMORY_QUEUE = "memory"  # the queue group the memory-service replicas share
+
+
 def dead_letter(origin_subject: str) -> str:
     return f"deadletter.{origin_subject}"
+
+
+def eval_scores(agent: str, task_id: str) -> str:
+    """An online evaluator's EvaluationScored for one task (stream EVALS)."""
+    return f"evals.{agent}.scores.{task_id}"
+
+
+def eval_feedback(agent: str, task_id: str) -> str:
+    """A user's FeedbackSubmitted for one task (stream EVALS, beside the scores)."""
+    return f"evals.{agent}.feedback.{task_id}"
+
+
+def eval_drift(agent: str) -> str:
+    return f"evals.{agent}.drift"
 
 
 def any_results(task_id: str) -> str:
@@ -71,6 +95,39 @@ def any_results(task_id: str) -> str:
 def any_task_activity(task_id: str) -> str:
     """Matches a task's inbox and progress subjects in the EVENTS stream."""
     return f"agents.*.*.{task_id}"
+
+
+# ----------------------------------------------------------------- rollout
+
+SHADOW_ROOT = "shadow"
+
+
+def shadow_prefix(label: str) -> str:
+    """Everything a shadow deployment ``label`` writes lives under this prefix:
+    the same tree as production's (``shadow.<label>.agents.<agent>.results.<task>``,
+    ``shadow.<label>.tools.<tool>.calls``, ...), so nothing of production's
+    subscribes to it and it can never reach a production consumer."""
+    return f"{SHADOW_ROOT}.{check_token('shadow label', label)}."
+
+
+def shadowed(label: str, subject: str) -> str:
+    return shadow_prefix(label) + subject
+
+
+def unshadowed(subject: str) -> tuple[str, str]:
+    """``shadow.<label>.<rest>`` -> (label, rest); a production subject -> ("", subject)."""
+    if subject.startswith(SHADOW_ROOT + "."):
+        _, label, rest = subject.split(".", 2)
+        return label, rest
+    return "", subject
+
+
+def any_shadow_results() -> str:
+    return f"{SHADOW_ROOT}.*.agents.*.results.*"
+
+
+def any_production_results() -> str:
+    return "agents.*.results.*"
 
 
 class StreamDef(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,8 +163,12 @@ STREAMS: tuple[StreamDef, ...] = (
               description="ApprovalRequested: tool calls waiting for a human"),
     StreamDef(name="AUDIT", subjects=("audit.>",), max_age_s=365 * DAY,
               description="audit records: every approval decision, with who made it"),
+    StreamDef(name="SHADOW", subjects=(f"{SHADOW_ROOT}.>",), max_age_s=7 * DAY,
+              description="everything shadow deployments publish, under shadow.<label>.<production subject>"),
     StreamDef(name="DEADLETTER", subjects=("deadletter.>",), max_age_s=30 * DAY,
               description="messages a consumer could not process, with the reason"),
+    StreamDef(name="EVALS", subjects=("evals.>",), max_age_s=30 * DAY,
+              description="online evaluation: scores, user feedback and drift alarms, per agent and task"),
     # Finished spans (SpanRecord JSON, agentstream.contracts.telemetry), one
     # subject a trace. Short dedupe window: only invoke_agent spans carry a msg id.
     StreamDef(name=TELEMETRY_STREAM, subjects=TELEMETRY_SUBJECTS, max_age_s=7 * DAY,
@@ -126,7 +187,32 @@ TOOL_BREAKERS = BucketDef(name="tool_breakers",
                           description="circuit breaker state per tool (key = tool name), shared by replicas, CAS only")
 TOOL_RESULTS = BucketDef(name="tool_results", description="results of idempotent tool calls by idempotency key",
                          max_age_s=DAY)
-BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS)
+# Claim-check: task inputs and tool results too large for an event (an object
+# store bucket; the events carry the object's name).
+PAYLOADS = BucketDef(name="agent_payloads", description="large task inputs and tool results (claim-check)",
+                     max_age_s=7 * DAY)
+# Memory buckets, created by the memory service and agents that use memory
+# (not in BUCKETS: a deployment without memory provisions nothing for it).
+# Episodes carry a TTL per key (the Nats-TTL header; the bucket's stream has
+# allow_msg_ttl); max_age is only the ceiling.
+EPISODES = BucketDef(name="memory_episodes", description="episodic memory: session summaries, decisions, "
+                     "preferences, one key per episode, TTL per key", max_age_s=365 * DAY)
+MEMORY_CONVERSATIONS = BucketDef(name="memory_conversations",
+                                 description="per conversation: the summary and the unsummarised tail, CAS only",
+                                 max_age_s=90 * DAY)
+MEMORY_QUARANTINE = BucketDef(name="memory_quarantine",
+                              description="memory writes the poisoning gate held for review", max_age_s=90 * DAY)
+MEMORY_BUCKETS: tuple[BucketDef, ...] = (EPISODES, MEMORY_CONVERSATIONS, MEMORY_QUARANTINE)
+SHADOW_SESSIONS = BucketDef(name="shadow_sessions",
+                            description="shadow deployments' session state and timers, keys <label>.<...>",
+                            max_age_s=7 * DAY)
+OUTCOMES = BucketDef(name="rollout_outcomes",
+                     description="production and shadow outcomes of one task side by side, key <agent>.<task>",
+                     max_age_s=14 * DAY)
+ROLLOUT = BucketDef(name="rollout_state",
+                    description="canary state per agent and shadow cost counters, CAS only")
+BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS,
+                                  SHADOW_SESSIONS, OUTCOMES, ROLLOUT)
 
 
 def agent_durable(agent: str, role: str = "tasks") -> str:
@@ -135,3 +221,8 @@ def agent_durable(agent: str, role: str = "tasks") -> str:
 
 def tool_durable(tool: str) -> str:
     return f"tool_{tool}"
+
+
+def shadow_durable(label: str, name: str) -> str:
+    """A shadow deployment's own durable consumer beside production's ``name``."""
+    return f"shadow_{label}_{name}"

@@ -169,6 +169,15 @@ def support_script(request: ModelRequest) -> ModelResponse:
             return calls(("create_ticket", {"subject": question[:80], "priority": "high"}))
         if "hours" in q or "open" in q:
             return calls(("store_hours", {}))
+        if "prefer" in q:
+            return answer("Noted, thank you: I will keep that in mind.")
+        if "contact" in q or "reach me" in q:
+            # With memory on (AGENTSTREAM_MEMORY=on) a stated preference from an
+            # earlier conversation arrives in the recalled-data block.
+            pref = _remembered(request, "prefer")
+            if pref:
+                return answer(f"We will contact you as you asked before: \"{pref}\"")
+            return answer("How would you like us to contact you: email or phone?")
         return answer("I can help with orders, shipping, refunds, your account and our opening hours. "
                       "What do you need?")
     data = {m.name: _json(m.content) for m in results}
@@ -208,6 +217,16 @@ def support_script(request: ModelRequest) -> ModelResponse:
     return answer("Done.")
 
 
+def _remembered(request: ModelRequest, word: str) -> str:
+    """The first recalled memory item mentioning ``word`` (memory's data block)."""
+    for m in request.messages:
+        if m.role == "system" and "<memory>" in m.content:
+            for item in re.findall(r"<item [^>]*>(.*?)</item>", m.content):
+                if word in item.lower():
+                    return str(item)
+    return ""
+
+
 def _json(text: str) -> Any:
     try:
         out = json.loads(text)
@@ -234,4 +253,37 @@ app.agent(
         "I want to talk to a human about a broken charger",
         "Where is my order 999999?",
     ],
+)
+
+
+# --------------------------------------------------------------------------- v2, a candidate
+
+def support_script_v2(request: ModelRequest) -> ModelResponse:
+    """v2's scripted model: a "leaner" prompt that answers refund questions
+    from the order alone, without checking eligibility or shipping, and files
+    tickets at normal priority. Everything else is as v1. Shadow it to see the
+    difference on real traffic before any customer does (docs/rollout.md)."""
+    q = last_user(request).lower()
+    oid = next((found for m in reversed(request.messages)
+                if m.role == "user" and (found := _order_id(m.content)) is not None), None)
+    results = tool_results(request)
+    if not results and "refund" in q and oid is not None:
+        return calls(("lookup_order", {"order_id": oid}))
+    if not results and ("human" in q or "ticket" in q or "complain" in q):
+        return calls(("create_ticket", {"subject": last_user(request)[:80], "priority": "normal"}))
+    if results and "refund" in q and oid is not None and {m.name for m in results} == {"lookup_order"}:
+        o = _json(results[0].content)
+        if isinstance(o, dict) and "error" not in o:
+            return answer(f"Order {oid} can be refunded (${o['total']:.2f}); I have noted the request.")
+    return support_script(request)
+
+
+app.agent(
+    "support",
+    instructions="You are the support desk of an online shop. Be brief; look up the order before answering.",
+    tools=[lookup_order, shipping_status, refund_eligibility, issue_refund, customer_profile, search_kb,
+           create_ticket, store_hours],
+    version="v2",
+    candidate=True,
+    scripted=lambda: FunctionModel(support_script_v2, name="scripted-support-v2"),
 )

@@ -83,6 +83,8 @@ class Context:
     approvers_for: Callable[[str], tuple[str, ...]] | None = None
     # Empty: any identity may decide (development default).
     default_approvers: tuple[str, ...] = ()
+    # The hash of this deployment's behaviour (core.version.fingerprint): on results and progress.
+    version_hash: str = ""
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,7 +157,8 @@ def _start(task: TaskSubmitted, ctx: Context) -> Decision:
         messages.append(Message(role="assistant", content=turn.assistant))
     messages.append(Message(role="user", content=task.input))
     state = SessionState(
-        task=task,
+        # A claim-checked input is kept once, in the transcript; the task keeps its reference.
+        task=msgspec.structs.replace(task, input="") if task.input_ref else task,
         agent_version=task.agent_version or spec.version,
         status="awaiting_model",
         step=1,
@@ -180,7 +183,8 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
         task_id=state.task.task_id, agent=state.task.agent, step=ev.step,
         model=resp.model, finish_reason=resp.finish_reason,
         tool_calls=tuple(c.name for c in resp.tool_calls), usage=turn_usage,
-        started_at=ev.started_at, finished_at=ev.finished_at, worker=ctx.worker))
+        started_at=ev.started_at, finished_at=ev.finished_at, worker=ctx.worker,
+        agent_version=state.agent_version, version_hash=ctx.version_hash))
     state = msgspec.structs.replace(state, usage=usage, messages=messages, updated_at=ctx.now,
                                     last_input_tokens=resp.usage.input_tokens,
                                     last_input_messages=len(state.messages))
@@ -257,7 +261,8 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
         cmds.append(SetDeadline(deadline_at=state.deadline_at))
     dispatched = PublishProgress(event=ToolCallDispatched(
         task_id=task.task_id, agent=task.agent, step=ev.step,
-        calls=state.messages[-1].tool_calls, at=ctx.now))
+        calls=state.messages[-1].tool_calls, at=ctx.now, agent_version=state.agent_version,
+        version_hash=ctx.version_hash))
     if not pending:
         return _next_turn(state, ctx, extra=(progress, dispatched))
     return _emit(state, (progress, dispatched, *cmds))
@@ -303,6 +308,9 @@ def _on_tool_result(state: SessionState, ev: ToolCallCompleted, ctx: Context) ->
             or all(p.call_id != ev.call_id for p in state.pending)
             or any(r.call_id == ev.call_id for r in state.results)):
         return _duplicate(state, ctx, reemit=True)
+    if not ev.ok and ev.error is not None and ev.error.escalate:
+        return _fail(state, ctx, "escalated", f"{ev.tool} (call {ev.call_id}): {ev.error.message}; "
+                     "the task is escalated to a human")
     if ev.ok:
         content = tool_ok_content(ev.result)
     else:
@@ -501,13 +509,14 @@ def _complete(state: SessionState, ctx: Context, output: str, extra: tuple[AnyCo
         task_id=task.task_id, agent=task.agent, agent_version=state.agent_version, output=output,
         steps=state.step, tool_calls=state.tool_calls_total, usage=state.usage,
         started_at=state.started_at, finished_at=ctx.now, tenant_id=task.tenant_id,
-        user_id=task.user_id, conversation_id=task.conversation_id)
+        user_id=task.user_id, conversation_id=task.conversation_id, version_hash=ctx.version_hash)
     cancel = _cancel_approvals(state)
     state = msgspec.structs.replace(state, status="completed", outcome=result, pending=(), results=())
     cmds: list[AnyCommand] = [*extra, *cancel, PublishResult(result=result), ClearDeadline()]
     key = conversation_key(task)
     if key:
-        cmds.insert(len(extra), RecordTurn(conversation_key=key, task_id=task.task_id, user=task.input,
+        user = task.input or f"(a large input, stored as {task.input_ref})"
+        cmds.insert(len(extra), RecordTurn(conversation_key=key, task_id=task.task_id, user=user,
                                            assistant=output))
     return _emit(state, tuple(cmds))
 
@@ -519,11 +528,25 @@ def _fail(state: SessionState, ctx: Context, reason: str, message: str,
         task_id=task.task_id, agent=task.agent, agent_version=state.agent_version, reason=reason,
         message=message, steps=state.step, tool_calls=state.tool_calls_total, usage=state.usage,
         started_at=state.started_at, finished_at=ctx.now, tenant_id=task.tenant_id,
-        user_id=task.user_id, conversation_id=task.conversation_id)
+        user_id=task.user_id, conversation_id=task.conversation_id, version_hash=ctx.version_hash)
     cancel = _cancel_approvals(state)
     state = msgspec.structs.replace(state, status="failed", outcome=result, pending=(), results=(),
                                     updated_at=ctx.now)
     return _emit(state, (*extra, *cancel, PublishResult(result=result), ClearDeadline()))
+
+
+def too_large(state: SessionState, ctx: Context, size: int, limit: int) -> Decision:
+    """The session would outgrow what the store holds (the broker's max
+    payload): fail now, saying so, instead of failing every write until the
+    deadline. The failed state drops the transcript (it is what grew) so the
+    failure itself fits."""
+    task = msgspec.structs.replace(state.task, input="", metadata={})
+    small = msgspec.structs.replace(state, task=task, messages=(), pending=tuple(
+        p for p in state.pending if p.approval == "pending"), results=(), outbox=())
+    return _fail(small, ctx, "state_too_large",
+                 f"the session grew to {size} bytes at step {state.step}, over the {limit}-byte limit "
+                 "(the broker's max payload); large inputs and tool results travel by reference, but "
+                 "everything the model reads is kept in the session")
 
 
 def _cancel_approvals(state: SessionState) -> list[AnyCommand]:

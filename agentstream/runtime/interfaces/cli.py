@@ -335,17 +335,27 @@ def list_agents(settings: Settings) -> list[str]:
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.interfaces.rollout_commands import shadow_config
     from agentstream.runtime.service.runtime import Runtime
 
-    if not args.agent and args.tools is None:
+    if not args.agent and args.tools is None and not args.comparator:
         raise AgentstreamError("say what to run: --agent NAME (repeatable) and/or --tools all|name,name")
+    shadow = shadow_config(args)
+    if shadow is not None and args.tools is not None:
+        raise AgentstreamError("a shadow serves its own tool calls; run --tools in a separate production worker")
     settings = dataclasses.replace(settings, nats_url=broker_url(settings))
     rt = Runtime.from_settings(settings, agents=args.agent or [], tools=args.tools)
+    rt.version, rt.shadow, rt.comparator, rt.canary = args.version, shadow, args.comparator, args.canary
+    if args.canary and (shadow is not None or not args.version):
+        raise AgentstreamError("--canary runs a declared candidate for real: give --version, and no --shadow")
+    for name in args.agent or []:
+        rt.app.get_version(name, args.version)  # an unknown version is a usage error, before connecting
     stop = _stop_on_signal()
     try:
         await rt.start()
+        role = f" shadow={shadow.label} sample={shadow.sample_pct:g}%" if shadow is not None else ""
         print(f"agentstream worker {settings.worker_id}: agents={','.join(args.agent or []) or '-'} "
-              f"tools={args.tools or '-'} on {rt.url}", flush=True)
+              f"tools={args.tools or '-'}{role} on {rt.url}", flush=True)
         await stop.wait()
     finally:
         await rt.stop()
@@ -502,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run one replica: an agent consumer and/or tool consumers")
     w.add_argument("--agent", action="append", help="agent to serve (repeatable)")
     w.add_argument("--tools", help="tools to serve: all, or name,name")
+    from agentstream.runtime.interfaces import rollout_commands
+
+    rollout_commands.add_worker_flags(w)
     w.set_defaults(fn=cmd_worker)
 
     s = sub.add_parser("submit", help="submit a task; prints its id (and result with --wait)")
@@ -550,12 +563,18 @@ def build_parser() -> argparse.ArgumentParser:
         dp.add_argument("--reason", default="", help="why (optional, as over HTTP)")
         dp.set_defaults(fn=cmd_decide)
 
+    from agentstream.runtime.interfaces.eval_command import add_parser as add_eval
     from agentstream.runtime.interfaces.lint_command import add_parser as add_lint
     from agentstream.runtime.interfaces.view_commands import add_stats_parser, add_trace_parser
 
     add_lint(sub)
+    rollout_commands.add_parsers(sub)
     add_trace_parser(sub)
     add_stats_parser(sub)
+    add_eval(sub)
+    from agentstream.runtime.interfaces.memory_command import add_parser as add_memory
+
+    add_memory(sub)
 
     a = sub.add_parser("asyncapi", help="export the AsyncAPI document of the protocol")
     a.add_argument("--out")

@@ -132,6 +132,17 @@ async def api_trace(request: web.Request) -> web.Response:
                   "text": views.render_waterfall(trace.spans, rows=rows, parallel=parallel)})
 
 
+async def api_rollout(request: web.Request) -> web.Response:
+    """Shadows (agreement with production, verdict) and canaries (status, weight, last window)."""
+    from agentstream.runtime.adapters import jetstream as nats_adapters
+    from agentstream.runtime.rollout.comparator import summary
+
+    js = request.app[JS_GETTER_KEY]()
+    outcomes = await nats_adapters.bucket(js, subjects.OUTCOMES.name)
+    rollout = await nats_adapters.bucket(js, subjects.ROLLOUT.name)
+    return _json(await summary(outcomes, rollout))
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -155,6 +166,7 @@ def add_dashboard_routes(app: web.Application, js_getter: JsGetter) -> None:
     app.router.add_get("/api/stats", _guarded(api_stats))
     app.router.add_get("/api/tasks", _guarded(api_tasks))
     app.router.add_get("/api/traces/{task_id}", _guarded(api_trace))
+    app.router.add_get("/api/rollout", _guarded(api_rollout))
 
 
 __all__ = ["JS_GETTER_KEY", "add_dashboard_routes", "api_stats", "api_tasks", "api_trace", "dashboard_page"]
