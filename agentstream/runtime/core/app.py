@@ -40,7 +40,7 @@ class App:
 
     def agent(self, name: str, instructions: str, tools: Iterable[Tool], *, version: str = "v1",
               scripted: Callable[[], LLM] | None = None, samples: Iterable[str] = (),
-              candidate: bool = False, **limits: float | int) -> AgentSpec:
+              candidate: bool = False, **limits: float | int | str | bool | None) -> AgentSpec:
         """Declare an agent. ``candidate=True`` declares another version of an
         agent already declared (``agentstream worker --agent NAME --version V
         --shadow`` runs it); production stays the first declared."""
@@ -54,6 +54,10 @@ class App:
                          version=version)
         if limits:
             spec = msgspec.structs.replace(spec, **limits)
+        choice = spec.tool_choice
+        if choice not in (None, "auto", "required", "none") and spec.tool(str(choice)) is None:
+            raise ConfigError(f"agent {name!r}: tool_choice={choice!r} is none of auto, required, none "
+                              "or one of its tools' names")
         if candidate:
             if name not in self.agents:
                 raise ConfigError(f"candidate version {version!r} of {name!r} declared before its production version")

@@ -20,6 +20,7 @@ from agentstream.contracts.events import (
     ApprovalRequested,
     AuditRecord,
     Message,
+    ModelAttempt,
     ModelTurnCompleted,
     TaskCompleted,
     TaskFailed,
@@ -107,6 +108,12 @@ def decide(state: SessionState | None, event: Input, ctx: Context) -> Decision:
     if state.terminal:
         return _duplicate(state, ctx, reemit=isinstance(event, (TaskSubmitted, ToolCallCompleted)))
 
+    if isinstance(event, ModelFailed) and state.status == "awaiting_model" and event.step == state.step:
+        # Before the deadline check: a model call bounded by the deadline ends
+        # at it, and the task failed because the model did not answer, which
+        # is what its reason must say.
+        return _fail(state, ctx, event.reason, event.message, attempts=event.attempts)
+
     # The sweeper's DeadlineReached is only a hint: the deadline stored in the
     # state decides (it moves while a call waits on a human).
     if ctx.now >= state.deadline_at:
@@ -120,10 +127,8 @@ def decide(state: SessionState | None, event: Input, ctx: Context) -> Decision:
             if state.status != "awaiting_model" or event.step != state.step:
                 return _duplicate(state, ctx, reemit=False)
             return _on_model(state, event, ctx)
-        case ModelFailed():
-            if state.status != "awaiting_model" or event.step != state.step:
-                return _duplicate(state, ctx, reemit=False)
-            return _fail(state, ctx, "model_error", event.message)
+        case ModelFailed():  # the current step's failure was handled above
+            return _duplicate(state, ctx, reemit=False)
         case ToolCallCompleted():
             return _on_tool_result(state, event, ctx)
         case ApprovalDecided():
@@ -522,13 +527,14 @@ def _complete(state: SessionState, ctx: Context, output: str, extra: tuple[AnyCo
 
 
 def _fail(state: SessionState, ctx: Context, reason: str, message: str,
-          extra: tuple[AnyCommand, ...] = ()) -> Decision:
+          extra: tuple[AnyCommand, ...] = (), attempts: tuple[ModelAttempt, ...] = ()) -> Decision:
     task = state.task
     result = TaskFailed(
         task_id=task.task_id, agent=task.agent, agent_version=state.agent_version, reason=reason,
         message=message, steps=state.step, tool_calls=state.tool_calls_total, usage=state.usage,
         started_at=state.started_at, finished_at=ctx.now, tenant_id=task.tenant_id,
-        user_id=task.user_id, conversation_id=task.conversation_id, version_hash=ctx.version_hash)
+        user_id=task.user_id, conversation_id=task.conversation_id, version_hash=ctx.version_hash,
+        model_attempts=attempts)
     cancel = _cancel_approvals(state)
     state = msgspec.structs.replace(state, status="failed", outcome=result, pending=(), results=(),
                                     updated_at=ctx.now)

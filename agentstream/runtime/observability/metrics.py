@@ -138,8 +138,11 @@ class _Metrics:
         self.errors = _LiteInstrument("agentstream.errors", "{error}",
                                       "Errors by error.type (model, tool, task, handler)")
         self.cost = _LiteInstrument("agentstream.cost", "USD", "Model cost in US dollars")
+        self.tools_unused = _LiteInstrument(
+            "agentstream.tools.unused", "{warning}",
+            "Times an agent's model went TOOLS_UNUSED_TURNS turns offered tools without calling one")
         self.instruments = (self.operation_duration, self.token_usage, self.task_duration, self.tool_duration,
-                            self.errors, self.cost)
+                            self.errors, self.cost, self.tools_unused)
         self.provider: MeterProvider | None = None
         _, push = build_metric_readers(config)
         if push:
