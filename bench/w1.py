@@ -39,6 +39,7 @@ from typing import Any
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -69,7 +70,7 @@ from agentstream.contracts import codec, subjects
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats, find_nats_server
 from agentstream.runtime.core.errors import Conflict
 from agentstream.runtime.core.ports import Entry
-from agentstream.runtime.observability.telemetry import TelemetryConfig
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 from agentstream.runtime.observability.views import percentile
 
 AGENT = "w1"
@@ -838,13 +839,18 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     server_pid = broker.proc.pid if broker.proc is not None else None
     meter = Meter()
     runs: list[tuple[bool, list[PhaseResult]]] = []
+    telemetry_per_task: list[float] = []
     try:
         outcomes = []
         for n, mode in enumerate(args.tracing):
             tracing = mode == "on"
+            before = await telemetry_bytes(broker.url)
             outcome = await run_runtime(broker.url, args, inputs, server_pid, meter, tracing, n)
             runs.append((tracing, outcome[0]))
             outcomes.append(outcome)
+            if tracing:
+                ntasks = args.warmup + args.seq_tasks + args.tasks
+                telemetry_per_task.append((await telemetry_bytes(broker.url) - before) / ntasks)
         # Against the floor, and for payload sizes and the profile: the first
         # tracing-off run (else the first run).
         rt_rows, sizes, prof = next((o for (t, _), o in zip(runs, outcomes) if not t), outcomes[0])
@@ -877,6 +883,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     if tracing_cost:
         print()
         print(tracing_table(tracing_cost))
+    if telemetry_per_task:
+        print("TELEMETRY stream bytes per task with tracing on (stored, every span at default sampling): "
+              + ", ".join(f"{b:,.0f}" for b in telemetry_per_task))
     if prof:
         print()
         print(f"cProfile of the runtime {par.mode} run (figures above for that run include profiler overhead):")
@@ -889,12 +898,26 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
            "results": [r.summary() for r in rows],
            "ratios_runtime_over_floor": ratios,
            "tracing_on_over_off": tracing_cost,
+           "telemetry_bytes_per_task": telemetry_per_task,
            "payload_bytes": sizes,
            "histogram_runtime_inflight_ms": histogram_data(par.latencies_ms)}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
         say(f"wrote {args.json}")
     return out
+
+
+async def telemetry_bytes(url: str) -> int:
+    """Bytes stored in the TELEMETRY stream now (0 before it exists)."""
+    nc = await nats.connect(url)
+    try:
+        try:
+            info = await nc.jetstream().stream_info("TELEMETRY")
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(info.state.bytes)
+    finally:
+        await nc.close()
 
 
 def tracing_ratios(runs: list[tuple[bool, list[PhaseResult]]]) -> list[dict[str, Any]]:

@@ -147,7 +147,7 @@ async def test_a_runtime_logs_one_line_per_consumer_for_a_broker_outage(tmp_path
     from agentstream.contracts.events import TaskCompleted
     from agentstream.runtime.config.settings import Settings
     from agentstream.runtime.interfaces.client import AgentClient
-    from agentstream.runtime.observability.telemetry import TelemetryConfig
+    from agentstream.runtime.observability.telemetry_config import TelemetryConfig
     from agentstream.runtime.service.runtime import Runtime
 
     caplog.set_level(logging.INFO, logger="agentstream")

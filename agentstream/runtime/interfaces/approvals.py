@@ -1,6 +1,8 @@
 """Human-in-the-loop decisions from the outside: list pending approvals and
 publish decisions. Used by the CLI and the HTTP API; any NATS client can do
-the same by publishing ``ApprovalDecided`` to the task's inbox subject.
+the same by publishing ``ApprovalDecided`` to the task's inbox subject (with
+the ``traceparent`` header of the ``ApprovalRequested`` message, so the
+decision joins the task's trace; without one, the worker joins it anyway).
 
 The engine is the authority on who may decide (it ignores and audits a
 decision by an identity not allowed); the checks here only fail early with a
@@ -101,8 +103,12 @@ async def decide(client: AgentClient, approval_id: str, *, approved: bool, appro
                                call_id=req.call_id, approved=approved, approver=approver, reason=reason,
                                decided_at=time.time())
     # One decision per approval: the first one published wins (deduplicated).
+    headers = {MSG_ID: f"{req.approval_id}:decision"}
+    if rec.trace_parent:
+        # Trace context of the approval's wait span: the decision continues the task's trace.
+        headers["traceparent"] = rec.trace_parent
     await client.js.publish(subjects.events(req.agent, req.task_id), codec.encode(decision),
-                            headers={MSG_ID: f"{req.approval_id}:decision"}, timeout=10)
+                            headers=headers, timeout=10)
     return decision
 
 

@@ -380,15 +380,17 @@ async def _lag_push(app: web.Application) -> AsyncIterator[None]:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus scrape endpoint: this process's OpenTelemetry metrics, and
-    the broker's consumer lag per durable (the autoscaling signal)."""
+    """Prometheus scrape endpoint: this process's OpenTelemetry metrics (through
+    prometheus_client, OpenMetrics when asked), and the broker's consumer lag
+    per durable (the autoscaling signal)."""
     from agentstream.runtime.observability.lag import prometheus_lines
-    from agentstream.runtime.observability.telemetry import prometheus_text
+    from agentstream.runtime.observability.prometheus import exposition
 
-    lag_lines = prometheus_lines(await request.app[LAG_KEY].get())
-    text = prometheus_text() + "".join(line + "\n" for line in lag_lines)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Version": "0.0.4"})
+    body, content_type = exposition(request.headers.get("Accept"))
+    lag = "".join(line + "\n" for line in prometheus_lines(await request.app[LAG_KEY].get())).encode()
+    eof = b"# EOF\n"  # OpenMetrics ends with it: the lag gauges go before
+    body = body[:-len(eof)] + lag + eof if body.endswith(eof) else body + lag
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 class HttpServer:

@@ -197,7 +197,8 @@ class OtlpLagExporter:
 def otlp_exporter_from_env(cache: LagCache, env: Mapping[str, str]) -> OtlpLagExporter | None:
     """An :class:`OtlpLagExporter` when metrics are on and ``OTEL_METRICS_EXPORTER``
     names a push exporter (otlp, console); else None."""
-    from agentstream.runtime.observability.telemetry import TelemetryConfig, build_metric_readers
+    from agentstream.runtime.observability.metrics import build_metric_readers
+    from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 
     config = TelemetryConfig.from_env(env)
     if not config.metrics:

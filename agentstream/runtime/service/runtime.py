@@ -41,7 +41,8 @@ from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterH
 from agentstream.runtime.execution.engine import AgentEngine, parse_deadline_key
 from agentstream.runtime.execution.pull import Outage
 from agentstream.runtime.execution.tool_runner import ToolRunner
-from agentstream.runtime.observability.telemetry import Telemetry, TelemetryConfig, setup_telemetry
+from agentstream.runtime.observability.telemetry import Telemetry, setup_telemetry
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 from agentstream.runtime.rollout.canary_control import CanaryStore, Controller, Router, candidate_durables
 from agentstream.runtime.rollout.comparator import Comparator
 from agentstream.runtime.rollout.namespace import PrefixedStore, ReadOnlyStore, ShadowBus
