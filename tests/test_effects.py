@@ -91,7 +91,9 @@ async def fx_script(request: ModelRequest) -> ModelResponse:
     if text == "report":
         return calls(("big_report", {"n": BIG}))
     if text.startswith("copy:"):
-        specs: list[tuple[str, dict[str, object]]] = [("measure", {"text": text}) for _ in range(3)]
+        # Three different calls: identical ones would end the task as a loop
+        # first, and a finished session is stored without its messages.
+        specs: list[tuple[str, dict[str, object]]] = [("measure", {"text": f"{i}{text}"}) for i in range(3)]
         return calls(*specs)
     return answer(f"len={len(text)}")
 

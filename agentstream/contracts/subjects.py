@@ -7,6 +7,7 @@ outputs under ``shadow.``) is a change to this module only.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import msgspec
 
@@ -130,12 +131,30 @@ def any_production_results() -> str:
     return "agents.*.results.*"
 
 
+Discard = Literal["old", "new"]
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
 class StreamDef(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     subjects: tuple[str, ...]
     max_age_s: float
     description: str
     duplicate_window_s: float = 120.0
+    # Byte limit when AGENTSTREAM_STORE_LIMITS names none (-1: unlimited).
+    max_bytes: int = GiB
+    # When full: "new" refuses the publish (the publisher gets StoreFull), "old"
+    # deletes the oldest messages to make room. Each stream says why.
+    discard: Discard = "new"
+    # S2 compression of the stream's file blocks, where it was measured to pay
+    # (docs/storage.md: bytes per task with and without).
+    compress: bool = False
+    # With discard "new": workers delete the oldest messages every durable
+    # consumer has acknowledged once the stream is 90% full, so it refuses new
+    # messages only when what is not yet processed fills it.
+    trim_acked: bool = False
 
 
 class BucketDef(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,6 +162,19 @@ class BucketDef(msgspec.Struct, frozen=True, kw_only=True):
     description: str
     max_age_s: float = 0.0
     history: int = 1
+    # A KV bucket always discards "new" when full (nats-py's KV layout): a new
+    # key, or a value growing past the room left, is refused.
+    max_bytes: int = 256 * MiB
+    # Off for every bucket: S2 on agent_sessions measured no gain on disk
+    # (2,453 against 2,483 bytes a W1 task over 20,000 tasks; docs/storage.md).
+    compress: bool = False
+
+    # An object store (chunked blobs), not a KV bucket: its stream is OBJ_<name>.
+    objects: bool = False
+
+    @property
+    def stream(self) -> str:
+        return f"{'OBJ' if self.objects else 'KV'}_{self.name}"
 
 
 DAY = 86400.0
@@ -150,58 +182,95 @@ DAY = 86400.0
 # Limits retention everywhere: production and shadow consumers each hold their
 # own durable consumer and both see every message; interest/work-queue
 # retention would drop a task published before any consumer exists.
+#
+# Byte limits are a safety net against a full disk, not the retention policy
+# (the age limits are): sized from the measured bytes per W1 task
+# (docs/storage.md) so that at the defaults TASKS, the front door, fills before
+# anything behind it. Discard policy, the rule: a stream holding work not yet
+# done (tasks, tool calls, continuation events, approvals) or a record that
+# must not silently lose entries (audit) refuses new messages when full, so the
+# publisher learns at once and nothing accepted is dropped; a stream of records
+# read after the fact (results, dead letters, spans) drops its oldest.
 STREAMS: tuple[StreamDef, ...] = (
+    # new: dropping the oldest would silently lose tasks no worker has run yet;
+    # the submitter gets "TASKS is full" instead. Processed tasks make room
+    # (trim_acked), so it is full only when the backlog fills it.
     StreamDef(name="TASKS", subjects=("agents.*.tasks",), max_age_s=7 * DAY,
-              description="TaskSubmitted, one subject per agent"),
+              description="TaskSubmitted, one subject per agent", max_bytes=GiB, discard="new", compress=True,
+              trim_acked=True),
+    # new: the continuation inbox holds tool results of running tasks; the
+    # worker publishing one waits for room rather than lose it.
     StreamDef(name="EVENTS", subjects=("agents.*.events.*", "agents.*.progress.*"), max_age_s=7 * DAY,
-              description="per-task continuation inbox and progress notices"),
+              description="per-task continuation inbox and progress notices", max_bytes=4 * GiB, discard="new",
+              compress=True, trim_acked=True),
+    # new: a dropped tool call is a task that never finishes.
     StreamDef(name="TOOLS", subjects=("tools.*.calls",), max_age_s=7 * DAY,
-              description="ToolCallRequested, one subject per tool"),
+              description="ToolCallRequested, one subject per tool", max_bytes=2 * GiB, discard="new",
+              compress=True, trim_acked=True),
+    # old: results are read soon after they are written; the oldest going first
+    # is an earlier age limit, while refusing would stop every task finishing.
     StreamDef(name="RESULTS", subjects=("agents.*.results.*",), max_age_s=7 * DAY,
-              description="TaskCompleted / TaskFailed"),
+              description="TaskCompleted / TaskFailed", max_bytes=GiB, discard="old", compress=True),
+    # new: a pending approval is work waiting for a human.
     StreamDef(name="APPROVALS", subjects=("approvals.>",), max_age_s=30 * DAY,
-              description="ApprovalRequested: tool calls waiting for a human"),
+              description="ApprovalRequested: tool calls waiting for a human", max_bytes=256 * MiB,
+              discard="new"),
+    # new: an audit trail that drops its oldest records is not one; a decision
+    # that cannot be audited is refused (and `agentstream admin purge` makes room).
     StreamDef(name="AUDIT", subjects=("audit.>",), max_age_s=365 * DAY,
-              description="audit records: every approval decision, with who made it"),
+              description="audit records: every approval decision, with who made it", max_bytes=GiB,
+              discard="new"),
+    # old: a shadow deployment's outputs are an experiment's record; losing its
+    # oldest only thins old comparisons, refusing would stall its workers.
     StreamDef(name="SHADOW", subjects=(f"{SHADOW_ROOT}.>",), max_age_s=7 * DAY,
-              description="everything shadow deployments publish, under shadow.<label>.<production subject>"),
+              description="everything shadow deployments publish, under shadow.<label>.<production subject>",
+              max_bytes=2 * GiB, discard="old", compress=True),
+    # old: diagnostics; refusing would leave a poison message nowhere to go.
     StreamDef(name="DEADLETTER", subjects=("deadletter.>",), max_age_s=30 * DAY,
-              description="messages a consumer could not process, with the reason"),
+              description="messages a consumer could not process, with the reason", max_bytes=512 * MiB,
+              discard="old", compress=True),
+    # new: scores and feedback are records a user or evaluator sent once;
+    # refusing tells the sender, dropping would lose them silently.
     StreamDef(name="EVALS", subjects=("evals.>",), max_age_s=30 * DAY,
-              description="online evaluation: scores, user feedback and drift alarms, per agent and task"),
+              description="online evaluation: scores, user feedback and drift alarms, per agent and task",
+              max_bytes=GiB, discard="new", compress=True),
     # Finished spans (SpanRecord JSON, agentstream.contracts.telemetry), one
     # subject a trace. Short dedupe window: only invoke_agent spans carry a msg id.
+    # old: telemetry must never stop the work it describes.
     StreamDef(name=TELEMETRY_STREAM, subjects=TELEMETRY_SUBJECTS, max_age_s=7 * DAY,
               description="finished spans (SpanRecord), subject telemetry.spans.<trace_id>",
-              duplicate_window_s=60.0),
+              duplicate_window_s=60.0, max_bytes=2 * GiB, discard="old", compress=True),
 )
 
 SESSIONS = BucketDef(name="agent_sessions", description="session state, one key a task, CAS only",
-                     max_age_s=7 * DAY)
-DEADLINES = BucketDef(name="agent_deadlines", description="live tasks and their deadlines")
+                     max_age_s=7 * DAY, max_bytes=2 * GiB)
+DEADLINES = BucketDef(name="agent_deadlines", description="live tasks and their deadlines",
+                      max_bytes=256 * MiB)
 CONVERSATIONS = BucketDef(name="agent_conversations", description="bounded turn history per conversation",
-                          max_age_s=30 * DAY)
+                          max_age_s=30 * DAY, max_bytes=GiB)
 APPROVALS = BucketDef(name="agent_approvals", description="approval requests and their status, by approval id",
-                      max_age_s=30 * DAY)
+                      max_age_s=30 * DAY, max_bytes=256 * MiB)
 TOOL_BREAKERS = BucketDef(name="tool_breakers",
-                          description="circuit breaker state per tool (key = tool name), shared by replicas, CAS only")
+                          description="circuit breaker state per tool (key = tool name), shared by replicas, CAS only",
+                          max_bytes=16 * MiB)
 TOOL_RESULTS = BucketDef(name="tool_results", description="results of idempotent tool calls by idempotency key",
-                         max_age_s=DAY)
+                         max_age_s=DAY, max_bytes=512 * MiB)
 # Claim-check: task inputs and tool results too large for an event (an object
 # store bucket; the events carry the object's name).
 PAYLOADS = BucketDef(name="agent_payloads", description="large task inputs and tool results (claim-check)",
-                     max_age_s=7 * DAY)
+                     max_age_s=7 * DAY, objects=True, max_bytes=2 * GiB)
 # Memory buckets, created by the memory service and agents that use memory
 # (not in BUCKETS: a deployment without memory provisions nothing for it).
 # Episodes carry a TTL per key (the Nats-TTL header; the bucket's stream has
 # allow_msg_ttl); max_age is only the ceiling.
 EPISODES = BucketDef(name="memory_episodes", description="episodic memory: session summaries, decisions, "
-                     "preferences, one key per episode, TTL per key", max_age_s=365 * DAY)
+                     "preferences, one key per episode, TTL per key", max_age_s=365 * DAY, max_bytes=GiB)
 MEMORY_CONVERSATIONS = BucketDef(name="memory_conversations",
                                  description="per conversation: the summary and the unsummarised tail, CAS only",
-                                 max_age_s=90 * DAY)
+                                 max_age_s=90 * DAY, max_bytes=GiB)
 MEMORY_QUARANTINE = BucketDef(name="memory_quarantine",
-                              description="memory writes the poisoning gate held for review", max_age_s=90 * DAY)
+                              description="memory writes the poisoning gate held for review", max_age_s=90 * DAY,
+                              max_bytes=256 * MiB)
 MEMORY_BUCKETS: tuple[BucketDef, ...] = (EPISODES, MEMORY_CONVERSATIONS, MEMORY_QUARANTINE)
 SHADOW_SESSIONS = BucketDef(name="shadow_sessions",
                             description="shadow deployments' session state and timers, keys <label>.<...>",
@@ -213,6 +282,34 @@ ROLLOUT = BucketDef(name="rollout_state",
                     description="canary state per agent and shadow cost counters, CAS only")
 BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS,
                                   SHADOW_SESSIONS, OUTCOMES, ROLLOUT)
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """Whether NATS subject filter ``pattern`` (``*``, ``>``) matches ``subject``."""
+    pt, st = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(pt):
+        if tok == ">":
+            return len(st) > i
+        if i >= len(st) or (tok != "*" and tok != st[i]):
+            return False
+    return len(pt) == len(st)
+
+
+def stream_of(subject: str) -> str:
+    """The stream a subject is stored in ("" if none): names the store in a
+    'store full' error."""
+    if subject.startswith("$KV."):
+        return subject.split(".", 2)[1] if subject.count(".") >= 2 else ""
+    for sd in STREAMS:
+        if any(matches(p, subject) for p in sd.subjects):
+            return sd.name
+    return ""
+
+
+def store_names() -> tuple[str, ...]:
+    """Every store by the name operators use: streams by stream name, buckets
+    by bucket name (their stream is ``KV_<bucket>``)."""
+    return (*(sd.name for sd in STREAMS), *(bd.name for bd in (*BUCKETS, PAYLOADS, *MEMORY_BUCKETS)))
 
 
 def agent_durable(agent: str, role: str = "tasks") -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 import nats.errors
@@ -18,6 +19,7 @@ from nats.js.api import (
     ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
+    StoreCompression,
     StreamConfig,
 )
 from nats.js.kv import KeyValue
@@ -25,30 +27,74 @@ from nats.js.object_store import ObjectStore
 
 from agentstream.contracts import subjects
 from agentstream.runtime.adapters.scan import scan
-from agentstream.runtime.core.errors import BrokerUnavailable, Conflict, PayloadTooLarge
+from agentstream.runtime.core.errors import BrokerUnavailable, ConfigError, Conflict, PayloadTooLarge, StoreFull
 from agentstream.runtime.core.ports import Entry
 
 MSG_ID = "Nats-Msg-Id"
+log = logging.getLogger("agentstream.storage")
+
+# JetStream's answers when there is no room: 10077 a stream refused a message
+# (its max_bytes / max_msgs reached, discard new), 10047 / 10023 the server's
+# storage is exhausted (a reservation or the disk itself).
+_FULL_CODES = frozenset({10077, 10047, 10023})
+
+
+def store_full(exc: BaseException, store: str) -> StoreFull | None:
+    """``exc`` as a StoreFull naming ``store`` and what to do, or None if it is
+    some other error."""
+    if not (isinstance(exc, jse.APIError) and exc.err_code in _FULL_CODES):
+        return None
+    what = exc.description or "no room"
+    fix = (f"raise its limit (AGENTSTREAM_STORE_LIMITS={store}=SIZE) or make room "
+           f"(agentstream admin purge --older-than DURATION --store {store})") if store else \
+        "free disk space on the NATS server or lower AGENTSTREAM_STORE_LIMITS"
+    return StoreFull(store, f"{store or 'JetStream storage'} is full ({what}): new messages are refused; {fix}")
 
 
 class NatsBus:
-    def __init__(self, js: JetStreamContext, *, timeout_s: float = 10.0) -> None:
+    """Publishes to JetStream. ``wait_when_full``: a worker's bus waits for room
+    when a store is full (the message it is handling stays in progress, so
+    nothing is lost and the step finishes once space returns); a submitter's
+    bus raises StoreFull at once, for its caller to see."""
+
+    full_backoff_max_s = 2.0
+
+    def __init__(self, js: JetStreamContext, *, timeout_s: float = 10.0, wait_when_full: bool = False) -> None:
         self.js = js
         self.timeout_s = timeout_s
+        self.wait_when_full = wait_when_full
+        self._full_logged = float("-inf")
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
                       headers: dict[str, str] | None = None) -> None:
         hdrs = dict(headers) if headers else {}
         if msg_id:
             hdrs[MSG_ID] = msg_id
-        try:
-            await self.js.publish(subject, payload, headers=hdrs or None, timeout=self.timeout_s)
-        except nats.errors.MaxPayloadError as exc:
-            raise PayloadTooLarge(f"{len(payload)} bytes to {subject} exceed the broker's max payload") from exc
-        except BROKER_ERRORS as exc:
-            # A timeout may hide a publish the stream did store: a retry with
-            # the same msg id is deduplicated, so callers may simply retry.
-            raise BrokerUnavailable(f"cannot publish to {subject}: {type(exc).__name__}: {exc}") from exc
+        delay = 0.05
+        while True:
+            try:
+                await self.js.publish(subject, payload, headers=hdrs or None, timeout=self.timeout_s)
+                return
+            except nats.errors.MaxPayloadError as exc:
+                raise PayloadTooLarge(f"{len(payload)} bytes to {subject} exceed the broker's max payload") from exc
+            except Exception as exc:  # noqa: BLE001 - sorted below: full, broker away, or not ours
+                full = store_full(exc, subjects.stream_of(subject))
+                if full is None:
+                    if isinstance(exc, BROKER_ERRORS):
+                        # A timeout may hide a publish the stream did store: a retry with
+                        # the same msg id is deduplicated, so callers may simply retry.
+                        raise BrokerUnavailable(f"cannot publish to {subject}: {type(exc).__name__}: {exc}") from exc
+                    raise
+                if not self.wait_when_full:
+                    raise full from None
+            # Full: wait for room. Cancellation (shutdown) ends the wait; the
+            # message being handled stays unacknowledged and is redelivered.
+            now = time.monotonic()
+            if now - self._full_logged >= 10.0:  # one warning every 10 s, not one per waiting publish
+                self._full_logged = now
+                log.warning("%s; waiting for room", full)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.full_backoff_max_s)
 
 
 class NatsKV:
@@ -73,15 +119,36 @@ class NatsKV:
             return await self.kv.create(key, value)
         except (jse.KeyWrongLastSequenceError, jse.BadRequestError) as exc:
             raise Conflict(f"{key} already exists") from exc
+        except jse.APIError as exc:
+            raise (store_full(exc, self.name) or exc) from None
 
     async def update(self, key: str, value: bytes, revision: int) -> int:
         try:
             return await self.kv.update(key, value, last=revision)
         except (jse.KeyWrongLastSequenceError, jse.BadRequestError) as exc:
             raise Conflict(f"{key} changed since revision {revision}") from exc
+        except jse.APIError as exc:
+            raise (store_full(exc, self.name) or exc) from None
+
+    async def write_expiring(self, key: str, value: bytes, revision: int | None, ttl_s: float) -> int:
+        # A KV write as nats-py's update does it (expected last subject
+        # sequence; 0 = the key must not exist), plus Nats-TTL: whole seconds,
+        # at least 1; KV streams allow per-message TTLs (allow_msg_ttl).
+        ttl = max(1.0, float(round(ttl_s)))
+        hdrs = {"Nats-Expected-Last-Subject-Sequence": str(revision or 0)}
+        try:
+            ack = await self.js.publish(f"$KV.{self.name}.{key}", value, headers=hdrs, msg_ttl=ttl)
+        except jse.APIError as exc:
+            if exc.err_code in (10071, 10164):  # wrong last sequence: someone wrote first
+                raise Conflict(f"{key} changed since revision {revision}") from exc
+            raise (store_full(exc, self.name) or exc) from None
+        return int(ack.seq)
 
     async def put(self, key: str, value: bytes) -> int:
-        return await self.kv.put(key, value)
+        try:
+            return await self.kv.put(key, value)
+        except jse.APIError as exc:
+            raise (store_full(exc, self.name) or exc) from None
 
     async def delete(self, key: str) -> None:
         """Remove the key and leave nothing behind. A KV purge or delete leaves
@@ -92,6 +159,8 @@ class NatsKV:
             await self.js.purge_stream(f"KV_{self.name}", subject=f"$KV.{self.name}.{key}")
         except jse.NotFoundError:
             pass
+        except jse.APIError as exc:
+            raise (store_full(exc, self.name) or exc) from None
 
     async def keys(self) -> Sequence[str]:
         return [k for k, _ in await self.items()]
@@ -191,20 +260,52 @@ async def _creating(create: Callable[[], Awaitable[object]]) -> bool:
         await asyncio.sleep(0.25)
 
 
-async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = True) -> None:
+def stream_config(sd: subjects.StreamDef, *, replicas: int = 1, limits: Mapping[str, int] | None = None,
+                  compression: str | None = None) -> StreamConfig:
+    """The JetStream config of a protocol stream: its definition, with the
+    operator's byte limit (AGENTSTREAM_STORE_LIMITS) and compression override."""
+    return StreamConfig(
+        name=sd.name, subjects=list(sd.subjects), description=sd.description,
+        retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=sd.max_age_s,
+        num_replicas=replicas, duplicate_window=sd.duplicate_window_s,
+        discard=DiscardPolicy.NEW if sd.discard == "new" else DiscardPolicy.OLD,
+        max_bytes=(limits or {}).get(sd.name, sd.max_bytes),
+        compression=_compression(sd.compress, compression),
+        allow_direct=True,
+    )
+
+
+def _compression(default: bool, override: str | None) -> StoreCompression:
+    on = default if override is None else override == "s2"
+    return StoreCompression.S2 if on else StoreCompression.NONE
+
+
+async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = True,
+                    limits: Mapping[str, int] | None = None, compression: str | None = None) -> None:
     """Create every stream and bucket the protocol needs. Idempotent.
 
     An existing stream keeps its replica count (a client provisioning with the
     default of 1 must never shrink a cluster's R3 streams); with ``update`` its
-    subjects and limits are brought up to date.
+    subjects and limits (age, bytes, discard policy, compression) are brought
+    up to date, buckets' byte limits and compression too. ``limits``: bytes per
+    store name overriding the defaults; ``compression``: "s2" or "none" for
+    every store instead of each one's own choice.
     """
+    try:
+        await _provision(js, replicas, update, limits or {}, compression)
+    except jse.APIError as exc:
+        full = store_full(exc, "")
+        if full is None:
+            raise
+        raise ConfigError(f"the NATS server has less JetStream storage than the stores' byte limits reserve "
+                          f"({exc.description}): lower them with AGENTSTREAM_STORE_LIMITS "
+                          f"(see `agentstream admin storage`) or give the server more (max_file_store)") from None
+
+
+async def _provision(js: JetStreamContext, replicas: int, update: bool, limits: Mapping[str, int],
+                     compression: str | None) -> None:
     for sd in subjects.STREAMS:
-        cfg = StreamConfig(
-            name=sd.name, subjects=list(sd.subjects), description=sd.description,
-            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=sd.max_age_s,
-            num_replicas=replicas, duplicate_window=sd.duplicate_window_s, discard=DiscardPolicy.OLD,
-            allow_direct=True,
-        )
+        cfg = stream_config(sd, replicas=replicas, limits=limits, compression=compression)
         if await _creating(functools.partial(js.add_stream, cfg)) or not update:
             continue
         existing = await _once_visible(functools.partial(js.stream_info, sd.name))
@@ -212,17 +313,51 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
         if _drifted(existing.config, cfg):
             await js.update_stream(cfg)
     for bd in subjects.BUCKETS:
+        max_bytes = limits.get(bd.name, bd.max_bytes)
         created = await _creating(functools.partial(js.create_key_value, KeyValueConfig(
             bucket=bd.name, description=bd.description, history=bd.history,
             ttl=bd.max_age_s or None, replicas=replicas, storage=StorageType.FILE,
+            max_bytes=max_bytes,
             direct=True)))  # direct gets skip the JSON API: ~36% of handler time otherwise
         if not created:
             # exists with other settings (e.g. replicas): use it as it is
             await _once_visible(functools.partial(js.key_value, bd.name))
+        # nats-py's KeyValueConfig has no compression: set it on the bucket's
+        # stream, and bring a byte limit that drifted up to date, as for streams.
+        if not created and not update:
+            continue
+        info = await _once_visible(functools.partial(js.stream_info, bd.stream))
+        have = info.config
+        want = _compression(bd.compress, compression)
+        if ((have.compression or StoreCompression.NONE) != want or (have.max_bytes or -1) != max_bytes
+                or not have.allow_msg_ttl):
+            have.compression = want
+            have.max_bytes = max_bytes
+            # expiring finished sessions and delete markers (buckets made by an older nats-py lack it)
+            have.allow_msg_ttl = True
+            await js.update_stream(have)
     pd = subjects.PAYLOADS
-    if not await _creating(functools.partial(js.create_object_store, pd.name, ObjectStoreConfig(
-            description=pd.description, ttl=pd.max_age_s, replicas=replicas, storage=StorageType.FILE))):
+    created = await _creating(functools.partial(js.create_object_store, pd.name, ObjectStoreConfig(
+        description=pd.description, ttl=pd.max_age_s, replicas=replicas, storage=StorageType.FILE,
+        max_bytes=limits.get(pd.name, pd.max_bytes))))
+    if not created:
         await _once_visible(functools.partial(js.object_store, pd.name))
+    if update:
+        # Buckets created by others (the object store above; the memory
+        # service's, when it runs): their byte limits kept up to date.
+        for od in (pd, *subjects.MEMORY_BUCKETS):
+            await _update_limits(js, od, limits.get(od.name, od.max_bytes), _compression(od.compress, compression))
+
+
+async def _update_limits(js: JetStreamContext, bd: subjects.BucketDef, max_bytes: int,
+                         compression: StoreCompression) -> None:
+    try:
+        have = (await js.stream_info(bd.stream)).config
+    except jse.NotFoundError:
+        return  # not created (yet): whoever creates it sets its limit
+    if (have.max_bytes or -1) != max_bytes or (have.compression or StoreCompression.NONE) != compression:
+        have.max_bytes, have.compression = max_bytes, compression
+        await js.update_stream(have)
 
 
 def _drifted(have: StreamConfig, want: StreamConfig) -> bool:
@@ -230,7 +365,10 @@ def _drifted(have: StreamConfig, want: StreamConfig) -> bool:
     defines now (an update of the package may change them)."""
     return (sorted(have.subjects or []) != sorted(want.subjects or [])
             or not _same_seconds(have.max_age, want.max_age)
-            or not _same_seconds(have.duplicate_window, want.duplicate_window))
+            or not _same_seconds(have.duplicate_window, want.duplicate_window)
+            or (have.max_bytes or -1) != (want.max_bytes or -1)
+            or have.discard != want.discard
+            or (have.compression or StoreCompression.NONE) != (want.compression or StoreCompression.NONE))
 
 
 def _same_seconds(a: float | None, b: float | None) -> bool:

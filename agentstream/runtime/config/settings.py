@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from agentstream.contracts.subjects import store_names
 from agentstream.runtime.core.errors import BrokerUnavailable, ConfigError
 
 
@@ -68,6 +70,81 @@ def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
     return level
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mi": 1024**2, "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3,
+               "t": 1000**4, "tb": 1000**4, "ti": 1024**4, "tib": 1024**4}
+UNLIMITED = -1
+
+
+def parse_size(text: str) -> int:
+    """``512MiB``, ``2GB``, ``1048576`` -> bytes; ``-1``, ``none`` or ``unlimited``
+    -> -1 (no limit). ValueError otherwise."""
+    raw = text.strip().lower()
+    if raw in ("-1", "none", "unlimited"):
+        return UNLIMITED
+    m = _SIZE.match(raw)
+    if not m:
+        raise ValueError(f"invalid size {text!r}: use e.g. 512MiB, 2GB, 1048576 or unlimited")
+    value = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+    if value < 1:
+        raise ValueError(f"invalid size {text!r}: must be at least 1 byte")
+    return value
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``12h``, ``7d`` or bare seconds -> seconds (>= 0). ValueError otherwise."""
+    m = _DURATION.match(text or "")
+    if not m:
+        raise ValueError(f"invalid duration {text!r}: use e.g. 90s, 15m, 12h or 7d")
+    return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "").lower()]
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def parse_store_limits(raw: str, known: tuple[str, ...]) -> dict[str, int]:
+    """``TASKS=1GiB,agent_sessions=2GiB`` -> {store: bytes}; names as in
+    ``agentstream admin storage``. A typo is an error, not an ignored limit."""
+    limits: dict[str, int] = {}
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        name, sep, size = part.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise ValueError(f"{part!r}: expected STORE=SIZE with STORE one of {', '.join(known)}")
+        limits[name] = parse_size(size)
+    return limits
+
+
+def _store_limits(env: Mapping[str, str], name: str) -> dict[str, int]:
+    try:
+        return parse_store_limits(env.get(name) or "", store_names())
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _compression(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "default"):
+        return None
+    if raw not in ("s2", "none"):
+        raise ConfigError(f"{name}={env.get(name)!r} must be default, s2 or none")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     nats_url: str | None
@@ -87,6 +164,13 @@ class Settings:
     log_level: str
     # False: `up` serves only the HTTP API, workers run elsewhere.
     run_workers: bool = True
+    # Byte limit per store (stream or bucket name) overriding the protocol's
+    # defaults (agentstream.contracts.subjects), from AGENTSTREAM_STORE_LIMITS.
+    store_limits: Mapping[str, int] = field(default_factory=dict)
+    # None: each store's own choice; "s2" or "none": every store.
+    store_compression: str | None = None
+    # How long a finished session stays in agent_sessions (0: the bucket's max age).
+    finished_session_ttl_s: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +195,9 @@ class Settings:
             model=env.get("AGENTSTREAM_MODEL") or None,
             log_level=_log_level(env, "AGENTSTREAM_LOG_LEVEL", "WARNING"),
             run_workers=env_bool(env, "AGENTSTREAM_RUN_WORKERS", True),
+            store_limits=_store_limits(env, "AGENTSTREAM_STORE_LIMITS"),
+            store_compression=_compression(env, "AGENTSTREAM_STORE_COMPRESSION"),
+            finished_session_ttl_s=_duration(env, "AGENTSTREAM_FINISHED_SESSION_TTL", 3600.0),
         )
 
 

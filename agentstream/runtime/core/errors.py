@@ -32,6 +32,16 @@ class PayloadTooLarge(AgentstreamError):
     property of the message, not an outage; retrying it cannot help."""
 
 
+class StoreFull(AgentstreamError):
+    """A stream or bucket refused a write: it reached its byte limit (or the
+    server its storage). Transient for a worker (it waits for room); for a
+    submitter, the answer to give its caller."""
+
+    def __init__(self, store: str, message: str) -> None:
+        super().__init__(message)
+        self.store = store
+
+
 class Conflict(AgentstreamError):
     """A compare-and-set lost the race: reload and retry."""
 

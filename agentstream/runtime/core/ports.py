@@ -7,7 +7,7 @@ these; the decision core never sees any of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -68,6 +68,18 @@ class SessionStore(Protocol):
 
     async def items(self) -> list[tuple[str, Entry]]:
         """Every live key with its entry, sorted by key."""
+        ...
+
+
+@runtime_checkable
+class ExpiringStore(Protocol):
+    """A store whose compare-and-set writes can expire on their own (NATS
+    per-message TTL): finished sessions use it to leave the store after
+    AGENTSTREAM_FINISHED_SESSION_TTL. Optional: a store without it keeps
+    finished sessions for its own retention."""
+
+    async def write_expiring(self, key: str, value: bytes, revision: int | None, ttl_s: float) -> int:
+        """``create`` (revision None) or ``update``, the value expiring after ``ttl_s``."""
         ...
 
 

@@ -211,6 +211,21 @@ def decode_conversation(raw: bytes) -> Conversation:
     return _conv_dec.decode(raw)
 
 
+def finished_record(state: SessionState) -> SessionState:
+    """What a finished session keeps in the store: enough to answer a retried
+    task (its outcome), to re-publish its last outbox within the dedupe window,
+    and to know the task id is taken. The conversation (``messages``), the loop
+    counters and the task's input are dropped: nothing reads them once the task
+    has finished, and they were most of the ~3 KB a W1 session weighed."""
+    if not state.terminal:
+        return state
+    task = state.task
+    if task.input or task.metadata:
+        task = msgspec.structs.replace(task, input="", metadata={})
+    return msgspec.structs.replace(state, task=task, messages=(), call_counts={}, pending=(), results=(),
+                                   last_input_tokens=0, last_input_messages=0)
+
+
 def tool_error_content(error: ToolError) -> str:
     return _state_enc.encode({"error": msgspec.to_builtins(error)}).decode()
 

@@ -13,7 +13,11 @@ Outcome of a handler:
 - returns: ack;
 - raises :class:`Reject` (or a decode error): dead-letter with the reason, then ack;
 - raises anything else: nak with a delay, redelivered; after ``max_deliver``
-  attempts the message is dead-lettered instead of looping forever.
+  attempts the message is dead-lettered instead of looping forever;
+- raises :class:`StoreFull` (a store at its byte limit refused a write): the
+  handler is run again after a pause, the message kept in progress meanwhile,
+  until there is room or the consumer stops. A full store is transient, and a
+  nak would count towards ``max_deliver`` and end in a dead letter.
 
 A consumer may be given an ``on_dead_letter`` hook, run after the dead letter
 is published and before the ack (the task consumer answers a task that can
@@ -24,6 +28,7 @@ message is not acked: its redelivery repeats both, deduplicated by msg id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +42,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import DeadLettered
 from agentstream.runtime.adapters.jetstream import MSG_ID
+from agentstream.runtime.core.errors import StoreFull
 from agentstream.runtime.execution.pull import Backoff, ContinuousPull
 
 log = logging.getLogger("agentstream.consumer")
@@ -47,6 +53,7 @@ Middleware = Callable[[Msg, Handler], Awaitable[None]]
 DeadLetterHook = Callable[[Msg, str], Awaitable[None]]
 
 DLQ_PAYLOAD_LIMIT = 64 * 1024
+FULL_LOG_EVERY_S = 10.0  # one "store full" warning per consumer this often, not one per held message
 
 
 class Reject(Exception):
@@ -89,6 +96,8 @@ class PullConsumer:
         self._handing_back: set[asyncio.Future[None]] = set()
         self.pull: ContinuousPull | None = None
         self.started = asyncio.Event()
+        self.full_backoff_max_s = 2.0
+        self._full_logged = float("-inf")
 
     async def ensure(self) -> ConsumerInfo:
         """The durable consumer, created if missing. An existing one is used as
@@ -173,9 +182,31 @@ class PullConsumer:
                     except Exception:  # noqa: BLE001
                         pass
 
+    async def _run_until_room(self, msg: Msg) -> bool:
+        """The handler, run again while a store is full; False if the consumer
+        stopped first (the message is left unacknowledged, for redelivery)."""
+        delay = 0.05
+        while True:
+            try:
+                await self._handler(msg)
+                return True
+            except StoreFull as exc:
+                now = time.monotonic()
+                if now - self._full_logged >= FULL_LOG_EVERY_S:
+                    self._full_logged = now
+                    log.warning("%s: %s; holding %s (and any other message meeting it) until there is room",
+                                self.s.durable, exc, msg.subject)
+            stop = self._stop
+            if stop is None or stop.is_set():
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            delay = min(delay * 2, self.full_backoff_max_s)
+
     async def _process(self, msg: Msg) -> None:
         try:
-            await self._handler(msg)
+            if not await self._run_until_room(msg):
+                return
         except (Reject, codec.DecodeError) as exc:
             await self._give_up(msg, str(exc) or type(exc).__name__)
             return

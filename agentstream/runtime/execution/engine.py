@@ -36,7 +36,7 @@ from agentstream.runtime.adapters.retry import complete_with_retry
 from agentstream.runtime.core import decide as core
 from agentstream.runtime.core.errors import Conflict, ModelError
 from agentstream.runtime.core.policy import ApprovalRecord, Policy, decode_record, encode_record
-from agentstream.runtime.core.ports import LLM, BlobStore, Bus, ModelRequest, SessionStore
+from agentstream.runtime.core.ports import LLM, BlobStore, Bus, ExpiringStore, ModelRequest, SessionStore
 from agentstream.runtime.core.spec import AgentSpec
 from agentstream.runtime.core.state import (
     AnyCommand,
@@ -63,6 +63,7 @@ from agentstream.runtime.core.state import (
     decode_conversation,
     decode_state,
     encode_state,
+    finished_record,
 )
 from agentstream.runtime.core.version import fingerprint
 from agentstream.runtime.execution.consumer import Reject
@@ -89,7 +90,8 @@ class AgentEngine:
                  deadlines: SessionStore, bus: Bus, worker: str = "", model_attempts: int = 3,
                  clock: Callable[[], float] = time.time, approvals: SessionStore | None = None,
                  policy: Policy | None = None, blobs: BlobStore | None = None,
-                 max_state_bytes: int | None = None, model_timeout_s: float | None = None) -> None:
+                 max_state_bytes: int | None = None, model_timeout_s: float | None = None,
+                 finished_ttl_s: float = 0.0) -> None:
         self.spec = spec
         self.llm = llm
         self.sessions = sessions
@@ -116,6 +118,9 @@ class AgentEngine:
         # the event is its to handle, and this engine acks it silently).
         self.owned_elsewhere: Callable[[str], Awaitable[bool]] | None = None
         self.cas_conflicts = 0
+        # >0: a finished session expires from the store this long after it
+        # finished (AGENTSTREAM_FINISHED_SESSION_TTL), if the store can.
+        self.finished_ttl_s = finished_ttl_s
         # Telemetry hooks (the execution.hooks Protocol; observability implements
         # it), set by service.py; None: no telemetry work at all.
         self.telemetry: EngineHooks | None = None
@@ -272,15 +277,19 @@ class AgentEngine:
             if rev is None and self.telemetry is not None:
                 decision = self.telemetry.stamp(decision)  # telemetry: the task's trace context into its new state
             assert decision.state is not None
-            raw = encode_state(decision.state)
+            # A finished session is stored trimmed to what a retry needs.
+            raw = encode_state(finished_record(decision.state))
             if self.max_state_bytes is not None and len(raw) > self.max_state_bytes:
                 log.warning("session %s would grow to %d bytes (limit %d): failing the task", task_id, len(raw),
                             self.max_state_bytes)
                 decision = core.too_large(decision.state, ctx, len(raw), self.max_state_bytes)
                 assert decision.state is not None
-                raw = encode_state(decision.state)
+                raw = encode_state(finished_record(decision.state))
             try:
-                if rev is None:
+                if (decision.state is not None and decision.state.terminal and self.finished_ttl_s > 0
+                        and isinstance(self.sessions, ExpiringStore)):
+                    new_rev = await self.sessions.write_expiring(task_id, raw, rev, self.finished_ttl_s)
+                elif rev is None:
                     new_rev = await self.sessions.create(task_id, raw)
                 else:
                     new_rev = await self.sessions.update(task_id, raw, rev)

@@ -574,12 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
         dp.add_argument("--reason", default="", help="why (optional, as over HTTP)")
         dp.set_defaults(fn=cmd_decide)
 
+    from agentstream.runtime.interfaces.admin import add_parser as add_admin
     from agentstream.runtime.interfaces.doctor import add_parser as add_doctor
     from agentstream.runtime.interfaces.eval_command import add_parser as add_eval
     from agentstream.runtime.interfaces.lint_command import add_parser as add_lint
     from agentstream.runtime.interfaces.view_commands import add_stats_parser, add_trace_parser
 
     add_lint(sub)
+    add_admin(sub)
     rollout_commands.add_parsers(sub)
     add_doctor(sub)
     add_trace_parser(sub)

@@ -38,6 +38,11 @@ _NOT_YET = (jse.NotFoundError, jse.ServiceUnavailableError, nats.errors.NoRespon
 _T = TypeVar("_T")
 
 
+# What a submit meets and retries while the broker is away; APIError too, to
+# tell a full store (not retried) from an outage.
+_RETRIED: tuple[type[BaseException], ...] = (jse.APIError, *nats_adapters.BROKER_ERRORS)
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -63,6 +68,7 @@ class AgentClient:
         # task id -> agent, for tasks submitted here: lets result() read the
         # exact result subject directly.
         self._agents: dict[str, str] = {}
+        self.max_remembered = 10_000
         self.claim_check_bytes = CLAIM_CHECK_BYTES
         self.submit_retry_s = SUBMIT_RETRY_S
         # Whether the last successful submit was a retry the broker had
@@ -127,7 +133,8 @@ class AgentClient:
                 f"({self.nc.max_payload} bytes), so inputs are limited to {limit} bytes")
         if size > self.claim_check_bytes:
             input_ref = f"input-{task_id}"  # the one name the agent accepts for this task (engine.input_ref)
-            await self._retrying(lambda t: self._put_blob(input_ref, input.encode(), t), task_id, stored=False)
+            await self._retrying(lambda t: self._put_blob(input_ref, input.encode(), t), task_id, stored=False,
+                                 store=subjects.PAYLOADS.name)
         task = TaskSubmitted(agent=agent, input="" if input_ref else input, task_id=task_id, tenant_id=tenant_id,
                              user_id=user_id, conversation_id=conversation_id, agent_version=agent_version,
                              metadata=dict(metadata or {}), submitted_at=time.time(), max_steps=max_steps,
@@ -158,7 +165,7 @@ class AgentClient:
                                                if conversation_id else {})})
         try:
             ack = await self._retrying(lambda t: self.js.publish(subject, body, headers=headers, timeout=t),
-                                       task_id, stored=None)
+                                       task_id, stored=None, store=subjects.stream_of(subject))
             self.last_submit_duplicate = bool(getattr(ack, "duplicate", False))
         except BaseException as exc:
             if span is not None:
@@ -167,15 +174,20 @@ class AgentClient:
         finally:
             if span is not None:
                 span.end()
-        if len(self._agents) < 100_000:
-            self._agents[task_id] = agent
+        # Only a shortcut for result(): bounded, the oldest entry going first, so
+        # a long-lived client (the HTTP API's) that is never asked for most
+        # results does not grow with every task it submits.
+        self._agents[task_id] = agent
+        if len(self._agents) > self.max_remembered:
+            self._agents.pop(next(iter(self._agents)))
         return task_id
 
     async def _put_blob(self, name: str, data: bytes, timeout: float = 10.0) -> None:
         store = await nats_adapters.blob_store(self.js)
         await asyncio.wait_for(store.put(name, data), timeout=timeout)
 
-    async def _retrying(self, op: Callable[[float], Awaitable[_T]], task_id: str, *, stored: bool | None) -> _T:
+    async def _retrying(self, op: Callable[[float], Awaitable[_T]], task_id: str, *, stored: bool | None,
+                        store: str = "") -> _T:
         """``op(timeout)`` retried with backoff while the broker is away (a
         leader election, a restart), for at most ``submit_retry_s``. Safe: the
         task id is the msg id, so a retry of a stored task is deduplicated.
@@ -189,7 +201,14 @@ class AgentClient:
                 return await op(max(min(5.0, remaining), 0.5))
             except nats.errors.MaxPayloadError as exc:
                 raise PayloadTooLarge(f"task {task_id}: {exc}") from None
-            except nats_adapters.BROKER_ERRORS as exc:
+            except _RETRIED as exc:
+                # A full store (TASKS refuses new work rather than drop tasks not
+                # yet run) is the caller's answer at once, not something to retry.
+                full = nats_adapters.store_full(exc, store)
+                if full is not None:
+                    raise full from None
+                if not isinstance(exc, nats_adapters.BROKER_ERRORS):
+                    raise
                 # A timeout means the request went out and no ack came back:
                 # the stream may have stored it.
                 if isinstance(exc, TimeoutError):

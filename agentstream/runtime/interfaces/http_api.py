@@ -37,7 +37,13 @@ from aiohttp import web
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskEvent
 from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
-from agentstream.runtime.core.errors import BrokerUnavailable, PayloadTooLarge, ResultTimeout, SubmitFailed
+from agentstream.runtime.core.errors import (
+    BrokerUnavailable,
+    PayloadTooLarge,
+    ResultTimeout,
+    StoreFull,
+    SubmitFailed,
+)
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.interfaces.http_common import (
     _JSON,
@@ -200,6 +206,9 @@ async def submit_task(request: web.Request) -> web.Response:
             max_cost_usd=req.max_cost_usd)
     except ValueError as exc:  # an agent / task / conversation id that is not a subject token
         raise _BadRequest(str(exc)) from None
+    except StoreFull as exc:
+        # 507 Insufficient Storage: the task was not accepted; retry later.
+        return _error(507, str(exc), store=exc.store)
     except PayloadTooLarge as exc:  # a property of the request, not an outage
         return _error(413, str(exc))
     except SubmitFailed as exc:  # the message says whether the task may have been stored

@@ -113,6 +113,8 @@ class AgentMemory:
                        turns=conv.turns, summary=conv.summary, memories=hits,
                        budget=dataclasses.replace(budget, min_score=max(budget.min_score, self.options.min_score)))
         self._estimates[task.task_id] = out.estimated_tokens
+        if len(self._estimates) > 4096:  # a task finished on another replica is never popped here
+            self._estimates.pop(next(iter(self._estimates)))
         self.last = out
         return msgspec.structs.replace(request, messages=out.messages)
 

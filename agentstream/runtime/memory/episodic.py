@@ -79,6 +79,7 @@ async def provision_memory_buckets(js: JetStreamContext, replicas: int = 1) -> N
         try:
             await js.create_key_value(KeyValueConfig(bucket=bd.name, description=bd.description, history=bd.history,
                                                      ttl=bd.max_age_s or None, replicas=replicas,
-                                                     storage=StorageType.FILE, direct=True))
+                                                     storage=StorageType.FILE, direct=True,
+                                                     max_bytes=bd.max_bytes))
         except jse.BadRequestError:
             await js.key_value(bd.name)  # exists already

@@ -29,6 +29,7 @@ from agentstream.handlers.shadow import (
 )
 from agentstream.handlers.tools import tool_handler
 from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.adapters import storage
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
 from agentstream.runtime.config.settings import Settings
 from agentstream.runtime.core.app import App, load_app
@@ -110,6 +111,9 @@ class Runtime:
     memory_service: MemoryService | None = None  # when AGENTSTREAM_MEMORY=on
     shadow_tools: ShadowToolRunner | None = None
     _deadlines: SessionStore | None = None
+    # How often a worker process deletes acknowledged messages from nearly
+    # full discard-new streams (subjects.StreamDef.trim_acked).
+    room_interval_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings, *, agents: Sequence[str] = (), tools: str | None = None,
@@ -141,12 +145,14 @@ class Runtime:
             await self.broker.astart()
         self.nc = await nats_adapters.connect(self.url, name=f"agentstream-{s.worker_id}")
         self.js = self.nc.jetstream()
-        await nats_adapters.provision(self.js, replicas=s.replicas)
+        await nats_adapters.provision(self.js, replicas=s.replicas, limits=s.store_limits,
+                                      compression=s.store_compression)
         # telemetry: one pipeline for this process; ports are wrapped only when it is on
         self.telemetry = setup_telemetry(self.telemetry_config or os.environ, nc=self.nc, worker_id=s.worker_id,
                                          configure_logs=True)
         tel = self.telemetry if self.telemetry.active else None
-        bus: Bus = nats_adapters.NatsBus(self.js)
+        # A full store makes a worker wait for room, not drop or dead-letter work.
+        bus: Bus = nats_adapters.NatsBus(self.js, wait_when_full=True)
         if tel is not None:
             bus = tel.wrap_bus(bus)
         sessions = await nats_adapters.bucket(self.js, subjects.SESSIONS.name)
@@ -183,7 +189,8 @@ class Runtime:
                                  conversations=conversations,
                                  deadlines=PrefixedStore(deadlines, prefix) if prefix else deadlines,
                                  bus=bus, worker=s.worker_id, approvals=approvals, policy=policy,
-                                 blobs=blobs, max_state_bytes=max_state)
+                                 blobs=blobs, max_state_bytes=max_state,
+                                 finished_ttl_s=s.finished_session_ttl_s)
             if prefix:
                 self._deadlines = engine.deadlines
             engine.owned_elsewhere = self._other_deployment(name, router, sessions)
@@ -220,6 +227,8 @@ class Runtime:
             if self.shadow is None:
                 controller = Controller(self.js, canaries, bus, self.engines, actor=f"canary:{s.worker_id}")
                 self._tasks.append(asyncio.create_task(controller.run(self.stop_event)))
+        if self.consumers:
+            self._tasks.append(asyncio.create_task(self._keep_room()))
         await asyncio.wait_for(asyncio.gather(*(c.started.wait() for c in self.consumers)), timeout=30)
 
     async def _start_memory(self, bus: Bus, tel: Telemetry | None) -> None:
@@ -354,6 +363,30 @@ class Runtime:
                 outage.recovered()
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive a broker hiccup
                 outage.failed(f"{type(exc).__name__}: {exc}")  # one line per outage, not per sweep
+
+    async def _keep_room(self) -> None:
+        """Every replica, every ``room_interval_s``: processed tasks, tool
+        calls and tool results leave a nearly full stream, so it refuses new
+        messages only when unprocessed work fills it. Idempotent across replicas."""
+        assert self.js is not None
+        held_logged: set[str] = set()
+        while not self.stop_event.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=self.room_interval_s)
+            if self.stop_event.is_set():
+                return
+            for sd in subjects.STREAMS:
+                if not sd.trim_acked:
+                    continue
+                try:
+                    _, held = await storage.trim_acknowledged(self.js, sd.name)
+                except Exception as exc:  # noqa: BLE001 - outlive a broker hiccup
+                    log.warning("making room in %s failed: %s", sd.name, exc)
+                    continue
+                if held and held not in held_logged and len(held_logged) < 1000:
+                    held_logged.add(held)  # once each: a stalled consumer stays stalled
+                    log.warning("%s is nearly full and its oldest messages stay (%s): a consumer nobody runs "
+                                "any more should be deleted, an agent or tool nobody serves deployed", sd.name, held)
 
     async def stop(self) -> None:
         """Graceful: stop fetching, let in-flight steps finish (bounded), leave
