@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agentstream.contracts import subjects
-from agentstream.runtime.core.ports import Bus, Entry, SessionStore
+from agentstream.runtime.core.ports import Bus, Entry, ExpiringStore, SessionStore
 
 
 class ShadowBus:
@@ -50,6 +50,15 @@ class PrefixedStore:
 
     async def delete(self, key: str) -> None:
         await self.inner.delete(self.prefix + key)
+
+    async def write_expiring(self, key: str, value: bytes, revision: int | None, ttl_s: float) -> int:
+        """Finished sessions of a canary or shadow expire like production's,
+        when the store underneath can expire writes (else a plain write)."""
+        if isinstance(self.inner, ExpiringStore):
+            return await self.inner.write_expiring(self.prefix + key, value, revision, ttl_s)
+        if revision is None:
+            return await self.create(key, value)
+        return await self.update(key, value, revision)
 
     async def keys(self) -> Sequence[str]:
         return [k[len(self.prefix):] for k in await self.inner.keys() if k.startswith(self.prefix)]
