@@ -20,14 +20,12 @@ That is fine for demo- and small-production-size data; an index is the next step
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import msgspec
 import nats.errors
@@ -44,7 +42,33 @@ from agentstream.contracts.events import (
 )
 from agentstream.contracts.telemetry import TELEMETRY_STREAM, SpanRecord, decode_spans, span_subject
 from agentstream.runtime.adapters.scan import MAX_SCAN, RESULTS_STREAM, Raw, last_seq, scan, stored_result
-from agentstream.runtime.observability.timeline import overlapping
+from agentstream.runtime.observability.task_stats import (  # re-exported: views is the read side's one import
+    TOOLS_UNUSED_MIN_TURNS,
+    ErrorKind,
+    GroupStats,
+    Latency,
+    Stats,
+    compute_stats,
+    format_duration,
+    histogram,
+    parse_duration,
+    percentile,
+    render_stats,
+    stats_json,
+    time_series,
+)
+from agentstream.runtime.observability.waterfall import (  # re-exported, as above
+    PRICES_HINT,
+    _op,
+    _task_of,
+    error_type,
+    is_error,
+    is_unpriced,
+    parallel_groups,
+    render_waterfall,
+    span_note,
+    tree_order,
+)
 
 EVENTS_STREAM = "EVENTS"
 ALL_SPANS = span_subject("*")  # telemetry.spans.*
@@ -126,9 +150,6 @@ async def load_result(js: JetStreamContext, task_id: str) -> TaskResult | None:
         return None
 
 
-def _task_of(span: SpanRecord) -> str:
-    value = span.attributes.get("agentstream.task_id", "")
-    return str(value) if value is not None else ""
 
 
 def _by_start(spans: Iterable[SpanRecord]) -> list[SpanRecord]:
@@ -295,509 +316,6 @@ def _with_pending_root(spans: list[SpanRecord]) -> list[SpanRecord]:
                                   "agentstream.task_id": task_id, "agentstream.in_progress": True})
     return _by_start([*spans, root])
 
-
-# =========================================================================== waterfall
-
-
-def _attr(span: SpanRecord, key: str, default: Any = None) -> Any:
-    return span.attributes.get(key, default)
-
-
-def _op(span: SpanRecord) -> str:
-    return span.name.split(" ", 1)[0]
-
-
-def error_type(span: SpanRecord) -> str:
-    return span.error_type or str(_attr(span, "error.type", "") or "")
-
-
-def is_error(span: SpanRecord) -> bool:
-    return span.status == "error" or bool(error_type(span))
-
-
-def _num(value: Any) -> float:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return f if math.isfinite(f) else 0.0
-
-
-def tree_order(spans: Sequence[SpanRecord]) -> list[tuple[int, SpanRecord]]:
-    """(depth, span) in depth-first order, children by start time. A span whose
-    parent is not in the set is a root."""
-    by_id = {s.span_id: s for s in spans}
-    children: dict[str, list[SpanRecord]] = defaultdict(list)
-    roots: list[SpanRecord] = []
-    for s in spans:
-        if s.parent_span_id and s.parent_span_id in by_id and s.parent_span_id != s.span_id:
-            children[s.parent_span_id].append(s)
-        else:
-            roots.append(s)
-    out: list[tuple[int, SpanRecord]] = []
-    seen: set[str] = set()
-
-    def key(s: SpanRecord) -> tuple[float, float, str]:
-        return (s.start, -s.end, s.name)
-
-    stack: list[tuple[int, SpanRecord]] = [(0, s) for s in sorted(roots, key=key, reverse=True)]
-    while stack:
-        depth, s = stack.pop()
-        if s.span_id in seen:
-            continue
-        seen.add(s.span_id)
-        out.append((depth, s))
-        for c in sorted(children.get(s.span_id, []), key=key, reverse=True):
-            stack.append((depth + 1, c))
-    # Spans caught in a parent cycle never reach a root: show them anyway.
-    for s in sorted(spans, key=key):
-        if s.span_id not in seen:
-            seen.add(s.span_id)
-            out.append((0, s))
-    return out
-
-
-def parallel_groups(spans: Sequence[SpanRecord]) -> dict[str, int]:
-    """span id -> size of its group, for ``execute_tool`` spans that overlap in time."""
-    groups = overlapping([s for s in spans if _op(s) == "execute_tool"])
-    return {s.span_id: len(g) for g in groups if len(g) > 1 for s in g}
-
-
-def _money(v: float) -> str:
-    return f"${v:.4f}" if v < 1 else f"${v:,.2f}"
-
-
-# Models that cost nothing by construction (the scripted demo models, FunctionModel).
-_FREE_MODELS = ("scripted", "function-model")
-PRICES_HINT = ("set AGENTSTREAM_PRICES='{\"MODEL\": {\"input\": 0.5, \"output\": 1.5}}' "
-               "(USD per million tokens)")
-
-
-def is_unpriced(model: str, tokens: int, cost: float) -> bool:
-    """A model that used tokens and cost nothing has no price in the worker's
-    table (AGENTSTREAM_PRICES): its cost is unknown, not $0."""
-    return tokens > 0 and cost == 0 and not model.startswith(_FREE_MODELS)
-
-
-def _chat_model(span: SpanRecord) -> str:
-    return str(_attr(span, "gen_ai.response.model", "") or _attr(span, "gen_ai.request.model", "") or _suffix(span))
-
-
-def _chat_unpriced(span: SpanRecord) -> bool:
-    tokens = int(_num(_attr(span, "gen_ai.usage.input_tokens", 0))) + \
-        int(_num(_attr(span, "gen_ai.usage.output_tokens", 0)))
-    return is_unpriced(_chat_model(span), tokens, _num(_attr(span, "agentstream.cost_usd", 0)))
-
-
-def span_note(span: SpanRecord) -> str:
-    parts: list[str] = []
-    op = _op(span)
-    if op == "chat":
-        tin = int(_num(_attr(span, "gen_ai.usage.input_tokens", 0)))
-        tout = int(_num(_attr(span, "gen_ai.usage.output_tokens", 0)))
-        cost = "unpriced" if _chat_unpriced(span) else _money(_num(_attr(span, "agentstream.cost_usd", 0)))
-        parts.append(f"{tin}/{tout} tok {cost}")
-        reasons = _attr(span, "gen_ai.response.finish_reasons")
-        if isinstance(reasons, list | tuple) and reasons:
-            parts.append("-> " + ",".join(map(str, reasons)))
-    if is_error(span):
-        parts.append(f"FAILED {error_type(span) or 'error'}")
-    return "  ".join(parts)
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f}"
-
-
-def render_waterfall(spans: Sequence[SpanRecord], width: int = WATERFALL_WIDTH, *, label_width: int = 52,
-                     rows: Sequence[tuple[int, SpanRecord]] | None = None,
-                     parallel: dict[str, int] | None = None) -> str:
-    """The spans of one trace on a common time axis: one line per span, indented
-    under its parent, ``#`` bars (``x`` for failures) from its start offset for its
-    duration; overlapping tool calls are marked ``||``; model calls show tokens and cost.
-    ``rows`` and ``parallel``: :func:`tree_order` and :func:`parallel_groups` of
-    ``spans`` if the caller has them already."""
-    if not spans:
-        return "(no spans)"
-    width = max(10, width)
-    t0 = min(s.start for s in spans)
-    t1 = max(s.end for s in spans)
-    total = max(t1 - t0, 1e-6)
-    rows = tree_order(spans) if rows is None else rows
-    parallel = parallel_groups(spans) if parallel is None else parallel
-    labels = [("  " * d + s.name) for d, s in rows]
-    lw = min(max([len(x) for x in labels] + [10]), label_width)
-
-    lines: list[str] = []
-    # The task's invoke_agent span describes the trace even when it is not the
-    # root (a client's ``send`` of the task usually is).
-    roots = [s for _d, s in rows if _op(s) == "invoke_agent"]
-    head = roots[0] if roots else rows[0][1]
-    chats = [s for s in spans if _op(s) == "chat"]
-    tools = [s for s in spans if _op(s) == "execute_tool"]
-    tin = sum(int(_num(_attr(s, "gen_ai.usage.input_tokens", 0))) for s in chats)
-    tout = sum(int(_num(_attr(s, "gen_ai.usage.output_tokens", 0))) for s in chats)
-    cost = sum(_num(_attr(s, "agentstream.cost_usd", 0)) for s in chats)
-    if not chats and roots:
-        cost = _num(_attr(roots[0], "agentstream.cost_usd", 0))
-    failed = [s for s in spans if is_error(s)]
-    task = _task_of(head) or "?"
-    agent = str(_attr(head, "gen_ai.agent.name", "") or (head.name.split(" ", 1)[1] if " " in head.name else ""))
-    status = (f"FAILED {error_type(head) or 'error'}" if is_error(head)
-              else "in progress" if _attr(head, "agentstream.in_progress") else "ok")
-    lines.append(f"trace {head.trace_id}  task {task}  agent {agent or '?'}  {status}  {_ms(total)} ms")
-    unpriced = sorted({_chat_model(s) for s in chats if _chat_unpriced(s)})
-    cost_text = _money(cost) if not unpriced else \
-        f"unpriced: {', '.join(unpriced)}" if cost == 0 else f"{_money(cost)} + unpriced {', '.join(unpriced)}"
-    lines.append(f"{len(spans)} spans: {len(chats)} model calls ({tin} in / {tout} out tokens, {cost_text}), "
-                 f"{len(tools)} tool calls, {len(failed)} failed"
-                 + ("  [rebuilt from task events: no telemetry spans stored]"
-                    if any(_attr(s, SYNTHETIC) for s in spans) else ""))
-    axis_end = f"{_ms(total)} ms"
-    lines.append(f"{'':{lw}} |0 ms{axis_end:>{width - 4}}| {'start':>9} {'dur':>9}")
-    for (_depth, s), label in zip(rows, labels):
-        a = int((s.start - t0) / total * width)
-        a = min(max(a, 0), width - 1)
-        b = int(round((s.end - t0) / total * width))
-        b = min(max(b, a + 1), width)
-        ch = "x" if is_error(s) else "#"
-        bar = " " * a + ch * (b - a) + " " * (width - b)
-        note = span_note(s)
-        if s.span_id in parallel:
-            note = (f"|| {parallel[s.span_id]} parallel  " + note).rstrip()
-        if len(label) > lw:
-            label = label[: lw - 1] + "~"
-        lines.append(f"{label:<{lw}} |{bar}| {'+' + _ms(s.start - t0):>9} {_ms(s.end - s.start):>9}  {note}".rstrip())
-    return "\n".join(lines)
-
-
-# =========================================================================== stats
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), linear interpolation between closest ranks
-    (numpy's default). NaN for no values."""
-    if not values:
-        return math.nan
-    xs = sorted(values)
-    if len(xs) == 1:
-        return xs[0]
-    pos = (len(xs) - 1) * min(max(q, 0.0), 100.0) / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-@dataclass(frozen=True)
-class Latency:
-    count: int
-    p50: float  # seconds; NaN without samples
-    p95: float
-    p99: float
-    mean: float
-    max: float
-
-    @classmethod
-    def of(cls, samples: Sequence[float]) -> Latency:
-        if not samples:
-            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
-        return cls(len(samples), percentile(samples, 50), percentile(samples, 95), percentile(samples, 99),
-                   sum(samples) / len(samples), max(samples))
-
-
-@dataclass(frozen=True)
-class GroupStats:
-    """One agent, tool or model."""
-
-    name: str
-    count: int
-    errors: int
-    latency: Latency
-    cost_usd: float = 0.0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    durations: tuple[float, ...] = field(default=(), repr=False)  # seconds, for histograms
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.count if self.count else 0.0
-
-    @property
-    def cost_per_call(self) -> float:
-        return self.cost_usd / self.count if self.count else 0.0
-
-
-@dataclass(frozen=True)
-class ErrorKind:
-    scope: str  # task | tool | model
-    kind: str
-    count: int
-    rate: float  # count / calls of that scope
-
-
-@dataclass(frozen=True)
-class Stats:
-    tasks: int
-    tasks_failed: int
-    task_cost_total: float
-    task_cost_mean: float
-    agents: list[GroupStats]
-    tools: list[GroupStats]
-    models: list[GroupStats]
-    errors: list[ErrorKind]
-    spans: int
-    since_s: float | None = None
-    # Models that used tokens and cost nothing: no price configured (shown as "unpriced", not $0).
-    unpriced_models: tuple[str, ...] = ()
-    # (agent, model, turns): the agent's last turns offered tools and called none.
-    tools_unused: tuple[tuple[str, str, int], ...] = ()
-
-    @property
-    def task_error_rate(self) -> float:
-        return self.tasks_failed / self.tasks if self.tasks else 0.0
-
-    @property
-    def tool_calls(self) -> int:
-        return sum(t.count for t in self.tools)
-
-    @property
-    def tool_errors(self) -> int:
-        return sum(t.errors for t in self.tools)
-
-    @property
-    def model_calls(self) -> int:
-        return sum(m.count for m in self.models)
-
-
-@dataclass
-class _Acc:
-    durations: list[float] = field(default_factory=list)
-    errors: int = 0
-    cost: float = 0.0
-    tin: int = 0
-    tout: int = 0
-
-    def done(self, name: str) -> GroupStats:
-        return GroupStats(name=name, count=len(self.durations), errors=self.errors,
-                          latency=Latency.of(self.durations), cost_usd=self.cost, input_tokens=self.tin,
-                          output_tokens=self.tout, durations=tuple(self.durations))
-
-
-def _suffix(span: SpanRecord) -> str:
-    return span.name.split(" ", 1)[1] if " " in span.name else span.name
-
-
-def compute_stats(spans: Sequence[SpanRecord], results: Sequence[TaskResult], *,
-                  since_s: float | None = None) -> Stats:
-    """Latency percentiles, error rates and cost per agent, tool and model.
-
-    Tasks come from results; a task with an ``invoke_agent`` span but no result in
-    the window counts from its span (its cost from the span, else from its model calls)."""
-    agents: dict[str, _Acc] = defaultdict(_Acc)
-    tools: dict[str, _Acc] = defaultdict(_Acc)
-    models: dict[str, _Acc] = defaultdict(_Acc)
-    errors: dict[tuple[str, str], int] = defaultdict(int)
-    task_costs: list[float] = []
-    failed = 0
-
-    chat_cost_by_trace: dict[str, float] = defaultdict(float)
-    for s in spans:
-        op = _op(s)
-        dur = max(0.0, s.end - s.start)
-        if op == "execute_tool":
-            name = str(_attr(s, "gen_ai.tool.name", "") or _suffix(s))
-            acc = tools[name]
-            acc.durations.append(dur)
-            if is_error(s):
-                acc.errors += 1
-                errors[("tool", error_type(s) or "error")] += 1
-        elif op == "chat":
-            name = str(_attr(s, "gen_ai.response.model", "") or _attr(s, "gen_ai.request.model", "") or _suffix(s))
-            acc = models[name]
-            acc.durations.append(dur)
-            cost = _num(_attr(s, "agentstream.cost_usd", 0))
-            acc.cost += cost
-            acc.tin += int(_num(_attr(s, "gen_ai.usage.input_tokens", 0)))
-            acc.tout += int(_num(_attr(s, "gen_ai.usage.output_tokens", 0)))
-            chat_cost_by_trace[s.trace_id] += cost
-            if is_error(s):
-                acc.errors += 1
-                errors[("model", error_type(s) or "error")] += 1
-
-    seen: set[str] = set()
-    for r in results:
-        if r.task_id in seen:
-            continue
-        seen.add(r.task_id)
-        acc = agents[r.agent]
-        acc.durations.append(max(0.0, r.finished_at - r.started_at))
-        acc.cost += r.usage.cost_usd
-        acc.tin += r.usage.input_tokens
-        acc.tout += r.usage.output_tokens
-        task_costs.append(r.usage.cost_usd)
-        if isinstance(r, TaskFailed):
-            acc.errors += 1
-            failed += 1
-            errors[("task", r.reason or "error")] += 1
-    for s in spans:
-        if _op(s) != "invoke_agent":
-            continue
-        task = _task_of(s) or s.span_id
-        if task in seen:
-            continue
-        seen.add(task)
-        name = str(_attr(s, "gen_ai.agent.name", "") or _suffix(s))
-        acc = agents[name]
-        acc.durations.append(max(0.0, s.end - s.start))
-        cost = _attr(s, "agentstream.cost_usd")
-        c = _num(cost) if cost is not None else chat_cost_by_trace.get(s.trace_id, 0.0)
-        acc.cost += c
-        task_costs.append(c)
-        if is_error(s):
-            acc.errors += 1
-            failed += 1
-            errors[("task", error_type(s) or "error")] += 1
-
-    scope_total = {"task": len(task_costs), "tool": sum(len(a.durations) for a in tools.values()),
-                   "model": sum(len(a.durations) for a in models.values())}
-    kinds = [ErrorKind(scope, kind, n, n / scope_total[scope] if scope_total[scope] else 0.0)
-             for (scope, kind), n in errors.items()]
-    kinds.sort(key=lambda e: (-e.count, e.scope, e.kind))
-
-    def groups(d: dict[str, _Acc]) -> list[GroupStats]:
-        return sorted((a.done(n) for n, a in d.items()), key=lambda g: (-g.count, g.name))
-
-    total = sum(task_costs)
-    unused = _tools_unused(spans)
-    unpriced = tuple(sorted(n for n, a in models.items() if is_unpriced(n, a.tin + a.tout, a.cost)))
-    return Stats(tasks=len(task_costs), tasks_failed=failed, task_cost_total=total,
-                 task_cost_mean=total / len(task_costs) if task_costs else 0.0, agents=groups(agents),
-                 tools=groups(tools), models=groups(models), errors=kinds, spans=len(spans), since_s=since_s,
-                 unpriced_models=unpriced, tools_unused=unused)
-
-
-# `stats` warns about an agent whose model was offered tools in at least this
-# many of its last turns (up to TOOLS_UNUSED_TURNS) and called none.
-TOOLS_UNUSED_MIN_TURNS = 5
-
-
-def _tools_unused(spans: Sequence[SpanRecord]) -> tuple[tuple[str, str, int], ...]:
-    from agentstream.runtime.observability.instrumentation import TOOLS_UNUSED_TURNS
-
-    offered: dict[str, list[SpanRecord]] = defaultdict(list)
-    for s in spans:
-        if _op(s) == "chat" and _num(_attr(s, "agentstream.tools_offered", 0)) > 0:
-            offered[str(_attr(s, "gen_ai.agent.name", "") or "?")].append(s)
-    out = []
-    for agent, chats in sorted(offered.items()):
-        last = sorted(chats, key=lambda s: s.end)[-TOOLS_UNUSED_TURNS:]
-        if len(last) >= TOOLS_UNUSED_MIN_TURNS and not any(_num(_attr(s, "agentstream.tool_calls", 0)) for s in last):
-            out.append((agent, _chat_model(last[-1]), len(last)))
-    return tuple(out)
-
-
-def _lat(v: float) -> str:
-    if math.isnan(v):
-        return "-"
-    if v < 0.01:
-        return f"{v * 1000:.1f} ms"
-    return f"{v * 1000:.0f} ms" if v < 10 else f"{v:.1f} s"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = [(lambda s, w=w: f"{s:<{w}}") if i == 0 else (lambda s, w=w: f"{s:>{w}}") for i, w in enumerate(widths)]
-    out = ["  " + "  ".join(f(h) for f, h in zip(fmt, header))]
-    out += ["  " + "  ".join(f(str(c)) for f, c in zip(fmt, r)) for r in rows]
-    return out
-
-
-def format_duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
-
-
-def render_stats(stats: Stats) -> str:
-    window = f" in the last {format_duration(stats.since_s)}" if stats.since_s else ""
-    unpriced = set(stats.unpriced_models)
-    # All cost unknown: say so instead of a $0 that reads as free.
-    money = (lambda v: "unpriced" if v == 0 else _money(v)) if unpriced else _money
-    cost = (f"cost unpriced ({', '.join(sorted(unpriced))})" if unpriced and stats.task_cost_total == 0 else
-            f"cost {_money(stats.task_cost_total)} total, {_money(stats.task_cost_mean)} per task"
-            + (f" + unpriced {', '.join(sorted(unpriced))}" if unpriced else ""))
-    lines = [f"{stats.tasks} tasks{window}: {stats.tasks - stats.tasks_failed} completed, {stats.tasks_failed} failed "
-             f"(error rate {stats.task_error_rate:.1%}); {cost}; {stats.model_calls} model calls, "
-             f"{stats.tool_calls} tool calls ({stats.spans} spans)"]
-    if unpriced:
-        lines.append(f"unpriced models (no price configured): {', '.join(sorted(unpriced))}; "
-                     + PRICES_HINT.replace("MODEL", sorted(unpriced)[0]))
-    for agent, model, turns in stats.tools_unused:
-        lines.append(f"warning: agent {agent}: model {model} was offered tools in its last {turns} turns and called "
-                     "none; it may not support tool calling (agentstream doctor)")
-    if not stats.tasks and not stats.spans:
-        lines.append("(no tasks or spans in this window)")
-        return "\n".join(lines)
-    if stats.agents:
-        lines += ["", "agents (task latency)"]
-        lines += _table(["agent", "tasks", "p50", "p95", "p99", "errors", "err%", "cost", "cost/task"],
-                        [[g.name, str(g.count), _lat(g.latency.p50), _lat(g.latency.p95), _lat(g.latency.p99),
-                          str(g.errors), f"{g.error_rate:.1%}", money(g.cost_usd), money(g.cost_per_call)]
-                         for g in stats.agents])
-    if stats.models:
-        lines += ["", "models (chat latency)"]
-        lines += _table(["model", "calls", "p50", "p95", "p99", "errors", "err%", "in tok", "out tok", "cost"],
-                        [[g.name, str(g.count), _lat(g.latency.p50), _lat(g.latency.p95), _lat(g.latency.p99),
-                          str(g.errors), f"{g.error_rate:.1%}", str(g.input_tokens), str(g.output_tokens),
-                          "unpriced" if g.name in unpriced else _money(g.cost_usd)] for g in stats.models])
-    if stats.tools:
-        lines += ["", "tools (execute_tool latency; tools have no cost)"]
-        lines += _table(["tool", "calls", "p50", "p95", "p99", "errors", "err%"],
-                        [[g.name, str(g.count), _lat(g.latency.p50), _lat(g.latency.p95), _lat(g.latency.p99),
-                          str(g.errors), f"{g.error_rate:.1%}"] for g in stats.tools])
-    lines += ["", "errors by kind"]
-    if stats.errors:
-        lines += _table(["scope", "kind", "count", "rate"],
-                        [[e.scope, e.kind, str(e.count), f"{e.rate:.1%}"] for e in stats.errors])
-    else:
-        lines.append("  (none)")
-    return "\n".join(lines)
-
-
-def histogram(samples: Sequence[float], bins: int = 12) -> dict[str, list[float]]:
-    """Equal-width histogram of durations in seconds -> edges (ms) and counts."""
-    if not samples:
-        return {"edges_ms": [], "counts": []}
-    lo, hi = min(samples), max(samples)
-    if hi - lo < 1e-9:
-        return {"edges_ms": [lo * 1000, hi * 1000 + 1], "counts": [len(samples)]}
-    step = (hi - lo) / bins
-    counts = [0] * bins
-    for v in samples:
-        counts[min(int((v - lo) / step), bins - 1)] += 1
-    return {"edges_ms": [(lo + i * step) * 1000 for i in range(bins + 1)], "counts": [float(c) for c in counts]}
-
-
-def time_series(results: Sequence[TaskResult], since_s: float, *, now: float | None = None,
-                buckets: int = 24) -> list[dict[str, float]]:
-    """Per time bucket: tasks, failed, cost, error rate (by finish time)."""
-    now = time.time() if now is None else now
-    start = now - since_s
-    step = since_s / buckets
-    rows = [{"t": start + i * step, "tasks": 0.0, "failed": 0.0, "cost_usd": 0.0, "error_rate": 0.0}
-            for i in range(buckets)]
-    for r in results:
-        i = int((r.finished_at - start) / step)
-        if 0 <= i < buckets:
-            rows[i]["tasks"] += 1
-            rows[i]["cost_usd"] += r.usage.cost_usd
-            rows[i]["failed"] += isinstance(r, TaskFailed)
-    for row in rows:
-        row["error_rate"] = row["failed"] / row["tasks"] if row["tasks"] else 0.0
-    return rows
-
-
 async def load_stats(js: JetStreamContext, since_s: float) -> tuple[Stats, list[TaskResult], str]:
     """Stats over the window: spans from TELEMETRY, else (no exporter) rebuilt from
     the window's events. Returns (stats, results, source)."""
@@ -821,47 +339,36 @@ async def load_stats(js: JetStreamContext, since_s: float) -> tuple[Stats, list[
     return compute_stats(spans, results, since_s=since_s), results, source
 
 
-# =========================================================================== CLI glue
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.I)
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """``30s``, ``15m``, ``1h``, ``2d`` (or bare seconds) -> seconds. ValueError otherwise."""
-    m = _DURATION.match(text or "")
-    if not m:
-        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 15m, 1h or 2d")
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if value <= 0 or not math.isfinite(value):
-        raise ValueError(f"invalid duration {text!r}: must be more than zero")
-    return value
-
-
-def stats_json(stats: Stats) -> dict[str, Any]:
-    def nan(v: float) -> float | None:
-        return None if math.isnan(v) else v
-
-    def group(g: GroupStats) -> dict[str, Any]:
-        lat = g.latency
-        return {"name": g.name, "count": g.count, "errors": g.errors, "error_rate": g.error_rate,
-                "p50_s": nan(lat.p50), "p95_s": nan(lat.p95), "p99_s": nan(lat.p99), "mean_s": nan(lat.mean),
-                "max_s": nan(lat.max), "cost_usd": g.cost_usd, "input_tokens": g.input_tokens,
-                "output_tokens": g.output_tokens, "unpriced": g.name in stats.unpriced_models}
-
-    return {"since_s": stats.since_s, "tasks": stats.tasks, "tasks_failed": stats.tasks_failed,
-            "task_error_rate": stats.task_error_rate, "task_cost_total": stats.task_cost_total,
-            "task_cost_mean": stats.task_cost_mean, "spans": stats.spans, "tool_calls": stats.tool_calls,
-            "tool_errors": stats.tool_errors, "model_calls": stats.model_calls,
-            "agents": [group(g) for g in stats.agents], "tools": [group(g) for g in stats.tools],
-            "models": [group(g) for g in stats.models], "unpriced_models": list(stats.unpriced_models),
-            "prices_hint": PRICES_HINT if stats.unpriced_models else "",
-            "tools_unused": [{"agent": a, "model": m, "turns": n} for a, m, n in stats.tools_unused],
-            "errors": [{"scope": e.scope, "kind": e.kind, "count": e.count, "rate": e.rate} for e in stats.errors]}
-
-
 __all__ = [
-    "GroupStats", "Latency", "Stats", "TaskTrace", "compute_stats", "histogram", "load_recent_results", "load_result", "load_results",
-    "load_spans", "load_stats", "load_task_events", "load_task_trace", "load_trace", "parse_duration",
-    "percentile", "render_stats", "render_waterfall", "spans_from_events", "stats_json", "time_series",
+    "ErrorKind",
+    "GroupStats",
+    "Latency",
+    "PRICES_HINT",
+    "Stats",
+    "TOOLS_UNUSED_MIN_TURNS",
+    "TaskTrace",
+    "compute_stats",
+    "error_type",
+    "format_duration",
+    "histogram",
+    "is_error",
+    "is_unpriced",
+    "load_recent_results",
+    "load_result",
+    "load_results",
+    "load_spans",
+    "load_stats",
+    "load_task_events",
+    "load_task_trace",
+    "load_trace",
+    "parallel_groups",
+    "parse_duration",
+    "percentile",
+    "render_stats",
+    "render_waterfall",
+    "span_note",
+    "spans_from_events",
+    "stats_json",
+    "time_series",
+    "tree_order",
 ]
