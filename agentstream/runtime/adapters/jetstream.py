@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors as jse
@@ -23,7 +25,8 @@ from nats.js.kv import KeyValue
 
 from agentstream.contracts import subjects
 from agentstream.runtime.adapters.scan import scan
-from agentstream.runtime.core.errors import BrokerUnavailable, Conflict
+from agentstream.runtime.config.auth import NatsAuth, inbox_prefix
+from agentstream.runtime.core.errors import BrokerUnavailable, ConfigError, Conflict
 from agentstream.runtime.core.ports import Entry
 
 MSG_ID = "Nats-Msg-Id"
@@ -164,6 +167,8 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
     subjects and limits are brought up to date.
     """
     for sd in subjects.STREAMS:
+        if not update and await _exists(js, sd.name):
+            continue  # a client's check: a role without create rights never asks to create
         cfg = StreamConfig(
             name=sd.name, subjects=list(sd.subjects), description=sd.description,
             retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=sd.max_age_s,
@@ -177,6 +182,8 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
         if _drifted(existing.config, cfg):
             await js.update_stream(cfg)
     for bd in subjects.BUCKETS:
+        if not update and await _exists(js, f"KV_{bd.name}"):
+            continue
         created = await _creating(functools.partial(js.create_key_value, KeyValueConfig(
             bucket=bd.name, description=bd.description, history=bd.history,
             ttl=bd.max_age_s or None, replicas=replicas, storage=StorageType.FILE,
@@ -184,6 +191,14 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
         if not created:
             # exists with other settings (e.g. replicas): use it as it is
             await _once_visible(functools.partial(js.key_value, bd.name))
+
+
+async def _exists(js: JetStreamContext, stream: str) -> bool:
+    try:
+        await js.stream_info(stream)
+    except jse.NotFoundError:
+        return False
+    return True
 
 
 def _drifted(have: StreamConfig, want: StreamConfig) -> bool:
@@ -203,28 +218,69 @@ async def bucket(js: JetStreamContext, name: str) -> NatsKV:
     return NatsKV(await js.key_value(name), js, name)
 
 
-async def connect(url: str, *, name: str = "agentstream", connect_timeout: float = 5.0,
-                  reconnect: bool = True) -> NatsClient:
-    """Connect with bounded first-connect attempts so an unreachable broker is
-    one clear error, not a hang."""
-    servers = [u.strip() for u in url.split(",") if u.strip()]
+def auth_options(auth: NatsAuth | None) -> dict[str, Any]:
+    """nats-py ``connect`` keyword arguments for ``auth`` (see config.auth)."""
+    if auth is None:
+        return {}
+    opts: dict[str, Any] = {"inbox_prefix": inbox_prefix(auth.role)}
+    if auth.creds_file:
+        opts["user_credentials"] = auth.creds_file
+    elif auth.nkey_seed_file:
+        opts["nkeys_seed"] = auth.nkey_seed_file
+    elif auth.user:
+        opts["user"], opts["password"] = auth.user, auth.password
+    elif auth.token:
+        opts["token"] = auth.token
+    if auth.tls_ca or auth.tls_cert:
+        try:
+            ctx = ssl.create_default_context(cafile=auth.tls_ca)
+            if auth.tls_cert:
+                ctx.load_cert_chain(auth.tls_cert, auth.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS files (AGENTSTREAM_NATS_CA/CERT/KEY) unusable: {exc}") from None
+        opts["tls"] = ctx
+    return opts
 
-    async def _quiet(_: Exception) -> None:
-        return None
+
+async def connect(url: str, *, name: str = "agentstream", connect_timeout: float = 5.0,
+                  reconnect: bool = True, auth: NatsAuth | None = None) -> NatsClient:
+    """Connect with bounded first-connect attempts so an unreachable broker is
+    one clear error, not a hang. ``auth``: the role's credentials and TLS
+    files; None, whatever the URL carries."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    opts = auth_options(auth)
+    failures: list[str] = []
+
+    async def _quiet(exc: Exception) -> None:
+        # An authentication or permission error is the one worth telling apart.
+        failures.append(str(exc) or type(exc).__name__)
 
     if not await _any_reachable(servers, connect_timeout):
-        raise BrokerUnavailable(f"cannot reach NATS at {url}: connection refused or timed out")
+        raise BrokerUnavailable(f"cannot reach NATS at {_redact(url)}: connection refused or timed out")
     try:
         # nats-py keeps retrying the first connect while reconnects are allowed;
         # bound it so an unreachable broker is an error, not a hang.
         return await asyncio.wait_for(nats.connect(
             servers=servers, name=name, connect_timeout=connect_timeout,
             allow_reconnect=reconnect, max_reconnect_attempts=-1 if reconnect else 0,
-            reconnect_time_wait=0.5, error_cb=_quiet), timeout=connect_timeout * 2)
+            reconnect_time_wait=0.5, error_cb=_quiet, **opts), timeout=connect_timeout * 2)
     except TimeoutError:
-        raise BrokerUnavailable(f"cannot reach NATS at {url} (no answer within {connect_timeout * 2:g}s)") from None
+        why = next((f for f in failures if "authoriz" in f.lower()), "")
+        if why:
+            raise BrokerUnavailable(f"NATS at {_redact(url)} refused the credentials ({_method(auth)}): {why}") from None
+        raise BrokerUnavailable(f"cannot reach NATS at {_redact(url)} "
+                                f"(no answer within {connect_timeout * 2:g}s)") from None
     except Exception as exc:  # nats-py raises several unrelated types here
-        raise BrokerUnavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+        raise BrokerUnavailable(f"cannot reach NATS at {_redact(url)}: {exc or type(exc).__name__}") from None
+
+
+def _method(auth: NatsAuth | None) -> str:
+    return auth.method if auth is not None else "from the URL"
+
+
+def _redact(url: str) -> str:
+    """The URL without a password, for messages and logs."""
+    return ",".join(re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", u) for u in url.split(","))
 
 
 async def _any_reachable(servers: list[str], timeout: float) -> bool:

@@ -27,6 +27,7 @@ import msgspec
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult
 from agentstream.runtime.adapters.embedded_broker import DirLock, EmbeddedNats
+from agentstream.runtime.config.auth import NatsAuth, Role, nats_auth
 from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.core.errors import AgentstreamError
 
@@ -165,7 +166,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  workers: 1 agent consumer, {len(rt.app.tools)} tool consumers (in this process)\n")
             samples = rt.app.samples.get(args.agent) or ["Hello"]
             # rt.start() provisioned the streams and buckets already.
-            async with await AgentClient.connect(rt.url, provision=False) as client:
+            async with await AgentClient.connect(rt.url, provision=False, auth=rt.auth("gateway")) as client:
                 supervisor = asyncio.create_task(_demo_supervisor(client))
                 try:
                     # Submitted together: the agent and tool workers run them concurrently.
@@ -249,7 +250,8 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         await rt.start()
         if embedded:
             url_file.write_text(rt.url + "\n")
-        client = await AgentClient.connect(rt.url, provision=False)  # rt.start() provisioned already
+        # rt.start() provisioned already; the API plays client and approval service
+        client = await AgentClient.connect(rt.url, provision=False, auth=rt.auth("gateway"))
         # With its workers, `up` knows the app: a task for an agent it does not
         # define is refused (404) instead of waiting forever. API-only, workers
         # elsewhere may run any app, so every agent is accepted.
@@ -323,6 +325,11 @@ def _lock_data_dir(lock: DirLock, settings: Settings) -> None:
         f"pid {pid if pid is not None else '?'}); stop it first or set AGENTSTREAM_DATA_DIR")
 
 
+def _auth(settings: Settings, role: Role) -> NatsAuth:
+    """The credentials of ``role`` for this command (config.auth.nats_auth)."""
+    return nats_auth(role, broker_url(settings), settings.data_dir)
+
+
 def list_agents(settings: Settings) -> list[str]:
     from agentstream.runtime.core.app import load_app
 
@@ -356,7 +363,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         if not sep or not k:
             raise AgentstreamError(f"--meta {kv!r}: expected KEY=VALUE")
         meta[k] = v
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "client")) as client:
         try:
             task_id = await client.submit(args.agent, args.input, task_id=args.task_id, tenant_id=args.tenant,
                                           user_id=args.user, conversation_id=args.conversation, metadata=meta,
@@ -392,7 +399,7 @@ async def _warn_if_unserved(client: AgentClient, agent: str) -> None:
 async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
 
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "client")) as client:
         res = await client.result(args.task_id, timeout=args.wait)
         return _print_result(res, args.json)
 
@@ -400,7 +407,7 @@ async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
 
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "client")) as client:
         code = 0
         async for ev in client.events(args.task_id, timeout=args.timeout):
             print(_event_line(ev), flush=True)
@@ -413,7 +420,7 @@ async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
     from agentstream.runtime.observability.timeline import render
 
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "client")) as client:
         events = [ev async for ev in client.events(args.task_id, timeout=args.timeout)]
         print(render(events))
         return 0
@@ -423,7 +430,7 @@ async def cmd_approvals(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces import approvals
     from agentstream.runtime.interfaces.client import AgentClient
 
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "approver")) as client:
         records = await approvals.list_approvals(client, status=None if args.all else "pending")
         if args.json:
             print(msgspec.json.encode(records).decode())
@@ -448,7 +455,7 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
 
     approved = args.command == "approve"
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "approver")) as client:
         d = await approvals.decide(client, args.approval_id, approved=approved,
                                    approver=args.as_ or approvals.default_identity(), reason=args.reason or "")
     print(f"{'approved' if approved else 'denied'} {d.approval_id} as {d.approver}")

@@ -24,6 +24,7 @@ from agentstream.handlers.agent import inbox_handler, task_handler, task_rejecte
 from agentstream.handlers.tools import tool_handler
 from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.config.auth import NatsAuth, Role, nats_auth
 from agentstream.runtime.config.settings import Settings
 from agentstream.runtime.core.app import App, load_app
 from agentstream.runtime.core.errors import ConfigError
@@ -93,10 +94,27 @@ class Runtime:
 
     @property
     def url(self) -> str:
+        """The broker's URL, without credentials (each role brings its own)."""
         if self.settings.nats_url:
             return self.settings.nats_url
         assert self.broker is not None
-        return self.broker.url
+        return self.broker.plain_url
+
+    @property
+    def role(self) -> Role:
+        """The bus role this process plays (config.auth): agent, tool, or both."""
+        if self.agents and not self.tools:
+            return "agent"
+        if self.tools and not self.agents:
+            return "tool"
+        return "worker"
+
+    def auth(self, role: Role) -> NatsAuth:
+        """Credentials for ``role``: the embedded broker's own files, else the
+        environment's (or the data dir's, next to a local `up`)."""
+        if self.broker is not None and self.settings.nats_url is None:
+            return NatsAuth(role=role, nkey_seed_file=str(self.broker.seed_file(role)))
+        return nats_auth(role, self.url, self.settings.data_dir)
 
     async def start(self) -> None:
         s = self.settings
@@ -113,7 +131,7 @@ class Runtime:
                 port = None
             self.broker = EmbeddedNats(store_dir=self.embedded_dir or s.data_dir / "nats", port=port)
             await self.broker.astart()
-        self.nc = await nats_adapters.connect(self.url, name=f"agentstream-{s.worker_id}")
+        self.nc = await nats_adapters.connect(self.url, name=f"agentstream-{s.worker_id}", auth=self.auth(self.role))
         self.js = self.nc.jetstream()
         await nats_adapters.provision(self.js, replicas=s.replicas)
         # telemetry: one pipeline for this process; ports are wrapped only when it is on
