@@ -38,6 +38,20 @@ def events(agent: str, task_id: str) -> str:
     return f"agents.{agent}.events.{task_id}"
 
 
+def decisions(agent: str, task_id: str) -> str:
+    """Approval decisions for one task: the only subject an ApprovalDecided is
+    accepted from. Only the approver role may publish here (config.auth)."""
+    return f"agents.{agent}.decisions.{task_id}"
+
+
+def parse_inbox(subject: str) -> tuple[str, str, str] | None:
+    """``agents.<agent>.<kind>.<task_id>`` -> (agent, kind, task_id), else None."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != "agents":
+        return None
+    return parts[1], parts[2], parts[3]
+
+
 def progress(agent: str, task_id: str) -> str:
     """Progress notices for watchers and timelines; no agent consumes these."""
     return f"agents.{agent}.progress.{task_id}"
@@ -96,8 +110,9 @@ DAY = 86400.0
 STREAMS: tuple[StreamDef, ...] = (
     StreamDef(name="TASKS", subjects=("agents.*.tasks",), max_age_s=7 * DAY,
               description="TaskSubmitted, one subject per agent"),
-    StreamDef(name="EVENTS", subjects=("agents.*.events.*", "agents.*.progress.*"), max_age_s=7 * DAY,
-              description="per-task continuation inbox and progress notices"),
+    StreamDef(name="EVENTS", subjects=("agents.*.events.*", "agents.*.progress.*", "agents.*.decisions.*"),
+              max_age_s=7 * DAY,
+              description="per-task continuation inbox (tool results; approval decisions) and progress notices"),
     StreamDef(name="TOOLS", subjects=("tools.*.calls",), max_age_s=7 * DAY,
               description="ToolCallRequested, one subject per tool"),
     StreamDef(name="RESULTS", subjects=("agents.*.results.*",), max_age_s=7 * DAY,

@@ -28,8 +28,11 @@ def task_handler(engine: AgentEngine) -> Handler:
 
 
 def inbox_handler(engine: AgentEngine) -> Handler:
+    """Tool results (``agents.<a>.events.*``) and decisions (``agents.<a>.decisions.*``):
+    the subject and stream sequence go along, so the engine can check the
+    event is bound to where it arrived (core.trust)."""
     async def handle(msg: Msg) -> None:
-        await engine.on_event(codec.agent_inbox.decode(msg.data))
+        await engine.on_event(codec.agent_inbox.decode(msg.data), subject=msg.subject, seq=stream_seq(msg) or 0)
     return handle
 
 

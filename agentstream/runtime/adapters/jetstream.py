@@ -103,6 +103,18 @@ class NatsKV:
         return sorted(live.items())
 
 
+def event_reader(js: JetStreamContext, stream: str = "EVENTS") -> Callable[[int], Awaitable[tuple[str, bytes] | None]]:
+    """Reads one message of ``stream`` by sequence: (subject, body), None if absent.
+    The subject is the one the server accepted the message on."""
+    async def read(seq: int) -> tuple[str, bytes] | None:
+        try:
+            m = await js.get_msg(stream, seq, direct=True)
+        except jse.NotFoundError:
+            return None
+        return m.subject or "", m.data or b""
+    return read
+
+
 # What a request may meet while the broker is away (down, restarting, without
 # JetStream): for the HTTP API a 503, not a 500.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (

@@ -9,6 +9,7 @@ stored outbox, which JetStream deduplicates by ``Nats-Msg-Id``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -59,6 +60,8 @@ from agentstream.runtime.core.state import (
     decode_state,
     encode_state,
 )
+from agentstream.runtime.core.trust import check_inbox
+from agentstream.runtime.execution.consumer import Reject
 
 if TYPE_CHECKING:
     from agentstream.runtime.observability.telemetry import EngineHooks
@@ -106,8 +109,17 @@ class AgentEngine:
     async def on_task(self, task: TaskSubmitted) -> None:
         await self.drive(task.task_id, task)
 
-    async def on_event(self, event: ToolCallCompleted | ApprovalDecided) -> None:
-        await self.drive(event.task_id, event)
+    async def on_event(self, event: ToolCallCompleted | ApprovalDecided, *, subject: str | None = None,
+                       seq: int = 0) -> None:
+        """An inbox event from ``subject`` (its EVENTS stream sequence ``seq``).
+        With a subject, the event must pass ``core.trust.check_inbox`` first:
+        one that does not is audited (``inbox.rejected``) and raised as
+        ``Reject``, which the consumer dead-letters with the reason."""
+        try:
+            await self.drive(event.task_id, event, subject=subject, seq=seq)
+        except _Refused as exc:
+            await self._audit_refusal(event, subject or "", str(exc))
+            raise Reject(str(exc)) from None
 
     async def on_deadline(self, task_id: str) -> None:
         await self.drive(task_id, DeadlineReached())
@@ -123,26 +135,27 @@ class AgentEngine:
 
     # ------------------------------------------------------------ the loop
 
-    async def drive(self, task_id: str, event: Input) -> None:
+    async def drive(self, task_id: str, event: Input, *, subject: str | None = None, seq: int = 0) -> None:
         lock = self._locks.get(task_id)
         if lock is None:
             lock = self._locks[task_id] = _RefLock()
         lock.refs += 1
         try:
             async with lock.lock:
-                await self._drive(task_id, event)
+                await self._drive(task_id, event, subject, seq)
         finally:
             lock.refs -= 1
             if lock.refs == 0:
                 self._locks.pop(task_id, None)
 
-    async def _drive(self, task_id: str, event: Input) -> None:
+    async def _drive(self, task_id: str, event: Input, subject: str | None = None, seq: int = 0) -> None:
         next_input: Input | None = event
         scope = None  # telemetry: one `step` span (under the task's invoke_agent span) over this step's effects
         try:
             while next_input is not None:
-                decision = await self._apply(task_id, next_input)
-                next_input = None
+                decision = await self._apply(task_id, next_input, subject, seq)
+                next_input = subject = None
+                seq = 0
                 state = decision.state
                 if scope is None and self.telemetry is not None and state is not None and decision.commands:
                     scope = self.telemetry.step(state)
@@ -163,7 +176,7 @@ class AgentEngine:
         entry = await self.conversations.get(key) if key else None
         return decode_conversation(entry.value).turns if entry is not None else ()
 
-    async def _apply(self, task_id: str, event: Input) -> core.Decision:
+    async def _apply(self, task_id: str, event: Input, subject: str | None = None, seq: int = 0) -> core.Decision:
         history: tuple[Turn, ...] | None = None
         for _ in range(MAX_CAS_RETRIES):
             hit = self._cache.get(task_id)
@@ -175,9 +188,19 @@ class AgentEngine:
             else:
                 entry = await self.sessions.get(task_id)
                 state, rev = (decode_state(entry.value), entry.revision) if entry is not None else (None, None)
+            if subject is not None and isinstance(event, (ToolCallCompleted, ApprovalDecided)):
+                why = check_inbox(state, event, subject)
+                if why is not None:
+                    if cached:
+                        # Maybe only this replica's copy is behind: judge on the store's.
+                        self._cache.pop(task_id, None)
+                        continue
+                    raise _Refused(why)
             if state is None and isinstance(event, TaskSubmitted) and history is None:
                 history = await self._history(event)
             ctx = self.context(history or ())
+            if seq and isinstance(event, ApprovalDecided):
+                ctx = dataclasses.replace(ctx, decision_seq=seq)
             decision = core.decide(state, event, ctx)
             if not decision.changed or decision.state is None:
                 if cached:
@@ -204,6 +227,22 @@ class AgentEngine:
                 self._remember(task_id, decision.state, new_rev)
             return decision
         raise Conflict(f"session {task_id}: gave up after {MAX_CAS_RETRIES} compare-and-set conflicts")
+
+    async def _audit_refusal(self, event: ToolCallCompleted | ApprovalDecided, subject: str, why: str) -> None:
+        """``inbox.rejected``: what arrived where, who it claims to be from, why it was refused."""
+        claimed = f"approver:{event.approver}" if isinstance(event, ApprovalDecided) else f"tool-worker:{event.worker}"
+        details: dict[str, object] = {"subject": subject, "reason": why, "event": type(event).__name__,
+                                      "call_id": event.call_id, "step": event.step}
+        if isinstance(event, ApprovalDecided):
+            details["approval_id"] = event.approval_id
+        rec = AuditRecord(kind="inbox.rejected", at=self.clock(), actor=claimed, agent=self.spec.name,
+                          task_id=event.task_id, details=details)
+        log.warning("refused %s on %s: %s", type(event).__name__, subject, why)
+        try:
+            await self.bus.publish(subjects.audit(rec.kind, self.spec.name), codec.encode(rec),
+                                   msg_id=audit_msg_id(rec))
+        except Exception as exc:  # noqa: BLE001 - the refusal stands; the dead letter still records it
+            log.warning("could not audit a refused inbox event: %s", exc)
 
     def _remember(self, task_id: str, state: SessionState, revision: int) -> None:
         self._cache[task_id] = (state, revision)
@@ -332,6 +371,10 @@ def audit_msg_id(rec: AuditRecord) -> str:
     ident = rec.details.get("approval_id") or rec.task_id
     who = hashlib.sha256(rec.actor.encode()).hexdigest()[:16]
     return f"audit:{rec.kind}:{ident}:{who}:{rec.at!r}"
+
+
+class _Refused(Exception):
+    """An inbox event ``core.trust.check_inbox`` refused; the message is the reason."""
 
 
 class _RefLock:

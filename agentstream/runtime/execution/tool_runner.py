@@ -5,7 +5,10 @@ is something the model should see and react to, never a crashed step.
 
 Per call, in order:
 
-1. the request is checked (the reply goes only to the named task's inbox);
+1. the request is checked (the reply goes only to the named task's inbox; a
+   call that needs a human's approval runs only under a decision approving
+   exactly it, read from the stream by the worker itself, else it is
+   dead-lettered and audited as ``tool.refused``);
 2. an ``idempotent`` tool whose result for this idempotency key is already
    stored (bucket ``tool_results``) publishes that result again instead of
    running: a redelivered call returns the first result;
@@ -52,7 +55,13 @@ from typing import Any
 import msgspec
 
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import ToolCallCompleted, ToolCallRequested, ToolError
+from agentstream.contracts.events import (
+    ApprovalDecided,
+    AuditRecord,
+    ToolCallCompleted,
+    ToolCallRequested,
+    ToolError,
+)
 from agentstream.runtime.adapters.in_memory import InMemoryKV
 from agentstream.runtime.core.errors import Conflict
 from agentstream.runtime.core.ports import Bus, Entry, SessionStore
@@ -61,6 +70,9 @@ from agentstream.runtime.execution.breaker import Admission, SharedBreaker
 from agentstream.runtime.execution.consumer import Reject
 
 log = logging.getLogger("agentstream.toolrunner")
+
+# (subject, body) of the EVENTS message at a sequence, or None if there is none.
+DecisionReader = Callable[[int], Awaitable[tuple[str, bytes] | None]]
 
 # OSErrors that are a bug or a configuration problem, not a flaky downstream.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
@@ -134,7 +146,8 @@ class ToolRunner:
                  default_timeout_s: float = 30.0, breakers: SessionStore | None = None,
                  results: SessionStore | None = None, registry: Mapping[str, Tool] | None = None,
                  clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 decisions: DecisionReader | None = None, approvers: tuple[str, ...] = ()) -> None:
         self.tools = tools
         self.bus = bus
         self.worker = worker
@@ -143,6 +156,11 @@ class ToolRunner:
         self.breaker = SharedBreaker(breakers if breakers is not None else InMemoryKV(), clock=clock)
         self.results = results
         self.sleep = sleep
+        # Reads a decision by its EVENTS sequence, for calls that need a human;
+        # without one, such calls never run (fail closed).
+        self.decisions = decisions
+        self.approvers = approvers  # the deployment's approvers (AGENTSTREAM_APPROVERS)
+        self.refused = 0  # calls refused for want of a valid approval
         self.executions = 0  # calls whose tool ran
         self.replayed = 0  # idempotent calls answered from the stored result
 
@@ -154,6 +172,14 @@ class ToolRunner:
             raise Reject(f"reply_subject {req.reply_subject!r} is not the inbox of task {req.task_id!r}")
         msg_id = f"{req.idempotency_key}:result"
         tool = self.tools.get(req.tool)
+        if tool is not None and tool.needs_approval(req.arguments):
+            why = await self._check_approval(req, tool)
+            if why is not None:
+                # No result is published: its msg id is the real call's, which a
+                # forged request must not take. Dead-lettered and audited instead.
+                self.refused += 1
+                await self._audit_refusal(req, why)
+                raise Reject(why)
         key = result_key(req) if tool is not None and tool.idempotent and self.results is not None else None
         if key is not None:
             stored = await self._stored(key)
@@ -167,6 +193,50 @@ class ToolRunner:
         if key is not None and out.attempts > 0:
             payload = await self._store(key, payload)
         await self.bus.publish(req.reply_subject, payload, msg_id=msg_id)
+
+    async def _check_approval(self, req: ToolCallRequested, tool: Tool) -> str | None:
+        """None if the call runs under a decision that approves exactly it, read
+        from the stream and published on the task's decisions subject (which
+        only the approval service may publish to); else why not."""
+        if req.approval_seq <= 0:
+            return f"{req.tool} needs a human's approval and the call carries none"
+        if self.decisions is None:
+            return f"{req.tool} needs a human's approval and this worker cannot read decisions"
+        found = await self.decisions(req.approval_seq)
+        if found is None:
+            return f"no approval decision at EVENTS sequence {req.approval_seq}"
+        subject, data = found
+        if subject != subjects.decisions(req.agent, req.task_id):
+            return f"the message at EVENTS sequence {req.approval_seq} is not a decision on task {req.task_id}"
+        try:
+            d = codec.agent_inbox.decode(data)
+        except codec.DecodeError as exc:
+            return f"the approval decision is not readable: {exc}"
+        if not isinstance(d, ApprovalDecided):
+            return "the approval reference is not a decision"
+        if (d.task_id, d.agent, d.step, d.call_id, d.tool) != (req.task_id, req.agent, req.step, req.call_id,
+                                                                 req.tool):
+            return f"the decision {d.approval_id} is for another call"
+        if d.arguments_digest != codec.arguments_digest(req.arguments):
+            return f"the decision {d.approval_id} approved other arguments"
+        if not d.approved:
+            return f"the decision {d.approval_id} denied this call"
+        allowed = tool.approvers or self.approvers
+        if allowed and d.approver not in allowed:
+            return f"{d.approver} may not approve {req.tool}"
+        return None
+
+    async def _audit_refusal(self, req: ToolCallRequested, why: str) -> None:
+        rec = AuditRecord(kind="tool.refused", at=time.time(), actor=f"agent:{req.agent}", agent=req.agent,
+                          task_id=req.task_id, details={"tool": req.tool, "call_id": req.call_id, "step": req.step,
+                                                        "approval_seq": req.approval_seq, "reason": why,
+                                                        "worker": self.worker})
+        log.warning("refused a call to %s for task %s: %s", req.tool, req.task_id, why)
+        try:
+            await self.bus.publish(subjects.audit(rec.kind, req.agent), codec.encode(rec),
+                                   msg_id=f"audit:tool.refused:{req.idempotency_key}:{rec.at!r}")
+        except Exception as exc:  # noqa: BLE001 - the refusal stands; the dead letter records it too
+            log.warning("could not audit a refused tool call: %s", exc)
 
     async def execute(self, req: ToolCallRequested) -> tuple[object, ToolError | None]:
         """(result, None) or (None, error). Never raises for a tool's failure."""

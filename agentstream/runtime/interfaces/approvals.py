@@ -1,6 +1,7 @@
 """Human-in-the-loop decisions from the outside: list pending approvals and
-publish decisions. Used by the CLI and the HTTP API; any NATS client can do
-the same by publishing ``ApprovalDecided`` to the task's inbox subject.
+publish decisions. Used by the CLI and the HTTP API, which play the approval
+service: a decision is accepted only from ``agents.<agent>.decisions.<task>``,
+which only the approver role may publish to (see docs/security.md).
 
 The engine is the authority on who may decide (it ignores and audits a
 decision by an identity not allowed); the checks here only fail early with a
@@ -10,6 +11,8 @@ audited here, as the engine would (``approval.rejected``).
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -29,6 +32,9 @@ from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.interfaces.http_common import _json
 
 log = logging.getLogger("agentstream.approvals")
+
+# How long decide() waits for the agent to take the decision before saying so.
+DECISION_WAIT_S = 15.0
 
 
 class ApprovalError(AgentstreamError):
@@ -80,7 +86,9 @@ def default_identity() -> str:
 
 
 async def decide(client: AgentClient, approval_id: str, *, approved: bool, approver: str,
-                 reason: str = "") -> ApprovalDecided:
+                 reason: str = "", wait_s: float = DECISION_WAIT_S) -> ApprovalDecided:
+    """Publish a decision and return it once the agent has taken it; an
+    ApprovalError if it was refused, a duplicate, or overtaken by another."""
     if not approver:
         raise ApprovalError("say who decides: --as NAME (or set AGENTSTREAM_APPROVER)", status=409)
     rec = await get_approval(client, approval_id)
@@ -99,11 +107,42 @@ async def decide(client: AgentClient, approval_id: str, *, approved: bool, appro
         raise refusal
     decision = ApprovalDecided(approval_id=req.approval_id, task_id=req.task_id, agent=req.agent, step=req.step,
                                call_id=req.call_id, approved=approved, approver=approver, reason=reason,
-                               decided_at=time.time())
-    # One decision per approval: the first one published wins (deduplicated).
-    await client.js.publish(subjects.events(req.agent, req.task_id), codec.encode(decision),
-                            headers={MSG_ID: f"{req.approval_id}:decision"}, timeout=10)
+                               decided_at=time.time(), tool=req.tool,
+                               arguments_digest=codec.arguments_digest(req.arguments))
+    body = codec.encode(decision)
+    # The dedupe id comes from the decision's own content: nobody can claim it
+    # ahead of this decision (squatting) without publishing this very decision.
+    # The first decision the agent takes wins; the others change nothing.
+    ack = await client.js.publish(subjects.decisions(req.agent, req.task_id), body,
+                                  headers={MSG_ID: decision_msg_id(decision, body)}, timeout=10)
+    if ack.duplicate:
+        raise ApprovalError(f"this decision on {approval_id} was already submitted", status=409)
+    await _outcome(client, decision, wait_s)
     return decision
+
+
+def decision_msg_id(decision: ApprovalDecided, body: bytes) -> str:
+    return f"{decision.approval_id}:decision:{hashlib.sha256(body).hexdigest()[:32]}"
+
+
+async def _outcome(client: AgentClient, decision: ApprovalDecided, wait_s: float) -> None:
+    """Wait (bounded) until the agent has taken a decision on the approval and
+    say truthfully whether it was this one: another decision that got there
+    first, or none within ``wait_s`` (no agent running?), is an error."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        rec = await get_approval(client, decision.approval_id)
+        if rec.status != "pending":
+            d = rec.decision
+            if d is not None and d.approver == decision.approver and d.decided_at == decision.decided_at:
+                return
+            by = f" by {d.approver}" if d is not None else ""
+            raise ApprovalError(f"approval {decision.approval_id} was {rec.status}{by} before this decision "
+                                "was taken; it changed nothing", status=409)
+        if time.monotonic() >= deadline:
+            raise ApprovalError(f"the decision on {decision.approval_id} was sent, but no agent took it within "
+                                f"{wait_s:g}s (is an agent running? see `agentstream approvals`)", status=504)
+        await asyncio.sleep(0.05)
 
 
 async def _audit_refusal(client: AgentClient, req: ApprovalRequested, *, approver: str, approved: bool,

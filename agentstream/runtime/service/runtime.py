@@ -164,10 +164,15 @@ class Runtime:
                            task_handler(engine), on_dead_letter=task_rejected(engine))
             self._consumer("EVENTS", subjects.agent_durable(name, "events"), subjects.events(name, "*"),
                            inbox_handler(engine))
+            # Decisions on their own subject, which only the approval service may publish to.
+            self._consumer("EVENTS", subjects.agent_durable(name, "decisions"), subjects.decisions(name, "*"),
+                           inbox_handler(engine))
         if tools:
             runner = ToolRunner(tools, bus, worker=s.worker_id, registry=self.app.tools,
                                 breakers=await nats_adapters.bucket(self.js, subjects.TOOL_BREAKERS.name),
-                                results=await nats_adapters.bucket(self.js, subjects.TOOL_RESULTS.name))
+                                results=await nats_adapters.bucket(self.js, subjects.TOOL_RESULTS.name),
+                                decisions=nats_adapters.event_reader(self.js),
+                                approvers=parse_approvers(os.environ))
             if tel is not None:
                 tel.instrument_tool_runner(runner)
             self.runners.append(runner)
