@@ -501,3 +501,47 @@ async def test_nothing_a_client_publishes_changes_a_session_but_a_task_submissio
 
 async def _superset(keys: Callable[[], Any], want: set[str]) -> bool:
     return bool(await keys() >= want)
+
+
+# ------------------------------------------------------------ HTTP approvers
+
+
+async def test_the_http_api_authenticates_approvers(desk: Desk) -> None:
+    import aiohttp
+
+    from agentstream.runtime.interfaces.http_api import HttpServer
+
+    task_id, rec = await desk.parked()
+    path = f"/v1/approvals/{rec.request.approval_id}/approve"
+    gateway = await AgentClient.connect(desk.server.plain_url, provision=False, telemetry=False,
+                                        auth=desk.auth("gateway"))
+    open_api = HttpServer(gateway, approver_auth=approvals.ApproverAuth())
+    api = HttpServer(gateway, approver_auth=approvals.ApproverAuth(
+        tokens={"alice-secret-token-123": "alice", "eve-secret-token-1234": "eve"}, header="X-Forwarded-User"))
+    timeout = aiohttp.ClientTimeout(total=WAIT_S)
+    try:
+        for server in (open_api, api):
+            await server.start("127.0.0.1", 0)
+        async with aiohttp.ClientSession(base_url=open_api.url, timeout=timeout) as s:
+            async with s.post(path, json={"approver": "alice"}) as resp:  # a name in the body proves nothing
+                assert resp.status == 401 and "not configured" in (await resp.json())["error"]
+        async with aiohttp.ClientSession(base_url=api.url, timeout=timeout) as s:
+            for headers, status in (({}, 401), ({"Authorization": "Bearer guessed-token-0000"}, 401),
+                                    ({"Authorization": "Bearer eve-secret-token-1234"}, 403)):
+                async with s.post(path, headers=headers, json={}) as resp:
+                    assert resp.status == status, (headers, await resp.text())
+            async with s.post(path, headers={"Authorization": "Bearer eve-secret-token-1234"},
+                              json={"approver": "alice"}) as resp:  # eve claiming to be alice
+                assert resp.status == 403 and "authenticated as eve" in (await resp.json())["error"]
+            assert (await desk.record(rec.request.approval_id)).status == "pending" and desk.runs() == []
+            async with s.post(path, headers={"X-Forwarded-User": "alice"}, json={}) as resp:
+                assert resp.status == 202, await resp.text()
+                assert (await resp.json())["approver"] == "alice"
+            async with s.post(path, headers={"Authorization": "Bearer alice-secret-token-123"}, json={}) as resp:
+                assert resp.status == 409 and "already approved" in (await resp.json())["error"]
+        res = await desk.client.result(task_id, timeout=WAIT_S)
+        assert isinstance(res, TaskCompleted) and desk.runs() == ["issue_refund 7 150.0"]
+    finally:
+        for server in (open_api, api):
+            await server.stop()
+        await gateway.close()

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import os
 import time
 import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 import nats.js.errors as jse
@@ -25,7 +29,7 @@ from aiohttp import web
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ApprovalDecided, ApprovalRequested, AuditRecord
 from agentstream.runtime.adapters.jetstream import MSG_ID, NatsKV, bucket
-from agentstream.runtime.core.errors import AgentstreamError
+from agentstream.runtime.core.errors import AgentstreamError, ConfigError
 from agentstream.runtime.core.policy import ApprovalRecord, decode_record, parse_approvers
 from agentstream.runtime.execution.engine import audit_msg_id
 from agentstream.runtime.interfaces.client import AgentClient
@@ -165,22 +169,87 @@ async def _audit_refusal(client: AgentClient, req: ApprovalRequested, *, approve
 
 
 class DecisionBody(msgspec.Struct, kw_only=True):
-    approver: str
+    approver: str = ""
     reason: str = ""
 
 
-def add_routes(app: web.Application, client: AgentClient) -> None:
-    """``GET /v1/approvals`` (``?status=all``), ``POST /v1/approvals/{id}/approve``
-    and ``/deny`` with ``{"approver": "...", "reason": "..."}``.
+@dataclass(frozen=True)
+class ApproverAuth:
+    """How the HTTP API knows who is deciding (docs/security.md).
 
-    The approver's identity is taken from the body as given: put the API behind
-    your authenticating proxy and let it set the body (or restrict who reaches it).
+    - ``tokens``: bearer token -> approver name (``Authorization: Bearer <token>``),
+      from ``AGENTSTREAM_APPROVER_TOKENS`` (``alice:TOKEN,bob:TOKEN``) or
+      ``AGENTSTREAM_APPROVER_TOKENS_FILE`` (one ``name:token`` a line);
+    - ``header``: reverse-proxy mode, ``AGENTSTREAM_APPROVER_HEADER`` (e.g.
+      ``X-Forwarded-User``): the proxy in front authenticated the user and set
+      this header. Only safe if nothing but the proxy can reach the API.
+
+    Neither configured: the API refuses to decide (401) rather than believe a
+    name in the request body. Listing pending approvals needs the same.
     """
+
+    tokens: Mapping[str, str] = field(default_factory=dict)
+    header: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApproverAuth:
+        env = os.environ if env is None else env
+        lines: list[str] = [p for p in (env.get("AGENTSTREAM_APPROVER_TOKENS") or "").split(",") if p.strip()]
+        path = env.get("AGENTSTREAM_APPROVER_TOKENS_FILE")
+        if path:
+            try:
+                lines += [ln for ln in Path(path).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+            except OSError as exc:
+                raise ConfigError(f"AGENTSTREAM_APPROVER_TOKENS_FILE={path!r}: {exc.strerror}") from None
+        tokens: dict[str, str] = {}
+        for line in lines:
+            name, sep, token = line.strip().partition(":")
+            if not sep or not name or len(token) < 16:
+                raise ConfigError("approver tokens are name:token pairs with tokens of 16+ characters "
+                                  "(AGENTSTREAM_APPROVER_TOKENS / AGENTSTREAM_APPROVER_TOKENS_FILE)")
+            tokens[token] = name
+        return cls(tokens=tokens, header=(env.get("AGENTSTREAM_APPROVER_HEADER") or "").strip())
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.tokens or self.header)
+
+    def identify(self, request: web.Request) -> str:
+        """The authenticated approver, or an ApprovalError (401)."""
+        if not self.configured:
+            raise ApprovalError("approver authentication is not configured: set AGENTSTREAM_APPROVER_TOKENS "
+                                "(or _FILE) or AGENTSTREAM_APPROVER_HEADER behind a proxy", status=401)
+        auth = request.headers.get("Authorization", "")
+        if self.tokens and auth.startswith("Bearer "):
+            given = auth[len("Bearer "):].strip()
+            for token, name in self.tokens.items():
+                if hmac.compare_digest(token.encode(), given.encode()):
+                    return name
+            raise ApprovalError("unknown approver token", status=401)
+        if self.header and request.headers.get(self.header, "").strip():
+            return request.headers[self.header].strip()
+        raise ApprovalError("who is deciding? send Authorization: Bearer <token>"
+                            + (f" (or come through the proxy that sets {self.header})" if self.header else ""),
+                            status=401)
+
+
+def add_routes(app: web.Application, client: AgentClient, auth: ApproverAuth | None = None) -> None:
+    """``GET /v1/approvals`` (``?status=all``), ``POST /v1/approvals/{id}/approve``
+    and ``/deny`` with ``{"reason": "..."}``.
+
+    The approver is who ``auth`` (default: from the environment) authenticated;
+    an ``approver`` in the body, if any, must be that same name.
+    """
+    auth = auth if auth is not None else ApproverAuth.from_env()
 
     # The shared JSON response. Not _error, which squeezes and truncates the
     # message: these errors are sent verbatim.
     async def list_route(request: web.Request) -> web.Response:
         status = request.query.get("status", "pending")
+        try:
+            auth.identify(request)
+        except ApprovalError as exc:
+            return _json({"error": str(exc)}, exc.status)
         try:
             records = await list_approvals(client, status=None if status == "all" else status)
         except ApprovalError as exc:
@@ -189,13 +258,16 @@ def add_routes(app: web.Application, client: AgentClient) -> None:
 
     async def decide_route(request: web.Request) -> web.Response:
         try:
-            body = msgspec.json.decode(await request.read(), type=DecisionBody)
+            body = msgspec.json.decode(await request.read() or b"{}", type=DecisionBody)
         except msgspec.DecodeError as exc:
             return _json({"error": f"invalid body: {exc}"}, 400)
         approved = request.match_info["verb"] == "approve"
         try:
+            who = auth.identify(request)
+            if body.approver and body.approver != who:
+                raise ApprovalError(f"authenticated as {who}, not {body.approver}", status=403)
             d = await decide(client, request.match_info["approval_id"], approved=approved,
-                             approver=body.approver, reason=body.reason)
+                             approver=who, reason=body.reason)
         except ApprovalError as exc:
             return _json({"error": str(exc)}, exc.status)
         return _json(d, 202)
