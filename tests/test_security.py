@@ -545,3 +545,71 @@ async def test_the_http_api_authenticates_approvers(desk: Desk) -> None:
         for server in (open_api, api):
             await server.stop()
         await gateway.close()
+
+
+# ------------------------------------------------------------------ ops configs
+
+OPS = Path(__file__).resolve().parent.parent / "ops"
+
+
+def test_ops_auth_conf_is_generated_from_the_roles_table() -> None:
+    from agentstream.runtime.config.auth import ops_auth_conf
+
+    assert (OPS / "nats-cluster" / "auth.conf").read_text() == ops_auth_conf()
+    for conf in ("n1.conf", "n2.conf", "n3.conf"):
+        assert 'include "auth.conf"' in (OPS / "nats-cluster" / conf).read_text()
+    assert 'include "nats-cluster/auth.conf"' in (OPS / "nats-single.conf").read_text()
+
+
+async def test_the_single_node_ops_config_runs_with_auth(tmp_path: Path) -> None:
+    """ops/nats-single.conf as shipped: it will not start without the role
+    passwords, and with them a client cannot publish into an agent's inbox."""
+    import os
+    import shutil
+    import subprocess
+
+    from agentstream.runtime.adapters.embedded_broker import find_nats_server, free_port
+    from agentstream.runtime.config.auth import PROVISIONED, password_variable
+
+    port = free_port()
+    (tmp_path / "nats-cluster").mkdir()
+    shutil.copyfile(OPS / "nats-cluster" / "auth.conf", tmp_path / "nats-cluster" / "auth.conf")
+    text = (OPS / "nats-single.conf").read_text().replace("0.0.0.0:4222", f"127.0.0.1:{port}")
+    text = text.replace("0.0.0.0:8222", f"127.0.0.1:{free_port()}").replace('"/data"', json.dumps(str(tmp_path)))
+    (tmp_path / "single.conf").write_text(text)
+    cmd = [find_nats_server(), "-c", str(tmp_path / "single.conf")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=10)
+    assert refused.returncode != 0 and "AGENTSTREAM_ADMIN_PASSWORD" in refused.stderr
+    passwords = {r: f"pw-{r}-0123456789" for r in PROVISIONED}
+    env.update({password_variable(r): pw for r, pw in passwords.items()})
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        admin = await until(lambda: _try_connect(f"nats://admin:{passwords['admin']}@127.0.0.1:{port}"), 10,
+                            "the single node to accept the admin")
+        await nats_adapters.provision(admin.jetstream())
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+        client = await nats.connect(url, user="client", password=passwords["client"], error_cb=on_error,
+                                    allow_reconnect=False, inbox_prefix="_INBOX_client")
+        await client.jetstream().publish(subjects.tasks(AGENT), b"{}", timeout=5)  # allowed
+        await client.publish(subjects.events(AGENT, "t1"), b"{}")
+        await client.flush()
+        await until(lambda: any("permissions violation" in e.lower() for e in errors), 5, "the refusal")
+        info = await admin.jetstream().stream_info("EVENTS")
+        assert info.state.messages == 0
+        await client.close()
+        await admin.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def _try_connect(url: str) -> NatsClient | None:
+    try:
+        return await nats.connect(url, allow_reconnect=False, connect_timeout=1)
+    except Exception:  # noqa: BLE001 - not listening yet
+        return None

@@ -143,6 +143,28 @@ def permissions_conf(role: Role) -> str:
     return f"{{publish: {{allow: {_quoted(p.publish)}}}, subscribe: {{allow: {_quoted(p.subscribe)}}}}}"
 
 
+def password_variable(role: Role) -> str:
+    """The environment variable holding ``role``'s password in ops/ deployments."""
+    return f"AGENTSTREAM_{role.upper()}_PASSWORD"
+
+
+def ops_auth_conf() -> str:
+    """``ops/nats-cluster/auth.conf``: every role as a user whose password
+    nats-server reads from the environment (an unset one stops the server
+    from starting: no accidental open broker). Regenerate with
+    ``python -m agentstream.runtime.config.auth > ops/nats-cluster/auth.conf``."""
+    lines = ["# agentstream: users and subject permissions, one user per role (docs/security.md).",
+             "# Generated from agentstream/runtime/config/auth.py (a test checks it is current):",
+             "#   python -m agentstream.runtime.config.auth > ops/nats-cluster/auth.conf",
+             "# Each password comes from the server's environment, e.g. AGENTSTREAM_AGENT_PASSWORD.",
+             "authorization {", "  users = ["]
+    for role in PROVISIONED:
+        lines.append(f"    {{user: {role}, password: ${password_variable(role)}, "
+                     f"permissions: {permissions_conf(role)}}}")
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True)
 class NatsAuth:
     """How one connection authenticates (at most one method) and its TLS files."""
@@ -213,3 +235,7 @@ def nats_auth(role: Role, url: str, data_dir: Path, env: Mapping[str, str] | Non
     if seed.is_file():
         return NatsAuth(role=role, nkey_seed_file=str(seed), **tls)
     return NatsAuth(role=role, **tls)
+
+
+if __name__ == "__main__":
+    print(ops_auth_conf(), end="")

@@ -133,7 +133,9 @@ class Runtime:
             await self.broker.astart()
         self.nc = await nats_adapters.connect(self.url, name=f"agentstream-{s.worker_id}", auth=self.auth(self.role))
         self.js = self.nc.jetstream()
-        await nats_adapters.provision(self.js, replicas=s.replicas)
+        # A process without workers (API-only `up`, the gateway role) may not
+        # create streams: it checks they exist and waits for the workers' (bounded).
+        await nats_adapters.provision(self.js, replicas=s.replicas, update=bool(self.agents or self.tools))
         # telemetry: one pipeline for this process; ports are wrapped only when it is on
         self.telemetry = setup_telemetry(self.telemetry_config or os.environ, nc=self.nc, worker_id=s.worker_id,
                                          configure_logs=True)
