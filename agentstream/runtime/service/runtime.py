@@ -107,6 +107,8 @@ class Runtime:
             return "agent"
         if self.tools and not self.agents:
             return "tool"
+        if not self.agents and not self.tools and self.settings.nats_url is not None:
+            return "gateway"  # API-only `up` against an external broker: it only checks the streams
         return "worker"
 
     def auth(self, role: Role) -> NatsAuth:
