@@ -79,3 +79,53 @@ def test_each_role_may_subscribe_to_its_own_inbox_only() -> None:
     client = permissions("client")
     assert client is not None
     assert not any(s.startswith(("agents.*.events", "agents.*.decisions", "tools.", "$KV.")) for s in client.publish)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_pki(d: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=agentstream-test-ca", cwd=d)
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)
+        (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n" if name == "server"
+                                       else "extendedKeyUsage=clientAuth\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+
+
+@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="needs the openssl command")
+async def test_tls_urls_with_ca_and_client_certificate_from_the_environment(tmp_path: Path) -> None:
+    from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+    from agentstream.runtime.adapters.jetstream import connect
+    from agentstream.runtime.core.errors import BrokerUnavailable
+
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_pki(pki)
+    server = EmbeddedNats(store_dir=tmp_path / "nats", extra_args=[
+        "--tlsverify", "--tlscert", str(pki / "server.pem"), "--tlskey", str(pki / "server.key"),
+        "--tlscacert", str(pki / "ca.pem")])
+    server.start()
+    try:
+        url = server.plain_url.replace("nats://", "tls://")
+        env = {"AGENTSTREAM_NATS_CA": str(pki / "ca.pem"), "AGENTSTREAM_NATS_CERT": str(pki / "client.pem"),
+               "AGENTSTREAM_NATS_KEY": str(pki / "client.key")}
+        auth = nats_auth("client", url, tmp_path, env)  # the client role's seed, TLS files from env
+        assert auth.nkey_seed_file and auth.tls_ca
+        nc = await connect(url, auth=auth, connect_timeout=3, reconnect=False)
+        try:
+            assert nc.is_connected and nc.connected_url is not None and nc.connected_url.scheme == "tls"
+        finally:
+            await nc.close()
+        no_cert = nats_auth("client", url, tmp_path, {"AGENTSTREAM_NATS_CA": str(pki / "ca.pem")})
+        with pytest.raises(BrokerUnavailable):  # the server verifies client certificates
+            await connect(url, auth=no_cert, connect_timeout=2, reconnect=False)
+    finally:
+        server.stop()
