@@ -268,7 +268,7 @@ async def connect(url: str, *, name: str = "agentstream", connect_timeout: float
         failures.append(str(exc) or type(exc).__name__)
 
     if not await _any_reachable(servers, connect_timeout):
-        raise BrokerUnavailable(f"cannot reach NATS at {_redact(url)}: connection refused or timed out")
+        raise BrokerUnavailable(f"cannot reach NATS at {redact_url(url)}: connection refused or timed out")
     try:
         # nats-py keeps retrying the first connect while reconnects are allowed;
         # bound it so an unreachable broker is an error, not a hang.
@@ -279,18 +279,18 @@ async def connect(url: str, *, name: str = "agentstream", connect_timeout: float
     except TimeoutError:
         why = next((f for f in failures if "authoriz" in f.lower()), "")
         if why:
-            raise BrokerUnavailable(f"NATS at {_redact(url)} refused the credentials ({_method(auth)}): {why}") from None
-        raise BrokerUnavailable(f"cannot reach NATS at {_redact(url)} "
+            raise BrokerUnavailable(f"NATS at {redact_url(url)} refused the credentials ({_method(auth)}): {why}") from None
+        raise BrokerUnavailable(f"cannot reach NATS at {redact_url(url)} "
                                 f"(no answer within {connect_timeout * 2:g}s)") from None
     except Exception as exc:  # nats-py raises several unrelated types here
-        raise BrokerUnavailable(f"cannot reach NATS at {_redact(url)}: {exc or type(exc).__name__}") from None
+        raise BrokerUnavailable(f"cannot reach NATS at {redact_url(url)}: {exc or type(exc).__name__}") from None
 
 
 def _method(auth: NatsAuth | None) -> str:
     return auth.method if auth is not None else "from the URL"
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL without a password, for messages and logs."""
     return ",".join(re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", u) for u in url.split(","))
 

@@ -27,6 +27,7 @@ import msgspec
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult
 from agentstream.runtime.adapters.embedded_broker import DirLock, EmbeddedNats
+from agentstream.runtime.adapters.jetstream import redact_url
 from agentstream.runtime.config.auth import NatsAuth, Role, nats_auth
 from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.core.errors import AgentstreamError
@@ -150,7 +151,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         settings = dataclasses.replace(settings, data_dir=Path(tmp))
         rt = Runtime.from_settings(settings, agents=[args.agent], tools="all")
         print("agentstream demo")
-        print(f"  broker : {'external ' + settings.nats_url if settings.nats_url else 'embedded nats-server (JetStream, temp dir)'}")
+        print(f"  broker : {'external ' + redact_url(settings.nats_url) if settings.nats_url else 'embedded nats-server (JetStream, temp dir)'}")
         failures = 0
         try:
             # Inside the try: a start-up that fails half way must not leave its broker behind.
@@ -261,7 +262,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         except (OSError, OverflowError) as exc:
             raise AgentstreamError(f"cannot listen on {settings.http_host}:{settings.http_port}: "
                                    f"{_os_reason(exc)} (AGENTSTREAM_HTTP_HOST, AGENTSTREAM_HTTP_PORT)") from None
-        print(f"agentstream up: NATS {rt.url}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
+        print(f"agentstream up: NATS {redact_url(rt.url)}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
               f"tools: {tools or '-'}. Ctrl-C or SIGTERM stops gracefully.", flush=True)
         await _until_stopped(stop, rt.broker)
         print("agentstream: shutting down (finishing in-flight steps)...", file=sys.stderr, flush=True)
@@ -347,7 +348,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     try:
         await rt.start()
         print(f"agentstream worker {settings.worker_id}: agents={','.join(args.agent or []) or '-'} "
-              f"tools={args.tools or '-'} on {rt.url}", flush=True)
+              f"tools={args.tools or '-'} on {redact_url(rt.url)}", flush=True)
         await stop.wait()
     finally:
         await rt.stop()
