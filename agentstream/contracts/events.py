@@ -266,7 +266,7 @@ class ApprovalDecided(Event, frozen=True, tag="agentstream.approval.decided.v1")
 class AuditRecord(Event, frozen=True, tag="agentstream.audit.record.v1"):
     """One auditable fact, on ``audit.<kind>.<agent>`` (stream AUDIT)."""
 
-    kind: str  # approval.requested | approval.decided | approval.rejected | approval.expired
+    kind: str  # approval.requested | approval.decided | approval.rejected | approval.expired | inbox.rejected | tool.refused
     at: float
     actor: str
     agent: str
