@@ -74,8 +74,18 @@ async def amain(args: argparse.Namespace) -> list[dict[str, float | str]]:
         print(f"  {mode:<14} tasks/s {mean_on:8.1f} on / {mean_off:8.1f} off = x{ratio:.3f}; "
               f"median of per-round ratios x{paired:.3f}   "
               f"(runs on: {', '.join(f'{x:.0f}' for x in on)}; off: {', '.join(f'{x:.0f}' for x in off)})")
+        # CPU per task (this process: client and workers; plus the nats-server)
+        # hardly moves with a busy machine's scheduling, unlike wall time: on a
+        # CPU-bound run, off/on CPU is the throughput ratio auth allows.
+        cpu = {a: statistics.mean(1000 * (p.py_cpu_s + (p.server_cpu_s or 0.0)) / p.tasks
+                                  for p in runs[a] if p.mode == mode and p.tasks) for a in (True, False)}
+        srv = {a: statistics.mean(1000 * (p.server_cpu_s or 0.0) / p.tasks
+                                  for p in runs[a] if p.mode == mode and p.tasks) for a in (True, False)}
+        print(f"  {'':<14} CPU ms/task {cpu[True]:.3f} on / {cpu[False]:.3f} off (nats-server {srv[True]:.3f} / "
+              f"{srv[False]:.3f}): CPU-bound throughput ratio x{cpu[False] / cpu[True]:.3f}")
         out.append({"mode": mode, "tasks_per_s_on": mean_on, "tasks_per_s_off": mean_off, "ratio": ratio,
-                    "median_round_ratio": paired})
+                    "median_round_ratio": paired, "cpu_ms_per_task_on": cpu[True],
+                    "cpu_ms_per_task_off": cpu[False]})
     return out
 
 
