@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "RetryPolicy": "agentstream.runtime.core.tools",
     "BreakerPolicy": "agentstream.runtime.core.tools",
     "NO_RETRY": "agentstream.runtime.core.tools",
+    "ToolContext": "agentstream.runtime.core.tools",
     "AgentSpec": "agentstream.runtime.core.spec",
     # models: the port and the scripted (deterministic) implementations
     "LLM": "agentstream.runtime.core.ports",
@@ -90,6 +91,7 @@ __all__ = [
     "tool",
     "Tool",
     "tool_results",
+    "ToolContext",
     "ToolFailure",
 ]
 
@@ -123,6 +125,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         RetryableToolError,
         RetryPolicy,
         Tool,
+        ToolContext,
         ToolFailure,
         tool,
     )

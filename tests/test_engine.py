@@ -223,7 +223,8 @@ async def test_support_desk_task_completes(seed: int, twice: bool, concurrent: b
     assert res.usage.input_tokens > 0 and res.usage.output_tokens > 0
     assert model.calls == 2 and engine.model_calls == 2
     assert sorted(r.tool for r in world.tool_calls()) == ["lookup_order", "refund_eligibility", "shipping_status"]
-    assert pump.runner.executions == (6 if twice else 3)
+    # a duplicated delivery waits for the running call or gets the result it kept: each tool ran once
+    assert pump.runner.executions == 3
     state = await world.state("t1")
     assert state.status == "completed" and state.outcome == res
     assert await world.deadlines.keys() == []  # cleared on completion

@@ -14,6 +14,7 @@ import msgspec
 from agentstream.contracts.events import (
     AgentInboxEvent,
     AnyEvent,
+    EvaluationEvent,
     TaskEvent,
     TaskResult,
     TaskSubmitted,
@@ -60,3 +61,4 @@ agent_inbox: Decoder[AgentInboxEvent] = Decoder(AgentInboxEvent)
 tool_call: Decoder[ToolCallRequested] = Decoder(ToolCallRequested)
 task_result: Decoder[TaskResult] = Decoder(TaskResult)
 task_event: Decoder[TaskEvent] = Decoder(TaskEvent)
+evaluation_event: Decoder[EvaluationEvent] = Decoder(EvaluationEvent)

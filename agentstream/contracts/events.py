@@ -76,6 +76,10 @@ class ToolError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     field: str | None = None
     hint: str | None = None
     retryable: bool = False
+    # The task cannot go on without a human (an at-most-once call whose outcome
+    # is unknown, with ``on_unknown="escalate"``): the agent fails the task
+    # with reason ``escalated`` instead of showing the error to the model.
+    escalate: bool = False
 
 
 # --------------------------------------------------------------------------- tasks
@@ -102,6 +106,9 @@ class TaskSubmitted(Event, frozen=True, tag="agentstream.task.submitted.v1"):
     deadline_s: float | None = None
     max_tokens: int | None = None  # per-task token budget (input + output), overrides the agent's
     max_cost_usd: float | None = None  # per-task cost budget, overrides the agent's
+    # Claim-check: the input is too large for an event and is in the object
+    # store (bucket agent_payloads) under this name; ``input`` is then empty.
+    input_ref: str = ""
 
 
 class TaskCompleted(Event, frozen=True, tag="agentstream.task.completed.v1"):
@@ -123,7 +130,7 @@ class TaskFailed(Event, frozen=True, tag="agentstream.task.failed.v1"):
     task_id: str
     agent: str
     agent_version: str
-    reason: str  # max_steps | deadline | model_error | model_output | bad_task | ...
+    reason: str  # max_steps | deadline | model_error | model_output | rejected | state_too_large | escalated | ...
     message: str
     steps: int
     tool_calls: int
@@ -176,6 +183,9 @@ class ToolCallCompleted(Event, frozen=True, tag="agentstream.tool.call.completed
     attempts: int = 1  # tries of the tool in this call; 0 = it did not run (bad arguments, circuit open)
     worker: str = ""
     served_by: str = ""  # the fallback tool that produced the result while ``tool``'s breaker was open
+    # Claim-check: ``result`` (its JSON) is in the object store (bucket
+    # agent_payloads) under this name, too large for an event; ``result`` is then null.
+    result_ref: str = ""
 
 
 # --------------------------------------------------------------------------- progress
@@ -274,6 +284,63 @@ class AuditRecord(Event, frozen=True, tag="agentstream.audit.record.v1"):
     details: dict[str, Any] = {}
 
 
+# --------------------------------------------------------------------------- evaluation
+
+
+class EvaluationScored(Event, frozen=True, tag="agentstream.eval.scored.v1"):
+    """An online evaluator's scores for one finished task, on
+    ``evals.<agent>.scores.<task_id>`` (stream EVALS). The scores are kept
+    apart (see docs/evaluation.md); ``judge`` is None when no judge ran.
+    ``deployment``: which traffic the task was (production, shadow, canary)."""
+
+    task_id: str
+    agent: str
+    agent_version: str
+    evaluator: str  # name and version of the evaluator
+    status: str  # completed | failed
+    groundedness: float
+    safety: bool
+    latency_s: float
+    tokens: int
+    cost_usd: float
+    at: float
+    judge: float | None = None
+    failed_checks: tuple[str, ...] = ()
+    sample_rate: float = 1.0  # the share of results this evaluator scores: counts divide by it
+    deployment: str = "production"
+    tenant_id: str = "default"
+
+
+class FeedbackSubmitted(Event, frozen=True, tag="agentstream.eval.feedback.v1"):
+    """A user's thumbs up or down on a task's answer, on ``evals.<agent>.feedback.<task_id>``
+    (``POST /v1/tasks/{task_id}/feedback``), stored beside the scores."""
+
+    task_id: str
+    agent: str
+    rating: Literal["up", "down"]
+    at: float
+    comment: str = ""
+    user_id: str = "anonymous"
+
+
+class DriftDetected(Event, frozen=True, tag="agentstream.eval.drift.v1"):
+    """A score's moving window fell below its baseline window by more than the
+    threshold, with the whole confidence interval of the drop beyond it. On ``evals.<agent>.drift``."""
+
+    agent: str
+    metric: str
+    baseline_mean: float
+    window_mean: float
+    diff_low: float
+    diff_high: float
+    threshold: float
+    baseline_size: int
+    window_size: int
+    at: float
+
+
+EvaluationEvent = Union[EvaluationScored, FeedbackSubmitted, DriftDetected]
+
 AgentInboxEvent = Union[ToolCallCompleted, ApprovalDecided]
 ProgressEvent = Union[ModelTurnCompleted, ToolCallDispatched, ApprovalRequested]
 TaskEvent = Union[
@@ -298,6 +365,9 @@ AnyEvent = Union[
     ApprovalRequested,
     ApprovalDecided,
     AuditRecord,
+    EvaluationScored,
+    FeedbackSubmitted,
+    DriftDetected,
 ]
 
 # Every wire event type, in AnyEvent's order (JSON Schema, AsyncAPI, property tests).

@@ -78,6 +78,20 @@ def dead_letter(origin_subject: str) -> str:
     return f"deadletter.{origin_subject}"
 
 
+def eval_scores(agent: str, task_id: str) -> str:
+    """An online evaluator's EvaluationScored for one task (stream EVALS)."""
+    return f"evals.{agent}.scores.{task_id}"
+
+
+def eval_feedback(agent: str, task_id: str) -> str:
+    """A user's FeedbackSubmitted for one task (stream EVALS, beside the scores)."""
+    return f"evals.{agent}.feedback.{task_id}"
+
+
+def eval_drift(agent: str) -> str:
+    return f"evals.{agent}.drift"
+
+
 def any_results(task_id: str) -> str:
     return f"agents.*.results.{task_id}"
 
@@ -123,6 +137,8 @@ STREAMS: tuple[StreamDef, ...] = (
               description="audit records: every approval decision, with who made it"),
     StreamDef(name="DEADLETTER", subjects=("deadletter.>",), max_age_s=30 * DAY,
               description="messages a consumer could not process, with the reason"),
+    StreamDef(name="EVALS", subjects=("evals.>",), max_age_s=30 * DAY,
+              description="online evaluation: scores, user feedback and drift alarms, per agent and task"),
     # Finished spans (SpanRecord JSON, agentstream.contracts.telemetry), one
     # subject a trace. Short dedupe window: only invoke_agent spans carry a msg id.
     StreamDef(name=TELEMETRY_STREAM, subjects=TELEMETRY_SUBJECTS, max_age_s=7 * DAY,
@@ -141,6 +157,10 @@ TOOL_BREAKERS = BucketDef(name="tool_breakers",
                           description="circuit breaker state per tool (key = tool name), shared by replicas, CAS only")
 TOOL_RESULTS = BucketDef(name="tool_results", description="results of idempotent tool calls by idempotency key",
                          max_age_s=DAY)
+# Claim-check: task inputs and tool results too large for an event (an object
+# store bucket; the events carry the object's name).
+PAYLOADS = BucketDef(name="agent_payloads", description="large task inputs and tool results (claim-check)",
+                     max_age_s=7 * DAY)
 BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS)
 
 

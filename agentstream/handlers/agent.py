@@ -63,7 +63,9 @@ def rejected_result(raw: bytes, reason: str, *, agent: str, seq: int | None, now
     try:
         ids = _ids_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeError, RecursionError):
-        return None  # not a JSON object: no task id to answer
+        # Not a JSON object: the id it would have had is its stream sequence,
+        # which whoever published it can read from the publish ack.
+        ids = _TaskIds()
     if ids.task_id is None or ids.task_id == "":
         if seq is None:
             return None

@@ -50,6 +50,12 @@ CHANNELS: tuple[tuple[str, str, tuple[type[msgspec.Struct], ...], str], ...] = (
      "The task's result (stream RESULTS). Subscribe here, or read the last message on the subject."),
     ("deadletter.{subject}", "publish", (ev.DeadLettered,),
      "Messages a consumer could not process, with the reason (stream DEADLETTER)."),
+    ("evals.{agent}.scores.{task_id}", "publish", (ev.EvaluationScored,),
+     "Online evaluators' scores of a finished task, kept apart (stream EVALS). Canary analysis reads these."),
+    ("evals.{agent}.feedback.{task_id}", "subscribe", (ev.FeedbackSubmitted,),
+     "A user's thumbs up or down on a task (stream EVALS); POST /v1/tasks/{task_id}/feedback publishes it."),
+    ("evals.{agent}.drift", "publish", (ev.DriftDetected,),
+     "A score drifted: its moving window fell below its baseline window (stream EVALS)."),
     ("telemetry.spans.{trace_id}", "publish", (SpanBatch,),
      "Finished spans of one trace, batched, from the built-in exporter (stream TELEMETRY)."),
 )
@@ -60,6 +66,8 @@ def build_broker() -> NatsBroker:
     streams = {sd.name: JStream(sd.name, subjects=list(sd.subjects), declare=False) for sd in subjects.STREAMS}
 
     def stream_for(address: str) -> JStream:
+        if address.startswith("evals."):
+            return streams["EVALS"]
         if address.startswith("tools."):
             return streams["TOOLS"]
         if ".tasks" in address:

@@ -76,3 +76,16 @@ class InMemoryBus:
 
     def on(self, prefix: str) -> list[Published]:
         return [p for p in self.published if p.subject.startswith(prefix)]
+
+
+class InMemoryBlobs:
+    """``BlobStore`` in a dict: the claim-check store of in-process tests."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def put(self, name: str, data: bytes) -> None:
+        self.data[name] = bytes(data)
+
+    async def get(self, name: str) -> bytes:
+        return self.data[name]

@@ -17,24 +17,27 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from agentstream.contracts import subjects
 from agentstream.runtime.adapters.scan import scan
 from agentstream.runtime.config.auth import NatsAuth, inbox_prefix
-from agentstream.runtime.core.errors import BrokerUnavailable, ConfigError, Conflict
+from agentstream.runtime.core.errors import BrokerUnavailable, ConfigError, Conflict, PayloadTooLarge
 from agentstream.runtime.core.ports import Entry
 
 MSG_ID = "Nats-Msg-Id"
 
 
 class NatsBus:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, *, timeout_s: float = 10.0) -> None:
         self.js = js
+        self.timeout_s = timeout_s
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
                       headers: dict[str, str] | None = None) -> None:
@@ -42,9 +45,13 @@ class NatsBus:
         if msg_id:
             hdrs[MSG_ID] = msg_id
         try:
-            await self.js.publish(subject, payload, headers=hdrs or None, timeout=10)
-        except (nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
-            raise BrokerUnavailable(f"cannot publish to {subject}: {exc}") from exc
+            await self.js.publish(subject, payload, headers=hdrs or None, timeout=self.timeout_s)
+        except nats.errors.MaxPayloadError as exc:
+            raise PayloadTooLarge(f"{len(payload)} bytes to {subject} exceed the broker's max payload") from exc
+        except BROKER_ERRORS as exc:
+            # A timeout may hide a publish the stream did store: a retry with
+            # the same msg id is deduplicated, so callers may simply retry.
+            raise BrokerUnavailable(f"cannot publish to {subject}: {type(exc).__name__}: {exc}") from exc
 
 
 class NatsKV:
@@ -115,12 +122,36 @@ def event_reader(js: JetStreamContext, stream: str = "EVENTS") -> Callable[[int]
     return read
 
 
+class NatsBlobStore:
+    """``BlobStore`` over a JetStream object store (chunked, so a blob may be
+    larger than the broker's max payload)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self.store.put(name, data)
+
+    async def get(self, name: str) -> bytes:
+        try:
+            res = await self.store.get(name)
+        except jse.NotFoundError as exc:  # ObjectNotFoundError is one
+            raise KeyError(name) from exc
+        return bytes(res.data or b"")
+
+
+async def blob_store(js: JetStreamContext, name: str = subjects.PAYLOADS.name) -> NatsBlobStore:
+    return NatsBlobStore(await js.object_store(name))
+
+
 # What a request may meet while the broker is away (down, restarting, without
 # JetStream): for the HTTP API a 503, not a 500.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     BrokerUnavailable, ConnectionError, TimeoutError, nats.errors.NoRespondersError,
     nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError,
-    jse.ServiceUnavailableError)
+    jse.ServiceUnavailableError,
+    # js.publish's "no responders": the stream has no leader (a node died, an election)
+    jse.NoStreamResponseError)
 
 _T = TypeVar("_T")
 
@@ -203,6 +234,12 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
         if not created:
             # exists with other settings (e.g. replicas): use it as it is
             await _once_visible(functools.partial(js.key_value, bd.name))
+    pd = subjects.PAYLOADS
+    if not update and await _exists(js, f"OBJ_{pd.name}"):
+        return
+    if not await _creating(functools.partial(js.create_object_store, pd.name, ObjectStoreConfig(
+            description=pd.description, ttl=pd.max_age_s, replicas=replicas, storage=StorageType.FILE))):
+        await _once_visible(functools.partial(js.object_store, pd.name))
 
 
 async def _exists(js: JetStreamContext, stream: str) -> bool:

@@ -33,13 +33,14 @@ from urllib.parse import urlparse
 
 from agentstream.runtime.core.errors import ConfigError
 
-Role = Literal["admin", "client", "observer", "approver", "gateway", "agent", "tool", "worker"]
+Role = Literal["admin", "client", "observer", "approver", "gateway", "agent", "tool", "worker", "evaluator"]
 
 # The roles the embedded broker makes credentials for, and ops/nats-auth.conf
 # lists. ``gateway`` (client + approver: the HTTP API, which authenticates
 # approvers itself) and ``worker`` (agent + tool: one process serving both)
 # are unions for processes that play two roles.
-PROVISIONED: tuple[Role, ...] = ("admin", "client", "observer", "approver", "gateway", "agent", "tool", "worker")
+PROVISIONED: tuple[Role, ...] = ("admin", "client", "observer", "approver", "gateway", "agent", "tool", "worker",
+                                 "evaluator")
 
 
 def inbox_prefix(role: Role) -> str:
@@ -72,6 +73,11 @@ _JS_PROVISION = (
     "$JS.API.CONSUMER.DURABLE.CREATE.*.*",
 )
 
+# The claim-check object store (large task inputs, large tool results): writing
+# an object is publishing its chunks and metadata, and purging a replaced one's
+# chunks. Result objects are named by their content hash, which the agent checks.
+_PAYLOADS = ("$O.agent_payloads.>", "$JS.API.STREAM.PURGE.OBJ_agent_payloads")
+
 _AGENT_PUB = (
     "agents.*.results.*",
     "agents.*.progress.*",
@@ -89,6 +95,7 @@ _TOOL_PUB = (
     "$KV.tool_breakers.>",
     "$KV.tool_results.>",
     "$JS.ACK.TOOLS.>",
+    *_PAYLOADS,
 )
 _WORKER_COMMON = ("audit.>", "deadletter.>", "telemetry.>")
 
@@ -106,7 +113,8 @@ def permissions(role: Role) -> Permissions | None:
         case "admin":
             return None
         case "client":
-            return Permissions(publish=("agents.*.tasks", "telemetry.>", *_JS_READ),
+            return Permissions(publish=("agents.*.tasks", "evals.*.feedback.*", *_PAYLOADS, "telemetry.>",
+                                        *_JS_READ),
                                subscribe=(inbox, "agents.*.results.*", "agents.*.progress.*"))
         case "observer":
             return Permissions(publish=_JS_READ,
@@ -116,8 +124,8 @@ def permissions(role: Role) -> Permissions | None:
             return Permissions(publish=("agents.*.decisions.*", "audit.>", "telemetry.>", *_JS_READ),
                                subscribe=(inbox, "agents.*.results.*", "agents.*.progress.*"))
         case "gateway":
-            return Permissions(publish=("agents.*.tasks", "agents.*.decisions.*", "audit.>", "telemetry.>",
-                                        *_JS_READ),
+            return Permissions(publish=("agents.*.tasks", "evals.*.feedback.*", *_PAYLOADS,
+                                        "agents.*.decisions.*", "audit.>", "telemetry.>", *_JS_READ),
                                subscribe=(inbox, "agents.*.results.*", "agents.*.progress.*"))
         case "agent":
             return Permissions(publish=(*_AGENT_PUB, *_WORKER_COMMON, *_JS_READ, *_JS_PROVISION),
@@ -127,6 +135,10 @@ def permissions(role: Role) -> Permissions | None:
                                subscribe=(inbox,))
         case "worker":
             return Permissions(publish=(*_AGENT_PUB, *_TOOL_PUB, *_WORKER_COMMON, *_JS_READ, *_JS_PROVISION),
+                               subscribe=(inbox,))
+        case "evaluator":
+            return Permissions(publish=("evals.*.scores.*", "evals.*.drift", "$JS.ACK.RESULTS.>", "$JS.ACK.EVALS.>",
+                                        *_WORKER_COMMON, *_JS_READ, *_JS_PROVISION),
                                subscribe=(inbox,))
     raise ConfigError(f"unknown role {role!r}")
 

@@ -158,7 +158,8 @@ def _start(task: TaskSubmitted, ctx: Context) -> Decision:
         messages.append(Message(role="assistant", content=turn.assistant))
     messages.append(Message(role="user", content=task.input))
     state = SessionState(
-        task=task,
+        # A claim-checked input is kept once, in the transcript; the task keeps its reference.
+        task=msgspec.structs.replace(task, input="") if task.input_ref else task,
         agent_version=task.agent_version or spec.version,
         status="awaiting_model",
         step=1,
@@ -309,6 +310,9 @@ def _on_tool_result(state: SessionState, ev: ToolCallCompleted, ctx: Context) ->
     if pend.approval == "pending" or pend.tool != ev.tool:
         # Never dispatched (a human has not decided) or another tool: not its result.
         return _duplicate(state, ctx, reemit=False)
+    if not ev.ok and ev.error is not None and ev.error.escalate:
+        return _fail(state, ctx, "escalated", f"{ev.tool} (call {ev.call_id}): {ev.error.message}; "
+                     "the task is escalated to a human")
     if ev.ok:
         content = tool_ok_content(ev.result)
     else:
@@ -514,7 +518,8 @@ def _complete(state: SessionState, ctx: Context, output: str, extra: tuple[AnyCo
     cmds: list[AnyCommand] = [*extra, *cancel, PublishResult(result=result), ClearDeadline()]
     key = conversation_key(task)
     if key:
-        cmds.insert(len(extra), RecordTurn(conversation_key=key, task_id=task.task_id, user=task.input,
+        user = task.input or f"(a large input, stored as {task.input_ref})"
+        cmds.insert(len(extra), RecordTurn(conversation_key=key, task_id=task.task_id, user=user,
                                            assistant=output))
     return _emit(state, tuple(cmds))
 
@@ -531,6 +536,20 @@ def _fail(state: SessionState, ctx: Context, reason: str, message: str,
     state = msgspec.structs.replace(state, status="failed", outcome=result, pending=(), results=(),
                                     updated_at=ctx.now)
     return _emit(state, (*extra, *cancel, PublishResult(result=result), ClearDeadline()))
+
+
+def too_large(state: SessionState, ctx: Context, size: int, limit: int) -> Decision:
+    """The session would outgrow what the store holds (the broker's max
+    payload): fail now, saying so, instead of failing every write until the
+    deadline. The failed state drops the transcript (it is what grew) so the
+    failure itself fits."""
+    task = msgspec.structs.replace(state.task, input="", metadata={})
+    small = msgspec.structs.replace(state, task=task, messages=(), pending=tuple(
+        p for p in state.pending if p.approval == "pending"), results=(), outbox=())
+    return _fail(small, ctx, "state_too_large",
+                 f"the session grew to {size} bytes at step {state.step}, over the {limit}-byte limit "
+                 "(the broker's max payload); large inputs and tool results travel by reference, but "
+                 "everything the model reads is kept in the session")
 
 
 def _cancel_approvals(state: SessionState) -> list[AnyCommand]:

@@ -67,3 +67,12 @@ class Bus(Protocol):
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
                       headers: dict[str, str] | None = None) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Named immutable blobs too large for an event (claim-check). Raises
+    ``KeyError`` for a name it does not hold."""
+
+    async def put(self, name: str, data: bytes) -> None: ...
+
+    async def get(self, name: str) -> bytes: ...

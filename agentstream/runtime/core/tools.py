@@ -20,6 +20,15 @@ Defaults, and why:
   try again" and are retried for every tool.
 - ``breaker=None``: no circuit breaker unless asked for (``breaker=True`` or a
   :class:`BreakerPolicy`); a breaker costs one KV read per call.
+- ``at_most_once=False``: see :attr:`Tool.mode` and ``docs/effects.md`` for
+  what each mode guarantees under which crash.
+
+A tool may ask for its call's context: a parameter annotated
+:class:`ToolContext` (any name), or one named ``idempotency_key`` (a ``str``).
+The runtime fills it in; it is not part of the schema the model sees and
+the model cannot set it. The idempotency key is the same on every delivery
+and retry of one call, so a downstream API can deduplicate with it (an
+``Idempotency-Key`` header, a unique constraint).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
 import msgspec
 
@@ -68,6 +77,28 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+ToolMode = Literal["read_only", "idempotent", "at_most_once", "plain"]
+
+
+class ToolContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What the runtime tells a tool about the call it runs (ask for it with a
+    parameter annotated ``ToolContext``). ``idempotency_key`` is
+    ``<task>:<step>:<call>``: the same on every redelivery and retry of this
+    call, different for every other call. ``attempt`` counts tries within one
+    delivery (1-based)."""
+
+    idempotency_key: str
+    task_id: str = ""
+    call_id: str = ""
+    step: int = 0
+    tool: str = ""
+    attempt: int = 1
+    tenant_id: str = "default"
+    user_id: str = "anonymous"
+
+
+IDEMPOTENCY_KEY_PARAM = "idempotency_key"
 
 
 class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,7 +178,8 @@ class Tool:
                  timeout_s: float | None = None, retry: RetryPolicy | None = None,
                  idempotent: bool = False, read_only: bool = False,
                  requires_approval: ApprovalPolicy = False, approvers: Iterable[str] = (),
-                 fallback: str | None = None, breaker: BreakerPolicy | bool | None = None) -> None:
+                 fallback: str | None = None, breaker: BreakerPolicy | bool | None = None,
+                 at_most_once: bool = False, on_unknown: Literal["error", "escalate"] = "error") -> None:
         self.fn = fn
         self.name = name or fn.__name__
         summary, param_docs = _parse_docstring(fn.__doc__ or "")
@@ -158,6 +190,17 @@ class Tool:
         self.retry = retry if retry is not None else RetryPolicy()
         self.idempotent = idempotent
         self.read_only = read_only
+        if at_most_once and (idempotent or read_only):
+            raise ValueError(f"tool {self.name!r}: at_most_once excludes idempotent and read_only "
+                             "(those may safely run again; at-most-once ones must not)")
+        self.at_most_once = at_most_once
+        if on_unknown not in ("error", "escalate"):
+            raise ValueError(f"tool {self.name!r}: on_unknown must be 'error' or 'escalate'")
+        if on_unknown == "escalate" and not at_most_once:
+            raise ValueError(f"tool {self.name!r}: on_unknown applies to at_most_once tools only")
+        # An at-most-once call whose outcome is unknown: an error the model
+        # sees ("error"), or the task fails with reason "escalated" ("escalate").
+        self.on_unknown = on_unknown
         if not (isinstance(requires_approval, bool) or callable(requires_approval)):
             raise TypeError(f"tool {self.name!r}: requires_approval must be a bool or a callable")
         self.requires_approval = requires_approval
@@ -169,8 +212,16 @@ class Tool:
         hints = get_type_hints(fn)
         sig = inspect.signature(fn)
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+        # Parameters the runtime fills in (never in the schema): name -> "context" | "key".
+        self.context_params: dict[str, str] = {}
         for pname, param in sig.parameters.items():
             ann = hints.get(pname, Any)
+            if ann is ToolContext:
+                self.context_params[pname] = "context"
+                continue
+            if pname == IDEMPOTENCY_KEY_PARAM:
+                self.context_params[pname] = "key"
+                continue
             doc = param_docs.get(pname)
             if doc:
                 ann = _annotated(ann, doc)
@@ -194,6 +245,17 @@ class Tool:
             fld = next((m.group(1) for p in _FIELD_PATTERNS if (m := p.search(text))), None)
             return ToolError(kind="invalid_arguments", message=text, field=fld,
                              hint=f"arguments must match the JSON Schema of {self.name!r}")
+
+    @property
+    def mode(self) -> ToolMode:
+        """How often the tool's effect may happen across crashes (``docs/effects.md``)."""
+        if self.read_only:
+            return "read_only"
+        if self.idempotent:
+            return "idempotent"
+        if self.at_most_once:
+            return "at_most_once"
+        return "plain"
 
     @property
     def side_effects(self) -> bool:
@@ -227,8 +289,12 @@ class Tool:
             log.warning("approval policy of tool %r raised; requiring approval", self.name, exc_info=True)
             return True
 
-    async def __call__(self, arguments: msgspec.Struct) -> Any:
+    async def __call__(self, arguments: msgspec.Struct, context: ToolContext | None = None) -> Any:
         kwargs = msgspec.structs.asdict(arguments)
+        if self.context_params:
+            ctx = context or ToolContext(idempotency_key="")
+            for pname, kind in self.context_params.items():
+                kwargs[pname] = ctx if kind == "context" else ctx.idempotency_key
         if self._is_async:
             return await self.fn(**kwargs)  # type: ignore[misc]
         return await asyncio.to_thread(self.fn, **kwargs)
@@ -263,7 +329,8 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 def tool(fn: ToolFn | None = None, *, name: str | None = None, description: str | None = None,
          timeout_s: float | None = None, retry: RetryPolicy | None = None, idempotent: bool = False,
          read_only: bool = False, requires_approval: ApprovalPolicy = False, approvers: Iterable[str] = (),
-         fallback: str | None = None, breaker: BreakerPolicy | bool | None = None) -> Any:
+         fallback: str | None = None, breaker: BreakerPolicy | bool | None = None,
+         at_most_once: bool = False, on_unknown: Literal["error", "escalate"] = "error") -> Any:
     """Decorator: ``@tool`` or ``@tool(timeout_s=5, read_only=True, breaker=True)``.
 
     Options (all on :class:`Tool`, none shown to the model): ``timeout_s`` per
@@ -273,12 +340,17 @@ def tool(fn: ToolFn | None = None, *, name: str | None = None, description: str 
     ``requires_approval`` (bool, or a predicate over the validated arguments);
     ``approvers`` (identities allowed to approve; empty = the deployment's
     default); ``fallback`` (name of a tool served while this one's breaker is
-    open); ``breaker`` (:class:`BreakerPolicy`, or True for the defaults).
+    open); ``breaker`` (:class:`BreakerPolicy`, or True for the defaults);
+    ``at_most_once`` (the start is recorded before the tool runs; a redelivered
+    call that started and never finished is not run again but answered with an
+    ``outcome_unknown`` error; with ``on_unknown="escalate"`` the task fails
+    with reason ``escalated`` instead, for a human to check).
     """
     def wrap(f: ToolFn) -> Tool:
         return Tool(f, name=name, description=description, timeout_s=timeout_s, retry=retry,
                     idempotent=idempotent, read_only=read_only, requires_approval=requires_approval,
-                    approvers=approvers, fallback=fallback, breaker=breaker)
+                    approvers=approvers, fallback=fallback, breaker=breaker, at_most_once=at_most_once,
+                    on_unknown=on_unknown)
 
     if fn is not None:
         return wrap(fn)

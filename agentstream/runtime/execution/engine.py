@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,11 +29,12 @@ from agentstream.contracts.events import (
     TaskSubmitted,
     ToolCallCompleted,
 )
+from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
 from agentstream.runtime.adapters.retry import complete_with_retry
 from agentstream.runtime.core import decide as core
 from agentstream.runtime.core.errors import Conflict, ModelError
 from agentstream.runtime.core.policy import ApprovalRecord, Policy, decode_record, encode_record
-from agentstream.runtime.core.ports import LLM, Bus, ModelRequest, SessionStore
+from agentstream.runtime.core.ports import LLM, BlobStore, Bus, ModelRequest, SessionStore
 from agentstream.runtime.core.spec import AgentSpec
 from agentstream.runtime.core.state import (
     AnyCommand,
@@ -69,6 +71,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentstream.engine")
 
 MAX_CAS_RETRIES = 50
+# Compare-and-set conflicts and broker errors are retried for this long, with
+# backoff after the first few: a leader election (seconds) must not make a
+# step give up, and a lost race is retried at once.
+CAS_RETRY_S = 30.0
+CAS_BACKOFF_MAX_S = 0.5
+_IMMEDIATE_RETRIES = 5
 
 
 class AgentEngine:
@@ -77,7 +85,8 @@ class AgentEngine:
     def __init__(self, spec: AgentSpec, llm: LLM, *, sessions: SessionStore, conversations: SessionStore,
                  deadlines: SessionStore, bus: Bus, worker: str = "", model_attempts: int = 3,
                  clock: Callable[[], float] = time.time, approvals: SessionStore | None = None,
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, blobs: BlobStore | None = None,
+                 max_state_bytes: int | None = None) -> None:
         self.spec = spec
         self.llm = llm
         self.sessions = sessions
@@ -89,6 +98,13 @@ class AgentEngine:
         self.clock = clock
         self.approvals = approvals
         self.policy = policy or Policy()
+        # Claim-check: where large task inputs and tool results are (object store).
+        self.blobs = blobs
+        # A session larger than this fails at once (``state_too_large``): the
+        # store (KV on the broker) cannot hold it. None: no limit known.
+        self.max_state_bytes = max_state_bytes
+        self.unknown_task_events = 0  # inbox events for a task with no session (dead-lettered)
+        self.cas_conflicts = 0
         # Telemetry hooks (agentstream.runtime.observability.telemetry.EngineHooks), set by
         # service.py; None: no telemetry work at all.
         self.telemetry: EngineHooks | None = None
@@ -107,6 +123,11 @@ class AgentEngine:
     # ------------------------------------------------------------ entry points
 
     async def on_task(self, task: TaskSubmitted) -> None:
+        if task.input_ref:
+            # Only the task's own input: a body naming another object must not read it into this session.
+            if task.input_ref != input_ref(task.task_id):
+                raise Reject(f"input_ref {task.input_ref!r} is not this task's ({input_ref(task.task_id)!r})")
+            task = msgspec.structs.replace(task, input=(await self._blob(task.input_ref, "input")).decode())
         await self.drive(task.task_id, task)
 
     async def on_event(self, event: ToolCallCompleted | ApprovalDecided, *, subject: str | None = None,
@@ -115,11 +136,38 @@ class AgentEngine:
         With a subject, the event must pass ``core.trust.check_inbox`` first:
         one that does not is audited (``inbox.rejected``) and raised as
         ``Reject``, which the consumer dead-letters with the reason."""
+        if isinstance(event, ToolCallCompleted) and event.result_ref:
+            if not event.result_ref.startswith(RESULT_REF_PREFIX):
+                raise Reject(f"result_ref {event.result_ref!r} does not name a tool result")
+            raw = await self._blob(event.result_ref, "tool result")
+            # The name is the content's hash: an object overwritten by anyone
+            # who may write the store no longer matches it.
+            if hashlib.sha256(raw).hexdigest() != event.result_ref[len(RESULT_REF_PREFIX):]:
+                raise Reject(f"tool result {event.result_ref} does not match its content hash")
+            try:
+                result = msgspec.json.decode(raw)
+            except msgspec.DecodeError as exc:
+                raise Reject(f"tool result {event.result_ref} is not JSON: {exc}") from None
+            event = msgspec.structs.replace(event, result=result, result_ref="")
         try:
-            await self.drive(event.task_id, event, subject=subject, seq=seq)
+            known = await self.drive(event.task_id, event, subject=subject, seq=seq)
         except _Refused as exc:
+            if exc.no_session:
+                self.unknown_task_events += 1
             await self._audit_refusal(event, subject or "", str(exc))
             raise Reject(str(exc)) from None
+        if not known:
+            # No session: nothing can resume. Dead-lettered (and counted), not dropped.
+            self.unknown_task_events += 1
+            raise Reject(f"no session for task {event.task_id!r} (unknown, or expired)")
+
+    async def _blob(self, name: str, what: str) -> bytes:
+        if self.blobs is None:
+            raise Reject(f"{what} is stored by reference ({name}) and this worker has no object store")
+        try:
+            return await self.blobs.get(name)
+        except KeyError:
+            raise Reject(f"{what} {name!r} is not in the object store (expired, or never stored)") from None
 
     async def on_deadline(self, task_id: str) -> None:
         await self.drive(task_id, DeadlineReached())
@@ -135,28 +183,33 @@ class AgentEngine:
 
     # ------------------------------------------------------------ the loop
 
-    async def drive(self, task_id: str, event: Input, *, subject: str | None = None, seq: int = 0) -> None:
+    async def drive(self, task_id: str, event: Input, *, subject: str | None = None, seq: int = 0) -> bool:
+        """Apply ``event`` and everything it leads to. False: the task has no
+        session (nothing was done). ``subject``/``seq``: see ``on_event``."""
         lock = self._locks.get(task_id)
         if lock is None:
             lock = self._locks[task_id] = _RefLock()
         lock.refs += 1
         try:
             async with lock.lock:
-                await self._drive(task_id, event, subject, seq)
+                return await self._drive(task_id, event, subject, seq)
         finally:
             lock.refs -= 1
             if lock.refs == 0:
                 self._locks.pop(task_id, None)
 
-    async def _drive(self, task_id: str, event: Input, subject: str | None = None, seq: int = 0) -> None:
+    async def _drive(self, task_id: str, event: Input, subject: str | None = None, seq: int = 0) -> bool:
         next_input: Input | None = event
         scope = None  # telemetry: one `step` span (under the task's invoke_agent span) over this step's effects
+        known = True
         try:
             while next_input is not None:
                 decision = await self._apply(task_id, next_input, subject, seq)
                 next_input = subject = None
                 seq = 0
                 state = decision.state
+                if state is None:
+                    known = False
                 if scope is None and self.telemetry is not None and state is not None and decision.commands:
                     scope = self.telemetry.step(state)
                 for cmd in decision.commands:
@@ -169,6 +222,7 @@ class AgentEngine:
             raise
         if scope is not None:
             scope.close()
+        return known
 
     async def _history(self, task: TaskSubmitted) -> tuple[Turn, ...]:
         """The earlier turns of the task's conversation (only a new session needs them)."""
@@ -178,7 +232,8 @@ class AgentEngine:
 
     async def _apply(self, task_id: str, event: Input, subject: str | None = None, seq: int = 0) -> core.Decision:
         history: tuple[Turn, ...] | None = None
-        for _ in range(MAX_CAS_RETRIES):
+        retry = _CasRetry()
+        while True:
             hit = self._cache.get(task_id)
             cached = hit is not None
             state: SessionState | None
@@ -186,7 +241,11 @@ class AgentEngine:
             if hit is not None:
                 state, rev = hit
             else:
-                entry = await self.sessions.get(task_id)
+                try:
+                    entry = await self.sessions.get(task_id)
+                except BROKER_ERRORS as exc:
+                    await retry.wait(exc, f"session {task_id}")
+                    continue
                 state, rev = (decode_state(entry.value), entry.revision) if entry is not None else (None, None)
             if subject is not None and isinstance(event, (ToolCallCompleted, ApprovalDecided)):
                 why = check_inbox(state, event, subject)
@@ -195,7 +254,7 @@ class AgentEngine:
                         # Maybe only this replica's copy is behind: judge on the store's.
                         self._cache.pop(task_id, None)
                         continue
-                    raise _Refused(why)
+                    raise _Refused(why, no_session=state is None)
             if state is None and isinstance(event, TaskSubmitted) and history is None:
                 history = await self._history(event)
             ctx = self.context(history or ())
@@ -213,20 +272,33 @@ class AgentEngine:
                 decision = self.telemetry.stamp(decision)  # telemetry: the task's trace context into its new state
             assert decision.state is not None
             raw = encode_state(decision.state)
+            if self.max_state_bytes is not None and len(raw) > self.max_state_bytes:
+                log.warning("session %s would grow to %d bytes (limit %d): failing the task", task_id, len(raw),
+                            self.max_state_bytes)
+                decision = core.too_large(decision.state, ctx, len(raw), self.max_state_bytes)
+                assert decision.state is not None
+                raw = encode_state(decision.state)
             try:
                 if rev is None:
                     new_rev = await self.sessions.create(task_id, raw)
                 else:
                     new_rev = await self.sessions.update(task_id, raw, rev)
-            except Conflict:
+            except Conflict as exc:
                 self._cache.pop(task_id, None)
+                self.cas_conflicts += 1
+                await retry.wait(exc, f"session {task_id}")
                 continue  # another replica moved the session on: decide again on fresh state
-            if decision.state.terminal:
+            except BROKER_ERRORS as exc:  # a leader election, a restart: the write may come through later
+                self._cache.pop(task_id, None)
+                await retry.wait(exc, f"session {task_id}")
+                continue
+            new_state = decision.state
+            assert new_state is not None
+            if new_state.terminal:
                 self._cache.pop(task_id, None)
             else:
-                self._remember(task_id, decision.state, new_rev)
+                self._remember(task_id, new_state, new_rev)
             return decision
-        raise Conflict(f"session {task_id}: gave up after {MAX_CAS_RETRIES} compare-and-set conflicts")
 
     async def _audit_refusal(self, event: ToolCallCompleted | ApprovalDecided, subject: str, why: str) -> None:
         """``inbox.rejected``: what arrived where, who it claims to be from, why it was refused."""
@@ -338,7 +410,8 @@ async def _cas_modify(store: SessionStore, key: str, change: Callable[[bytes | N
     """Read-modify-write one key by compare-and-set, retried on conflict.
     ``change`` gets the current value (None: absent) and returns the new one,
     or None to leave the key as it is."""
-    for _ in range(MAX_CAS_RETRIES):
+    retry = _CasRetry()
+    while True:
         entry = await store.get(key)
         new = change(entry.value if entry is not None else None)
         if new is None:
@@ -349,8 +422,35 @@ async def _cas_modify(store: SessionStore, key: str, change: Callable[[bytes | N
             else:
                 await store.update(key, new, entry.revision)
             return
-        except Conflict:
-            continue
+        except Conflict as exc:
+            await retry.wait(exc, key)
+        except BROKER_ERRORS as exc:
+            await retry.wait(exc, key)
+
+
+class _CasRetry:
+    """Bounded in time, not in count: a few immediate retries (a lost race),
+    then exponential backoff with jitter (a leader election makes writes fail
+    or conflict for seconds). Past ``CAS_RETRY_S`` it raises; the step is then
+    redelivered."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.deadline = time.monotonic() + CAS_RETRY_S
+
+    async def wait(self, exc: BaseException, what: str) -> None:
+        self.n += 1
+        if time.monotonic() >= self.deadline:
+            if isinstance(exc, Conflict):
+                raise Conflict(f"{what}: gave up after {self.n} compare-and-set conflicts in {CAS_RETRY_S:g}s") \
+                    from exc
+            raise exc
+        if self.n <= _IMMEDIATE_RETRIES and isinstance(exc, Conflict):
+            return
+        if self.n == _IMMEDIATE_RETRIES + 1:
+            log.info("%s: %s; backing off", what, type(exc).__name__)
+        base = min(CAS_BACKOFF_MAX_S, 0.005 * 2 ** min(self.n, 10))
+        await asyncio.sleep(base / 2 + random.uniform(0, base / 2))
 
 
 def _deadline_key(agent: str, task_id: str, call_id: str = "") -> str:
@@ -376,6 +476,10 @@ def audit_msg_id(rec: AuditRecord) -> str:
 class _Refused(Exception):
     """An inbox event ``core.trust.check_inbox`` refused; the message is the reason."""
 
+    def __init__(self, why: str, *, no_session: bool) -> None:
+        super().__init__(why)
+        self.no_session = no_session
+
 
 class _RefLock:
     __slots__ = ("lock", "refs")
@@ -398,6 +502,16 @@ class _Counted:
     async def complete(self, request: ModelRequest) -> ModelResponse:
         self.engine.model_calls += 1
         return await self.engine.llm.complete(request)
+
+
+# Claim-check object names: a task's input is ``input-<task id>``; a tool
+# result is ``result-<sha256 of its JSON>`` (content-addressed: naming one
+# takes knowing its content).
+RESULT_REF_PREFIX = "result-"
+
+
+def input_ref(task_id: str) -> str:
+    return f"input-{task_id}"
 
 
 def seq_task_id(stream_seq: int) -> str:

@@ -9,9 +9,16 @@ Per call, in order:
    call that needs a human's approval runs only under a decision approving
    exactly it, read from the stream by the worker itself, else it is
    dead-lettered and audited as ``tool.refused``);
-2. an ``idempotent`` tool whose result for this idempotency key is already
-   stored (bucket ``tool_results``) publishes that result again instead of
-   running: a redelivered call returns the first result;
+   a call this process is still running (a redelivery after a broker
+   restart) waits for that run; a call whose result this process computed
+   before (kept in memory, bounded) publishes that result again;
+2. an ``idempotent`` or ``at_most_once`` tool whose result for this
+   idempotency key is already stored (bucket ``tool_results``) publishes that
+   result again instead of running: a redelivered call returns the first
+   result. An ``at_most_once`` tool then records its start by
+   compare-and-set (``<key>.started``); if a start is already recorded and no
+   result, an earlier run was cut off (its worker died): the call is not run
+   again but answered ``outcome_unknown``, audited (``audit.tool_outcome_unknown.<agent>``);
 3. the arguments are validated (a model mistake: returned at once, never
    retried, never counted by the breaker);
 4. the tool's circuit breaker (if it has one) admits the call, or fails it
@@ -35,10 +42,17 @@ Per call, in order:
 
    (*) their effect may already have happened; ``RetryPolicy.retry_ambiguous``
    overrides;
-6. the outcome is recorded in the breaker, stored (idempotent tools,
-   create-only) and published as ``ToolCallCompleted`` with its ``attempts``
-   (0 = the tool did not run) and ``served_by`` (the fallback's name, if one
-   served it).
+6. the outcome is recorded in the breaker, stored (idempotent and
+   at-most-once tools, create-only), kept in memory, and published as
+   ``ToolCallCompleted`` with its ``attempts`` (0 = the tool did not run) and
+   ``served_by`` (the fallback's name, if one served it). A result larger than
+   ``claim_check_bytes`` goes to the object store and the event carries its
+   name (``result_ref``). The publish (and the store) is retried with the same
+   msg id while the broker is away, up to ``publish_retry_s``: a computed
+   result is not thrown away because a publish failed. The consumer's
+   heartbeat (``in_progress``) keeps the call's message meanwhile.
+
+Guarantees per tool mode and crash: ``docs/effects.md``.
 """
 
 from __future__ import annotations
@@ -48,9 +62,11 @@ import hashlib
 import logging
 import random
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -63,14 +79,19 @@ from agentstream.contracts.events import (
     ToolError,
 )
 from agentstream.runtime.adapters.in_memory import InMemoryKV
-from agentstream.runtime.core.errors import Conflict
-from agentstream.runtime.core.ports import Bus, Entry, SessionStore
-from agentstream.runtime.core.tools import RateLimited, RetryPolicy, Tool, ToolFailure
+from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
+from agentstream.runtime.core.errors import Conflict, PayloadTooLarge
+from agentstream.runtime.core.ports import BlobStore, Bus, Entry, SessionStore
+from agentstream.runtime.core.tools import RateLimited, RetryPolicy, Tool, ToolContext, ToolFailure
 from agentstream.runtime.execution.breaker import Admission, SharedBreaker
 from agentstream.runtime.execution.consumer import Reject
+from agentstream.runtime.execution.engine import RESULT_REF_PREFIX
 
 log = logging.getLogger("agentstream.toolrunner")
 
+_R = TypeVar("_R")
+# The broker is away (down, restarting, electing a leader): worth retrying.
+_TRANSIENT = BROKER_ERRORS
 # (subject, body) of the EVENTS message at a sequence, or None if there is none.
 DecisionReader = Callable[[int], Awaitable[tuple[str, bytes] | None]]
 
@@ -147,6 +168,8 @@ class ToolRunner:
                  results: SessionStore | None = None, registry: Mapping[str, Tool] | None = None,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 blobs: BlobStore | None = None, claim_check_bytes: int = 256 * 1024,
+                 publish_retry_s: float = 120.0, keep_results: int = 10_000,
                  decisions: DecisionReader | None = None, approvers: tuple[str, ...] = ()) -> None:
         self.tools = tools
         self.bus = bus
@@ -156,13 +179,31 @@ class ToolRunner:
         self.breaker = SharedBreaker(breakers if breakers is not None else InMemoryKV(), clock=clock)
         self.results = results
         self.sleep = sleep
+        # Large results go to the blob store (claim-check) above this size.
+        self.blobs = blobs
+        self.claim_check_bytes = claim_check_bytes
+        # How long a result (or an at-most-once start mark) is retried while
+        # the broker is away, before the call's message is let go (redelivered).
+        self.publish_retry_s = publish_retry_s
+        # The last results this process computed, by idempotency key: a
+        # redelivered call (a lost ack, a publish given up on) is answered
+        # from here instead of running its tool again.
+        self.keep_results = keep_results
+        self._kept: OrderedDict[str, bytes] = OrderedDict()
+        self._kept_bytes = 0
+        self.keep_results_bytes = 64 * 1024 * 1024
+        self._running: dict[str, asyncio.Future[BaseException | None]] = {}
+        self._local = InMemoryKV()  # at-most-once marks when no KV is given
         # Reads a decision by its EVENTS sequence, for calls that need a human;
         # without one, such calls never run (fail closed).
         self.decisions = decisions
         self.approvers = approvers  # the deployment's approvers (AGENTSTREAM_APPROVERS)
         self.refused = 0  # calls refused for want of a valid approval
         self.executions = 0  # calls whose tool ran
-        self.replayed = 0  # idempotent calls answered from the stored result
+        self.replayed = 0  # calls answered from a stored or kept result
+        self.delivered = 0  # results the broker took
+        self.publish_retries = 0  # attempts repeated while the broker was away
+        self.outcome_unknown = 0  # at-most-once calls found started and unfinished
 
     async def on_call(self, req: ToolCallRequested) -> None:
         # The reply goes only to the inbox of the task named in the request, so a
@@ -170,29 +211,201 @@ class ToolRunner:
         if req.reply_subject != subjects.events(req.agent, req.task_id) or not subjects.is_token(req.agent) \
                 or not subjects.is_token(req.task_id):
             raise Reject(f"reply_subject {req.reply_subject!r} is not the inbox of task {req.task_id!r}")
+        key = req.idempotency_key
+        running = self._running.get(key)
+        if running is not None:
+            # A redelivery while this process still runs (or re-publishes) the
+            # call, e.g. after a broker restart: wait for that one, run nothing.
+            # If that one failed, so does this delivery (acking it would ack
+            # the message whose result was never published).
+            failed = await asyncio.shield(running)
+            if failed is not None:
+                raise RuntimeError(f"the first delivery of {key} failed: {failed}")
+            return
+        fut: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self._running[key] = fut
+        outcome: BaseException | None = None
+        try:
+            await self._on_call(req)
+        except _Replay as replay:
+            self.replayed += 1
+            await self._deliver(req.reply_subject, replay.payload, f"{req.idempotency_key}:result")
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            self._running.pop(key, None)
+            fut.set_result(outcome)
+
+    async def _on_call(self, req: ToolCallRequested) -> None:
         msg_id = f"{req.idempotency_key}:result"
-        tool = self.tools.get(req.tool)
-        if tool is not None and tool.needs_approval(req.arguments):
-            why = await self._check_approval(req, tool)
+        gated = self.tools.get(req.tool)
+        if gated is not None and gated.needs_approval(req.arguments):
+            why = await self._check_approval(req, gated)
             if why is not None:
                 # No result is published: its msg id is the real call's, which a
                 # forged request must not take. Dead-lettered and audited instead.
                 self.refused += 1
                 await self._audit_refusal(req, why)
                 raise Reject(why)
-        key = result_key(req) if tool is not None and tool.idempotent and self.results is not None else None
-        if key is not None:
-            stored = await self._stored(key)
+        kept = self._kept.get(req.idempotency_key)
+        if kept is not None:
+            # Computed here before and possibly never delivered (a publish
+            # that failed, an ack lost with the broker): publish it, not a rerun.
+            self.replayed += 1
+            await self._deliver(req.reply_subject, kept, msg_id)
+            return
+        tool = self.tools.get(req.tool)
+        store = self._store_for(tool)
+        key = result_key(req) if store is not None else None
+        if key is not None and store is not None:
+            stored = await self._stored(store, key, must=tool is not None and tool.at_most_once)
             if stored is not None:
                 self.replayed += 1
-                await self.bus.publish(req.reply_subject, stored.value, msg_id=msg_id)
+                await self._deliver(req.reply_subject, stored.value, msg_id)
                 return
         started = time.time()
+        if tool is not None and tool.at_most_once and key is not None and store is not None:
+            unknown = await self._claim_start(store, key, req)
+            if unknown is not None:
+                payload = await self._store(store, key, self._encode(req, Outcome(error=unknown), started),
+                                            must=True)
+                self._keep(req.idempotency_key, payload)
+                await self._deliver(req.reply_subject, payload, msg_id)
+                return
         out = await self.run(req)
-        payload = self._encode(req, out, started)
-        if key is not None and out.attempts > 0:
-            payload = await self._store(key, payload)
-        await self.bus.publish(req.reply_subject, payload, msg_id=msg_id)
+        payload = await self._claim_check(self._encode(req, out, started))
+        if key is not None and store is not None and (out.attempts > 0 or (tool is not None and tool.at_most_once)):
+            payload = await self._store(store, key, payload, must=tool is not None and tool.at_most_once)
+        self._keep(req.idempotency_key, payload)
+        try:
+            await self._deliver(req.reply_subject, payload, msg_id)
+        except PayloadTooLarge as exc:
+            # No object store to put it in: the model learns, the task goes on.
+            small = self._encode(req, Outcome(error=ToolError(
+                kind="result_too_large", message=f"{req.tool} returned a result too large to deliver: {exc}",
+                hint="ask for less (a narrower query, a summary)")), started)
+            self._keep(req.idempotency_key, small)
+            await self._deliver(req.reply_subject, small, msg_id)
+
+    def _store_for(self, tool: Tool | None) -> SessionStore | None:
+        """Where this tool's results (and at-most-once start marks) live."""
+        if tool is None:
+            return None
+        if tool.at_most_once:
+            # Never without a record of the start: process-local if there is no KV.
+            return self.results if self.results is not None else self._local
+        return self.results if tool.idempotent else None
+
+    def _keep(self, idem_key: str, payload: bytes) -> None:
+        old = self._kept.pop(idem_key, None)
+        self._kept_bytes += len(payload) - (len(old) if old is not None else 0)
+        self._kept[idem_key] = payload
+        while len(self._kept) > self.keep_results or self._kept_bytes > self.keep_results_bytes:
+            _, dropped = self._kept.popitem(last=False)
+            self._kept_bytes -= len(dropped)
+
+    async def _claim_start(self, store: SessionStore, key: str, req: ToolCallRequested) -> ToolError | None:
+        """Record the start of an at-most-once call by compare-and-set before it
+        runs. None: ours, run it. A ToolError: someone started it before and
+        never stored an outcome (a worker killed mid-call): it must not run again."""
+        nonce = uuid.uuid4().hex
+        mark = msgspec.json.encode({"worker": self.worker, "at": time.time(), "key": req.idempotency_key,
+                                    "nonce": nonce})
+        try:
+            await self._with_broker(lambda: store.create(start_key(key), mark), "record the start of", req)
+            return None
+        except Conflict:
+            pass
+        first = await self._stored(store, key, must=True)
+        if first is not None:  # finished meanwhile: the redelivery publishes that result
+            raise _Replay(first.value)
+        prior = await self._stored(store, start_key(key), must=True)
+        who = ""
+        if prior is not None:
+            try:
+                info = msgspec.json.decode(prior.value)
+            except msgspec.DecodeError:
+                info = {}
+            if isinstance(info, dict) and info.get("nonce") == nonce:
+                # Our own create: it landed, but its answer was lost (a timeout), and the retry conflicted.
+                return None
+            if isinstance(info, dict) and isinstance(info.get("at"), (int, float)):
+                who = f" by worker {info.get('worker', '?')} at {time.strftime('%H:%M:%S', time.gmtime(info['at']))} UTC"
+        self.outcome_unknown += 1
+        log.warning("at-most-once call %s of %s started before%s and never finished; not run again",
+                    req.idempotency_key, req.tool, who)
+        await self._audit_unknown(req, who)
+        tool = self.tools.get(req.tool)
+        return ToolError(kind="outcome_unknown",
+                         message=f"{req.tool} was started{who} but its outcome was never recorded "
+                                 "(its worker stopped mid-call); it may or may not have taken effect, "
+                                 "and it is not run again",
+                         hint="do not call it again blindly; check its effect first or ask a human",
+                         escalate=tool is not None and tool.on_unknown == "escalate")
+
+    async def _audit_unknown(self, req: ToolCallRequested, who: str) -> None:
+        tool = self.tools.get(req.tool)
+        rec = AuditRecord(kind="tool.outcome_unknown", at=time.time(), actor=f"tool-worker:{self.worker}",
+                          agent=req.agent, task_id=req.task_id,
+                          details={"tool": req.tool, "call_id": req.call_id, "step": req.step,
+                                   "idempotency_key": req.idempotency_key, "started": who.strip(),
+                                   "escalated": tool is not None and tool.on_unknown == "escalate"})
+        try:
+            await self._with_broker(lambda: self.bus.publish(
+                subjects.audit(rec.kind, req.agent), codec.encode(rec),
+                msg_id=f"audit:tool.outcome_unknown:{req.idempotency_key}"), "audit", req)
+        except Exception as exc:  # noqa: BLE001 - the answer to the model matters more than the audit
+            log.warning("could not audit the unknown outcome of %s: %s", req.idempotency_key, exc)
+
+    async def _deliver(self, subject: str, payload: bytes, msg_id: str) -> None:
+        """Publish a result until the broker takes it (same msg id: a publish
+        that did land is deduplicated), bounded by ``publish_retry_s``; the
+        consumer's heartbeat keeps the call's message ours meanwhile. Past the
+        bound it raises: the message is redelivered, and this process
+        answers it from ``_kept`` instead of running the tool again."""
+        await self._with_broker(lambda: self.bus.publish(subject, payload, msg_id=msg_id), "publish", None,
+                                what_id=msg_id)
+        self.delivered += 1
+
+    async def _claim_check(self, payload: bytes) -> bytes:
+        """A result larger than ``claim_check_bytes`` goes to the blob store;
+        the event carries its reference (``result_ref``)."""
+        if self.blobs is None or len(payload) <= self.claim_check_bytes:
+            return payload
+        done = msgspec.json.decode(payload, type=ToolCallCompleted)
+        raw = msgspec.json.encode(done.result)
+        name = f"{RESULT_REF_PREFIX}{hashlib.sha256(raw).hexdigest()}"
+        await self._with_broker(lambda: self.blobs.put(name, raw), "store the large result of",  # type: ignore[union-attr]
+                                None, what_id=done.call_id)
+        return codec.encode(msgspec.structs.replace(done, result=None, result_ref=name))
+
+    async def _with_broker(self, op: Callable[[], Awaitable[_R]], what: str, req: ToolCallRequested | None, *,
+                           what_id: str = "") -> _R:
+        """``op()``, retried with backoff while the broker is away, for at most
+        ``publish_retry_s``. Other errors (``Conflict``, too large) pass through."""
+        deadline = time.monotonic() + self.publish_retry_s
+        wait = 0.05
+        failures = 0
+        while True:
+            try:
+                result = await op()
+            except _TRANSIENT as exc:
+                failures += 1
+                ident = what_id or (req.idempotency_key if req is not None else "")
+                if time.monotonic() + wait >= deadline:
+                    log.warning("gave up trying to %s %s after %d attempts: %s", what, ident, failures, exc)
+                    raise
+                if failures == 1:  # one line per outage, not per attempt
+                    log.warning("cannot %s %s (%s: %s); retrying for up to %gs", what, ident,
+                                type(exc).__name__, exc, self.publish_retry_s)
+                self.publish_retries += 1
+                await self.sleep(wait + random.uniform(0, wait))
+                wait = min(wait * 2, 2.0)
+                continue
+            if failures:
+                log.info("could %s %s after %d failed attempts", what, what_id or "", failures)
+            return result
 
     async def _check_approval(self, req: ToolCallRequested, tool: Tool) -> str | None:
         """None if the call runs under a decision that approves exactly it, read
@@ -315,7 +528,11 @@ class ToolRunner:
                                                                 0.001))
             try:
                 async with asyncio.timeout(t):  # no extra task, unlike wait_for
-                    return Outcome(result=await tool(args), attempts=attempts)
+                    ctx = None if not tool.context_params else ToolContext(
+                        idempotency_key=req.idempotency_key, task_id=req.task_id, call_id=req.call_id,
+                        step=req.step, tool=req.tool, attempt=attempts, tenant_id=req.tenant_id,
+                        user_id=req.user_id)
+                    return Outcome(result=await tool(args, ctx), attempts=attempts)
             except Exception as exc:  # noqa: BLE001 - any tool bug becomes a result the model sees
                 f = classify(exc, tool, timeout)
                 if not f.retry or attempts >= policy.max_attempts:
@@ -339,23 +556,41 @@ class ToolRunner:
             return codec.encode(done(None, ToolError(
                 kind="execution_error", message=f"{req.tool} returned a value that is not JSON: {exc}")))
 
-    async def _stored(self, key: str) -> Entry | None:
-        assert self.results is not None
+    async def _stored(self, store: SessionStore, key: str, *, must: bool = False) -> Entry | None:
+        """The stored result. ``must`` (at-most-once): the store must answer
+        (retried while the broker is away); else a failed read is a miss, and an
+        idempotent tool may run again: that is what idempotent means."""
+        if must:
+            return await self._with_broker(lambda: store.get(key), "read the stored result", None, what_id=key)
         try:
-            return await self.results.get(key)
-        except Exception as exc:  # noqa: BLE001 - idempotent tools may run again; that is what idempotent means
+            return await store.get(key)
+        except Exception as exc:  # noqa: BLE001
             log.warning("cannot read stored result %s: %s", key, exc)
             return None
 
-    async def _store(self, key: str, payload: bytes) -> bytes:
-        """Create-only: if another delivery stored first, publish its result."""
-        assert self.results is not None
+    async def _store(self, store: SessionStore, key: str, payload: bytes, *, must: bool = False) -> bytes:
+        """Create-only: if another delivery stored first, publish its result.
+        Retried while the broker is away (bounded); a result that still cannot
+        be stored is kept in this process and published anyway."""
         try:
-            await self.results.create(key, payload)
+            await self._with_broker(lambda: store.create(key, payload), "store the result", None, what_id=key)
         except Conflict:
-            first = await self._stored(key)
+            first = await self._stored(store, key, must=must)
             if first is not None:
                 return first.value
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot store result %s: %s", key, exc)
         return payload
+
+
+class _Replay(Exception):
+    """An at-most-once call found finished while claiming its start."""
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__("stored result")
+        self.payload = payload
+
+
+def start_key(key: str) -> str:
+    """KV key of an at-most-once call's start mark, beside its result's."""
+    return f"{key}.started"

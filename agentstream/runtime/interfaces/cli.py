@@ -553,12 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
         dp.add_argument("--reason", default="", help="why (optional, as over HTTP)")
         dp.set_defaults(fn=cmd_decide)
 
+    from agentstream.runtime.interfaces.eval_command import add_parser as add_eval
     from agentstream.runtime.interfaces.lint_command import add_parser as add_lint
     from agentstream.runtime.interfaces.view_commands import add_stats_parser, add_trace_parser
 
     add_lint(sub)
     add_trace_parser(sub)
     add_stats_parser(sub)
+    add_eval(sub)
 
     a = sub.add_parser("asyncapi", help="export the AsyncAPI document of the protocol")
     a.add_argument("--out")

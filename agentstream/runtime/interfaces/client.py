@@ -11,8 +11,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors as jse
@@ -25,7 +26,7 @@ from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, T
 from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters.scan import RESULTS_STREAM, stored_result
 from agentstream.runtime.config.auth import NatsAuth
-from agentstream.runtime.core.errors import ResultTimeout
+from agentstream.runtime.core.errors import PayloadTooLarge, ResultTimeout, SubmitFailed
 from agentstream.runtime.observability.telemetry import Telemetry, setup_telemetry
 
 # Errors that mean "no stored result readable right now" (a node just died,
@@ -34,8 +35,21 @@ _NOT_YET = (jse.NotFoundError, jse.ServiceUnavailableError, nats.errors.NoRespon
             nats.errors.TimeoutError)
 
 
+_T = TypeVar("_T")
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
+
+
+# Room a session needs beside the task's input (instructions, tool schemas,
+# the state's own fields): an input larger than max_payload minus this can
+# never fit a session, and is refused at submit time.
+SESSION_OVERHEAD_BYTES = 64 * 1024
+# Inputs larger than this travel by claim-check (the object store).
+CLAIM_CHECK_BYTES = 256 * 1024
+# A submit that timed out is retried (same msg id) for up to this long.
+SUBMIT_RETRY_S = 30.0
 
 
 class AgentClient:
@@ -49,6 +63,11 @@ class AgentClient:
         # task id -> agent, for tasks submitted here: lets result() read the
         # exact result subject directly.
         self._agents: dict[str, str] = {}
+        self.claim_check_bytes = CLAIM_CHECK_BYTES
+        self.submit_retry_s = SUBMIT_RETRY_S
+        # Whether the last successful submit was a retry the broker had
+        # already stored (its ack said duplicate): for the curious; either way it is one task.
+        self.last_submit_duplicate = False
 
     @classmethod
     async def connect(cls, url: str, *, provision: bool = True, telemetry: Telemetry | bool = True,
@@ -102,11 +121,25 @@ class AgentClient:
         task_id = subjects.check_token("task id", task_id or new_task_id())
         if conversation_id:
             subjects.check_token("conversation id", conversation_id)
-        task = TaskSubmitted(agent=agent, input=input, task_id=task_id, tenant_id=tenant_id, user_id=user_id,
-                             conversation_id=conversation_id, agent_version=agent_version,
+        input_ref = ""
+        size = len(input.encode())
+        limit = self.nc.max_payload - SESSION_OVERHEAD_BYTES
+        if size > limit:
+            raise PayloadTooLarge(
+                f"task input of {size} bytes is too large: a session must fit the broker's max payload "
+                f"({self.nc.max_payload} bytes), so inputs are limited to {limit} bytes")
+        if size > self.claim_check_bytes:
+            input_ref = f"input-{task_id}"  # the one name the agent accepts for this task (engine.input_ref)
+            await self._retrying(lambda t: self._put_blob(input_ref, input.encode(), t), task_id, stored=False)
+        task = TaskSubmitted(agent=agent, input="" if input_ref else input, task_id=task_id, tenant_id=tenant_id,
+                             user_id=user_id, conversation_id=conversation_id, agent_version=agent_version,
                              metadata=dict(metadata or {}), submitted_at=time.time(), max_steps=max_steps,
-                             deadline_s=deadline_s, max_tokens=max_tokens, max_cost_usd=max_cost_usd)
+                             deadline_s=deadline_s, max_tokens=max_tokens, max_cost_usd=max_cost_usd,
+                             input_ref=input_ref)
         body = codec.encode(task)
+        if len(body) > self.nc.max_payload:
+            raise PayloadTooLarge(f"task of {len(body)} bytes exceeds the broker's max payload "
+                                  f"({self.nc.max_payload} bytes); its metadata is too large")
         try:
             # The rest (ids, metadata, limits) checked as the worker will decode them.
             codec.task_submitted.decode(body)
@@ -122,7 +155,9 @@ class AgentClient:
             "agentstream.user_id": user_id, **({"gen_ai.conversation.id": conversation_id}
                                                if conversation_id else {})})
         try:
-            await self.js.publish(subject, body, headers=headers, timeout=10)
+            ack = await self._retrying(lambda t: self.js.publish(subject, body, headers=headers, timeout=t),
+                                       task_id, stored=None)
+            self.last_submit_duplicate = bool(getattr(ack, "duplicate", False))
         except BaseException as exc:
             if span is not None:
                 span.set_error(type(exc).__name__, str(exc))
@@ -133,6 +168,49 @@ class AgentClient:
         if len(self._agents) < 100_000:
             self._agents[task_id] = agent
         return task_id
+
+    async def _put_blob(self, name: str, data: bytes, timeout: float = 10.0) -> None:
+        store = await nats_adapters.blob_store(self.js)
+        await asyncio.wait_for(store.put(name, data), timeout=timeout)
+
+    async def _retrying(self, op: Callable[[float], Awaitable[_T]], task_id: str, *, stored: bool | None) -> _T:
+        """``op(timeout)`` retried with backoff while the broker is away (a
+        leader election, a restart), for at most ``submit_retry_s``. Safe: the
+        task id is the msg id, so a retry of a stored task is deduplicated.
+        On giving up, says whether the task may have been stored."""
+        deadline = time.monotonic() + self.submit_retry_s
+        wait = 0.1
+        maybe_stored = False
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return await op(max(min(5.0, remaining), 0.5))
+            except nats.errors.MaxPayloadError as exc:
+                raise PayloadTooLarge(f"task {task_id}: {exc}") from None
+            except nats_adapters.BROKER_ERRORS as exc:
+                # A timeout means the request went out and no ack came back:
+                # the stream may have stored it.
+                if isinstance(exc, TimeoutError):
+                    maybe_stored = True
+                if time.monotonic() + wait >= deadline:
+                    if stored is False or not maybe_stored:
+                        raise SubmitFailed(
+                            f"could not submit task {task_id} within {self.submit_retry_s:g}s: the task was "
+                            f"not stored ({type(exc).__name__}: {exc or 'no answer'})",
+                            task_id=task_id, stored=False) from None
+                    raise SubmitFailed(
+                        f"could not confirm task {task_id} within {self.submit_retry_s:g}s: it may have been "
+                        f"stored; submitting again with task id {task_id} is safe (deduplicated)",
+                        task_id=task_id, stored=None) from None
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 2.0)
+
+    async def resolve_input(self, task: TaskSubmitted) -> str:
+        """A task's input, read from the object store when it was claim-checked."""
+        if not task.input_ref:
+            return task.input
+        store = await nats_adapters.blob_store(self.js)
+        return (await store.get(task.input_ref)).decode()
 
     async def result(self, task_id: str, timeout: float = 60.0, *, agent: str | None = None) -> TaskResult:
         """The task's result, whether it arrived before or after this call.

@@ -10,6 +10,8 @@ Routes::
                                         404 for an agent the serving app does not define
     GET  /v1/tasks/{task_id}/result     the result (?wait=S, default 0, max 300) or 404
     GET  /v1/tasks/{task_id}/events     text/event-stream of the task's events, ending with its result
+    POST /v1/tasks/{task_id}/feedback   {"rating": "up"|"down", "comment": "..."}: 202, stored on stream EVALS;
+                                        404 while the task has no result
     GET  /healthz                       the process is alive
     GET  /readyz                        the broker is connected and the streams exist, else 503
     GET  /                              this index
@@ -34,7 +36,7 @@ from aiohttp import web
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskEvent
 from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
-from agentstream.runtime.core.errors import BrokerUnavailable, ResultTimeout
+from agentstream.runtime.core.errors import BrokerUnavailable, PayloadTooLarge, ResultTimeout, SubmitFailed
 from agentstream.runtime.interfaces.client import AgentClient
 
 if TYPE_CHECKING:
@@ -138,6 +140,7 @@ async def index(request: web.Request) -> web.Response:
             "POST /v1/tasks": "submit a task; JSON {agent, input, ...}; ?wait=SECONDS returns the result",
             "GET /v1/tasks/{task_id}/result": "the task's result; ?wait=SECONDS (default 0, max 300)",
             "GET /v1/tasks/{task_id}/events": "Server-Sent Events of the task, ending with its result; ?timeout=SECONDS",
+            "POST /v1/tasks/{task_id}/feedback": "thumbs up or down on a finished task: JSON {rating, comment}",
             "GET /healthz": "liveness",
             "GET /readyz": "readiness: broker connected and streams present",
         },
@@ -199,6 +202,10 @@ async def submit_task(request: web.Request) -> web.Response:
             max_cost_usd=req.max_cost_usd)
     except ValueError as exc:  # an agent / task / conversation id that is not a subject token
         raise _BadRequest(str(exc)) from None
+    except PayloadTooLarge as exc:  # a property of the request, not an outage
+        return _error(413, str(exc))
+    except SubmitFailed as exc:  # the message says whether the task may have been stored
+        return _error(503, f"broker unavailable: {exc}", task_id=exc.task_id)
     except (TimeoutError, BrokerUnavailable, nats.errors.Error) as exc:
         return _error(503, f"broker unavailable: could not publish the task ({exc or type(exc).__name__})")
     links = _links(task_id)
@@ -337,10 +344,11 @@ def create_app(client: AgentClient, *, ready: ReadyCheck | None = None,
     app.router.add_post("/v1/tasks", submit_task)
     app.router.add_get("/v1/tasks/{task_id}/result", task_result)
     app.router.add_get("/v1/tasks/{task_id}/events", task_events)
-    from agentstream.runtime.interfaces import approvals
+    from agentstream.runtime.interfaces import approvals, feedback
     from agentstream.runtime.interfaces.dashboard import add_dashboard_routes
 
     approvals.add_routes(app, client, approver_auth)  # None: from the environment
+    feedback.add_routes(app, client)
     add_dashboard_routes(app, lambda: client.js)
     app.router.add_get("/metrics", metrics)
     return app

@@ -149,6 +149,10 @@ class Runtime:
         conversations = await nats_adapters.bucket(self.js, subjects.CONVERSATIONS.name)
         deadlines = await nats_adapters.bucket(self.js, subjects.DEADLINES.name)
         approvals = await nats_adapters.bucket(self.js, subjects.APPROVALS.name)
+        blobs = await nats_adapters.blob_store(self.js)
+        # A session is one KV value: it must fit the broker's max payload (with
+        # room for the message headers); a larger one fails its task at once.
+        max_state = max(self.nc.max_payload - 4096, 4096)
 
         policy = self._policy()
         for name in self.agents:
@@ -159,7 +163,7 @@ class Runtime:
                 llm = tel.wrap_llm(llm, name)
             engine = AgentEngine(agent.spec, llm, sessions=sessions, conversations=conversations,
                                  deadlines=deadlines, bus=bus, worker=s.worker_id, approvals=approvals,
-                                 policy=policy)
+                                 policy=policy, blobs=blobs, max_state_bytes=max_state)
             if tel is not None:
                 engine.telemetry = tel.engine_hooks(agent.spec, model_name)
             self.engines[name] = engine
@@ -175,6 +179,7 @@ class Runtime:
             runner = ToolRunner(tools, bus, worker=s.worker_id, registry=self.app.tools,
                                 breakers=await nats_adapters.bucket(self.js, subjects.TOOL_BREAKERS.name),
                                 results=await nats_adapters.bucket(self.js, subjects.TOOL_RESULTS.name),
+                                blobs=blobs, claim_check_bytes=min(256 * 1024, self.nc.max_payload // 4),
                                 decisions=nats_adapters.event_reader(self.js),
                                 approvers=parse_approvers(os.environ))
             if tel is not None:
