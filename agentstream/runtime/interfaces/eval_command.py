@@ -271,7 +271,8 @@ async def evaluate(dataset: Dataset, settings: Settings, *, agent: str, label: s
             if rt is not None:
                 await rt.start()
                 url = rt.url
-            auth = rt.auth("client") if rt is not None else nats_auth("client", url, settings.data_dir)
+            # Submits the cases and plays their supervisor: the gateway role (client + approver).
+            auth = rt.auth("gateway") if rt is not None else nats_auth("gateway", url, settings.data_dir)
             async with await AgentClient.connect(url, provision=rt is None, auth=auth) as client:
                 bar, update = _progress(progress)
                 with bar:
