@@ -15,6 +15,8 @@ from agentstream.contracts.events import (
     AgentInboxEvent,
     AnyEvent,
     EvaluationEvent,
+    MemoryReplied,
+    MemoryRequest,
     TaskEvent,
     TaskResult,
     TaskSubmitted,
@@ -62,3 +64,5 @@ tool_call: Decoder[ToolCallRequested] = Decoder(ToolCallRequested)
 task_result: Decoder[TaskResult] = Decoder(TaskResult)
 task_event: Decoder[TaskEvent] = Decoder(TaskEvent)
 evaluation_event: Decoder[EvaluationEvent] = Decoder(EvaluationEvent)
+memory_request: Decoder[MemoryRequest] = Decoder(MemoryRequest)
+memory_reply: Decoder[MemoryReplied] = Decoder(MemoryReplied)

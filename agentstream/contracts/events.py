@@ -341,6 +341,111 @@ class DriftDetected(Event, frozen=True, tag="agentstream.eval.drift.v1"):
 
 EvaluationEvent = Union[EvaluationScored, FeedbackSubmitted, DriftDetected]
 
+# --------------------------------------------------------------------------- memory
+# Request-reply with the memory service on ``memory.<verb>.<tenant>``. The
+# tenant is the subject's token, which per-role subject permissions grant; the
+# service never takes it from a body or from model output (a body's
+# ``tenant_id``, when set, must agree with the subject).
+
+MemoryOp = Literal["ADD", "UPDATE", "DELETE", "NOOP"]
+# high: operator-curated knowledge | medium: stated by the user | low: derived by a model or from outside
+MemoryTrust = Literal["high", "medium", "low"]
+
+
+class MemoryWrite(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One typed write (mem0's model). ``write_id`` makes it idempotent: the
+    same id applied twice changes nothing the second time. UPDATE and DELETE
+    name their target by ``memory_id``, or by ``slot`` (the current valid memory
+    of the same user, kind and slot): the target is invalidated with a time, not
+    deleted (bi-temporal), so what was believed when stays answerable."""
+
+    op: MemoryOp
+    write_id: str
+    text: str = ""
+    memory_id: str = ""
+    slot: str = ""
+    kind: str = "fact"  # fact | preference | correction | episode | document
+    scope: Literal["user", "system"] = "user"  # user memories are kept apart from system knowledge
+    user_id: str = ""
+    source: str = ""  # where it came from: a task id, a document path, an operator
+    task_id: str = ""
+    trust: MemoryTrust = "low"
+    metadata: dict[str, str] = {}
+
+
+class MemoryWriteRequested(Event, frozen=True, tag="agentstream.memory.write.requested.v1"):
+    """Request on ``memory.write.<tenant>``; the reply is a MemoryReplied."""
+
+    writes: tuple[MemoryWrite, ...]
+    tenant_id: str = ""
+    actor: str = ""
+
+
+class MemoryQueryRequested(Event, frozen=True, tag="agentstream.memory.query.requested.v1"):
+    """Request on ``memory.query.<tenant>``: the user's memories and the
+    tenant's system knowledge most relevant to ``query``."""
+
+    query: str
+    user_id: str = ""
+    limit: int = 5
+    min_score: float = 0.0
+    include_system: bool = True
+    task_id: str = ""
+    tenant_id: str = ""
+
+
+class MemoryAdminRequested(Event, frozen=True, tag="agentstream.memory.admin.requested.v1"):
+    """Operator request on ``memory.admin.<tenant>``: forget everything from a
+    source, or review the quarantine (list, approve, reject an item)."""
+
+    action: Literal["forget", "quarantine_list", "quarantine_approve", "quarantine_reject", "stats"]
+    source: str = ""
+    item_id: str = ""
+    actor: str = ""
+    reason: str = ""
+    tenant_id: str = ""
+
+
+class MemoryHit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    memory_id: str
+    text: str
+    score: float
+    kind: str = "fact"
+    scope: str = "user"
+    user_id: str = ""
+    source: str = ""
+    task_id: str = ""
+    trust: MemoryTrust = "low"
+    created_at: float = 0.0
+
+
+class MemoryWriteResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    write_id: str
+    op: MemoryOp
+    # applied | duplicate | noop | quarantined | rate_limited | rejected | not_found
+    status: str
+    memory_id: str = ""
+    reason: str = ""
+
+
+class QuarantinedWrite(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    item_id: str
+    write: MemoryWrite
+    reasons: tuple[str, ...]
+    at: float
+    status: str = "pending"  # pending | approved | rejected
+
+
+class MemoryReplied(Event, frozen=True, tag="agentstream.memory.replied.v1"):
+    """The memory service's answer to any memory request."""
+
+    ok: bool
+    error: str = ""
+    hits: tuple[MemoryHit, ...] = ()
+    results: tuple[MemoryWriteResult, ...] = ()
+    quarantine: tuple[QuarantinedWrite, ...] = ()
+    count: int = 0
+
 AgentInboxEvent = Union[ToolCallCompleted, ApprovalDecided]
 ProgressEvent = Union[ModelTurnCompleted, ToolCallDispatched, ApprovalRequested]
 TaskEvent = Union[
@@ -368,7 +473,12 @@ AnyEvent = Union[
     EvaluationScored,
     FeedbackSubmitted,
     DriftDetected,
+    MemoryWriteRequested,
+    MemoryQueryRequested,
+    MemoryAdminRequested,
+    MemoryReplied,
 ]
+MemoryRequest = Union[MemoryWriteRequested, MemoryQueryRequested, MemoryAdminRequested]
 
 # Every wire event type, in AnyEvent's order (JSON Schema, AsyncAPI, property tests).
 ALL_EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)

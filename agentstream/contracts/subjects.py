@@ -74,6 +74,16 @@ def audit(kind: str, agent: str) -> str:
     return f"audit.{kind.replace('.', '_')}.{agent}"
 
 
+def memory(verb: str, tenant: str) -> str:
+    """``memory.<verb>.<tenant>`` (verb: query | write | admin), request-reply
+    with the memory service. The tenant token is what subject permissions grant."""
+    return f"memory.{verb}.{tenant}"
+
+
+MEMORY_VERBS: tuple[str, ...] = ("query", "write", "admin")
+MEMORY_QUEUE = "memory"  # the queue group the memory-service replicas share
+
+
 def dead_letter(origin_subject: str) -> str:
     return f"deadletter.{origin_subject}"
 
@@ -161,6 +171,18 @@ TOOL_RESULTS = BucketDef(name="tool_results", description="results of idempotent
 # store bucket; the events carry the object's name).
 PAYLOADS = BucketDef(name="agent_payloads", description="large task inputs and tool results (claim-check)",
                      max_age_s=7 * DAY)
+# Memory buckets, created by the memory service and agents that use memory
+# (not in BUCKETS: a deployment without memory provisions nothing for it).
+# Episodes carry a TTL per key (the Nats-TTL header; the bucket's stream has
+# allow_msg_ttl); max_age is only the ceiling.
+EPISODES = BucketDef(name="memory_episodes", description="episodic memory: session summaries, decisions, "
+                     "preferences, one key per episode, TTL per key", max_age_s=365 * DAY)
+MEMORY_CONVERSATIONS = BucketDef(name="memory_conversations",
+                                 description="per conversation: the summary and the unsummarised tail, CAS only",
+                                 max_age_s=90 * DAY)
+MEMORY_QUARANTINE = BucketDef(name="memory_quarantine",
+                              description="memory writes the poisoning gate held for review", max_age_s=90 * DAY)
+MEMORY_BUCKETS: tuple[BucketDef, ...] = (EPISODES, MEMORY_CONVERSATIONS, MEMORY_QUARANTINE)
 BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS)
 
 

@@ -169,6 +169,15 @@ def support_script(request: ModelRequest) -> ModelResponse:
             return calls(("create_ticket", {"subject": question[:80], "priority": "high"}))
         if "hours" in q or "open" in q:
             return calls(("store_hours", {}))
+        if "prefer" in q:
+            return answer("Noted, thank you: I will keep that in mind.")
+        if "contact" in q or "reach me" in q:
+            # With memory on (AGENTSTREAM_MEMORY=on) a stated preference from an
+            # earlier conversation arrives in the recalled-data block.
+            pref = _remembered(request, "prefer")
+            if pref:
+                return answer(f"We will contact you as you asked before: \"{pref}\"")
+            return answer("How would you like us to contact you: email or phone?")
         return answer("I can help with orders, shipping, refunds, your account and our opening hours. "
                       "What do you need?")
     data = {m.name: _json(m.content) for m in results}
@@ -206,6 +215,16 @@ def support_script(request: ModelRequest) -> ModelResponse:
         h = data["store_hours"]
         return answer(f"We are open {h['weekdays']} on weekdays and {h['weekends']} at weekends ({h['timezone']}).")
     return answer("Done.")
+
+
+def _remembered(request: ModelRequest, word: str) -> str:
+    """The first recalled memory item mentioning ``word`` (memory's data block)."""
+    for m in request.messages:
+        if m.role == "system" and "<memory>" in m.content:
+            for item in re.findall(r"<item [^>]*>(.*?)</item>", m.content):
+                if word in item.lower():
+                    return str(item)
+    return ""
 
 
 def _json(text: str) -> Any:

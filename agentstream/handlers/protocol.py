@@ -56,6 +56,14 @@ CHANNELS: tuple[tuple[str, str, tuple[type[msgspec.Struct], ...], str], ...] = (
      "A user's thumbs up or down on a task (stream EVALS); POST /v1/tasks/{task_id}/feedback publishes it."),
     ("evals.{agent}.drift", "publish", (ev.DriftDetected,),
      "A score drifted: its moving window fell below its baseline window (stream EVALS)."),
+    ("memory.query.{tenant}", "subscribe", (ev.MemoryQueryRequested,),
+     "Request-reply with the memory service (core NATS, queue group 'memory'); the reply is a MemoryReplied. "
+     "The tenant is the subject's token, never a body field."),
+    ("memory.write.{tenant}", "subscribe", (ev.MemoryWriteRequested,),
+     "Typed memory writes (ADD, UPDATE, DELETE, NOOP), idempotent by write_id, through the poisoning gate; "
+     "the reply is a MemoryReplied."),
+    ("memory.admin.{tenant}", "subscribe", (ev.MemoryAdminRequested, ev.MemoryWriteRequested),
+     "Operators: forget a source, review the quarantine, ingest (writes here skip the per-source rate limit)."),
     ("telemetry.spans.{trace_id}", "publish", (SpanBatch,),
      "Finished spans of one trace, batched, from the built-in exporter (stream TELEMETRY)."),
 )
@@ -65,11 +73,13 @@ def build_broker() -> NatsBroker:
     broker = NatsBroker()
     streams = {sd.name: JStream(sd.name, subjects=list(sd.subjects), declare=False) for sd in subjects.STREAMS}
 
-    def stream_for(address: str) -> JStream:
+    def stream_for(address: str) -> JStream | None:
         if address.startswith("evals."):
             return streams["EVALS"]
         if address.startswith("tools."):
             return streams["TOOLS"]
+        if address.startswith("memory."):
+            return None  # request-reply on core NATS, no stream
         if ".tasks" in address:
             return streams["TASKS"]
         return streams["EVENTS"]

@@ -33,14 +33,15 @@ from urllib.parse import urlparse
 
 from agentstream.runtime.core.errors import ConfigError
 
-Role = Literal["admin", "client", "observer", "approver", "gateway", "agent", "tool", "worker", "evaluator"]
+Role = Literal["admin", "client", "observer", "approver", "gateway", "agent", "tool", "worker", "evaluator",
+               "memory", "operator"]
 
 # The roles the embedded broker makes credentials for, and ops/nats-auth.conf
 # lists. ``gateway`` (client + approver: the HTTP API, which authenticates
 # approvers itself) and ``worker`` (agent + tool: one process serving both)
 # are unions for processes that play two roles.
 PROVISIONED: tuple[Role, ...] = ("admin", "client", "observer", "approver", "gateway", "agent", "tool", "worker",
-                                 "evaluator")
+                                 "evaluator", "memory", "operator")
 
 
 def inbox_prefix(role: Role) -> str:
@@ -78,6 +79,14 @@ _JS_PROVISION = (
 # chunks. Result objects are named by their content hash, which the agent checks.
 _PAYLOADS = ("$O.agent_payloads.>", "$JS.API.STREAM.PURGE.OBJ_agent_payloads")
 
+# Memory (docs/memory.md): agents ask the memory service by request-reply on
+# memory.query|write.<tenant>; the service (in agent processes by default, or
+# `agentstream memory serve`) answers on the requester's inbox and keeps its KV
+# buckets; only operators may use memory.admin.<tenant>.
+_MEMORY_KV = ("$KV.memory_episodes.>", "$KV.memory_conversations.>", "$KV.memory_quarantine.>")
+_MEMORY_ASK = ("memory.query.*", "memory.write.*")
+_MEMORY_SERVE = "memory.*.*"
+
 _AGENT_PUB = (
     "agents.*.results.*",
     "agents.*.progress.*",
@@ -89,6 +98,8 @@ _AGENT_PUB = (
     "$KV.agent_approvals.>",
     "$JS.ACK.TASKS.>",
     "$JS.ACK.EVENTS.>",
+    *_MEMORY_ASK,
+    *_MEMORY_KV,
 )
 _TOOL_PUB = (
     "agents.*.events.*",
@@ -104,6 +115,8 @@ _WORKER_COMMON = ("audit.>", "deadletter.>", "telemetry.>")
 class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    # May answer requests it received (their reply inboxes), as a service does.
+    allow_responses: bool = False
 
 
 def permissions(role: Role) -> Permissions | None:
@@ -129,13 +142,18 @@ def permissions(role: Role) -> Permissions | None:
                                subscribe=(inbox, "agents.*.results.*", "agents.*.progress.*"))
         case "agent":
             return Permissions(publish=(*_AGENT_PUB, *_WORKER_COMMON, *_JS_READ, *_JS_PROVISION),
-                               subscribe=(inbox,))
+                               subscribe=(inbox, _MEMORY_SERVE), allow_responses=True)
         case "tool":
             return Permissions(publish=(*_TOOL_PUB, *_WORKER_COMMON, *_JS_READ, *_JS_PROVISION),
                                subscribe=(inbox,))
         case "worker":
             return Permissions(publish=(*_AGENT_PUB, *_TOOL_PUB, *_WORKER_COMMON, *_JS_READ, *_JS_PROVISION),
-                               subscribe=(inbox,))
+                               subscribe=(inbox, _MEMORY_SERVE), allow_responses=True)
+        case "memory":
+            return Permissions(publish=(*_MEMORY_KV, *_WORKER_COMMON, *_JS_READ, *_JS_PROVISION),
+                               subscribe=(inbox, _MEMORY_SERVE), allow_responses=True)
+        case "operator":
+            return Permissions(publish=(*_MEMORY_ASK, "memory.admin.*", *_JS_READ), subscribe=(inbox,))
         case "evaluator":
             return Permissions(publish=("evals.*.scores.*", "evals.*.drift", "$JS.ACK.RESULTS.>", "$JS.ACK.EVALS.>",
                                         *_WORKER_COMMON, *_JS_READ, *_JS_PROVISION),
@@ -152,7 +170,9 @@ def permissions_conf(role: Role) -> str:
     p = permissions(role)
     if p is None:
         return '{publish: {allow: [">"]}, subscribe: {allow: [">"]}}'
-    return f"{{publish: {{allow: {_quoted(p.publish)}}}, subscribe: {{allow: {_quoted(p.subscribe)}}}}}"
+    responses = ", allow_responses: true" if p.allow_responses else ""
+    return (f"{{publish: {{allow: {_quoted(p.publish)}}}, subscribe: {{allow: {_quoted(p.subscribe)}}}"
+            f"{responses}}}")
 
 
 def password_variable(role: Role) -> str:

@@ -26,6 +26,8 @@ from agentstream.contracts.events import (
     AuditRecord,
     ModelResponse,
     ModelTurnCompleted,
+    TaskCompleted,
+    TaskFailed,
     TaskSubmitted,
     ToolCallCompleted,
 )
@@ -66,6 +68,7 @@ from agentstream.runtime.core.trust import check_inbox
 from agentstream.runtime.execution.consumer import Reject
 
 if TYPE_CHECKING:
+    from agentstream.runtime.memory.agent import AgentMemoryPort
     from agentstream.runtime.observability.telemetry import EngineHooks
 
 log = logging.getLogger("agentstream.engine")
@@ -108,6 +111,9 @@ class AgentEngine:
         # Telemetry hooks (agentstream.runtime.observability.telemetry.EngineHooks), set by
         # service.py; None: no telemetry work at all.
         self.telemetry: EngineHooks | None = None
+        # Memory (agentstream.runtime.memory.agent.AgentMemory), set by service.py;
+        # None: conversation history as before, no retrieval, no memory writes.
+        self.memory: AgentMemoryPort | None = None
         self.model_calls = 0  # attempts, retries included
         self._counted = _Counted(self)
         # Per-task serialisation inside one process (parallel tool results of one
@@ -226,6 +232,8 @@ class AgentEngine:
 
     async def _history(self, task: TaskSubmitted) -> tuple[Turn, ...]:
         """The earlier turns of the task's conversation (only a new session needs them)."""
+        if self.memory is not None:
+            return ()  # memory: the turns come from memory.prepare, summarised under a token budget
         key = core.conversation_key(task)
         entry = await self.conversations.get(key) if key else None
         return decode_conversation(entry.value).turns if entry is not None else ()
@@ -260,6 +268,8 @@ class AgentEngine:
             ctx = self.context(history or ())
             if seq and isinstance(event, ApprovalDecided):
                 ctx = dataclasses.replace(ctx, decision_seq=seq)
+            if self.memory is not None:
+                ctx = self.memory.guard(task_id, state, ctx)  # memory: low-trust recall alone cannot drive a side effect
             decision = core.decide(state, event, ctx)
             if not decision.changed or decision.state is None:
                 if cached:
@@ -340,6 +350,8 @@ class AgentEngine:
                                        msg_id=f"{task_id}:result")
                 if self.telemetry is not None:
                     self.telemetry.finished(state, res)  # telemetry: invoke_agent span, task metrics
+                if self.memory is not None:
+                    await self._memorise(state, res)
             case SetDeadline(deadline_at=at):
                 await self.deadlines.put(_deadline_key(agent, task_id), repr(at).encode())
             case ClearDeadline():
@@ -384,6 +396,12 @@ class AgentEngine:
     async def _call_model(self, state: SessionState, step: int, max_tokens: int | None = None) -> Input:
         request = ModelRequest(model=self.llm.name, messages=state.messages, tools=self.spec.tools,
                                max_tokens=max_tokens)
+        if self.memory is not None:
+            try:  # memory: the working context, assembled under the model's token budget
+                request = await self.memory.prepare(state, request)
+            except Exception as exc:  # noqa: BLE001 - memory must never fail a task; the plain context still works
+                log.warning("memory: context assembly failed for %s, using the plain context: %s",
+                            state.task.task_id, exc)
         started = self.clock()
         try:
             resp = await complete_with_retry(self._counted, request, attempts=self.model_attempts,
@@ -391,6 +409,13 @@ class AgentEngine:
         except ModelError as exc:
             return ModelFailed(step=step, message=f"model call failed: {exc}")
         return ModelResponded(step=step, response=resp, started_at=started, finished_at=self.clock())
+
+    async def _memorise(self, state: SessionState | None, res: TaskCompleted | TaskFailed) -> None:
+        assert self.memory is not None
+        try:
+            await self.memory.after_task(state, res)
+        except Exception as exc:  # noqa: BLE001 - the result is published; memory is best-effort after it
+            log.warning("memory: writes after task %s failed: %s", res.task_id, exc)
 
     async def _record_turn(self, cmd: RecordTurn) -> None:
         # Bounded, idempotent append: a replayed completion must not add the turn twice.

@@ -561,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_trace_parser(sub)
     add_stats_parser(sub)
     add_eval(sub)
+    from agentstream.runtime.interfaces.memory_command import add_parser as add_memory
+
+    add_memory(sub)
 
     a = sub.add_parser("asyncapi", help="export the AsyncAPI document of the protocol")
     a.add_argument("--out")

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -34,6 +34,9 @@ from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterH
 from agentstream.runtime.execution.engine import AgentEngine, parse_deadline_key
 from agentstream.runtime.execution.tool_runner import ToolRunner
 from agentstream.runtime.observability.telemetry import Telemetry, TelemetryConfig, setup_telemetry
+
+if TYPE_CHECKING:
+    from agentstream.runtime.service.memory import MemoryService
 
 log = logging.getLogger("agentstream.service")
 
@@ -85,6 +88,7 @@ class Runtime:
     # Telemetry: from the environment (OTEL_*, AGENTSTREAM_TRACING) unless given.
     telemetry_config: TelemetryConfig | None = None
     telemetry: Telemetry | None = None
+    memory_service: MemoryService | None = None  # when AGENTSTREAM_MEMORY=on
 
     @classmethod
     def from_settings(cls, settings: Settings, *, agents: Sequence[str] = (), tools: str | None = None,
@@ -188,11 +192,26 @@ class Runtime:
             for tname in tools:
                 self._consumer("TOOLS", subjects.tool_durable(tname), subjects.tool_calls(tname),
                                tool_handler(runner))
+        await self._start_memory(bus, tel)
         for c in self.consumers:
             self._tasks.append(asyncio.create_task(c.run(self.stop_event, s.shutdown_timeout_s)))
         if self.engines:
             self._tasks.append(asyncio.create_task(self._sweep(deadlines)))
         await asyncio.wait_for(asyncio.gather(*(c.started.wait() for c in self.consumers)), timeout=30)
+
+    async def _start_memory(self, bus: Bus, tel: Telemetry | None) -> None:
+        """Memory, only when AGENTSTREAM_MEMORY=on (see runtime.service.memory)."""
+        from agentstream.runtime.service import memory
+
+        cfg = memory.MemorySettings.from_env(os.environ, self.settings.data_dir)
+        if not cfg.enabled:
+            return
+        assert self.nc is not None and self.js is not None
+        if cfg.serve:
+            self.memory_service = await memory.start_memory_service(self.nc, self.js, cfg, bus=bus, tel=tel,
+                                                                    replicas=self.settings.replicas)
+        for engine in self.engines.values():
+            await memory.attach_agent_memory(engine, self.app, self.nc, self.js, cfg, tel=tel)
 
     def _policy(self) -> Policy:
         """Approval rules come from the app's tools, prices and approvers from the environment."""
@@ -267,6 +286,9 @@ class Runtime:
             if close is not None:
                 with contextlib.suppress(Exception):
                     await close()
+        if self.memory_service is not None:
+            with contextlib.suppress(Exception):
+                await self.memory_service.stop()
         if self.telemetry is not None:  # telemetry: flush spans while the connection is still open
             with contextlib.suppress(Exception):
                 await self.telemetry.shutdown()
