@@ -613,3 +613,49 @@ async def _try_connect(url: str) -> NatsClient | None:
         return await nats.connect(url, allow_reconnect=False, connect_timeout=1)
     except Exception:  # noqa: BLE001 - not listening yet
         return None
+
+
+# ---------------------------------------------------------------------- memory
+
+
+async def test_memory_request_reply_crosses_roles_as_designed(nats_server: EmbeddedNats,
+                                                             role_auth: Callable[[Role], NatsAuth]) -> None:
+    """Agents ask, the memory service answers on the asker's own inbox
+    (allow_responses), operators reach memory.admin, clients reach none of it."""
+    url = nats_server.plain_url
+
+    async def connect(role: Role, errors: list[str] | None = None) -> NatsClient:
+        async def on_error(exc: Exception) -> None:
+            if errors is not None:
+                errors.append(str(exc))
+        return await nats.connect(url, allow_reconnect=False, error_cb=on_error,
+                                  **nats_adapters.auth_options(role_auth(role)))
+
+    service = await connect("memory")
+    served: list[str] = []
+
+    async def answer(msg: Any) -> None:
+        served.append(msg.subject)
+        await msg.respond(b"ok:" + msg.subject.encode())
+    await service.subscribe("memory.*.*", queue="memory", cb=answer)
+    await service.flush()
+    asker, operator = await connect("agent"), await connect("operator")
+    client_errors: list[str] = []
+    client = await connect("client", client_errors)
+    try:
+        assert (await asker.request("memory.query.t1", b"{}", timeout=5)).data == b"ok:memory.query.t1"
+        assert (await asker.request("memory.write.t1", b"{}", timeout=5)).data == b"ok:memory.write.t1"
+        assert (await operator.request("memory.admin.t1", b"{}", timeout=5)).data == b"ok:memory.admin.t1"
+        await client.publish("memory.query.t1", b"{}")
+        await client.flush()
+        await until(lambda: any("permissions violation" in e.lower() for e in client_errors), 5, "the refusal")
+        agent_errors: list[str] = []
+        rogue = await connect("agent", agent_errors)
+        await rogue.publish("memory.admin.t1", b"{}")
+        await rogue.flush()
+        await until(lambda: any("permissions violation" in e.lower() for e in agent_errors), 5, "the refusal")
+        await rogue.close()
+        assert served == ["memory.query.t1", "memory.write.t1", "memory.admin.t1"]
+    finally:
+        for nc in (service, asker, operator, client):
+            await nc.close()
