@@ -129,3 +129,16 @@ async def test_tls_urls_with_ca_and_client_certificate_from_the_environment(tmp_
             await connect(url, auth=no_cert, connect_timeout=2, reconnect=False)
     finally:
         server.stop()
+
+
+def test_url_credentials_become_options_for_every_server_of_a_cluster() -> None:
+    """nats-py gives a URL's user:password only to that URL; a node it
+    discovers would get none, and an authorization error closes the client."""
+    from agentstream.runtime.adapters.jetstream import _split_userinfo, redact_url
+
+    servers, userinfo = _split_userinfo(["nats://admin:p%40ss@127.0.0.1:4222", "nats://admin:p%40ss@10.0.0.2:4223",
+                                         "127.0.0.1:4224"])
+    assert servers == ["nats://127.0.0.1:4222", "nats://10.0.0.2:4223", "127.0.0.1:4224"]
+    assert userinfo == ("admin", "p@ss")
+    assert _split_userinfo(["tls://h:1"]) == (["tls://h:1"], None)
+    assert redact_url("nats://admin:secret@h:1,nats://h:2") == "nats://admin:***@h:1,nats://h:2"

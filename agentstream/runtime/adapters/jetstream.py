@@ -298,6 +298,12 @@ async def connect(url: str, *, name: str = "agentstream", connect_timeout: float
     files; None, whatever the URL carries."""
     servers = [u.strip() for u in url.split(",") if u.strip()]
     opts = auth_options(auth)
+    servers, userinfo = _split_userinfo(servers)
+    if userinfo is not None and not any(k in opts for k in ("user_credentials", "nkeys_seed", "user", "token")):
+        # As options, not in the URLs: nats-py uses a URL's credentials only for
+        # that URL, and a server it discovers (a cluster's other nodes) would
+        # get none; an authorization error there closes the client for good.
+        opts["user"], opts["password"] = userinfo
     failures: list[str] = []
 
     async def _quiet(exc: Exception) -> None:
@@ -325,6 +331,25 @@ async def connect(url: str, *, name: str = "agentstream", connect_timeout: float
 
 def _method(auth: NatsAuth | None) -> str:
     return auth.method if auth is not None else "from the URL"
+
+
+def _split_userinfo(servers: list[str]) -> tuple[list[str], tuple[str, str] | None]:
+    """The servers without ``user:password@``, and the first such pair."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    found: tuple[str, str] | None = None
+    out: list[str] = []
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        if parts.username is not None and parts.password is not None:
+            found = found or (unquote(parts.username), unquote(parts.password))
+            host = parts.hostname or ""
+            netloc = f"[{host}]" if ":" in host else host
+            if parts.port is not None:
+                netloc += f":{parts.port}"
+            server = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        out.append(server)
+    return out, found
 
 
 def redact_url(url: str) -> str:
