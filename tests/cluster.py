@@ -144,7 +144,9 @@ class NatsCluster:
         self.base_dir = Path(base_dir)
         ports = _distinct_free_ports(3 * len(NODE_NAMES))
         # The auth.conf users' passwords, as the servers' environment (as compose passes them).
-        self.passwords = {role: secrets.token_urlsafe(16) for role in PROVISIONED}
+        # nats-server parses an environment value as a config value: a password
+        # must start with a letter ("7j..." would be a malformed number).
+        self.passwords = {role: f"pw{secrets.token_hex(16)}" for role in PROVISIONED}
         self.nodes = [
             Node(index=i, name=name, client_port=ports[3 * i], cluster_port=ports[3 * i + 1],
                  http_port=ports[3 * i + 2], dir=self.base_dir / name, admin_password=self.passwords["admin"])
