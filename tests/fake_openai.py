@@ -246,3 +246,56 @@ class FakeOpenAI:
         if isinstance(body, str):
             return web.Response(status=status, text=body, content_type="text/plain", headers=headers)
         return web.json_response(body, status=status, headers=headers)
+
+
+# --------------------------------------------------------------------------- server quirks
+# Responders that behave like real servers do when they deviate from OpenAI's
+# API (see docs/models.md). Each wraps or replaces a well-behaved responder.
+
+MADE_UP = "Order 12 is not eligible for a refund: it was discontinued on January 30th."
+
+
+def ignores_tools_without_tool_choice(respond: Responder) -> Responder:
+    """llama-cpp-python's ``chatml-function-calling`` format: the tools reach
+    the prompt only when the request carries ``tool_choice``; without it the
+    model never sees them and makes an answer up."""
+
+    def reply(req: JSON) -> Union[Reply, Awaitable[Reply]]:
+        if req.get("tools") and "tool_choice" not in req:
+            return text_reply(MADE_UP, prompt_tokens=63, completion_tokens=20)
+        return respond(req)
+
+    return reply
+
+
+def hangs(req: JSON) -> Reply:
+    """A paused or overloaded server: accepts the request, never answers."""
+    return HANG
+
+
+def drops_max_tokens(respond: Responder, *, generated: int = 5000, takes_s: float = 0.0) -> Responder:
+    """A server that ignores the output cap (llama-cpp-python on its tool path):
+    it reports ``generated`` completion tokens whatever ``max_tokens`` said, and
+    takes ``takes_s`` seconds to generate them (a runaway generation)."""
+
+    async def reply(req: JSON) -> Reply:
+        if takes_s:
+            await asyncio.sleep(takes_s)
+        out = respond(req)
+        if inspect.isawaitable(out):
+            out = await out
+        if isinstance(out, dict) and "usage" in out:
+            out = {**out, "usage": usage(out["usage"]["prompt_tokens"], generated)}
+        return out  # type: ignore[return-value]
+
+    return reply
+
+
+def malformed_calls(req: JSON) -> Reply:
+    """Tool calls that break the API's rules in every way small models do:
+    arguments that are not JSON, a JSON array, a tool that does not exist, a
+    call with no name. After the structured errors come back, a plain answer."""
+    if not [m for m in req["messages"] if m["role"] == "tool"]:
+        return tool_calls_reply([("lookup_order", '{"order_id": 4'), ("lookup_order", "[42]"),
+                                 ("teleport", {"where": "moon"}), ("", {})])
+    return text_reply("I could not look that up.")

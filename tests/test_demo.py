@@ -17,6 +17,7 @@ def test_demo_runs_end_to_end_with_the_scripted_model(tmp_path: Path) -> None:
     assert "scripted" in out and "AGENTSTREAM_MODEL" in out  # says no model is configured
     assert "embedded nats-server" in out
     assert "7 of 7 tasks completed" in out
+    assert "1 tool calls" not in out and "1 model turns" not in out  # counts read as English
     assert "|| overlapped with 2 other call(s)" in out  # a turn with three parallel tool calls
     assert "approved by supervisor" in out  # the human-in-the-loop step
     assert "Order 42 is processing" in out and "Refunded $156.00 on order 42" in out  # conversation continued

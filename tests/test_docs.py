@@ -65,3 +65,21 @@ def test_ci_runs_the_readmes_test_command_and_both_commands_install_from_the_loc
     assert "--require-hashes" in demo and "--require-hashes" in test
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in ci
+
+
+_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+            "ten": 10}
+
+
+def test_readme_says_how_many_tool_workers_the_demo_starts() -> None:
+    from agentstream.runtime.core.app import load_app
+
+    readme = (ROOT / "README.md").read_text()
+    said = re.search(r"the agent and (\w+) tool workers", readme)
+    assert said, "the README no longer says how many tool workers the demo starts"
+    assert _NUMBERS.get(said.group(1)) == len(load_app(None).tools), said.group(0)
+
+
+def test_readme_documents_the_embedded_brokers_port() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "--nats-port" in readme and "free port when 4222 is" in readme.replace("\n", " ")

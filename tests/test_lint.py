@@ -147,9 +147,11 @@ async def test_cli_lint(capsys: pytest.CaptureFixture[str]) -> None:
     settings = Settings.from_env({})
     args = _args("--app", "agentstream.examples.support_desk:app", "--strict")
     assert await args.fn(args, settings) == 0
-    assert capsys.readouterr().out == ""
+    # No findings: only the summary, on stdout with the findings.
+    assert capsys.readouterr().out == "agentstream lint: 0 error(s), 0 warning(s)\n"
     # Warnings only: 0, or 1 with --strict.
     assert await cmd_lint(_args("--app", "apps.crash_app:app"), settings) == 0
-    out = capsys.readouterr().out.strip().splitlines()
+    *out, summary = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 3 and all(line.startswith("warn") for line in out)
+    assert summary == "agentstream lint: 0 error(s), 3 warning(s)"
     assert await cmd_lint(_args("--app", "apps.crash_app:app", "--strict"), settings) == 1

@@ -46,3 +46,27 @@ def test_only_tool_calls_that_overlap_are_marked_parallel_not_an_approval_wait()
     assert "overlapped" not in rows["refund"] and "overlapped" not in rows["model turn 1"]
     # The model turn leads its step's rows.
     assert render(events).splitlines()[2].startswith("model turn 1")
+
+
+def test_a_failed_model_call_is_a_failed_row_and_counts_are_singular() -> None:
+    """A task whose first model call timed out: one failed model row spanning
+    the wait, not an empty chart, and '1 model turn', not '1 model turns'."""
+    from agentstream.contracts.events import TaskFailed
+
+    events: list[TaskEvent] = [
+        TaskFailed(task_id="t", agent="a", agent_version="v1", reason="model_timeout",
+                   message="the model did not answer", steps=1, tool_calls=0, usage=Usage(),
+                   started_at=T0, finished_at=T0 + 2.0)]
+    out = render(events).splitlines()
+    assert "1 model turn, 0 tool calls" in out[0], out[0]
+    rows = [line for line in out[2:] if line.startswith("model turn")]
+    assert len(rows) == 1, out
+    assert "FAILED model_timeout" in rows[0] and "x" * 10 in rows[0] and "#" not in rows[0], rows[0]
+
+
+def test_one_tool_call_is_singular() -> None:
+    events: list[TaskEvent] = [
+        _tool("c1", "lookup", 0.0, 0.01),
+        TaskCompleted(task_id="t", agent="a", agent_version="", output="ok", steps=2, tool_calls=1,
+                      usage=Usage(), started_at=T0, finished_at=T0 + 0.1)]
+    assert "2 model turns, 1 tool call," in render(events).splitlines()[0]

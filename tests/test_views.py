@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
 import nats.js.errors as jse
 import pytest
 from nats.js import JetStreamContext
@@ -296,8 +297,6 @@ async def test_load_and_trace_against_nats(nats_server: EmbeddedNats, client: Ag
     code = await asyncio.wait_for(view_commands.cmd_trace(argparse.Namespace(task_id="task-a", width=40, json=False),
                                                   settings), 30)
     out = capsys.readouterr().out
-    with capsys.disabled():
-        print("\n" + out)
     assert code == 0
     assert "task task-a" in out and "execute_tool refund_eligibility" in out and "FAILED timeout" in out
     assert "|| 3 parallel" in out and "120/30 tok" in out
@@ -328,3 +327,22 @@ async def test_trace_falls_back_to_task_events(client: AgentClient) -> None:
     text = views.render_waterfall(trace.spans)
     assert "rebuilt from task events" in text
     assert "|| 2 parallel" in text and "FAILED timeout" in text and "invoke_agent support" in text
+
+
+def test_an_unpriced_model_shows_unpriced_and_the_hint_not_zero_dollars() -> None:
+    """A local model with no entry in AGENTSTREAM_PRICES used tokens and cost
+    nothing: `trace` and `stats` say 'unpriced' and how to set a price."""
+    spans = [s for s in task_trace("t-u", 1000.0, cost=0.0)]
+    spans = [msgspec.structs.replace(s, attributes={**s.attributes, "gen_ai.request.model": "smollm2",
+                                                "gen_ai.response.model": "smollm2"})
+             if s.name.startswith("chat") else s for s in spans]
+    text = views.render_waterfall(spans, width=40)
+    assert "$0.0000" not in text and "tok unpriced" in text and "unpriced: smollm2" in text, text
+    stats = views.compute_stats(spans, [completed("t-u", 1000.0, 1.0, cost=0.0)])
+    out = views.render_stats(stats)
+    assert "$0.0000" not in out, out
+    assert "cost unpriced (smollm2)" in out.splitlines()[0]
+    assert "AGENTSTREAM_PRICES" in out.splitlines()[1] and "smollm2" in out.splitlines()[1]
+    assert views.stats_json(stats)["unpriced_models"] == ["smollm2"]
+    # A priced model next to it keeps its dollars.
+    assert "$0.0030" in views.render_stats(views.compute_stats(task_trace("t-p", 1000.0), []))

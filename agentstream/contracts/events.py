@@ -124,13 +124,46 @@ class TaskCompleted(Event, frozen=True, tag="agentstream.task.completed.v1"):
     tenant_id: str = "default"
     user_id: str = "anonymous"
     conversation_id: str = ""
+    # The hash of what defines the answering version's behaviour (instructions,
+    # model, tools and their schemas, limits, strategy); ``agent_version`` is its label.
+    version_hash: str = ""
+
+
+# Why a task failed (TaskFailed.reason). A consumer must accept reasons it
+# does not know: producers may add some.
+FAILURE_REASONS: dict[str, str] = {
+    "max_steps": "reached the agent's limit of model turns without a final answer",
+    "deadline": "the task's deadline passed while it waited on something other than the model (a tool, a worker)",
+    "model_timeout": "the model did not answer within the per-call timeout or what was left of the deadline, "
+                     "on every attempt (model_attempts has each attempt's outcome and duration)",
+    "model_error": "the model endpoint failed (HTTP error, unreachable, unreadable response)",
+    "model_output": "the model's turn was unusable (cut off at the token limit, or empty)",
+    "budget_exceeded": "the task's token or cost budget could not pay for the next model call",
+    "tool_call_limit": "the model asked for more tool calls than the agent allows a task",
+    "loop_detected": "the same tool with the same arguments too many times",
+    "approval_expired": "a tool call's approval timed out with on_approval_timeout='escalate'",
+    "rejected": "the task was dead-lettered (malformed, or failed too often); the message says why",
+    "state_too_large": "the session would outgrow the broker's max payload (large tool outputs or inputs)",
+    "escalated": "an at-most-once tool's outcome is unknown after a crash and its policy escalates to a human",
+}
+
+
+class ModelAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt at a model call that failed: ``outcome`` is ``timeout`` or ``error``."""
+
+    outcome: str
+    duration_s: float
+    message: str = ""
 
 
 class TaskFailed(Event, frozen=True, tag="agentstream.task.failed.v1"):
+    """A task ended without an answer. ``reason`` is one of FAILURE_REASONS
+    (consumers must accept others); ``message`` says it in words."""
+
     task_id: str
     agent: str
     agent_version: str
-    reason: str  # max_steps | deadline | model_error | model_output | rejected | state_too_large | escalated | ...
+    reason: str  # FAILURE_REASONS: max_steps | deadline | model_timeout | ... | state_too_large | escalated | ...
     message: str
     steps: int
     tool_calls: int
@@ -140,6 +173,9 @@ class TaskFailed(Event, frozen=True, tag="agentstream.task.failed.v1"):
     tenant_id: str = "default"
     user_id: str = "anonymous"
     conversation_id: str = ""
+    version_hash: str = ""
+    # The failed attempts of the model call that ended the task (model_timeout, model_error).
+    model_attempts: tuple[ModelAttempt, ...] = ()
 
 
 TaskResult = Union[TaskCompleted, TaskFailed]
@@ -186,6 +222,9 @@ class ToolCallCompleted(Event, frozen=True, tag="agentstream.tool.call.completed
     # Claim-check: ``result`` (its JSON) is in the object store (bucket
     # agent_payloads) under this name, too large for an event; ``result`` is then null.
     result_ref: str = ""
+    # In a shadow deployment: how the result was obtained without a side effect
+    # (``live`` for a read-only tool run, ``recorded`` production's result, ``stub``).
+    shadow: str = ""
 
 
 # --------------------------------------------------------------------------- progress
@@ -204,6 +243,8 @@ class ModelTurnCompleted(Event, frozen=True, tag="agentstream.model.turn.complet
     started_at: float
     finished_at: float
     worker: str = ""
+    agent_version: str = ""
+    version_hash: str = ""
 
 
 class ToolCallDispatched(Event, frozen=True, tag="agentstream.tool.call.dispatched.v1"):
@@ -214,6 +255,8 @@ class ToolCallDispatched(Event, frozen=True, tag="agentstream.tool.call.dispatch
     step: int
     calls: tuple[ToolCall, ...]
     at: float
+    agent_version: str = ""
+    version_hash: str = ""
 
 
 # --------------------------------------------------------------------------- dead letters

@@ -111,6 +111,39 @@ def any_task_activity(task_id: str) -> str:
     return f"agents.*.*.{task_id}"
 
 
+# ----------------------------------------------------------------- rollout
+
+SHADOW_ROOT = "shadow"
+
+
+def shadow_prefix(label: str) -> str:
+    """Everything a shadow deployment ``label`` writes lives under this prefix:
+    the same tree as production's (``shadow.<label>.agents.<agent>.results.<task>``,
+    ``shadow.<label>.tools.<tool>.calls``, ...), so nothing of production's
+    subscribes to it and it can never reach a production consumer."""
+    return f"{SHADOW_ROOT}.{check_token('shadow label', label)}."
+
+
+def shadowed(label: str, subject: str) -> str:
+    return shadow_prefix(label) + subject
+
+
+def unshadowed(subject: str) -> tuple[str, str]:
+    """``shadow.<label>.<rest>`` -> (label, rest); a production subject -> ("", subject)."""
+    if subject.startswith(SHADOW_ROOT + "."):
+        _, label, rest = subject.split(".", 2)
+        return label, rest
+    return "", subject
+
+
+def any_shadow_results() -> str:
+    return f"{SHADOW_ROOT}.*.agents.*.results.*"
+
+
+def any_production_results() -> str:
+    return "agents.*.results.*"
+
+
 class StreamDef(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     subjects: tuple[str, ...]
@@ -145,6 +178,8 @@ STREAMS: tuple[StreamDef, ...] = (
               description="ApprovalRequested: tool calls waiting for a human"),
     StreamDef(name="AUDIT", subjects=("audit.>",), max_age_s=365 * DAY,
               description="audit records: every approval decision, with who made it"),
+    StreamDef(name="SHADOW", subjects=(f"{SHADOW_ROOT}.>",), max_age_s=7 * DAY,
+              description="everything shadow deployments publish, under shadow.<label>.<production subject>"),
     StreamDef(name="DEADLETTER", subjects=("deadletter.>",), max_age_s=30 * DAY,
               description="messages a consumer could not process, with the reason"),
     StreamDef(name="EVALS", subjects=("evals.>",), max_age_s=30 * DAY,
@@ -183,7 +218,16 @@ MEMORY_CONVERSATIONS = BucketDef(name="memory_conversations",
 MEMORY_QUARANTINE = BucketDef(name="memory_quarantine",
                               description="memory writes the poisoning gate held for review", max_age_s=90 * DAY)
 MEMORY_BUCKETS: tuple[BucketDef, ...] = (EPISODES, MEMORY_CONVERSATIONS, MEMORY_QUARANTINE)
-BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS)
+SHADOW_SESSIONS = BucketDef(name="shadow_sessions",
+                            description="shadow deployments' session state and timers, keys <label>.<...>",
+                            max_age_s=7 * DAY)
+OUTCOMES = BucketDef(name="rollout_outcomes",
+                     description="production and shadow outcomes of one task side by side, key <agent>.<task>",
+                     max_age_s=14 * DAY)
+ROLLOUT = BucketDef(name="rollout_state",
+                    description="canary state per agent and shadow cost counters, CAS only")
+BUCKETS: tuple[BucketDef, ...] = (SESSIONS, DEADLINES, CONVERSATIONS, APPROVALS, TOOL_BREAKERS, TOOL_RESULTS,
+                                  SHADOW_SESSIONS, OUTCOMES, ROLLOUT)
 
 
 def agent_durable(agent: str, role: str = "tasks") -> str:
@@ -192,3 +236,8 @@ def agent_durable(agent: str, role: str = "tasks") -> str:
 
 def tool_durable(tool: str) -> str:
     return f"tool_{tool}"
+
+
+def shadow_durable(label: str, name: str) -> str:
+    """A shadow deployment's own durable consumer beside production's ``name``."""
+    return f"shadow_{label}_{name}"

@@ -254,3 +254,36 @@ app.agent(
         "Where is my order 999999?",
     ],
 )
+
+
+# --------------------------------------------------------------------------- v2, a candidate
+
+def support_script_v2(request: ModelRequest) -> ModelResponse:
+    """v2's scripted model: a "leaner" prompt that answers refund questions
+    from the order alone, without checking eligibility or shipping, and files
+    tickets at normal priority. Everything else is as v1. Shadow it to see the
+    difference on real traffic before any customer does (docs/rollout.md)."""
+    q = last_user(request).lower()
+    oid = next((found for m in reversed(request.messages)
+                if m.role == "user" and (found := _order_id(m.content)) is not None), None)
+    results = tool_results(request)
+    if not results and "refund" in q and oid is not None:
+        return calls(("lookup_order", {"order_id": oid}))
+    if not results and ("human" in q or "ticket" in q or "complain" in q):
+        return calls(("create_ticket", {"subject": last_user(request)[:80], "priority": "normal"}))
+    if results and "refund" in q and oid is not None and {m.name for m in results} == {"lookup_order"}:
+        o = _json(results[0].content)
+        if isinstance(o, dict) and "error" not in o:
+            return answer(f"Order {oid} can be refunded (${o['total']:.2f}); I have noted the request.")
+    return support_script(request)
+
+
+app.agent(
+    "support",
+    instructions="You are the support desk of an online shop. Be brief; look up the order before answering.",
+    tools=[lookup_order, shipping_status, refund_eligibility, issue_refund, customer_profile, search_kb,
+           create_ticket, store_hours],
+    version="v2",
+    candidate=True,
+    scripted=lambda: FunctionModel(support_script_v2, name="scripted-support-v2"),
+)

@@ -264,7 +264,9 @@ def _same_seconds(a: float | None, b: float | None) -> bool:
 
 
 async def bucket(js: JetStreamContext, name: str) -> NatsKV:
-    return NatsKV(await js.key_value(name), js, name)
+    # On a cluster a bucket just provisioned may not yet be visible from the
+    # node this connection asks (seen: the last bucket of a fresh 3-node cluster).
+    return NatsKV(await _once_visible(functools.partial(js.key_value, name)), js, name)
 
 
 def auth_options(auth: NatsAuth | None) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """An ``LLM`` adapter for any OpenAI-compatible chat-completions server.
 
-Works against OpenAI, vLLM, Ollama and the llama.cpp server: the request uses
-only the widely implemented subset of the API, and the response decoder is
-deliberately tolerant of the ways those servers differ (arguments as an object
-instead of a string, missing tool call ids, missing usage).
+Works against OpenAI, vLLM, Ollama and the llama.cpp servers. The request sends
+the fields those servers differ on explicitly (``tool_choice`` whenever tools
+are offered: llama-cpp-python's function-calling chat format renders the tools
+into the prompt only when it is present; the output cap under the name the
+server reads), and the response decoder is deliberately tolerant of the ways
+they differ (arguments as an object instead of a string, missing tool call
+ids, missing usage). docs/models.md has the compatibility table.
 
 The adapter never retries: retrying is the caller's policy (the runtime may
 prefer to fail a task over blocking a worker). :func:`complete_with_retry` is
@@ -12,6 +15,7 @@ provided for callers that do want the usual backoff.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -24,13 +28,70 @@ from agentstream.runtime.adapters.retry import complete_with_retry  # re-exporte
 from agentstream.runtime.core.errors import ConfigError, ModelError
 from agentstream.runtime.core.ports import ModelRequest
 
-__all__ = ["OpenAIChatModel", "complete_with_retry", "DEFAULT_BASE_URL"]
+__all__ = ["OpenAIChatModel", "RequestOptions", "complete_with_retry", "DEFAULT_BASE_URL"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+TOOL_CHOICES = ("auto", "required", "none")
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+class RequestOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """The deployment's defaults for what a request carries; an agent's own
+    setting (in the ``ModelRequest``) wins. None: the field is not sent."""
+
+    tool_choice: str = "auto"  # sent only when the request offers tools
+    parallel_tool_calls: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    # OpenAI's current name is max_completion_tokens (its reasoning models
+    # reject max_tokens); vLLM, Ollama and the llama.cpp servers read max_tokens.
+    max_tokens_field: str = "max_tokens"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], base_url: str = DEFAULT_BASE_URL) -> RequestOptions:
+        def number(name: str, kind: type[float] | type[int]) -> float | int | None:
+            raw = environ.get(name, "").strip()
+            if not raw:
+                return None
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+            if not math.isfinite(value):
+                raise ConfigError(f"{name}={raw!r} must be finite")
+            return value
+
+        choice = environ.get("AGENTSTREAM_MODEL_TOOL_CHOICE", "").strip() or "auto"
+        if choice not in TOOL_CHOICES:  # a tool's name is an agent's setting, not a deployment's
+            raise ConfigError(f"AGENTSTREAM_MODEL_TOOL_CHOICE={choice!r} must be auto, required or none")
+        field = environ.get("AGENTSTREAM_MODEL_MAX_TOKENS_FIELD", "").strip() or "auto"
+        if field == "auto":
+            field = "max_completion_tokens" if "api.openai.com" in base_url else "max_tokens"
+        if field not in MAX_TOKENS_FIELDS:
+            raise ConfigError(f"AGENTSTREAM_MODEL_MAX_TOKENS_FIELD={field!r} must be auto, max_tokens or "
+                              "max_completion_tokens")
+        raw_parallel = environ.get("AGENTSTREAM_MODEL_PARALLEL_TOOL_CALLS", "").strip().lower()
+        parallel: bool | None = None
+        if raw_parallel:
+            if raw_parallel not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ConfigError(f"AGENTSTREAM_MODEL_PARALLEL_TOOL_CALLS={raw_parallel!r} must be 1/true/yes/on "
+                                  "or 0/false/no/off")
+            parallel = raw_parallel in ("1", "true", "yes", "on")
+        temperature = number("AGENTSTREAM_MODEL_TEMPERATURE", float)
+        top_p = number("AGENTSTREAM_MODEL_TOP_P", float)
+        seed = number("AGENTSTREAM_MODEL_SEED", int)
+        return cls(tool_choice=choice, parallel_tool_calls=parallel,
+                   temperature=None if temperature is None else float(temperature),
+                   top_p=None if top_p is None else float(top_p),
+                   seed=None if seed is None else int(seed), max_tokens_field=field)
 
 # Long enough to recognise the server's complaint, short enough that a whole
 # HTML error page never ends up in a task failure message or a log line.
 _EXCERPT_CHARS = 200
+
+log = logging.getLogger("agentstream.model")
 
 
 # --------------------------------------------------------------------------- wire (response)
@@ -118,19 +179,36 @@ def _tool_to_wire(tool: ToolSpec) -> dict[str, Any]:
     }
 
 
-def build_request_body(request: ModelRequest, default_model: str) -> dict[str, Any]:
-    """The JSON object POSTed for ``request`` (exposed for tests and debugging)."""
+def _tool_choice_to_wire(choice: str) -> str | dict[str, Any]:
+    if choice in TOOL_CHOICES:
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def build_request_body(request: ModelRequest, default_model: str,
+                       options: RequestOptions | None = None) -> dict[str, Any]:
+    """The JSON object POSTed for ``request`` (exposed for tests and debugging).
+    The request's own fields win over ``options``, the deployment's defaults."""
+    o = options or RequestOptions()
     body: dict[str, Any] = {
         "model": request.model or default_model,
         "messages": [_message_to_wire(m) for m in request.messages],
     }
-    # An empty "tools" array is rejected by some servers (OpenAI returns 400).
+    # An empty "tools" array is rejected by some servers (OpenAI returns 400),
+    # and so is tool_choice or parallel_tool_calls without tools.
     if request.tools:
         body["tools"] = [_tool_to_wire(t) for t in request.tools]
+        body["tool_choice"] = _tool_choice_to_wire(request.tool_choice or o.tool_choice)
+        parallel = request.parallel_tool_calls if request.parallel_tool_calls is not None else o.parallel_tool_calls
+        if parallel is not None:
+            body["parallel_tool_calls"] = parallel
     if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
+        body[o.max_tokens_field] = request.max_tokens
+    for name, value, default in (("temperature", request.temperature, o.temperature),
+                                 ("top_p", request.top_p, o.top_p), ("seed", request.seed, o.seed)):
+        chosen = value if value is not None else default
+        if chosen is not None:
+            body[name] = chosen
     return body
 
 
@@ -237,6 +315,7 @@ class OpenAIChatModel:
         base_url: str = DEFAULT_BASE_URL,
         api_key: str | None = None,
         timeout_s: float = 60.0,
+        options: RequestOptions | None = None,
     ) -> None:
         if not model:
             raise ConfigError("model name must not be empty")
@@ -245,12 +324,15 @@ class OpenAIChatModel:
         self.name = model
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.options = options or RequestOptions(
+            max_tokens_field="max_completion_tokens" if "api.openai.com" in self.base_url else "max_tokens")
         self._api_key = api_key or None
         self._url = f"{self.base_url}/chat/completions"
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._session: aiohttp.ClientSession | None = None
+        self._warned_uncapped = False
 
     def __repr__(self) -> str:
         # Never show the key: reprs end up in logs and tracebacks.
@@ -277,7 +359,8 @@ class OpenAIChatModel:
                     "AGENTSTREAM_MODEL_TIMEOUT must be a positive number of seconds, "
                     f"got {raw_timeout!r}"
                 )
-        return cls(model, base_url=base_url, api_key=api_key, timeout_s=timeout_s)
+        return cls(model, base_url=base_url, api_key=api_key, timeout_s=timeout_s,
+                   options=RequestOptions.from_env(environ, base_url))
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession binds to the running loop, and the
@@ -300,7 +383,7 @@ class OpenAIChatModel:
         await self.close()
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        payload = _encoder.encode(build_request_body(request, self.name))
+        payload = _encoder.encode(build_request_body(request, self.name, self.options))
         session = self._get_session()
         try:
             async with session.post(self._url, data=payload, headers=self._headers) as resp:
@@ -309,7 +392,7 @@ class OpenAIChatModel:
         except TimeoutError:
             raise ModelError(
                 f"model endpoint {self._url} timed out after {self.timeout_s:g}s",
-                transient=True,
+                transient=True, timed_out=True,
             ) from None
         except aiohttp.ClientError as exc:
             raise ModelError(
@@ -326,11 +409,20 @@ class OpenAIChatModel:
                 status=status,
             )
         try:
-            return parse_response_body(body, status=status, fallback_model=request.model or self.name)
+            response = parse_response_body(body, status=status, fallback_model=request.model or self.name)
         except ModelError as exc:
             raise ModelError(
                 self._scrub(str(exc)), transient=exc.transient, status=exc.status
             ) from None
+        cap = request.max_tokens
+        if cap is not None and response.usage.output_tokens > cap and not self._warned_uncapped:
+            # Some servers drop the cap on their tool-calling path: then only the
+            # per-call timeout (AGENTSTREAM_MODEL_TIMEOUT) bounds a generation.
+            self._warned_uncapped = True
+            log.warning("model %s at %s ignored the output cap (%s=%d, it generated %d tokens); the per-call "
+                        "timeout of %gs is what bounds its generations", self.name, self.base_url,
+                        self.options.max_tokens_field, cap, response.usage.output_tokens, self.timeout_s)
+        return response
 
     def _scrub(self, text: str) -> str:
         # Some servers echo the rejected key back ("Incorrect API key provided: sk-...").

@@ -87,6 +87,12 @@ _MEMORY_KV = ("$KV.memory_episodes.>", "$KV.memory_conversations.>", "$KV.memory
 _MEMORY_ASK = ("memory.query.*", "memory.write.*")
 _MEMORY_SERVE = "memory.*.*"
 
+# Safe change (docs/rollout.md): shadow deployments publish only under
+# shadow.<label>.>, keep their sessions in shadow_sessions; the comparator writes
+# outcomes side by side; canary workers and the canary command share rollout_state.
+_ROLLOUT = ("shadow.>", "$KV.shadow_sessions.>", "$KV.rollout_outcomes.>", "$KV.rollout_state.>",
+            "$JS.ACK.SHADOW.>", "$JS.ACK.RESULTS.>")
+
 _AGENT_PUB = (
     "agents.*.results.*",
     "agents.*.progress.*",
@@ -100,6 +106,7 @@ _AGENT_PUB = (
     "$JS.ACK.EVENTS.>",
     *_MEMORY_ASK,
     *_MEMORY_KV,
+    *_ROLLOUT,
 )
 _TOOL_PUB = (
     "agents.*.events.*",
@@ -153,7 +160,9 @@ def permissions(role: Role) -> Permissions | None:
             return Permissions(publish=(*_MEMORY_KV, *_WORKER_COMMON, *_JS_READ, *_JS_PROVISION),
                                subscribe=(inbox, _MEMORY_SERVE), allow_responses=True)
         case "operator":
-            return Permissions(publish=(*_MEMORY_ASK, "memory.admin.*", *_JS_READ), subscribe=(inbox,))
+            # memory administration, and the canary command (rollout state, its audit, candidate consumers)
+            return Permissions(publish=(*_MEMORY_ASK, "memory.admin.*", "$KV.rollout_state.>", "audit.>",
+                                        *_JS_READ, *_JS_PROVISION), subscribe=(inbox,))
         case "evaluator":
             return Permissions(publish=("evals.*.scores.*", "evals.*.drift", "$JS.ACK.RESULTS.>", "$JS.ACK.EVALS.>",
                                         *_WORKER_COMMON, *_JS_READ, *_JS_PROVISION),

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentstream.runtime.core.errors import ConfigError
+from agentstream.runtime.core.errors import BrokerUnavailable, ConfigError
 
 
 def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
@@ -115,10 +115,19 @@ class Settings:
 
 
 def broker_url(settings: Settings) -> str:
-    """AGENTSTREAM_NATS_URL, else the broker a local `agentstream up` started."""
+    """AGENTSTREAM_NATS_URL, else the broker a local `agentstream up` started.
+
+    Never a guess: falling back to ``nats://127.0.0.1:4222`` would silently
+    submit to (or serve tasks from) whatever broker someone else runs there."""
     if settings.nats_url:
         return settings.nats_url
     url_file = settings.data_dir / "nats.url"
-    if url_file.is_file():
-        return url_file.read_text().strip()
-    return "nats://127.0.0.1:4222"
+    try:
+        url = url_file.read_text().strip() if url_file.is_file() else ""
+    except OSError:
+        url = ""
+    if url:
+        return url
+    raise BrokerUnavailable(
+        f"no broker configured: no AGENTSTREAM_NATS_URL and no {url_file} (written while `agentstream up` "
+        "runs with that data dir); start one with `agentstream up`, or set AGENTSTREAM_NATS_URL=nats://HOST:PORT")

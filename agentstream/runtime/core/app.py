@@ -31,13 +31,19 @@ class Agent:
 
 @dataclass
 class App:
-    agents: dict[str, Agent] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)  # name -> the production version
     tools: dict[str, Tool] = field(default_factory=dict)
     samples: dict[str, list[str]] = field(default_factory=dict)
+    # (name, version label) -> every version declared, production's included: a
+    # candidate declared beside production runs as a shadow or canary of it.
+    versions: dict[tuple[str, str], Agent] = field(default_factory=dict)
 
     def agent(self, name: str, instructions: str, tools: Iterable[Tool], *, version: str = "v1",
               scripted: Callable[[], LLM] | None = None, samples: Iterable[str] = (),
-              **limits: float | int) -> AgentSpec:
+              candidate: bool = False, **limits: float | int | str | bool | None) -> AgentSpec:
+        """Declare an agent. ``candidate=True`` declares another version of an
+        agent already declared (``agentstream worker --agent NAME --version V
+        --shadow`` runs it); production stays the first declared."""
         tools = list(tools)
         for t in tools:
             existing = self.tools.get(t.name)
@@ -48,7 +54,19 @@ class App:
                          version=version)
         if limits:
             spec = msgspec.structs.replace(spec, **limits)
+        choice = spec.tool_choice
+        if choice not in (None, "auto", "required", "none") and spec.tool(str(choice)) is None:
+            raise ConfigError(f"agent {name!r}: tool_choice={choice!r} is none of auto, required, none "
+                              "or one of its tools' names")
+        if candidate:
+            if name not in self.agents:
+                raise ConfigError(f"candidate version {version!r} of {name!r} declared before its production version")
+            if version == self.agents[name].spec.version:
+                raise ConfigError(f"candidate of {name!r} reuses production's version label {version!r}")
+            self.versions[(name, version)] = Agent(spec=spec, scripted=scripted)
+            return spec
         self.agents[name] = Agent(spec=spec, scripted=scripted)
+        self.versions[(name, version)] = self.agents[name]
         self.samples[name] = list(samples)
         return spec
 
@@ -58,6 +76,17 @@ class App:
         except KeyError:
             known = ", ".join(sorted(self.agents)) or "(none)"
             raise ConfigError(f"unknown agent {name!r}; this app defines: {known}") from None
+
+    def get_version(self, name: str, version: str | None) -> Agent:
+        """``version`` None or production's label: the production agent."""
+        agent = self.get_agent(name)
+        if version is None or version == agent.spec.version:
+            return agent
+        found = self.versions.get((name, version))
+        if found is None:
+            known = ", ".join(sorted(v for (n, v) in self.versions if n == name)) or "(none)"
+            raise ConfigError(f"agent {name!r} has no version {version!r}; this app declares: {known}")
+        return found
 
     def select_tools(self, names: str) -> dict[str, Tool]:
         if names in ("all", "*", ""):

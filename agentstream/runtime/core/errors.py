@@ -37,12 +37,16 @@ class Conflict(AgentstreamError):
 
 
 class ModelError(AgentstreamError):
-    """The model endpoint failed. ``transient`` errors are worth retrying."""
+    """The model endpoint failed. ``transient`` errors are worth retrying;
+    ``timed_out``: it did not answer in time (the task then fails with
+    ``model_timeout``, not ``model_error``)."""
 
-    def __init__(self, message: str, *, transient: bool = False, status: int | None = None) -> None:
+    def __init__(self, message: str, *, transient: bool = False, status: int | None = None,
+                 timed_out: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
         self.status = status
+        self.timed_out = timed_out
 
 
 class ResultTimeout(AgentstreamError):

@@ -15,11 +15,20 @@ from agentstream.contracts.events import Message, ModelResponse, ToolSpec
 
 
 class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One model call. The sampling and tool fields are None when the agent did
+    not set them: the adapter then applies its own defaults (from the environment)."""
+
     model: str
     messages: tuple[Message, ...]
     tools: tuple[ToolSpec, ...] = ()
     max_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    # "auto" | "required" | "none" | a tool's name; None: the adapter's default
+    # (auto whenever tools are offered).
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class LLM(Protocol):

@@ -25,6 +25,14 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     max_output_tokens: int = 1024  # per model call; also caps a call so a budget cannot be overshot
     max_tool_calls: int = 32
     loop_limit: int = 3  # the same tool with the same arguments this many times ends the task
+    # What the model request carries (None: the deployment's default, see
+    # docs/models.md). tool_choice: "auto" (the default when tools exist),
+    # "required", "none", or the name of one of the agent's tools.
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
     # Human in the loop.
     approval_timeout_s: float = 3600.0
     on_approval_timeout: Literal["deny", "escalate"] = "deny"

@@ -12,6 +12,7 @@ from agentstream.contracts.events import (
     ApprovalRequested,
     AuditRecord,
     Message,
+    ModelAttempt,
     ModelResponse,
     ModelTurnCompleted,
     TaskCompleted,
@@ -130,6 +131,8 @@ class ModelResponded(msgspec.Struct, frozen=True, kw_only=True):
 class ModelFailed(msgspec.Struct, frozen=True, kw_only=True):
     step: int
     message: str
+    reason: str = "model_error"  # or model_timeout: the model never answered in time
+    attempts: tuple[ModelAttempt, ...] = ()
 
 
 class DeadlineReached(msgspec.Struct, frozen=True, kw_only=True):

@@ -62,6 +62,8 @@ class ConsumerSettings:
     max_deliver: int = 5
     max_bytes: int = 1024 * 1024
     nak_delay_s: float = 1.0
+    # A consumer that starts today without last week's backlog (a shadow, a comparator).
+    deliver_new: bool = False
     middlewares: Sequence[Middleware] = field(default_factory=tuple)
 
 
@@ -79,7 +81,8 @@ class PullConsumer:
     async def ensure(self) -> JetStreamContext.PullSubscription:
         cfg = ConsumerConfig(
             durable_name=self.s.durable, filter_subject=self.s.filter_subject,
-            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.NEW if self.s.deliver_new else DeliverPolicy.ALL,
             ack_wait=self.s.ack_wait_s, max_deliver=self.s.max_deliver, max_ack_pending=-1,
         )
         return await self.js.pull_subscribe(self.s.filter_subject, durable=self.s.durable,

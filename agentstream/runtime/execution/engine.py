@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, assert_never
 
 import msgspec
@@ -24,6 +24,7 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import (
     ApprovalDecided,
     AuditRecord,
+    ModelAttempt,
     ModelResponse,
     ModelTurnCompleted,
     TaskCompleted,
@@ -65,6 +66,7 @@ from agentstream.runtime.core.state import (
     encode_state,
 )
 from agentstream.runtime.core.trust import check_inbox
+from agentstream.runtime.core.version import fingerprint
 from agentstream.runtime.execution.consumer import Reject
 
 if TYPE_CHECKING:
@@ -89,7 +91,7 @@ class AgentEngine:
                  deadlines: SessionStore, bus: Bus, worker: str = "", model_attempts: int = 3,
                  clock: Callable[[], float] = time.time, approvals: SessionStore | None = None,
                  policy: Policy | None = None, blobs: BlobStore | None = None,
-                 max_state_bytes: int | None = None) -> None:
+                 max_state_bytes: int | None = None, model_timeout_s: float | None = None) -> None:
         self.spec = spec
         self.llm = llm
         self.sessions = sessions
@@ -98,6 +100,10 @@ class AgentEngine:
         self.bus = bus
         self.worker = worker
         self.model_attempts = model_attempts
+        # Per model call; each call is also bounded by what is left of the
+        # task's deadline. Default: the model adapter's own timeout, if it has one.
+        timeout = model_timeout_s if model_timeout_s is not None else getattr(llm, "timeout_s", None)
+        self.model_timeout_s: float | None = float(timeout) if isinstance(timeout, (int, float)) else None
         self.clock = clock
         self.approvals = approvals
         self.policy = policy or Policy()
@@ -107,6 +113,10 @@ class AgentEngine:
         # store (KV on the broker) cannot hold it. None: no limit known.
         self.max_state_bytes = max_state_bytes
         self.unknown_task_events = 0  # inbox events for a task with no session (dead-lettered)
+        # During a canary both versions' inbox consumers see every inbox event:
+        # whether another deployment of this agent holds the task's session (then
+        # the event is its to handle, and this engine acks it silently).
+        self.owned_elsewhere: Callable[[str], Awaitable[bool]] | None = None
         self.cas_conflicts = 0
         # Telemetry hooks (agentstream.runtime.observability.telemetry.EngineHooks), set by
         # service.py; None: no telemetry work at all.
@@ -125,6 +135,7 @@ class AgentEngine:
         # cached session decodes nothing (states are frozen; the core copies).
         self._cache: OrderedDict[str, tuple[SessionState, int]] = OrderedDict()
         self.cache_size = 4096
+        self.version_hash = fingerprint(spec, llm.name)
 
     # ------------------------------------------------------------ entry points
 
@@ -158,11 +169,15 @@ class AgentEngine:
         try:
             known = await self.drive(event.task_id, event, subject=subject, seq=seq)
         except _Refused as exc:
+            if exc.no_session and self.owned_elsewhere is not None and await self.owned_elsewhere(event.task_id):
+                return  # during a canary the other deployment holds this session: its event, not a forgery
             if exc.no_session:
                 self.unknown_task_events += 1
             await self._audit_refusal(event, subject or "", str(exc))
             raise Reject(str(exc)) from None
         if not known:
+            if self.owned_elsewhere is not None and await self.owned_elsewhere(event.task_id):
+                return
             # No session: nothing can resume. Dead-lettered (and counted), not dropped.
             self.unknown_task_events += 1
             raise Reject(f"no session for task {event.task_id!r} (unknown, or expired)")
@@ -185,7 +200,8 @@ class AgentEngine:
         p = self.policy
         return core.Context(spec=self.spec, now=self.clock(), history=history, worker=self.worker,
                             model=self.llm.name, prices=p.prices, needs_approval=p.needs_approval,
-                            approvers_for=p.approvers_for, default_approvers=p.default_approvers)
+                            approvers_for=p.approvers_for, default_approvers=p.default_approvers,
+                            version_hash=self.version_hash)
 
     # ------------------------------------------------------------ the loop
 
@@ -394,8 +410,11 @@ class AgentEngine:
         await _cas_modify(self.approvals, cmd.approval_id, change)
 
     async def _call_model(self, state: SessionState, step: int, max_tokens: int | None = None) -> Input:
-        request = ModelRequest(model=self.llm.name, messages=state.messages, tools=self.spec.tools,
-                               max_tokens=max_tokens)
+        spec = self.spec
+        request = ModelRequest(model=self.llm.name, messages=state.messages, tools=spec.tools,
+                               max_tokens=max_tokens, temperature=spec.temperature, top_p=spec.top_p,
+                               seed=spec.seed, tool_choice=spec.tool_choice,
+                               parallel_tool_calls=spec.parallel_tool_calls)
         if self.memory is not None:
             try:  # memory: the working context, assembled under the model's token budget
                 request = await self.memory.prepare(state, request)
@@ -403,11 +422,12 @@ class AgentEngine:
                 log.warning("memory: context assembly failed for %s, using the plain context: %s",
                             state.task.task_id, exc)
         started = self.clock()
+        bounded = _Bounded(self, state.deadline_at)
         try:
-            resp = await complete_with_retry(self._counted, request, attempts=self.model_attempts,
+            resp = await complete_with_retry(bounded, request, attempts=self.model_attempts,
                                              initial_wait_s=self.model_retry_wait_s)
         except ModelError as exc:
-            return ModelFailed(step=step, message=f"model call failed: {exc}")
+            return bounded.failed(step, exc)
         return ModelResponded(step=step, response=resp, started_at=started, finished_at=self.clock())
 
     async def _memorise(self, state: SessionState | None, res: TaskCompleted | TaskFailed) -> None:
@@ -537,6 +557,54 @@ RESULT_REF_PREFIX = "result-"
 
 def input_ref(task_id: str) -> str:
     return f"input-{task_id}"
+class _Bounded:
+    """One model call as the retry helper sees it: each attempt bounded by the
+    smaller of the per-call timeout and what is left of the task's deadline
+    (a timeout cancels the request, which closes the connection, so a server
+    generating past its output cap is stopped too), and every failed attempt
+    recorded for the task's failure."""
+
+    def __init__(self, engine: AgentEngine, deadline_at: float) -> None:
+        self.engine = engine
+        self.deadline_at = deadline_at
+        self.attempts: list[ModelAttempt] = []
+
+    @property
+    def name(self) -> str:
+        return self.engine.llm.name
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        engine = self.engine
+        left = self.deadline_at - engine.clock()
+        if left <= 0:
+            # Raised, not recorded: no attempt was made. Timed out if the
+            # earlier attempts used the time up.
+            raise ModelError("no time left before the task's deadline for another attempt", transient=False,
+                             timed_out=bool(self.attempts) and self.attempts[-1].outcome == "timeout")
+        limit = left if engine.model_timeout_s is None else min(engine.model_timeout_s, left)
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(limit):
+                return await engine._counted.complete(request)
+        except TimeoutError:
+            self.attempts.append(ModelAttempt(outcome="timeout", duration_s=round(time.monotonic() - t0, 3),
+                                              message=f"no answer within {limit:.1f}s"))
+            raise ModelError(f"no answer within {limit:.1f}s", transient=True, timed_out=True) from None
+        except ModelError as exc:
+            self.attempts.append(ModelAttempt(outcome="timeout" if exc.timed_out else "error",
+                                              duration_s=round(time.monotonic() - t0, 3), message=str(exc)[:300]))
+            raise
+
+    def failed(self, step: int, exc: ModelError) -> ModelFailed:
+        attempts = tuple(self.attempts)
+        if not exc.timed_out:
+            return ModelFailed(step=step, message=f"model call failed: {exc}", attempts=attempts)
+        tries = ", ".join(f"{a.duration_s:.1f}s" + ("" if a.outcome == "timeout" else " (error)") for a in attempts)
+        timeout = self.engine.model_timeout_s
+        per_call = f"per-call timeout {timeout:g}s" if timeout is not None else "no per-call timeout"
+        return ModelFailed(step=step, reason="model_timeout", attempts=attempts,
+                           message=f"the model did not answer: {len(attempts)} attempt(s) ({tries}); {per_call}, "
+                                   f"bounded by the task's deadline; last: {exc}")
 
 
 def seq_task_id(stream_seq: int) -> str:

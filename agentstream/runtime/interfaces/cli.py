@@ -1,7 +1,8 @@
 """``agentstream``: demo, up, worker, submit, watch, result, timeline, asyncapi.
 
 User errors (bad arguments, an unreachable broker, bad configuration) print one
-line and exit non-zero; tracebacks are for bugs only.
+line and exit non-zero; tracebacks are for bugs only. Exit codes live in
+:mod:`agentstream.runtime.interfaces.exit_codes`.
 """
 
 from __future__ import annotations
@@ -24,19 +25,22 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import msgspec
 
-from agentstream.contracts import codec, subjects
+from agentstream.contracts import codec
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult
 from agentstream.runtime.adapters.embedded_broker import DirLock, EmbeddedNats
 from agentstream.runtime.adapters.jetstream import redact_url
 from agentstream.runtime.config.auth import NatsAuth, Role, nats_auth
 from agentstream.runtime.config.settings import Settings, broker_url
-from agentstream.runtime.core.errors import AgentstreamError
+from agentstream.runtime.core.errors import AgentstreamError, ResultTimeout
+from agentstream.runtime.interfaces.doctor import probe_at_start_up
+from agentstream.runtime.interfaces.exit_codes import CommandExit, ExitCode, for_error
 
 if TYPE_CHECKING:
     from agentstream.runtime.interfaces.client import AgentClient
 
-EXIT_USAGE = 2
-EXIT_FAILED = 1
+# Older names, kept for subcommands written against them.
+EXIT_USAGE = ExitCode.USAGE
+EXIT_FAILED = ExitCode.TASK_FAILED
 
 _N = TypeVar("_N", int, float)
 
@@ -242,6 +246,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     rt: Runtime | None = None
     client: AgentClient | None = None
     server: HttpServer | None = None
+    probe: asyncio.Task[None] | None = None
     try:
         agents = (args.agent or list_agents(settings)) if settings.run_workers else []
         tools = args.tools if settings.run_workers else None
@@ -264,12 +269,15 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                                    f"{_os_reason(exc)} (AGENTSTREAM_HTTP_HOST, AGENTSTREAM_HTTP_PORT)") from None
         print(f"agentstream up: NATS {redact_url(rt.url)}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
               f"tools: {tools or '-'}. Ctrl-C or SIGTERM stops gracefully.", flush=True)
+        probe = probe_at_start_up(rt.engines)  # warns when the model cannot call tools
         await _until_stopped(stop, rt.broker)
         print("agentstream: shutting down (finishing in-flight steps)...", file=sys.stderr, flush=True)
     finally:
         # Whatever failed: stop what was started, newest first, and leave no
         # nats.url pointing at a broker that is gone. The broker is stopped
         # even if closing the API or the client fails.
+        if probe is not None:
+            probe.cancel()
         if server is not None:
             with contextlib.suppress(Exception):
                 await server.stop()
@@ -338,24 +346,39 @@ def list_agents(settings: Settings) -> list[str]:
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.interfaces.rollout_commands import shadow_config
     from agentstream.runtime.service.runtime import Runtime
 
-    if not args.agent and args.tools is None:
+    if not args.agent and args.tools is None and not args.comparator:
         raise AgentstreamError("say what to run: --agent NAME (repeatable) and/or --tools all|name,name")
+    shadow = shadow_config(args)
+    if shadow is not None and args.tools is not None:
+        raise AgentstreamError("a shadow serves its own tool calls; run --tools in a separate production worker")
     settings = dataclasses.replace(settings, nats_url=broker_url(settings))
     rt = Runtime.from_settings(settings, agents=args.agent or [], tools=args.tools)
+    rt.version, rt.shadow, rt.comparator, rt.canary = args.version, shadow, args.comparator, args.canary
+    if args.canary and (shadow is not None or not args.version):
+        raise AgentstreamError("--canary runs a declared candidate for real: give --version, and no --shadow")
+    for name in args.agent or []:
+        rt.app.get_version(name, args.version)  # an unknown version is a usage error, before connecting
     stop = _stop_on_signal()
+    probe: asyncio.Task[None] | None = None
     try:
         await rt.start()
+        role = f" shadow={shadow.label} sample={shadow.sample_pct:g}%" if shadow is not None else ""
         print(f"agentstream worker {settings.worker_id}: agents={','.join(args.agent or []) or '-'} "
-              f"tools={args.tools or '-'} on {redact_url(rt.url)}", flush=True)
+              f"tools={args.tools or '-'}{role} on {redact_url(rt.url)}", flush=True)
+        probe = probe_at_start_up(rt.engines)  # warns when the model cannot call tools
         await stop.wait()
     finally:
+        if probe is not None:
+            probe.cancel()
         await rt.stop()
     return 0
 
 
 async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.interfaces import waiting
     from agentstream.runtime.interfaces.client import AgentClient
 
     meta = {}
@@ -372,49 +395,47 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                                           max_tokens=args.max_tokens, max_cost_usd=args.max_cost)
         except ValueError as exc:
             raise AgentstreamError(str(exc)) from None
-        await _warn_if_unserved(client, args.agent)
-        print(task_id, flush=True)
+        # With --json stdout is one JSON document and nothing else.
+        if not (args.json and args.wait):
+            print(msgspec.json.encode({"task_id": task_id}).decode() if args.json else task_id, flush=True)
+        why = await waiting.unserved(client, args.agent)
+        if why:
+            raise CommandExit(f"{why}; task {task_id} is queued and runs when a worker for {args.agent!r} starts "
+                              f"(`agentstream worker --agent {args.agent}`; check the name: "
+                              f"`agentstream watch {task_id}` follows it)", ExitCode.NOT_FOUND)
         if not args.wait:
             return 0
-        res = await client.result(task_id, timeout=args.timeout)
+        res = await waiting.await_result(client, task_id, args.timeout)
         return _print_result(res, args.json)
 
-
-async def _warn_if_unserved(client: AgentClient, agent: str) -> None:
-    """A task for an agent no worker ever served just sits in the stream: say so
-    (a typo in the agent name looks exactly like this). One lookup of the
-    durable consumer every agent worker creates; anything but 'not found' is
-    no reason to warn."""
-    import nats.js.errors as jse
-
-    durable = subjects.agent_durable(agent, "tasks")
-    try:
-        await client.js.consumer_info("TASKS", durable, timeout=5)
-    except jse.NotFoundError:
-        sys.stderr.write(f"agentstream: warning: no consumer exists for agent {agent!r} (no worker has served it); "
-                         "the task waits until a worker for it starts\n")
-    except Exception:  # noqa: BLE001 - best effort: the task is submitted either way
-        pass
 
 
 async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
 
     async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "client")) as client:
-        res = await client.result(args.task_id, timeout=args.wait)
+        try:
+            res = await client.result(args.task_id, timeout=args.wait)
+        except ResultTimeout:
+            raise CommandExit(f"no result for task {args.task_id} within {args.wait:g}s; if it is running, "
+                              f"`agentstream watch {args.task_id}` follows it", ExitCode.WAIT_TIMEOUT) from None
         return _print_result(res, args.json)
 
 
 async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.interfaces import waiting
     from agentstream.runtime.interfaces.client import AgentClient
 
     async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "client")) as client:
+        grace = waiting.UNKNOWN_TASK_GRACE_S
+        await waiting.require_task(client, args.task_id, min(args.timeout or grace, grace))
         code = 0
         async for ev in client.events(args.task_id, timeout=args.timeout):
             print(_event_line(ev), flush=True)
             if isinstance(ev, TaskFailed):
                 code = EXIT_FAILED
         return code
+
 
 
 async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
@@ -505,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run one replica: an agent consumer and/or tool consumers")
     w.add_argument("--agent", action="append", help="agent to serve (repeatable)")
     w.add_argument("--tools", help="tools to serve: all, or name,name")
+    from agentstream.runtime.interfaces import rollout_commands
+
+    rollout_commands.add_worker_flags(w)
     w.set_defaults(fn=cmd_worker)
 
     s = sub.add_parser("submit", help="submit a task; prints its id (and result with --wait)")
@@ -553,11 +577,14 @@ def build_parser() -> argparse.ArgumentParser:
         dp.add_argument("--reason", default="", help="why (optional, as over HTTP)")
         dp.set_defaults(fn=cmd_decide)
 
+    from agentstream.runtime.interfaces.doctor import add_parser as add_doctor
     from agentstream.runtime.interfaces.eval_command import add_parser as add_eval
     from agentstream.runtime.interfaces.lint_command import add_parser as add_lint
     from agentstream.runtime.interfaces.view_commands import add_stats_parser, add_trace_parser
 
     add_lint(sub)
+    rollout_commands.add_parsers(sub)
+    add_doctor(sub)
     add_trace_parser(sub)
     add_stats_parser(sub)
     add_eval(sub)
@@ -583,9 +610,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = asyncio.run(args.fn(args, settings))
     except AgentstreamError as exc:
         sys.stderr.write(f"agentstream: error: {exc}\n")
-        return EXIT_FAILED
+        return for_error(exc)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     return code
 
 

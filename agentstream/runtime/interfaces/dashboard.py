@@ -6,6 +6,7 @@ Routes (added to an existing aiohttp app by :func:`add_dashboard_routes`)::
     GET /api/stats?since=1h        latency percentiles, error rates, cost, histograms, time series
     GET /api/tasks?limit=50        recent task results, newest first
     GET /api/traces/{task_id}      a task's spans (from TELEMETRY, else rebuilt from its events)
+    GET /api/live                  tasks in flight and approvals pending, with the command deciding each
 
 Errors are JSON ``{"error": "<one line>"}``.
 """
@@ -24,6 +25,9 @@ from nats.js import JetStreamContext
 
 from agentstream.contracts import subjects
 from agentstream.contracts.events import TaskFailed, TaskResult
+from agentstream.runtime.adapters.jetstream import bucket
+from agentstream.runtime.core.policy import decode_record
+from agentstream.runtime.execution.engine import parse_deadline_key
 from agentstream.runtime.interfaces.http_common import error_middleware
 from agentstream.runtime.observability import views
 
@@ -132,6 +136,58 @@ async def api_trace(request: web.Request) -> web.Response:
                   "text": views.render_waterfall(trace.spans, rows=rows, parallel=parallel)})
 
 
+async def api_rollout(request: web.Request) -> web.Response:
+    """Shadows (agreement with production, verdict) and canaries (status, weight, last window)."""
+    from agentstream.runtime.adapters import jetstream as nats_adapters
+    from agentstream.runtime.rollout.comparator import summary
+
+    js = request.app[JS_GETTER_KEY]()
+    outcomes = await nats_adapters.bucket(js, subjects.OUTCOMES.name)
+    rollout = await nats_adapters.bucket(js, subjects.ROLLOUT.name)
+    return _json(await summary(outcomes, rollout))
+async def live_state(js: JetStreamContext) -> dict[str, Any]:
+    """What is running now: every task with a live deadline (the runtime keeps
+    one a task until it ends) and every approval still pending. A task parked
+    on a human shows in both, so a stuck-looking task explains itself."""
+    in_flight: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    try:
+        deadlines = await (await bucket(js, subjects.DEADLINES.name)).items()
+    except Exception:  # noqa: BLE001 - no bucket yet: no agent has run
+        deadlines = []
+    waiting: set[str] = set()
+    try:
+        records = [decode_record(e.value) for _, e in await (await bucket(js, subjects.APPROVALS.name)).items()
+                   if e.value]
+    except Exception:  # noqa: BLE001 - as above
+        records = []
+    for r in sorted(records, key=lambda r: r.request.requested_at):
+        if r.status != "pending":
+            continue
+        q = r.request
+        waiting.add(q.task_id)
+        pending.append({"approval_id": q.approval_id, "task_id": q.task_id, "agent": q.agent, "tool": q.tool,
+                        "arguments": q.arguments, "approvers": list(q.approvers), "requested_at": q.requested_at,
+                        "deadline_at": q.deadline_at,
+                        "decide": f"agentstream approve {q.approval_id} --as NAME"})
+    for key, entry in deadlines:
+        agent, task_id, call_id = parse_deadline_key(key)
+        if call_id:
+            continue
+        try:
+            due = float(entry.value)
+        except ValueError:
+            continue
+        in_flight.append({"task_id": task_id, "agent": agent, "deadline_at": due,
+                          "waiting_for_approval": task_id in waiting})
+    in_flight.sort(key=lambda t: t["deadline_at"])
+    return {"in_flight": in_flight, "pending_approvals": pending, "generated_at": time.time()}
+
+
+async def api_live(request: web.Request) -> web.Response:
+    return _json(await live_state(request.app[JS_GETTER_KEY]()))
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -155,6 +211,9 @@ def add_dashboard_routes(app: web.Application, js_getter: JsGetter) -> None:
     app.router.add_get("/api/stats", _guarded(api_stats))
     app.router.add_get("/api/tasks", _guarded(api_tasks))
     app.router.add_get("/api/traces/{task_id}", _guarded(api_trace))
+    app.router.add_get("/api/rollout", _guarded(api_rollout))
+    app.router.add_get("/api/live", _guarded(api_live))
 
 
-__all__ = ["JS_GETTER_KEY", "add_dashboard_routes", "api_stats", "api_tasks", "api_trace", "dashboard_page"]
+__all__ = ["JS_GETTER_KEY", "add_dashboard_routes", "api_live", "api_stats", "api_tasks", "api_trace",
+           "dashboard_page", "live_state"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from agentstream.runtime.config.settings import Settings
@@ -20,14 +19,15 @@ def add_parser(subparsers: Any) -> None:
 
 
 async def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
-    """One line per finding on stdout, a summary on stderr. Exit 1 on an error
+    """One line per finding, then a summary, on stdout (it is the command's
+    output, not a diagnostic: `agentstream lint | tail -1` works). Exit 1 on an error
     finding, or on any finding with ``--strict``; else 0."""
     app = load_app(args.app, source="--app") if args.app else load_app(settings.app)
     findings = lint_app(app)
     for f in findings:
         print(f)
     errors = sum(f.severity == "error" for f in findings)
-    sys.stderr.write(f"agentstream lint: {errors} error(s), {len(findings) - errors} warning(s)\n")
+    print(f"agentstream lint: {errors} error(s), {len(findings) - errors} warning(s)")
     if errors or (args.strict and findings):
         return 1
     return 0

@@ -714,8 +714,11 @@ class _Metrics:
         self.errors = _LiteInstrument("agentstream.errors", "{error}",
                                       "Errors by error.type (model, tool, task, handler)")
         self.cost = _LiteInstrument("agentstream.cost", "USD", "Model cost in US dollars")
+        self.tools_unused = _LiteInstrument(
+            "agentstream.tools.unused", "{warning}",
+            "Times an agent's model went TOOLS_UNUSED_TURNS turns offered tools without calling one")
         self.instruments = (self.operation_duration, self.token_usage, self.task_duration, self.tool_duration,
-                            self.errors, self.cost)
+                            self.errors, self.cost, self.tools_unused)
         self.provider: MeterProvider | None = None
         _, push = build_metric_readers(config)
         if push:
@@ -1264,6 +1267,12 @@ class TracedBus:
             sp.end()
 
 
+# An agent whose model was offered tools this many turns in a row and called
+# none gets a warning (log and the agentstream.tools.unused metric): a model
+# or chat format that cannot call tools answers without them, plausibly.
+TOOLS_UNUSED_TURNS = 20
+
+
 class TracedLLM:
     """``LLM`` with a ``chat {model}`` CLIENT span and the GenAI metrics per call."""
 
@@ -1273,6 +1282,21 @@ class TracedLLM:
         self.agent = agent
         self.name = inner.name
         self.provider = _provider_name(inner)
+        self._turns_without_calls = 0  # consecutive turns offered tools, none called
+
+    def _note_tool_use(self, model: str, offered: int, called: int) -> None:
+        if not offered:
+            return
+        if called:
+            self._turns_without_calls = 0
+            return
+        self._turns_without_calls += 1
+        if self._turns_without_calls % TOOLS_UNUSED_TURNS == 0:
+            log.warning("agent %s: model %s was offered tools in the last %d turns and called none; it may not "
+                        "support tool calling (agentstream doctor)", self.agent, model, self._turns_without_calls)
+            m = self.tel.metrics
+            if m is not None:
+                m.tools_unused.add(1, {"gen_ai.agent.name": self.agent, "gen_ai.request.model": model})
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self.inner, item)
@@ -1316,10 +1340,14 @@ class TracedLLM:
             a["gen_ai.usage.output_tokens"] = resp.usage.output_tokens
             a["gen_ai.response.finish_reasons"] = (resp.finish_reason,)
             a["agentstream.cost_usd"] = resp.usage.cost_usd
+            # Read by `stats`: turns offered tools and turns that called one.
+            a["agentstream.tools_offered"] = len(request.tools)
+            a["agentstream.tool_calls"] = len(resp.tool_calls)
             if tel.capture:
                 a["gen_ai.output.messages"] = redact(_json([_output_message(resp)]))
             sp.end()
         self._metrics(request.model, resp.model, info, time.perf_counter() - t0, None, resp)
+        self._note_tool_use(request.model, len(request.tools), len(resp.tool_calls))
         return resp
 
     def _metrics(self, model: str, response_model: str, info: _TaskInfo | None, seconds: float,

@@ -18,6 +18,14 @@ from agentstream.contracts.events import (
 
 WIDTH = 40
 
+# Failure reasons that mean the last model call itself failed: that call has no
+# ModelTurnCompleted, so the timeline draws it from the result as a failed row.
+MODEL_CALL_FAILURES = frozenset({"model_error", "model_timeout"})
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
 
 class Span:
     """One row. ``kind``: ``model``, ``tool`` or ``approval``; only tool calls
@@ -77,6 +85,13 @@ def spans_of(events: Sequence[TaskEvent]) -> tuple[list[Span], TaskCompleted | T
             spans.append(Span(f"  {ev.tool}", ev.started_at, ev.finished_at, note, ev.step, failed=not ev.ok))
         elif isinstance(ev, (TaskCompleted, TaskFailed)):
             result = ev
+    if isinstance(result, TaskFailed) and result.reason in MODEL_CALL_FAILURES:
+        turns = {s.group for s in spans if s.kind == "model"}
+        if result.steps not in turns:
+            # The failed call started after everything before it ended.
+            start = max([s.end for s in spans if s.group < result.steps] + [result.started_at])
+            spans.append(Span(f"model turn {result.steps}", min(start, result.finished_at), result.finished_at,
+                              f"FAILED {result.reason}", result.steps, failed=True, kind="model"))
     return spans, result
 
 
@@ -95,8 +110,8 @@ def render(events: Sequence[TaskEvent], width: int = WIDTH) -> str:
         status = "completed" if isinstance(result, TaskCompleted) else f"FAILED ({result.reason})"
         u = result.usage
         lines.append(f"task {result.task_id} [{result.agent} {result.agent_version}] {status} in "
-                     f"{(result.finished_at - result.started_at) * 1000:.0f} ms: {result.steps} model turns, "
-                     f"{result.tool_calls} tool calls, {u.input_tokens} in / {u.output_tokens} out tokens")
+                     f"{(result.finished_at - result.started_at) * 1000:.0f} ms: {plural(result.steps, 'model turn')}, "
+                     f"{plural(result.tool_calls, 'tool call')}, {u.input_tokens} in / {u.output_tokens} out tokens")
     label_w = max([len(s.label) for s in spans] + [12])
     lines.append(f"{'':{label_w}}  0 ms{'':{width - 10}}{total * 1000:>6.0f} ms")
     # Tool calls of one turn that overlapped in time get a bracket and a note.

@@ -348,13 +348,36 @@ def _money(v: float) -> str:
     return f"${v:.4f}" if v < 1 else f"${v:,.2f}"
 
 
+# Models that cost nothing by construction (the scripted demo models, FunctionModel).
+_FREE_MODELS = ("scripted", "function-model")
+PRICES_HINT = ("set AGENTSTREAM_PRICES='{\"MODEL\": {\"input\": 0.5, \"output\": 1.5}}' "
+               "(USD per million tokens)")
+
+
+def is_unpriced(model: str, tokens: int, cost: float) -> bool:
+    """A model that used tokens and cost nothing has no price in the worker's
+    table (AGENTSTREAM_PRICES): its cost is unknown, not $0."""
+    return tokens > 0 and cost == 0 and not model.startswith(_FREE_MODELS)
+
+
+def _chat_model(span: SpanRecord) -> str:
+    return str(_attr(span, "gen_ai.response.model", "") or _attr(span, "gen_ai.request.model", "") or _suffix(span))
+
+
+def _chat_unpriced(span: SpanRecord) -> bool:
+    tokens = int(_num(_attr(span, "gen_ai.usage.input_tokens", 0))) + \
+        int(_num(_attr(span, "gen_ai.usage.output_tokens", 0)))
+    return is_unpriced(_chat_model(span), tokens, _num(_attr(span, "agentstream.cost_usd", 0)))
+
+
 def span_note(span: SpanRecord) -> str:
     parts: list[str] = []
     op = _op(span)
     if op == "chat":
         tin = int(_num(_attr(span, "gen_ai.usage.input_tokens", 0)))
         tout = int(_num(_attr(span, "gen_ai.usage.output_tokens", 0)))
-        parts.append(f"{tin}/{tout} tok {_money(_num(_attr(span, 'agentstream.cost_usd', 0)))}")
+        cost = "unpriced" if _chat_unpriced(span) else _money(_num(_attr(span, "agentstream.cost_usd", 0)))
+        parts.append(f"{tin}/{tout} tok {cost}")
         reasons = _attr(span, "gen_ai.response.finish_reasons")
         if isinstance(reasons, list | tuple) and reasons:
             parts.append("-> " + ",".join(map(str, reasons)))
@@ -404,7 +427,10 @@ def render_waterfall(spans: Sequence[SpanRecord], width: int = WATERFALL_WIDTH, 
     status = (f"FAILED {error_type(head) or 'error'}" if is_error(head)
               else "in progress" if _attr(head, "agentstream.in_progress") else "ok")
     lines.append(f"trace {head.trace_id}  task {task}  agent {agent or '?'}  {status}  {_ms(total)} ms")
-    lines.append(f"{len(spans)} spans: {len(chats)} model calls ({tin} in / {tout} out tokens, {_money(cost)}), "
+    unpriced = sorted({_chat_model(s) for s in chats if _chat_unpriced(s)})
+    cost_text = _money(cost) if not unpriced else \
+        f"unpriced: {', '.join(unpriced)}" if cost == 0 else f"{_money(cost)} + unpriced {', '.join(unpriced)}"
+    lines.append(f"{len(spans)} spans: {len(chats)} model calls ({tin} in / {tout} out tokens, {cost_text}), "
                  f"{len(tools)} tool calls, {len(failed)} failed"
                  + ("  [rebuilt from task events: no telemetry spans stored]"
                     if any(_attr(s, SYNTHETIC) for s in spans) else ""))
@@ -502,6 +528,10 @@ class Stats:
     errors: list[ErrorKind]
     spans: int
     since_s: float | None = None
+    # Models that used tokens and cost nothing: no price configured (shown as "unpriced", not $0).
+    unpriced_models: tuple[str, ...] = ()
+    # (agent, model, turns): the agent's last turns offered tools and called none.
+    tools_unused: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def task_error_rate(self) -> float:
@@ -619,9 +649,32 @@ def compute_stats(spans: Sequence[SpanRecord], results: Sequence[TaskResult], *,
         return sorted((a.done(n) for n, a in d.items()), key=lambda g: (-g.count, g.name))
 
     total = sum(task_costs)
+    unused = _tools_unused(spans)
+    unpriced = tuple(sorted(n for n, a in models.items() if is_unpriced(n, a.tin + a.tout, a.cost)))
     return Stats(tasks=len(task_costs), tasks_failed=failed, task_cost_total=total,
                  task_cost_mean=total / len(task_costs) if task_costs else 0.0, agents=groups(agents),
-                 tools=groups(tools), models=groups(models), errors=kinds, spans=len(spans), since_s=since_s)
+                 tools=groups(tools), models=groups(models), errors=kinds, spans=len(spans), since_s=since_s,
+                 unpriced_models=unpriced, tools_unused=unused)
+
+
+# `stats` warns about an agent whose model was offered tools in at least this
+# many of its last turns (up to TOOLS_UNUSED_TURNS) and called none.
+TOOLS_UNUSED_MIN_TURNS = 5
+
+
+def _tools_unused(spans: Sequence[SpanRecord]) -> tuple[tuple[str, str, int], ...]:
+    from agentstream.runtime.observability.telemetry import TOOLS_UNUSED_TURNS
+
+    offered: dict[str, list[SpanRecord]] = defaultdict(list)
+    for s in spans:
+        if _op(s) == "chat" and _num(_attr(s, "agentstream.tools_offered", 0)) > 0:
+            offered[str(_attr(s, "gen_ai.agent.name", "") or "?")].append(s)
+    out = []
+    for agent, chats in sorted(offered.items()):
+        last = sorted(chats, key=lambda s: s.end)[-TOOLS_UNUSED_TURNS:]
+        if len(last) >= TOOLS_UNUSED_MIN_TURNS and not any(_num(_attr(s, "agentstream.tool_calls", 0)) for s in last):
+            out.append((agent, _chat_model(last[-1]), len(last)))
+    return tuple(out)
 
 
 def _lat(v: float) -> str:
@@ -649,10 +702,21 @@ def format_duration(seconds: float) -> str:
 
 def render_stats(stats: Stats) -> str:
     window = f" in the last {format_duration(stats.since_s)}" if stats.since_s else ""
+    unpriced = set(stats.unpriced_models)
+    # All cost unknown: say so instead of a $0 that reads as free.
+    money = (lambda v: "unpriced" if v == 0 else _money(v)) if unpriced else _money
+    cost = (f"cost unpriced ({', '.join(sorted(unpriced))})" if unpriced and stats.task_cost_total == 0 else
+            f"cost {_money(stats.task_cost_total)} total, {_money(stats.task_cost_mean)} per task"
+            + (f" + unpriced {', '.join(sorted(unpriced))}" if unpriced else ""))
     lines = [f"{stats.tasks} tasks{window}: {stats.tasks - stats.tasks_failed} completed, {stats.tasks_failed} failed "
-             f"(error rate {stats.task_error_rate:.1%}); cost {_money(stats.task_cost_total)} total, "
-             f"{_money(stats.task_cost_mean)} per task; {stats.model_calls} model calls, {stats.tool_calls} tool calls "
-             f"({stats.spans} spans)"]
+             f"(error rate {stats.task_error_rate:.1%}); {cost}; {stats.model_calls} model calls, "
+             f"{stats.tool_calls} tool calls ({stats.spans} spans)"]
+    if unpriced:
+        lines.append(f"unpriced models (no price configured): {', '.join(sorted(unpriced))}; "
+                     + PRICES_HINT.replace("MODEL", sorted(unpriced)[0]))
+    for agent, model, turns in stats.tools_unused:
+        lines.append(f"warning: agent {agent}: model {model} was offered tools in its last {turns} turns and called "
+                     "none; it may not support tool calling (agentstream doctor)")
     if not stats.tasks and not stats.spans:
         lines.append("(no tasks or spans in this window)")
         return "\n".join(lines)
@@ -660,14 +724,14 @@ def render_stats(stats: Stats) -> str:
         lines += ["", "agents (task latency)"]
         lines += _table(["agent", "tasks", "p50", "p95", "p99", "errors", "err%", "cost", "cost/task"],
                         [[g.name, str(g.count), _lat(g.latency.p50), _lat(g.latency.p95), _lat(g.latency.p99),
-                          str(g.errors), f"{g.error_rate:.1%}", _money(g.cost_usd), _money(g.cost_per_call)]
+                          str(g.errors), f"{g.error_rate:.1%}", money(g.cost_usd), money(g.cost_per_call)]
                          for g in stats.agents])
     if stats.models:
         lines += ["", "models (chat latency)"]
         lines += _table(["model", "calls", "p50", "p95", "p99", "errors", "err%", "in tok", "out tok", "cost"],
                         [[g.name, str(g.count), _lat(g.latency.p50), _lat(g.latency.p95), _lat(g.latency.p99),
                           str(g.errors), f"{g.error_rate:.1%}", str(g.input_tokens), str(g.output_tokens),
-                          _money(g.cost_usd)] for g in stats.models])
+                          "unpriced" if g.name in unpriced else _money(g.cost_usd)] for g in stats.models])
     if stats.tools:
         lines += ["", "tools (execute_tool latency; tools have no cost)"]
         lines += _table(["tool", "calls", "p50", "p95", "p99", "errors", "err%"],
@@ -764,14 +828,16 @@ def stats_json(stats: Stats) -> dict[str, Any]:
         return {"name": g.name, "count": g.count, "errors": g.errors, "error_rate": g.error_rate,
                 "p50_s": nan(lat.p50), "p95_s": nan(lat.p95), "p99_s": nan(lat.p99), "mean_s": nan(lat.mean),
                 "max_s": nan(lat.max), "cost_usd": g.cost_usd, "input_tokens": g.input_tokens,
-                "output_tokens": g.output_tokens}
+                "output_tokens": g.output_tokens, "unpriced": g.name in stats.unpriced_models}
 
     return {"since_s": stats.since_s, "tasks": stats.tasks, "tasks_failed": stats.tasks_failed,
             "task_error_rate": stats.task_error_rate, "task_cost_total": stats.task_cost_total,
             "task_cost_mean": stats.task_cost_mean, "spans": stats.spans, "tool_calls": stats.tool_calls,
             "tool_errors": stats.tool_errors, "model_calls": stats.model_calls,
             "agents": [group(g) for g in stats.agents], "tools": [group(g) for g in stats.tools],
-            "models": [group(g) for g in stats.models],
+            "models": [group(g) for g in stats.models], "unpriced_models": list(stats.unpriced_models),
+            "prices_hint": PRICES_HINT if stats.unpriced_models else "",
+            "tools_unused": [{"agent": a, "model": m, "turns": n} for a, m, n in stats.tools_unused],
             "errors": [{"scope": e.scope, "kind": e.kind, "count": e.count, "rate": e.rate} for e in stats.errors]}
 
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,12 @@ from nats.js import JetStreamContext
 
 from agentstream.contracts import subjects
 from agentstream.handlers.agent import inbox_handler, task_handler, task_rejected
+from agentstream.handlers.shadow import (
+    comparator_handler,
+    routed_task_handler,
+    shadow_task_handler,
+    shadow_tool_handler,
+)
 from agentstream.handlers.tools import tool_handler
 from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
@@ -29,11 +35,16 @@ from agentstream.runtime.config.settings import Settings
 from agentstream.runtime.core.app import App, load_app
 from agentstream.runtime.core.errors import ConfigError
 from agentstream.runtime.core.policy import Policy, load_prices, parse_approvers
-from agentstream.runtime.core.ports import LLM, Bus
+from agentstream.runtime.core.ports import LLM, BlobStore, Bus, SessionStore
+from agentstream.runtime.core.tools import Tool
 from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterHook, PullConsumer
 from agentstream.runtime.execution.engine import AgentEngine, parse_deadline_key
 from agentstream.runtime.execution.tool_runner import ToolRunner
 from agentstream.runtime.observability.telemetry import Telemetry, TelemetryConfig, setup_telemetry
+from agentstream.runtime.rollout.canary_control import CanaryStore, Controller, Router, candidate_durables
+from agentstream.runtime.rollout.comparator import Comparator
+from agentstream.runtime.rollout.namespace import PrefixedStore, ReadOnlyStore, ShadowBus
+from agentstream.runtime.rollout.shadow import CostMeter, ShadowBudget, ShadowConfig, ShadowToolRunner
 
 if TYPE_CHECKING:
     from agentstream.runtime.service.memory import MemoryService
@@ -41,16 +52,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentstream.service")
 
 
-def select_model(app: App, agent: str, settings: Settings) -> LLM:
+def select_model(app: App, agent: str, settings: Settings, version: str | None = None) -> LLM:
     """A real OpenAI-compatible model when AGENTSTREAM_MODEL is set, else the
-    agent's scripted model."""
+    agent's (or its version's) scripted model."""
     if settings.model:
         from agentstream.runtime.adapters.openai_model import OpenAIChatModel
 
         llm = OpenAIChatModel.from_env(os.environ)
         assert llm is not None
         return llm
-    spec = app.get_agent(agent)
+    spec = app.get_version(agent, version)
     if spec.scripted is None:
         raise ConfigError(f"agent {agent!r} has no scripted model; set AGENTSTREAM_MODEL and OPENAI_BASE_URL")
     return spec.scripted()
@@ -76,6 +87,13 @@ class Runtime:
     embedded_dir: str | None = None
     embedded_port: int | None = None
     models: dict[str, LLM] = field(default_factory=dict)
+    # Safe change: which declared version this replica runs (None: production's),
+    # as a shadow deployment when ``shadow`` is set; ``comparator``: also join
+    # production's and shadows' outcomes (a shadow replica always does).
+    version: str | None = None
+    shadow: ShadowConfig | None = None
+    comparator: bool = False
+    canary: bool = False  # run ``version`` as a canary candidate: real traffic, as the canary routes it
 
     nc: NatsClient | None = None
     js: JetStreamContext | None = None
@@ -89,6 +107,8 @@ class Runtime:
     telemetry_config: TelemetryConfig | None = None
     telemetry: Telemetry | None = None
     memory_service: MemoryService | None = None  # when AGENTSTREAM_MEMORY=on
+    shadow_tools: ShadowToolRunner | None = None
+    _deadlines: SessionStore | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, agents: Sequence[str] = (), tools: str | None = None,
@@ -158,27 +178,55 @@ class Runtime:
         # room for the message headers); a larger one fails its task at once.
         max_state = max(self.nc.max_payload - 4096, 4096)
 
+        if self.shadow is not None:
+            await self._start_shadow(self.shadow, bus=nats_adapters.NatsBus(self.js), conversations=conversations,
+                                     blobs=blobs, max_state=max_state)
+        elif self.comparator:
+            await self._start_comparator()
         policy = self._policy()
-        for name in self.agents:
-            agent = self.app.get_agent(name)
-            llm = self.models.get(name) or select_model(self.app, name, s)
+        canaries = CanaryStore(await nats_adapters.bucket(self.js, subjects.ROLLOUT.name))
+        router = Router(canaries)
+        role = "candidate" if self.canary else "baseline"
+        if self.canary and not self.version:
+            raise ConfigError("a canary candidate needs --version: the declared version it runs")
+        for name in self.agents if self.shadow is None else ():
+            agent = self.app.get_version(name, self.version)
+            llm = self.models.get(name) or select_model(self.app, name, s, self.version)
             model_name = llm.name
             if tel is not None:
                 llm = tel.wrap_llm(llm, name)
-            engine = AgentEngine(agent.spec, llm, sessions=sessions, conversations=conversations,
-                                 deadlines=deadlines, bus=bus, worker=s.worker_id, approvals=approvals,
-                                 policy=policy, blobs=blobs, max_state_bytes=max_state)
+            # A candidate keeps its sessions and timers under its own keys: both
+            # versions' inbox consumers see every inbox event, each resumes only its own tasks.
+            prefix = f"canary.{self.version}." if self.canary else ""
+            engine = AgentEngine(agent.spec, llm,
+                                 sessions=PrefixedStore(sessions, prefix) if prefix else sessions,
+                                 conversations=conversations,
+                                 deadlines=PrefixedStore(deadlines, prefix) if prefix else deadlines,
+                                 bus=bus, worker=s.worker_id, approvals=approvals, policy=policy,
+                                 blobs=blobs, max_state_bytes=max_state)
+            if prefix:
+                self._deadlines = engine.deadlines
+            engine.owned_elsewhere = self._other_deployment(name, router, sessions)
             if tel is not None:
                 engine.telemetry = tel.engine_hooks(agent.spec, model_name)
             self.engines[name] = engine
             # A task body it can never run gets a failed result, not silence.
-            self._consumer("TASKS", subjects.agent_durable(name, "tasks"), subjects.tasks(name),
-                           task_handler(engine), on_dead_letter=task_rejected(engine))
-            self._consumer("EVENTS", subjects.agent_durable(name, "events"), subjects.events(name, "*"),
-                           inbox_handler(engine))
+            tasks_durable, inbox_durable = subjects.agent_durable(name, "tasks"), subjects.agent_durable(name, "events")
+            if self.canary:
+                assert self.version is not None
+                tasks_durable, inbox_durable = candidate_durables(name, self.version)
+            self._consumer("TASKS", tasks_durable, subjects.tasks(name),
+                           routed_task_handler(router, name, role, task_handler(engine)),
+                           on_dead_letter=task_rejected(engine) if not self.canary else None,
+                           deliver_new=self.canary)
+            self._consumer("EVENTS", inbox_durable, subjects.events(name, "*"), inbox_handler(engine),
+                           deliver_new=self.canary)
             # Decisions on their own subject, which only the approval service may publish to.
-            self._consumer("EVENTS", subjects.agent_durable(name, "decisions"), subjects.decisions(name, "*"),
-                           inbox_handler(engine))
+            decisions_durable = subjects.agent_durable(name, "decisions")
+            if self.canary:
+                decisions_durable = f"canary_{self.version}_{decisions_durable}"
+            self._consumer("EVENTS", decisions_durable, subjects.decisions(name, "*"), inbox_handler(engine),
+                           deliver_new=self.canary)
         if tools:
             runner = ToolRunner(tools, bus, worker=s.worker_id, registry=self.app.tools,
                                 breakers=await nats_adapters.bucket(self.js, subjects.TOOL_BREAKERS.name),
@@ -196,7 +244,10 @@ class Runtime:
         for c in self.consumers:
             self._tasks.append(asyncio.create_task(c.run(self.stop_event, s.shutdown_timeout_s)))
         if self.engines:
-            self._tasks.append(asyncio.create_task(self._sweep(deadlines)))
+            self._tasks.append(asyncio.create_task(self._sweep(self._deadlines or deadlines)))
+            if self.shadow is None:
+                controller = Controller(self.js, canaries, bus, self.engines, actor=f"canary:{s.worker_id}")
+                self._tasks.append(asyncio.create_task(controller.run(self.stop_event)))
         await asyncio.wait_for(asyncio.gather(*(c.started.wait() for c in self.consumers)), timeout=30)
 
     async def _start_memory(self, bus: Bus, tel: Telemetry | None) -> None:
@@ -212,6 +263,64 @@ class Runtime:
                                                                     replicas=self.settings.replicas)
         for engine in self.engines.values():
             await memory.attach_agent_memory(engine, self.app, self.nc, self.js, cfg, tel=tel)
+    def _other_deployment(self, agent: str, router: Router, sessions: SessionStore) -> Callable[[str], Awaitable[bool]]:
+        """For an inbox event with no session here: does the other side of a
+        canary (the candidate's prefixed keys, or production's) hold the task?"""
+        async def owned(task_id: str) -> bool:
+            if self.canary:
+                return await sessions.get(task_id) is not None
+            state = await router.state(agent)
+            return state is not None and await sessions.get(f"canary.{state.candidate}.{task_id}") is not None
+        return owned
+
+    async def _start_shadow(self, cfg: ShadowConfig, *, bus: Bus, conversations: SessionStore,
+                            blobs: BlobStore | None = None, max_state: int | None = None) -> None:
+        """The agents of this replica as a shadow deployment: the production
+        engine, seeing the world through rollout.namespace (own subject tree,
+        own keys, production's conversations read-only), no approvals (a
+        shadow never asks a human), no tracing of its own (its spans would
+        join production's trace), and its own side-effect-free tool runner."""
+        assert self.js is not None
+        s = self.settings
+        store = await nats_adapters.bucket(self.js, subjects.SHADOW_SESSIONS.name)
+        budget = ShadowBudget(await nats_adapters.bucket(self.js, subjects.ROLLOUT.name), cfg.label,
+                              cfg.daily_cost_usd)
+        shadow_bus = ShadowBus(bus, cfg.label)
+        self._deadlines = PrefixedStore(store, f"{cfg.label}.d.")
+        prices = self._policy().prices
+        tools: dict[str, Tool] = {}
+        for name in self.agents:
+            agent = self.app.get_version(name, self.version)
+            llm = self.models.get(name) or select_model(self.app, name, s, self.version)
+            engine = AgentEngine(agent.spec, llm, sessions=PrefixedStore(store, f"{cfg.label}.s."),
+                                 conversations=ReadOnlyStore(conversations), deadlines=self._deadlines,
+                                 bus=CostMeter(shadow_bus, budget), worker=s.worker_id,
+                                 policy=Policy(prices=prices), blobs=blobs, max_state_bytes=max_state)
+            self.engines[name] = engine
+            self._consumer("TASKS", subjects.shadow_durable(cfg.label, subjects.agent_durable(name, "tasks")),
+                           subjects.tasks(name), shadow_task_handler(engine, cfg, budget), deliver_new=True,
+                           traced=False)
+            self._consumer("SHADOW", subjects.shadow_durable(cfg.label, subjects.agent_durable(name, "events")),
+                           subjects.shadowed(cfg.label, subjects.events(name, "*")), inbox_handler(engine),
+                           traced=False)
+            for spec in agent.spec.tools:
+                tools[spec.name] = self.app.tools[spec.name]
+        self.shadow_tools = ShadowToolRunner(self.js, self.app.tools, shadow_bus, cfg, worker=s.worker_id)
+        for tname in tools:
+            self._consumer("SHADOW", subjects.shadow_durable(cfg.label, subjects.tool_durable(tname)),
+                           subjects.shadowed(cfg.label, subjects.tool_calls(tname)),
+                           shadow_tool_handler(self.shadow_tools), traced=False)
+        await self._start_comparator()
+
+    async def _start_comparator(self) -> None:
+        assert self.js is not None
+        comparator = Comparator(self.js, await nats_adapters.bucket(self.js, subjects.OUTCOMES.name))
+        handler = comparator_handler(comparator)
+        # Production's results from now on (a comparator started today has no
+        # business with last week's); every shadow result, whenever it started.
+        self._consumer("RESULTS", "rollout_comparator", subjects.any_production_results(), handler,
+                       deliver_new=True, traced=False)
+        self._consumer("SHADOW", "rollout_comparator_shadow", subjects.any_shadow_results(), handler, traced=False)
 
     def _policy(self) -> Policy:
         """Approval rules come from the app's tools, prices and approvers from the environment."""
@@ -229,20 +338,21 @@ class Runtime:
                       approvers_for=approvers_for, default_approvers=parse_approvers(os.environ))
 
     def _consumer(self, stream: str, durable: str, subject: str, handler: object, *,
-                  on_dead_letter: DeadLetterHook | None = None) -> None:
+                  on_dead_letter: DeadLetterHook | None = None, deliver_new: bool = False,
+                  traced: bool = True) -> None:
         s = self.settings
         assert self.js is not None
         cs = ConsumerSettings(stream=stream, durable=durable, filter_subject=subject,
                               max_in_flight=s.max_in_flight,
                               ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver,
-                              max_bytes=s.max_event_bytes)
-        mw = self.telemetry.consumer_middleware(durable, subject) if self.telemetry is not None else None
+                              max_bytes=s.max_event_bytes, deliver_new=deliver_new)
+        mw = self.telemetry.consumer_middleware(durable, subject) if self.telemetry is not None and traced else None
         if mw is not None:
             cs.middlewares = (*cs.middlewares, mw)  # telemetry: a `process <subject>` span per message
         self.consumers.append(PullConsumer(self.js, cs, handler,  # type: ignore[arg-type]
                                            on_dead_letter=on_dead_letter))
 
-    async def _sweep(self, deadlines: nats_adapters.NatsKV) -> None:
+    async def _sweep(self, deadlines: SessionStore) -> None:
         """Fail tasks whose deadline passed while nothing arrived for them (a tool
         worker down, say). Every replica sweeps, one pass over the timers for
         all the agents it serves; compare-and-set makes the failure happen once."""
