@@ -133,14 +133,14 @@ def eval_main(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ])
 def test_mistakes_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                args: list[str], needle: str) -> None:
-    line = one_line_error(eval_main(args, tmp_path, monkeypatch, capsys), code=1)
+    line = one_line_error(eval_main(args, tmp_path, monkeypatch, capsys), code=2)  # usage or configuration (ExitCode.USAGE)
     assert needle in line
 
 
 def test_bad_dataset_and_gate_file_name_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     def error(*args: str) -> str:
-        return one_line_error(eval_main(list(args), tmp_path, monkeypatch, capsys), code=1)
+        return one_line_error(eval_main(list(args), tmp_path, monkeypatch, capsys), code=2)
 
     (tmp_path / "d.yaml").write_text("cases:\n  - id: a\n    input: hi\n    expect: {tools: {order: sideways}}\n")
     assert "case a" in error("d.yaml")

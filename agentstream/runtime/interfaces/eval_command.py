@@ -121,7 +121,7 @@ async def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     target = list(args.target)
     if target[0] == "calibrate":
         if len(target) != 2:
-            raise AgentstreamError("usage: agentstream eval calibrate LABELS (a .yaml or .jsonl file)")
+            raise ConfigError("usage: agentstream eval calibrate LABELS (a .yaml or .jsonl file)")
         return await cmd_calibrate(args, Path(target[1]))
     if target[0] == "online":
         if len(target) != 1:
@@ -130,7 +130,7 @@ async def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
         return await run_online(args, settings)
     if len(target) != 1:
-        raise AgentstreamError(f"one dataset at a time, got {len(target)}: {' '.join(target)}")
+        raise ConfigError(f"one dataset at a time, got {len(target)}: {' '.join(target)}")
     return await cmd_run(args, settings, Path(target[0]))
 
 
