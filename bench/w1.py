@@ -39,6 +39,7 @@ from typing import Any
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -70,7 +71,7 @@ from agentstream.runtime.adapters.embedded_broker import EmbeddedNats, find_nats
 from agentstream.runtime.config.auth import NatsAuth
 from agentstream.runtime.core.errors import Conflict
 from agentstream.runtime.core.ports import Entry
-from agentstream.runtime.observability.telemetry import TelemetryConfig
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 from agentstream.runtime.observability.views import percentile
 
 AGENT = "w1"
@@ -523,39 +524,58 @@ async def provision_floor(js: JetStreamContext) -> None:
 async def pull_loop(js: JetStreamContext, stream: str, durable: str, subject: str,
                     handler: Callable[[Msg], Awaitable[None]], stop: asyncio.Event, started: asyncio.Event,
                     max_inflight: int = 64) -> None:
-    """Bare durable pull consumer: fetch a batch, handle each message in its own
-    task, ack when done. Same shape and limits as the runtime's, nothing else."""
+    """Bare durable consumer with a continuous pull: pull requests kept open for
+    as many messages as there are free slots (topped up once a quarter is
+    free), each message handled in its own task the moment it arrives, acked
+    when done. The runtime's consumer loop does the same plus heartbeats,
+    backoff and dead-lettering; nats-py's ``fetch(n)`` would hold the last
+    message of a burst until its pull expires (see runtime/execution/pull.py)."""
     cfg = ConsumerConfig(durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
                          deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_deliver=5, max_ack_pending=-1)
-    sub = await js.pull_subscribe(subject, durable=durable, stream=stream, config=cfg)
-    started.set()
+    await js.add_consumer(stream, cfg)
+    nc = js._nc
+    inbox = nc.new_inbox()
+    next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
     inflight: set[asyncio.Task[None]] = set()
+    asked = 0  # requested and not yet delivered
+    wake = asyncio.Event()
 
     async def run(msg: Msg) -> None:
         await handler(msg)
         await msg.ack()
 
+    def done(t: asyncio.Task[None]) -> None:
+        inflight.discard(t)
+        wake.set()
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal asked
+        if msg.headers and msg.headers.get("Status"):
+            if msg.headers["Status"] in ("408", "409"):
+                asked = max(0, asked - int(msg.headers.get("Nats-Pending-Messages", asked)))
+                wake.set()
+            return
+        asked -= 1
+        t = asyncio.create_task(run(msg))
+        inflight.add(t)
+        t.add_done_callback(done)
+
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    started.set()
+    stopper = asyncio.create_task(stop.wait())
+    stopper.add_done_callback(lambda _: wake.set())
     while not stop.is_set():
-        free = max_inflight - len(inflight)
-        if free <= 0:
-            await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+        want = max_inflight - len(inflight) - asked
+        if want > 0 and (asked == 0 or want >= max_inflight // 4):
+            await nc.publish(next_subject, json.dumps({"batch": want, "expires": 5_000_000_000}).encode(),
+                             reply=inbox)
+            asked += want
             continue
-        try:
-            msgs = await sub.fetch(min(free, 64), timeout=0.5)
-        except (TimeoutError, nats.errors.TimeoutError):
-            continue
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-            break
-        for m in msgs:
-            t = asyncio.create_task(run(m))
-            inflight.add(t)
-            t.add_done_callback(inflight.discard)
+        wake.clear()
+        await wake.wait()
+    await sub.unsubscribe()
     if inflight:
         await asyncio.wait(inflight, timeout=5)
-    try:
-        await sub.unsubscribe()
-    except Exception:  # noqa: BLE001 - the connection may be closing
-        pass
 
 
 class FloorWorker:
@@ -823,13 +843,18 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     server_pid = broker.proc.pid if broker.proc is not None else None
     meter = Meter()
     runs: list[tuple[bool, list[PhaseResult]]] = []
+    telemetry_per_task: list[float] = []
     try:
         outcomes = []
         for n, mode in enumerate(args.tracing):
             tracing = mode == "on"
+            before = await telemetry_bytes(broker.url)
             outcome = await run_runtime(broker.url, args, inputs, server_pid, meter, tracing, n)
             runs.append((tracing, outcome[0]))
             outcomes.append(outcome)
+            if tracing:
+                ntasks = args.warmup + args.seq_tasks + args.tasks
+                telemetry_per_task.append((await telemetry_bytes(broker.url) - before) / ntasks)
         # Against the floor, and for payload sizes and the profile: the first
         # tracing-off run (else the first run).
         rt_rows, sizes, prof = next((o for (t, _), o in zip(runs, outcomes) if not t), outcomes[0])
@@ -862,6 +887,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     if tracing_cost:
         print()
         print(tracing_table(tracing_cost))
+    if telemetry_per_task:
+        print("TELEMETRY stream bytes per task with tracing on (stored, every span at default sampling): "
+              + ", ".join(f"{b:,.0f}" for b in telemetry_per_task))
     if prof:
         print()
         print(f"cProfile of the runtime {par.mode} run (figures above for that run include profiler overhead):")
@@ -874,12 +902,26 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
            "results": [r.summary() for r in rows],
            "ratios_runtime_over_floor": ratios,
            "tracing_on_over_off": tracing_cost,
+           "telemetry_bytes_per_task": telemetry_per_task,
            "payload_bytes": sizes,
            "histogram_runtime_inflight_ms": histogram_data(par.latencies_ms)}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
         say(f"wrote {args.json}")
     return out
+
+
+async def telemetry_bytes(url: str) -> int:
+    """Bytes stored in the TELEMETRY stream now (0 before it exists)."""
+    nc = await nats.connect(url)
+    try:
+        try:
+            info = await nc.jetstream().stream_info("TELEMETRY")
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(info.state.bytes)
+    finally:
+        await nc.close()
 
 
 def tracing_ratios(runs: list[tuple[bool, list[PhaseResult]]]) -> list[dict[str, Any]]:

@@ -181,7 +181,7 @@ def _grafana_exprs() -> list[str]:
 
 async def test_grafana_dashboard_uses_real_metric_and_label_names(nats_server: EmbeddedNats, client: AgentClient,
                                                                    tmp_path: Path) -> None:
-    from agentstream.runtime.observability.telemetry import prometheus_text
+    from agentstream.runtime.observability.prometheus import prometheus_text
 
     exprs = _grafana_exprs()
     titles = " ".join(p["title"] for p in json.loads(GRAFANA.read_text())["panels"]).lower()

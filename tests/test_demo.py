@@ -4,8 +4,10 @@ on an embedded broker and show what the README promises."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 
 
@@ -22,3 +24,21 @@ def test_demo_runs_end_to_end_with_the_scripted_model(tmp_path: Path) -> None:
     assert "approved by supervisor" in out  # the human-in-the-loop step
     assert "Order 42 is processing" in out and "Refunded $156.00 on order 42" in out  # conversation continued
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_each_demo_run_has_fresh_conversation_ids(tmp_path: Path) -> None:
+    """Trace UIs group traces into sessions by conversation id: two demo runs
+    exported to the same UI must not merge into one session."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTSTREAM_", "OPENAI_", "OTEL_"))}
+    env["OTEL_TRACES_EXPORTER"] = "console"  # spans as JSON on stderr
+    runs = []
+    for n in range(2):
+        cwd = tmp_path / str(n)
+        cwd.mkdir()
+        proc = run_cli(["demo"], env, cwd=cwd, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ids = set(re.findall(r'"gen_ai\.conversation\.id": "([^"]+)"', proc.stderr))
+        assert len(ids) >= 2, proc.stderr[-2000:]
+        runs.append(ids)
+    assert not runs[0] & runs[1]

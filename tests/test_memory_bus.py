@@ -24,6 +24,7 @@ from agentstream.contracts.events import (
     MemoryWriteRequested,
     TaskCompleted,
 )
+from agentstream.contracts.telemetry import SpanRecord
 from agentstream.handlers.memory import answer
 from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
@@ -33,7 +34,7 @@ from agentstream.runtime.memory.client import BusMemory
 from agentstream.runtime.memory.edge_index import EdgeIndex
 from agentstream.runtime.memory.embed import Lexical
 from agentstream.runtime.memory.store import MemoryStore, StoreLimits
-from agentstream.runtime.observability.telemetry import TelemetryConfig
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 from agentstream.runtime.service.memory import MemorySettings, start_memory_service
 from agentstream.runtime.service.runtime import Runtime
 
@@ -95,8 +96,15 @@ async def test_support_desk_remembers_a_preference_across_conversations(
         # Retrieval is its own span in the task's trace, with hits and scores.
         assert rt.telemetry is not None and rt.js is not None
         await rt.telemetry.force_flush()
+        def in_tree(x: list[SpanRecord]) -> bool:
+            # Every retrieval's chain up to its task's root has landed (a retrieval
+            # after the result can be exported before the step span it runs under).
+            idx = {s.span_id: s for s in x}
+            return all(any(a.name.startswith("invoke_agent") for a in ancestors(r, idx))
+                       for r in by_name(x, "retrieval memory"))
+
         spans = await wait_for_spans(rt.js, lambda x: len(by_name(x, "retrieval memory")) >= 3
-                                     and len(by_name(x, "invoke_agent")) >= 3)
+                                     and len(by_name(x, "invoke_agent")) >= 3 and in_tree(x))
         index = {x.span_id: x for x in spans}
         for r in by_name(spans, "retrieval memory"):
             assert r.attributes["gen_ai.operation.name"] == "retrieval"

@@ -205,7 +205,8 @@ async def test_tools_offered_and_never_called_is_a_warning_metric_and_a_stats_li
     after TOOLS_UNUSED_TURNS such turns the worker warns and counts it, and
     `stats` says so from the stored spans."""
     from agentstream.runtime.observability import views
-    from agentstream.runtime.observability.telemetry import TOOLS_UNUSED_TURNS, prometheus_text
+    from agentstream.runtime.observability.instrumentation import TOOLS_UNUSED_TURNS
+    from agentstream.runtime.observability.prometheus import prometheus_text
 
     caplog.set_level(logging.WARNING, logger="agentstream.telemetry")
     settings = dataclasses.replace(Settings.from_env({}), nats_url=broker.url)

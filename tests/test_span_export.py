@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,8 +33,11 @@ from agentstream.runtime.core.app import App
 from agentstream.runtime.core.ports import ModelRequest
 from agentstream.runtime.core.tools import tool
 from agentstream.runtime.interfaces.client import AgentClient
-from agentstream.runtime.observability import telemetry as T
 from agentstream.runtime.observability import views
+from agentstream.runtime.observability.span_export import _batches, batch_head
+from agentstream.runtime.observability.telemetry import Telemetry
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig
+from agentstream.runtime.observability.trace_context import format_traceparent, parse_traceparent, to_otel
 from agentstream.runtime.service.runtime import Runtime
 
 TRACE_IDS = [f"{i:032x}" for i in range(1, 4)]
@@ -53,7 +57,7 @@ span_records = st.builds(
 @given(recs=st.lists(span_records, max_size=40), max_bytes=st.integers(2048, 20_000))
 def test_batches_fit_the_limit_and_decode_to_the_spans_written(recs: list[SpanRecord], max_bytes: int) -> None:
     encoded = [(r.trace_id, encode(r)) for r in recs if len(encode(r)) < max_bytes - 64]
-    messages = T._batches(encoded, max_bytes)
+    messages = _batches(encoded, max_bytes)
     back: dict[str, list[SpanRecord]] = {}
     for subject, payload, n in messages:
         assert len(payload) <= max_bytes
@@ -66,6 +70,26 @@ def test_batches_fit_the_limit_and_decode_to_the_spans_written(recs: list[SpanRe
         want.setdefault(span_subject(trace_id), []).append(decode_spans(data)[0])
     assert back == want  # every span, once, in the order written, under its own trace's subject
     assert len(messages) <= len(encoded)
+
+
+@settings(max_examples=25, deadline=None)
+@given(recs=st.lists(span_records, min_size=1, max_size=5),
+       service=st.text(max_size=12), worker=st.text(max_size=12))
+def test_a_batch_says_its_process_once_and_readers_fill_it_in(recs: list[SpanRecord], service: str,
+                                                             worker: str) -> None:
+    """The exporter leaves service and worker out of each record and writes them
+    once for the batch (~45 bytes a span); readers see every span with them."""
+    bare = [msgspec.structs.replace(r, service="", worker="") for r in recs]
+    encoded = [(r.trace_id, encode(r)) for r in bare]
+    assert all(b'"service"' not in data and b'"worker"' not in data for _, data in encoded)
+    got = [s for _, payload, _ in _batches(encoded, 1 << 20, batch_head(service, worker))
+           for s in decode_spans(payload)]
+    assert sorted(got, key=lambda s: s.span_id) == sorted(
+        (msgspec.structs.replace(r, service=service, worker=worker) for r in bare), key=lambda s: s.span_id)
+    # A record that names another process keeps its own.
+    other = msgspec.structs.replace(recs[0], service="elsewhere", worker="w-2")
+    [(_, payload, _)] = _batches([(other.trace_id, encode(other))], 1 << 20, batch_head(service, worker))
+    assert decode_spans(payload) == [other]
 
 
 def test_readers_count_a_span_once_and_accept_bare_records() -> None:
@@ -108,7 +132,7 @@ async def test_code_inside_a_tool_continues_the_task_trace(nats_url: str, tmp_pa
     app.agent("prober", "Probe the tracing context.", tools=[probe],
               scripted=lambda: FunctionModel(_script, name="probe-model"))
     s = dataclasses.replace(Settings.from_env({}), nats_url=nats_url, data_dir=tmp_path, worker_id="rt-probe")
-    rt = Runtime(settings=s, app=app, agents=["prober"], tools="all", telemetry_config=T.TelemetryConfig.from_env({}))
+    rt = Runtime(settings=s, app=app, agents=["prober"], tools="all", telemetry_config=TelemetryConfig.from_env({}))
     await rt.start()
     try:
         assert rt.telemetry is not None and rt.nc is not None
@@ -139,16 +163,16 @@ hex_ids = st.integers(1, 2**128 - 1).map(lambda v: f"{v:032x}"), st.integers(1, 
 @given(tid=hex_ids[0], sid=hex_ids[1], flags=st.integers(0, 255))
 def test_traceparent_round_trips(tid: str, sid: str, flags: int) -> None:
     tp = f"00-{tid}-{sid}-{flags:02x}"
-    ctx = T.parse_traceparent(tp)
+    ctx = parse_traceparent(tp)
     assert ctx is not None and (ctx.trace_id, ctx.span_id, ctx.flags) == (tid, sid, flags)
-    assert T.format_traceparent(ctx) == tp
-    assert T.to_otel(ctx).trace_id == int(tid, 16) and T.to_otel(ctx).span_id == int(sid, 16)
+    assert format_traceparent(ctx) == tp
+    assert to_otel(ctx).trace_id == int(tid, 16) and to_otel(ctx).span_id == int(sid, 16)
 
 
 @settings(max_examples=300, deadline=None)
 @given(value=st.text(max_size=80) | st.from_regex(r"[0-9a-fA-F-]{50,60}", fullmatch=True))
 def test_any_traceparent_header_parses_or_is_ignored(value: str) -> None:
-    ctx = T.parse_traceparent(value)
+    ctx = parse_traceparent(value)
     if ctx is not None:  # only well-formed lowercase hex with non-zero ids gets through
         assert len(ctx.trace_id) == 32 and len(ctx.span_id) == 16 and int(ctx.trace_id, 16) and int(ctx.span_id, 16)
 
@@ -169,9 +193,9 @@ async def test_spans_reach_sdk_exporters_with_ids_parents_links_and_status() -> 
     SDK's processors as ReadableSpans: ids, remote parent, tracestate, links,
     kind and error status must survive the conversion."""
     mem = InMemorySpanExporter()
-    tel = T.Telemetry(T.TelemetryConfig(metrics=False), span_exporters=[mem])
+    tel = Telemetry(TelemetryConfig(metrics=False), span_exporters=[mem])
     tid, sid = TRACE_IDS[2], "e" * 16
-    parent = T.parse_traceparent(f"00-{tid}-{sid}-01", "vendor=x")
+    parent = parse_traceparent(f"00-{tid}-{sid}-01", "vendor=x")
     assert parent is not None
     sp = tel.start_span("process x", SpanKind.CONSUMER, parent, {"a": 1}, use_current=False, links=[parent]).activate()
     child = tel.start_span("chat m", SpanKind.CLIENT, attributes={"b": 2})

@@ -32,10 +32,10 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+from prometheus_client import CollectorRegistry, generate_latest
 from test_redact import text_with_pii
 
 from agentstream.contracts.events import TaskCompleted
@@ -48,8 +48,15 @@ from agentstream.runtime.core.errors import ConfigError
 from agentstream.runtime.core.ports import ModelRequest
 from agentstream.runtime.core.tools import tool
 from agentstream.runtime.interfaces.client import AgentClient
-from agentstream.runtime.observability import telemetry as T
+from agentstream.runtime.observability.logs import JsonLogFormatter, RedactingFormatter
+from agentstream.runtime.observability.metrics import SERIES_LIMIT, _Metrics, build_metric_readers
+from agentstream.runtime.observability.prometheus import LiteMetricsCollector, exposition, prometheus_text
 from agentstream.runtime.observability.redact import redact
+from agentstream.runtime.observability.span_export import JetStreamSpanExporter, build_span_exporters
+from agentstream.runtime.observability.spans import LiteSpan
+from agentstream.runtime.observability.telemetry import Telemetry
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig
+from agentstream.runtime.observability.trace_context import format_traceparent, parse_traceparent
 from agentstream.runtime.service.runtime import Runtime
 
 RESULT_TIMEOUT_S = 30.0
@@ -134,7 +141,7 @@ async def test_one_trace_across_three_processes(nats_url: str, worker_pool: Work
         def complete(spans: list[SpanRecord]) -> bool:
             return (len(by_name(spans, "invoke_agent")) == 1 and len(by_name(spans, "execute_tool")) == 3
                     and len(by_name(spans, "chat")) == 2 and len(by_name(spans, "process")) == 7
-                    and len(by_name(spans, "step")) == 2 and len(by_name(spans, "send")) == 1)
+                    and len(by_name(spans, "step")) == 2)
 
         spans = await wait_for_spans(client.js, complete, subject=f"telemetry.spans.{trace_id}")
         # Nothing of this task went to another trace.
@@ -146,20 +153,22 @@ async def test_one_trace_across_three_processes(nats_url: str, worker_pool: Work
     assert len(index) == len(spans), "duplicate span ids"
     roots = [s for s in spans if s.parent_span_id not in index]
     assert len(roots) == 1 and roots[0].parent_span_id == "", [(s.name, s.parent_span_id) for s in roots]
+    # The root is the task's invoke_agent span: a trace list shows the agent and
+    # the task's duration, submit to result. The client sends no span of its own.
     root = roots[0]
-    assert root.name == "send agents.support.tasks" and root.kind == "producer"
-    assert root.worker.startswith("client-")
+    assert root.name == "invoke_agent support" and root.worker == "agent-1"
 
     workers = {s.worker for s in spans}
-    assert {"agent-1", "tools-a", "tools-b"} <= workers and len(workers) >= 4, workers
+    assert workers == {"agent-1", "tools-a", "tools-b"}, workers  # the client records no span
     assert all(s.service == "agentstream" for s in spans)
 
-    # invoke_agent covers the task, on the agent worker, child of the task's process span.
+    # invoke_agent covers the task, on the agent worker, parent of the task's process span.
     [inv] = by_name(spans, "invoke_agent support")
-    assert inv.worker == "agent-1"
-    assert index[inv.parent_span_id].name == "process agents.support.tasks"
+    assert index[next(p.span_id for p in by_name(spans, "process agents.support.tasks"))].parent_span_id \
+        == inv.span_id
     assert inv.span_id == trace_parent.split("-")[2]
-    assert inv.start == pytest.approx(res.started_at, abs=1e-3) and inv.end == pytest.approx(res.finished_at, abs=1e-3)
+    assert res.started_at - 5 < inv.start <= res.started_at and inv.end == pytest.approx(res.finished_at, abs=1e-3)
+    assert all(inv.start <= s.start for s in spans), "the root starts first"
     a = inv.attributes
     assert a["gen_ai.operation.name"] == "invoke_agent" and a["gen_ai.agent.name"] == "support"
     assert a["gen_ai.usage.input_tokens"] == res.usage.input_tokens
@@ -179,7 +188,7 @@ async def test_one_trace_across_three_processes(nats_url: str, worker_pool: Work
         assert ca["gen_ai.operation.name"] == "chat" and ca["gen_ai.provider.name"] == "scripted"
         assert ca["gen_ai.request.model"] == ca["gen_ai.response.model"] == "scripted-support"
         assert ca["gen_ai.agent.name"] == "support" and ca["gen_ai.conversation.id"] == "c-1"
-        assert ca["agentstream.tenant_id"] == "acme" and ca["agentstream.user_id"] == "u-7"
+        assert "agentstream.user_id" not in ca  # the task's tenant and user are on its root only
         assert "agentstream.cost_usd" in ca and "gen_ai.input.messages" not in ca  # capture is off
     assert sum(c.attributes["gen_ai.usage.input_tokens"] for c in chats) == res.usage.input_tokens
     assert sum(c.attributes["gen_ai.usage.output_tokens"] for c in chats) == res.usage.output_tokens
@@ -244,7 +253,7 @@ def _echo_runtime(url: str, tmp: Path, worker_id: str, env: dict[str, str] | Non
     """A runtime serving the echo agent and its tool, telemetry configured from ``env``."""
     s = dataclasses.replace(Settings.from_env({}), nats_url=url, data_dir=tmp, worker_id=worker_id)
     return Runtime(settings=s, app=_echo_app(), agents=["echo"], tools="all",
-                   telemetry_config=T.TelemetryConfig.from_env(env or {}))
+                   telemetry_config=TelemetryConfig.from_env(env or {}))
 
 
 async def _run_prompts(tmp: Path, prompts: list[str], capture: bool) -> tuple[list[SpanRecord], str]:
@@ -263,7 +272,7 @@ async def _run_prompts_on(url: str, tmp: Path, prompts: list[str], capture: bool
     rt = _echo_runtime(url, tmp, "rt-echo", env)
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
-    handler.setFormatter(T.JsonLogFormatter(worker="rt-echo"))
+    handler.setFormatter(JsonLogFormatter(worker="rt-echo"))
     log_echo.addHandler(handler)
     log_echo.propagate = False
     await rt.start()
@@ -343,7 +352,7 @@ def test_capture_off_exports_no_content(tmp_path: Path, samples: list[tuple[str,
 
 async def test_bare_publish_starts_a_trace_at_the_consumer(nats_url: str, tmp_path: Path) -> None:
     """A task from any NATS client (no traceparent) is still one trace, rooted
-    at the agent's process span."""
+    at the task's invoke_agent span, over the process span that started it."""
     rt = _echo_runtime(nats_url, tmp_path, "rt-bare")
     await rt.start()
     try:
@@ -364,7 +373,9 @@ async def test_bare_publish_starts_a_trace_at_the_consumer(nats_url: str, tmp_pa
     assert len({x.trace_id for x in spans}) == 1
     index = {x.span_id: x for x in spans}
     roots = [x for x in spans if x.parent_span_id not in index]
-    assert [r.name for r in roots] == ["process agents.echo.tasks"] and roots[0].parent_span_id == ""
+    assert [r.name for r in roots] == ["invoke_agent echo"] and roots[0].parent_span_id == ""
+    [proc] = by_name(spans, "process agents.echo.tasks")
+    assert proc.parent_span_id == roots[0].span_id
 
 
 async def test_tracing_off_wraps_nothing(nats_url: str, tmp_path: Path) -> None:
@@ -394,89 +405,92 @@ async def test_tracing_off_wraps_nothing(nats_url: str, tmp_path: Path) -> None:
 def _exporters(env: dict[str, str], nc: Any = None) -> list[Any]:
     loop = asyncio.new_event_loop()
     try:
-        return T.build_span_exporters(T.TelemetryConfig.from_env(env), nc=nc, loop=loop)
+        return build_span_exporters(TelemetryConfig.from_env(env), nc=nc, loop=loop)
     finally:
         loop.close()
 
 
 def test_exporter_selection_from_env() -> None:
     fake_nc = object()
-    assert [type(e) for e in _exporters({}, fake_nc)] == [T.JetStreamSpanExporter]  # the default
+    assert [type(e) for e in _exporters({}, fake_nc)] == [JetStreamSpanExporter]  # the default
     assert _exporters({}, None) == []  # jetstream needs a connection
     assert _exporters({"OTEL_TRACES_EXPORTER": "none"}, fake_nc) == []
     assert [type(e) for e in _exporters({"OTEL_TRACES_EXPORTER": "console"})] == [ConsoleSpanExporter]
-    grpc = _exporters({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
+    grpc = [e.inner for e in _exporters({"OTEL_TRACES_EXPORTER": "otlp",
+                                          "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})]
     assert [type(e) for e in grpc] == [GrpcSpanExporter]
-    http = _exporters({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                       "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
+    http = [e.inner for e in _exporters({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                                          "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})]
     assert [type(e) for e in http] == [HttpSpanExporter]
     assert http[0]._endpoint == "http://collector:4318/v1/traces"
     both = _exporters({"OTEL_TRACES_EXPORTER": "jetstream,console"}, fake_nc)
-    assert [type(e) for e in both] == [T.JetStreamSpanExporter, ConsoleSpanExporter]
+    assert [type(e) for e in both] == [JetStreamSpanExporter, ConsoleSpanExporter]
     for e in grpc + http:
         e.shutdown()
 
 
 def test_metric_readers_from_env() -> None:
-    pull, push = T.build_metric_readers(T.TelemetryConfig.from_env({}))
+    pull, push = build_metric_readers(TelemetryConfig.from_env({}))
     assert isinstance(pull, InMemoryMetricReader) and push == []
-    _, push = T.build_metric_readers(T.TelemetryConfig.from_env({"OTEL_METRICS_EXPORTER": "prometheus,console"}))
+    _, push = build_metric_readers(TelemetryConfig.from_env({"OTEL_METRICS_EXPORTER": "prometheus,console"}))
     assert [type(r) for r in push] == [PeriodicExportingMetricReader]
     for r in push:
         r.shutdown()
-    assert not T.TelemetryConfig.from_env({"OTEL_METRICS_EXPORTER": "none"}).metrics
+    assert not TelemetryConfig.from_env({"OTEL_METRICS_EXPORTER": "none"}).metrics
 
 
 def test_config_from_env() -> None:
-    c = T.TelemetryConfig.from_env({})
+    c = TelemetryConfig.from_env({})
     assert c.tracing and c.metrics and not c.capture_content and c.service_name == "agentstream"
     assert c.traces_exporters == ("jetstream",) and c.log_format == "text"
-    c = T.TelemetryConfig.from_env({"AGENTSTREAM_TRACING": "0", "OTEL_SERVICE_NAME": "desk",
+    c = TelemetryConfig.from_env({"AGENTSTREAM_TRACING": "0", "OTEL_SERVICE_NAME": "desk",
                                     "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "True",
                                     "AGENTSTREAM_LOG_FORMAT": "json"})
     assert not c.tracing and c.service_name == "desk" and c.capture_content and c.log_format == "json"
-    assert not T.TelemetryConfig.from_env({"OTEL_SDK_DISABLED": "true"}).tracing
+    assert not TelemetryConfig.from_env({"OTEL_SDK_DISABLED": "true"}).tracing
     for bad in ({"OTEL_TRACES_EXPORTER": "zipkin"}, {"OTEL_METRICS_EXPORTER": "statsd"},
                 {"AGENTSTREAM_TRACING": "maybe"}, {"AGENTSTREAM_LOG_FORMAT": "xml"},
                 {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}):
         with pytest.raises(ConfigError):
-            T.TelemetryConfig.from_env(bad)
+            TelemetryConfig.from_env(bad)
 
 
 def test_traceparent_round_trip() -> None:
     tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    ctx = T.parse_traceparent(tp)
+    ctx = parse_traceparent(tp)
     assert ctx is not None and ctx.sampled
-    assert T.format_traceparent(ctx) == tp
+    assert format_traceparent(ctx) == tp
     for bad in ("", "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", "zz-" + tp[3:],
                 "00-00000000000000000000000000000000-b7ad6b7169203331-01", tp[:-3], "ff" + tp[2:]):
-        assert T.parse_traceparent(bad) is None, bad
+        assert parse_traceparent(bad) is None, bad
 
 
 # --------------------------------------------------------------------------- metrics text, logs
 
 
-def test_render_prometheus() -> None:
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("t")
-    errors = meter.create_counter("agentstream.errors", unit="{error}", description="Errors")
-    cost = meter.create_counter("agentstream.cost", unit="USD")
-    dur = meter.create_histogram("agentstream.tool.duration", unit="s", explicit_bucket_boundaries_advisory=[0.1, 1])
-    errors.add(2, {"error.type": 'time"out', "gen_ai.tool.name": "x"})
-    cost.add(0.25, {"gen_ai.agent.name": "support"})
-    dur.record(0.05, {"gen_ai.tool.name": "x"})
-    dur.record(0.5, {"gen_ai.tool.name": "x"})
-    data = reader.get_metrics_data()
-    assert data is not None
-    text = T.render_prometheus(data)
+def test_prometheus_exposition_of_the_in_process_metrics() -> None:
+    m = _Metrics(TelemetryConfig(metrics_exporters=("prometheus",)), Resource.create({}))
+    m.errors.add(2, {"error.type": 'time"out', "gen_ai.tool.name": "x"})
+    m.errors.add(1, {"gen_ai.tool.name": "x", "error.type": 'time"out'})  # same series, other order
+    m.cost.add(0.25, {"gen_ai.agent.name": "support", "otel.metric.overflow": True})
+    m.tool_duration.record(0.005, {"gen_ai.tool.name": "x"})
+    m.tool_duration.record(0.015, {"gen_ai.tool.name": "x"})
+    m.operation_duration.record(0.5, {"gen_ai.response.finish_reasons": ("stop", "length")})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LiteMetricsCollector(m))
+    text = generate_latest(registry).decode()
     assert "# TYPE agentstream_errors_total counter" in text
-    assert 'agentstream_errors_total{error_type="time\\"out",gen_ai_tool_name="x"} 2' in text
-    assert 'agentstream_cost_usd_total{gen_ai_agent_name="support"} 0.25' in text
+    assert 'agentstream_errors_total{error_type="time\\"out",gen_ai_tool_name="x"} 3.0' in text
+    assert 'agentstream_cost_usd_total{gen_ai_agent_name="support",otel_metric_overflow="true"} 0.25' in text
     assert "# TYPE agentstream_tool_duration_seconds histogram" in text
-    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="0.1"} 1' in text
-    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="1.0"} 2' in text
-    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="+Inf"} 2' in text
-    assert 'agentstream_tool_duration_seconds_count{gen_ai_tool_name="x"} 2' in text
+    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="0.01"} 1.0' in text
+    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="0.02"} 2.0' in text
+    assert 'agentstream_tool_duration_seconds_bucket{gen_ai_tool_name="x",le="+Inf"} 2.0' in text
+    assert 'agentstream_tool_duration_seconds_count{gen_ai_tool_name="x"} 2.0' in text
+    assert 'gen_ai_response_finish_reasons="stop,length"' in text
+    # What a Prometheus scrape asking for OpenMetrics gets.
+    body, ctype = exposition("application/openmetrics-text; version=1.0.0")
+    assert ctype.startswith("application/openmetrics-text") and body.endswith(b"# EOF\n")
 
 
 async def test_prometheus_text_after_a_task(nats_url: str, tmp_path: Path) -> None:
@@ -489,7 +503,7 @@ async def test_prometheus_text_after_a_task(nats_url: str, tmp_path: Path) -> No
         assert isinstance(await client.result(tid, timeout=RESULT_TIMEOUT_S), TaskCompleted)
     finally:
         await rt.stop()
-    text = T.prometheus_text()
+    text = prometheus_text()
     for name in ("gen_ai_client_operation_duration_seconds_bucket", "gen_ai_client_token_usage_bucket",
                  "agentstream_task_duration_seconds_count", "agentstream_tool_duration_seconds_count"):
         assert any(line.startswith(name) and 'agentstream_tenant_id="t-prom"' in line
@@ -498,10 +512,10 @@ async def test_prometheus_text_after_a_task(nats_url: str, tmp_path: Path) -> No
 
 
 def test_json_log_lines_carry_trace_context_and_are_redacted() -> None:
-    tel = T.Telemetry(T.TelemetryConfig(metrics=False, traces_exporters=()), worker_id="w-log")
+    tel = Telemetry(TelemetryConfig(metrics=False, traces_exporters=()), worker_id="w-log")
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
-    handler.setFormatter(T.JsonLogFormatter(worker="w-log"))
+    handler.setFormatter(JsonLogFormatter(worker="w-log"))
     lg = logging.getLogger("agentstream.tests.jsonlog")
     lg.addHandler(handler)
     lg.propagate = False
@@ -513,7 +527,7 @@ def test_json_log_lines_carry_trace_context_and_are_redacted() -> None:
         lg.removeHandler(handler)
         lg.propagate = True
     first, second = (msgspec.json.decode(x) for x in buf.getvalue().splitlines())
-    assert isinstance(sp, T.LiteSpan)
+    assert isinstance(sp, LiteSpan)
     assert first["trace_id"] == sp.context.trace_id and first["span_id"] == sp.context.span_id
     assert first["message"] == "mail [REDACTED:email] about card [REDACTED:card]"
     assert first["level"] == "WARNING" and first["worker"] == "w-log"
@@ -521,7 +535,7 @@ def test_json_log_lines_carry_trace_context_and_are_redacted() -> None:
 
 
 def test_text_logs_are_redacted() -> None:
-    fmt = T.RedactingFormatter("%(levelname)s %(message)s")
+    fmt = RedactingFormatter("%(levelname)s %(message)s")
     rec = logging.LogRecord("x", logging.WARNING, __file__, 1, "key %s", ("sk-abcdefghijklmnopqrstu",), None)
     assert fmt.format(rec) == "WARNING key [REDACTED:api_key]"
     try:
@@ -533,34 +547,35 @@ def test_text_logs_are_redacted() -> None:
     assert "4111 1111" not in out
 
 
-
 def test_metric_series_per_instrument_are_capped_with_an_overflow_series() -> None:
     """Metrics carry user ids: past the cap, new users share one overflow series
     (the OpenTelemetry SDK's rule), so a worker's memory does not grow with its
     users, and no record is lost from the totals."""
-    m = T._Metrics(T.TelemetryConfig(), Resource.create({}))  # its own instruments, not the process's
+    m = _Metrics(TelemetryConfig(), Resource.create({}))  # its own instruments, not the process's
     hist, count = m.task_duration, m.errors
-    users = T.SERIES_LIMIT + 50
+    users = SERIES_LIMIT + 50
     for i in range(users):
         hist.record(0.01, {"agentstream.user_id": f"u-{i}"})
         count.add(1, {"agentstream.user_id": f"u-{i}"})
     hist.record(0.2, {"agentstream.user_id": "u-0"})  # an existing series still gets its own records
     for inst in (hist, count):
         points = dict(inst.points())
-        assert len(points) == T.SERIES_LIMIT + 1
+        assert len(points) == SERIES_LIMIT + 1
         overflow = points[(("otel.metric.overflow", True),)]
         assert (overflow[1] if inst is hist else overflow) == 50
     hp = dict(hist.points())
     assert hp[(("agentstream.user_id", "u-0"),)][1] == 2
     assert sum(v[1] for v in hp.values()) == users + 1
-    assert 'agentstream_errors_total{otel_metric_overflow="true"} 50' in "\n".join(m.prometheus_lines())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LiteMetricsCollector(m))
+    assert 'agentstream_errors_total{otel_metric_overflow="true"} 50.0' in generate_latest(registry).decode()
 
 
 def test_error_kind_of_a_model_failure_is_its_http_status_or_invalid_response() -> None:
     """`agentstream stats` groups errors by this kind: an unreadable 200 body is
     the model's invalid response, not an error kind called "200"."""
     from agentstream.runtime.core.errors import ModelError
-    from agentstream.runtime.observability.telemetry import _error_type
+    from agentstream.runtime.observability.spans import _error_type
 
     assert _error_type(ModelError("rate limited", status=429, transient=True)) == "429"
     assert _error_type(ModelError("unreadable body", status=200)) == "invalid_response"

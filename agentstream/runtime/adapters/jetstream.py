@@ -87,8 +87,12 @@ class NatsKV:
         return await self.kv.put(key, value)
 
     async def delete(self, key: str) -> None:
+        """Remove the key and leave nothing behind. A KV purge or delete leaves
+        a marker message per key forever (no bucket here has watchers that need
+        it): the deadlines bucket grew by one marker a task, and every replica's
+        deadline sweep read all of them every few seconds (bench/soak.py)."""
         try:
-            await self.kv.purge(key)
+            await self.js.purge_stream(f"KV_{self.name}", subject=f"$KV.{self.name}.{key}")
         except jse.NotFoundError:
             pass
 

@@ -67,6 +67,9 @@ class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True):
     request: ApprovalRequested
     status: str  # pending | approved | denied | expired | cancelled
     decision: ApprovalDecided | None = None
+    # W3C traceparent of the approval's wait span (set when tracing is on):
+    # whoever publishes the decision sends it along, so the decision joins the task's trace.
+    trace_parent: str = ""
 
 
 _dec = msgspec.json.Decoder(ApprovalRecord)

@@ -70,8 +70,8 @@ from agentstream.runtime.core.version import fingerprint
 from agentstream.runtime.execution.consumer import Reject
 
 if TYPE_CHECKING:
+    from agentstream.runtime.execution.hooks import EngineHooks
     from agentstream.runtime.memory.agent import AgentMemoryPort
-    from agentstream.runtime.observability.telemetry import EngineHooks
 
 log = logging.getLogger("agentstream.engine")
 
@@ -118,8 +118,8 @@ class AgentEngine:
         # the event is its to handle, and this engine acks it silently).
         self.owned_elsewhere: Callable[[str], Awaitable[bool]] | None = None
         self.cas_conflicts = 0
-        # Telemetry hooks (agentstream.runtime.observability.telemetry.EngineHooks), set by
-        # service.py; None: no telemetry work at all.
+        # Telemetry hooks (the execution.hooks Protocol; observability implements
+        # it), set by service.py; None: no telemetry work at all.
         self.telemetry: EngineHooks | None = None
         # Memory (agentstream.runtime.memory.agent.AgentMemory), set by service.py;
         # None: conversation history as before, no retrieval, no memory writes.
@@ -256,6 +256,10 @@ class AgentEngine:
 
     async def _apply(self, task_id: str, event: Input, subject: str | None = None, seq: int = 0) -> core.Decision:
         history: tuple[Turn, ...] | None = None
+        # A new task's session almost never exists yet: create it without
+        # reading first (one round trip a task less); a redelivered task finds
+        # it with the create's conflict and reads it then.
+        assume_new = isinstance(event, TaskSubmitted)
         retry = _CasRetry()
         while True:
             hit = self._cache.get(task_id)
@@ -264,6 +268,8 @@ class AgentEngine:
             rev: int | None
             if hit is not None:
                 state, rev = hit
+            elif assume_new:
+                state, rev = None, None
             else:
                 try:
                     entry = await self.sessions.get(task_id)
@@ -311,6 +317,7 @@ class AgentEngine:
                     new_rev = await self.sessions.update(task_id, raw, rev)
             except Conflict as exc:
                 self._cache.pop(task_id, None)
+                assume_new = False
                 self.cas_conflicts += 1
                 await retry.wait(exc, f"session {task_id}")
                 continue  # another replica moved the session on: decide again on fresh state
@@ -376,10 +383,14 @@ class AgentEngine:
                 await self._record_turn(cmd)
             case PublishApproval(request=req):
                 raw = codec.encode(req)
-                await self.bus.publish(subjects.approvals(agent), raw, msg_id=f"{req.approval_id}:requested")
+                # telemetry: the request carries its wait span's context, which a decider sends back
+                hdrs = self.telemetry.approval_headers(state, req.approval_id) \
+                    if self.telemetry is not None and state is not None else None
+                await self.bus.publish(subjects.approvals(agent), raw, msg_id=f"{req.approval_id}:requested",
+                                       headers=hdrs)
                 # Also on the task's progress subject, so `watch` shows what it waits for.
                 await self.bus.publish(subjects.progress(agent, task_id), raw,
-                                       msg_id=f"{req.approval_id}:progress")
+                                       msg_id=f"{req.approval_id}:progress", headers=hdrs)
             case PublishAudit(record=rec):
                 await self.bus.publish(subjects.audit(rec.kind, agent), codec.encode(rec), msg_id=audit_msg_id(rec))
             case SetApprovalTimer(call_id=call_id, at=at):
@@ -387,27 +398,40 @@ class AgentEngine:
             case ClearApprovalTimer(call_id=call_id):
                 await self.deadlines.delete(_deadline_key(agent, task_id, call_id))
             case RecordApproval():
-                await self._record_approval(cmd)
+                record = await self._record_approval(cmd, state)
+                if record is not None and self.telemetry is not None and state is not None:
+                    self.telemetry.approval_resolved(state, record)  # telemetry: the wait span
             case _:
                 assert_never(cmd)
         return None
 
-    async def _record_approval(self, cmd: RecordApproval) -> None:
+    async def _record_approval(self, cmd: RecordApproval, state: SessionState | None) -> ApprovalRecord | None:
+        """Write the approval's listing entry; returns it as written (None:
+        no store, or nothing to write: a replayed step finds it done)."""
         if self.approvals is None:
-            return
+            return None
+        written: ApprovalRecord | None = None
 
         def change(raw: bytes | None) -> bytes | None:
+            nonlocal written
+            written = None
             if raw is None:
                 if cmd.request is None:
                     return None
-                return encode_record(ApprovalRecord(request=cmd.request, status=cmd.status, decision=cmd.decision))
+                tp = ""
+                if self.telemetry is not None and state is not None:
+                    tp = self.telemetry.approval_headers(state, cmd.approval_id).get("traceparent", "")
+                written = ApprovalRecord(request=cmd.request, status=cmd.status, decision=cmd.decision,
+                                         trace_parent=tp)
+                return encode_record(written)
             record = decode_record(raw)
             if record.status == cmd.status:
                 return None
-            return encode_record(msgspec.structs.replace(record, status=cmd.status,
-                                                         decision=cmd.decision or record.decision))
+            written = msgspec.structs.replace(record, status=cmd.status, decision=cmd.decision or record.decision)
+            return encode_record(written)
 
         await _cas_modify(self.approvals, cmd.approval_id, change)
+        return written
 
     async def _call_model(self, state: SessionState, step: int, max_tokens: int | None = None) -> Input:
         spec = self.spec

@@ -2,6 +2,8 @@
 publish decisions. Used by the CLI and the HTTP API, which play the approval
 service: a decision is accepted only from ``agents.<agent>.decisions.<task>``,
 which only the approver role may publish to (see docs/security.md).
+A decision carries the ``traceparent`` of the approval's wait span, so it joins
+the task's trace.
 
 The engine is the authority on who may decide (it ignores and audits a
 decision by an identity not allowed); the checks here only fail early with a
@@ -117,8 +119,11 @@ async def decide(client: AgentClient, approval_id: str, *, approved: bool, appro
     # The dedupe id comes from the decision's own content: nobody can claim it
     # ahead of this decision (squatting) without publishing this very decision.
     # The first decision the agent takes wins; the others change nothing.
-    ack = await client.js.publish(subjects.decisions(req.agent, req.task_id), body,
-                                  headers={MSG_ID: decision_msg_id(decision, body)}, timeout=10)
+    headers = {MSG_ID: decision_msg_id(decision, body)}
+    if rec.trace_parent:
+        # Trace context of the approval's wait span: the decision continues the task's trace.
+        headers["traceparent"] = rec.trace_parent
+    ack = await client.js.publish(subjects.decisions(req.agent, req.task_id), body, headers=headers, timeout=10)
     if ack.duplicate:
         raise ApprovalError(f"this decision on {approval_id} was already submitted", status=409)
     await _outcome(client, decision, wait_s)

@@ -75,7 +75,8 @@ _port = _number(int, "port (0-65535)", lambda v: 0 <= v <= 65535)
 
 
 def _setup_logging(settings: Settings) -> None:
-    from agentstream.runtime.observability.telemetry import TelemetryConfig, configure_logging
+    from agentstream.runtime.observability.logs import configure_logging
+    from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 
     logging.basicConfig(level=getattr(logging, settings.log_level, logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -175,12 +176,16 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                 supervisor = asyncio.create_task(_demo_supervisor(client))
                 try:
                     # Submitted together: the agent and tool workers run them concurrently.
-                    ids = [await client.submit(args.agent, q, user_id="demo-user", conversation_id=f"demo-{i}")
+                    # Conversation ids fresh per run: trace UIs group by them (sessions),
+                    # and the agent would otherwise see an earlier run's turns as history.
+                    run = os.urandom(3).hex()
+                    ids = [await client.submit(args.agent, q, user_id="demo-user",
+                                               conversation_id=f"demo-{run}-{i}")
                            for i, q in enumerate(samples)]
                     # A follow-up that continues the first conversation.
                     first = await client.result(ids[0], timeout=args.timeout)
                     follow = await client.submit(args.agent, "Please refund it.", user_id="demo-user",
-                                                 conversation_id="demo-0")
+                                                 conversation_id=f"demo-{run}-0")
                     pairs = list(zip([*samples, "Please refund it. (same conversation as task 1)"],
                                      [*ids, follow]))
                     for n, (question, task_id) in enumerate(pairs, 1):

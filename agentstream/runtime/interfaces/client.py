@@ -28,6 +28,7 @@ from agentstream.runtime.adapters.scan import RESULTS_STREAM, stored_result
 from agentstream.runtime.config.auth import NatsAuth
 from agentstream.runtime.core.errors import PayloadTooLarge, ResultTimeout, SubmitFailed
 from agentstream.runtime.observability.telemetry import Telemetry, setup_telemetry
+from agentstream.runtime.observability.trace_context import format_traceparent
 
 # Errors that mean "no stored result readable right now" (a node just died,
 # leader election): result() then waits on its live subscription instead.
@@ -149,8 +150,13 @@ class AgentClient:
         headers = {"Nats-Msg-Id": task_id}
         subject = subjects.tasks(agent)
         tel = self.telemetry
-        # telemetry: a `send` span, the root of the task's trace, its context in the headers
-        span = None if tel is None else tel.producer_span(subject, headers, task_id, {
+        # telemetry: with no span current, the task starts its trace, whose root is
+        # the worker's invoke_agent span (see Telemetry.task_context); under a span
+        # of the caller's, a `send` span continues the caller's trace.
+        root = None if tel is None else tel.task_context(task_id)
+        if root is not None:
+            headers["traceparent"] = format_traceparent(root)
+        span = None if tel is None or root is not None else tel.producer_span(subject, headers, task_id, {
             "gen_ai.agent.name": agent, "agentstream.task_id": task_id, "agentstream.tenant_id": tenant_id,
             "agentstream.user_id": user_id, **({"gen_ai.conversation.id": conversation_id}
                                                if conversation_id else {})})

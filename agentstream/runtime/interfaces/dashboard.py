@@ -6,6 +6,7 @@ Routes (added to an existing aiohttp app by :func:`add_dashboard_routes`)::
     GET /api/stats?since=1h        latency percentiles, error rates, cost, histograms, time series
     GET /api/tasks?limit=50        recent task results, newest first
     GET /api/traces/{task_id}      a task's spans (from TELEMETRY, else rebuilt from its events)
+    GET /api/lag                   consumer lag per durable (pending, ack pending, redelivered, waiting pulls)
     GET /api/live                  tasks in flight and approvals pending, with the command deciding each
 
 Errors are JSON ``{"error": "<one line>"}``.
@@ -136,6 +137,13 @@ async def api_trace(request: web.Request) -> web.Response:
                   "text": views.render_waterfall(trace.spans, rows=rows, parallel=parallel)})
 
 
+async def api_lag(request: web.Request) -> web.Response:
+    from agentstream.runtime.observability import lag
+
+    lags = await lag.read_lag(request.app[JS_GETTER_KEY]())
+    return _json({"consumers": lag.lag_json(lags), "generated_at": time.time()})
+
+
 async def api_rollout(request: web.Request) -> web.Response:
     """Shadows (agreement with production, verdict) and canaries (status, weight, last window)."""
     from agentstream.runtime.adapters import jetstream as nats_adapters
@@ -211,9 +219,10 @@ def add_dashboard_routes(app: web.Application, js_getter: JsGetter) -> None:
     app.router.add_get("/api/stats", _guarded(api_stats))
     app.router.add_get("/api/tasks", _guarded(api_tasks))
     app.router.add_get("/api/traces/{task_id}", _guarded(api_trace))
+    app.router.add_get("/api/lag", _guarded(api_lag))
     app.router.add_get("/api/rollout", _guarded(api_rollout))
     app.router.add_get("/api/live", _guarded(api_live))
 
 
-__all__ = ["JS_GETTER_KEY", "add_dashboard_routes", "api_live", "api_stats", "api_tasks", "api_trace",
+__all__ = ["JS_GETTER_KEY", "add_dashboard_routes", "api_lag", "api_live", "api_stats", "api_tasks", "api_trace",
            "dashboard_page", "live_state"]

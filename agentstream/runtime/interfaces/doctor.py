@@ -162,7 +162,7 @@ def _agents_check(settings: Settings, probe: Any, checks: list[Check]) -> None:
 
 
 async def _otlp_check() -> Check:
-    from agentstream.runtime.observability.telemetry import TelemetryConfig
+    from agentstream.runtime.observability.telemetry_config import TelemetryConfig, otlp_protocol
 
     try:
         cfg = TelemetryConfig.from_env()
@@ -173,21 +173,23 @@ async def _otlp_check() -> Check:
     if not uses:
         return Check(SKIP, "otlp", f"not used (traces: {','.join(cfg.traces_exporters) or 'none'}; "
                                    f"metrics: {','.join(cfg.metrics_exporters) or 'none'})")
-    default = "http://localhost:4318" if cfg.otlp_protocol == "http/protobuf" else "http://localhost:4317"
+    # The protocol the exporters will use: the variables, else what the endpoint says (port 4318: HTTP).
+    protocol = otlp_protocol(cfg, uses[0])
+    default = "http://localhost:4318" if protocol == "http/protobuf" else "http://localhost:4317"
     endpoint = cfg.otlp_endpoint or default
     parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
     host = parts.hostname or "localhost"
-    port = parts.port or (443 if parts.scheme == "https" else 4318 if cfg.otlp_protocol == "http/protobuf" else 4317)
+    port = parts.port or (443 if parts.scheme == "https" else 4318 if protocol == "http/protobuf" else 4317)
     t0 = time.monotonic()
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=3)
     except (OSError, TimeoutError) as exc:
         why = "no answer within 3s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc)).lower()
-        return Check(FAIL, "otlp", f"{endpoint} ({cfg.otlp_protocol}, for {' and '.join(uses)}) unreachable: {why}")
+        return Check(FAIL, "otlp", f"{endpoint} ({protocol}, for {' and '.join(uses)}) unreachable: {why}")
     writer.close()
     with contextlib.suppress(Exception):
         await writer.wait_closed()
-    return Check(OK, "otlp", f"{endpoint} ({cfg.otlp_protocol}, for {' and '.join(uses)}) accepts connections "
+    return Check(OK, "otlp", f"{endpoint} ({protocol}, for {' and '.join(uses)}) accepts connections "
                              f"({(time.monotonic() - t0) * 1000:.0f} ms; protocol not verified)")
 
 

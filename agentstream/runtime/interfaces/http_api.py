@@ -26,8 +26,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import nats.errors
@@ -351,15 +352,40 @@ def create_app(client: AgentClient, *, ready: ReadyCheck | None = None,
     feedback.add_routes(app, client)
     add_dashboard_routes(app, lambda: client.js)
     app.router.add_get("/metrics", metrics)
+    from agentstream.runtime.observability import lag
+
+    app[LAG_KEY] = lag.LagCache(client.js)
+    app.cleanup_ctx.append(_lag_push)
     return app
 
 
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus scrape endpoint: this process's OpenTelemetry metrics."""
-    from agentstream.runtime.observability.telemetry import prometheus_text
+LAG_KEY: web.AppKey[Any] = web.AppKey("agentstream_lag", object)
 
-    return web.Response(text=prometheus_text(), content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Version": "0.0.4"})
+
+async def _lag_push(app: web.Application) -> AsyncIterator[None]:
+    """Consumer lag over OTLP too, when OTEL_METRICS_EXPORTER names a push exporter."""
+    from agentstream.runtime.observability.lag import otlp_exporter_from_env
+
+    exporter = otlp_exporter_from_env(app[LAG_KEY], os.environ)
+    if exporter is not None:
+        exporter.start()
+    yield
+    if exporter is not None:
+        await exporter.stop()
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus scrape endpoint: this process's OpenTelemetry metrics (through
+    prometheus_client, OpenMetrics when asked), and the broker's consumer lag
+    per durable (the autoscaling signal)."""
+    from agentstream.runtime.observability.lag import prometheus_lines
+    from agentstream.runtime.observability.prometheus import exposition
+
+    body, content_type = exposition(request.headers.get("Accept"))
+    lag = "".join(line + "\n" for line in prometheus_lines(await request.app[LAG_KEY].get())).encode()
+    eof = b"# EOF\n"  # OpenMetrics ends with it: the lag gauges go before
+    body = body[:-len(eof)] + lag + eof if body.endswith(eof) else body + lag
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 class HttpServer:

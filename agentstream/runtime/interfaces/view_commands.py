@@ -70,13 +70,18 @@ async def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from agentstream.runtime.observability.lag import lag_json, read_lag, render_lag
+
     async with await AgentClient.connect(broker_url(settings), provision=False,
                                         auth=nats_auth("observer", broker_url(settings), settings.data_dir)) as client:
         stats, _results, source = await load_stats(client.js, args.since)
+        lags = await read_lag(client.js)
     if getattr(args, "json", False):
-        print(msgspec.json.encode({**stats_json(stats), "source": source}).decode())
+        print(msgspec.json.encode({**stats_json(stats), "source": source, "consumer_lag": lag_json(lags)}).decode())
     else:
         print(render_stats(stats))
         if source == "events" and stats.tasks:
             print("\n(no telemetry spans stored: model and tool figures rebuilt from task events)")
+        print()
+        print(render_lag(lags))
     return 0

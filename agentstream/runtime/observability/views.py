@@ -271,10 +271,29 @@ async def load_task_trace(js: JetStreamContext, task_or_trace_id: str) -> TaskTr
     else:
         result = await load_result(js, task_id)
     if spans:
-        return TaskTrace(task_id, spans, result, "telemetry")
+        return TaskTrace(task_id, spans if result is not None else _with_pending_root(spans), result, "telemetry")
     events = await load_task_events(js, task_id)
     spans = spans_from_events(task_id, events, result)
     return TaskTrace(task_id, spans, result, "events" if spans else "")
+
+
+def _with_pending_root(spans: list[SpanRecord]) -> list[SpanRecord]:
+    """A task still running (waiting for a human, say) has no ``invoke_agent``
+    span yet: it is recorded when the task ends. Its spans all hang under that
+    span's id, so show a stand-in root with it, marked in progress."""
+    if any(_op(s) == "invoke_agent" for s in spans):
+        return spans
+    ids = {s.span_id for s in spans}
+    missing = {s.parent_span_id for s in spans if s.parent_span_id and s.parent_span_id not in ids}
+    if len(missing) != 1:
+        return spans
+    agent = next((s.name.split(" ", 1)[1] for s in spans if _op(s) == "step" and " " in s.name), "")
+    task_id = next((t for t in map(_task_of, spans) if t), "")
+    root = SpanRecord(trace_id=spans[0].trace_id, span_id=missing.pop(), name=f"invoke_agent {agent}".strip(),
+                      start=min(s.start for s in spans), end=max(s.end for s in spans),
+                      attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
+                                  "agentstream.task_id": task_id, "agentstream.in_progress": True})
+    return _by_start([*spans, root])
 
 
 # =========================================================================== waterfall
@@ -663,7 +682,7 @@ TOOLS_UNUSED_MIN_TURNS = 5
 
 
 def _tools_unused(spans: Sequence[SpanRecord]) -> tuple[tuple[str, str, int], ...]:
-    from agentstream.runtime.observability.telemetry import TOOLS_UNUSED_TURNS
+    from agentstream.runtime.observability.instrumentation import TOOLS_UNUSED_TURNS
 
     offered: dict[str, list[SpanRecord]] = defaultdict(list)
     for s in spans:

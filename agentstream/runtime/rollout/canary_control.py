@@ -21,6 +21,7 @@ from agentstream.contracts.events import AuditRecord, TaskCompleted, TaskFailed
 from agentstream.runtime.adapters.scan import scan
 from agentstream.runtime.core.errors import Conflict
 from agentstream.runtime.core.ports import Bus, SessionStore
+from agentstream.runtime.execution.pull import Outage
 from agentstream.runtime.rollout import canary as C
 
 log = logging.getLogger("agentstream.canary")
@@ -172,11 +173,13 @@ class Controller:
                         new.candidate, new.weight, "; ".join(why))
 
     async def run(self, stop: asyncio.Event) -> None:
+        outage = Outage("canary analysis", log)
         while not stop.is_set():
             try:
                 await self.tick()
+                outage.recovered()
             except Exception as exc:  # noqa: BLE001 - analysis must outlive a broker hiccup
-                log.warning("canary analysis failed: %s", exc)
+                outage.failed(f"{type(exc).__name__}: {exc}")  # one line per outage, not one a second
             wait = 1.0
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=wait)

@@ -39,8 +39,10 @@ from agentstream.runtime.core.ports import LLM, BlobStore, Bus, SessionStore
 from agentstream.runtime.core.tools import Tool
 from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterHook, PullConsumer
 from agentstream.runtime.execution.engine import AgentEngine, parse_deadline_key
+from agentstream.runtime.execution.pull import Outage
 from agentstream.runtime.execution.tool_runner import ToolRunner
-from agentstream.runtime.observability.telemetry import Telemetry, TelemetryConfig, setup_telemetry
+from agentstream.runtime.observability.telemetry import Telemetry, setup_telemetry
+from agentstream.runtime.observability.telemetry_config import TelemetryConfig
 from agentstream.runtime.rollout.canary_control import CanaryStore, Controller, Router, candidate_durables
 from agentstream.runtime.rollout.comparator import Comparator
 from agentstream.runtime.rollout.namespace import PrefixedStore, ReadOnlyStore, ShadowBus
@@ -356,6 +358,7 @@ class Runtime:
         """Fail tasks whose deadline passed while nothing arrived for them (a tool
         worker down, say). Every replica sweeps, one pass over the timers for
         all the agents it serves; compare-and-set makes the failure happen once."""
+        outage = Outage("deadline sweep", log)
         while not self.stop_event.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.sweep_interval_s)
@@ -378,8 +381,9 @@ class Runtime:
                     # one whose session is gone (expired) has nobody to clear it.
                     if (await engine.sessions.get(task_id)) is None:
                         await deadlines.delete(key)
+                outage.recovered()
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive a broker hiccup
-                log.warning("deadline sweep failed: %s", exc)
+                outage.failed(f"{type(exc).__name__}: {exc}")  # one line per outage, not per sweep
 
     async def stop(self) -> None:
         """Graceful: stop fetching, let in-flight steps finish (bounded), leave
