@@ -83,7 +83,9 @@ _PAYLOADS = ("$O.agent_payloads.>", "$JS.API.STREAM.PURGE.OBJ_agent_payloads")
 # memory.query|write.<tenant>; the service (in agent processes by default, or
 # `agentstream memory serve`) answers on the requester's inbox and keeps its KV
 # buckets; only operators may use memory.admin.<tenant>.
-_MEMORY_KV = ("$KV.memory_episodes.>", "$KV.memory_conversations.>", "$KV.memory_quarantine.>")
+_MEMORY_KV = ("$KV.memory_episodes.>", "$KV.memory_conversations.>", "$KV.memory_quarantine.>",
+              *(f"$JS.API.STREAM.PURGE.KV_{b}" for b in ("memory_episodes", "memory_conversations",
+                                                         "memory_quarantine")))
 _MEMORY_ASK = ("memory.query.*", "memory.write.*")
 _MEMORY_SERVE = "memory.*.*"
 
@@ -91,7 +93,8 @@ _MEMORY_SERVE = "memory.*.*"
 # shadow.<label>.>, keep their sessions in shadow_sessions; the comparator writes
 # outcomes side by side; canary workers and the canary command share rollout_state.
 _ROLLOUT = ("shadow.>", "$KV.shadow_sessions.>", "$KV.rollout_outcomes.>", "$KV.rollout_state.>",
-            "$JS.ACK.SHADOW.>", "$JS.ACK.RESULTS.>")
+            "$JS.ACK.SHADOW.>", "$JS.ACK.RESULTS.>",
+            *(f"$JS.API.STREAM.PURGE.KV_{b}" for b in ("shadow_sessions", "rollout_outcomes", "rollout_state")))
 
 _AGENT_PUB = (
     "agents.*.results.*",
@@ -102,6 +105,9 @@ _AGENT_PUB = (
     "$KV.agent_deadlines.>",
     "$KV.agent_conversations.>",
     "$KV.agent_approvals.>",
+    # NatsKV.delete purges a key's messages through the stream API (no marker left behind).
+    *(f"$JS.API.STREAM.PURGE.KV_{b}" for b in ("agent_sessions", "agent_deadlines", "agent_conversations",
+                                              "agent_approvals")),
     "$JS.ACK.TASKS.>",
     "$JS.ACK.EVENTS.>",
     *_MEMORY_ASK,
@@ -112,6 +118,8 @@ _TOOL_PUB = (
     "agents.*.events.*",
     "$KV.tool_breakers.>",
     "$KV.tool_results.>",
+    "$JS.API.STREAM.PURGE.KV_tool_breakers",
+    "$JS.API.STREAM.PURGE.KV_tool_results",
     "$JS.ACK.TOOLS.>",
     *_PAYLOADS,
 )
