@@ -68,6 +68,7 @@ from agentstream import (
 )
 from agentstream.contracts import codec, subjects
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats, find_nats_server
+from agentstream.runtime.config.auth import NatsAuth
 from agentstream.runtime.core.errors import Conflict
 from agentstream.runtime.core.ports import Entry
 from agentstream.runtime.observability.telemetry_config import TelemetryConfig
@@ -348,19 +349,22 @@ async def settle(js: JetStreamContext, wait: bool, timeout: float = 15.0) -> Non
 
 
 async def run_runtime(url: str, args: argparse.Namespace, inputs: list[str], server_pid: int | None,
-                      meter: Meter, tracing: bool = False, run_no: int = 0
+                      meter: Meter, tracing: bool = False, run_no: int = 0, *, data_dir: Path | None = None,
+                      client_auth: NatsAuth | None = None, system: str | None = None
                       ) -> tuple[list[PhaseResult], dict[str, int], str | None]:
+    """``data_dir``/``client_auth``: where the workers find their role's
+    credentials (``<data_dir>/nats/auth``) and the client's (bench/auth.py)."""
     settings = dataclasses.replace(Settings.from_env({}), nats_url=url,
-                                   data_dir=Path(tempfile.mkdtemp(prefix="w1-rt-")))
+                                   data_dir=data_dir or Path(tempfile.mkdtemp(prefix="w1-rt-")))
     # Tracing on: the defaults (every span to the TELEMETRY stream, metrics on),
     # plus the process's OTEL_* variables; off: no telemetry work at all.
     tconf = TelemetryConfig.from_env() if tracing else TelemetryConfig.disabled()
-    system = "runtime+trace" if tracing else "runtime"
+    system = system or ("runtime+trace" if tracing else "runtime")
     rt = Runtime(settings=settings, app=build_app(), agents=[AGENT], tools="all", telemetry_config=tconf)
     say(f"{system}: starting (agent w1 + tools noop_a, noop_b, noop_c, in process) ...")
     await rt.start()
     instrument(rt, meter)
-    client = await AgentClient.connect(url, telemetry=tracing)
+    client = await AgentClient.connect(url, telemetry=tracing, auth=client_auth)
     results: list[PhaseResult] = []
     profile_text: str | None = None
     # --results sub: one plain subscription to the RESULTS subjects (what the

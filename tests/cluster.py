@@ -24,7 +24,10 @@ Usage::
 from __future__ import annotations
 
 import json
+import os
 import re
+import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -37,6 +40,7 @@ from types import TracebackType
 from typing import Any
 
 from agentstream.runtime.adapters.embedded_broker import find_nats_server, free_port
+from agentstream.runtime.config.auth import PROVISIONED, password_variable
 
 OPS_CLUSTER_DIR = Path(__file__).resolve().parent.parent / "ops" / "nats-cluster"
 NODE_NAMES = ("n1", "n2", "n3")
@@ -91,10 +95,12 @@ class Node:
     http_port: int
     dir: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    admin_password: str = field(default="", repr=False)
 
     @property
     def url(self) -> str:
-        return f"nats://{HOST}:{self.client_port}"
+        """With the admin credentials (all permissions) of ops/nats-cluster/auth.conf."""
+        return f"nats://admin:{self.admin_password}@{HOST}:{self.client_port}"
 
     @property
     def conf(self) -> Path:
@@ -137,9 +143,13 @@ class NatsCluster:
             base_dir = self._tmp.name
         self.base_dir = Path(base_dir)
         ports = _distinct_free_ports(3 * len(NODE_NAMES))
+        # The auth.conf users' passwords, as the servers' environment (as compose passes them).
+        # nats-server parses an environment value as a config value: a password
+        # must start with a letter ("7j..." would be a malformed number).
+        self.passwords = {role: f"pw{secrets.token_hex(16)}" for role in PROVISIONED}
         self.nodes = [
             Node(index=i, name=name, client_port=ports[3 * i], cluster_port=ports[3 * i + 1],
-                 http_port=ports[3 * i + 2], dir=self.base_dir / name)
+                 http_port=ports[3 * i + 2], dir=self.base_dir / name, admin_password=self.passwords["admin"])
             for i, name in enumerate(NODE_NAMES)
         ]
 
@@ -162,15 +172,17 @@ class NatsCluster:
             node.conf.write_text(render_node_config(
                 src, client_port=node.client_port, cluster_port=node.cluster_port,
                 http_port=node.http_port, route_ports=route_ports, store_dir=node.dir / "data"))
+            shutil.copyfile(self.config_dir / "auth.conf", node.dir / "auth.conf")  # included by nX.conf
 
     def _spawn(self, node: Node) -> None:
         if node.alive:
             raise ClusterError(f"{node.name} is already running")
         log = open(node.log, "ab")  # noqa: SIM115 - owned by the child
         try:
+            env = {**os.environ, **{password_variable(r): pw for r, pw in self.passwords.items()}}
             node.proc = subprocess.Popen([find_nats_server(), "-c", str(node.conf)],
                                          stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, env=env)
         finally:
             log.close()
 

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.config.auth import NatsAuth, Role
 from agentstream.runtime.interfaces.client import AgentClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -195,7 +196,22 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 @pytest.fixture
 def nats_url(nats_server: EmbeddedNats) -> str:
+    """The broker's URL with the admin (all-permissions) credentials in it, so
+    a plain ``nats.connect(url)`` works; role identities: ``role_auth``."""
     return nats_server.url
+
+
+@pytest.fixture
+def role_auth(nats_server: EmbeddedNats) -> Callable[[Role], NatsAuth]:
+    """``role_auth("client")``: the restricted credentials of a role on
+    ``nats_server`` (whose ``url`` carries the all-permissions admin identity),
+    for ``nats_adapters.connect(nats_server.plain_url, auth=...)``, ``Runtime``
+    or ``AgentClient.connect``. See agentstream.runtime.config.auth."""
+    def auth(role: Role) -> NatsAuth:
+        if role == "admin":
+            return NatsAuth(role="admin", user="admin", password=nats_server.admin_password)
+        return NatsAuth(role=role, nkey_seed_file=str(nats_server.seed_file(role)))
+    return auth
 
 
 @pytest.fixture

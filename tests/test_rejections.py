@@ -66,11 +66,12 @@ async def runtime(nats_url: str, tmp_path: Path) -> AsyncIterator[Runtime]:
 
 
 @contextlib.asynccontextmanager
-async def http(client: AgentClient, **kwargs: Any) -> AsyncIterator[aiohttp.ClientSession]:
+async def http(client: AgentClient, headers: dict[str, str] | None = None,
+               **kwargs: Any) -> AsyncIterator[aiohttp.ClientSession]:
     server = HttpServer(client, **kwargs)
     await server.start("127.0.0.1", 0)
     try:
-        async with aiohttp.ClientSession(base_url=server.url, timeout=HTTP_TIMEOUT) as session:
+        async with aiohttp.ClientSession(base_url=server.url, timeout=HTTP_TIMEOUT, headers=headers) as session:
             yield session
     finally:
         await asyncio.wait_for(server.stop(), timeout=30)
@@ -260,13 +261,16 @@ async def test_refused_decisions_are_audited_from_the_cli_and_http(client: Agent
     refused = await asyncio.to_thread(
         run_cli, ["approve", approval_id, "--as", "mallory"], env)
     assert refused.returncode != 0 and "may not decide" in refused.stderr, refused.stderr
-    async with http(client) as session:
-        async with session.post(f"/v1/approvals/{approval_id}/approve", json={"approver": "eve"}) as resp:
+    tokens = approvals.ApproverAuth(tokens={"eve-token-0123456789": "eve", "bob-token-0123456789": "bob"})
+    async with http(client, approver_auth=tokens) as session:
+        async with session.post(f"/v1/approvals/{approval_id}/approve",
+                                headers={"Authorization": "Bearer eve-token-0123456789"}) as resp:
             assert resp.status == 403, await resp.text()
         await approvals.decide(client, approval_id, approved=True, approver="alice")
         res = await client.result(task_id, timeout=WAIT_S)
         assert isinstance(res, TaskCompleted)
-        async with session.post(f"/v1/approvals/{approval_id}/deny", json={"approver": "bob"}) as resp:
+        async with session.post(f"/v1/approvals/{approval_id}/deny", json={"approver": "bob"},
+                                headers={"Authorization": "Bearer bob-token-0123456789"}) as resp:
             assert resp.status == 409, await resp.text()
 
     records = await audit_rejections(client, 3)
@@ -287,7 +291,9 @@ async def test_refused_decisions_are_audited_from_the_cli_and_http(client: Agent
 
 async def test_approval_endpoints_answer_503_when_the_broker_is_down(
         client: AgentClient, nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture) -> None:
-    async with http(client) as session:
+    tokens = approvals.ApproverAuth(tokens={"alice-token-0123456789": "alice"})
+    bearer = {"Authorization": "Bearer alice-token-0123456789"}
+    async with http(client, approver_auth=tokens, headers=bearer) as session:
         async with session.get("/v1/approvals") as resp:
             assert resp.status == 200, await resp.text()
         await asyncio.to_thread(nats_server.stop)

@@ -94,17 +94,20 @@ async def test_approvals_and_their_wait_are_in_the_task_trace(refunds: tuple[Run
     assert "in progress" in views.render_waterfall(waiting.spans)
     await approvals.decide(client, by_order[1].request.approval_id, approved=True, approver="alice")
     req = by_order[2].request
+    # A decision from another approval service (with the approver role): no trace context.
     bare = ApprovalDecided(approval_id=req.approval_id, task_id=req.task_id, agent=req.agent, step=req.step,
                            call_id=req.call_id, approved=False, approver="bob", reason="too much",
-                           decided_at=req.requested_at + 1)
-    await client.js.publish(subjects.events(req.agent, req.task_id), codec.encode(bare),
-                            headers={MSG_ID: f"{req.approval_id}:decision"})
+                           decided_at=req.requested_at + 1, tool=req.tool,
+                           arguments_digest=codec.arguments_digest(req.arguments))
+    await client.js.publish(subjects.decisions(req.agent, req.task_id), codec.encode(bare),
+                            headers={MSG_ID: f"{req.approval_id}:decision:bare"})
     res = await client.result(task_id, timeout=WAIT_S)
     assert isinstance(res, TaskCompleted), res
     await rt.telemetry.force_flush()
     spans = await wait_for_spans(rt.js, lambda s: len(by_name(s, "invoke_agent")) == 1
                                  and len(by_name(s, "await_approval")) == 2
-                                 and len(by_name(s, "process agents.refunds.events")) >= 3)
+                                 and len(by_name(s, "process agents.refunds.events")) >= 1
+                                 and len(by_name(s, "process agents.refunds.decisions")) >= 2)
 
     assert len({s.trace_id for s in spans}) == 1, "no orphan traces"
     index = {s.span_id: s for s in spans}
@@ -128,11 +131,9 @@ async def test_approvals_and_their_wait_are_in_the_task_trace(refunds: tuple[Run
 
     # Each decision's process span: under its wait span when it carried the
     # context (approvals.decide), under the root when it came without.
-    decisions = [s for s in by_name(spans, "process agents.refunds.events")
-                 if str(s.attributes.get("messaging.message.id", "")).endswith(":decision")]
-    parents = {s.attributes["messaging.message.id"]: s.parent_span_id for s in decisions}
-    assert parents == {f"{by_order[1].request.approval_id}:decision": ok.span_id,
-                       f"{req.approval_id}:decision": root.span_id}
+    decisions = by_name(spans, "process agents.refunds.decisions")
+    parents = {str(s.attributes["messaging.message.id"]).split(":decision")[0]: s.parent_span_id for s in decisions}
+    assert parents == {by_order[1].request.approval_id: ok.span_id, req.approval_id: root.span_id}
 
 
 def test_ui_attributes_of_a_chat_span_with_content() -> None:

@@ -6,6 +6,7 @@ have exactly one thing to catch before dead-lettering a message.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -25,6 +26,12 @@ from agentstream.contracts.events import (
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
+
+
+def arguments_digest(arguments: dict[str, Any]) -> str:
+    """A tool call's arguments as a stable digest (sorted keys, sha256 hex):
+    what an approval decision names, and a tool worker checks."""
+    return hashlib.sha256(msgspec.json.encode(arguments, order="sorted")).hexdigest()
 
 
 class DecodeError(ValueError):

@@ -198,6 +198,11 @@ class ToolCallRequested(Event, frozen=True, tag="agentstream.tool.call.requested
     timeout_s: float | None = None
     tenant_id: str = "default"
     user_id: str = "anonymous"
+    # For a call that needed a human: the EVENTS stream sequence of the
+    # ApprovalDecided it runs under. The tool worker reads that message itself
+    # and checks it was published on the decisions subject (which only the
+    # approval service may publish to) for this very call and arguments.
+    approval_seq: int = 0
 
 
 class ToolCallCompleted(Event, frozen=True, tag="agentstream.tool.call.completed.v1"):
@@ -292,7 +297,9 @@ class ApprovalRequested(Event, frozen=True, tag="agentstream.approval.requested.
 
 
 class ApprovalDecided(Event, frozen=True, tag="agentstream.approval.decided.v1"):
-    """A human's decision, published to the agent's inbox for the task."""
+    """A human's decision, published by the approval service on
+    ``agents.<agent>.decisions.<task_id>``: the only subject a decision is
+    accepted from, and one only the approver role may publish to."""
 
     approval_id: str
     task_id: str
@@ -303,12 +310,16 @@ class ApprovalDecided(Event, frozen=True, tag="agentstream.approval.decided.v1")
     approver: str
     reason: str = ""
     decided_at: float = 0.0
+    # What was decided on: the tool and the digest of the arguments the human
+    # saw (codec.arguments_digest), so a decision cannot be moved to another call.
+    tool: str = ""
+    arguments_digest: str = ""
 
 
 class AuditRecord(Event, frozen=True, tag="agentstream.audit.record.v1"):
     """One auditable fact, on ``audit.<kind>.<agent>`` (stream AUDIT)."""
 
-    kind: str  # approval.requested | approval.decided | approval.rejected | approval.expired
+    kind: str  # approval.requested | approval.decided | approval.rejected | approval.expired | inbox.rejected | tool.refused
     at: float
     actor: str
     agent: str

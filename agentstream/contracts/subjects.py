@@ -39,6 +39,20 @@ def events(agent: str, task_id: str) -> str:
     return f"agents.{agent}.events.{task_id}"
 
 
+def decisions(agent: str, task_id: str) -> str:
+    """Approval decisions for one task: the only subject an ApprovalDecided is
+    accepted from. Only the approver role may publish here (config.auth)."""
+    return f"agents.{agent}.decisions.{task_id}"
+
+
+def parse_inbox(subject: str) -> tuple[str, str, str] | None:
+    """``agents.<agent>.<kind>.<task_id>`` -> (agent, kind, task_id), else None."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != "agents":
+        return None
+    return parts[1], parts[2], parts[3]
+
+
 def progress(agent: str, task_id: str) -> str:
     """Progress notices for watchers and timelines; no agent consumes these."""
     return f"agents.{agent}.progress.{task_id}"
@@ -200,8 +214,10 @@ STREAMS: tuple[StreamDef, ...] = (
               trim_acked=True),
     # new: the continuation inbox holds tool results of running tasks; the
     # worker publishing one waits for room rather than lose it.
-    StreamDef(name="EVENTS", subjects=("agents.*.events.*", "agents.*.progress.*"), max_age_s=7 * DAY,
-              description="per-task continuation inbox and progress notices", max_bytes=4 * GiB, discard="new",
+    StreamDef(name="EVENTS", subjects=("agents.*.events.*", "agents.*.progress.*", "agents.*.decisions.*"),
+              max_age_s=7 * DAY,
+              description="per-task continuation inbox (tool results; approval decisions) and progress notices",
+              max_bytes=4 * GiB, discard="new",
               compress=True, trim_acked=True),
     # new: a dropped tool call is a task that never finishes.
     StreamDef(name="TOOLS", subjects=("tools.*.calls",), max_age_s=7 * DAY,

@@ -28,8 +28,13 @@ def task_handler(engine: AgentEngine) -> Handler:
 
 
 def inbox_handler(engine: AgentEngine) -> Handler:
+    """Tool results (``agents.<a>.events.*``) and decisions (``agents.<a>.decisions.*``):
+    the subject and stream sequence go along, so the engine can check the
+    event is bound to where it arrived (core.trust)."""
     async def handle(msg: Msg) -> None:
-        await engine.on_event(codec.agent_inbox.decode(msg.data))
+        # A shadow deployment's inbox is production's under shadow.<label>.: bound the same way.
+        _, subject = subjects.unshadowed(msg.subject)
+        await engine.on_event(codec.agent_inbox.decode(msg.data), subject=subject, seq=stream_seq(msg) or 0)
     return handle
 
 

@@ -33,9 +33,12 @@ CHANNELS: tuple[tuple[str, str, tuple[type[msgspec.Struct], ...], str], ...] = (
      "or shadow, sees every task). Set header Nats-Msg-Id to the task id to make retries idempotent."),
     ("tools.{tool}.calls", "subscribe", (ev.ToolCallRequested,),
      "A tool call for the tool workers (stream TOOLS, one durable consumer per tool)."),
-    ("agents.{agent}.events.{task_id}", "subscribe", get_args(ev.AgentInboxEvent),
-     "The agent's continuation inbox for one task (stream EVENTS): tool results, and approval "
-     "decisions (publish an ApprovalDecided here to decide; the CLI and HTTP API check the approver first)."),
+    ("agents.{agent}.events.{task_id}", "subscribe", (ev.ToolCallCompleted,),
+     "The agent's continuation inbox for one task (stream EVENTS): tool results from tool workers. "
+     "A result is accepted only for a call the task's session dispatched (docs/security.md)."),
+    ("agents.{agent}.decisions.{task_id}", "subscribe", (ev.ApprovalDecided,),
+     "Approval decisions for one task (stream EVENTS), the only subject a decision is accepted from; "
+     "only the approver role may publish here. The CLI and HTTP API check the approver first."),
     ("agents.{agent}.progress.{task_id}", "publish", get_args(ev.ProgressEvent),
      "Progress notices for watchers and timelines (stream EVENTS)."),
     ("approvals.{agent}.requested", "publish", (ev.ApprovalRequested,),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors as jse
@@ -27,6 +29,7 @@ from nats.js.object_store import ObjectStore
 
 from agentstream.contracts import subjects
 from agentstream.runtime.adapters.scan import scan
+from agentstream.runtime.config.auth import NatsAuth, inbox_prefix
 from agentstream.runtime.core.errors import BrokerUnavailable, ConfigError, Conflict, PayloadTooLarge, StoreFull
 from agentstream.runtime.core.ports import Entry
 
@@ -180,6 +183,18 @@ class NatsKV:
         return sorted(live.items())
 
 
+def event_reader(js: JetStreamContext, stream: str = "EVENTS") -> Callable[[int], Awaitable[tuple[str, bytes] | None]]:
+    """Reads one message of ``stream`` by sequence: (subject, body), None if absent.
+    The subject is the one the server accepted the message on."""
+    async def read(seq: int) -> tuple[str, bytes] | None:
+        try:
+            m = await js.get_msg(stream, seq, direct=True)
+        except jse.NotFoundError:
+            return None
+        return m.subject or "", m.data or b""
+    return read
+
+
 class NatsBlobStore:
     """``BlobStore`` over a JetStream object store (chunked, so a blob may be
     larger than the broker's max payload)."""
@@ -305,6 +320,8 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
 async def _provision(js: JetStreamContext, replicas: int, update: bool, limits: Mapping[str, int],
                      compression: str | None) -> None:
     for sd in subjects.STREAMS:
+        if not update and await _exists(js, sd.name):
+            continue  # a client's check: a role without create rights never asks to create
         cfg = stream_config(sd, replicas=replicas, limits=limits, compression=compression)
         if await _creating(functools.partial(js.add_stream, cfg)) or not update:
             continue
@@ -313,6 +330,8 @@ async def _provision(js: JetStreamContext, replicas: int, update: bool, limits: 
         if _drifted(existing.config, cfg):
             await js.update_stream(cfg)
     for bd in subjects.BUCKETS:
+        if not update and await _exists(js, f"KV_{bd.name}"):
+            continue
         max_bytes = limits.get(bd.name, bd.max_bytes)
         created = await _creating(functools.partial(js.create_key_value, KeyValueConfig(
             bucket=bd.name, description=bd.description, history=bd.history,
@@ -337,6 +356,8 @@ async def _provision(js: JetStreamContext, replicas: int, update: bool, limits: 
             have.allow_msg_ttl = True
             await js.update_stream(have)
     pd = subjects.PAYLOADS
+    if not update and await _exists(js, f"OBJ_{pd.name}"):
+        return
     created = await _creating(functools.partial(js.create_object_store, pd.name, ObjectStoreConfig(
         description=pd.description, ttl=pd.max_age_s, replicas=replicas, storage=StorageType.FILE,
         max_bytes=limits.get(pd.name, pd.max_bytes))))
@@ -358,6 +379,14 @@ async def _update_limits(js: JetStreamContext, bd: subjects.BucketDef, max_bytes
     if (have.max_bytes or -1) != max_bytes or (have.compression or StoreCompression.NONE) != compression:
         have.max_bytes, have.compression = max_bytes, compression
         await js.update_stream(have)
+
+
+async def _exists(js: JetStreamContext, stream: str) -> bool:
+    try:
+        await js.stream_info(stream)
+    except jse.NotFoundError:
+        return False
+    return True
 
 
 def _drifted(have: StreamConfig, want: StreamConfig) -> bool:
@@ -382,28 +411,94 @@ async def bucket(js: JetStreamContext, name: str) -> NatsKV:
     return NatsKV(await _once_visible(functools.partial(js.key_value, name)), js, name)
 
 
-async def connect(url: str, *, name: str = "agentstream", connect_timeout: float = 5.0,
-                  reconnect: bool = True) -> NatsClient:
-    """Connect with bounded first-connect attempts so an unreachable broker is
-    one clear error, not a hang."""
-    servers = [u.strip() for u in url.split(",") if u.strip()]
+def auth_options(auth: NatsAuth | None) -> dict[str, Any]:
+    """nats-py ``connect`` keyword arguments for ``auth`` (see config.auth)."""
+    if auth is None:
+        return {}
+    opts: dict[str, Any] = {"inbox_prefix": inbox_prefix(auth.role)}
+    if auth.creds_file:
+        opts["user_credentials"] = auth.creds_file
+    elif auth.nkey_seed_file:
+        opts["nkeys_seed"] = auth.nkey_seed_file
+    elif auth.user:
+        opts["user"], opts["password"] = auth.user, auth.password
+    elif auth.token:
+        opts["token"] = auth.token
+    if auth.tls_ca or auth.tls_cert:
+        try:
+            ctx = ssl.create_default_context(cafile=auth.tls_ca)
+            if auth.tls_cert:
+                ctx.load_cert_chain(auth.tls_cert, auth.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS files (AGENTSTREAM_NATS_CA/CERT/KEY) unusable: {exc}") from None
+        opts["tls"] = ctx
+    return opts
 
-    async def _quiet(_: Exception) -> None:
-        return None
+
+async def connect(url: str, *, name: str = "agentstream", connect_timeout: float = 5.0,
+                  reconnect: bool = True, auth: NatsAuth | None = None) -> NatsClient:
+    """Connect with bounded first-connect attempts so an unreachable broker is
+    one clear error, not a hang. ``auth``: the role's credentials and TLS
+    files; None, whatever the URL carries."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    opts = auth_options(auth)
+    servers, userinfo = _split_userinfo(servers)
+    if userinfo is not None and not any(k in opts for k in ("user_credentials", "nkeys_seed", "user", "token")):
+        # As options, not in the URLs: nats-py uses a URL's credentials only for
+        # that URL, and a server it discovers (a cluster's other nodes) would
+        # get none; an authorization error there closes the client for good.
+        opts["user"], opts["password"] = userinfo
+    failures: list[str] = []
+
+    async def _quiet(exc: Exception) -> None:
+        # An authentication or permission error is the one worth telling apart.
+        failures.append(str(exc) or type(exc).__name__)
 
     if not await _any_reachable(servers, connect_timeout):
-        raise BrokerUnavailable(f"cannot reach NATS at {url}: connection refused or timed out")
+        raise BrokerUnavailable(f"cannot reach NATS at {redact_url(url)}: connection refused or timed out")
     try:
         # nats-py keeps retrying the first connect while reconnects are allowed;
         # bound it so an unreachable broker is an error, not a hang.
         return await asyncio.wait_for(nats.connect(
             servers=servers, name=name, connect_timeout=connect_timeout,
             allow_reconnect=reconnect, max_reconnect_attempts=-1 if reconnect else 0,
-            reconnect_time_wait=0.5, error_cb=_quiet), timeout=connect_timeout * 2)
+            reconnect_time_wait=0.5, error_cb=_quiet, **opts), timeout=connect_timeout * 2)
     except TimeoutError:
-        raise BrokerUnavailable(f"cannot reach NATS at {url} (no answer within {connect_timeout * 2:g}s)") from None
+        why = next((f for f in failures if "authoriz" in f.lower()), "")
+        if why:
+            raise BrokerUnavailable(f"NATS at {redact_url(url)} refused the credentials ({_method(auth)}): {why}") from None
+        raise BrokerUnavailable(f"cannot reach NATS at {redact_url(url)} "
+                                f"(no answer within {connect_timeout * 2:g}s)") from None
     except Exception as exc:  # nats-py raises several unrelated types here
-        raise BrokerUnavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+        raise BrokerUnavailable(f"cannot reach NATS at {redact_url(url)}: {exc or type(exc).__name__}") from None
+
+
+def _method(auth: NatsAuth | None) -> str:
+    return auth.method if auth is not None else "from the URL"
+
+
+def _split_userinfo(servers: list[str]) -> tuple[list[str], tuple[str, str] | None]:
+    """The servers without ``user:password@``, and the first such pair."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    found: tuple[str, str] | None = None
+    out: list[str] = []
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        if parts.username is not None and parts.password is not None:
+            found = found or (unquote(parts.username), unquote(parts.password))
+            host = parts.hostname or ""
+            netloc = f"[{host}]" if ":" in host else host
+            if parts.port is not None:
+                netloc += f":{parts.port}"
+            server = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        out.append(server)
+    return out, found
+
+
+def redact_url(url: str) -> str:
+    """The URL without a password, for messages and logs."""
+    return ",".join(re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", u) for u in url.split(","))
 
 
 async def _any_reachable(servers: list[str], timeout: float) -> bool:

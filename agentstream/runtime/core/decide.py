@@ -75,6 +75,9 @@ class Context:
     history: tuple[Turn, ...] = ()
     worker: str = ""
     model: str = ""  # the model that will be called (prices, budgets)
+    # For an ApprovalDecided input: its EVENTS stream sequence, which the
+    # approved call carries so the tool worker can read the decision itself.
+    decision_seq: int = 0
     # The deployment's rules (runtime.policy.Policy, flattened by the engine).
     # (input, output) USD per million tokens, by model name.
     prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
@@ -309,10 +312,13 @@ def _check_call(call: ToolCall, spec: AgentSpec, *, truncated: bool) -> ToolErro
 
 
 def _on_tool_result(state: SessionState, ev: ToolCallCompleted, ctx: Context) -> Decision:
-    if (state.status != "awaiting_tools" or ev.step != state.step
-            or all(p.call_id != ev.call_id for p in state.pending)
-            or any(r.call_id == ev.call_id for r in state.results)):
+    pend = next((p for p in state.pending if p.call_id == ev.call_id), None) \
+        if state.status == "awaiting_tools" and ev.step == state.step else None
+    if pend is None or any(r.call_id == ev.call_id for r in state.results):
         return _duplicate(state, ctx, reemit=True)
+    if pend.approval == "pending" or pend.tool != ev.tool:
+        # Never dispatched (a human has not decided) or another tool: not its result.
+        return _duplicate(state, ctx, reemit=False)
     if not ev.ok and ev.error is not None and ev.error.escalate:
         return _fail(state, ctx, "escalated", f"{ev.tool} (call {ev.call_id}): {ev.error.message}; "
                      "the task is escalated to a human")
@@ -356,10 +362,11 @@ def _on_decision(state: SessionState, ev: ApprovalDecided, ctx: Context) -> Deci
     record = RecordApproval(approval_id=ev.approval_id, status=verdict, decision=ev)
     common: tuple[AnyCommand, ...] = (ClearApprovalTimer(call_id=pend.call_id), record, audit)
     if ev.approved:
-        pending = tuple(msgspec.structs.replace(p, approval="approved") if p.call_id == pend.call_id else p
-                        for p in state.pending)
+        pending = tuple(msgspec.structs.replace(p, approval="approved", approval_seq=ctx.decision_seq)
+                        if p.call_id == pend.call_id else p for p in state.pending)
         state = msgspec.structs.replace(state, pending=pending, updated_at=ctx.now)
-        request = _tool_request(task, state.step, pend.call_id, pend.tool, pend.arguments, ctx)
+        request = _tool_request(task, state.step, pend.call_id, pend.tool, pend.arguments, ctx,
+                                approval_seq=ctx.decision_seq)
         return _emit(state, (*common, PublishToolCall(request=request)))
     reason = f": {ev.reason}" if ev.reason else ""
     error = ToolError(kind="approval_denied", message=f"{ev.approver} denied this call{reason}",
@@ -398,8 +405,8 @@ def _settle_call(state: SessionState, ctx: Context, pend: PendingCall, error: To
 
 
 def _tool_request(task: TaskSubmitted, step: int, call_id: str, tool: str, args: dict[str, Any],
-                  ctx: Context) -> ToolCallRequested:
-    return ToolCallRequested(
+                  ctx: Context, *, approval_seq: int = 0) -> ToolCallRequested:
+    return ToolCallRequested(approval_seq=approval_seq,
         task_id=task.task_id, agent=task.agent, step=step, call_id=call_id, tool=tool, arguments=args,
         idempotency_key=f"{task.task_id}:{step}:{call_id}", reply_subject=subjects.events(task.agent, task.task_id),
         requested_at=ctx.now, timeout_s=ctx.spec.tool_timeout_s, tenant_id=task.tenant_id, user_id=task.user_id)

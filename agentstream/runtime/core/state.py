@@ -36,6 +36,7 @@ class PendingCall(msgspec.Struct, frozen=True, kw_only=True):
     approval: str = ""  # "" (not needed) | "pending" | "approved"
     approval_id: str = ""
     approvers: tuple[str, ...] = ()
+    approval_seq: int = 0  # EVENTS sequence of the approving decision (ToolCallRequested.approval_seq)
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True):

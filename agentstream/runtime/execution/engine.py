@@ -9,6 +9,7 @@ stored outbox, which JetStream deduplicates by ``Nats-Msg-Id``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import random
@@ -65,6 +66,7 @@ from agentstream.runtime.core.state import (
     encode_state,
     finished_record,
 )
+from agentstream.runtime.core.trust import check_inbox
 from agentstream.runtime.core.version import fingerprint
 from agentstream.runtime.execution.consumer import Reject
 
@@ -150,17 +152,35 @@ class AgentEngine:
             task = msgspec.structs.replace(task, input=(await self._blob(task.input_ref, "input")).decode())
         await self.drive(task.task_id, task)
 
-    async def on_event(self, event: ToolCallCompleted | ApprovalDecided) -> None:
+    async def on_event(self, event: ToolCallCompleted | ApprovalDecided, *, subject: str | None = None,
+                       seq: int = 0) -> None:
+        """An inbox event from ``subject`` (its EVENTS stream sequence ``seq``).
+        With a subject, the event must pass ``core.trust.check_inbox`` first:
+        one that does not is audited (``inbox.rejected``) and raised as
+        ``Reject``, which the consumer dead-letters with the reason."""
         if isinstance(event, ToolCallCompleted) and event.result_ref:
             if not event.result_ref.startswith(RESULT_REF_PREFIX):
                 raise Reject(f"result_ref {event.result_ref!r} does not name a tool result")
             raw = await self._blob(event.result_ref, "tool result")
+            # The name is the content's hash: an object overwritten by anyone
+            # who may write the store no longer matches it.
+            if hashlib.sha256(raw).hexdigest() != event.result_ref[len(RESULT_REF_PREFIX):]:
+                raise Reject(f"tool result {event.result_ref} does not match its content hash")
             try:
                 result = msgspec.json.decode(raw)
             except msgspec.DecodeError as exc:
                 raise Reject(f"tool result {event.result_ref} is not JSON: {exc}") from None
             event = msgspec.structs.replace(event, result=result, result_ref="")
-        if not await self.drive(event.task_id, event):
+        try:
+            known = await self.drive(event.task_id, event, subject=subject, seq=seq)
+        except _Refused as exc:
+            if exc.no_session and self.owned_elsewhere is not None and await self.owned_elsewhere(event.task_id):
+                return  # during a canary the other deployment holds this session: its event, not a forgery
+            if exc.no_session:
+                self.unknown_task_events += 1
+            await self._audit_refusal(event, subject or "", str(exc))
+            raise Reject(str(exc)) from None
+        if not known:
             if self.owned_elsewhere is not None and await self.owned_elsewhere(event.task_id):
                 return
             # No session: nothing can resume. Dead-lettered (and counted), not dropped.
@@ -190,29 +210,30 @@ class AgentEngine:
 
     # ------------------------------------------------------------ the loop
 
-    async def drive(self, task_id: str, event: Input) -> bool:
+    async def drive(self, task_id: str, event: Input, *, subject: str | None = None, seq: int = 0) -> bool:
         """Apply ``event`` and everything it leads to. False: the task has no
-        session (nothing was done)."""
+        session (nothing was done). ``subject``/``seq``: see ``on_event``."""
         lock = self._locks.get(task_id)
         if lock is None:
             lock = self._locks[task_id] = _RefLock()
         lock.refs += 1
         try:
             async with lock.lock:
-                return await self._drive(task_id, event)
+                return await self._drive(task_id, event, subject, seq)
         finally:
             lock.refs -= 1
             if lock.refs == 0:
                 self._locks.pop(task_id, None)
 
-    async def _drive(self, task_id: str, event: Input) -> bool:
+    async def _drive(self, task_id: str, event: Input, subject: str | None = None, seq: int = 0) -> bool:
         next_input: Input | None = event
         scope = None  # telemetry: one `step` span (under the task's invoke_agent span) over this step's effects
         known = True
         try:
             while next_input is not None:
-                decision = await self._apply(task_id, next_input)
-                next_input = None
+                decision = await self._apply(task_id, next_input, subject, seq)
+                next_input = subject = None
+                seq = 0
                 state = decision.state
                 if state is None:
                     known = False
@@ -238,7 +259,7 @@ class AgentEngine:
         entry = await self.conversations.get(key) if key else None
         return decode_conversation(entry.value).turns if entry is not None else ()
 
-    async def _apply(self, task_id: str, event: Input) -> core.Decision:
+    async def _apply(self, task_id: str, event: Input, subject: str | None = None, seq: int = 0) -> core.Decision:
         history: tuple[Turn, ...] | None = None
         # A new task's session almost never exists yet: create it without
         # reading first (one round trip a task less); a redelivered task finds
@@ -261,9 +282,19 @@ class AgentEngine:
                     await retry.wait(exc, f"session {task_id}")
                     continue
                 state, rev = (decode_state(entry.value), entry.revision) if entry is not None else (None, None)
+            if subject is not None and isinstance(event, (ToolCallCompleted, ApprovalDecided)):
+                why = check_inbox(state, event, subject)
+                if why is not None:
+                    if cached:
+                        # Maybe only this replica's copy is behind: judge on the store's.
+                        self._cache.pop(task_id, None)
+                        continue
+                    raise _Refused(why, no_session=state is None)
             if state is None and isinstance(event, TaskSubmitted) and history is None:
                 history = await self._history(event)
             ctx = self.context(history or ())
+            if seq and isinstance(event, ApprovalDecided):
+                ctx = dataclasses.replace(ctx, decision_seq=seq)
             if self.memory is not None:
                 ctx = self.memory.guard(task_id, state, ctx)  # memory: low-trust recall alone cannot drive a side effect
             decision = core.decide(state, event, ctx)
@@ -310,6 +341,22 @@ class AgentEngine:
             else:
                 self._remember(task_id, new_state, new_rev)
             return decision
+
+    async def _audit_refusal(self, event: ToolCallCompleted | ApprovalDecided, subject: str, why: str) -> None:
+        """``inbox.rejected``: what arrived where, who it claims to be from, why it was refused."""
+        claimed = f"approver:{event.approver}" if isinstance(event, ApprovalDecided) else f"tool-worker:{event.worker}"
+        details: dict[str, object] = {"subject": subject, "reason": why, "event": type(event).__name__,
+                                      "call_id": event.call_id, "step": event.step}
+        if isinstance(event, ApprovalDecided):
+            details["approval_id"] = event.approval_id
+        rec = AuditRecord(kind="inbox.rejected", at=self.clock(), actor=claimed, agent=self.spec.name,
+                          task_id=event.task_id, details=details)
+        log.warning("refused %s on %s: %s", type(event).__name__, subject, why)
+        try:
+            await self.bus.publish(subjects.audit(rec.kind, self.spec.name), codec.encode(rec),
+                                   msg_id=audit_msg_id(rec))
+        except Exception as exc:  # noqa: BLE001 - the refusal stands; the dead letter still records it
+            log.warning("could not audit a refused inbox event: %s", exc)
 
     def _remember(self, task_id: str, state: SessionState, revision: int) -> None:
         self._cache[task_id] = (state, revision)
@@ -502,6 +549,14 @@ def audit_msg_id(rec: AuditRecord) -> str:
     ident = rec.details.get("approval_id") or rec.task_id
     who = hashlib.sha256(rec.actor.encode()).hexdigest()[:16]
     return f"audit:{rec.kind}:{ident}:{who}:{rec.at!r}"
+
+
+class _Refused(Exception):
+    """An inbox event ``core.trust.check_inbox`` refused; the message is the reason."""
+
+    def __init__(self, why: str, *, no_session: bool) -> None:
+        super().__init__(why)
+        self.no_session = no_session
 
 
 class _RefLock:

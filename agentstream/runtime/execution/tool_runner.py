@@ -5,7 +5,10 @@ is something the model should see and react to, never a crashed step.
 
 Per call, in order:
 
-1. the request is checked (the reply goes only to the named task's inbox);
+1. the request is checked (the reply goes only to the named task's inbox; a
+   call that needs a human's approval runs only under a decision approving
+   exactly it, read from the stream by the worker itself, else it is
+   dead-lettered and audited as ``tool.refused``);
    a call this process is still running (a redelivery after a broker
    restart) waits for that run; a call whose result this process computed
    before (kept in memory, bounded) publishes that result again;
@@ -68,7 +71,13 @@ from typing import Any, TypeVar
 import msgspec
 
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import AuditRecord, ToolCallCompleted, ToolCallRequested, ToolError
+from agentstream.contracts.events import (
+    ApprovalDecided,
+    AuditRecord,
+    ToolCallCompleted,
+    ToolCallRequested,
+    ToolError,
+)
 from agentstream.runtime.adapters.in_memory import InMemoryKV
 from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
 from agentstream.runtime.core.errors import Conflict, PayloadTooLarge
@@ -83,6 +92,8 @@ log = logging.getLogger("agentstream.toolrunner")
 _R = TypeVar("_R")
 # The broker is away (down, restarting, electing a leader): worth retrying.
 _TRANSIENT = BROKER_ERRORS
+# (subject, body) of the EVENTS message at a sequence, or None if there is none.
+DecisionReader = Callable[[int], Awaitable[tuple[str, bytes] | None]]
 
 # OSErrors that are a bug or a configuration problem, not a flaky downstream.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
@@ -158,7 +169,8 @@ class ToolRunner:
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  blobs: BlobStore | None = None, claim_check_bytes: int = 256 * 1024,
-                 publish_retry_s: float = 120.0, keep_results: int = 10_000) -> None:
+                 publish_retry_s: float = 120.0, keep_results: int = 10_000,
+                 decisions: DecisionReader | None = None, approvers: tuple[str, ...] = ()) -> None:
         self.tools = tools
         self.bus = bus
         self.worker = worker
@@ -182,6 +194,11 @@ class ToolRunner:
         self.keep_results_bytes = 64 * 1024 * 1024
         self._running: dict[str, asyncio.Future[BaseException | None]] = {}
         self._local = InMemoryKV()  # at-most-once marks when no KV is given
+        # Reads a decision by its EVENTS sequence, for calls that need a human;
+        # without one, such calls never run (fail closed).
+        self.decisions = decisions
+        self.approvers = approvers  # the deployment's approvers (AGENTSTREAM_APPROVERS)
+        self.refused = 0  # calls refused for want of a valid approval
         self.executions = 0  # calls whose tool ran
         self.replayed = 0  # calls answered from a stored or kept result
         self.delivered = 0  # results the broker took
@@ -222,6 +239,15 @@ class ToolRunner:
 
     async def _on_call(self, req: ToolCallRequested) -> None:
         msg_id = f"{req.idempotency_key}:result"
+        gated = self.tools.get(req.tool)
+        if gated is not None and gated.needs_approval(req.arguments):
+            why = await self._check_approval(req, gated)
+            if why is not None:
+                # No result is published: its msg id is the real call's, which a
+                # forged request must not take. Dead-lettered and audited instead.
+                self.refused += 1
+                await self._audit_refusal(req, why)
+                raise Reject(why)
         kept = self._kept.get(req.idempotency_key)
         if kept is not None:
             # Computed here before and possibly never delivered (a publish
@@ -380,6 +406,50 @@ class ToolRunner:
             if failures:
                 log.info("could %s %s after %d failed attempts", what, what_id or "", failures)
             return result
+
+    async def _check_approval(self, req: ToolCallRequested, tool: Tool) -> str | None:
+        """None if the call runs under a decision that approves exactly it, read
+        from the stream and published on the task's decisions subject (which
+        only the approval service may publish to); else why not."""
+        if req.approval_seq <= 0:
+            return f"{req.tool} needs a human's approval and the call carries none"
+        if self.decisions is None:
+            return f"{req.tool} needs a human's approval and this worker cannot read decisions"
+        found = await self.decisions(req.approval_seq)
+        if found is None:
+            return f"no approval decision at EVENTS sequence {req.approval_seq}"
+        subject, data = found
+        if subject != subjects.decisions(req.agent, req.task_id):
+            return f"the message at EVENTS sequence {req.approval_seq} is not a decision on task {req.task_id}"
+        try:
+            d = codec.agent_inbox.decode(data)
+        except codec.DecodeError as exc:
+            return f"the approval decision is not readable: {exc}"
+        if not isinstance(d, ApprovalDecided):
+            return "the approval reference is not a decision"
+        if (d.task_id, d.agent, d.step, d.call_id, d.tool) != (req.task_id, req.agent, req.step, req.call_id,
+                                                                 req.tool):
+            return f"the decision {d.approval_id} is for another call"
+        if d.arguments_digest != codec.arguments_digest(req.arguments):
+            return f"the decision {d.approval_id} approved other arguments"
+        if not d.approved:
+            return f"the decision {d.approval_id} denied this call"
+        allowed = tool.approvers or self.approvers
+        if allowed and d.approver not in allowed:
+            return f"{d.approver} may not approve {req.tool}"
+        return None
+
+    async def _audit_refusal(self, req: ToolCallRequested, why: str) -> None:
+        rec = AuditRecord(kind="tool.refused", at=time.time(), actor=f"agent:{req.agent}", agent=req.agent,
+                          task_id=req.task_id, details={"tool": req.tool, "call_id": req.call_id, "step": req.step,
+                                                        "approval_seq": req.approval_seq, "reason": why,
+                                                        "worker": self.worker})
+        log.warning("refused a call to %s for task %s: %s", req.tool, req.task_id, why)
+        try:
+            await self.bus.publish(subjects.audit(rec.kind, req.agent), codec.encode(rec),
+                                   msg_id=f"audit:tool.refused:{req.idempotency_key}:{rec.at!r}")
+        except Exception as exc:  # noqa: BLE001 - the refusal stands; the dead letter records it too
+            log.warning("could not audit a refused tool call: %s", exc)
 
     async def execute(self, req: ToolCallRequested) -> tuple[object, ToolError | None]:
         """(result, None) or (None, error). Never raises for a tool's failure."""

@@ -91,10 +91,15 @@ async def _audit(client_js: Any, kind: str, actor: str, details: dict[str, Any])
 
 
 async def _connect(settings: Settings) -> Any:
+    from agentstream.runtime.config.auth import nats_auth
     from agentstream.runtime.interfaces.client import AgentClient
 
-    # provision=False: an admin command looks at what is there, it creates nothing
-    return await AgentClient.connect(broker_url(settings), provision=False, telemetry=False)
+    # provision=False: an admin command looks at what is there, it creates nothing.
+    # Retention is an administrator's act (docs/security.md): the admin role,
+    # the only one allowed to purge any store.
+    url = broker_url(settings)
+    return await AgentClient.connect(url, provision=False, telemetry=False,
+                                     auth=nats_auth("admin", url, settings.data_dir))
 
 
 async def cmd_storage(args: argparse.Namespace, settings: Settings) -> int:

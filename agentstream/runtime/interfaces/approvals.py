@@ -1,8 +1,9 @@
 """Human-in-the-loop decisions from the outside: list pending approvals and
-publish decisions. Used by the CLI and the HTTP API; any NATS client can do
-the same by publishing ``ApprovalDecided`` to the task's inbox subject (with
-the ``traceparent`` header of the ``ApprovalRequested`` message, so the
-decision joins the task's trace; without one, the worker joins it anyway).
+publish decisions. Used by the CLI and the HTTP API, which play the approval
+service: a decision is accepted only from ``agents.<agent>.decisions.<task>``,
+which only the approver role may publish to (see docs/security.md).
+A decision carries the ``traceparent`` of the approval's wait span, so it joins
+the task's trace.
 
 The engine is the authority on who may decide (it ignores and audits a
 decision by an identity not allowed); the checks here only fail early with a
@@ -12,10 +13,16 @@ audited here, as the engine would (``approval.rejected``).
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import time
 import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 import nats.js.errors as jse
@@ -24,13 +31,16 @@ from aiohttp import web
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ApprovalDecided, ApprovalRequested, AuditRecord
 from agentstream.runtime.adapters.jetstream import MSG_ID, NatsKV, bucket
-from agentstream.runtime.core.errors import AgentstreamError
+from agentstream.runtime.core.errors import AgentstreamError, ConfigError
 from agentstream.runtime.core.policy import ApprovalRecord, decode_record, parse_approvers
 from agentstream.runtime.execution.engine import audit_msg_id
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.interfaces.http_common import _json
 
 log = logging.getLogger("agentstream.approvals")
+
+# How long decide() waits for the agent to take the decision before saying so.
+DECISION_WAIT_S = 15.0
 
 
 class ApprovalError(AgentstreamError):
@@ -82,7 +92,9 @@ def default_identity() -> str:
 
 
 async def decide(client: AgentClient, approval_id: str, *, approved: bool, approver: str,
-                 reason: str = "") -> ApprovalDecided:
+                 reason: str = "", wait_s: float = DECISION_WAIT_S) -> ApprovalDecided:
+    """Publish a decision and return it once the agent has taken it; an
+    ApprovalError if it was refused, a duplicate, or overtaken by another."""
     if not approver:
         raise ApprovalError("say who decides: --as NAME (or set AGENTSTREAM_APPROVER)", status=409)
     rec = await get_approval(client, approval_id)
@@ -101,15 +113,45 @@ async def decide(client: AgentClient, approval_id: str, *, approved: bool, appro
         raise refusal
     decision = ApprovalDecided(approval_id=req.approval_id, task_id=req.task_id, agent=req.agent, step=req.step,
                                call_id=req.call_id, approved=approved, approver=approver, reason=reason,
-                               decided_at=time.time())
-    # One decision per approval: the first one published wins (deduplicated).
-    headers = {MSG_ID: f"{req.approval_id}:decision"}
+                               decided_at=time.time(), tool=req.tool,
+                               arguments_digest=codec.arguments_digest(req.arguments))
+    body = codec.encode(decision)
+    # The dedupe id comes from the decision's own content: nobody can claim it
+    # ahead of this decision (squatting) without publishing this very decision.
+    # The first decision the agent takes wins; the others change nothing.
+    headers = {MSG_ID: decision_msg_id(decision, body)}
     if rec.trace_parent:
         # Trace context of the approval's wait span: the decision continues the task's trace.
         headers["traceparent"] = rec.trace_parent
-    await client.js.publish(subjects.events(req.agent, req.task_id), codec.encode(decision),
-                            headers=headers, timeout=10)
+    ack = await client.js.publish(subjects.decisions(req.agent, req.task_id), body, headers=headers, timeout=10)
+    if ack.duplicate:
+        raise ApprovalError(f"this decision on {approval_id} was already submitted", status=409)
+    await _outcome(client, decision, wait_s)
     return decision
+
+
+def decision_msg_id(decision: ApprovalDecided, body: bytes) -> str:
+    return f"{decision.approval_id}:decision:{hashlib.sha256(body).hexdigest()[:32]}"
+
+
+async def _outcome(client: AgentClient, decision: ApprovalDecided, wait_s: float) -> None:
+    """Wait (bounded) until the agent has taken a decision on the approval and
+    say truthfully whether it was this one: another decision that got there
+    first, or none within ``wait_s`` (no agent running?), is an error."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        rec = await get_approval(client, decision.approval_id)
+        if rec.status != "pending":
+            d = rec.decision
+            if d is not None and d.approver == decision.approver and d.decided_at == decision.decided_at:
+                return
+            by = f" by {d.approver}" if d is not None else ""
+            raise ApprovalError(f"approval {decision.approval_id} was {rec.status}{by} before this decision "
+                                "was taken; it changed nothing", status=409)
+        if time.monotonic() >= deadline:
+            raise ApprovalError(f"the decision on {decision.approval_id} was sent, but no agent took it within "
+                                f"{wait_s:g}s (is an agent running? see `agentstream approvals`)", status=504)
+        await asyncio.sleep(0.05)
 
 
 async def _audit_refusal(client: AgentClient, req: ApprovalRequested, *, approver: str, approved: bool,
@@ -132,22 +174,87 @@ async def _audit_refusal(client: AgentClient, req: ApprovalRequested, *, approve
 
 
 class DecisionBody(msgspec.Struct, kw_only=True):
-    approver: str
+    approver: str = ""
     reason: str = ""
 
 
-def add_routes(app: web.Application, client: AgentClient) -> None:
-    """``GET /v1/approvals`` (``?status=all``), ``POST /v1/approvals/{id}/approve``
-    and ``/deny`` with ``{"approver": "...", "reason": "..."}``.
+@dataclass(frozen=True)
+class ApproverAuth:
+    """How the HTTP API knows who is deciding (docs/security.md).
 
-    The approver's identity is taken from the body as given: put the API behind
-    your authenticating proxy and let it set the body (or restrict who reaches it).
+    - ``tokens``: bearer token -> approver name (``Authorization: Bearer <token>``),
+      from ``AGENTSTREAM_APPROVER_TOKENS`` (``alice:TOKEN,bob:TOKEN``) or
+      ``AGENTSTREAM_APPROVER_TOKENS_FILE`` (one ``name:token`` a line);
+    - ``header``: reverse-proxy mode, ``AGENTSTREAM_APPROVER_HEADER`` (e.g.
+      ``X-Forwarded-User``): the proxy in front authenticated the user and set
+      this header. Only safe if nothing but the proxy can reach the API.
+
+    Neither configured: the API refuses to decide (401) rather than believe a
+    name in the request body. Listing pending approvals needs the same.
     """
+
+    tokens: Mapping[str, str] = field(default_factory=dict)
+    header: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApproverAuth:
+        env = os.environ if env is None else env
+        lines: list[str] = [p for p in (env.get("AGENTSTREAM_APPROVER_TOKENS") or "").split(",") if p.strip()]
+        path = env.get("AGENTSTREAM_APPROVER_TOKENS_FILE")
+        if path:
+            try:
+                lines += [ln for ln in Path(path).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+            except OSError as exc:
+                raise ConfigError(f"AGENTSTREAM_APPROVER_TOKENS_FILE={path!r}: {exc.strerror}") from None
+        tokens: dict[str, str] = {}
+        for line in lines:
+            name, sep, token = line.strip().partition(":")
+            if not sep or not name or len(token) < 16:
+                raise ConfigError("approver tokens are name:token pairs with tokens of 16+ characters "
+                                  "(AGENTSTREAM_APPROVER_TOKENS / AGENTSTREAM_APPROVER_TOKENS_FILE)")
+            tokens[token] = name
+        return cls(tokens=tokens, header=(env.get("AGENTSTREAM_APPROVER_HEADER") or "").strip())
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.tokens or self.header)
+
+    def identify(self, request: web.Request) -> str:
+        """The authenticated approver, or an ApprovalError (401)."""
+        if not self.configured:
+            raise ApprovalError("approver authentication is not configured: set AGENTSTREAM_APPROVER_TOKENS "
+                                "(or _FILE) or AGENTSTREAM_APPROVER_HEADER behind a proxy", status=401)
+        auth = request.headers.get("Authorization", "")
+        if self.tokens and auth.startswith("Bearer "):
+            given = auth[len("Bearer "):].strip()
+            for token, name in self.tokens.items():
+                if hmac.compare_digest(token.encode(), given.encode()):
+                    return name
+            raise ApprovalError("unknown approver token", status=401)
+        if self.header and request.headers.get(self.header, "").strip():
+            return request.headers[self.header].strip()
+        raise ApprovalError("who is deciding? send Authorization: Bearer <token>"
+                            + (f" (or come through the proxy that sets {self.header})" if self.header else ""),
+                            status=401)
+
+
+def add_routes(app: web.Application, client: AgentClient, auth: ApproverAuth | None = None) -> None:
+    """``GET /v1/approvals`` (``?status=all``), ``POST /v1/approvals/{id}/approve``
+    and ``/deny`` with ``{"reason": "..."}``.
+
+    The approver is who ``auth`` (default: from the environment) authenticated;
+    an ``approver`` in the body, if any, must be that same name.
+    """
+    auth = auth if auth is not None else ApproverAuth.from_env()
 
     # The shared JSON response. Not _error, which squeezes and truncates the
     # message: these errors are sent verbatim.
     async def list_route(request: web.Request) -> web.Response:
         status = request.query.get("status", "pending")
+        try:
+            auth.identify(request)
+        except ApprovalError as exc:
+            return _json({"error": str(exc)}, exc.status)
         try:
             records = await list_approvals(client, status=None if status == "all" else status)
         except ApprovalError as exc:
@@ -156,13 +263,16 @@ def add_routes(app: web.Application, client: AgentClient) -> None:
 
     async def decide_route(request: web.Request) -> web.Response:
         try:
-            body = msgspec.json.decode(await request.read(), type=DecisionBody)
+            body = msgspec.json.decode(await request.read() or b"{}", type=DecisionBody)
         except msgspec.DecodeError as exc:
             return _json({"error": f"invalid body: {exc}"}, 400)
         approved = request.match_info["verb"] == "approve"
         try:
+            who = auth.identify(request)
+            if body.approver and body.approver != who:
+                raise ApprovalError(f"authenticated as {who}, not {body.approver}", status=403)
             d = await decide(client, request.match_info["approval_id"], approved=approved,
-                             approver=body.approver, reason=body.reason)
+                             approver=who, reason=body.reason)
         except ApprovalError as exc:
             return _json({"error": str(exc)}, exc.status)
         return _json(d, 202)

@@ -28,6 +28,8 @@ import msgspec
 from agentstream.contracts import codec
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult
 from agentstream.runtime.adapters.embedded_broker import DirLock, EmbeddedNats
+from agentstream.runtime.adapters.jetstream import redact_url
+from agentstream.runtime.config.auth import NatsAuth, Role, nats_auth
 from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.core.errors import AgentstreamError, ResultTimeout
 from agentstream.runtime.interfaces.doctor import probe_at_start_up
@@ -154,7 +156,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         settings = dataclasses.replace(settings, data_dir=Path(tmp))
         rt = Runtime.from_settings(settings, agents=[args.agent], tools="all")
         print("agentstream demo")
-        print(f"  broker : {'external ' + settings.nats_url if settings.nats_url else 'embedded nats-server (JetStream, temp dir)'}")
+        print(f"  broker : {'external ' + redact_url(settings.nats_url) if settings.nats_url else 'embedded nats-server (JetStream, temp dir)'}")
         failures = 0
         try:
             # Inside the try: a start-up that fails half way must not leave its broker behind.
@@ -170,7 +172,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  workers: 1 agent consumer, {len(rt.app.tools)} tool consumers (in this process)\n")
             samples = rt.app.samples.get(args.agent) or ["Hello"]
             # rt.start() provisioned the streams and buckets already.
-            async with await AgentClient.connect(rt.url, provision=False) as client:
+            async with await AgentClient.connect(rt.url, provision=False, auth=rt.auth("gateway")) as client:
                 supervisor = asyncio.create_task(_demo_supervisor(client))
                 try:
                     # Submitted together: the agent and tool workers run them concurrently.
@@ -259,7 +261,8 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         await rt.start()
         if embedded:
             url_file.write_text(rt.url + "\n")
-        client = await AgentClient.connect(rt.url, provision=False)  # rt.start() provisioned already
+        # rt.start() provisioned already; the API plays client and approval service
+        client = await AgentClient.connect(rt.url, provision=False, auth=rt.auth("gateway"))
         # With its workers, `up` knows the app: a task for an agent it does not
         # define is refused (404) instead of waiting forever. API-only, workers
         # elsewhere may run any app, so every agent is accepted.
@@ -269,7 +272,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         except (OSError, OverflowError) as exc:
             raise AgentstreamError(f"cannot listen on {settings.http_host}:{settings.http_port}: "
                                    f"{_os_reason(exc)} (AGENTSTREAM_HTTP_HOST, AGENTSTREAM_HTTP_PORT)") from None
-        print(f"agentstream up: NATS {rt.url}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
+        print(f"agentstream up: NATS {redact_url(rt.url)}; HTTP {server.url}; agents: {', '.join(agents) or '-'}; "
               f"tools: {tools or '-'}. Ctrl-C or SIGTERM stops gracefully.", flush=True)
         probe = probe_at_start_up(rt.engines)  # warns when the model cannot call tools
         await _until_stopped(stop, rt.broker)
@@ -336,6 +339,11 @@ def _lock_data_dir(lock: DirLock, settings: Settings) -> None:
         f"pid {pid if pid is not None else '?'}); stop it first or set AGENTSTREAM_DATA_DIR")
 
 
+def _auth(settings: Settings, role: Role) -> NatsAuth:
+    """The credentials of ``role`` for this command (config.auth.nats_auth)."""
+    return nats_auth(role, broker_url(settings), settings.data_dir)
+
+
 def list_agents(settings: Settings) -> list[str]:
     from agentstream.runtime.core.app import load_app
 
@@ -364,7 +372,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         await rt.start()
         role = f" shadow={shadow.label} sample={shadow.sample_pct:g}%" if shadow is not None else ""
         print(f"agentstream worker {settings.worker_id}: agents={','.join(args.agent or []) or '-'} "
-              f"tools={args.tools or '-'}{role} on {rt.url}", flush=True)
+              f"tools={args.tools or '-'}{role} on {redact_url(rt.url)}", flush=True)
         probe = probe_at_start_up(rt.engines)  # warns when the model cannot call tools
         await stop.wait()
     finally:
@@ -384,7 +392,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         if not sep or not k:
             raise AgentstreamError(f"--meta {kv!r}: expected KEY=VALUE")
         meta[k] = v
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "client")) as client:
         try:
             task_id = await client.submit(args.agent, args.input, task_id=args.task_id, tenant_id=args.tenant,
                                           user_id=args.user, conversation_id=args.conversation, metadata=meta,
@@ -410,7 +418,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
 
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "client")) as client:
         try:
             res = await client.result(args.task_id, timeout=args.wait)
         except ResultTimeout:
@@ -423,7 +431,7 @@ async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces import waiting
     from agentstream.runtime.interfaces.client import AgentClient
 
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "client")) as client:
         grace = waiting.UNKNOWN_TASK_GRACE_S
         await waiting.require_task(client, args.task_id, min(args.timeout or grace, grace))
         code = 0
@@ -439,7 +447,7 @@ async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
     from agentstream.runtime.observability.timeline import render
 
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "client")) as client:
         events = [ev async for ev in client.events(args.task_id, timeout=args.timeout)]
         print(render(events))
         return 0
@@ -449,7 +457,7 @@ async def cmd_approvals(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces import approvals
     from agentstream.runtime.interfaces.client import AgentClient
 
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "approver")) as client:
         records = await approvals.list_approvals(client, status=None if args.all else "pending")
         if args.json:
             print(msgspec.json.encode(records).decode())
@@ -474,7 +482,7 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.interfaces.client import AgentClient
 
     approved = args.command == "approve"
-    async with await AgentClient.connect(broker_url(settings)) as client:
+    async with await AgentClient.connect(broker_url(settings), auth=_auth(settings, "approver")) as client:
         d = await approvals.decide(client, args.approval_id, approved=approved,
                                    approver=args.as_ or approvals.default_identity(), reason=args.reason or "")
     print(f"{'approved' if approved else 'denied'} {d.approval_id} as {d.approver}")

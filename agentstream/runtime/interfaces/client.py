@@ -25,6 +25,7 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult, TaskSubmitted
 from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters.scan import RESULTS_STREAM, stored_result
+from agentstream.runtime.config.auth import NatsAuth
 from agentstream.runtime.core.errors import PayloadTooLarge, ResultTimeout, SubmitFailed
 from agentstream.runtime.observability.telemetry import Telemetry, setup_telemetry
 from agentstream.runtime.observability.trace_context import format_traceparent
@@ -76,11 +77,14 @@ class AgentClient:
         self.last_submit_duplicate = False
 
     @classmethod
-    async def connect(cls, url: str, *, provision: bool = True, telemetry: Telemetry | bool = True) -> AgentClient:
+    async def connect(cls, url: str, *, provision: bool = True, telemetry: Telemetry | bool = True,
+                      auth: NatsAuth | None = None) -> AgentClient:
         """``telemetry``: True, tracing as the environment says (OTEL_*,
         AGENTSTREAM_TRACING; spans exported on this connection); False, none;
-        or a Telemetry to share (not shut down by close())."""
-        nc = await nats_adapters.connect(url, name="agentstream-client", reconnect=True)
+        or a Telemetry to share (not shut down by close()). ``auth``: the
+        credentials of the role this client plays (config.auth.nats_auth);
+        None, whatever the URL carries."""
+        nc = await nats_adapters.connect(url, name="agentstream-client", reconnect=True, auth=auth)
         tel: Telemetry | None = None
         if telemetry is True:
             tel = setup_telemetry(os.environ, nc=nc, worker_id=f"client-{socket.gethostname()}-{os.getpid()}",

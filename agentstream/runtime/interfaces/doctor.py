@@ -62,6 +62,7 @@ async def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _broker_checks(settings: Settings, checks: list[Check]) -> bool:
     from agentstream.runtime.adapters import jetstream
+    from agentstream.runtime.config.auth import nats_auth
 
     try:
         url = broker_url(settings)
@@ -70,7 +71,8 @@ async def _broker_checks(settings: Settings, checks: list[Check]) -> bool:
         return False
     t0 = time.monotonic()
     try:
-        nc = await jetstream.connect(url, name="agentstream-doctor", reconnect=False)
+        nc = await jetstream.connect(url, name="agentstream-doctor", reconnect=False,
+                                     auth=nats_auth("observer", url, settings.data_dir))
     except AgentstreamError as exc:
         text = str(exc)
         if "uthorization" in text:

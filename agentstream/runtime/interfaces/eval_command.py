@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentstream.runtime.config.auth import nats_auth
 from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.core.errors import AgentstreamError, ConfigError
 
@@ -270,7 +271,9 @@ async def evaluate(dataset: Dataset, settings: Settings, *, agent: str, label: s
             if rt is not None:
                 await rt.start()
                 url = rt.url
-            async with await AgentClient.connect(url, provision=rt is None) as client:
+            # Submits the cases and plays their supervisor: the gateway role (client + approver).
+            auth = rt.auth("gateway") if rt is not None else nats_auth("gateway", url, settings.data_dir)
+            async with await AgentClient.connect(url, provision=rt is None, auth=auth) as client:
                 bar, update = _progress(progress)
                 with bar:
                     return await run_dataset(dataset, _ClientHarness(client), cfg, judge=judge, progress=update)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import signal
 
+from agentstream.runtime.config.auth import nats_auth
 from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.core.errors import AgentstreamError
 
@@ -20,7 +21,9 @@ async def run_online(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.evaluation.online import OnlineEvaluator
     from agentstream.runtime.service.online_eval import OnlineEvaluation
 
-    nc = await nats_adapters.connect(broker_url(settings), name=f"agentstream-eval-online-{settings.worker_id}")
+    url = broker_url(settings)
+    nc = await nats_adapters.connect(url, name=f"agentstream-eval-online-{settings.worker_id}",
+                                     auth=nats_auth("evaluator", url, settings.data_dir))
     runner: web.AppRunner | None = None
     service: OnlineEvaluation | None = None
     stop = asyncio.Event()

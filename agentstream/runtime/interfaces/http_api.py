@@ -28,7 +28,7 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import nats.errors
@@ -45,6 +45,9 @@ from agentstream.runtime.core.errors import (
     SubmitFailed,
 )
 from agentstream.runtime.interfaces.client import AgentClient
+
+if TYPE_CHECKING:
+    from agentstream.runtime.interfaces.approvals import ApproverAuth
 from agentstream.runtime.interfaces.http_common import (
     _JSON,
     _BadRequest,
@@ -329,7 +332,8 @@ async def task_events(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(client: AgentClient, *, ready: ReadyCheck | None = None,
-               heartbeat_s: float = HEARTBEAT_S, agents: Collection[str] | None = None) -> web.Application:
+               heartbeat_s: float = HEARTBEAT_S, agents: Collection[str] | None = None,
+               approver_auth: ApproverAuth | None = None) -> web.Application:
     """The aiohttp application over a connected ``client``. ``ready`` overrides
     the default readiness check (connected + streams present). ``agents``: the
     agents the serving app defines; a task for any other is refused (404)."""
@@ -353,7 +357,7 @@ def create_app(client: AgentClient, *, ready: ReadyCheck | None = None,
     from agentstream.runtime.interfaces import approvals, feedback
     from agentstream.runtime.interfaces.dashboard import add_dashboard_routes
 
-    approvals.add_routes(app, client)
+    approvals.add_routes(app, client, approver_auth)  # None: from the environment
     feedback.add_routes(app, client)
     add_dashboard_routes(app, lambda: client.js)
     app.router.add_get("/metrics", metrics)
@@ -399,8 +403,9 @@ class HttpServer:
 
     def __init__(self, client: AgentClient, *, ready: ReadyCheck | None = None,
                  heartbeat_s: float = HEARTBEAT_S, shutdown_timeout_s: float = 5.0,
-                 agents: Collection[str] | None = None) -> None:
-        self.app = create_app(client, ready=ready, heartbeat_s=heartbeat_s, agents=agents)
+                 agents: Collection[str] | None = None, approver_auth: ApproverAuth | None = None) -> None:
+        self.app = create_app(client, ready=ready, heartbeat_s=heartbeat_s, agents=agents,
+                              approver_auth=approver_auth)
         self.shutdown_timeout_s = shutdown_timeout_s
         self.host = ""
         self.port = 0

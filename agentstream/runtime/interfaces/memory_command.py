@@ -29,6 +29,7 @@ from agentstream.contracts.events import (
     MemoryWriteRequested,
 )
 from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.config.auth import nats_auth
 from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.core.errors import AgentstreamError, ConfigError
 from agentstream.runtime.memory.chunking import chunk
@@ -92,7 +93,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 async def _api(settings: Settings, timeout: float) -> tuple[Any, BusMemory]:
-    nc = await nats_adapters.connect(broker_url(settings), name="agentstream-memory-cli", reconnect=False)
+    url = broker_url(settings)
+    nc = await nats_adapters.connect(url, name="agentstream-memory-cli", reconnect=False,
+                                     auth=nats_auth("operator", url, settings.data_dir))
     return nc, BusMemory(nc, timeout_s=timeout)
 
 
@@ -109,7 +112,9 @@ def _actor(args: argparse.Namespace) -> str:
 async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.service.memory import MemorySettings, start_memory_service
 
-    nc = await nats_adapters.connect(broker_url(settings), name=f"agentstream-memory-{settings.worker_id}")
+    url = broker_url(settings)
+    nc = await nats_adapters.connect(url, name=f"agentstream-memory-{settings.worker_id}",
+                                     auth=nats_auth("memory", url, settings.data_dir))
     cfg = MemorySettings.from_env(os.environ, settings.data_dir)
     service = await start_memory_service(nc, nc.jetstream(), cfg, replicas=settings.replicas)
     stop = asyncio.Event()

@@ -16,6 +16,7 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import AuditRecord, TaskCompleted, TaskFailed
 from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters.scan import scan
+from agentstream.runtime.config.auth import nats_auth
 from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.core.errors import AgentstreamError
 from agentstream.runtime.interfaces.client import AgentClient
@@ -93,7 +94,8 @@ async def _outcomes(client: AgentClient) -> nats_adapters.NatsKV:
 
 
 async def cmd_shadow_report(args: argparse.Namespace, settings: Settings) -> int:
-    async with await AgentClient.connect(broker_url(settings), provision=False) as client:
+    async with await AgentClient.connect(broker_url(settings), provision=False,
+                                        auth=nats_auth("observer", broker_url(settings), settings.data_dir)) as client:
         records = await load_records(await _outcomes(client), args.agent)
     noise = args.noise if args.noise is not None else noise_label(records, agent=args.agent, candidate=args.candidate)
     rep = shadow_report(records, agent=args.agent, candidate=args.candidate, noise=noise, min_pairs=args.min_pairs)
@@ -105,7 +107,8 @@ async def cmd_shadow_report(args: argparse.Namespace, settings: Settings) -> int
 
 
 async def cmd_shadow_show(args: argparse.Namespace, settings: Settings) -> int:
-    async with await AgentClient.connect(broker_url(settings), provision=False) as client:
+    async with await AgentClient.connect(broker_url(settings), provision=False,
+                                        auth=nats_auth("observer", broker_url(settings), settings.data_dir)) as client:
         entry = await (await _outcomes(client)).get(record_key(args.agent, args.task_id))
     if entry is None:
         sys.stderr.write(f"agentstream: error: no shadow ran task {args.task_id!r} of agent {args.agent!r}\n")
@@ -127,7 +130,8 @@ async def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
     """Every version that answered in the window: production's results and shadows'."""
     since = time.time() - args.since
     seen: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-    async with await AgentClient.connect(broker_url(settings), provision=False) as client:
+    async with await AgentClient.connect(broker_url(settings), provision=False,
+                                        auth=nats_auth("observer", broker_url(settings), settings.data_dir)) as client:
         for stream, subject in (("RESULTS", subjects.any_production_results()),
                                 ("SHADOW", subjects.any_shadow_results())):
             for raw in await scan(client.js, stream, subject, start_time=since):
@@ -176,7 +180,8 @@ async def cmd_canary(args: argparse.Namespace, settings: Settings) -> int:
         publish_audit,
     )
 
-    async with await AgentClient.connect(broker_url(settings), provision=args.action == "start") as client:
+    async with await AgentClient.connect(broker_url(settings), provision=args.action == "start",
+                                        auth=nats_auth("operator", broker_url(settings), settings.data_dir)) as client:
         store = CanaryStore(await nats_adapters.bucket(client.js, subjects.ROLLOUT.name))
         loaded = await store.load(args.agent)
         now = time.time()
@@ -253,7 +258,8 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     app = load_app(settings.app)
     agent = app.get_version(args.agent, args.candidate)
-    async with await AgentClient.connect(broker_url(settings), provision=False) as client:
+    async with await AgentClient.connect(broker_url(settings), provision=False,
+                                        auth=nats_auth("observer", broker_url(settings), settings.data_dir)) as client:
         recordings = await load_recordings(client.js, args.agent, since_s=args.since, sample=args.sample,
                                            seed=args.seed)
     if not recordings:

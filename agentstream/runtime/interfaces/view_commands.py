@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from agentstream.contracts.events import TaskFailed
+from agentstream.runtime.config.auth import nats_auth
 from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.observability.views import (
@@ -52,7 +53,8 @@ def add_stats_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 async def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
-    async with await AgentClient.connect(broker_url(settings), provision=False) as client:
+    async with await AgentClient.connect(broker_url(settings), provision=False,
+                                        auth=nats_auth("observer", broker_url(settings), settings.data_dir)) as client:
         trace = await load_task_trace(client.js, args.task_id)
     if not trace.spans:
         sys.stderr.write(f"agentstream: error: no spans or events found for task {args.task_id!r}\n")
@@ -70,7 +72,8 @@ async def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     from agentstream.runtime.observability.lag import lag_json, read_lag, render_lag
 
-    async with await AgentClient.connect(broker_url(settings), provision=False) as client:
+    async with await AgentClient.connect(broker_url(settings), provision=False,
+                                        auth=nats_auth("observer", broker_url(settings), settings.data_dir)) as client:
         stats, _results, source = await load_stats(client.js, args.since)
         lags = await read_lag(client.js)
     if getattr(args, "json", False):

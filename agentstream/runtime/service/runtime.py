@@ -31,6 +31,7 @@ from agentstream.handlers.tools import tool_handler
 from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters import storage
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.config.auth import NatsAuth, Role, nats_auth
 from agentstream.runtime.config.settings import Settings
 from agentstream.runtime.core.app import App, load_app
 from agentstream.runtime.core.errors import ConfigError
@@ -123,10 +124,29 @@ class Runtime:
 
     @property
     def url(self) -> str:
+        """The broker's URL, without credentials (each role brings its own)."""
         if self.settings.nats_url:
             return self.settings.nats_url
         assert self.broker is not None
-        return self.broker.url
+        return self.broker.plain_url
+
+    @property
+    def role(self) -> Role:
+        """The bus role this process plays (config.auth): agent, tool, or both."""
+        if self.agents and not self.tools:
+            return "agent"
+        if self.tools and not self.agents:
+            return "tool"
+        if not self.agents and not self.tools and self.settings.nats_url is not None:
+            return "gateway"  # API-only `up` against an external broker: it only checks the streams
+        return "worker"
+
+    def auth(self, role: Role) -> NatsAuth:
+        """Credentials for ``role``: the embedded broker's own files, else the
+        environment's (or the data dir's, next to a local `up`)."""
+        if self.broker is not None and self.settings.nats_url is None:
+            return NatsAuth(role=role, nkey_seed_file=str(self.broker.seed_file(role)))
+        return nats_auth(role, self.url, self.settings.data_dir)
 
     async def start(self) -> None:
         s = self.settings
@@ -143,10 +163,12 @@ class Runtime:
                 port = None
             self.broker = EmbeddedNats(store_dir=self.embedded_dir or s.data_dir / "nats", port=port)
             await self.broker.astart()
-        self.nc = await nats_adapters.connect(self.url, name=f"agentstream-{s.worker_id}")
+        self.nc = await nats_adapters.connect(self.url, name=f"agentstream-{s.worker_id}", auth=self.auth(self.role))
         self.js = self.nc.jetstream()
-        await nats_adapters.provision(self.js, replicas=s.replicas, limits=s.store_limits,
-                                      compression=s.store_compression)
+        # A process without workers (API-only `up`, the gateway role) may not
+        # create streams: it checks they exist and waits for the workers' (bounded).
+        await nats_adapters.provision(self.js, replicas=s.replicas, update=bool(self.agents or self.tools),
+                                      limits=s.store_limits, compression=s.store_compression)
         # telemetry: one pipeline for this process; ports are wrapped only when it is on
         self.telemetry = setup_telemetry(self.telemetry_config or os.environ, nc=self.nc, worker_id=s.worker_id,
                                          configure_logs=True)
@@ -208,11 +230,19 @@ class Runtime:
                            deliver_new=self.canary)
             self._consumer("EVENTS", inbox_durable, subjects.events(name, "*"), inbox_handler(engine),
                            deliver_new=self.canary)
+            # Decisions on their own subject, which only the approval service may publish to.
+            decisions_durable = subjects.agent_durable(name, "decisions")
+            if self.canary:
+                decisions_durable = f"canary_{self.version}_{decisions_durable}"
+            self._consumer("EVENTS", decisions_durable, subjects.decisions(name, "*"), inbox_handler(engine),
+                           deliver_new=self.canary)
         if tools:
             runner = ToolRunner(tools, bus, worker=s.worker_id, registry=self.app.tools,
                                 breakers=await nats_adapters.bucket(self.js, subjects.TOOL_BREAKERS.name),
                                 results=await nats_adapters.bucket(self.js, subjects.TOOL_RESULTS.name),
-                                blobs=blobs, claim_check_bytes=min(256 * 1024, self.nc.max_payload // 4))
+                                blobs=blobs, claim_check_bytes=min(256 * 1024, self.nc.max_payload // 4),
+                                decisions=nats_adapters.event_reader(self.js),
+                                approvers=parse_approvers(os.environ))
             if tel is not None:
                 tel.instrument_tool_runner(runner)
             self.runners.append(runner)
