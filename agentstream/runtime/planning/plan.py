@@ -147,7 +147,12 @@ def _type_ok(value: Any, schema: Mapping[str, Any]) -> bool:
 
 def check_arguments(step: PlanStep, spec: ToolSpec) -> list[PlanError]:
     """The literal arguments against the tool's JSON Schema (required, unknown,
-    types, enums); a pointer counts as present and is checked when resolved."""
+    types, enums); a pointer counts as present and is checked when resolved.
+
+    A deliberate subset of JSON Schema, written here rather than taken from
+    ``jsonschema``: it only has to catch a planner's mistakes before anything
+    runs, the core stays free of runtime dependencies, and the tool's own
+    msgspec validation remains the authority when the call executes."""
     schema = spec.parameters or {}
     props: Mapping[str, Any] = schema.get("properties") or {}
     errors: list[PlanError] = []
