@@ -538,3 +538,32 @@ async def test_the_cli_reports_shadows_versions_replays_and_canaries(broker: Emb
         await client.close()
         await shadow.stop()
         await prod.stop()
+
+
+def test_a_canary_window_fails_when_online_evaluation_scores_drop() -> None:
+    p = C.CanaryPolicy(min_samples=20, max_score_drop=0.1)
+    ok = [(False, "", 0.1, 0.0)] * 30
+    assert C.judge(C.window_stats(ok, [0.9] * 30), C.window_stats(ok, [0.88] * 30), p)[0] == "pass"
+    verdict, why = C.judge(C.window_stats(ok, [0.9] * 30), C.window_stats(ok, [0.5] * 30), p)
+    assert verdict == "fail" and "evaluation score 0.50 vs baseline 0.90" in why[0]
+
+
+async def test_canary_analysis_reads_the_online_evaluators_scores_by_version(broker: EmbeddedNats) -> None:
+    import time as _time
+
+    from agentstream.contracts import codec
+    from agentstream.contracts.events import EvaluationScored
+    from agentstream.runtime.rollout.canary_control import window_scores
+
+    client = await AgentClient.connect(broker.url)
+    try:
+        start = _time.time() - 1
+        for i, (version, groundedness, safe) in enumerate([("v1", 0.9, True), ("v2", 0.4, True), ("v2", 0.9, False)]):
+            ev = EvaluationScored(task_id=f"t{i}", agent="shop", agent_version=version, evaluator="e", status="completed",
+                                  groundedness=groundedness, safety=safe, latency_s=0.1, tokens=1, cost_usd=0.0,
+                                  at=_time.time())
+            await client.js.publish(subjects.eval_scores("shop", f"t{i}"), codec.encode(ev))
+        scores = await window_scores(client.js, "shop", start, _time.time() + 60, ("v1", "v2"))
+        assert scores == {"v1": [0.9], "v2": [0.4, 0.0]}  # an unsafe answer scores 0
+    finally:
+        await client.close()

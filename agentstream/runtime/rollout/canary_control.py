@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import AuditRecord, TaskCompleted, TaskFailed
+from agentstream.contracts.events import AuditRecord, EvaluationScored, TaskCompleted, TaskFailed
 from agentstream.runtime.adapters.scan import scan
 from agentstream.runtime.core.errors import Conflict
 from agentstream.runtime.core.ports import Bus, SessionStore
@@ -114,6 +114,30 @@ async def window_outcomes(js: JetStreamContext, agent: str, start: float, end: f
     return out
 
 
+def score_of(ev: EvaluationScored) -> float:
+    """One number per scored task for the canary: the judge's score when a judge
+    ran, else groundedness; 0 when the answer was unsafe."""
+    if not ev.safety:
+        return 0.0
+    return ev.judge if ev.judge is not None else ev.groundedness
+
+
+async def window_scores(js: JetStreamContext, agent: str, start: float, end: float,
+                        labels: Iterable[str]) -> dict[str, list[float]]:
+    """Online evaluators' scores (stream EVALS) of tasks scored in [start, end), by version label."""
+    out: dict[str, list[float]] = {label: [] for label in labels}
+    for raw in await scan(js, "EVALS", subjects.eval_scores(agent, "*"), start_time=start):
+        if raw.time >= end:
+            break
+        try:
+            ev = codec.any_event.decode(raw.data)
+        except Exception:  # noqa: BLE001 - a foreign message is not a score
+            continue
+        if isinstance(ev, EvaluationScored) and ev.agent_version in out:
+            out[ev.agent_version].append(score_of(ev))
+    return out
+
+
 def audit_for(before: C.CanaryState, after: C.CanaryState, actor: str, now: float) -> AuditRecord:
     kind = {"running": "canary.window", "promoted": "canary.promoted", "rolled_back": "canary.rolled_back",
             "inconclusive": "canary.inconclusive"}[after.status]
@@ -155,9 +179,11 @@ class Controller:
             if not C.due(state, now):
                 continue
             start, end = state.window_start, state.window_start + state.policy.interval_s
-            by = await window_outcomes(self.js, agent, start, end, (state.baseline, state.candidate))
-            cand = C.window_stats(by[state.candidate])
-            base = C.window_stats(by[state.baseline])
+            labels = (state.baseline, state.candidate)
+            by = await window_outcomes(self.js, agent, start, end, labels)
+            scores = await window_scores(self.js, agent, start, end, labels)  # empty unless evaluators run
+            cand = C.window_stats(by[state.candidate], scores[state.candidate])
+            base = C.window_stats(by[state.baseline], scores[state.baseline])
             if state.weight_at(start) >= 100.0:
                 base = C.reference(state, base)
             verdict, why = C.judge(base, cand, state.policy)
