@@ -137,3 +137,32 @@ async def test_unsampled_results_are_not_scored(nats_server: EmbeddedNats, clien
     finally:
         await online.stop()
         await rt.stop()
+
+
+async def test_the_dashboard_shows_online_scores_feedback_and_drift_per_version(nats_server) -> None:  # type: ignore[no-untyped-def]
+    import time as _time
+
+    from agentstream.contracts import codec, subjects
+    from agentstream.contracts.events import DriftDetected, EvaluationScored, FeedbackSubmitted
+    from agentstream.runtime.interfaces.client import AgentClient
+    from agentstream.runtime.interfaces.dashboard import evaluation_state
+
+    client = await AgentClient.connect(nats_server.url)
+    try:
+        now = _time.time()
+        for i, (v, g, judge, safe) in enumerate([("v1", 0.8, 1.0, True), ("v1", 0.6, None, True), ("v2", 0.2, 0.0, False)]):
+            await client.js.publish(subjects.eval_scores("support", f"t{i}"), codec.encode(EvaluationScored(
+                task_id=f"t{i}", agent="support", agent_version=v, evaluator="e", status="completed", groundedness=g,
+                safety=safe, latency_s=0.1, tokens=1, cost_usd=0.0, at=now, judge=judge)))
+        await client.js.publish(subjects.eval_feedback("support", "t0"), codec.encode(
+            FeedbackSubmitted(task_id="t0", agent="support", rating="down", at=now)))
+        await client.js.publish(subjects.eval_drift("support"), codec.encode(DriftDetected(
+            agent="support", metric="groundedness", baseline_mean=0.8, window_mean=0.4, diff_low=-0.5, diff_high=-0.3,
+            threshold=0.1, baseline_size=50, window_size=50, at=now)))
+        state = await evaluation_state(client.js, 3600)
+        rows = {r["version"]: r for r in state["versions"]}
+        assert (rows["v1"]["scored"], round(rows["v1"]["groundedness"], 2), rows["v1"]["judge"]) == (2, 0.7, 1.0)
+        assert (rows["v2"]["unsafe"], rows["v2"]["thumbs_down"]) == (1, 1)
+        assert [d["metric"] for d in state["drift"]] == ["groundedness"]
+    finally:
+        await client.close()

@@ -196,6 +196,58 @@ async def api_live(request: web.Request) -> web.Response:
     return _json(await live_state(request.app[JS_GETTER_KEY]()))
 
 
+async def evaluation_state(js: JetStreamContext, since_s: float) -> dict[str, Any]:
+    """Online evaluation in the window: per agent and version, the tasks the
+    evaluators scored, their mean groundedness and judge score, unsafe answers,
+    drift alarms, and users' thumbs up and down (stream EVALS)."""
+    from agentstream.contracts import codec
+    from agentstream.contracts.events import DriftDetected, EvaluationScored, FeedbackSubmitted
+    from agentstream.runtime.adapters.scan import scan
+
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    feedback: dict[str, dict[str, int]] = {}
+    drift: list[dict[str, Any]] = []
+    for raw in await scan(js, "EVALS", "evals.>", start_time=time.time() - since_s):
+        try:
+            ev = codec.any_event.decode(raw.data)
+        except Exception:  # noqa: BLE001 - a foreign message is not ours to show
+            continue
+        if isinstance(ev, EvaluationScored):
+            r = rows.setdefault((ev.agent, ev.agent_version), {"agent": ev.agent, "version": ev.agent_version,
+                                                               "scored": 0, "groundedness": 0.0, "judged": 0,
+                                                               "judge": 0.0, "unsafe": 0, "failed": 0})
+            r["scored"] += 1
+            r["groundedness"] += ev.groundedness
+            r["unsafe"] += not ev.safety
+            r["failed"] += ev.status != "completed"
+            if ev.judge is not None:
+                r["judged"] += 1
+                r["judge"] += ev.judge
+        elif isinstance(ev, FeedbackSubmitted):
+            f = feedback.setdefault(ev.agent, {"up": 0, "down": 0})
+            f[ev.rating] += 1
+        elif isinstance(ev, DriftDetected):
+            drift.append({"agent": ev.agent, "metric": ev.metric, "baseline": ev.baseline_mean,
+                          "window": ev.window_mean, "at": ev.at})
+    out = []
+    for r in sorted(rows.values(), key=lambda r: (r["agent"], r["version"])):
+        r["groundedness"] = r["groundedness"] / r["scored"] if r["scored"] else None
+        r["judge"] = r["judge"] / r["judged"] if r["judged"] else None
+        fb = feedback.get(r["agent"], {"up": 0, "down": 0})
+        r["thumbs_up"], r["thumbs_down"] = fb["up"], fb["down"]
+        out.append(r)
+    return {"versions": out, "drift": drift[-20:], "feedback": feedback}
+
+
+async def api_evals(request: web.Request) -> web.Response:
+    raw = request.query.get("since", "1h")
+    try:
+        since = views.parse_duration(raw)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    return _json(await evaluation_state(request.app[JS_GETTER_KEY](), min(since, MAX_SINCE_S)))
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -221,6 +273,7 @@ def add_dashboard_routes(app: web.Application, js_getter: JsGetter) -> None:
     app.router.add_get("/api/traces/{task_id}", _guarded(api_trace))
     app.router.add_get("/api/lag", _guarded(api_lag))
     app.router.add_get("/api/rollout", _guarded(api_rollout))
+    app.router.add_get("/api/evals", _guarded(api_evals))
     app.router.add_get("/api/live", _guarded(api_live))
 
 
