@@ -84,8 +84,10 @@ def test_a_batch_says_its_process_once_and_readers_fill_it_in(recs: list[SpanRec
     assert all(b'"service"' not in data and b'"worker"' not in data for _, data in encoded)
     got = [s for _, payload, _ in _batches(encoded, 1 << 20, batch_head(service, worker))
            for s in decode_spans(payload)]
-    assert sorted(got, key=lambda s: s.span_id) == sorted(
-        (msgspec.structs.replace(r, service=service, worker=worker) for r in bare), key=lambda s: s.span_id)
+    # Span ids are unique within a trace, not across traces: compare by both.
+    assert sorted(got, key=lambda s: (s.trace_id, s.span_id)) == sorted(
+        (msgspec.structs.replace(r, service=service, worker=worker) for r in bare),
+        key=lambda s: (s.trace_id, s.span_id))
     # A record that names another process keeps its own.
     other = msgspec.structs.replace(recs[0], service="elsewhere", worker="w-2")
     [(_, payload, _)] = _batches([(other.trace_id, encode(other))], 1 << 20, batch_head(service, worker))

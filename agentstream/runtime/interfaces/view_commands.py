@@ -13,7 +13,6 @@ from agentstream.runtime.config.auth import nats_auth
 from agentstream.runtime.config.settings import Settings, broker_url
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.observability.views import (
-    WATERFALL_WIDTH,
     load_stats,
     load_task_trace,
     parse_duration,
@@ -21,6 +20,7 @@ from agentstream.runtime.observability.views import (
     render_waterfall,
     stats_json,
 )
+from agentstream.runtime.observability.waterfall import WATERFALL_WIDTH
 
 
 def _since_arg(text: str) -> float:

@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentstream.contracts import subjects
 from agentstream.contracts.events import (
     TaskFailed,
     TaskResult,
 )
-from agentstream.contracts.telemetry import SpanRecord, span_subject
+from agentstream.contracts.telemetry import SpanRecord
 from agentstream.runtime.observability.waterfall import (
     PRICES_HINT,
     _attr,
@@ -31,17 +30,6 @@ from agentstream.runtime.observability.waterfall import (
     is_error,
     is_unpriced,
 )
-
-EVENTS_STREAM = "EVENTS"
-ALL_SPANS = span_subject("*")  # telemetry.spans.*
-ALL_RESULTS = subjects.any_results("*")  # agents.*.results.*
-
-TRACE_LOOKBACK_S = 300.0  # scan spans from this long before the task started (clock skew, batching)
-WATERFALL_WIDTH = 48
-SYNTHETIC = "agentstream.synthetic"  # attribute on spans rebuilt from task events
-
-_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-
 
 # =========================================================================== stats
 

@@ -20,7 +20,6 @@ That is fine for demo- and small-production-size data; an index is the next step
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from collections import defaultdict
@@ -57,8 +56,15 @@ from agentstream.runtime.observability.task_stats import (  # re-exported: views
     stats_json,
     time_series,
 )
-from agentstream.runtime.observability.waterfall import (  # re-exported, as above
+from agentstream.runtime.observability.waterfall import (
+    _TRACE_ID,
+    ALL_RESULTS,
+    ALL_SPANS,
+    EVENTS_STREAM,
+    # re-exported, as above
     PRICES_HINT,
+    SYNTHETIC,
+    TRACE_LOOKBACK_S,
     _op,
     _task_of,
     error_type,
@@ -69,17 +75,6 @@ from agentstream.runtime.observability.waterfall import (  # re-exported, as abo
     span_note,
     tree_order,
 )
-
-EVENTS_STREAM = "EVENTS"
-ALL_SPANS = span_subject("*")  # telemetry.spans.*
-ALL_RESULTS = subjects.any_results("*")  # agents.*.results.*
-
-TRACE_LOOKBACK_S = 300.0  # scan spans from this long before the task started (clock skew, batching)
-WATERFALL_WIDTH = 48
-SYNTHETIC = "agentstream.synthetic"  # attribute on spans rebuilt from task events
-
-_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-
 
 # =========================================================================== data access
 
