@@ -51,8 +51,11 @@ async def test_a_failed_span_is_kept_when_its_trace_is_not_sampled() -> None:
     assert kept.attributes["error.type"] == "RuntimeError"
 
 
-async def _run_echo(nats_url: str, tmp_path: Path, env: dict[str, str], n: int) -> list[str]:
-    """Names of the spans stored after ``n`` echo tasks under ``env``."""
+async def _run_echo(nats_url: str, tmp_path: Path, env: dict[str, str], n: int, *, expect: int = 0) -> list[str]:
+    """Names of the spans stored after ``n`` echo tasks under ``env``, once at
+    least ``expect`` are stored (bounded): a task's invoke_agent span is
+    recorded just after its result is published, so the client can see the
+    result before the span exists."""
     rt = _echo_runtime(nats_url, tmp_path, "rt-sample", {"OTEL_METRICS_EXPORTER": "none", **env})
     await rt.start()
     try:
@@ -61,9 +64,14 @@ async def _run_echo(nats_url: str, tmp_path: Path, env: dict[str, str], n: int) 
         for i in range(n):
             tid = await client.submit("echo", f"hello {i}")
             assert isinstance(await client.result(tid, timeout=RESULT_TIMEOUT_S), TaskCompleted)
-        await rt.telemetry.force_flush()
-        await asyncio.wait_for(rt.nc.flush(), timeout=10)
-        return sorted(s.name for s in await read_spans(rt.js))
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            await rt.telemetry.force_flush()
+            await asyncio.wait_for(rt.nc.flush(), timeout=10)
+            names = sorted(s.name for s in await read_spans(rt.js))
+            if len(names) >= expect or asyncio.get_running_loop().time() > deadline:
+                return names
+            await asyncio.sleep(0.1)
     finally:
         await rt.stop()
 
@@ -72,5 +80,5 @@ async def test_sampled_out_tasks_leave_nothing_but_slow_ones_keep_their_root(nat
     assert await _run_echo(nats_url, tmp_path / "a", {"OTEL_TRACES_SAMPLER": "always_off"}, 2) == []
     # Every task counts as slow: each keeps its root span (duration, outcome), nothing else.
     names = await _run_echo(nats_url, tmp_path / "b", {"OTEL_TRACES_SAMPLER": "always_off",
-                                                       "AGENTSTREAM_TRACE_SLOW_S": "0"}, 2)
+                                                       "AGENTSTREAM_TRACE_SLOW_S": "0"}, 2, expect=2)
     assert names == ["invoke_agent echo"] * 2
