@@ -143,8 +143,6 @@ class _Acc:
                           output_tokens=self.tout, durations=tuple(self.durations))
 
 
-
-
 def compute_stats(spans: Sequence[SpanRecord], results: Sequence[TaskResult], *,
                   since_s: float | None = None) -> Stats:
     """Latency percentiles, error rates and cost per agent, tool and model.
@@ -354,8 +352,6 @@ def time_series(results: Sequence[TaskResult], since_s: float, *, now: float | N
     for row in rows:
         row["error_rate"] = row["failed"] / row["tasks"] if row["tasks"] else 0.0
     return rows
-
-
 
 
 # =========================================================================== CLI glue
