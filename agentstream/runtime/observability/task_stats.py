@@ -5,7 +5,6 @@ terminal and JSON renderings."""
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from agentstream.contracts.events import (
     TaskResult,
 )
 from agentstream.contracts.telemetry import SpanRecord
+from agentstream.runtime.config.settings import parse_duration as _parse_seconds
 from agentstream.runtime.observability.waterfall import (
     PRICES_HINT,
     _attr,
@@ -141,8 +141,6 @@ class _Acc:
         return GroupStats(name=name, count=len(self.durations), errors=self.errors,
                           latency=Latency.of(self.durations), cost_usd=self.cost, input_tokens=self.tin,
                           output_tokens=self.tout, durations=tuple(self.durations))
-
-
 
 
 def compute_stats(spans: Sequence[SpanRecord], results: Sequence[TaskResult], *,
@@ -356,20 +354,13 @@ def time_series(results: Sequence[TaskResult], since_s: float, *, now: float | N
     return rows
 
 
-
-
 # =========================================================================== CLI glue
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.I)
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
 def parse_duration(text: str) -> float:
-    """``30s``, ``15m``, ``1h``, ``2d`` (or bare seconds) -> seconds. ValueError otherwise."""
-    m = _DURATION.match(text or "")
-    if not m:
-        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 15m, 1h or 2d")
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    """``30s``, ``15m``, ``1h``, ``2d`` (or bare seconds) -> seconds, more than zero. ValueError otherwise.
+
+    The syntax is the settings' one; a look-back window must also be positive."""
+    value = _parse_seconds(text)
     if value <= 0 or not math.isfinite(value):
         raise ValueError(f"invalid duration {text!r}: must be more than zero")
     return value

@@ -145,8 +145,6 @@ async def load_result(js: JetStreamContext, task_id: str) -> TaskResult | None:
         return None
 
 
-
-
 def _by_start(spans: Iterable[SpanRecord]) -> list[SpanRecord]:
     return sorted(spans, key=lambda s: (s.start, s.end))
 
