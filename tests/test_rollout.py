@@ -396,14 +396,27 @@ def fast_canary(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(C, "PROPAGATION_S", 1.5)
 
 
-async def test_a_canary_whose_prompt_breaks_tool_use_is_rolled_back(broker: EmbeddedNats, fast_canary: None) -> None:
-    prod = await _runtime(broker.url)
-    cand = Runtime(settings=_settings(broker.url), app=rollout_app.app, agents=["shop"], version="broken", canary=True)
+@contextlib.asynccontextmanager
+async def _canary_run(url: str, version: str, prefix: str) -> AsyncIterator[tuple[Runtime, Runtime, AgentClient,
+                                                                                  C.CanaryState, list[str]]]:
+    """Production v1 plus a canary candidate ``version`` over two steps (50%, 100%),
+    driven to a verdict; yields (prod, cand, client, final state, task ids)."""
+    prod = await _runtime(url)
+    cand = Runtime(settings=_settings(url), app=rollout_app.app, agents=["shop"], version=version, canary=True)
     await cand.start()
-    client = await AgentClient.connect(broker.url)
+    client = await AgentClient.connect(url)
     try:
-        await _canary_setup(broker.url, "broken", C.CanaryPolicy(steps=(50.0, 100.0), interval_s=2.0, min_samples=3))
-        state, ids = await _drive_canary(broker.url, client, prefix="rb", timeout=60)
+        await _canary_setup(url, version, C.CanaryPolicy(steps=(50.0, 100.0), interval_s=2.0, min_samples=3))
+        state, ids = await _drive_canary(url, client, prefix=prefix, timeout=60)
+        yield prod, cand, client, state, ids
+    finally:
+        await client.close()
+        await cand.stop()
+        await prod.stop()
+
+
+async def test_a_canary_whose_prompt_breaks_tool_use_is_rolled_back(broker: EmbeddedNats, fast_canary: None) -> None:
+    async with _canary_run(broker.url, "broken", "rb") as (prod, cand, client, state, ids):
         assert state.status == "rolled_back", state
         assert "error rate" in state.note
         results = await asyncio.gather(*(client.result(t, timeout=WAIT_S) for t in ids))
@@ -418,20 +431,10 @@ async def test_a_canary_whose_prompt_breaks_tool_use_is_rolled_back(broker: Embe
         await asyncio.sleep(C.PROPAGATION_S)  # the rollback's own, documented, propagation delay
         later = [await client.submit("shop", "buy tea for 1", conversation_id=f"after-{i}") for i in range(20)]
         assert {r.agent_version for r in await asyncio.gather(*(client.result(t, timeout=WAIT_S) for t in later))} == {"v1"}
-    finally:
-        await client.close()
-        await cand.stop()
-        await prod.stop()
 
 
 async def test_a_good_canary_is_promoted(broker: EmbeddedNats, fast_canary: None) -> None:
-    prod = await _runtime(broker.url)
-    cand = Runtime(settings=_settings(broker.url), app=rollout_app.app, agents=["shop"], version="v1b", canary=True)
-    await cand.start()
-    client = await AgentClient.connect(broker.url)
-    try:
-        await _canary_setup(broker.url, "v1b", C.CanaryPolicy(steps=(50.0, 100.0), interval_s=2.0, min_samples=3))
-        state, ids = await _drive_canary(broker.url, client, prefix="pr", timeout=60)
+    async with _canary_run(broker.url, "v1b", "pr") as (_prod, _cand, client, state, ids):
         assert state.status == "promoted", state
         assert [w.verdict for w in state.windows] == ["pass", "pass"]
         results = await asyncio.gather(*(client.result(t, timeout=WAIT_S) for t in ids))
@@ -440,10 +443,6 @@ async def test_a_good_canary_is_promoted(broker: EmbeddedNats, fast_canary: None
         audit = await client.js.stream_info("AUDIT", subjects_filter="audit.canary_>")
         kinds = set((audit.state.subjects or {}).keys())
         assert {"audit.canary_step.shop", "audit.canary_promoted.shop"} <= kinds
-    finally:
-        await client.close()
-        await cand.stop()
-        await prod.stop()
 
 
 async def test_a_canary_with_no_traffic_is_inconclusive_not_a_pass(broker: EmbeddedNats, fast_canary: None) -> None:

@@ -96,17 +96,25 @@ async def ensure_candidate_consumers(js: JetStreamContext, agent: str, label: st
         await js.add_consumer(stream, config=cfg)
 
 
+async def _window_events(js: JetStreamContext, stream: str, subject: str, start: float, end: float) -> list[object]:
+    """The events stored on ``stream`` under ``subject`` in [start, end), decoded;
+    a message that does not decode (a foreign one) is skipped."""
+    events: list[object] = []
+    for raw in await scan(js, stream, subject, start_time=start):
+        if raw.time >= end:
+            break
+        try:
+            events.append(codec.any_event.decode(raw.data))
+        except Exception:  # noqa: BLE001 - a foreign message is not an event
+            continue
+    return events
+
+
 async def window_outcomes(js: JetStreamContext, agent: str, start: float, end: float,
                           labels: Iterable[str]) -> dict[str, list[tuple[bool, str, float, float]]]:
     """(failed, reason, latency, cost) of every result stored in [start, end), by version label."""
     out: dict[str, list[tuple[bool, str, float, float]]] = {label: [] for label in labels}
-    for raw in await scan(js, "RESULTS", subjects.results(agent, "*"), start_time=start):
-        if raw.time >= end:
-            break
-        try:
-            ev = codec.any_event.decode(raw.data)
-        except Exception:  # noqa: BLE001 - a foreign message is not a result
-            continue
+    for ev in await _window_events(js, "RESULTS", subjects.results(agent, "*"), start, end):
         if isinstance(ev, (TaskCompleted, TaskFailed)) and ev.agent_version in out:
             failed = isinstance(ev, TaskFailed)
             out[ev.agent_version].append((failed, ev.reason if failed else "",  # type: ignore[union-attr]
@@ -126,13 +134,7 @@ async def window_scores(js: JetStreamContext, agent: str, start: float, end: flo
                         labels: Iterable[str]) -> dict[str, list[float]]:
     """Online evaluators' scores (stream EVALS) of tasks scored in [start, end), by version label."""
     out: dict[str, list[float]] = {label: [] for label in labels}
-    for raw in await scan(js, "EVALS", subjects.eval_scores(agent, "*"), start_time=start):
-        if raw.time >= end:
-            break
-        try:
-            ev = codec.any_event.decode(raw.data)
-        except Exception:  # noqa: BLE001 - a foreign message is not a score
-            continue
+    for ev in await _window_events(js, "EVALS", subjects.eval_scores(agent, "*"), start, end):
         if isinstance(ev, EvaluationScored) and ev.agent_version in out:
             out[ev.agent_version].append(score_of(ev))
     return out
