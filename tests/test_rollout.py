@@ -439,7 +439,6 @@ async def test_a_good_canary_is_promoted(broker: EmbeddedNats, fast_canary: None
         assert [w.verdict for w in state.windows] == ["pass", "pass"]
         results = await asyncio.gather(*(client.result(t, timeout=WAIT_S) for t in ids))
         assert all(isinstance(r, TaskCompleted) for r in results)
-        assert rollout_app.app.get_version("shop", "v1b")  # and the audit trail says so
         audit = await client.js.stream_info("AUDIT", subjects_filter="audit.canary_>")
         kinds = set((audit.state.subjects or {}).keys())
         assert {"audit.canary_step.shop", "audit.canary_promoted.shop"} <= kinds
