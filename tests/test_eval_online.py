@@ -58,13 +58,20 @@ async def _last(client: AgentClient, subject: str) -> bytes | None:
         return None
 
 
-async def test_online_evaluator_scores_results_and_counts_feedback(nats_server: EmbeddedNats, client: AgentClient,
-                                                                   tmp_path: Path) -> None:
+async def _start_runtime_and_evaluator(nats_server: EmbeddedNats, client: AgentClient, tmp_path: Path, *,
+                                       sample_rate: float) -> tuple[Runtime, OnlineEvaluation]:
+    """A started support runtime and a started online evaluator for it."""
     settings = dataclasses.replace(Settings.from_env({}), nats_url=nats_server.url, data_dir=tmp_path / "data")
     rt = Runtime.from_settings(settings, agents=["support"], tools="all")
     await rt.start()
-    online = OnlineEvaluation(client.js, OnlineEvaluator(sample_rate=1.0), agent="support", ack_wait_s=2)
+    online = OnlineEvaluation(client.js, OnlineEvaluator(sample_rate=sample_rate), agent="support", ack_wait_s=2)
     await online.start()
+    return rt, online
+
+
+async def test_online_evaluator_scores_results_and_counts_feedback(nats_server: EmbeddedNats, client: AgentClient,
+                                                                   tmp_path: Path) -> None:
+    rt, online = await _start_runtime_and_evaluator(nats_server, client, tmp_path, sample_rate=1.0)
     server = HttpServer(client)
     await server.start("127.0.0.1", 0)
     try:
@@ -120,11 +127,7 @@ async def _deadletters(client: AgentClient) -> int:
 
 async def test_unsampled_results_are_not_scored(nats_server: EmbeddedNats, client: AgentClient,
                                                 tmp_path: Path) -> None:
-    settings = dataclasses.replace(Settings.from_env({}), nats_url=nats_server.url, data_dir=tmp_path / "data")
-    rt = Runtime.from_settings(settings, agents=["support"], tools="all")
-    await rt.start()
-    online = OnlineEvaluation(client.js, OnlineEvaluator(sample_rate=0.0), agent="support", ack_wait_s=2)
-    await online.start()
+    rt, online = await _start_runtime_and_evaluator(nats_server, client, tmp_path, sample_rate=0.0)
     try:
         task_id = await client.submit("support", "What are your opening hours?")
         await client.result(task_id, timeout=20)

@@ -16,7 +16,6 @@ import msgspec
 from agentstream.runtime.core.errors import ConfigError
 from agentstream.runtime.evaluation.results import EvalRun, decode_run, encode_run
 
-DEFAULT_DIR = Path(".agentstream") / "baselines"
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 
 

@@ -26,9 +26,6 @@ from agentstream.runtime.evaluation.scoring import TaskEvidence, score_outcome
 
 EVALUATOR_VERSION = "online-v1"
 
-# Scores watched for drift, as floats in [0, 1] (safety as 0/1).
-DRIFT_METRICS = ("groundedness", "safety", "success", "feedback")
-
 
 def sampled(task_id: str, rate: float, seed: int = 0) -> bool:
     """Deterministic sampling: the task id's hash against the rate."""

@@ -190,11 +190,5 @@ def decode_run(raw: bytes | str) -> EvalRun:
     return msgspec.json.decode(raw, type=EvalRun)
 
 
-def run_cost_ratio(candidate: Summary, baseline: Summary) -> float | None:
-    if baseline.cost_per_case_usd <= 0:
-        return None
-    return candidate.cost_per_case_usd / baseline.cost_per_case_usd
-
-
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")

@@ -24,6 +24,7 @@ from agentstream.runtime.memory.index import (
     IndexRecord,
     Sparse,
     Where,
+    filter_terms,
 )
 
 _ERRORS: tuple[type[BaseException], ...] = (ApiException, UnexpectedResponse, ValueError, ConnectionError,
@@ -66,13 +67,11 @@ class QdrantClientIndex:
 
     @staticmethod
     def _filter(tenant: str, where: Where) -> models.Filter:
-        must: list[Any] = [models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=tenant))]
-        must += [models.FieldCondition(key=k, match=models.MatchValue(value=v)) for k, v in where.equals.items()]
-        if where.valid_only:
-            must.append(models.FieldCondition(key="state", match=models.MatchValue(value="current")))
-        if where.any_of:
+        all_of, any_of = filter_terms(tenant, where)
+        must: list[Any] = [models.FieldCondition(key=k, match=models.MatchValue(value=v)) for k, v in all_of]
+        if any_of:
             must.append(models.Filter(should=[models.FieldCondition(key=k, match=models.MatchValue(value=v))
-                                              for k, v in where.any_of]))
+                                              for k, v in any_of]))
         return models.Filter(must=must)
 
     async def upsert(self, tenant: str, points: Sequence[IndexPoint]) -> None:

@@ -118,12 +118,7 @@ def extractive_summary(previous: str, turns: Sequence[Turn], max_tokens: int) ->
     (recent detail is worth more than old)."""
     lines = [previous] if previous else []
     lines += [f"- user: {first_sentence(t.user)} / assistant: {first_sentence(t.assistant)}" for t in turns]
-    while len(lines) > 1 and estimate_text("\n".join(lines)) > max_tokens:
-        lines.pop(0)
-    text = "\n".join(lines)
-    while estimate_text(text) > max_tokens and len(text) > 16:
-        text = "…" + text[len(text) // 4:]
-    return text
+    return _trim_lines(lines, max_tokens)
 
 
 def summary_prompt(previous: str, turns: Sequence[Turn], max_tokens: int) -> tuple[Message, ...]:
@@ -231,7 +226,12 @@ def assemble(*, system: Message, tools: Sequence[ToolSpec], current: Sequence[Me
 
 
 def _trim_front(text: str, max_tokens: int) -> str:
-    lines = text.split("\n")
+    return _trim_lines(text.split("\n"), max_tokens)
+
+
+def _trim_lines(lines: list[str], max_tokens: int) -> str:
+    """Drop whole lines from the front, then cut characters from the front,
+    until the joined text fits ``max_tokens``."""
     while len(lines) > 1 and estimate_text("\n".join(lines)) > max_tokens:
         lines.pop(0)
     text = "\n".join(lines)

@@ -23,6 +23,7 @@ from agentstream.runtime.memory.index import (
     IndexRecord,
     Sparse,
     Where,
+    filter_terms,
 )
 
 
@@ -62,12 +63,10 @@ class EdgeIndex:
 
     @staticmethod
     def _filter(tenant: str, where: Where) -> qe.Filter:
-        must: list[Any] = [qe.FieldCondition(TENANT_FIELD, match=qe.MatchValue(tenant))]
-        must += [qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in where.equals.items()]
-        if where.valid_only:
-            must.append(qe.FieldCondition("state", match=qe.MatchValue("current")))
-        if where.any_of:
-            must.append(qe.Filter(should=[qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in where.any_of]))
+        all_of, any_of = filter_terms(tenant, where)
+        must: list[Any] = [qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in all_of]
+        if any_of:
+            must.append(qe.Filter(should=[qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in any_of]))
         return qe.Filter(must=must)
 
     async def upsert(self, tenant: str, points: Sequence[IndexPoint]) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,15 +121,6 @@ def cap_per_source(hits: Sequence[MemoryHit], per_source: int, limit: int) -> li
         if len(out) >= limit:
             break
     return out
-
-
-def rrf(rankings: Iterable[Sequence[str]], k: int = 60) -> dict[str, float]:
-    """Reciprocal rank fusion of several best-first id lists."""
-    scores: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, ident in enumerate(ranking):
-            scores[ident] = scores.get(ident, 0.0) + 1.0 / (k + rank + 1)
-    return scores
 
 
 # ----------------------------------------------------------------- acting on memory

@@ -49,6 +49,16 @@ class Where(msgspec.Struct, frozen=True, kw_only=True):
     valid_only: bool = True
 
 
+def filter_terms(tenant: str, where: Where) -> tuple[list[tuple[str, str]], tuple[tuple[str, str], ...]]:
+    """The store-neutral form of a tenant's ``where``: the (field, value) pairs
+    every match must have, and the pairs of which at least one must hold
+    (empty: no such clause). Each index adapter turns them into its filter type."""
+    must = [(TENANT_FIELD, tenant), *where.equals.items()]
+    if where.valid_only:
+        must.append(("state", "current"))
+    return must, where.any_of
+
+
 class VectorIndex(Protocol):
     """Raises :class:`agentstream.runtime.memory.errors.IndexFailure` on store failures."""
 
