@@ -33,6 +33,14 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
+    # Strategy (docs/planning.md): "react" (think, call tools, repeat), "plan"
+    # (one planner turn emits a typed DAG, the steps run, a solver turn
+    # answers) or "routed" (per task, the router picks one of the two from
+    # cheap features of the input; its threshold is calibrated with
+    # `agentstream eval calibrate-router`, not guessed).
+    strategy: Literal["react", "plan", "routed"] = "react"
+    max_replans: int = 2  # planner turns after the first (invalid plan, failed step) before falling back to ReAct
+    router_threshold: float = 2.5  # complexity at or above which "routed" plans first
     # Human in the loop.
     approval_timeout_s: float = 3600.0
     on_approval_timeout: Literal["deny", "escalate"] = "deny"

@@ -17,10 +17,8 @@ import msgspec
 from agentstream.runtime.core.spec import AgentSpec
 
 HASH_CHARS = 12
-STRATEGY = "react"  # the only strategy of the core today; plan-first and routed will change it
 
-
-def fingerprint(spec: AgentSpec, model: str, *, strategy: str = STRATEGY) -> str:
+def fingerprint(spec: AgentSpec, model: str) -> str:
     """A short, stable hash of everything about ``spec`` that changes answers.
 
     The name and the human label are left out (renaming is not a behaviour
@@ -29,6 +27,6 @@ def fingerprint(spec: AgentSpec, model: str, *, strategy: str = STRATEGY) -> str
     Canonical JSON (sorted keys) keeps the hash independent of dict order.
     """
     behaviour = msgspec.structs.asdict(msgspec.structs.replace(spec, name="", version=""))
-    doc = {"spec": behaviour, "model": model, "strategy": strategy}
+    doc = {"spec": behaviour, "model": model}  # the strategy and its limits are spec fields
     raw = msgspec.json.encode(msgspec.to_builtins(doc, order="sorted"))
     return hashlib.sha256(raw).hexdigest()[:HASH_CHARS]
