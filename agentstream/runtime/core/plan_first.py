@@ -33,6 +33,7 @@ from agentstream.contracts.events import (
     PlanStepShown,
     ToolCall,
     ToolCallCompleted,
+    ToolCallDispatched,
     ToolError,
     ToolSpec,
 )
@@ -373,6 +374,7 @@ def _advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -
     counts = dict(state.call_counts)
     total = state.tool_calls_total
     dispatched: list[str] = []
+    dispatched_calls: list[ToolCall] = []
     unresolved: list[str] = []
     approval_deadline = ctx.now + ctx.spec.approval_timeout_s
     asked = False
@@ -395,6 +397,7 @@ def _advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -
                                   at=ctx.now))
             total += 1
             dispatched.append(s.id)
+            dispatched_calls.append(ToolCall(id=cid, name=s.tool, arguments=_dumps(args)))
             if ctx.needs_approval is not None and ctx.needs_approval(s.tool, args):
                 if p.approval_seq and covers(plan, s.id, s.tool, args, p.outputs):
                     pending.append(PendingCall(call_id=cid, tool=s.tool, arguments=args, approval="approved",
@@ -416,6 +419,11 @@ def _advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -
     state = msgspec.structs.replace(state, pending=tuple(pending), planning=planning, tool_calls_total=total,
                                     call_counts=counts, updated_at=ctx.now)
     if dispatched:
+        # The same notice a ReAct turn's calls get (evaluation reads the calls'
+        # arguments from it), and the plan's own, naming the steps.
+        cmds.append(PublishProgress(event=ToolCallDispatched(
+            task_id=task.task_id, agent=task.agent, step=state.step, calls=tuple(dispatched_calls), at=ctx.now,
+            agent_version=state.agent_version, version_hash=ctx.version_hash)))
         cmds.append(_progress(state, ctx, "dispatched", tuple(dispatched)))
     if unresolved:
         cmds.append(_progress(state, ctx, "failed", tuple(unresolved), "a pointer did not resolve"))

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import logging
 import random
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -81,6 +82,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentstream.engine")
 
+# A plan step's call id (core.plan_first.call_id): p<attempt>-<step id>.
+_PLAN_CALL = re.compile(r"p\d+-[A-Za-z0-9_-]+")
 ProgressNotice = ModelTurnCompleted | ToolCallDispatched | PlanProposed | PlanProgress | RouteDecided
 
 MAX_CAS_RETRIES = 50
@@ -561,6 +564,10 @@ def progress_msg_id(task_id: str, ev: ProgressNotice) -> str:
         case ModelTurnCompleted():
             return f"{task_id}:{ev.step}:turn"
         case ToolCallDispatched():
+            if ev.calls and all(_PLAN_CALL.fullmatch(c.id) for c in ev.calls):
+                # A plan dispatches several waves in one model turn: one notice each.
+                ids = hashlib.sha256(",".join(c.id for c in ev.calls).encode()).hexdigest()[:16]
+                return f"{task_id}:{ev.step}:dispatch:{ids}"
             return f"{task_id}:{ev.step}:dispatch"
         case PlanProposed():
             return f"{task_id}:plan:{ev.attempt}:proposed"
