@@ -43,6 +43,7 @@ from agentstream.runtime.core.state import (
     PublishProgress,
     PublishResult,
     PublishToolCall,
+    RecordApproval,
     SessionState,
     decode_state,
     encode_state,
@@ -506,3 +507,28 @@ def decision_for_call(s: SessionState, call_id: str, *, approver: str, approved:
     return ApprovalDecided(approval_id=pend.approval_id, task_id=TASK, agent="support", step=s.step,
                            call_id=call_id, approved=approved, approver=approver, tool=pend.tool,
                            arguments_digest=codec.arguments_digest(pend.arguments))
+
+
+def test_a_failed_step_cancels_the_approvals_its_plan_still_waits_for() -> None:
+    c = ctx(needs_approval=refunds_need_approval, approvers_for=lambda t: ("bob",))
+    # one gated step among ungated ones; bob may approve it, so the plan asks as a whole
+    s, _ = go(None, task(), c)
+    s, d = go(s, planner(1, {"id": "a", "tool": "lookup_order", "args": {"order_id": 1}},
+                         {"id": "r", "tool": "refund", "args": {"order_id": 1, "amount": 1}}), c)
+    assert [x.request.call_id for x in d.commands if isinstance(x, PublishApproval)] == ["plan-1"]
+    # without a plan-level approval (nobody may approve it all), the step asks on its own ...
+    c2 = ctx(needs_approval=lambda t, a: t in ("refund", "shipping_status"),
+             approvers_for=lambda t: ("bob",) if t == "refund" else ("carol",))
+    s, _ = go(None, task(), c2)
+    s, d = go(s, planner(1, {"id": "a", "tool": "lookup_order", "args": {"order_id": 1}},
+                         {"id": "s", "tool": "shipping_status", "args": {"order_id": 1}},
+                         {"id": "r", "tool": "refund", "args": {"order_id": 1, "amount": 1}}), c2)
+    assert sorted(x.request.call_id for x in d.commands if isinstance(x, PublishApproval)) == ["p1-r", "p1-s"]
+    # ... and when another step fails, nobody is asked any longer: the planner hears it at once
+    s, d = go(s, result(s, "p1-a", ok=False, error=ToolError(kind="execution_error", message="down")), c2)
+    cancelled = [x for x in d.commands if isinstance(x, RecordApproval)]
+    assert sorted(x.approval_id for x in cancelled) == [f"{TASK}-1-p1-r", f"{TASK}-1-p1-s"]
+    assert {x.status for x in cancelled} == {"cancelled"}
+    assert s.planning is not None and s.planning.phase == "planning"
+    reply = json.loads(s.messages[-1].content)
+    assert list(reply["failed"]) == ["a"] and reply["not_run"] == ["s", "r"]

@@ -431,6 +431,11 @@ def _advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -
         remaining = max(state.deadline_at - ctx.now, 0.0)
         state = msgspec.structs.replace(state, deadline_at=max(state.deadline_at, approval_deadline + remaining))
         cmds.append(SetDeadline(deadline_at=state.deadline_at))
+    if failed:
+        # The plan will be replanned: a step still waiting for a human is not
+        # asked about any longer (it would never run under this plan).
+        state, cancelled = _cancel_waiting(state)
+        cmds += cancelled
     settled = {r.call_id for r in state.results}
     if any(c.call_id not in settled for c in state.pending):
         return _emit_in_flight(state, ctx, tuple(cmds))
@@ -442,6 +447,20 @@ def _advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -
     # Unreachable for a validated plan (every step is ready once its
     # dependencies have outputs); a plan that cannot progress is replanned.
     return _replan(state, ctx, _failure_reply(state), "the plan cannot progress", tuple(cmds))
+
+
+def _cancel_waiting(state: SessionState) -> tuple[SessionState, list[AnyCommand]]:
+    waiting = [p for p in state.pending if p.approval == "pending"]
+    if not waiting:
+        return state, []
+    error = ToolError(kind="cancelled", message="not run: another step of the plan failed")
+    results = tuple(CallResult(call_id=p.call_id, tool=p.tool, ok=False, content=tool_error_content(error))
+                    for p in waiting)
+    pending = tuple(msgspec.structs.replace(p, approval="") if p.approval == "pending" else p for p in state.pending)
+    cmds: list[AnyCommand] = []
+    for p in waiting:
+        cmds += [ClearApprovalTimer(call_id=p.call_id), RecordApproval(approval_id=p.approval_id, status="cancelled")]
+    return msgspec.structs.replace(state, pending=pending, results=(*state.results, *results)), cmds
 
 
 def _inputs(p: Planning, step_id: str) -> dict[str, int]:
