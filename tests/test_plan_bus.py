@@ -33,6 +33,7 @@ from agentstream.contracts.events import (
     DeadLettered,
     PlanProgress,
     PlanProposed,
+    RouteDecided,
     TaskCompleted,
     TaskEvent,
     ToolCallCompleted,
@@ -121,7 +122,7 @@ async def desk(nats_server: EmbeddedNats, role_auth: Callable[[Role], NatsAuth],
     monkeypatch.setenv("PLAN_APP_LOG", str(log))
     settings = dataclasses.replace(Settings.from_env({}), nats_url=nats_server.plain_url, data_dir=tmp_path,
                                    app="plan_app:app")
-    rt = Runtime(settings=settings, app=load_app("plan_app:app"), agents=[AGENT], tools="all")
+    rt = Runtime(settings=settings, app=load_app("plan_app:app"), agents=[AGENT, "router"], tools="all")
     await asyncio.wait_for(rt.start(), timeout=30)
     url = nats_server.plain_url
     admin = await AgentClient.connect(nats_server.url, provision=False, telemetry=False)
@@ -323,3 +324,18 @@ async def test_the_http_api_lists_and_approves_a_plan(desk: Desk) -> None:
     finally:
         await api.stop()
         await gateway.close()
+
+
+async def test_each_routing_decision_is_an_event_of_the_task(desk: Desk) -> None:
+    simple = await desk.client.submit("router", "Where is my order 41?")
+    hard = await desk.client.submit("router", "Look up order 41 and check where it is, then refund it, and also "
+                                              "compare it with orders 43 and 44?")
+    for task_id, strategy, output in ((simple, "react", "(react) I can only plan."),
+                                      (hard, "plan", "order 41 is in transit; refunded 80.0 on order 41")):
+        res = await desk.client.result(task_id, timeout=WAIT_S)
+        assert isinstance(res, TaskCompleted) and res.output == output, res
+        evs = await desk.events(task_id)
+        [decided] = kinds(evs, RouteDecided)
+        assert decided.strategy == strategy and decided.reason.startswith("complexity")
+        assert (decided.score >= decided.threshold) == (strategy == "plan") and decided.threshold == 2.5
+        assert bool(kinds(evs, PlanProposed)) == (strategy == "plan")

@@ -532,3 +532,36 @@ def test_a_failed_step_cancels_the_approvals_its_plan_still_waits_for() -> None:
     assert s.planning is not None and s.planning.phase == "planning"
     reply = json.loads(s.messages[-1].content)
     assert list(reply["failed"]) == ["a"] and reply["not_run"] == ["s", "r"]
+
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 50) | st.text(max_size=6),
+                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                        max_size=3), max_leaves=12)
+_steps = st.lists(st.fixed_dictionaries(
+    {"id": st.sampled_from(["a", "b", "c", "", "a b"]), "tool": st.sampled_from([t.name for t in TOOLS] + ["nope"]),
+     "args": st.dictionaries(st.sampled_from(["order_id", "amount", "x"]),
+                             _json_values | st.fixed_dictionaries({"$ref": st.sampled_from(["a", "b", "z"]),
+                                                                   "path": st.lists(st.text(max_size=3), max_size=2)}),
+                             max_size=3)},
+    optional={"depends_on": st.lists(st.sampled_from(["a", "b", "c", "q"]), max_size=2)}), max_size=4)
+
+
+@settings(max_examples=150)
+@given(st.one_of(st.text(max_size=40), _steps.map(lambda s: json.dumps({"steps": s})),
+                 _json_values.map(json.dumps)))
+def test_whatever_a_planner_submits_nothing_runs_unless_the_plan_is_valid(arguments: str) -> None:
+    """The planner's output is untrusted: garbage, half plans, unknown tools,
+    bad pointers. decide never raises; a tool call is published only for a
+    plan that validated, and only for its ready steps with literal arguments."""
+    s, _ = go(None, task())
+    s, d = go(s, model(1, ToolCall(id="x", name=SUBMIT_PLAN_NAME, arguments=arguments)))
+    [proposed] = events(d, PlanProposed)
+    if not proposed.valid:
+        assert published(d) == [] and proposed.errors
+        reply = json.loads(s.messages[-1].content)
+        assert reply["errors"] and all("kind" in e and "message" in e for e in reply["errors"])
+        return
+    names = {t.name for t in TOOLS}
+    for c in published(d):
+        assert c.request.tool in names
+        assert not any(isinstance(v, dict) and "$ref" in v for v in c.request.arguments.values())

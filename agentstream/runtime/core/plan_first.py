@@ -498,7 +498,7 @@ def _failure_reply(state: SessionState) -> dict[str, Any]:
     tools = {s.id: s.tool for s in plan.steps}
     return {
         "failed": {sid: {"tool": tools.get(sid, ""), "error": _loads(content)} for sid, content in p.failed.items()},
-        "done": {sid: p.outputs[s.id] for s in plan.steps if (sid := s.id) in p.outputs},
+        "done": {s.id: p.outputs[s.id] for s in plan.steps if s.id in p.outputs},
         "not_run": [s.id for s in plan.steps if s.id not in p.outputs and s.id not in p.failed],
     }
 
