@@ -565,3 +565,18 @@ def test_whatever_a_planner_submits_nothing_runs_unless_the_plan_is_valid(argume
     for c in published(d):
         assert c.request.tool in names
         assert not any(isinstance(v, dict) and "$ref" in v for v in c.request.arguments.values())
+
+
+def test_a_call_approved_on_its_own_keeps_the_other_calls_in_flight_in_the_outbox() -> None:
+    c = ctx(needs_approval=lambda t, a: t in ("refund", "shipping_status"),
+            approvers_for=lambda t: ("bob",) if t == "refund" else ("carol",))
+    s, _ = go(None, task(), c)
+    s, d = go(s, planner(1, {"id": "a", "tool": "lookup_order", "args": {"order_id": 1}},
+                         {"id": "s", "tool": "shipping_status", "args": {"order_id": 1}},
+                         {"id": "r", "tool": "refund", "args": {"order_id": 1, "amount": 1}}), c)
+    assert list(calls_of(d)) == ["p1-a"]
+    s, d = go(s, decision_for_call(s, "p1-s", approver="carol"), dataclasses.replace(c, decision_seq=4))
+    assert list(calls_of(d)) == ["p1-s"]
+    # a redelivered input re-publishes the stored outbox: both calls still in flight, not only the approved one
+    again = {x.request.call_id for x in s.outbox if isinstance(x, PublishToolCall)}
+    assert again == {"p1-a", "p1-s"}

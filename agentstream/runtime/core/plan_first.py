@@ -35,7 +35,6 @@ from agentstream.contracts.events import (
     ToolCallCompleted,
     ToolCallDispatched,
     ToolError,
-    ToolSpec,
 )
 from agentstream.runtime.core.common import (
     Context,
@@ -50,8 +49,8 @@ from agentstream.runtime.core.common import (
     _over_budget,
     _record_response,
     _tool_request,
+    request_shape,  # noqa: F401 - the engine asks it here, beside the strategy
 )
-from agentstream.runtime.core.spec import AgentSpec
 from agentstream.runtime.core.state import (
     AnyCommand,
     ApprovalExpired,
@@ -83,23 +82,12 @@ from agentstream.runtime.planning.plan import (
     shown,
     validate,
 )
-from agentstream.runtime.planning.protocol import SUBMIT_PLAN, SUBMIT_PLAN_NAME
+from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
 
 _json = msgspec.json.Encoder(order="sorted")
 
 
 # ----------------------------------------------------------------- what the engine asks
-
-
-def request_shape(state: SessionState, spec: AgentSpec) -> tuple[tuple[ToolSpec, ...], str | None]:
-    """The tools and tool_choice of the session's next model call: a planner
-    turn, a solver turn, or (ReAct, a fallback) the agent's own."""
-    p = state.planning
-    if p is not None and p.phase == "planning":
-        return (*spec.tools, SUBMIT_PLAN), SUBMIT_PLAN_NAME
-    if p is not None and p.phase == "solving":
-        return (), "none"
-    return spec.tools, spec.tool_choice
 
 
 def phase(state: SessionState) -> str:
@@ -471,6 +459,15 @@ def _inputs(p: Planning, step_id: str) -> dict[str, int]:
         return {}
     refs = {str(r[REF_KEY]) for r in refs_in(step.args)}
     return {ref: p.output_seqs[ref] for ref in sorted(refs) if p.output_seqs.get(ref)}
+
+
+def keep_in_flight(decision: Decision, ctx: Context) -> Decision:
+    """A step's own approval published its call (decide._on_decision): the
+    stored outbox must still re-publish the plan's other calls in flight."""
+    s = decision.state
+    if not decision.changed or s is None or s.terminal or phase(s) != "executing":
+        return decision
+    return _emit_in_flight(s, ctx, decision.commands)
 
 
 def _emit_in_flight(state: SessionState, ctx: Context, cmds: tuple[AnyCommand, ...]) -> Decision:
