@@ -10,6 +10,14 @@ from agentstream.contracts.events import ModelResponse
 from agentstream.runtime.adapters.retry import complete_with_retry
 from agentstream.runtime.core.errors import ModelError
 from agentstream.runtime.core.ports import ModelRequest
+from agentstream.runtime.observability.metrics import AttributeSets, _LiteInstrument, keyed
+from agentstream.runtime.observability.trace_context import (
+    _PARSED_MAX,
+    _TRACEPARENT,
+    Ctx,
+    _parsed,
+    parse_traceparent,
+)
 
 
 class _Flaky:
@@ -45,3 +53,53 @@ async def test_model_retries_count_as_before(attempts: int, failures: int, trans
         with pytest.raises(ModelError, match=f"failure {expect_calls}$"):
             await complete_with_retry(model, request, attempts=attempts, initial_wait_s=0.0)
     assert model.calls == expect_calls
+
+
+# --------------------------------------------------------------------------- trace context parsing, cached
+
+_HEXISH = st.text(alphabet="0123456789abcdefABF-xz", min_size=0, max_size=60)
+
+
+def _reference_parse(value: str | None, tracestate: str | None = None) -> Ctx | None:
+    """parse_traceparent as it was before its cache."""
+    m = _TRACEPARENT.fullmatch(value) if value else None
+    if m is None:
+        return None
+    version, tid, sid, flags, rest = m.groups()
+    if version == "ff" or (version == "00" and rest) or tid == "0" * 32 or sid == "0" * 16:
+        return None
+    return Ctx(tid, sid, int(flags, 16), tracestate or "")
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(_HEXISH, st.builds(
+    lambda v, t, s, f, rest: f"{v}-{t}-{s}-{f}{rest}",
+    st.sampled_from(["00", "01", "ff", "0g"]), st.text("0123456789abcdef", min_size=31, max_size=33),
+    st.text("0123456789abcdef", min_size=15, max_size=17), st.sampled_from(["00", "01", "ff"]),
+    st.sampled_from(["", "-x", "-"]))), state=st.sampled_from([None, "", "k=v"]))
+def test_cached_traceparent_parsing_answers_as_the_parser(value: str, state: str | None) -> None:
+    expected = _reference_parse(value, state)
+    assert parse_traceparent(value, state) == expected
+    assert parse_traceparent(value, state) == expected  # from the cache, when cached
+
+
+def test_the_traceparent_cache_is_bounded() -> None:
+    for i in range(_PARSED_MAX * 3):
+        parse_traceparent(f"00-{i:032x}-{i + 1:016x}-01")
+    assert 0 < len(_parsed) <= _PARSED_MAX
+
+
+# --------------------------------------------------------------------------- metric attribute sets
+
+def test_records_with_kept_keys_make_the_same_series() -> None:
+    plain = _LiteInstrument("h", "s", "", (0.1, 1.0))
+    kept = _LiteInstrument("h", "s", "", (0.1, 1.0))
+    sets = AttributeSets(limit=3)
+    for i in range(20):
+        attrs = {"tenant": f"t{i % 5}", "user": f"u{i % 2}"}
+        plain.record(i / 10, attrs)
+        ident = (attrs["tenant"], attrs["user"])
+        a, key = sets.get(ident) or sets.put(ident, keyed(dict(attrs)))
+        kept.record(i / 10, a, key)
+        assert len(sets._sets) <= 3
+    assert sorted(plain.points()) == sorted(kept.points())

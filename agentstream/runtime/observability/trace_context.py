@@ -94,13 +94,30 @@ _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 def parse_traceparent(value: str | None, tracestate: str | None = None) -> Ctx | None:
     """A W3C ``traceparent`` (version 00 and compatible later ones) or None."""
-    m = _TRACEPARENT.fullmatch(value) if value else None
-    if m is None:
+    if not value:
         return None
-    version, tid, sid, flags, rest = m.groups()
-    if version == "ff" or (version == "00" and rest) or tid == _ZERO_TRACE or sid == _ZERO_SPAN:
-        return None
-    return Ctx(tid, sid, int(flags, 16), tracestate or "")
+    if not tracestate:
+        # The same header comes back often (a task's stored context, parsed at
+        # every step; the calls a step publishes): parsed once.
+        hit = _parsed.get(value, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
+    m = _TRACEPARENT.fullmatch(value)
+    ctx: Ctx | None = None
+    if m is not None:
+        version, tid, sid, flags, rest = m.groups()
+        if not (version == "ff" or (version == "00" and rest) or tid == _ZERO_TRACE or sid == _ZERO_SPAN):
+            ctx = Ctx(tid, sid, int(flags, 16), tracestate or "")
+    if not tracestate:
+        if len(_parsed) >= _PARSED_MAX:  # headers are anyone's input: bounded, whatever arrives
+            _parsed.clear()
+        _parsed[value] = ctx
+    return ctx
+
+
+_MISS = object()
+_PARSED_MAX = 4096
+_parsed: dict[str, Ctx | None] = {}
 
 
 # The current span when it is one of ours that only our code runs under
