@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import msgspec
 import nats.errors
@@ -86,15 +87,16 @@ class AckRequests:
         # A fresh NUID under the connection's inbox prefix: unique per
         # connection, inside the inbox subjects the role may subscribe to.
         prefix = f"{bytes(nc._inbox_prefix).decode()}.{nc._nuid.next().decode()}."
-        await nc.subscribe(prefix + "*", cb=self._on_reply)
-        self._prefix, self._prefix_len = prefix, len(prefix)
+        self._prefix_len = len(prefix)  # _route reads it as soon as the subscription exists
+        await nc.subscribe(prefix + "*", future=cast("asyncio.Future[Msg]", _Dispatch(self._route)))
+        self._prefix = prefix
 
     async def _ensure(self) -> None:
         async with self._lock:
-            if not self._prefix_len:
+            if not self._prefix:
                 await self._start()
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _route(self, msg: Msg) -> None:
         fut = self._pending.pop(msg.subject[self._prefix_len:], None)
         if fut is not None and not fut.done():
             fut.set_result(msg)
@@ -102,7 +104,7 @@ class AckRequests:
     async def request(self, subject: str, payload: bytes, *, headers: dict[str, str] | None = None,
                       timeout: float = 5.0) -> Msg:
         """One request, its answer (nats-py's errors as ``Client.request`` raises them)."""
-        if not self._prefix_len:
+        if not self._prefix:
             await self._ensure()
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
@@ -157,6 +159,28 @@ class AckRequests:
                 raise jse.APIError.from_msg(msg)
             return None
         return msg.data
+
+
+class _Dispatch:
+    """Given to ``nc.subscribe(..., future=)`` in place of the one-shot future
+    nats-py's old-style requests use: nats-py then hands each message to
+    ``set_result`` straight from its read loop (and never marks the
+    subscription done), instead of queueing it for a callback task: per
+    reply one queue put, one get and one task switch less."""
+
+    __slots__ = ("_route",)
+
+    def __init__(self, route: Callable[[Msg], None]) -> None:
+        self._route = route
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        self._route(msg)
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
