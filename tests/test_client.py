@@ -55,3 +55,28 @@ async def test_result_before_and_after_the_call(nats_url: str) -> None:
         assert not waiter.done()
         await client.js.publish(subjects.results("support", "late"), codec.encode(_completed("late")))
         assert (await asyncio.wait_for(waiter, 10)).task_id == "late"
+
+
+async def test_several_results_on_a_waited_subject_leave_the_connection_working(nats_url: str) -> None:
+    """result()'s subscription takes one message: more on its subject (a burst
+    from several publishers) must neither fail it nor the connection's read loop."""
+    async with await AgentClient.connect(nats_url) as client:
+        real = client._stored_result
+        looked = asyncio.Event()
+
+        async def lookup(task_id: str, agent: str | None) -> bytes | None:
+            found = await real(task_id, agent)
+            looked.set()
+            return found
+
+        client._stored_result = lookup  # type: ignore[method-assign]
+        waiter = asyncio.create_task(client.result("burst", timeout=10, agent="support"))
+        await asyncio.wait_for(looked.wait(), 5)
+        for _ in range(5):  # core publishes: all reach the subscription at once
+            await client.nc.publish(subjects.results("support", "burst"), codec.encode(_completed("burst")))
+        assert (await asyncio.wait_for(waiter, 10)).task_id == "burst"
+        client._stored_result = real  # type: ignore[method-assign]
+        await client.nc.flush()
+        assert client.nc.is_connected
+        await client.js.publish(subjects.results("support", "after"), codec.encode(_completed("after")))
+        assert (await client.result("after", timeout=5, agent="support")).task_id == "after"

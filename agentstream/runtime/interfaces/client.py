@@ -248,7 +248,11 @@ class AgentClient:
         get reads one already stored. No JetStream consumer is created, so a
         client awaiting thousands of results costs the server nothing lasting.
         """
-        sub = await self.nc.subscribe(subjects.any_results(task_id))
+        # nats-py hands the one message this subscription takes to ``arrived``
+        # straight from its read loop (no queue, no callback task) and drops
+        # the subscription after it, so a second message cannot reach it.
+        arrived: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        sub = await self.nc.subscribe(subjects.any_results(task_id), future=arrived, max_msgs=1)
         agent = agent or self._agents.get(task_id)
         deadline = time.monotonic() + timeout
         poll = 0.1
@@ -263,12 +267,11 @@ class AgentClient:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ResultTimeout(f"no result for task {task_id} within {timeout:g}s")
-                try:
-                    msg = await sub.next_msg(timeout=min(poll, remaining))
-                except nats.errors.TimeoutError:
+                done, _ = await asyncio.wait((arrived,), timeout=min(poll, remaining))
+                if not done:
                     poll = min(poll * 2, 2.0)
                     continue
-                return codec.task_result.decode(msg.data)
+                return codec.task_result.decode(arrived.result().data)
         finally:
             self._agents.pop(task_id, None)
             with contextlib.suppress(Exception):
