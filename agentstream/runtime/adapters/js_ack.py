@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -29,6 +30,9 @@ import nats.errors
 import nats.js.errors as jse
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+log = logging.getLogger("agentstream.nats")
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
@@ -88,7 +92,7 @@ class AckRequests:
         # connection, inside the inbox subjects the role may subscribe to.
         prefix = f"{bytes(nc._inbox_prefix).decode()}.{nc._nuid.next().decode()}."
         self._prefix_len = len(prefix)  # _route reads it as soon as the subscription exists
-        await nc.subscribe(prefix + "*", future=cast("asyncio.Future[Msg]", _Dispatch(self._route)))
+        await subscribe_inline(nc, prefix + "*", self._route)
         self._prefix = prefix
 
     async def _ensure(self) -> None:
@@ -164,14 +168,14 @@ class AckRequests:
 class _Dispatch:
     """Given to ``nc.subscribe(..., future=)`` in place of the one-shot future
     nats-py's old-style requests use: nats-py then hands each message to
-    ``set_result`` straight from its read loop (and never marks the
-    subscription done), instead of queueing it for a callback task: per
-    reply one queue put, one get and one task switch less."""
+    ``set_result`` straight from its read loop (and, since it is never done or
+    cancelled, keeps the subscription), instead of queueing it for a callback
+    task: per message one queue put, one get and one task switch less."""
 
-    __slots__ = ("_route",)
+    __slots__ = ("_handle",)
 
-    def __init__(self, route: Callable[[Msg], None]) -> None:
-        self._route = route
+    def __init__(self, handle: Callable[[Msg], None]) -> None:
+        self._handle = handle
 
     def cancelled(self) -> bool:
         return False
@@ -180,7 +184,17 @@ class _Dispatch:
         return False
 
     def set_result(self, msg: Msg) -> None:
-        self._route(msg)
+        try:
+            self._handle(msg)
+        except Exception:  # noqa: BLE001 - raised here it would end the connection's read loop
+            log.exception("handling a message on %s failed", msg.subject)
+
+
+async def subscribe_inline(nc: NatsClient, subject: str, handle: Callable[[Msg], None]) -> Subscription:
+    """A subscription whose messages go to ``handle`` synchronously, from the
+    connection's read loop (see ``_Dispatch``). ``handle`` must be quick and
+    not block: the connection reads nothing else meanwhile."""
+    return await nc.subscribe(subject, future=cast("asyncio.Future[Msg]", _Dispatch(handle)))
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
