@@ -177,6 +177,22 @@ class PhaseResult:
         }
 
 
+def merge(rows: Sequence[PhaseResult]) -> PhaseResult:
+    """One row for several runs of the same system and mode (--rounds):
+    tasks, wall time and CPU add up, latencies pool."""
+    first = rows[0]
+    srv = [r.server_cpu_s for r in rows]
+    ops: Counter[str] = Counter()
+    for r in rows:
+        ops.update(r.ops)
+    return PhaseResult(system=first.system, mode=first.mode, inflight=first.inflight,
+                       tasks=sum(r.tasks for r in rows), failures=sum(r.failures for r in rows),
+                       wall_s=sum(r.wall_s for r in rows), latencies_ms=[x for r in rows for x in r.latencies_ms],
+                       py_cpu_s=sum(r.py_cpu_s for r in rows),
+                       server_cpu_s=None if any(x is None for x in srv) else sum(x for x in srv if x is not None),
+                       ops=dict(ops))
+
+
 def proc_cpu_s(pid: int) -> float | None:
     """utime+stime of another process (the nats-server child), Linux only."""
     try:
@@ -653,7 +669,7 @@ class FloorWorker:
 
 
 async def run_floor(url: str, args: argparse.Namespace, inputs: list[str], server_pid: int | None,
-                    sizes: dict[str, int]) -> list[PhaseResult]:
+                    sizes: dict[str, int], run_no: int = 0) -> list[PhaseResult]:
     say("floor: provisioning FLOOR_* streams and KV bucket, starting bare nats-py consumers ...")
     padder = Padder(sizes)
     wnc = await nats.connect(url, name="w1-floor-worker")
@@ -690,7 +706,7 @@ async def run_floor(url: str, args: argparse.Namespace, inputs: list[str], serve
 
     def one_task_factory(tag: str) -> Callable[[int], Awaitable[float | None]]:
         async def one_task(i: int) -> float | None:
-            tid = f"w1-fl-{tag}-{i:06d}"
+            tid = f"w1-fl{run_no}-{tag}-{i:06d}"
             fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             waiting[tid] = fut
             t0 = time.perf_counter()
@@ -780,8 +796,11 @@ def table(rows: list[PhaseResult], meta: dict[str, str], ratios: list[dict[str, 
     out += [fmt(x) for x in lines]
     out.append("")
     for rt in ratios:
+        rounds = rt.get("tasks_per_s_per_round") or []
         out.append(f"runtime/floor, {rt['mode']:<14}  tasks/s x{rt['tasks_per_s']:.3f}   "
-                   f"p50 x{rt['p50']:.2f}   p99 x{rt['p99']:.2f}")
+                   f"p50 x{rt['p50']:.2f}   p99 x{rt['p99']:.2f}   "
+                   f"Python CPU per task (floor/runtime) x{rt['py_cpu']:.3f}"
+                   + (f"   tasks/s per round: {', '.join(f'x{x:.2f}' for x in rounds)}" if len(rounds) > 1 else ""))
     return "\n".join(out)
 
 
@@ -844,32 +863,62 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     meter = Meter()
     runs: list[tuple[bool, list[PhaseResult]]] = []
     telemetry_per_task: list[float] = []
+    fl_runs: list[list[PhaseResult]] = []
+    sizes: dict[str, int] | None = None
+    sizes_from_off = False
+    prof: str | None = None
     try:
-        outcomes = []
-        for n, mode in enumerate(args.tracing):
-            tracing = mode == "on"
-            before = await telemetry_bytes(broker.url)
-            outcome = await run_runtime(broker.url, args, inputs, server_pid, meter, tracing, n)
-            runs.append((tracing, outcome[0]))
-            outcomes.append(outcome)
-            if tracing:
-                ntasks = args.warmup + args.seq_tasks + args.tasks
-                telemetry_per_task.append((await telemetry_bytes(broker.url) - before) / ntasks)
-        # Against the floor, and for payload sizes and the profile: the first
-        # tracing-off run (else the first run).
-        rt_rows, sizes, prof = next((o for (t, _), o in zip(runs, outcomes) if not t), outcomes[0])
-        fl_rows = await run_floor(broker.url, args, inputs, server_pid, sizes)
+        for rnd in range(args.rounds):
+            # Drift on a shared machine: odd rounds measure the floor first
+            # (the first round cannot: the floor pads to the runtime's sizes).
+            floor_first = rnd % 2 == 1
+            if floor_first and sizes is not None:
+                fl_runs.append(await run_floor(broker.url, args, inputs, server_pid, sizes, rnd))
+            for n, mode in enumerate(args.tracing):
+                tracing = mode == "on"
+                before = await telemetry_bytes(broker.url)
+                # Profiled: the first tracing-off run only.
+                run_args = args if (rnd == 0 and not tracing and prof is None) else \
+                    argparse.Namespace(**{**vars(args), "profile": None})
+                rows, run_sizes, run_prof = await run_runtime(broker.url, run_args, inputs, server_pid, meter,
+                                                              tracing, rnd * len(args.tracing) + n)
+                runs.append((tracing, rows))
+                prof = prof or run_prof
+                if sizes is None or (not tracing and not sizes_from_off):
+                    # Payload sizes for the floor: from the first tracing-off run (else the first run).
+                    sizes, sizes_from_off = run_sizes, not tracing
+                if tracing:
+                    ntasks = args.warmup + args.seq_tasks + args.tasks
+                    telemetry_per_task.append((await telemetry_bytes(broker.url) - before) / ntasks)
+            if not floor_first:
+                assert sizes is not None
+                fl_runs.append(await run_floor(broker.url, args, inputs, server_pid, sizes, rnd))
     finally:
         say("stopping nats-server ...")
         await asyncio.to_thread(broker.stop)
         tmp.cleanup()
+    assert sizes is not None
 
-    rows = [r for _, rr in runs for r in rr] + fl_rows
+    # Against the floor: the tracing-off runs (else all), merged over rounds.
+    base = [rr for t, rr in runs if not t] or [rr for _, rr in runs]
+    modes = [r.mode for r in base[0]]
+    rt_rows = [merge([r for rr in base for r in rr if r.mode == m]) for m in modes]
+    fl_rows = [merge([r for rr in fl_runs for r in rr if r.mode == m]) for m in modes]
+    by_system: dict[str, list[PhaseResult]] = {}
+    for _, rr in runs:
+        for r in rr:
+            by_system.setdefault(f"{r.system}|{r.mode}", []).append(r)
+    rows = [merge(v) for v in by_system.values()] + fl_rows
     tracing_cost = tracing_ratios(runs)
     ratios = []
     for rt, fl in zip(rt_rows, fl_rows):
+        per_round = [a.tasks_per_s / b.tasks_per_s for a, b in zip(
+            [r for rr in base for r in rr if r.mode == rt.mode],
+            [r for rr in fl_runs for r in rr if r.mode == rt.mode]) if b.tasks_per_s]
         ratios.append({"mode": rt.mode,
                        "tasks_per_s": rt.tasks_per_s / fl.tasks_per_s if fl.tasks_per_s else float("nan"),
+                       "tasks_per_s_per_round": [round(x, 3) for x in per_round],
+                       "py_cpu": (fl.py_cpu_s / fl.tasks) / (rt.py_cpu_s / rt.tasks) if rt.py_cpu_s else float("nan"),
                        "p50": rt.pct(50) / fl.pct(50), "p95": rt.pct(95) / fl.pct(95),
                        "p99": rt.pct(99) / fl.pct(99)})
     par = next(r for r in rt_rows if r.inflight > 1)
@@ -897,6 +946,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
     out = {"workload": "W1", "meta": meta,
            "params": {"tasks": args.tasks, "seq_tasks": args.seq_tasks, "inflight": args.inflight,
+                      "rounds": args.rounds,
                       "warmup": args.warmup, "seed": args.seed, "profiled": bool(args.profile),
                       "runtime_results_via": args.results},
            "results": [r.summary() for r in rows],
@@ -984,14 +1034,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="runtime runs in order, each 'off' (no telemetry) or 'on' (tracing + metrics, spans to the "
                          "TELEMETRY stream); default 'off,on'. Several of each are averaged in the on/off ratio, "
                          "e.g. off,on,on,off")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat runtime and floor runs this many times, interleaved (odd rounds floor first), "
+                         "and report the merged figures and the per-round ratios (default 1)")
     ap.add_argument("--json", metavar="FILE", help="write all figures to FILE")
     ap.add_argument("--profile", metavar="FILE",
                     help="cProfile the runtime's in-flight run, dump stats to FILE and print the top costs")
     args = ap.parse_args(argv)
     if args.seq_tasks is None:
         args.seq_tasks = max(1, args.tasks // 5)
-    if args.tasks < 1 or args.inflight < 1:
-        ap.error("--tasks and --inflight must be >= 1")
+    if args.tasks < 1 or args.inflight < 1 or args.rounds < 1:
+        ap.error("--tasks, --inflight and --rounds must be >= 1")
     args.tracing = [m.strip() for m in args.tracing.split(",") if m.strip()]
     if not args.tracing or any(m not in ("on", "off") for m in args.tracing):
         ap.error("--tracing: a comma-separated list of on/off")
