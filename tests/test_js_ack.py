@@ -152,3 +152,30 @@ async def test_concurrent_answers_reach_their_own_request(client: AgentClient, p
         assert not mux._pending
     finally:
         await sub.unsubscribe()
+
+
+async def test_a_failing_inline_handler_leaves_the_connection_reading(client: AgentClient) -> None:
+    """Messages handled from the read loop (pull consumers, ack replies): a
+    handler that raises is logged, and the connection goes on delivering."""
+    seen: list[bytes] = []
+
+    def handle(msg: Msg) -> None:
+        seen.append(msg.data)
+        if msg.data == b"boom":
+            raise RuntimeError("handler bug")
+
+    sub = await js_ack.subscribe_inline(client.nc, "inline.test", handle)
+    try:
+        for body in (b"one", b"boom", b"two"):
+            await client.nc.publish("inline.test", body)
+        await client.nc.flush()
+        for _ in range(100):
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == [b"one", b"boom", b"two"]
+        assert client.nc.is_connected
+        # and requests still get their answers
+        assert (await js_ack.for_connection(client.nc).publish(subjects.results("w", "after-boom"), b"{}")).seq > 0
+    finally:
+        await sub.unsubscribe()
