@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nats.aio.msg import Msg
 
 from agentstream.contracts.events import ModelResponse
 from agentstream.runtime.adapters.retry import complete_with_retry
 from agentstream.runtime.core.errors import ModelError
 from agentstream.runtime.core.ports import ModelRequest
+from agentstream.runtime.execution.consumer import stream_seq
 from agentstream.runtime.observability.metrics import AttributeSets, _LiteInstrument, keyed
 from agentstream.runtime.observability.trace_context import _TRACEPARENT, Ctx, parse_traceparent
 
@@ -95,3 +97,25 @@ def test_records_with_kept_keys_make_the_same_series() -> None:
         kept.record(i / 10, a, key)
         assert len(sets._sets) <= 3
     assert sorted(plain.points()) == sorted(kept.points())
+
+
+# --------------------------------------------------------------------------- stream sequence from the ack subject
+
+_TOKEN = st.text(alphabet="abcXYZ019_-", min_size=1, max_size=8)
+_NUM = st.integers(0, 10**12).map(str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(reply=st.one_of(
+    st.builds(lambda s, c, d, q, cq, t, p: f"$JS.ACK.{s}.{c}.{d}.{q}.{cq}.{t}.{p}",
+              _TOKEN, _TOKEN, _NUM, _NUM, _NUM, _NUM, _NUM),
+    st.builds(lambda dom, acc, s, c, d, q, cq, t, p, r: f"$JS.ACK.{dom}.{acc}.{s}.{c}.{d}.{q}.{cq}.{t}.{p}.{r}",
+              st.sampled_from(["_", "hub"]), _TOKEN, _TOKEN, _TOKEN, _NUM, _NUM, _NUM, _NUM, _NUM, _TOKEN),
+    st.text(alphabet="$JSACK.0123456789abc", max_size=40), st.just("")))
+def test_stream_seq_reads_what_nats_py_metadata_reads(reply: str) -> None:
+    msg = Msg(_client=None, subject="s", reply=reply, data=b"")  # type: ignore[arg-type]
+    try:
+        expected: int | None = int(msg.metadata.sequence.stream)
+    except Exception:  # noqa: BLE001 - nats-py: not a JetStream message
+        expected = None
+    assert stream_seq(msg) == expected
