@@ -19,6 +19,7 @@ import nats.errors
 import nats.js.errors as jse
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 
 from agentstream.contracts import codec, subjects
@@ -74,6 +75,13 @@ class AgentClient:
         # exact result subject directly.
         self._agents: dict[str, str] = {}
         self.max_remembered = 10_000
+        # task id -> the one-message result subscription submit() made before
+        # publishing the task (so the result cannot come before it) and its
+        # future: result() then needs no stored-result lookup first. Bounded:
+        # a client that never asks for most results (the HTTP API's) keeps
+        # at most this many; older tasks fall back to result()'s own lookup.
+        self._early: dict[str, tuple[Subscription, asyncio.Future[Msg]]] = {}
+        self.max_early_results = 1024
         self.claim_check_bytes = CLAIM_CHECK_BYTES
         self.submit_retry_s = SUBMIT_RETRY_S
         # Whether the last successful submit was a retry the broker had
@@ -171,11 +179,16 @@ class AgentClient:
             "gen_ai.agent.name": agent, "agentstream.task_id": task_id, "agentstream.tenant_id": tenant_id,
             "agentstream.user_id": user_id, **({"gen_ai.conversation.id": conversation_id}
                                                if conversation_id else {})})
+        await self._watch_result(task_id)
         try:
             ack = await self._retrying(lambda t: self._acks.publish(subject, body, headers=headers, timeout=t),
                                        task_id, stored=None, store=subjects.stream_of(subject))
             self.last_submit_duplicate = ack.duplicate
+            if ack.duplicate:
+                # Submitted before: its result may be out already, so result() looks it up first.
+                await self._unwatch(task_id)
         except BaseException as exc:
+            await self._unwatch(task_id)
             if span is not None:
                 span.set_error(type(exc).__name__, str(exc))
             raise
@@ -189,6 +202,24 @@ class AgentClient:
         if len(self._agents) > self.max_remembered:
             self._agents.pop(next(iter(self._agents)))
         return task_id
+
+    async def _watch_result(self, task_id: str) -> None:
+        """Subscribe to the task's result before the task is published (see
+        ``_early``). nats-py sets the future from its read loop and drops the
+        subscription after its one message."""
+        if task_id in self._early:
+            return  # a retried submit of the same task: the first watch stands
+        while len(self._early) >= self.max_early_results:
+            await self._unwatch(next(iter(self._early)))
+        arrived: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        sub = await self.nc.subscribe(subjects.any_results(task_id), future=arrived, max_msgs=1)
+        self._early[task_id] = (sub, arrived)
+
+    async def _unwatch(self, task_id: str) -> None:
+        early = self._early.pop(task_id, None)
+        if early is not None:
+            with contextlib.suppress(Exception):
+                await early[0].unsubscribe()
 
     async def _put_blob(self, name: str, data: bytes, timeout: float = 10.0) -> None:
         store = await nats_adapters.blob_store(self.js)
@@ -244,23 +275,35 @@ class AgentClient:
     async def result(self, task_id: str, timeout: float = 60.0, *, agent: str | None = None) -> TaskResult:
         """The task's result, whether it arrived before or after this call.
 
-        A plain subscription catches a result published from now on; a direct
+        A plain subscription catches a result published from now on (for a task
+        submitted here, the one submit() made before publishing it); a direct
         get reads one already stored. No JetStream consumer is created, so a
         client awaiting thousands of results costs the server nothing lasting.
         """
-        # nats-py hands the one message this subscription takes to ``arrived``
-        # straight from its read loop (no queue, no callback task) and drops
-        # the subscription after it, so a second message cannot reach it.
-        arrived: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        sub = await self.nc.subscribe(subjects.any_results(task_id), future=arrived, max_msgs=1)
         agent = agent or self._agents.get(task_id)
+        early = self._early.pop(task_id, None)
+        if early is not None:
+            # Subscribed before the task was published: the result comes on it,
+            # unless the connection dropped meanwhile (core messages are not
+            # replayed), which the stored-result lookups below still cover.
+            sub, arrived = early
+            look = False
+        else:
+            # nats-py hands the one message this subscription takes to ``arrived``
+            # straight from its read loop (no queue, no callback task) and drops
+            # the subscription after it, so a second message cannot reach it.
+            arrived = asyncio.get_running_loop().create_future()
+            sub = await self.nc.subscribe(subjects.any_results(task_id), future=arrived, max_msgs=1)
+            look = True
         deadline = time.monotonic() + timeout
         poll = 0.1
         try:
             while True:
-                stored = await self._stored_result(task_id, agent)
-                if stored is not None:
-                    return codec.task_result.decode(stored)
+                if look:
+                    stored = await self._stored_result(task_id, agent)
+                    if stored is not None:
+                        return codec.task_result.decode(stored)
+                look = True
                 # A result published just before our subscription reached the
                 # server, but not yet stored when we looked, is seen by neither;
                 # so wait on the subscription a little, then look again.
