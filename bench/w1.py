@@ -874,8 +874,8 @@ def ops_table(rows: list[PhaseResult], sizes: dict[str, int]) -> str:
         v = r.ops.get(k, 0) / r.tasks
         size = sizes.get(k)
         lines.append(f"  {k:<26} {v:7.2f}  [{floor_ops.get(k, 0)}]" + (f"   ~{size} B payload" if size else ""))
-    lines.append("  (+ client side, both: 1 task publish; runtime's AgentClient.result also creates an ordered "
-                 "consumer per task, the floor uses one plain subscription)")
+    lines.append("  (+ client side, both: 1 task publish; the runtime's AgentClient subscribes per task, "
+                 "the floor uses one plain subscription)")
     return "\n".join(lines)
 
 
@@ -963,7 +963,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                            "p99": rt.pct(99) / fl.pct(99)})
     par = next(r for r in rt_rows if r.inflight > 1)
     print()
-    via = ("AgentClient.submit + AgentClient.result (a plain subscription + direct get per task)" if args.results == "client"
+    via = ("AgentClient.submit + AgentClient.result (a subscription per task, made by submit; a direct get only "
+           "when nothing came on it)" if args.results == "client"
            else "AgentClient.submit + one plain subscription to agents.w1.results.* (like the floor)")
     print(table(rows, meta, ratios, f"runtime side: {via}; latency = submit to result received"))
     print()
