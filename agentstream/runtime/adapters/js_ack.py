@@ -138,7 +138,6 @@ class AckRequests:
             raise_api_error(ack.error)
         return ack
 
-
     async def purge(self, api_subject: str, subject: str, *, timeout: float = 5.0) -> int:
         """A stream purge of one subject's messages (``api_subject``: the
         stream's ``$JS.API.STREAM.PURGE.<stream>``); returns how many went.
@@ -151,7 +150,6 @@ class AckRequests:
         if answer.error is not None:
             raise_api_error(answer.error)
         return answer.purged
-
 
     async def direct_last(self, api_prefix: str, stream: str, subject: str, *, timeout: float = 5.0) -> bytes | None:
         """The body of ``subject``'s last message in ``stream`` by a direct

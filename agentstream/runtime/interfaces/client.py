@@ -212,7 +212,10 @@ class AgentClient:
         while len(self._early) >= self.max_early_results:
             await self._unwatch(next(iter(self._early)))
         arrived: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        sub = await self.nc.subscribe(subjects.any_results(task_id), future=arrived, max_msgs=1)
+        try:
+            sub = await self.nc.subscribe(subjects.any_results(task_id), future=arrived, max_msgs=1)
+        except Exception:  # noqa: BLE001 - only a shortcut: the submit decides, result() can look it up
+            return
         self._early[task_id] = (sub, arrived)
 
     async def _unwatch(self, task_id: str) -> None:
