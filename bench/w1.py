@@ -67,6 +67,7 @@ from agentstream import (
     tool_results,
 )
 from agentstream.contracts import codec, subjects
+from agentstream.runtime.adapters import js_ack
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats, find_nats_server
 from agentstream.runtime.config.auth import NatsAuth
 from agentstream.runtime.core.errors import Conflict
@@ -175,6 +176,22 @@ class PhaseResult:
                                        if self.server_cpu_s is not None and self.tasks else None),
             "ops_per_task": {k: round(v / self.tasks, 3) for k, v in sorted(self.ops.items())} if self.ops else {},
         }
+
+
+def merge(rows: Sequence[PhaseResult]) -> PhaseResult:
+    """One row for several runs of the same system and mode (--rounds):
+    tasks, wall time and CPU add up, latencies pool."""
+    first = rows[0]
+    srv = [r.server_cpu_s for r in rows]
+    ops: Counter[str] = Counter()
+    for r in rows:
+        ops.update(r.ops)
+    return PhaseResult(system=first.system, mode=first.mode, inflight=first.inflight,
+                       tasks=sum(r.tasks for r in rows), failures=sum(r.failures for r in rows),
+                       wall_s=sum(r.wall_s for r in rows), latencies_ms=[x for r in rows for x in r.latencies_ms],
+                       py_cpu_s=sum(r.py_cpu_s for r in rows),
+                       server_cpu_s=None if any(x is None for x in srv) else sum(x for x in srv if x is not None),
+                       ops=dict(ops))
 
 
 def proc_cpu_s(pid: int) -> float | None:
@@ -523,7 +540,7 @@ async def provision_floor(js: JetStreamContext) -> None:
 
 async def pull_loop(js: JetStreamContext, stream: str, durable: str, subject: str,
                     handler: Callable[[Msg], Awaitable[None]], stop: asyncio.Event, started: asyncio.Event,
-                    max_inflight: int = 64) -> None:
+                    max_inflight: int = 64, lean: bool = False) -> None:
     """Bare durable consumer with a continuous pull: pull requests kept open for
     as many messages as there are free slots (topped up once a quarter is
     free), each message handled in its own task the moment it arrives, acked
@@ -548,7 +565,7 @@ async def pull_loop(js: JetStreamContext, stream: str, durable: str, subject: st
         inflight.discard(t)
         wake.set()
 
-    async def on_msg(msg: Msg) -> None:
+    def on_msg_now(msg: Msg) -> None:
         nonlocal asked
         if msg.headers and msg.headers.get("Status"):
             if msg.headers["Status"] in ("408", "409"):
@@ -560,7 +577,11 @@ async def pull_loop(js: JetStreamContext, stream: str, durable: str, subject: st
         inflight.add(t)
         t.add_done_callback(done)
 
-    sub = await nc.subscribe(inbox, cb=on_msg)
+    async def on_msg(msg: Msg) -> None:
+        on_msg_now(msg)
+
+    # --floor lean: messages handled from the read loop, as the runtime's pull does.
+    sub = await (js_ack.subscribe_inline(nc, inbox, on_msg_now) if lean else nc.subscribe(inbox, cb=on_msg))
     started.set()
     stopper = asyncio.create_task(stop.wait())
     stopper.add_done_callback(lambda _: wake.set())
@@ -582,8 +603,11 @@ class FloorWorker:
     """Agent + tool workers with bare nats-py: the same durable work per task
     as the runtime's W1 (publishes with Nats-Msg-Id, KV compare-and-set)."""
 
-    def __init__(self, js: JetStreamContext, kv: Any, padder: Padder) -> None:
+    def __init__(self, js: JetStreamContext, kv: Any, padder: Padder, lean: bool = False) -> None:
         self.js, self.kv, self.p = js, kv, padder
+        # --floor lean: the same messages through the ack multiplexer the
+        # runtime uses (js_ack) instead of nats-py's js.publish / KeyValue.
+        self.acks = js_ack.for_connection(js._nc) if lean else None
         # task id -> [revision, state, lock]: one process, so the revision is
         # known and no read precedes a compare-and-set.
         self.sessions: dict[str, list[Any]] = {}
@@ -592,17 +616,32 @@ class FloorWorker:
         self.dec_result = msgspec.json.Decoder(FToolResult)
 
     async def pub(self, subject: str, data: bytes, msg_id: str) -> None:
+        if self.acks is not None:
+            await self.acks.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=10)
+            return
         await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=10)
+
+    async def kv_create(self, key: str, value: bytes) -> int:
+        if self.acks is not None:
+            return await self.kv_update(key, value, 0)
+        return int(await self.kv.create(key, value))
+
+    async def kv_update(self, key: str, value: bytes, last: int) -> int:
+        if self.acks is not None:
+            ack = await self.acks.publish(f"$KV.{FLOOR_BUCKET}.{key}", value, timeout=10,
+                                          headers={"Nats-Expected-Last-Subject-Sequence": str(last)})
+            return ack.seq
+        return int(await self.kv.update(key, value, last=last))
 
     async def on_task(self, msg: Msg) -> None:
         task = self.dec_task.decode(msg.data)
         tid = task.task_id
         st = FState(task_id=tid, status="awaiting_model", step=1)
-        rev = await self.kv.create(tid, self.p.encode("kv.sessions.create", st))
+        rev = await self.kv_create(tid, self.p.encode("kv.sessions.create", st))
         # model turn 1 (zero latency): three tool calls at once
         names = FLOOR_TOOLS
         st.status, st.calls = "awaiting_tools", [f"call_1_{i}" for i in range(len(names))]
-        rev = await self.kv.update(tid, self.p.encode("kv.sessions.update", st), last=rev)
+        rev = await self.kv_update(tid, self.p.encode("kv.sessions.update", st), rev)
         self.sessions[tid] = [rev, st, asyncio.Lock()]
         await self.pub(f"{FLOOR}.agents.{task.agent}.progress.{tid}",
                        self.p.encode("publish.progress", FProgress(task_id=tid, step=1, kind="turn")),
@@ -635,12 +674,12 @@ class FloorWorker:
             st.results.append(res.call_id)
             if len(st.results) == len(st.calls):
                 st.status, st.step = "awaiting_model", 2
-            entry[0] = rev = await self.kv.update(tid, self.p.encode("kv.sessions.update", st), last=rev)
+            entry[0] = rev = await self.kv_update(tid, self.p.encode("kv.sessions.update", st), rev)
             if len(st.results) < len(st.calls):
                 return
             # model turn 2 (zero latency): the answer
             st.status = "completed"
-            entry[0] = await self.kv.update(tid, self.p.encode("kv.sessions.update", st), last=rev)
+            entry[0] = await self.kv_update(tid, self.p.encode("kv.sessions.update", st), rev)
             agent = msg.subject.split(".")[2]
             await self.pub(f"{FLOOR}.agents.{agent}.progress.{tid}",
                            self.p.encode("publish.progress", FProgress(task_id=tid, step=2, kind="turn")),
@@ -653,7 +692,7 @@ class FloorWorker:
 
 
 async def run_floor(url: str, args: argparse.Namespace, inputs: list[str], server_pid: int | None,
-                    sizes: dict[str, int]) -> list[PhaseResult]:
+                    sizes: dict[str, int], run_no: int = 0, kind: str = "nats-py") -> list[PhaseResult]:
     say("floor: provisioning FLOOR_* streams and KV bucket, starting bare nats-py consumers ...")
     padder = Padder(sizes)
     wnc = await nats.connect(url, name="w1-floor-worker")
@@ -661,7 +700,8 @@ async def run_floor(url: str, args: argparse.Namespace, inputs: list[str], serve
     wjs, cjs = wnc.jetstream(), cnc.jetstream()
     await provision_floor(wjs)
     kv = await wjs.key_value(FLOOR_BUCKET)
-    worker = FloorWorker(wjs, kv, padder)
+    lean = kind == "lean"
+    worker = FloorWorker(wjs, kv, padder, lean)
     stop = asyncio.Event()
     loops: list[asyncio.Task[None]] = []
     started: list[asyncio.Event] = []
@@ -669,7 +709,7 @@ async def run_floor(url: str, args: argparse.Namespace, inputs: list[str], serve
     def consumer(stream: str, durable: str, subject: str, handler: Callable[[Msg], Awaitable[None]]) -> None:
         ev = asyncio.Event()
         started.append(ev)
-        loops.append(asyncio.create_task(pull_loop(wjs, stream, durable, subject, handler, stop, ev)))
+        loops.append(asyncio.create_task(pull_loop(wjs, stream, durable, subject, handler, stop, ev, lean=lean)))
 
     consumer(f"{FLOOR}_TASKS", "floor_w1_tasks", f"{FLOOR}.agents.{AGENT}.tasks", worker.on_task)
     consumer(f"{FLOOR}_EVENTS", "floor_w1_events", f"{FLOOR}.agents.{AGENT}.events.*", worker.on_result)
@@ -680,23 +720,33 @@ async def run_floor(url: str, args: argparse.Namespace, inputs: list[str], serve
     # Client side: results come back on a plain subscription to the RESULTS subjects.
     waiting: dict[str, asyncio.Future[bytes]] = {}
 
-    async def on_result(msg: Msg) -> None:
+    def on_result_now(msg: Msg) -> None:
         fut = waiting.pop(msg.subject.rsplit(".", 1)[1], None)
         if fut is not None and not fut.done():
             fut.set_result(msg.data)
 
-    rsub = await cnc.subscribe(f"{FLOOR}.agents.{AGENT}.results.*", cb=on_result)
+    async def on_result(msg: Msg) -> None:
+        on_result_now(msg)
+
+    results_subject = f"{FLOOR}.agents.{AGENT}.results.*"
+    rsub = await (js_ack.subscribe_inline(cnc, results_subject, on_result_now) if lean
+                  else cnc.subscribe(results_subject, cb=on_result))
+    submit_acks = js_ack.for_connection(cnc) if lean else None
     dec_result = msgspec.json.Decoder(FResult)
 
     def one_task_factory(tag: str) -> Callable[[int], Awaitable[float | None]]:
         async def one_task(i: int) -> float | None:
-            tid = f"w1-fl-{tag}-{i:06d}"
+            tid = f"w1-fl{run_no}{'l' if lean else ''}-{tag}-{i:06d}"
             fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             waiting[tid] = fut
             t0 = time.perf_counter()
             task = FTask(task_id=tid, agent=AGENT, input=inputs[i % len(inputs)], submitted_at=time.time())
-            await cjs.publish(f"{FLOOR}.agents.{AGENT}.tasks", padder.encode("publish.task", task),
-                              headers={"Nats-Msg-Id": tid}, timeout=10)
+            body = padder.encode("publish.task", task)
+            if submit_acks is not None:
+                await submit_acks.publish(f"{FLOOR}.agents.{AGENT}.tasks", body, headers={"Nats-Msg-Id": tid},
+                                          timeout=10)
+            else:
+                await cjs.publish(f"{FLOOR}.agents.{AGENT}.tasks", body, headers={"Nats-Msg-Id": tid}, timeout=10)
             data = await asyncio.wait_for(fut, timeout=60)
             dt = time.perf_counter() - t0
             res = dec_result.decode(data)
@@ -707,8 +757,9 @@ async def run_floor(url: str, args: argparse.Namespace, inputs: list[str], serve
     try:
         say(f"floor: warm-up, {args.warmup} tasks (not measured) ...")
         await drive(one_task_factory("warm"), args.warmup, min(args.inflight, args.warmup) or 1)
-        results.append(await measure("floor", "sequential", one_task_factory("seq"), args.seq_tasks, 1, server_pid))
-        results.append(await measure("floor", f"{args.inflight} in flight", one_task_factory("par"), args.tasks,
+        name = "floor-lean" if lean else "floor"
+        results.append(await measure(name, "sequential", one_task_factory("seq"), args.seq_tasks, 1, server_pid))
+        results.append(await measure(name, f"{args.inflight} in flight", one_task_factory("par"), args.tasks,
                                      args.inflight, server_pid))
     finally:
         say("floor: stopping ...")
@@ -780,8 +831,11 @@ def table(rows: list[PhaseResult], meta: dict[str, str], ratios: list[dict[str, 
     out += [fmt(x) for x in lines]
     out.append("")
     for rt in ratios:
-        out.append(f"runtime/floor, {rt['mode']:<14}  tasks/s x{rt['tasks_per_s']:.3f}   "
-                   f"p50 x{rt['p50']:.2f}   p99 x{rt['p99']:.2f}")
+        rounds = rt.get("tasks_per_s_per_round") or []
+        out.append(f"runtime/{rt.get('floor', 'floor')}, {rt['mode']:<14}  tasks/s x{rt['tasks_per_s']:.3f}   "
+                   f"p50 x{rt['p50']:.2f}   p99 x{rt['p99']:.2f}   "
+                   f"Python CPU per task (floor/runtime) x{rt['py_cpu']:.3f}"
+                   + (f"   tasks/s per round: {', '.join(f'x{x:.2f}' for x in rounds)}" if len(rounds) > 1 else ""))
     return "\n".join(out)
 
 
@@ -820,8 +874,8 @@ def ops_table(rows: list[PhaseResult], sizes: dict[str, int]) -> str:
         v = r.ops.get(k, 0) / r.tasks
         size = sizes.get(k)
         lines.append(f"  {k:<26} {v:7.2f}  [{floor_ops.get(k, 0)}]" + (f"   ~{size} B payload" if size else ""))
-    lines.append("  (+ client side, both: 1 task publish; runtime's AgentClient.result also creates an ordered "
-                 "consumer per task, the floor uses one plain subscription)")
+    lines.append("  (+ client side, both: 1 task publish; the runtime's AgentClient subscribes per task, "
+                 "the floor uses one plain subscription)")
     return "\n".join(lines)
 
 
@@ -844,37 +898,73 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     meter = Meter()
     runs: list[tuple[bool, list[PhaseResult]]] = []
     telemetry_per_task: list[float] = []
+    fl_runs: dict[str, list[list[PhaseResult]]] = {kind: [] for kind in args.floor}
+    sizes: dict[str, int] | None = None
+    sizes_from_off = False
+    prof: str | None = None
     try:
-        outcomes = []
-        for n, mode in enumerate(args.tracing):
-            tracing = mode == "on"
-            before = await telemetry_bytes(broker.url)
-            outcome = await run_runtime(broker.url, args, inputs, server_pid, meter, tracing, n)
-            runs.append((tracing, outcome[0]))
-            outcomes.append(outcome)
-            if tracing:
-                ntasks = args.warmup + args.seq_tasks + args.tasks
-                telemetry_per_task.append((await telemetry_bytes(broker.url) - before) / ntasks)
-        # Against the floor, and for payload sizes and the profile: the first
-        # tracing-off run (else the first run).
-        rt_rows, sizes, prof = next((o for (t, _), o in zip(runs, outcomes) if not t), outcomes[0])
-        fl_rows = await run_floor(broker.url, args, inputs, server_pid, sizes)
+        for rnd in range(args.rounds):
+            # Drift on a shared machine: odd rounds measure the floor first
+            # (the first round cannot: the floor pads to the runtime's sizes).
+            floor_first = rnd % 2 == 1
+            if floor_first and sizes is not None:
+                for kind in args.floor:
+                    fl_runs[kind].append(await run_floor(broker.url, args, inputs, server_pid, sizes, rnd, kind))
+            for n, mode in enumerate(args.tracing):
+                tracing = mode == "on"
+                before = await telemetry_bytes(broker.url)
+                # Profiled: the first tracing-off run only.
+                run_args = args if (rnd == 0 and not tracing and prof is None) else \
+                    argparse.Namespace(**{**vars(args), "profile": None})
+                rows, run_sizes, run_prof = await run_runtime(broker.url, run_args, inputs, server_pid, meter,
+                                                              tracing, rnd * len(args.tracing) + n)
+                runs.append((tracing, rows))
+                prof = prof or run_prof
+                if sizes is None or (not tracing and not sizes_from_off):
+                    # Payload sizes for the floor: from the first tracing-off run (else the first run).
+                    sizes, sizes_from_off = run_sizes, not tracing
+                if tracing:
+                    ntasks = args.warmup + args.seq_tasks + args.tasks
+                    telemetry_per_task.append((await telemetry_bytes(broker.url) - before) / ntasks)
+            if not floor_first:
+                assert sizes is not None
+                for kind in args.floor:
+                    fl_runs[kind].append(await run_floor(broker.url, args, inputs, server_pid, sizes, rnd, kind))
     finally:
         say("stopping nats-server ...")
         await asyncio.to_thread(broker.stop)
         tmp.cleanup()
+    assert sizes is not None
 
-    rows = [r for _, rr in runs for r in rr] + fl_rows
+    # Against the floor: the tracing-off runs (else all), merged over rounds.
+    base = [rr for t, rr in runs if not t] or [rr for _, rr in runs]
+    modes = [r.mode for r in base[0]]
+    rt_rows = [merge([r for rr in base for r in rr if r.mode == m]) for m in modes]
+    fl_rows_by = {kind: [merge([r for rr in runs_ for r in rr if r.mode == m]) for m in modes]
+                  for kind, runs_ in fl_runs.items()}
+    by_system: dict[str, list[PhaseResult]] = {}
+    for _, rr in runs:
+        for r in rr:
+            by_system.setdefault(f"{r.system}|{r.mode}", []).append(r)
+    rows = [merge(v) for v in by_system.values()] + [r for rows_ in fl_rows_by.values() for r in rows_]
     tracing_cost = tracing_ratios(runs)
     ratios = []
-    for rt, fl in zip(rt_rows, fl_rows):
-        ratios.append({"mode": rt.mode,
-                       "tasks_per_s": rt.tasks_per_s / fl.tasks_per_s if fl.tasks_per_s else float("nan"),
-                       "p50": rt.pct(50) / fl.pct(50), "p95": rt.pct(95) / fl.pct(95),
-                       "p99": rt.pct(99) / fl.pct(99)})
+    for kind, fl_rows in fl_rows_by.items():
+        for rt, fl in zip(rt_rows, fl_rows):
+            per_round = [a.tasks_per_s / b.tasks_per_s for a, b in zip(
+                [r for rr in base for r in rr if r.mode == rt.mode],
+                [r for rr in fl_runs[kind] for r in rr if r.mode == rt.mode]) if b.tasks_per_s]
+            ratios.append({"mode": rt.mode, "floor": fl.system,
+                           "tasks_per_s": rt.tasks_per_s / fl.tasks_per_s if fl.tasks_per_s else float("nan"),
+                           "tasks_per_s_per_round": [round(x, 3) for x in per_round],
+                           "py_cpu": (fl.py_cpu_s / fl.tasks) / (rt.py_cpu_s / rt.tasks) if rt.py_cpu_s
+                           else float("nan"),
+                           "p50": rt.pct(50) / fl.pct(50), "p95": rt.pct(95) / fl.pct(95),
+                           "p99": rt.pct(99) / fl.pct(99)})
     par = next(r for r in rt_rows if r.inflight > 1)
     print()
-    via = ("AgentClient.submit + AgentClient.result (a plain subscription + direct get per task)" if args.results == "client"
+    via = ("AgentClient.submit + AgentClient.result (a subscription per task, made by submit; a direct get only "
+           "when nothing came on it)" if args.results == "client"
            else "AgentClient.submit + one plain subscription to agents.w1.results.* (like the floor)")
     print(table(rows, meta, ratios, f"runtime side: {via}; latency = submit to result received"))
     print()
@@ -897,6 +987,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
     out = {"workload": "W1", "meta": meta,
            "params": {"tasks": args.tasks, "seq_tasks": args.seq_tasks, "inflight": args.inflight,
+                      "rounds": args.rounds, "floor": args.floor,
                       "warmup": args.warmup, "seed": args.seed, "profiled": bool(args.profile),
                       "runtime_results_via": args.results},
            "results": [r.summary() for r in rows],
@@ -984,14 +1075,25 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="runtime runs in order, each 'off' (no telemetry) or 'on' (tracing + metrics, spans to the "
                          "TELEMETRY stream); default 'off,on'. Several of each are averaged in the on/off ratio, "
                          "e.g. off,on,on,off")
+    ap.add_argument("--floor", default="nats-py,lean",
+                    help="floors to run, comma-separated: 'nats-py' (nats-py's own API: js.publish, KeyValue, "
+                         "callback subscriptions) and 'lean' (the same messages with the nats-py workarounds the "
+                         "runtime uses: js_ack's reply multiplexer, messages handled from the read loop); "
+                         "default both")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat runtime and floor runs this many times, interleaved (odd rounds floor first), "
+                         "and report the merged figures and the per-round ratios (default 1)")
     ap.add_argument("--json", metavar="FILE", help="write all figures to FILE")
     ap.add_argument("--profile", metavar="FILE",
                     help="cProfile the runtime's in-flight run, dump stats to FILE and print the top costs")
     args = ap.parse_args(argv)
     if args.seq_tasks is None:
         args.seq_tasks = max(1, args.tasks // 5)
-    if args.tasks < 1 or args.inflight < 1:
-        ap.error("--tasks and --inflight must be >= 1")
+    if args.tasks < 1 or args.inflight < 1 or args.rounds < 1:
+        ap.error("--tasks, --inflight and --rounds must be >= 1")
+    args.floor = [m.strip() for m in args.floor.split(",") if m.strip()]
+    if not args.floor or any(m not in ("nats-py", "lean") for m in args.floor):
+        ap.error("--floor: a comma-separated list of nats-py, lean")
     args.tracing = [m.strip() for m in args.tracing.split(",") if m.strip()]
     if not args.tracing or any(m not in ("on", "off") for m in args.tracing):
         ap.error("--tracing: a comma-separated list of on/off")

@@ -55,3 +55,62 @@ async def test_result_before_and_after_the_call(nats_url: str) -> None:
         assert not waiter.done()
         await client.js.publish(subjects.results("support", "late"), codec.encode(_completed("late")))
         assert (await asyncio.wait_for(waiter, 10)).task_id == "late"
+
+
+async def test_several_results_on_a_waited_subject_leave_the_connection_working(nats_url: str) -> None:
+    """result()'s subscription takes one message: more on its subject (a burst
+    from several publishers) must neither fail it nor the connection's read loop."""
+    async with await AgentClient.connect(nats_url) as client:
+        real = client._stored_result
+        looked = asyncio.Event()
+
+        async def lookup(task_id: str, agent: str | None) -> bytes | None:
+            found = await real(task_id, agent)
+            looked.set()
+            return found
+
+        client._stored_result = lookup  # type: ignore[method-assign]
+        waiter = asyncio.create_task(client.result("burst", timeout=10, agent="support"))
+        await asyncio.wait_for(looked.wait(), 5)
+        for _ in range(5):  # core publishes: all reach the subscription at once
+            await client.nc.publish(subjects.results("support", "burst"), codec.encode(_completed("burst")))
+        assert (await asyncio.wait_for(waiter, 10)).task_id == "burst"
+        client._stored_result = real  # type: ignore[method-assign]
+        await client.nc.flush()
+        assert client.nc.is_connected
+        await client.js.publish(subjects.results("support", "after"), codec.encode(_completed("after")))
+        assert (await client.result("after", timeout=5, agent="support")).task_id == "after"
+
+
+async def test_results_of_tasks_submitted_here_need_no_lookup_and_the_watch_is_bounded(nats_url: str) -> None:
+    """submit() subscribes to the task's result before publishing it, so the
+    result comes without a stored-result lookup (one round trip less). At
+    most max_early_results such subscriptions are kept; an older task's result
+    is still found, by the lookup."""
+    async with await AgentClient.connect(nats_url) as client:
+        client.max_early_results = 3
+        ids = [await client.submit("support", f"q{i}", task_id=f"early-{i}") for i in range(5)]
+        assert sorted(client._early) == ids[2:]
+        for tid in ids:
+            await client.js.publish(subjects.results("support", tid), codec.encode(_completed(tid)))
+        real = client._stored_result
+        looked: list[str] = []
+
+        async def lookup(task_id: str, agent: str | None) -> bytes | None:
+            looked.append(task_id)
+            return await real(task_id, agent)
+
+        client._stored_result = lookup  # type: ignore[method-assign]
+        assert [(await client.result(tid, timeout=5)).task_id for tid in ids] == ids
+        assert looked == ids[:2]
+        assert not client._early
+
+
+async def test_a_resubmitted_finished_task_returns_its_stored_result_at_once(nats_url: str) -> None:
+    async with await AgentClient.connect(nats_url) as client:
+        await client.submit("support", "q", task_id="again-1")
+        await client.js.publish(subjects.results("support", "again-1"), codec.encode(_completed("again-1")))
+        assert (await client.result("again-1", timeout=5)).task_id == "again-1"
+        await client.submit("support", "q", task_id="again-1")  # deduplicated: no new result will come
+        assert client.last_submit_duplicate and "again-1" not in client._early
+        assert (await client.result("again-1", timeout=5)).task_id == "again-1"

@@ -28,12 +28,22 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from agentstream.contracts import subjects
+from agentstream.runtime.adapters import js_ack
 from agentstream.runtime.adapters.scan import scan
 from agentstream.runtime.config.auth import NatsAuth, inbox_prefix
 from agentstream.runtime.core.errors import BrokerUnavailable, ConfigError, Conflict, PayloadTooLarge, StoreFull
 from agentstream.runtime.core.ports import Entry
 
 MSG_ID = "Nats-Msg-Id"
+# JetStream's "wrong last sequence" (10071; 10164 its constant form): a
+# compare-and-set lost to another write.
+_WRONG_LAST = (10071, 10164)
+_KEY_RE = re.compile(r"[-/_=.a-zA-Z0-9]+")
+
+
+def _key_ok(key: str) -> bool:
+    """A key nats-py's KeyValue would accept (no wildcards, spaces or empty tokens at the ends)."""
+    return bool(key) and key[0] != "." and key[-1] != "." and _KEY_RE.fullmatch(key) is not None
 log = logging.getLogger("agentstream.storage")
 
 # JetStream's answers when there is no room: 10077 a stream refused a message
@@ -67,6 +77,7 @@ class NatsBus:
         self.timeout_s = timeout_s
         self.wait_when_full = wait_when_full
         self._full_logged = float("-inf")
+        self._acks = js_ack.for_connection(js._nc)
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
                       headers: dict[str, str] | None = None) -> None:
@@ -76,7 +87,7 @@ class NatsBus:
         delay = 0.05
         while True:
             try:
-                await self.js.publish(subject, payload, headers=hdrs or None, timeout=self.timeout_s)
+                await self._acks.publish(subject, payload, headers=hdrs or None, timeout=self.timeout_s)
                 return
             except nats.errors.MaxPayloadError as exc:
                 raise PayloadTooLarge(f"{len(payload)} bytes to {subject} exceed the broker's max payload") from exc
@@ -107,6 +118,16 @@ class NatsKV:
         self.kv = kv
         self.js = js
         self.name = name
+        # Writes go through the connection's ack multiplexer (js_ack), not
+        # nats-py's KeyValue methods: the same messages, less CPU a write.
+        self._acks = js_ack.for_connection(js._nc)
+        self._pre: str = getattr(kv, "_pre", None) or f"$KV.{name}."
+        self._timeout = float(getattr(js, "_timeout", 5.0))
+
+    def _subject(self, key: str) -> str:
+        if not _key_ok(key):
+            raise jse.InvalidKeyError(key)
+        return self._pre + key
 
     async def get(self, key: str) -> Entry | None:
         try:
@@ -117,9 +138,25 @@ class NatsKV:
             return None
         return Entry(e.value, e.revision)
 
+    async def _write(self, key: str, value: bytes, last: int | None) -> int:
+        """One write; ``last`` set: only if the key's last revision is ``last``
+        (0: the key must not exist), else Conflict."""
+        hdrs = None if last is None else {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        try:
+            return (await self._acks.publish(self._subject(key), value, headers=hdrs, timeout=self._timeout)).seq
+        except jse.APIError as exc:
+            if last is not None and exc.err_code in _WRONG_LAST:
+                raise jse.KeyWrongLastSequenceError(description=exc.description) from None
+            raise
+
     async def create(self, key: str, value: bytes) -> int:
         try:
-            return await self.kv.create(key, value)
+            try:
+                return await self._write(key, value, 0)
+            except jse.KeyWrongLastSequenceError:
+                # Maybe only a delete marker is there (a key deleted by
+                # another client): nats-py's create tells that case apart.
+                return await self.kv.create(key, value)
         except (jse.KeyWrongLastSequenceError, jse.BadRequestError) as exc:
             raise Conflict(f"{key} already exists") from exc
         except jse.APIError as exc:
@@ -127,29 +164,28 @@ class NatsKV:
 
     async def update(self, key: str, value: bytes, revision: int) -> int:
         try:
-            return await self.kv.update(key, value, last=revision)
+            return await self._write(key, value, revision)
         except (jse.KeyWrongLastSequenceError, jse.BadRequestError) as exc:
             raise Conflict(f"{key} changed since revision {revision}") from exc
         except jse.APIError as exc:
             raise (store_full(exc, self.name) or exc) from None
 
     async def write_expiring(self, key: str, value: bytes, revision: int | None, ttl_s: float) -> int:
-        # A KV write as nats-py's update does it (expected last subject
-        # sequence; 0 = the key must not exist), plus Nats-TTL: whole seconds,
-        # at least 1; KV streams allow per-message TTLs (allow_msg_ttl).
+        # A KV write as update does it (expected last subject sequence; 0 =
+        # the key must not exist), plus Nats-TTL: whole seconds, at least 1;
+        # KV streams allow per-message TTLs (allow_msg_ttl).
         ttl = max(1.0, float(round(ttl_s)))
-        hdrs = {"Nats-Expected-Last-Subject-Sequence": str(revision or 0)}
+        hdrs = {"Nats-Expected-Last-Subject-Sequence": str(revision or 0), "Nats-TTL": str(int(ttl))}
         try:
-            ack = await self.js.publish(f"$KV.{self.name}.{key}", value, headers=hdrs, msg_ttl=ttl)
+            return (await self._acks.publish(self._subject(key), value, headers=hdrs, timeout=self._timeout)).seq
         except jse.APIError as exc:
-            if exc.err_code in (10071, 10164):  # wrong last sequence: someone wrote first
+            if exc.err_code in _WRONG_LAST:  # someone wrote first
                 raise Conflict(f"{key} changed since revision {revision}") from exc
             raise (store_full(exc, self.name) or exc) from None
-        return int(ack.seq)
 
     async def put(self, key: str, value: bytes) -> int:
         try:
-            return await self.kv.put(key, value)
+            return await self._write(key, value, None)
         except jse.APIError as exc:
             raise (store_full(exc, self.name) or exc) from None
 
@@ -159,7 +195,8 @@ class NatsKV:
         it): the deadlines bucket grew by one marker a task, and every replica's
         deadline sweep read all of them every few seconds (bench/soak.py)."""
         try:
-            await self.js.purge_stream(f"KV_{self.name}", subject=f"$KV.{self.name}.{key}")
+            await self._acks.purge(f"{self.js._prefix}.STREAM.PURGE.KV_{self.name}", self._subject(key),
+                                   timeout=self._timeout)
         except jse.NotFoundError:
             pass
         except jse.APIError as exc:

@@ -35,6 +35,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from agentstream.runtime.adapters.js_ack import subscribe_inline
+
 log = logging.getLogger("agentstream.consumer")
 
 STATUS = "Status"
@@ -141,7 +143,8 @@ class ContinuousPull:
         if stop.is_set():
             return False
         self._inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+        # Handled from the read loop as they arrive (no callback task per message).
+        self._sub = await subscribe_inline(self.nc, self._inbox, self._on_msg)
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -202,7 +205,7 @@ class ContinuousPull:
             self._last_seen = time.monotonic()  # the watchdog counts from the first open pull
         self.pending += batch
 
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_msg(self, msg: Msg) -> None:
         self._last_seen = time.monotonic()
         status = msg.headers.get(STATUS) if msg.headers else None
         if not status:

@@ -19,11 +19,13 @@ import nats.errors
 import nats.js.errors as jse
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import TaskCompleted, TaskEvent, TaskFailed, TaskResult, TaskSubmitted
 from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.adapters import js_ack
 from agentstream.runtime.adapters.scan import RESULTS_STREAM, stored_result
 from agentstream.runtime.config.auth import NatsAuth
 from agentstream.runtime.core.errors import PayloadTooLarge, ResultTimeout, SubmitFailed
@@ -62,6 +64,9 @@ class AgentClient:
     def __init__(self, nc: NatsClient, *, telemetry: Telemetry | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        # Submits and result lookups wait for their answers on one multiplexed
+        # inbox subscription (js_ack): the same requests, less CPU each.
+        self._acks = js_ack.for_connection(nc)
         # Telemetry: with tracing on, submit() starts the task's trace (or
         # continues the caller's current span) and sends its context along.
         self.telemetry = telemetry if telemetry is not None and telemetry.tracing else None
@@ -70,6 +75,13 @@ class AgentClient:
         # exact result subject directly.
         self._agents: dict[str, str] = {}
         self.max_remembered = 10_000
+        # task id -> the one-message result subscription submit() made before
+        # publishing the task (so the result cannot come before it) and its
+        # future: result() then needs no stored-result lookup first. Bounded:
+        # a client that never asks for most results (the HTTP API's) keeps
+        # at most this many; older tasks fall back to result()'s own lookup.
+        self._early: dict[str, tuple[Subscription, asyncio.Future[Msg]]] = {}
+        self.max_early_results = 1024
         self.claim_check_bytes = CLAIM_CHECK_BYTES
         self.submit_retry_s = SUBMIT_RETRY_S
         # Whether the last successful submit was a retry the broker had
@@ -167,11 +179,16 @@ class AgentClient:
             "gen_ai.agent.name": agent, "agentstream.task_id": task_id, "agentstream.tenant_id": tenant_id,
             "agentstream.user_id": user_id, **({"gen_ai.conversation.id": conversation_id}
                                                if conversation_id else {})})
+        await self._watch_result(task_id)
         try:
-            ack = await self._retrying(lambda t: self.js.publish(subject, body, headers=headers, timeout=t),
+            ack = await self._retrying(lambda t: self._acks.publish(subject, body, headers=headers, timeout=t),
                                        task_id, stored=None, store=subjects.stream_of(subject))
-            self.last_submit_duplicate = bool(getattr(ack, "duplicate", False))
+            self.last_submit_duplicate = ack.duplicate
+            if ack.duplicate:
+                # Submitted before: its result may be out already, so result() looks it up first.
+                await self._unwatch(task_id)
         except BaseException as exc:
+            await self._unwatch(task_id)
             if span is not None:
                 span.set_error(type(exc).__name__, str(exc))
             raise
@@ -185,6 +202,27 @@ class AgentClient:
         if len(self._agents) > self.max_remembered:
             self._agents.pop(next(iter(self._agents)))
         return task_id
+
+    async def _watch_result(self, task_id: str) -> None:
+        """Subscribe to the task's result before the task is published (see
+        ``_early``). nats-py sets the future from its read loop and drops the
+        subscription after its one message."""
+        if task_id in self._early:
+            return  # a retried submit of the same task: the first watch stands
+        while len(self._early) >= self.max_early_results:
+            await self._unwatch(next(iter(self._early)))
+        arrived: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        try:
+            sub = await self.nc.subscribe(subjects.any_results(task_id), future=arrived, max_msgs=1)
+        except Exception:  # noqa: BLE001 - only a shortcut: the submit decides, result() can look it up
+            return
+        self._early[task_id] = (sub, arrived)
+
+    async def _unwatch(self, task_id: str) -> None:
+        early = self._early.pop(task_id, None)
+        if early is not None:
+            with contextlib.suppress(Exception):
+                await early[0].unsubscribe()
 
     async def _put_blob(self, name: str, data: bytes, timeout: float = 10.0) -> None:
         store = await nats_adapters.blob_store(self.js)
@@ -240,31 +278,46 @@ class AgentClient:
     async def result(self, task_id: str, timeout: float = 60.0, *, agent: str | None = None) -> TaskResult:
         """The task's result, whether it arrived before or after this call.
 
-        A plain subscription catches a result published from now on; a direct
+        A plain subscription catches a result published from now on (for a task
+        submitted here, the one submit() made before publishing it); a direct
         get reads one already stored. No JetStream consumer is created, so a
         client awaiting thousands of results costs the server nothing lasting.
         """
-        sub = await self.nc.subscribe(subjects.any_results(task_id))
         agent = agent or self._agents.get(task_id)
+        early = self._early.pop(task_id, None)
+        if early is not None:
+            # Subscribed before the task was published: the result comes on it,
+            # unless the connection dropped meanwhile (core messages are not
+            # replayed), which the stored-result lookups below still cover.
+            sub, arrived = early
+            look = False
+        else:
+            # nats-py hands the one message this subscription takes to ``arrived``
+            # straight from its read loop (no queue, no callback task) and drops
+            # the subscription after it, so a second message cannot reach it.
+            arrived = asyncio.get_running_loop().create_future()
+            sub = await self.nc.subscribe(subjects.any_results(task_id), future=arrived, max_msgs=1)
+            look = True
         deadline = time.monotonic() + timeout
         poll = 0.1
         try:
             while True:
-                stored = await self._stored_result(task_id, agent)
-                if stored is not None:
-                    return codec.task_result.decode(stored)
+                if look:
+                    stored = await self._stored_result(task_id, agent)
+                    if stored is not None:
+                        return codec.task_result.decode(stored)
+                look = True
                 # A result published just before our subscription reached the
                 # server, but not yet stored when we looked, is seen by neither;
                 # so wait on the subscription a little, then look again.
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ResultTimeout(f"no result for task {task_id} within {timeout:g}s")
-                try:
-                    msg = await sub.next_msg(timeout=min(poll, remaining))
-                except nats.errors.TimeoutError:
+                done, _ = await asyncio.wait((arrived,), timeout=min(poll, remaining))
+                if not done:
                     poll = min(poll * 2, 2.0)
                     continue
-                return codec.task_result.decode(msg.data)
+                return codec.task_result.decode(arrived.result().data)
         finally:
             self._agents.pop(task_id, None)
             with contextlib.suppress(Exception):
@@ -274,10 +327,9 @@ class AgentClient:
         try:
             if agent is None:
                 return await stored_result(self.js, task_id, direct=True)
-            raw = await self.js.get_last_msg(RESULTS_STREAM, subjects.results(agent, task_id), direct=True)
+            return await self._acks.direct_last(self.js._prefix, RESULTS_STREAM, subjects.results(agent, task_id))
         except _NOT_YET:
             return None
-        return raw.data
 
     async def _activity_count(self, task_id: str) -> int:
         try:

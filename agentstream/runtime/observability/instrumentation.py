@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from opentelemetry.trace import SpanKind
 
+from agentstream.runtime.observability.metrics import AttributeSets, keyed
 from agentstream.runtime.observability.redact import redact
 from agentstream.runtime.observability.spans import _PROCESS, LiteSpan, _error_type, _json
 from agentstream.runtime.observability.trace_context import (
@@ -94,6 +95,7 @@ class TracedLLM:
         self.name = inner.name
         self.provider = _provider_name(inner)
         self._turns_without_calls = 0  # consecutive turns offered tools, none called
+        self._attr_sets = AttributeSets()
 
     def _note_tool_use(self, model: str, offered: int, called: int) -> None:
         if not offered:
@@ -172,23 +174,31 @@ class TracedLLM:
         m = self.tel.metrics
         if m is None:
             return
-        attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": self.provider,
-                 "gen_ai.request.model": model, "gen_ai.agent.name": self.agent}
-        if response_model:
-            attrs["gen_ai.response.model"] = response_model
-        if info is not None:
-            attrs["agentstream.tenant_id"] = info.tenant
-            attrs["agentstream.user_id"] = info.user
+        tenant, user = (info.tenant, info.user) if info is not None else (None, None)
+        sets = self._attr_sets.get((model, response_model, tenant, user, error_type))
+        if sets is None:
+            attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": self.provider,
+                     "gen_ai.request.model": model, "gen_ai.agent.name": self.agent}
+            if response_model:
+                attrs["gen_ai.response.model"] = response_model
+            if info is not None:
+                attrs["agentstream.tenant_id"] = info.tenant
+                attrs["agentstream.user_id"] = info.user
+            if error_type is not None:
+                attrs["error.type"] = error_type
+            sets = self._attr_sets.put((model, response_model, tenant, user, error_type), (
+                keyed(attrs), keyed({**attrs, "gen_ai.token.type": "input"}),
+                keyed({**attrs, "gen_ai.token.type": "output"})))
+        (attrs, key), (in_attrs, in_key), (out_attrs, out_key) = sets
         if error_type is not None:
-            attrs["error.type"] = error_type
-            m.errors.add(1, attrs)
-        m.operation_duration.record(seconds, attrs)
+            m.errors.add(1, attrs, key)
+        m.operation_duration.record(seconds, attrs, key)
         if resp is not None:
             u = resp.usage
-            m.token_usage.record(u.input_tokens, {**attrs, "gen_ai.token.type": "input"})
-            m.token_usage.record(u.output_tokens, {**attrs, "gen_ai.token.type": "output"})
+            m.token_usage.record(u.input_tokens, in_attrs, in_key)
+            m.token_usage.record(u.output_tokens, out_attrs, out_key)
             if u.cost_usd:
-                m.cost.add(u.cost_usd, attrs)
+                m.cost.add(u.cost_usd, attrs, key)
 
 
 def _input_messages(request: ModelRequest) -> list[dict[str, Any]]:
@@ -274,8 +284,8 @@ class EngineHooks:
                 caller = cur.span_id
         else:
             tid_int, tid = _trace_id()
-            sampled = self.tel._sampler.should_sample(None, tid_int, self.invoke_name, SpanKind.INTERNAL)
-            flags, root = int(sampled.decision.is_sampled()), task_span_id(tid, task_id)
+            sampled = self.tel.sample_root(tid_int, self.invoke_name, SpanKind.INTERNAL)
+            flags, root = int(sampled), task_span_id(tid, task_id)
         tp = format_traceparent(Ctx(tid, root, flags))
         new_state = msgspec.structs.replace(state, trace_parent=tp, trace_caller_span=caller)
         return msgspec.structs.replace(decision, state=new_state)

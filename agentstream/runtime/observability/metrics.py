@@ -74,8 +74,11 @@ class _LiteInstrument:
         self._lock = threading.Lock()  # records may come from several loops' threads
         self._width = len(self.bounds) + 3 if self.bounds is not None else 0
 
-    def add(self, value: float, attributes: Mapping[str, Any]) -> None:
-        key = tuple(attributes.items())
+    def add(self, value: float, attributes: Mapping[str, Any],
+            key: tuple[tuple[str, Any], ...] | None = None) -> None:
+        """``key``: ``tuple(attributes.items())``, when the caller keeps it."""
+        if key is None:
+            key = tuple(attributes.items())
         with self._lock:
             series = self._series
             if key not in series and len(series) >= SERIES_LIMIT:
@@ -84,8 +87,11 @@ class _LiteInstrument:
         if self.sdk is not None:
             self.sdk.add(value, attributes)
 
-    def record(self, value: float, attributes: Mapping[str, Any]) -> None:
-        key = tuple(attributes.items())
+    def record(self, value: float, attributes: Mapping[str, Any],
+               key: tuple[tuple[str, Any], ...] | None = None) -> None:
+        """``key``: ``tuple(attributes.items())``, when the caller keeps it."""
+        if key is None:
+            key = tuple(attributes.items())
         i = bisect.bisect_left(self.bounds, value) + 2  # type: ignore[arg-type]  # (b[i-1], b[i]], as the SDK
         with self._lock:
             point = self._series.get(key)
@@ -156,6 +162,32 @@ class _Metrics:
                                                   explicit_bucket_boundaries_advisory=inst.bounds)
                 else:
                     inst.sdk = m.create_counter(inst.name, unit=inst.unit, description=inst.description)
+
+
+class AttributeSets:
+    """Attribute dicts (and their series keys) built once per distinct input:
+    a hot caller records the same few sets over and over. Bounded: cleared
+    when full, since tenant and user ids come from outside."""
+
+    __slots__ = ("_sets", "limit")
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._sets: dict[tuple[Any, ...], Any] = {}
+        self.limit = limit
+
+    def get(self, key: tuple[Any, ...]) -> Any:
+        return self._sets.get(key)
+
+    def put(self, key: tuple[Any, ...], value: Any) -> Any:
+        if len(self._sets) >= self.limit:
+            self._sets.clear()
+        self._sets[key] = value
+        return value
+
+
+def keyed(attributes: dict[str, Any]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
+    """``attributes`` with its series key, for ``record(..., key=)``."""
+    return attributes, tuple(attributes.items())
 
 
 _metrics_lock = threading.Lock()

@@ -96,6 +96,7 @@ class JetStreamSpanExporter(SpanExporter):
         self.max_bytes = max(4096, min(int(getattr(nc, "max_payload", 0) or 1 << 20), 1 << 20) - 1024)
         self._queue: collections.deque[tuple[str, bytes, int]] = collections.deque()
         self._lite: list[tuple[str, bytes]] = []  # (trace id, encoded SpanRecord)
+        self._unencoded: list[tuple[LiteSpan, int]] = []  # finished spans not yet encoded (add_lite)
         self._timer: asyncio.TimerHandle | None = None
         self._loop_thread = threading.get_ident() if loop is None else None
         self._sender: asyncio.Task[None] | None = None
@@ -110,9 +111,12 @@ class JetStreamSpanExporter(SpanExporter):
         self._head = batch_head(service, worker)
 
     def add_lite(self, span: LiteSpan, end_ns: int) -> None:
-        """Encode a finished lite span and buffer the bytes (call on the loop's
-        thread); the span and its attribute dict can then be freed at once
-        instead of living until the flush."""
+        """Buffer a finished lite span (call on the loop's thread). Spans are
+        encoded ``ENCODE_EVERY`` at a time: one tight loop over a few dozen
+        spans costs less than the same work spread between the steps of the
+        tasks (in situ each span's record cost ~2x its microbenchmark), and
+        the spans and their attribute dicts still go within a few
+        milliseconds, before the garbage collector would promote them."""
         if self._closed:
             self.dropped += 1
             return
@@ -124,28 +128,42 @@ class JetStreamSpanExporter(SpanExporter):
             except RuntimeError:
                 self.dropped += 1
             return
-        try:
-            tel = span._tel
-            rec = _record(span.context, span.parent, span.name, _KIND_NAMES[span.kind], span.start_ns, end_ns,
-                          span.error is not None, span.attributes,
-                          "" if tel.service_name == self.service else tel.service_name,
-                          "" if tel.worker_name == self.worker else tel.worker_name, span.links, BatchedSpan)
-            self._lite.append((rec.trace_id, encode(rec)))
-        except Exception as exc:  # noqa: BLE001 - one odd attribute must not fail the work
-            log.debug("cannot encode span %s: %s", span.name, exc)
-            self.dropped += 1
-            return
-        if len(self._lite) >= self.max_batch:
-            self._kick()
-        elif self._timer is None:
+        unencoded = self._unencoded
+        unencoded.append((span, end_ns))
+        if len(unencoded) >= self.ENCODE_EVERY:
+            self._encode()
+        if self._timer is None:
             self._timer = self.loop.call_later(self.delay_s, self._kick)
+
+    ENCODE_EVERY = 32
+
+    def _encode(self) -> None:
+        spans, self._unencoded = self._unencoded, []
+        lite = self._lite
+        service, worker = self.service, self.worker
+        for span, end_ns in spans:
+            try:
+                tel = span._tel
+                rec = _record(span.context, span.parent, span.name, _KIND_NAMES[span.kind], span.start_ns, end_ns,
+                              span.error is not None, span.attributes,
+                              "" if tel.service_name == service else tel.service_name,
+                              "" if tel.worker_name == worker else tel.worker_name, span.links, BatchedSpan)
+                lite.append((rec.trace_id, encode(rec)))
+            except Exception as exc:  # noqa: BLE001 - one odd attribute must not fail the work
+                log.debug("cannot encode span %s: %s", span.name, exc)
+                self.dropped += 1
+        if len(lite) >= self.max_batch:
+            self._kick()
 
     def _kick(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._unencoded:
+            self._encode()
         records, self._lite = self._lite, []
-        self._enqueue(self._pack(records))
+        if records:
+            self._enqueue(self._pack(records))
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._closed:
@@ -193,7 +211,7 @@ class JetStreamSpanExporter(SpanExporter):
 
     async def aflush(self, timeout: float = 5.0) -> None:
         """Wait until everything handed over so far is written to the socket."""
-        if self._lite:
+        if self._lite or self._unencoded:
             self._kick()
         deadline = time.monotonic() + timeout
         while (self._queue or (self._sender is not None and not self._sender.done())) \

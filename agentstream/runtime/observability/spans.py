@@ -70,7 +70,7 @@ class LiteSpan:
         adapter), so it goes into OpenTelemetry's context too, where their
         own spans and instrumentation look for a parent."""
         if foreign:
-            otel_token = otel_context.attach(trace_api.set_span_in_context(NonRecordingSpan(to_otel(self.context))))
+            otel_token = otel_context.attach(trace_api.set_span_in_context(_ForeignView(self.context)))
             self._tokens = (_CUR.set(None), otel_token)
         else:
             self._tokens = (_CUR.set(self.context),)
@@ -90,6 +90,26 @@ class LiteSpan:
         elif self.keep or self.error is not None:
             self.context = self.context._replace(flags=self.context.flags | 1)
             self._tel._sink(self, end_ns or time.time_ns())
+
+
+class _ForeignView(NonRecordingSpan):
+    """The span foreign code finds in OpenTelemetry's context: its
+    ``SpanContext`` (int ids parsed from hex, validated) is built only when
+    something asks for it; most tools and models never do."""
+
+    def __init__(self, ctx: Ctx) -> None:  # no super().__init__: the context is made on demand
+        self._ctx = ctx
+        self._sc: trace_api.SpanContext | None = None
+
+    def get_span_context(self) -> trace_api.SpanContext:
+        sc = self._sc
+        if sc is None:
+            sc = self._sc = to_otel(self._ctx)
+        return sc
+
+    @property
+    def _context(self) -> trace_api.SpanContext:  # type: ignore[override]  # NonRecordingSpan's repr reads it
+        return self.get_span_context()
 
 
 # The ``process`` span of the message being handled, while its handler runs:

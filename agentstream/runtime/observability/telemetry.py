@@ -82,7 +82,7 @@ from agentstream.runtime.adapters.jetstream import MSG_ID
 from agentstream.runtime.execution.consumer import Reject
 from agentstream.runtime.observability.instrumentation import EngineHooks, TracedBus, TracedLLM
 from agentstream.runtime.observability.logs import configure_logging
-from agentstream.runtime.observability.metrics import _Metrics, _metrics_for
+from agentstream.runtime.observability.metrics import AttributeSets, _Metrics, _metrics_for, keyed
 from agentstream.runtime.observability.redact import redact
 from agentstream.runtime.observability.span_export import JetStreamSpanExporter, build_span_exporters
 from agentstream.runtime.observability.spans import (
@@ -165,6 +165,10 @@ class Telemetry:
                 self.provider.add_span_processor(bsp)
                 self._processors.append(bsp)
             self._sampler = self.provider.sampler
+            # The fixed samplers decide a new trace without the SDK's call
+            # (a SamplingResult and its attributes, per task).
+            self._root_fixed = {"always_on": True, "parentbased_always_on": True, "always_off": False,
+                                "parentbased_always_off": False}.get(config.sampler)
             if len(exporters) == 1 and self._jetstream:
                 direct = self._jetstream[0]  # lite spans skip the BSP (see JetStreamSpanExporter)
         # Where a finished lite span goes: one call from LiteSpan.end.
@@ -172,6 +176,7 @@ class Telemetry:
         use_metrics = config.metrics if metrics is None else (metrics and config.metrics)
         self.metrics: _Metrics | None = _metrics_for(config, self.resource) if use_metrics else None
         self.active = self.tracing or self.metrics is not None
+        self._tool_sets = AttributeSets()
 
     # ------------------------------------------------------------ spans
 
@@ -192,6 +197,16 @@ class Telemetry:
         for p in self._processors:
             p.on_end(rs)
 
+    _root_fixed: bool | None = None
+
+    def sample_root(self, trace_id: int, name: str, kind: SpanKind, attributes: dict[str, Any] | None = None
+                    ) -> bool:
+        """The head sampler's decision for a new trace (no parent)."""
+        fixed = self._root_fixed
+        if fixed is not None:
+            return fixed
+        return self._sampler.should_sample(None, trace_id, name, kind, attributes).decision.is_sampled()
+
     def start_span(self, name: str, kind: SpanKind = SpanKind.INTERNAL, parent: Ctx | None = None,
                    attributes: dict[str, Any] | None = None, *, start_ns: int | None = None,
                    links: Sequence[Ctx] = (),
@@ -205,8 +220,7 @@ class Telemetry:
             ctx = Ctx(parent.trace_id, _span_id(), parent.flags, parent.state)
         else:
             tid, tid_hex = _trace_id()
-            sampled = self._sampler.should_sample(None, tid, name, kind, attrs).decision.is_sampled()
-            ctx = Ctx(tid_hex, _span_id(), 1 if sampled else 0)
+            ctx = Ctx(tid_hex, _span_id(), 1 if self.sample_root(tid, name, kind, attrs) else 0)
         return LiteSpan(self, name, kind, ctx, parent, attrs, start_ns or time.time_ns(), links)
 
     @contextmanager
@@ -253,7 +267,7 @@ class Telemetry:
         if not self.tracing or _current() is not None:
             return None
         tid, tid_hex = _trace_id()
-        sampled = self._sampler.should_sample(None, tid, "invoke_agent", SpanKind.INTERNAL).decision.is_sampled()
+        sampled = self.sample_root(tid, "invoke_agent", SpanKind.INTERNAL)
         return Ctx(tid_hex, task_span_id(tid_hex, task_id), 1 if sampled else 0)
 
     @staticmethod
@@ -377,12 +391,13 @@ class Telemetry:
         m = self.metrics
         if m is None:
             return
-        attrs = {"gen_ai.tool.name": req.tool, "gen_ai.agent.name": req.agent,
-                 "agentstream.tenant_id": req.tenant_id, "agentstream.user_id": req.user_id}
+        ident = (req.tool, req.agent, req.tenant_id, req.user_id, error_type)
+        attrs, key = self._tool_sets.get(ident) or self._tool_sets.put(ident, keyed(
+            {"gen_ai.tool.name": req.tool, "gen_ai.agent.name": req.agent, "agentstream.tenant_id": req.tenant_id,
+             "agentstream.user_id": req.user_id, **({"error.type": error_type} if error_type is not None else {})}))
         if error_type is not None:
-            attrs["error.type"] = error_type
-            m.errors.add(1, attrs)
-        m.tool_duration.record(seconds, attrs)
+            m.errors.add(1, attrs, key)
+        m.tool_duration.record(seconds, attrs, key)
 
     def engine_hooks(self, spec: AgentSpec, model: str = "") -> EngineHooks | None:
         return EngineHooks(self, spec, model) if self.active else None

@@ -94,13 +94,25 @@ _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 def parse_traceparent(value: str | None, tracestate: str | None = None) -> Ctx | None:
     """A W3C ``traceparent`` (version 00 and compatible later ones) or None."""
-    m = _TRACEPARENT.fullmatch(value) if value else None
+    if not value:
+        return None
+    if len(value) == 55 and value[2] == "-" and value[35] == "-" and value[52] == "-":
+        # The common form (every header we write), checked without the regex:
+        # it costs a few microseconds a message in situ.
+        version, tid, sid, flags = value[:2], value[3:35], value[36:52], value[53:]
+        if (version + tid + sid + flags).strip(_HEX) or version == "ff" or tid == _ZERO_TRACE or sid == _ZERO_SPAN:
+            return None
+        return Ctx(tid, sid, int(flags, 16), tracestate or "")
+    m = _TRACEPARENT.fullmatch(value)
     if m is None:
         return None
     version, tid, sid, flags, rest = m.groups()
     if version == "ff" or (version == "00" and rest) or tid == _ZERO_TRACE or sid == _ZERO_SPAN:
         return None
     return Ctx(tid, sid, int(flags, 16), tracestate or "")
+
+
+_HEX = "0123456789abcdef"
 
 
 # The current span when it is one of ours that only our code runs under
