@@ -40,7 +40,7 @@ async def lookup_order(order_id: int) -> dict[str, object]:
         order_id: The order number.
     """
     _log(f"lookup_order {order_id}")
-    return {"order": {"id": order_id, "total": 120.0 if order_id == 42 else 80.0}}
+    return {"order": {"id": order_id, "total": {42: 120.0, 4242: 9000.0}.get(order_id, 80.0)}}
 
 
 @tool(read_only=True)
@@ -84,7 +84,9 @@ def _plan(question: str, replanning: bool) -> dict[str, object]:
         if n == 42 else {"order_id": n, "amount": 80.0}
     steps.append({"id": "refund", "tool": "issue_refund", "args": args,
                   "depends_on": (["look"] if n != 42 else []) + ([] if replanning else ["ship"])})
-    return {"steps": steps, "rationale": "look the order up, then refund its total"}
+    # "huge": a planner that writes far more than a session can hold.
+    rationale = "look the order up, then refund its total" + (" and more" * 50_000 if "huge" in question else "")
+    return {"steps": steps, "rationale": rationale}
 
 
 def plan_script(request: ModelRequest) -> ModelResponse:

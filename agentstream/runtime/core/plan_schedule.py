@@ -203,13 +203,19 @@ def cancel_waiting(state: SessionState) -> tuple[SessionState, list[AnyCommand]]
 
 
 def plan_inputs(p: Planning, step_id: str) -> dict[str, int]:
-    """The results a gated step's pointers resolve from, by EVENTS sequence:
-    a tool worker reads them to check the call is the approved step."""
-    step = next((s for s in p.plan.steps if s.id == step_id), None) if p.plan is not None else None
-    if step is None:
-        return {}
-    refs = {str(r[REF_KEY]) for r in refs_in(step.args)}
-    return {ref: p.output_seqs[ref] for ref in sorted(refs) if p.output_seqs.get(ref)}
+    """The results a gated step's pointers resolve from, by EVENTS sequence,
+    and those its pointed-at steps' own pointers resolved from (transitively):
+    a tool worker reads them to check the call is the approved step, fed by
+    the approved steps' results."""
+    steps = {s.id: s for s in p.plan.steps} if p.plan is not None else {}
+    seen: set[str] = set()
+    todo = [step_id] if step_id in steps else []
+    while todo:
+        for ref in {str(r[REF_KEY]) for r in refs_in(steps[todo.pop()].args)} - seen:
+            seen.add(ref)
+            if ref in steps:
+                todo.append(ref)
+    return {ref: p.output_seqs[ref] for ref in sorted(seen) if p.output_seqs.get(ref)}
 
 
 def keep_in_flight(decision: Decision, ctx: Context) -> Decision:

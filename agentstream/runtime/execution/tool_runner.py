@@ -88,7 +88,14 @@ from agentstream.runtime.core.tools import RateLimited, RetryPolicy, Tool, ToolC
 from agentstream.runtime.execution.breaker import Admission, SharedBreaker
 from agentstream.runtime.execution.consumer import Reject
 from agentstream.runtime.execution.engine import RESULT_REF_PREFIX
-from agentstream.runtime.planning.plan import REF_KEY, Unresolved, refs_in, resolve
+from agentstream.runtime.planning.plan import (
+    REF_KEY,
+    PlanStep,
+    Unresolved,
+    refs_in,
+    resolve,
+    topological_order,
+)
 from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
 
 log = logging.getLogger("agentstream.toolrunner")
@@ -467,15 +474,29 @@ class ToolRunner:
         step = next((s for s in steps if isinstance(s, dict) and s.get("id") == step_id), None)
         if step is None or step.get("tool") != req.tool:
             return f"the plan approved by {d.approval_id} has no step {step_id!r} calling {req.tool}"
+        approved = _plan_steps(steps)
+        order = topological_order(list(approved.values()))
+        target = approved.get(step_id)
+        if order is None or target is None:
+            return f"the plan approved by {d.approval_id} is not a valid plan"
+        # Every step the call's pointers lead to, directly or through other
+        # steps' pointers: each result must answer its step as approved.
+        needed: set[str] = set()
+        todo = [target]
+        while todo:
+            for ref in {str(r[REF_KEY]) for r in refs_in(todo.pop().args)} - needed:
+                needed.add(ref)
+                if ref in approved:
+                    todo.append(approved[ref])
         outputs: dict[str, Any] = {}
-        planned_tools = {s.get("id"): s.get("tool") for s in steps if isinstance(s, dict)}
-        for ref in sorted({str(r[REF_KEY]) for r in refs_in(step.get("args"))}):
-            got = await self._plan_input(req, d, f"p{attempt}-{ref}", planned_tools.get(ref))
-            if isinstance(got, str):
-                return got
-            outputs[ref] = got[0]
         try:
-            approved_args = resolve(step.get("args"), outputs)
+            for sid in (s for s in order if s in needed):
+                want = codec.arguments_digest(resolve(approved[sid].args, outputs))
+                got = await self._plan_input(req, d, attempt, approved[sid], want)
+                if isinstance(got, str):
+                    return got
+                outputs[sid] = got[0]
+            approved_args = resolve(target.args, outputs)
         except Unresolved as exc:
             return f"step {step_id!r} of the plan approved by {d.approval_id} does not resolve: {exc}"
         if approved_args != req.arguments:
@@ -487,12 +508,14 @@ class ToolRunner:
             return f"{d.approver} may not approve {req.tool}"
         return None
 
-    async def _plan_input(self, req: ToolCallRequested, d: ApprovalDecided, call_id: str,
-                          tool: object) -> tuple[Any] | str:
+    async def _plan_input(self, req: ToolCallRequested, d: ApprovalDecided, attempt: str, step: PlanStep,
+                          want: str) -> tuple[Any] | str:
         """The output of an earlier step of an approved plan, read at the
         sequence the call names: a successful result for that step's call, on
-        this task's inbox, at the same turn. Else why not."""
-        seq = req.plan_inputs.get(call_id.split("-", 1)[1], 0)
+        this task's inbox, at the same turn, of the step's approved arguments
+        (digest ``want``). Else why not."""
+        call_id = f"p{attempt}-{step.id}"
+        seq = req.plan_inputs.get(step.id, 0)
         if seq <= 0 or self.decisions is None:
             return f"call {req.call_id} names no result for the step {call_id} its arguments come from"
         found = await self.decisions(seq)
@@ -502,9 +525,11 @@ class ToolRunner:
             ev = codec.agent_inbox.decode(found[1])
         except codec.DecodeError as exc:
             return f"the result at EVENTS sequence {seq} is not readable: {exc}"
-        if not isinstance(ev, ToolCallCompleted) or (ev.call_id, ev.step, ev.tool) != (call_id, d.step, tool) \
+        if not isinstance(ev, ToolCallCompleted) or (ev.call_id, ev.step, ev.tool) != (call_id, d.step, step.tool) \
                 or not ev.ok:
             return f"EVENTS sequence {seq} is not a successful result of {call_id} of the approved plan"
+        if ev.arguments_digest != want:
+            return f"EVENTS sequence {seq} is not the result of step {step.id!r} as approved (other arguments)"
         if not ev.result_ref:
             return (ev.result,)
         if self.blobs is None or not ev.result_ref.startswith(RESULT_REF_PREFIX):
@@ -626,7 +651,7 @@ class ToolRunner:
                 task_id=req.task_id, agent=req.agent, step=req.step, call_id=req.call_id, tool=req.tool,
                 ok=error is None, result=result if error is None else None, error=error,
                 started_at=started, finished_at=time.time(), attempts=out.attempts, worker=self.worker,
-                served_by=out.served_by)
+                served_by=out.served_by, arguments_digest=codec.arguments_digest(req.arguments))
 
         try:
             return codec.encode(done(out.result, out.error))
@@ -659,6 +684,20 @@ class ToolRunner:
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot store result %s: %s", key, exc)
         return payload
+
+
+def _plan_steps(raw: list[Any]) -> dict[str, PlanStep]:
+    """The steps of the plan a decision carries, by id (the approval shows
+    them as ``{id, tool, args, depends_on}``); steps not of that shape are
+    left out, so nothing can claim to be them."""
+    out: dict[str, PlanStep] = {}
+    for s in raw:
+        try:
+            step = msgspec.convert(s, PlanStep)
+        except msgspec.ValidationError:
+            continue
+        out.setdefault(step.id, step)
+    return out
 
 
 class _Replay(Exception):

@@ -1,0 +1,286 @@
+"""A hostile review of plan-level approval and plan trust (issue 14): the
+README's guarantee "only approvers approve" must hold for whole plans.
+
+Each attack is a test. Where the bus is involved it runs against a real
+nats-server with per-role credentials (tests/plan_desk.py): the attacker
+holds the agent role, which may publish tool calls and approval requests
+but not results or decisions. Pure-core attacks are unit tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import until
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from plan_desk import AGENT, WAIT_S, Desk, open_desk, plan_app
+from test_plan_core import approving, decision_for, go, planner, published, result, task
+
+from agentstream.contracts import codec, subjects
+from agentstream.contracts.events import (
+    ApprovalDecided,
+    TaskCompleted,
+    TaskFailed,
+    ToolCallCompleted,
+    ToolCallRequested,
+)
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.adapters.in_memory import InMemoryBus
+from agentstream.runtime.adapters.scan import scan
+from agentstream.runtime.config.auth import NatsAuth, Role
+from agentstream.runtime.core.plan_approval import approval_arguments
+from agentstream.runtime.execution.consumer import Reject
+from agentstream.runtime.execution.tool_runner import ToolRunner
+from agentstream.runtime.interfaces import approvals
+from agentstream.runtime.planning.plan import Plan, PlanStep
+from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
+
+
+@pytest.fixture
+async def desk(nats_server: EmbeddedNats, role_auth: Callable[[Role], NatsAuth], tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Desk]:
+    async with open_desk(nats_server, role_auth, tmp_path, monkeypatch) as d:
+        yield d
+
+
+def forged(task_id: str, call_id: str, tool: str, args: dict[str, object], *, step: int = 1,
+           approval_seq: int = 0, plan_inputs: dict[str, int] | None = None, key: str = "") -> ToolCallRequested:
+    """A tool call as the agent role can publish it: anything it likes, to any tool."""
+    return ToolCallRequested(task_id=task_id, agent=AGENT, step=step, call_id=call_id, tool=tool, arguments=args,
+                             approval_seq=approval_seq, plan_inputs=plan_inputs or {},
+                             idempotency_key=key or f"{task_id}:{step}:{call_id}:forged:{time.time_ns()}",
+                             reply_subject=subjects.events(AGENT, task_id), requested_at=time.time())
+
+
+async def approved_run(desk: Desk, text: str) -> tuple[str, int]:
+    """A task whose plan a human approved and which then finished; the EVENTS
+    sequence of the plan's decision."""
+    task_id, rec = await desk.parked(text)
+    await approvals.decide(desk.approver, rec.request.approval_id, approved=True, approver="alice")
+    assert isinstance(await desk.client.result(task_id, timeout=WAIT_S), TaskCompleted)
+    [decision] = await scan(desk.admin.js, "EVENTS", subjects.decisions(AGENT, task_id))
+    return task_id, decision.seq
+
+
+async def results_by_call(desk: Desk, task_id: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for raw in await scan(desk.admin.js, "EVENTS", subjects.events(AGENT, task_id)):
+        ev = codec.agent_inbox.decode(raw.data)
+        if isinstance(ev, ToolCallCompleted):
+            out.setdefault(ev.call_id, raw.seq)  # the first: the one the session took
+            out[f"{ev.call_id}@last"] = raw.seq
+    return out
+
+
+async def test_a_pointer_cannot_be_fed_by_an_ungated_step_rerun_with_other_arguments(desk: Desk) -> None:
+    """The human approved "look order 42 up, refund its total". The agent role
+    runs the ungated lookup step again under its own call id with another
+    order (a tool worker answers it honestly), then claims the approved
+    refund with the amount that lookup yields."""
+    task_id, seq = await approved_run(desk, "please refund order 42")
+    evil = await desk.agent_role()
+    await evil.publish(subjects.tool_calls("lookup_order"),
+                       codec.encode(forged(task_id, "p1-look", "lookup_order", {"order_id": 4242})))
+
+    async def rerun() -> int | None:
+        return (await results_by_call(desk, task_id)).get("p1-look@last") \
+            if "lookup_order 4242" in desk.runs() else None
+    rerun_seq: int = await until(rerun, WAIT_S, "the forged lookup to be answered")
+    subject = subjects.tool_calls("issue_refund")
+    await evil.publish(subject, codec.encode(forged(
+        task_id, "p1-refund", "issue_refund", {"order_id": 4242, "amount": 9000.0}, approval_seq=seq,
+        plan_inputs={"look": rerun_seq})))
+    await desk.dead_letter(subject, "is not the result of step 'look' as approved")
+    await evil.flush()
+    assert "issue_refund 4242 9000.0" not in desk.runs()
+
+
+async def test_a_plan_decision_cannot_be_carried_to_another_task(desk: Desk) -> None:
+    """Task A's plan was approved; task B (same plan shape) waits for its own
+    human. The agent role claims B's gated step under A's decision."""
+    a, seq_a = await approved_run(desk, "please refund order 42")
+    b, _ = await desk.parked("please refund order 42")
+    evil = await desk.agent_role()
+    subject = subjects.tool_calls("issue_refund")
+    inputs = {"look": (await results_by_call(desk, a))["p1-look"]}
+    await evil.publish(subject, codec.encode(forged(b, "p1-refund", "issue_refund", {"order_id": 42, "amount": 120.0},
+                                                    approval_seq=seq_a, plan_inputs=inputs)))
+    await desk.dead_letter(subject, f"is not a decision on task {b}")
+    await evil.flush()
+    assert desk.runs().count("issue_refund 42 120.0") == 1  # task A's own, approved refund only
+
+
+async def test_pointer_results_cannot_come_from_another_task(desk: Desk) -> None:
+    """Both tasks approved; B's refund claimed with A's lookup result as its input."""
+    a, _ = await approved_run(desk, "please refund order 42")
+    b, seq_b = await approved_run(desk, "please refund order 42")
+    evil = await desk.agent_role()
+    subject = subjects.tool_calls("issue_refund")
+    inputs = {"look": (await results_by_call(desk, a))["p1-look"]}
+    await evil.publish(subject, codec.encode(forged(b, "p1-refund", "issue_refund", {"order_id": 42, "amount": 120.0},
+                                                    approval_seq=seq_b, plan_inputs=inputs)))
+    await desk.dead_letter(subject, f"is not a result on task {b}")
+    await evil.flush()
+    assert desk.runs().count("issue_refund 42 120.0") == 2  # each task's own
+
+
+async def test_a_denied_plan_submitted_again_asks_again_and_the_denial_runs_nothing(desk: Desk) -> None:
+    task_id, rec = await desk.parked("please refund order 42")
+    await approvals.decide(desk.approver, rec.request.approval_id, approved=False, approver="alice",
+                           reason="not without a receipt")
+
+    async def asked_again() -> approvals.ApprovalRecord | None:
+        recs = await approvals.list_approvals(desk.admin)
+        return next((r for r in recs if r.request.task_id == task_id and r.status == "pending"), None)
+    again: approvals.ApprovalRecord = await until(asked_again, WAIT_S, "the replanned plan's own approval")
+    assert again.request.approval_id != rec.request.approval_id and again.request.call_id == "plan-2"
+    assert desk.runs() == []  # the denial ran nothing, and the new plan waits for a human
+
+    # The denial itself cannot be used as an approval of the new plan's steps, nor of the old one's.
+    [denial] = await scan(desk.admin.js, "EVENTS", subjects.decisions(AGENT, task_id))
+    evil = await desk.agent_role()
+    subject = subjects.tool_calls("issue_refund")
+    for call_id, step in (("p1-refund", rec.request.step), ("p2-refund", again.request.step)):
+        await evil.publish(subject, codec.encode(forged(task_id, call_id, "issue_refund",
+                                                        {"order_id": 42, "amount": 120.0}, step=step,
+                                                        approval_seq=denial.seq)))
+    await desk.dead_letter(subject, "is for another task or turn")
+    await desk.dead_letter(subject, "names no result for the step p1-look")
+    await evil.flush()
+    assert not [r for r in desk.runs() if r.startswith("issue_refund")]
+
+
+async def test_a_plan_too_large_for_a_session_fails_the_task_and_asks_nobody(desk: Desk) -> None:
+    task_id = await desk.client.submit(AGENT, "please refund order 42, huge")
+    res = await desk.client.result(task_id, timeout=WAIT_S)
+    assert isinstance(res, TaskFailed) and res.reason == "state_too_large", res
+    assert "over the" in res.message
+    recs = await approvals.list_approvals(desk.admin)
+    assert not [r for r in recs if r.request.task_id == task_id and r.status == "pending"]
+    assert desk.runs() == []
+
+
+# ----------------------------------------------------------------- the tool worker's check, without a broker
+#
+# The worker reads decisions and results by EVENTS sequence; here the stream
+# is a dict, so open-ended inputs (hypothesis) run fast. What is checked is
+# the same code the bus tests above drive.
+
+CHAIN = Plan(steps=(
+    PlanStep(id="a", tool="lookup_order", args={"order_id": 42}),
+    PlanStep(id="b", tool="lookup_order", args={"order_id": {"$ref": "a", "path": ["order", "id"]}}),
+    PlanStep(id="c", tool="issue_refund", args={"order_id": {"$ref": "b", "path": ["order", "id"]},
+                                                "amount": {"$ref": "b", "path": ["order", "total"]}})))
+T = "t-chain"
+
+
+class Events:
+    """An EVENTS stream in memory: what a DecisionReader reads by sequence."""
+
+    def __init__(self) -> None:
+        self.msgs: dict[int, tuple[str, bytes]] = {}
+
+    def add(self, subject: str, body: bytes) -> int:
+        self.msgs[len(self.msgs) + 1] = (subject, body)
+        return len(self.msgs)
+
+    async def read(self, seq: int) -> tuple[str, bytes] | None:
+        return self.msgs.get(seq)
+
+
+def _result(task_id: str, call_id: str, tool: str, args: dict[str, object], out: object, *,
+            step: int = 1) -> bytes:
+    return codec.encode(ToolCallCompleted(task_id=task_id, agent=AGENT, step=step, call_id=call_id, tool=tool,
+                                          ok=True, result=out, arguments_digest=codec.arguments_digest(args)))
+
+
+def chain_world() -> tuple[Events, dict[str, int]]:
+    """The chain plan approved and its lookups answered; beside them what an
+    attacker can get onto the stream: a lookup rerun with another order, a
+    result of another task, a decision, garbage."""
+    ev = Events()
+    shown = approval_arguments(CHAIN)
+    d = ApprovalDecided(approval_id=f"{T}-1-plan-1", task_id=T, agent=AGENT, step=1, call_id="plan-1", approved=True,
+                        approver="alice", tool=SUBMIT_PLAN_NAME, arguments_digest=codec.arguments_digest(shown),
+                        plan=shown)
+    order = {"order": {"id": 42, "total": 120.0}}
+    seqs = {
+        "decision": ev.add(subjects.decisions(AGENT, T), codec.encode(d)),
+        "a": ev.add(subjects.events(AGENT, T), _result(T, "p1-a", "lookup_order", {"order_id": 42}, order)),
+        "b": ev.add(subjects.events(AGENT, T), _result(T, "p1-b", "lookup_order", {"order_id": 42}, order)),
+        "b_rerun": ev.add(subjects.events(AGENT, T), _result(T, "p1-b", "lookup_order", {"order_id": 4242},
+                                                             {"order": {"id": 4242, "total": 9000.0}})),
+        "other_task": ev.add(subjects.events(AGENT, "t-other"), _result("t-other", "p1-b", "lookup_order",
+                                                                         {"order_id": 42}, order)),
+        "garbage": ev.add(subjects.events(AGENT, T), b"{not json"),
+    }
+    return ev, seqs
+
+
+def refund_call(args: dict[str, Any], inputs: dict[str, int], decision: int) -> ToolCallRequested:
+    return ToolCallRequested(task_id=T, agent=AGENT, step=1, call_id="p1-c", tool="issue_refund", arguments=args,
+                             approval_seq=decision, plan_inputs=inputs, idempotency_key=f"{T}:1:p1-c:{uuid.uuid4()}",
+                             reply_subject=subjects.events(AGENT, T), requested_at=0.0)
+
+
+async def run_refund(ev: Events, req: ToolCallRequested) -> str | None:
+    """None if the refund ran; else why the worker refused it."""
+    tools = {t.name: t for t in (plan_app.lookup_order, plan_app.issue_refund)}
+    runner = ToolRunner(tools, InMemoryBus(), worker="w", decisions=ev.read)
+    try:
+        await runner.on_call(req)
+    except Reject as exc:
+        return str(exc)
+    assert runner.executions == 1
+    return None
+
+
+async def test_the_worker_follows_pointers_through_every_step_they_pass() -> None:
+    ev, seqs = chain_world()
+    approved = {"order_id": 42, "amount": 120.0}
+    assert await run_refund(ev, refund_call(approved, {"a": seqs["a"], "b": seqs["b"]}, seqs["decision"])) is None
+    # b rerun with another order (a genuine worker result, other arguments)
+    why = await run_refund(ev, refund_call({"order_id": 4242, "amount": 9000.0},
+                                           {"a": seqs["a"], "b": seqs["b_rerun"]}, seqs["decision"]))
+    assert why is not None and "as approved" in why
+    # b's own input must be named too: b's approved arguments come from a
+    why = await run_refund(ev, refund_call(approved, {"b": seqs["b"]}, seqs["decision"]))
+    assert why is not None and "p1-a" in why
+
+
+def test_the_core_names_every_result_a_gated_steps_pointers_lead_to() -> None:
+    c = approving()
+    s, _ = go(None, task(), c)
+    s, _ = go(s, planner(1, {"id": "a", "tool": "lookup_order", "args": {"order_id": 42}},
+                         {"id": "b", "tool": "lookup_order", "args": {"order_id": {"$ref": "a", "path": ["id"]}}},
+                         {"id": "r", "tool": "refund", "args": {"order_id": {"$ref": "b", "path": ["id"]},
+                                                               "amount": {"$ref": "b", "path": ["total"]}}}), c)
+    s, _ = go(s, decision_for(s), approving(decision_seq=7))
+    s, _ = go(s, result(s, "p1-a", {"id": 42, "total": 120.0}), approving(result_seq=11))
+    s, d = go(s, result(s, "p1-b", {"id": 42, "total": 120.0}), approving(result_seq=12))
+    [refund] = published(d)
+    assert refund.request.call_id == "p1-r" and refund.request.plan_inputs == {"a": 11, "b": 12}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(inputs=st.dictionaries(st.sampled_from(["a", "b", "c", "x", "", "p1-a", "$ref"]),
+                              st.one_of(st.sampled_from(["a", "b", "b_rerun", "other_task", "garbage", "decision"]),
+                                        st.integers(min_value=-2**63, max_value=2**63 - 1)), max_size=5),
+       amount=st.sampled_from([120.0, 9000.0, 101, 1e308]), order=st.sampled_from([42, 4242, -1]))
+def test_malformed_plan_inputs_never_run_other_than_the_approved_refund(
+        inputs: dict[str, str | int], amount: float, order: int) -> None:
+    ev, seqs = chain_world()
+    named = {k: seqs[v] if isinstance(v, str) else v for k, v in inputs.items()}
+    why = asyncio.run(run_refund(ev, refund_call({"order_id": order, "amount": amount}, named, seqs["decision"])))
+    genuine = named.get("a") == seqs["a"] and named.get("b") == seqs["b"]
+    if why is None:  # it ran: only the approved refund, from the approved results
+        assert genuine and (order, amount) == (42, 120.0)
+    else:
+        assert not (genuine and (order, amount) == (42, 120.0)), why
