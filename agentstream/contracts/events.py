@@ -300,6 +300,16 @@ class PlanProposed(Event, frozen=True, tag="agentstream.plan.proposed.v1"):
     errors: tuple[dict[str, str], ...] = ()
     agent_version: str = ""
     version_hash: str = ""
+    # The planner's ``submit_plan`` arguments as the model wrote them (pointers
+    # as pointers, even when invalid): what ``agentstream replay`` plays back.
+    # Empty when the planner made no submit_plan call, or wrote more than
+    # SUBMITTED_MAX bytes (that turn cannot be replayed from the recording).
+    submitted: str = ""
+
+
+# A bound on PlanProposed.submitted: a plan of a few dozen steps fits many
+# times over; the session limit fails a larger one anyway.
+SUBMITTED_MAX = 64 * 1024
 
 
 class PlanProgress(Event, frozen=True, tag="agentstream.plan.progress.v1"):

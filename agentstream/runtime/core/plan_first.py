@@ -27,6 +27,7 @@ from __future__ import annotations
 import msgspec
 
 from agentstream.contracts.events import (
+    SUBMITTED_MAX,
     Message,
     ModelResponse,
     PlanProposed,
@@ -114,7 +115,8 @@ def on_planner(state: SessionState, ev: ModelResponded, ctx: Context) -> Decisio
         digest=digest(plan) if plan is not None else "", steps=_shown_steps(plan), valid=not errors, at=ctx.now,
         rationale=plan.rationale if plan is not None else "",
         errors=tuple(msgspec.to_builtins(e) for e in errors), agent_version=state.agent_version,
-        version_hash=ctx.version_hash))
+        version_hash=ctx.version_hash,
+        submitted=submitted.arguments if submitted and len(submitted.arguments) <= SUBMITTED_MAX else ""))
     if errors or plan is None:
         summary = "; ".join(e.message for e in errors[:3])
         return replan(state, ctx, {"errors": [msgspec.to_builtins(e) for e in errors]},
