@@ -10,12 +10,14 @@ but not results or decisions. Pure-core attacks are unit tests.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from conftest import until
 from hypothesis import HealthCheck, given, settings
@@ -36,6 +38,7 @@ from agentstream.runtime.adapters.in_memory import InMemoryBus
 from agentstream.runtime.adapters.scan import scan
 from agentstream.runtime.config.auth import NatsAuth, Role
 from agentstream.runtime.core.plan_approval import approval_arguments
+from agentstream.runtime.core.policy import ApprovalRecord, encode_record
 from agentstream.runtime.execution.consumer import Reject
 from agentstream.runtime.execution.tool_runner import ToolRunner
 from agentstream.runtime.interfaces import approvals
@@ -284,3 +287,33 @@ def test_malformed_plan_inputs_never_run_other_than_the_approved_refund(
         assert genuine and (order, amount) == (42, 120.0)
     else:
         assert not (genuine and (order, amount) == (42, 120.0)), why
+
+
+async def test_a_plan_shown_to_the_human_is_the_plan_the_worker_runs(desk: Desk) -> None:
+    """The agent role rewrites the pending plan approval's listing (it writes
+    the approvals bucket): the steps hold a literal 9000 refund while what a
+    human reads (``shown``, the digest) is still the genuine plan. The human
+    approves what they read; the agent role then claims the 9000 refund."""
+    task_id, rec = await desk.parked("please refund order 42")
+    q = rec.request
+    deceptive = json.loads(json.dumps(q.arguments))
+    deceptive["steps"][2]["args"] = {"order_id": 42, "amount": 9000.0}
+    evil = await desk.agent_role()
+    kv = await evil.jetstream().key_value(subjects.APPROVALS.name)
+    await kv.put(q.approval_id, encode_record(ApprovalRecord(request=msgspec.structs.replace(q, arguments=deceptive),
+                                                             status="pending")))
+    # what the human reads in `agentstream approvals` is the steps as they would run...
+    [listed] = [r for r in await approvals.list_approvals(desk.admin) if r.request.task_id == task_id]
+    assert '"amount":9000.0' in "\n".join(approvals.plan_lines(listed.request))
+    # ... but a reader of the request's own "shown" copy (an HTTP client) would see the genuine plan
+    assert listed.request.arguments["shown"] == q.arguments["shown"]
+    with pytest.raises(approvals.ApprovalError):  # the agent refuses the decision: not what it asked
+        await approvals.decide(desk.approver, q.approval_id, approved=True, approver="alice", wait_s=2.0)
+    [decision] = await scan(desk.admin.js, "EVENTS", subjects.decisions(AGENT, task_id))
+    subject = subjects.tool_calls("issue_refund")
+    await evil.publish(subject, codec.encode(forged(task_id, "p1-refund", "issue_refund",
+                                                    {"order_id": 42, "amount": 9000.0}, step=q.step,
+                                                    approval_seq=decision.seq)))
+    await desk.dead_letter(subject, "is not shown as it runs")
+    await evil.flush()
+    assert "issue_refund 42 9000.0" not in desk.runs()

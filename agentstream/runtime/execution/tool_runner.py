@@ -83,6 +83,7 @@ from agentstream.contracts.events import (
 from agentstream.runtime.adapters.in_memory import InMemoryKV
 from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
 from agentstream.runtime.core.errors import Conflict, PayloadTooLarge
+from agentstream.runtime.core.plan_approval import approval_arguments
 from agentstream.runtime.core.ports import BlobStore, Bus, Entry, SessionStore
 from agentstream.runtime.core.tools import RateLimited, RetryPolicy, Tool, ToolContext, ToolFailure
 from agentstream.runtime.execution.breaker import Admission, SharedBreaker
@@ -90,6 +91,7 @@ from agentstream.runtime.execution.consumer import Reject
 from agentstream.runtime.execution.engine import RESULT_REF_PREFIX
 from agentstream.runtime.planning.plan import (
     REF_KEY,
+    Plan,
     PlanStep,
     Unresolved,
     refs_in,
@@ -469,15 +471,17 @@ class ToolRunner:
             return f"call {req.call_id} is not a step of the plan approved by {d.approval_id}"
         if codec.arguments_digest(d.plan) != d.arguments_digest:
             return f"the plan in decision {d.approval_id} is not the plan it approved"
-        raw_steps = d.plan.get("steps")
-        steps: list[Any] = raw_steps if isinstance(raw_steps, list) else []
-        step = next((s for s in steps if isinstance(s, dict) and s.get("id") == step_id), None)
-        if step is None or step.get("tool") != req.tool:
-            return f"the plan approved by {d.approval_id} has no step {step_id!r} calling {req.tool}"
-        approved = _plan_steps(steps)
-        order = topological_order(list(approved.values()))
+        plan = _decided_plan(d.plan)
+        if plan is None or codec.arguments_digest(approval_arguments(plan)) != d.arguments_digest:
+            # What a human reads (the steps as shown, the digest) must be what
+            # this check runs on: the listing is written by the agent role.
+            return f"the plan in decision {d.approval_id} is not shown as it runs"
+        approved = {s.id: s for s in plan.steps}
         target = approved.get(step_id)
-        if order is None or target is None:
+        if target is None or target.tool != req.tool:
+            return f"the plan approved by {d.approval_id} has no step {step_id!r} calling {req.tool}"
+        order = topological_order(plan.steps)
+        if order is None:
             return f"the plan approved by {d.approval_id} is not a valid plan"
         # Every step the call's pointers lead to, directly or through other
         # steps' pointers: each result must answer its step as approved.
@@ -686,18 +690,13 @@ class ToolRunner:
         return payload
 
 
-def _plan_steps(raw: list[Any]) -> dict[str, PlanStep]:
-    """The steps of the plan a decision carries, by id (the approval shows
-    them as ``{id, tool, args, depends_on}``); steps not of that shape are
-    left out, so nothing can claim to be them."""
-    out: dict[str, PlanStep] = {}
-    for s in raw:
-        try:
-            step = msgspec.convert(s, PlanStep)
-        except msgspec.ValidationError:
-            continue
-        out.setdefault(step.id, step)
-    return out
+def _decided_plan(shown: dict[str, Any]) -> Plan | None:
+    """The plan a plan-level decision carries (the approval's arguments,
+    core.plan_approval.approval_arguments), or None if it holds no plan."""
+    try:
+        return msgspec.convert({"steps": shown.get("steps"), "rationale": shown.get("rationale", "")}, Plan)
+    except msgspec.ValidationError:
+        return None
 
 
 class _Replay(Exception):
