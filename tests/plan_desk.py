@@ -95,10 +95,18 @@ class Desk:
         return found
 
 
+@pytest.fixture(name="desk")
+async def desk_fixture(nats_server: EmbeddedNats, role_auth: Callable[[Role], NatsAuth], tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Desk]:
+    """The ``desk`` fixture: a test module imports this to use it."""
+    async with open_desk(nats_server, role_auth, tmp_path, monkeypatch) as d:
+        yield d
+
+
 @contextlib.asynccontextmanager
 async def open_desk(nats_server: EmbeddedNats, role_auth: Callable[[Role], NatsAuth], tmp_path: Path,
                     monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Desk]:
-    """The runtime and its clients; a test module's ``desk`` fixture wraps it."""
+    """The runtime and its clients."""
     log = tmp_path / "tools.log"
     monkeypatch.setenv("PLAN_APP_LOG", str(log))
     settings = dataclasses.replace(Settings.from_env({}), nats_url=nats_server.plain_url, data_dir=tmp_path,

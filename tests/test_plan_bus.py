@@ -14,14 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest
 from conftest import run_cli, until
-from plan_desk import AGENT, WAIT_S, Desk, kinds, open_desk
+from plan_desk import AGENT, WAIT_S, Desk, desk_fixture, kinds  # noqa: F401 - the desk fixture
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import (
@@ -35,22 +32,13 @@ from agentstream.contracts.events import (
     ToolCallRequested,
 )
 from agentstream.contracts.telemetry import SpanRecord
-from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
 from agentstream.runtime.adapters.scan import scan
-from agentstream.runtime.config.auth import NatsAuth, Role
 from agentstream.runtime.interfaces import approvals
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.observability.timeline import render
 from agentstream.runtime.observability.views import load_trace
 from agentstream.runtime.observability.waterfall import render_waterfall
 from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
-
-
-@pytest.fixture
-async def desk(nats_server: EmbeddedNats, role_auth: Callable[[Role], NatsAuth], tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Desk]:
-    async with open_desk(nats_server, role_auth, tmp_path, monkeypatch) as d:
-        yield d
 
 
 async def test_a_plan_first_task_runs_its_dag_on_the_tool_subscriptions(desk: Desk) -> None:

@@ -8,28 +8,17 @@ again, and with candidates that plan differently or route differently.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
-import pytest
 from conftest import run_cli
-from plan_desk import AGENT, WAIT_S, Desk, open_desk, plan_app
+from plan_desk import AGENT, WAIT_S, Desk, desk_fixture, plan_app  # noqa: F401 - the desk fixture
 
 from agentstream.contracts.events import TaskCompleted
-from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
-from agentstream.runtime.config.auth import NatsAuth, Role
 from agentstream.runtime.interfaces import approvals
 from agentstream.runtime.rollout.replay import RecordedModel, Recording, load_recordings, replay_one
 
 HARD = "Look up order 41 and check where it is, then refund it, and also compare it with orders 43 and 44?"
-
-
-@pytest.fixture
-async def desk(nats_server: EmbeddedNats, role_auth: Callable[[Role], NatsAuth], tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Desk]:
-    async with open_desk(nats_server, role_auth, tmp_path, monkeypatch) as d:
-        yield d
 
 
 async def production(desk: Desk) -> dict[str, str]:

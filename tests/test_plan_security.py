@@ -13,8 +13,8 @@ hypothesis can throw open-ended ``plan_inputs`` at it.
 | an ungated step re-run with other arguments to feed a pointer | was a break, fixed | ..._rerun_with_other_arguments, ..._every_step_they_pass |
 | the listing rewritten: steps differ from what the human reads | was a break, fixed | ..._is_the_plan_the_worker_runs |
 | an invalid plan's error echoes a huge value back | grew the session, fixed | ..._without_echoing_a_huge_value |
-| a plan decision carried to another task | refused | ..._carried_to_another_task |
-| pointer results from another task / another step | refused | ..._from_another_task; test_plan_bus (the ship result as look's) |
+| a plan decision carried to another task | refused | ..._carried_to_another_task[decision] |
+| pointer results from another task / another step | refused | ..._carried_to_another_task[inputs]; test_plan_bus (the ship result as look's) |
 | a step's arguments other than its pointers resolve to | refused | test_plan_bus ..._runs_its_gated_step |
 | the agent role publishing a result | refused by the server | ..._cannot_publish_a_result_... |
 | a replan reusing the approved step id; the decision at another turn | asks again; refused | ..._asks_a_human_again, ..._another_turn_or_attempt |
@@ -31,8 +31,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -40,7 +38,7 @@ import pytest
 from conftest import until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from plan_desk import AGENT, WAIT_S, Desk, open_desk, plan_app
+from plan_desk import AGENT, WAIT_S, Desk, desk_fixture, plan_app  # noqa: F401 - the desk fixture
 from test_plan_core import (
     DECISIONS,
     T0,
@@ -64,10 +62,8 @@ from agentstream.contracts.events import (
     ToolCallRequested,
     ToolError,
 )
-from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
 from agentstream.runtime.adapters.in_memory import InMemoryBus
 from agentstream.runtime.adapters.scan import scan
-from agentstream.runtime.config.auth import NatsAuth, Role
 from agentstream.runtime.core.decide import decide
 from agentstream.runtime.core.plan_approval import approval_arguments
 from agentstream.runtime.core.policy import ApprovalRecord, encode_record
@@ -78,13 +74,6 @@ from agentstream.runtime.execution.tool_runner import ToolRunner
 from agentstream.runtime.interfaces import approvals
 from agentstream.runtime.planning.plan import Plan, PlanStep
 from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
-
-
-@pytest.fixture
-async def desk(nats_server: EmbeddedNats, role_auth: Callable[[Role], NatsAuth], tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Desk]:
-    async with open_desk(nats_server, role_auth, tmp_path, monkeypatch) as d:
-        yield d
 
 
 def forged(task_id: str, call_id: str, tool: str, args: dict[str, object], *, step: int = 1,
@@ -139,33 +128,27 @@ async def test_a_pointer_cannot_be_fed_by_an_ungated_step_rerun_with_other_argum
     assert "issue_refund 4242 9000.0" not in desk.runs()
 
 
-async def test_a_plan_decision_cannot_be_carried_to_another_task(desk: Desk) -> None:
-    """Task A's plan was approved; task B (same plan shape) waits for its own
-    human. The agent role claims B's gated step under A's decision."""
+@pytest.mark.parametrize("borrowed", ["decision", "inputs"])
+async def test_a_plan_decision_or_its_inputs_cannot_be_carried_to_another_task(desk: Desk, borrowed: str) -> None:
+    """Task A's plan was approved and ran. Task B (the same plan) waits for
+    its own human, or was approved too. The agent role claims B's gated step
+    under A's decision, or with A's lookup result as its pointer's input."""
     a, seq_a = await approved_run(desk, "please refund order 42")
-    b, _ = await desk.parked("please refund order 42")
+    if borrowed == "decision":
+        b, _ = await desk.parked("please refund order 42")
+        seq, refused = seq_a, "is not a decision on task"
+    else:
+        b, seq = await approved_run(desk, "please refund order 42")
+        refused = "is not a result on task"
     evil = await desk.agent_role()
     subject = subjects.tool_calls("issue_refund")
     inputs = {"look": (await results_by_call(desk, a))["p1-look"]}
+    ran = desk.runs().count("issue_refund 42 120.0")  # each approved task's own refund
     await evil.publish(subject, codec.encode(forged(b, "p1-refund", "issue_refund", {"order_id": 42, "amount": 120.0},
-                                                    approval_seq=seq_a, plan_inputs=inputs)))
-    await desk.dead_letter(subject, f"is not a decision on task {b}")
+                                                    approval_seq=seq, plan_inputs=inputs)))
+    await desk.dead_letter(subject, f"{refused} {b}")
     await evil.flush()
-    assert desk.runs().count("issue_refund 42 120.0") == 1  # task A's own, approved refund only
-
-
-async def test_pointer_results_cannot_come_from_another_task(desk: Desk) -> None:
-    """Both tasks approved; B's refund claimed with A's lookup result as its input."""
-    a, _ = await approved_run(desk, "please refund order 42")
-    b, seq_b = await approved_run(desk, "please refund order 42")
-    evil = await desk.agent_role()
-    subject = subjects.tool_calls("issue_refund")
-    inputs = {"look": (await results_by_call(desk, a))["p1-look"]}
-    await evil.publish(subject, codec.encode(forged(b, "p1-refund", "issue_refund", {"order_id": 42, "amount": 120.0},
-                                                    approval_seq=seq_b, plan_inputs=inputs)))
-    await desk.dead_letter(subject, f"is not a result on task {b}")
-    await evil.flush()
-    assert desk.runs().count("issue_refund 42 120.0") == 2  # each task's own
+    assert desk.runs().count("issue_refund 42 120.0") == ran
 
 
 async def test_a_denied_plan_submitted_again_asks_again_and_the_denial_runs_nothing(desk: Desk) -> None:
