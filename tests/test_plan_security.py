@@ -16,6 +16,7 @@ hypothesis can throw open-ended ``plan_inputs`` at it.
 | a plan decision carried to another task | refused | ..._carried_to_another_task[decision] |
 | pointer results from another task / another step | refused | ..._carried_to_another_task[inputs]; test_plan_bus (the ship result as look's) |
 | a step's arguments other than its pointers resolve to | refused | test_plan_bus ..._runs_its_gated_step |
+| the approved step published again under a fresh idempotency key | was a break (per-call approvals too), fixed | ..._runs_once_not_again_... |
 | the agent role publishing a result | refused by the server | ..._cannot_publish_a_result_... |
 | a replan reusing the approved step id; the decision at another turn | asks again; refused | ..._asks_a_human_again, ..._another_turn_or_attempt |
 | a denial, then the identical plan | asks again; the denial runs nothing | ..._asks_again_and_the_denial_runs_nothing |
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -127,6 +127,22 @@ async def test_a_pointer_cannot_be_fed_by_an_ungated_step_rerun_with_other_argum
     await evil.flush()
     assert "issue_refund 4242 9000.0" not in desk.runs()
 
+
+async def test_an_approved_step_runs_once_not_again_under_a_fresh_idempotency_key(desk: Desk) -> None:
+    """The approved refund ran. The agent role publishes exactly that call
+    again (same step, arguments, decision and inputs) under a new
+    idempotency key, so neither the worker nor the tool would take it for
+    the same call: the human approved one refund, not two."""
+    task_id, seq = await approved_run(desk, "please refund order 42")
+    inputs = {"look": (await results_by_call(desk, task_id))["p1-look"]}
+    evil = await desk.agent_role()
+    subject = subjects.tool_calls("issue_refund")
+    await evil.publish(subject, codec.encode(forged(task_id, "p1-refund", "issue_refund",
+                                                    {"order_id": 42, "amount": 120.0}, approval_seq=seq,
+                                                    plan_inputs=inputs, key=f"{task_id}:1:p1-refund:again")))
+    await desk.dead_letter(subject, "idempotency key")
+    await evil.flush()
+    assert desk.runs().count("issue_refund 42 120.0") == 1
 
 @pytest.mark.parametrize("borrowed", ["decision", "inputs"])
 async def test_a_plan_decision_or_its_inputs_cannot_be_carried_to_another_task(desk: Desk, borrowed: str) -> None:
@@ -261,7 +277,7 @@ def chain_world() -> tuple[Events, dict[str, int]]:
 
 def refund_call(args: dict[str, Any], inputs: dict[str, int], decision: int) -> ToolCallRequested:
     return ToolCallRequested(task_id=T, agent=AGENT, step=1, call_id="p1-c", tool="issue_refund", arguments=args,
-                             approval_seq=decision, plan_inputs=inputs, idempotency_key=f"{T}:1:p1-c:{uuid.uuid4()}",
+                             approval_seq=decision, plan_inputs=inputs, idempotency_key=f"{T}:1:p1-c",
                              reply_subject=subjects.events(AGENT, T), requested_at=0.0)
 
 
@@ -289,6 +305,20 @@ async def test_the_worker_follows_pointers_through_every_step_they_pass() -> Non
     why = await run_refund(ev, refund_call(approved, {"b": seqs["b"]}, seqs["decision"]))
     assert why is not None and "p1-a" in why
 
+
+async def test_a_per_call_approval_runs_its_call_once_too() -> None:
+    """The same rule without a plan: an approved call republished under a
+    fresh idempotency key is not the approved call."""
+    ev = Events()
+    d = ApprovalDecided(approval_id=f"{T}-1-c1", task_id=T, agent=AGENT, step=1, call_id="c1", approved=True,
+                        approver="alice", tool="issue_refund",
+                        arguments_digest=codec.arguments_digest({"order_id": 42, "amount": 500.0}))
+    seq = ev.add(subjects.decisions(AGENT, T), codec.encode(d))
+    call = msgspec.structs.replace(refund_call({"order_id": 42, "amount": 500.0}, {}, seq), call_id="c1",
+                                   idempotency_key=f"{T}:1:c1")
+    assert await run_refund(ev, call) is None
+    why = await run_refund(ev, msgspec.structs.replace(call, idempotency_key=f"{T}:1:c1:again"))
+    assert why is not None and "idempotency key" in why
 
 def test_the_core_names_every_result_a_gated_steps_pointers_lead_to() -> None:
     c = approving()

@@ -441,7 +441,7 @@ class ToolRunner:
         if not isinstance(d, ApprovalDecided):
             return "the approval reference is not a decision"
         if d.tool == SUBMIT_PLAN_NAME:
-            return await self._check_plan_approval(req, d, tool)
+            return await self._check_plan_approval(req, d, tool) or _once(req)
         if (d.task_id, d.agent, d.step, d.call_id, d.tool) != (req.task_id, req.agent, req.step, req.call_id,
                                                                  req.tool):
             return f"the decision {d.approval_id} is for another call"
@@ -452,7 +452,7 @@ class ToolRunner:
         allowed = tool.approvers or self.approvers
         if allowed and d.approver not in allowed:
             return f"{d.approver} may not approve {req.tool}"
-        return None
+        return _once(req)
 
     async def _check_plan_approval(self, req: ToolCallRequested, d: ApprovalDecided, tool: Tool) -> str | None:
         """A gated call under a whole plan's approval: the decision (already
@@ -688,6 +688,17 @@ class ToolRunner:
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot store result %s: %s", key, exc)
         return payload
+
+
+def _once(req: ToolCallRequested) -> str | None:
+    """An approved call runs once: under the idempotency key the agent gives
+    it (``task:turn:call``, core.common), which this worker's stored results
+    and the tool itself dedupe on. Another key would make the same approved
+    call new work, as often as the agent role liked."""
+    key = f"{req.task_id}:{req.step}:{req.call_id}"
+    if req.idempotency_key != key:
+        return f"an approved call runs under its own idempotency key {key!r}, not {req.idempotency_key!r}"
+    return None
 
 
 def _decided_plan(shown: dict[str, Any]) -> Plan | None:
