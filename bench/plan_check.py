@@ -91,7 +91,7 @@ def world(mode: str, depth: int) -> tuple[Stream, ToolCallRequested]:
 
 def _call(call_id: str, args: dict[str, Any], seq: int, inputs: dict[str, int]) -> ToolCallRequested:
     return ToolCallRequested(task_id=TASK, agent=AGENT, step=1, call_id=call_id, tool="act", arguments=args,
-                             approval_seq=seq, plan_inputs=inputs, idempotency_key="", requested_at=0.0,
+                             approval_seq=seq, plan_inputs=inputs, idempotency_key=f"{TASK}:1:{call_id}", requested_at=0.0,
                              reply_subject=subjects.events(AGENT, TASK))
 
 
