@@ -204,9 +204,11 @@ class ToolCallRequested(Event, frozen=True, tag="agentstream.tool.call.requested
     # approval service may publish to) for this very call and arguments.
     approval_seq: int = 0
     # A plan step running under a whole plan's approval (``approval_seq`` names
-    # that decision): for each step its argument pointers name, the EVENTS
-    # sequence of that step's result. The worker reads those results itself
-    # and resolves the approved step's pointers to check these very arguments.
+    # that decision): for each step its argument pointers name, directly or
+    # through those steps' own pointers, the EVENTS sequence of that step's
+    # result. The worker reads those results itself, checks each answers its
+    # step's approved arguments, and resolves the approved step's pointers to
+    # check these very arguments.
     plan_inputs: dict[str, int] = {}
 
 
@@ -230,6 +232,11 @@ class ToolCallCompleted(Event, frozen=True, tag="agentstream.tool.call.completed
     # In a shadow deployment: how the result was obtained without a side effect
     # (``live`` for a read-only tool run, ``recorded`` production's result, ``stub``).
     shadow: str = ""
+    # The digest (codec.arguments_digest) of the arguments the tool worker ran
+    # the tool with: binds a plan step's output to the step's approved
+    # arguments, so a rerun of that step with other arguments (the agent role
+    # may publish any ungated call) cannot feed an approved pointer.
+    arguments_digest: str = ""
 
 
 # --------------------------------------------------------------------------- progress
@@ -293,6 +300,16 @@ class PlanProposed(Event, frozen=True, tag="agentstream.plan.proposed.v1"):
     errors: tuple[dict[str, str], ...] = ()
     agent_version: str = ""
     version_hash: str = ""
+    # The planner's ``submit_plan`` arguments as the model wrote them (pointers
+    # as pointers, even when invalid): what ``agentstream replay`` plays back.
+    # Empty when the planner made no submit_plan call, or wrote more than
+    # SUBMITTED_MAX bytes (that turn cannot be replayed from the recording).
+    submitted: str = ""
+
+
+# A bound on PlanProposed.submitted: a plan of a few dozen steps fits many
+# times over; the session limit fails a larger one anyway.
+SUBMITTED_MAX = 64 * 1024
 
 
 class PlanProgress(Event, frozen=True, tag="agentstream.plan.progress.v1"):

@@ -6,7 +6,8 @@ the total the lookup returns ($120), by pointer; for others $80, literally.
 ``issue_refund`` needs a human above $100 (approver alice), so a plan whose
 refund amount is a pointer is approved as a whole.
 "fail" in the task makes the shipping check fail on the first plan, so the
-planner replans without it. The solver answers from the plan's results.
+planner replans without it; "stubborn" makes every plan fail, so the task
+falls back to ReAct (which looks the order up and answers). The solver answers from the plan's results.
 
 Tool runs are appended to the file named by ``PLAN_APP_LOG``.
 """
@@ -40,7 +41,7 @@ async def lookup_order(order_id: int) -> dict[str, object]:
         order_id: The order number.
     """
     _log(f"lookup_order {order_id}")
-    return {"order": {"id": order_id, "total": 120.0 if order_id == 42 else 80.0}}
+    return {"order": {"id": order_id, "total": {42: 120.0, 4242: 9000.0}.get(order_id, 80.0)}}
 
 
 @tool(read_only=True)
@@ -69,9 +70,19 @@ async def issue_refund(order_id: int, amount: float) -> dict[str, object]:
     return {"order_id": order_id, "refunded": amount}
 
 
-def _plan(question: str, replanning: bool) -> dict[str, object]:
+def _order(question: str) -> int:
     m = re.search(r"order (\d+)", question)
-    n = int(m.group(1)) if m else 1
+    return int(m.group(1)) if m else 1
+
+
+def _plan(question: str, replans: int) -> dict[str, object]:
+    n = _order(question)
+    if "stubborn" in question:
+        # Every plan fails (the carrier is down for every order it asks about):
+        # replanning runs out and the task falls back to ReAct.
+        return {"steps": [{"id": "ship", "tool": "shipping_status", "args": {"order_id": n + replans, "fail": True}}],
+                "rationale": "ask the carrier"}
+    replanning = replans > 0
     total = {"$ref": "look", "path": ["order", "total"]}
     steps: list[dict[str, object]] = [{"id": "look", "tool": "lookup_order", "args": {"order_id": n}}]
     if not replanning:
@@ -84,14 +95,16 @@ def _plan(question: str, replanning: bool) -> dict[str, object]:
         if n == 42 else {"order_id": n, "amount": 80.0}
     steps.append({"id": "refund", "tool": "issue_refund", "args": args,
                   "depends_on": (["look"] if n != 42 else []) + ([] if replanning else ["ship"])})
-    return {"steps": steps, "rationale": "look the order up, then refund its total"}
+    # "huge": a planner that writes far more than a session can hold.
+    rationale = "look the order up, then refund its total" + (" and more" * 50_000 if "huge" in question else "")
+    return {"steps": steps, "rationale": rationale}
 
 
 def plan_script(request: ModelRequest) -> ModelResponse:
     kind = turn_kind(request.tools, request.tool_choice)
     if kind == "planner":
-        replanning = any(m.role == "tool" and m.name == SUBMIT_PLAN_NAME for m in request.messages)
-        return calls((SUBMIT_PLAN_NAME, _plan(last_user(request), replanning)))
+        replans = sum(1 for m in request.messages if m.role == "tool" and m.name == SUBMIT_PLAN_NAME)
+        return calls((SUBMIT_PLAN_NAME, _plan(last_user(request), replans)))
     if kind == "solver":
         parts = []
         for r in tool_results(request):
@@ -101,6 +114,11 @@ def plan_script(request: ModelRequest) -> ModelResponse:
             elif r.name == "shipping_status" and "status" in data:
                 parts.append(f"order {data['order_id']} is {data['status']}")
         return answer("; ".join(parts) or "nothing done")
+    if "stubborn" in last_user(request):  # the ReAct fallback: look the order up, answer from it
+        looked = [r for r in tool_results(request) if r.name == "lookup_order"]
+        if not looked:
+            return calls(("lookup_order", {"order_id": _order(last_user(request))}))
+        return answer(f"(react) {looked[-1].content}")
     return answer("(react) I can only plan.")
 
 

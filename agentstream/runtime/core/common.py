@@ -17,6 +17,7 @@ import msgspec
 
 from agentstream.contracts import subjects
 from agentstream.contracts.events import (
+    ApprovalDecided,
     ApprovalRequested,
     AuditRecord,
     Message,
@@ -26,7 +27,9 @@ from agentstream.contracts.events import (
     TaskFailed,
     TaskSubmitted,
     ToolCall,
+    ToolCallCompleted,
     ToolCallRequested,
+    ToolError,
     ToolSpec,
     Usage,
 )
@@ -47,6 +50,8 @@ from agentstream.runtime.core.state import (
     SessionState,
     SetApprovalTimer,
     Turn,
+    tool_error_content,
+    tool_ok_content,
 )
 from agentstream.runtime.planning.protocol import SUBMIT_PLAN, SUBMIT_PLAN_NAME
 
@@ -337,3 +342,38 @@ def _record_response(state: SessionState, ev: ModelResponded, ctx: Context) -> t
                                     last_input_tokens=resp.usage.input_tokens,
                                     last_input_messages=len(state.messages))
     return state, progress
+
+
+def _refuse_result(state: SessionState, ev: ToolCallCompleted, ctx: Context) -> Decision | None:
+    """What a tool result does before any strategy reads it: nothing, when it
+    answers no call in flight at this step (a duplicate re-emits the outbox);
+    fail the task, when the tool escalates. None: the strategy takes it."""
+    pend = next((p for p in state.pending if p.call_id == ev.call_id), None) \
+        if state.status == "awaiting_tools" and ev.step == state.step else None
+    if pend is None or any(r.call_id == ev.call_id for r in state.results):
+        return _duplicate(state, ctx, reemit=True)
+    if pend.approval == "pending" or pend.tool != ev.tool:
+        # Never dispatched (a human has not decided) or another tool: not its result.
+        return _duplicate(state, ctx, reemit=False)
+    if not ev.ok and ev.error is not None and ev.error.escalate:
+        return _fail(state, ctx, "escalated", f"{ev.tool} (call {ev.call_id}): {ev.error.message}; "
+                     "the task is escalated to a human")
+    return None
+
+
+def _result_content(ev: ToolCallCompleted) -> str:
+    if ev.ok:
+        return tool_ok_content(ev.result)
+    return tool_error_content(ev.error or ToolError(kind="execution_error", message="tool failed"))
+
+
+def _refuse_approver(state: SessionState, pend: PendingCall, ev: ApprovalDecided, ctx: Context) -> Decision | None:
+    """A decision from an identity not allowed to decide on this call (or
+    plan) does not count, but is audited. None: the approver may decide."""
+    allowed = pend.approvers or ctx.default_approvers
+    if ev.approver and (not allowed or ev.approver in allowed):
+        return None
+    who = ev.approver or "(anonymous)"
+    audit = _audit("approval.rejected", ctx, state.task, actor=who, approval_id=ev.approval_id, tool=pend.tool,
+                   reason=f"{who} may not decide; allowed: {', '.join(allowed) or 'anyone'}")
+    return Decision(state=state, commands=(audit,), changed=False)

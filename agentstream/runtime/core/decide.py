@@ -4,7 +4,7 @@ No I/O, no clock reads, no randomness: everything it needs arrives in its
 arguments, so every path is unit-testable without a broker and a replayed
 step decides exactly what the first attempt decided. Architectures are
 strategies over this shape, chosen by ``AgentSpec.strategy``: ReAct (this
-module), plan-first (``plan_first``) and routed (``routing`` picks one of the
+module), plan-first (``plan_first`` and its ``plan_*`` siblings) and routed (``routing`` picks one of the
 two per task); what they share is in ``common``.
 """
 
@@ -24,7 +24,7 @@ from agentstream.contracts.events import (
     ToolCallDispatched,
     ToolError,
 )
-from agentstream.runtime.core import plan_first, routing
+from agentstream.runtime.core import plan_approval, plan_first, plan_schedule, routing
 from agentstream.runtime.core.common import (  # noqa: F401 - re-exported: the engine and tests use them from here
     DEDUPE_WINDOW_S,
     MIN_OUTPUT_TOKENS,
@@ -42,11 +42,15 @@ from agentstream.runtime.core.common import (  # noqa: F401 - re-exported: the e
     _over_budget,
     _override,
     _record_response,
+    _refuse_approver,
+    _refuse_result,
+    _result_content,
     _tool_request,
     conversation_key,
     estimate_tokens,
     too_large,
 )
+from agentstream.runtime.core.plan_turns import phase
 from agentstream.runtime.core.spec import AgentSpec
 from agentstream.runtime.core.state import (
     AnyCommand,
@@ -64,7 +68,6 @@ from agentstream.runtime.core.state import (
     SessionState,
     SetDeadline,
     tool_error_content,
-    tool_ok_content,
 )
 
 # A strategy's continuation after a call settled without running (see _settle_call).
@@ -99,28 +102,28 @@ def decide(state: SessionState | None, event: Input, ctx: Context) -> Decision:
         case ModelResponded():
             if state.status != "awaiting_model" or event.step != state.step:
                 return _duplicate(state, ctx, reemit=False)
-            if plan_first.phase(state) == "planning":
+            if phase(state) == "planning":
                 return plan_first.on_planner(state, event, ctx)
-            if plan_first.phase(state) == "solving":
+            if phase(state) == "solving":
                 return _on_model(state, plan_first.solver_response(event), ctx)
             return _on_model(state, event, ctx)
         case ModelFailed():  # the current step's failure was handled above
             return _duplicate(state, ctx, reemit=False)
         case ToolCallCompleted():
-            if plan_first.phase(state) == "executing":
-                return plan_first.on_tool_result(state, event, ctx)
+            if phase(state) == "executing":
+                return plan_schedule.on_tool_result(state, event, ctx)
             return _on_tool_result(state, event, ctx)
         case ApprovalDecided():
-            if plan_first.phase(state) == "approval":
-                return plan_first.on_plan_decision(state, event, ctx)
-            if plan_first.phase(state) == "executing":
-                return plan_first.keep_in_flight(_on_decision(state, event, ctx, after=plan_first.after_settle), ctx)
+            if phase(state) == "approval":
+                return plan_approval.on_plan_decision(state, event, ctx)
+            if phase(state) == "executing":
+                return plan_schedule.keep_in_flight(_on_decision(state, event, ctx, after=plan_schedule.after_settle), ctx)
             return _on_decision(state, event, ctx)
         case ApprovalExpired():
-            if plan_first.phase(state) == "approval":
-                return plan_first.on_plan_expired(state, event, ctx)
-            if plan_first.phase(state) == "executing":
-                return _on_approval_expired(state, event, ctx, after=plan_first.after_settle)
+            if phase(state) == "approval":
+                return plan_approval.on_plan_expired(state, event, ctx)
+            if phase(state) == "executing":
+                return _on_approval_expired(state, event, ctx, after=plan_schedule.after_settle)
             return _on_approval_expired(state, event, ctx)
         case DeadlineReached():  # not yet due: a stale timer
             return _duplicate(state, ctx, reemit=False)
@@ -254,20 +257,10 @@ def _check_call(call: ToolCall, spec: AgentSpec, *, truncated: bool) -> ToolErro
 
 
 def _on_tool_result(state: SessionState, ev: ToolCallCompleted, ctx: Context) -> Decision:
-    pend = next((p for p in state.pending if p.call_id == ev.call_id), None) \
-        if state.status == "awaiting_tools" and ev.step == state.step else None
-    if pend is None or any(r.call_id == ev.call_id for r in state.results):
-        return _duplicate(state, ctx, reemit=True)
-    if pend.approval == "pending" or pend.tool != ev.tool:
-        # Never dispatched (a human has not decided) or another tool: not its result.
-        return _duplicate(state, ctx, reemit=False)
-    if not ev.ok and ev.error is not None and ev.error.escalate:
-        return _fail(state, ctx, "escalated", f"{ev.tool} (call {ev.call_id}): {ev.error.message}; "
-                     "the task is escalated to a human")
-    if ev.ok:
-        content = tool_ok_content(ev.result)
-    else:
-        content = tool_error_content(ev.error or ToolError(kind="execution_error", message="tool failed"))
+    refused = _refuse_result(state, ev, ctx)
+    if refused is not None:
+        return refused
+    content = _result_content(ev)
     result = CallResult(call_id=ev.call_id, tool=ev.tool, ok=ev.ok, content=content)
     state = msgspec.structs.replace(state, results=(*state.results, result), updated_at=ctx.now)
     if not _all_settled(state):
@@ -290,14 +283,10 @@ def _on_decision(state: SessionState, ev: ApprovalDecided, ctx: Context, after: 
     pend = _pending_approval(state, ev.call_id, ev.step)
     if pend is None or pend.approval_id != ev.approval_id:
         return _duplicate(state, ctx, reemit=True)
+    refused = _refuse_approver(state, pend, ev, ctx)
+    if refused is not None:
+        return refused
     task = state.task
-    allowed = pend.approvers or ctx.default_approvers
-    if not ev.approver or (allowed and ev.approver not in allowed):
-        # Not an allowed identity: the decision does not count, but is audited.
-        who = ev.approver or "(anonymous)"
-        audit = _audit("approval.rejected", ctx, task, actor=who, approval_id=ev.approval_id, tool=pend.tool,
-                       reason=f"{who} may not decide; allowed: {', '.join(allowed) or 'anyone'}")
-        return Decision(state=state, commands=(audit,), changed=False)
     verdict = "approved" if ev.approved else "denied"
     audit = _audit("approval.decided", ctx, task, actor=ev.approver, approval_id=ev.approval_id, tool=pend.tool,
                    approved=ev.approved, reason=ev.reason)

@@ -83,12 +83,21 @@ from agentstream.contracts.events import (
 from agentstream.runtime.adapters.in_memory import InMemoryKV
 from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
 from agentstream.runtime.core.errors import Conflict, PayloadTooLarge
+from agentstream.runtime.core.plan_approval import approval_arguments
 from agentstream.runtime.core.ports import BlobStore, Bus, Entry, SessionStore
 from agentstream.runtime.core.tools import RateLimited, RetryPolicy, Tool, ToolContext, ToolFailure
 from agentstream.runtime.execution.breaker import Admission, SharedBreaker
 from agentstream.runtime.execution.consumer import Reject
 from agentstream.runtime.execution.engine import RESULT_REF_PREFIX
-from agentstream.runtime.planning.plan import REF_KEY, Unresolved, refs_in, resolve
+from agentstream.runtime.planning.plan import (
+    REF_KEY,
+    Plan,
+    PlanStep,
+    Unresolved,
+    refs_in,
+    resolve,
+    topological_order,
+)
 from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
 
 log = logging.getLogger("agentstream.toolrunner")
@@ -432,7 +441,7 @@ class ToolRunner:
         if not isinstance(d, ApprovalDecided):
             return "the approval reference is not a decision"
         if d.tool == SUBMIT_PLAN_NAME:
-            return await self._check_plan_approval(req, d, tool)
+            return await self._check_plan_approval(req, d, tool) or _once(req)
         if (d.task_id, d.agent, d.step, d.call_id, d.tool) != (req.task_id, req.agent, req.step, req.call_id,
                                                                  req.tool):
             return f"the decision {d.approval_id} is for another call"
@@ -443,7 +452,7 @@ class ToolRunner:
         allowed = tool.approvers or self.approvers
         if allowed and d.approver not in allowed:
             return f"{d.approver} may not approve {req.tool}"
-        return None
+        return _once(req)
 
     async def _check_plan_approval(self, req: ToolCallRequested, d: ApprovalDecided, tool: Tool) -> str | None:
         """A gated call under a whole plan's approval: the decision (already
@@ -462,20 +471,36 @@ class ToolRunner:
             return f"call {req.call_id} is not a step of the plan approved by {d.approval_id}"
         if codec.arguments_digest(d.plan) != d.arguments_digest:
             return f"the plan in decision {d.approval_id} is not the plan it approved"
-        raw_steps = d.plan.get("steps")
-        steps: list[Any] = raw_steps if isinstance(raw_steps, list) else []
-        step = next((s for s in steps if isinstance(s, dict) and s.get("id") == step_id), None)
-        if step is None or step.get("tool") != req.tool:
+        plan = _decided_plan(d.plan)
+        if plan is None or codec.arguments_digest(approval_arguments(plan)) != d.arguments_digest:
+            # What a human reads (the steps as shown, the digest) must be what
+            # this check runs on: the listing is written by the agent role.
+            return f"the plan in decision {d.approval_id} is not shown as it runs"
+        approved = {s.id: s for s in plan.steps}
+        target = approved.get(step_id)
+        if target is None or target.tool != req.tool:
             return f"the plan approved by {d.approval_id} has no step {step_id!r} calling {req.tool}"
+        order = topological_order(plan.steps)
+        if order is None:
+            return f"the plan approved by {d.approval_id} is not a valid plan"
+        # Every step the call's pointers lead to, directly or through other
+        # steps' pointers: each result must answer its step as approved.
+        needed: set[str] = set()
+        todo = [target]
+        while todo:
+            for ref in {str(r[REF_KEY]) for r in refs_in(todo.pop().args)} - needed:
+                needed.add(ref)
+                if ref in approved:
+                    todo.append(approved[ref])
         outputs: dict[str, Any] = {}
-        planned_tools = {s.get("id"): s.get("tool") for s in steps if isinstance(s, dict)}
-        for ref in sorted({str(r[REF_KEY]) for r in refs_in(step.get("args"))}):
-            got = await self._plan_input(req, d, f"p{attempt}-{ref}", planned_tools.get(ref))
-            if isinstance(got, str):
-                return got
-            outputs[ref] = got[0]
         try:
-            approved_args = resolve(step.get("args"), outputs)
+            for sid in (s for s in order if s in needed):
+                want = codec.arguments_digest(resolve(approved[sid].args, outputs))
+                got = await self._plan_input(req, d, attempt, approved[sid], want)
+                if isinstance(got, str):
+                    return got
+                outputs[sid] = got[0]
+            approved_args = resolve(target.args, outputs)
         except Unresolved as exc:
             return f"step {step_id!r} of the plan approved by {d.approval_id} does not resolve: {exc}"
         if approved_args != req.arguments:
@@ -487,12 +512,14 @@ class ToolRunner:
             return f"{d.approver} may not approve {req.tool}"
         return None
 
-    async def _plan_input(self, req: ToolCallRequested, d: ApprovalDecided, call_id: str,
-                          tool: object) -> tuple[Any] | str:
+    async def _plan_input(self, req: ToolCallRequested, d: ApprovalDecided, attempt: str, step: PlanStep,
+                          want: str) -> tuple[Any] | str:
         """The output of an earlier step of an approved plan, read at the
         sequence the call names: a successful result for that step's call, on
-        this task's inbox, at the same turn. Else why not."""
-        seq = req.plan_inputs.get(call_id.split("-", 1)[1], 0)
+        this task's inbox, at the same turn, of the step's approved arguments
+        (digest ``want``). Else why not."""
+        call_id = f"p{attempt}-{step.id}"
+        seq = req.plan_inputs.get(step.id, 0)
         if seq <= 0 or self.decisions is None:
             return f"call {req.call_id} names no result for the step {call_id} its arguments come from"
         found = await self.decisions(seq)
@@ -502,9 +529,11 @@ class ToolRunner:
             ev = codec.agent_inbox.decode(found[1])
         except codec.DecodeError as exc:
             return f"the result at EVENTS sequence {seq} is not readable: {exc}"
-        if not isinstance(ev, ToolCallCompleted) or (ev.call_id, ev.step, ev.tool) != (call_id, d.step, tool) \
+        if not isinstance(ev, ToolCallCompleted) or (ev.call_id, ev.step, ev.tool) != (call_id, d.step, step.tool) \
                 or not ev.ok:
             return f"EVENTS sequence {seq} is not a successful result of {call_id} of the approved plan"
+        if ev.arguments_digest != want:
+            return f"EVENTS sequence {seq} is not the result of step {step.id!r} as approved (other arguments)"
         if not ev.result_ref:
             return (ev.result,)
         if self.blobs is None or not ev.result_ref.startswith(RESULT_REF_PREFIX):
@@ -626,7 +655,7 @@ class ToolRunner:
                 task_id=req.task_id, agent=req.agent, step=req.step, call_id=req.call_id, tool=req.tool,
                 ok=error is None, result=result if error is None else None, error=error,
                 started_at=started, finished_at=time.time(), attempts=out.attempts, worker=self.worker,
-                served_by=out.served_by)
+                served_by=out.served_by, arguments_digest=codec.arguments_digest(req.arguments))
 
         try:
             return codec.encode(done(out.result, out.error))
@@ -659,6 +688,26 @@ class ToolRunner:
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot store result %s: %s", key, exc)
         return payload
+
+
+def _once(req: ToolCallRequested) -> str | None:
+    """An approved call runs once: under the idempotency key the agent gives
+    it (``task:turn:call``, core.common), which this worker's stored results
+    and the tool itself dedupe on. Another key would make the same approved
+    call new work, as often as the agent role liked."""
+    key = f"{req.task_id}:{req.step}:{req.call_id}"
+    if req.idempotency_key != key:
+        return f"an approved call runs under its own idempotency key {key!r}, not {req.idempotency_key!r}"
+    return None
+
+
+def _decided_plan(shown: dict[str, Any]) -> Plan | None:
+    """The plan a plan-level decision carries (the approval's arguments,
+    core.plan_approval.approval_arguments), or None if it holds no plan."""
+    try:
+        return msgspec.convert({"steps": shown.get("steps"), "rationale": shown.get("rationale", "")}, Plan)
+    except msgspec.ValidationError:
+        return None
 
 
 class _Replay(Exception):

@@ -36,6 +36,7 @@ from agentstream.runtime.core.policy import ApprovalRecord, decode_record, parse
 from agentstream.runtime.execution.engine import audit_msg_id
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.interfaces.http_common import _json
+from agentstream.runtime.planning.plan import shown
 from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
 
 log = logging.getLogger("agentstream.approvals")
@@ -140,13 +141,14 @@ def plan_lines(req: ApprovalRequested) -> list[str]:
     and what it waits for. Empty for a per-call approval."""
     if req.tool != SUBMIT_PLAN_NAME:
         return []
-    shown = {s.get("id"): s for s in req.arguments.get("shown") or () if isinstance(s, dict)}
     out = []
     for step in req.arguments.get("steps") or ():
         if not isinstance(step, dict):
             continue
         sid = step.get("id")
-        args = shown.get(sid, {}).get("args", step.get("args"))
+        # Spelled out from the steps tool workers check, not from the request's
+        # own "shown" copy: the listing is the agent role's to write.
+        args = shown(step.get("args"))
         after = f"  (after {', '.join(step['depends_on'])})" if step.get("depends_on") else ""
         out.append(f"    {sid}: {step.get('tool')} {msgspec.json.encode(args).decode()}{after}")
     return out

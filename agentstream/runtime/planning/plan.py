@@ -171,11 +171,18 @@ def check_arguments(step: PlanStep, spec: ToolSpec) -> list[PlanError]:
         sub = props[name]
         if not _type_ok(value, sub):
             errors.append(PlanError(kind="bad_arguments", step=step.id, field=name,
-                                    message=f"{step.tool}.{name} must be {sub.get('type')}, got {json.dumps(value)}"))
+                                    message=f"{step.tool}.{name} must be {sub.get('type')}, got {_quote(value)}"))
         elif "enum" in sub and value not in sub["enum"]:
             errors.append(PlanError(kind="bad_arguments", step=step.id, field=name,
                                     message=f"{step.tool}.{name} must be one of {sub['enum']}"))
     return errors
+
+
+def _quote(value: Any, limit: int = 80) -> str:
+    """A value in an error the planner is sent back, cut short: the planner
+    wrote it, and echoing a huge one would grow the session by as much again."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def topological_order(steps: Sequence[PlanStep]) -> list[str] | None:

@@ -8,10 +8,18 @@ error marked as such. The model is the candidate's, or, with
 ``recorded_model``, production's own responses played back (the determinism
 check: replaying production's version that way must reproduce production).
 
+Plan-first and routed tasks replay too: a planner turn is played back from
+its ``PlanProposed`` (the plan as the model submitted it), the plan's waves
+are served from the recording like any tool call, replans and the ReAct
+fallback are model turns like the others, and the router decides again from
+the task's input. A divergence names the route, a plan (its digest) or a
+step's calls, whichever differs first.
+
 What a recording cannot bring back, and so what breaks the determinism
 check: tool calls production never made (a replayed model asking for other
 tools gets stubs), the text a model wrote beside its tool calls (not kept on
-the bus), time (the clock is replay time, so deadlines and budgets that
+the bus), calls a planner made beside ``submit_plan`` (answered "not run",
+never run), a plan over ``SUBMITTED_MAX`` bytes, time (the clock is replay time, so deadlines and budgets that
 depend on elapsed time may differ), and a real model's sampling.
 """
 
@@ -29,9 +37,12 @@ from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import (
     ModelResponse,
     ModelTurnCompleted,
+    PlanProposed,
+    RouteDecided,
     TaskCompleted,
     TaskFailed,
     TaskSubmitted,
+    ToolCall,
     ToolCallCompleted,
     ToolCallDispatched,
     ToolCallRequested,
@@ -46,6 +57,7 @@ from agentstream.runtime.core.spec import AgentSpec
 from agentstream.runtime.core.tools import Tool
 from agentstream.runtime.execution.engine import AgentEngine, decode_task
 from agentstream.runtime.execution.tool_runner import ToolRunner
+from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
 from agentstream.runtime.rollout.compare import (
     Outcome,
     PairRecord,
@@ -67,6 +79,8 @@ class Recording:
     completions: dict[str, ToolCallCompleted] = field(default_factory=dict)
     turns: list[ModelTurnCompleted] = field(default_factory=list)
     result: TaskResult | None = None
+    plans: list[PlanProposed] = field(default_factory=list)  # plan-first: one per planner turn
+    route: RouteDecided | None = None  # routed: the router's choice
 
 
 async def load_recordings(js: JetStreamContext, agent: str, *, since_s: float, sample: int | None = None,
@@ -99,6 +113,10 @@ async def load_recordings(js: JetStreamContext, agent: str, *, since_s: float, s
                 rec.completions.setdefault(ev.call_id, ev)
             elif isinstance(ev, ModelTurnCompleted):
                 rec.turns.append(ev)
+            elif isinstance(ev, PlanProposed):
+                rec.plans.append(ev)
+            elif isinstance(ev, RouteDecided):
+                rec.route = ev
     return sorted(done, key=lambda r: r.task.submitted_at)
 
 
@@ -110,37 +128,48 @@ def _decode(raw: bytes) -> object:
 
 
 class RecordedModel:
-    """Production's model responses for one task, played back by step."""
+    """Production's model responses for one task, played back by turn.
+
+    A ReAct turn is its dispatched calls; a planner turn its submitted plan
+    (whose waves were dispatched at the same turn, by the plan, not the
+    model); the last turn of a completed task its answer. Turns are asked in
+    order, one model call per turn (the core's ``step``), so the n-th call
+    gets production's n-th turn."""
 
     def __init__(self, rec: Recording, name: str = "recorded") -> None:
         self._name = name
         self.by_step: dict[int, ModelResponse] = {}
+        self._asked = 0
         turns = {t.step: t for t in rec.turns}
+
+        def response(step: int, finish_reason: str, *, text: str = "",
+                     tool_calls: tuple[ToolCall, ...] = ()) -> ModelResponse:
+            t = turns.get(step)
+            return ModelResponse(text=text, tool_calls=tool_calls, finish_reason=finish_reason,
+                                 model=t.model if t else name, usage=t.usage if t else Usage())
+
+        planned = {p.step: p for p in rec.plans}
         for d in rec.dispatches:
-            t = turns.get(d.step)
-            self.by_step[d.step] = ModelResponse(tool_calls=d.calls, finish_reason="tool_calls",
-                                                 model=t.model if t else name,
-                                                 usage=t.usage if t else Usage())
+            if d.step not in planned:
+                self.by_step[d.step] = response(d.step, "tool_calls", tool_calls=d.calls)
+        for step, plan in planned.items():
+            submitted = (ToolCall(id=f"plan_{step}", name=SUBMIT_PLAN_NAME, arguments=plan.submitted),) \
+                if plan.submitted else ()
+            self.by_step[step] = response(step, "tool_calls", tool_calls=submitted)
         if isinstance(rec.result, TaskCompleted):
-            t = turns.get(rec.result.steps)
-            self.by_step[rec.result.steps] = ModelResponse(text=rec.result.output, finish_reason="stop",
-                                                           model=t.model if t else name,
-                                                           usage=t.usage if t else Usage())
+            self.by_step[rec.result.steps] = response(rec.result.steps, "stop", text=rec.result.output)
 
     @property
     def name(self) -> str:
         return self._name
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        # This task's turns are the assistant messages after its user message
-        # (earlier ones are the conversation's history).
-        last_user = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=0)
-        step = 1 + sum(1 for m in request.messages[last_user + 1:] if m.role == "assistant")
-        resp = self.by_step.get(step)
+        self._asked += 1
+        resp = self.by_step.get(self._asked)
         if resp is None:
             from agentstream.runtime.core.errors import ModelError
 
-            raise ModelError(f"no recorded model response for step {step}")
+            raise ModelError(f"no recorded model response for step {self._asked}")
         return resp
 
 
@@ -150,6 +179,8 @@ class _ReplayBus:
     def __init__(self) -> None:
         self.calls: list[ToolCallRequested] = []
         self.dispatches: list[ToolCallDispatched] = []
+        self.plans: list[PlanProposed] = []
+        self.route: RouteDecided | None = None
         self.result: TaskResult | None = None
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
@@ -159,6 +190,10 @@ class _ReplayBus:
             self.calls.append(ev)
         elif isinstance(ev, ToolCallDispatched):
             self.dispatches.append(ev)
+        elif isinstance(ev, PlanProposed):
+            self.plans.append(ev)
+        elif isinstance(ev, RouteDecided):
+            self.route = ev
         elif isinstance(ev, (TaskCompleted, TaskFailed)):
             self.result = ev
 
@@ -177,16 +212,35 @@ class Replayed:
     dispatches: list[ToolCallDispatched]
     served: dict[str, int]
     divergence: Divergence
+    plans: list[PlanProposed] = field(default_factory=list)
+    route: RouteDecided | None = None
 
 
 def _step_calls(dispatches: Sequence[ToolCallDispatched]) -> dict[int, list[str]]:
-    return {d.step: sorted(f"{c.name}({canonical_args(c.arguments)})" for c in d.calls) for d in dispatches}
+    """Each model turn's calls; a plan's waves all belong to its planner's turn."""
+    out: dict[int, list[str]] = {}
+    for d in dispatches:
+        out.setdefault(d.step, []).extend(f"{c.name}({canonical_args(c.arguments)})" for c in d.calls)
+    return {step: sorted(calls) for step, calls in out.items()}
 
 
-def first_divergence(rec: Recording, dispatches: Sequence[ToolCallDispatched], result: TaskResult | None) -> Divergence:
+def _step_plans(plans: Sequence[PlanProposed]) -> dict[int, str]:
+    return {p.step: p.digest if p.valid else f"invalid ({'; '.join(e.get('kind', '') for e in p.errors)})"
+            for p in plans}
+
+
+def first_divergence(rec: Recording, dispatches: Sequence[ToolCallDispatched], result: TaskResult | None,
+                     plans: Sequence[PlanProposed] = (), route: RouteDecided | None = None) -> Divergence:
     tid = rec.task.task_id
+    if (rec.route.strategy if rec.route else None) != (route.strategy if route else None):
+        return Divergence(tid, 1, f"route: {rec.route.strategy if rec.route else '-'} -> "
+                                  f"{route.strategy if route else '-'}")
     prod, cand = _step_calls(rec.dispatches), _step_calls(dispatches)
-    for step in sorted(set(prod) | set(cand)):
+    prod_plans, cand_plans = _step_plans(rec.plans), _step_plans(plans)
+    for step in sorted(set(prod) | set(cand) | set(prod_plans) | set(cand_plans)):
+        if prod_plans.get(step) != cand_plans.get(step):
+            return Divergence(tid, step, f"step {step} plan: {prod_plans.get(step, '-')} -> "
+                                         f"{cand_plans.get(step, '-')}")
         if prod.get(step) != cand.get(step):
             return Divergence(tid, step, f"step {step} tools: {', '.join(prod.get(step, [])) or '-'} -> "
                                          f"{', '.join(cand.get(step, [])) or '-'}")
@@ -240,7 +294,8 @@ async def replay_one(spec: AgentSpec, llm: LLM, rec: Recording, tools: Mapping[s
             await engine.on_event(msgspec.structs.replace(done, task_id=req.task_id, step=req.step,
                                                           call_id=req.call_id))
     return Replayed(recording=rec, result=bus.result, dispatches=bus.dispatches, served=served,
-                    divergence=first_divergence(rec, bus.dispatches, bus.result))
+                    divergence=first_divergence(rec, bus.dispatches, bus.result, bus.plans, bus.route),
+                    plans=bus.plans, route=bus.route)
 
 
 def _from_recording(rec: Recording, req: ToolCallRequested, used: set[str]) -> ToolCallCompleted | None:
