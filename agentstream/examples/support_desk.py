@@ -13,6 +13,7 @@ import asyncio
 import json
 import re
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from agentstream import (
@@ -27,6 +28,8 @@ from agentstream import (
     tool,
     tool_results,
 )
+from agentstream.examples.support_sim import DEFAULT as DEFAULT_ASSUMPTIONS
+from agentstream.examples.support_sim import Assumptions, make_script
 
 # Simulated downstream latency, so the timeline shows real overlap.
 LATENCY_S = 0.15
@@ -133,6 +136,10 @@ async def issue_refund(order_id: int, amount: float) -> dict[str, object]:
         amount: How much to refund, in USD.
     """
     await asyncio.sleep(LATENCY_S / 2)
+    # The payment side checks the policy itself, whatever the caller believed:
+    # a plan that speculated a refund before seeing eligibility is refused here.
+    if order_id % 4 == 0 and order_id in _ORDERS:
+        raise ToolFailure(f"order {order_id} cannot be refunded: final-sale item", kind="not_eligible")
     return {"order_id": order_id, "refunded": amount, "reference": f"R-{order_id:05d}"}
 
 
@@ -147,9 +154,9 @@ def _order_id(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def support_script(request: ModelRequest) -> ModelResponse:
-    """The scripted support model: one tool turn (two for a refund it is asked
-    to issue), then an answer from the results."""
+def one_turn_script(request: ModelRequest) -> ModelResponse:
+    """The scripted support model for one-step requests: one tool turn (two
+    for a refund it is asked to issue), then an answer from the results."""
     question = last_user(request)
     q = question.lower()
     results = tool_results(request)
@@ -215,6 +222,16 @@ def support_script(request: ModelRequest) -> ModelResponse:
         h = data["store_hours"]
         return answer(f"We are open {h['weekdays']} on weekdays and {h['weekends']} at weekends ({h['timezone']}).")
     return answer("Done.")
+
+
+def make_support_script(assumptions: Assumptions = DEFAULT_ASSUMPTIONS) -> Callable[[ModelRequest], ModelResponse]:
+    """The support desk's scripted model under ``assumptions``: the one-turn
+    script above for one-step requests, and for multi-step requests and the
+    plan-first turns (planner, solver) the simulation in support_sim.py."""
+    return make_script(one_turn_script, assumptions)
+
+
+support_script = make_support_script()
 
 
 def _remembered(request: ModelRequest, word: str) -> str:
