@@ -374,7 +374,8 @@ def work(r: Request, s: Seen) -> list[Call]:
     out: list[Call] = []
 
     def want(c: Call) -> None:
-        if not s.done(c.name, **c.args) and c not in out:
+        # A call still waiting for its inputs has no arguments to compare yet.
+        if (c.needs or not s.done(c.name, **c.args)) and c not in out:
             out.append(c)
 
     for oid in r.order_ids:
@@ -459,7 +460,7 @@ def plan_steps(r: Request, s: Seen, a: Assumptions) -> list[dict[str, Any]]:
     ids: dict[str, str] = {}
 
     def add(c: Call, args: dict[str, Any]) -> str:
-        k = _key(c.name, c.args)
+        k = _key(c.name, c.args) + "".join(_key(d.name, d.args) for d in c.needs)
         if k not in ids:
             ids[k] = f"s{len(steps) + 1}"
             steps.append({"id": ids[k], "tool": c.name, "args": args})
