@@ -252,15 +252,18 @@ def _json(text: str) -> Any:
     return out if isinstance(out, (dict, list)) else text
 
 
+INSTRUCTIONS = (
+    "You are the support desk of an online shop. Use the tools to look things up before answering; "
+    "when several lookups are independent, request them together in one turn. Answer in one or two sentences."
+)
+TOOLS = [lookup_order, shipping_status, refund_eligibility, issue_refund, customer_profile, search_kb,
+         create_ticket, store_hours]
+
 app = App()
 app.agent(
     "support",
-    instructions=(
-        "You are the support desk of an online shop. Use the tools to look things up before answering; "
-        "when several lookups are independent, request them together in one turn. Answer in one or two sentences."
-    ),
-    tools=[lookup_order, shipping_status, refund_eligibility, issue_refund, customer_profile, search_kb,
-           create_ticket, store_hours],
+    instructions=INSTRUCTIONS,
+    tools=TOOLS,
     scripted=lambda: FunctionModel(support_script, name="scripted-support"),
     samples=[
         "Where is my order 42?",
@@ -304,3 +307,21 @@ app.agent(
     candidate=True,
     scripted=lambda: FunctionModel(support_script_v2, name="scripted-support-v2"),
 )
+
+
+# --------------------------------------------------------------------------- strategies, as candidates
+
+# The same agent (prompt, tools, scripted model) under the other two
+# strategies (docs/planning.md): evaluate them with
+# `agentstream eval DATASET --version plan`, shadow them with
+# `agentstream worker --agent support --version routed --shadow`.
+app.agent("support", instructions=INSTRUCTIONS, tools=TOOLS, version="plan", candidate=True, strategy="plan",
+          scripted=lambda: FunctionModel(support_script, name="scripted-support"))
+
+# Calibrated, not guessed: `agentstream eval calibrate-router
+# agentstream/examples/datasets/support.yaml agentstream/examples/datasets/multistep.yaml
+# --held-out 0.3 --seed 0` printed this threshold (README, "Strategies: does planning pay?").
+ROUTER_THRESHOLD = 2.5
+app.agent("support", instructions=INSTRUCTIONS, tools=TOOLS, version="routed", candidate=True, strategy="routed",
+          router_threshold=ROUTER_THRESHOLD,
+          scripted=lambda: FunctionModel(support_script, name="scripted-support"))
