@@ -19,8 +19,20 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
+import numpy as np
+
+from agentstream.runtime.evaluation import stats
 from agentstream.runtime.evaluation.dataset import Case, Dataset
-from agentstream.runtime.evaluation.results import CaseSummary, EvalRun, case_summaries
+from agentstream.runtime.evaluation.results import (
+    CaseSummary,
+    EvalRun,
+    by_case,
+    case_summaries,
+    discordant_pairs,
+    paired_values,
+    summarize,
+)
 from agentstream.runtime.planning.router import RouterPolicy, Strategy, calibrate, complexity, features, route
 
 
@@ -126,3 +138,124 @@ def calibrate_router(calibration: Sequence[Label], held_out: Sequence[Label]) ->
                        held_out_accuracy=accuracy(policy, held_out),
                        always_react_accuracy=(sum(lb.better == "react" for lb in held_out) / len(held_out)
                                               if held_out else float("nan")))
+
+
+# ----------------------------------------------------------------- figures per strategy, paired with ReAct
+
+
+def restrict(run: EvalRun, case_ids: Sequence[str]) -> EvalRun:
+    """The same run, only these cases (the held-out part of a full run)."""
+    keep = set(case_ids)
+    return msgspec.structs.replace(run, case_ids=tuple(c for c in run.case_ids if c in keep),
+                                   results=tuple(r for r in run.results if r.case_id in keep))
+
+
+def _bootstrap_percentile(per_case: Sequence[Sequence[float]], q: float, *, seed: int, confidence: float = 0.95,
+                          resamples: int = 1000) -> stats.Interval:
+    """A latency percentile over every run, with an interval from resampling
+    cases (a case's runs move together: they share the case's difficulty)."""
+    flat = [v for vs in per_case for v in vs]
+    est = stats.percentile(flat, q)
+    if len(per_case) < 2:
+        return stats.Interval(est, est, est, confidence)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(per_case), size=len(per_case))
+        draws.append(float(np.percentile(np.concatenate([np.asarray(per_case[i], dtype=float) for i in idx]), q)))
+    alpha = (1 - confidence) / 2
+    return stats.Interval(est, float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha)), confidence)
+
+
+@dataclass(frozen=True)
+class Figures:
+    strategy: str
+    dataset: str
+    cases: int
+    runs: int  # per case
+    success: stats.Interval  # pass@1
+    pass_k: stats.Interval  # pass^runs
+    tokens: stats.Interval  # per case (mean over its runs)
+    cost_usd: stats.Interval
+    latency_p50_s: stats.Interval
+    latency_p95_s: stats.Interval
+
+
+def figures(run: EvalRun, strategy: str, *, seed: int = 0) -> Figures:
+    s = summarize(run)
+    cases = s.cases
+    lat = [[r.score.latency_s for r in rs] for rs in by_case(run).values()]
+    k = max(s.pass_k) if s.pass_k else 1
+    nan = stats.Interval(float("nan"), float("nan"), float("nan"), 0.95)
+    return Figures(strategy=strategy, dataset=run.dataset, cases=len(cases), runs=run.runs_per_case,
+                   success=s.scores.get("pass@1", nan), pass_k=s.pass_k.get(k, nan),
+                   tokens=stats.bootstrap_mean([c.tokens for c in cases], seed=seed),
+                   cost_usd=stats.bootstrap_mean([c.cost_usd for c in cases], seed=seed),
+                   latency_p50_s=_bootstrap_percentile(lat, 50, seed=seed),
+                   latency_p95_s=_bootstrap_percentile(lat, 95, seed=seed))
+
+
+def _ratio(candidate: Sequence[float], baseline: Sequence[float], *, seed: int,
+           resamples: int = 2000) -> stats.Interval:
+    """sum(candidate) / sum(baseline) over cases, paired bootstrap interval."""
+    c, b = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
+    est = float(c.sum() / b.sum()) if b.sum() else float("nan")
+    if c.size < 2 or not b.sum():
+        return stats.Interval(est, est, est, 0.95)
+    idx = np.random.default_rng(seed).integers(0, c.size, size=(resamples, c.size))
+    num, den = c[idx].sum(axis=1), b[idx].sum(axis=1)
+    r = np.divide(num, den, out=np.full_like(num, np.nan), where=den != 0)
+    return stats.Interval(est, float(np.nanquantile(r, 0.025)), float(np.nanquantile(r, 0.975)), 0.95)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A strategy against ReAct on the same cases."""
+
+    strategy: str
+    cases: int
+    success_diff: stats.Interval  # pass@1, candidate minus ReAct
+    worse: int  # (case, run) pairs ReAct passed and the candidate failed
+    better: int
+    p_worse: float  # one-sided exact McNemar
+    tokens_ratio: stats.Interval
+    cost_ratio: stats.Interval
+    latency_ratio: stats.Interval  # mean latency
+
+
+def paired(candidate: EvalRun, react: EvalRun, strategy: str, *, seed: int = 0) -> Paired:
+    xs, ys = paired_values(candidate, react, "pass@1")
+    cand = {c.case_id: c for c in case_summaries(candidate)}
+    base = {c.case_id: c for c in case_summaries(react)}
+    ids = [cid for cid in candidate.case_ids if cid in cand and cid in base]
+    worse, better_ = discordant_pairs(candidate, react)
+    return Paired(strategy=strategy, cases=len(ids),
+                  success_diff=stats.paired_bootstrap_diff(xs, ys, seed=seed), worse=worse, better=better_,
+                  p_worse=stats.mcnemar_exact(worse, better_),
+                  tokens_ratio=_ratio([cand[i].tokens for i in ids], [base[i].tokens for i in ids], seed=seed),
+                  cost_ratio=_ratio([cand[i].cost_usd for i in ids], [base[i].cost_usd for i in ids], seed=seed),
+                  latency_ratio=_ratio([cand[i].latency_s for i in ids], [base[i].latency_s for i in ids],
+                                       seed=seed))
+
+
+def _iv(i: stats.Interval, fmt: str = "{:.2f}") -> str:
+    if i.estimate != i.estimate:  # nan
+        return "n/a"
+    return f"{fmt.format(i.estimate)} [{fmt.format(i.low)}, {fmt.format(i.high)}]"
+
+
+def markdown_table(rows: Sequence[Figures], pairs: Sequence[Paired | None]) -> str:
+    """One row per (dataset, strategy): the figures with 95% intervals and the
+    paired comparison with ReAct on the same cases."""
+    out = ["| dataset | strategy | cases x runs | success (pass@1) | pass^k | tokens/case | cost/case (USD) "
+           "| latency p50 (s) | latency p95 (s) | vs ReAct: success diff | worse / better pairs "
+           "| tokens x | cost x | latency x |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for f, p in zip(rows, pairs):
+        cmp = ("| | | | | |" if p is None else
+               f"| {_iv(p.success_diff, '{:+.2f}')} | {p.worse} / {p.better} (p={p.p_worse:.2f}) "
+               f"| {_iv(p.tokens_ratio)} | {_iv(p.cost_ratio)} | {_iv(p.latency_ratio)} |")
+        out.append(f"| {f.dataset} | {f.strategy} | {f.cases} x {f.runs} | {_iv(f.success)} | {_iv(f.pass_k)} "
+                   f"| {_iv(f.tokens, '{:.0f}')} | {_iv(f.cost_usd, '{:.5f}')} | {_iv(f.latency_p50_s)} "
+                   f"| {_iv(f.latency_p95_s)} {cmp}")
+    return "\n".join(out) + "\n"

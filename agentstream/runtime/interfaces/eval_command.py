@@ -305,13 +305,15 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 
 async def evaluate(dataset: Dataset, settings: Settings, *, agent: str, label: str | None = None, runs: int = 1,
                    concurrency: int = 8, timeout_s: float = 60.0, seed: int = 0, remote: bool = False,
-                   model: LLM | None = None, judge: Judge | None = None, progress: bool = False,
+                   model: LLM | None = None, judge: Judge | None = None,
+                   progress: bool | Callable[[int, int], None] = False,
                    before_run: Callable[[RunConfig], None] | None = None) -> EvalRun:
     """Run ``dataset`` as real tasks: on an embedded broker with this process's
     own workers (the app from ``settings.app``, ``model`` or the agent's
     usual one), or with ``remote`` on the configured broker's running workers.
     ``before_run`` sees the run's config once the version is known (to
-    fail fast, e.g. on a missing baseline, before any task runs)."""
+    fail fast, e.g. on a missing baseline, before any task runs). ``progress``:
+    a bar on stderr, or a callable given (done, total) after each task."""
     from agentstream.runtime.evaluation.runner import RunConfig, behaviour_hash, run_dataset
     from agentstream.runtime.interfaces.client import AgentClient
     from agentstream.runtime.service.runtime import Runtime, select_model
@@ -345,7 +347,7 @@ async def evaluate(dataset: Dataset, settings: Settings, *, agent: str, label: s
             # Submits the cases and plays their supervisor: the gateway role (client + approver).
             auth = rt.auth("gateway") if rt is not None else nats_auth("gateway", url, settings.data_dir)
             async with await AgentClient.connect(url, provision=rt is None, auth=auth) as client:
-                bar, update = _progress(progress)
+                bar, update = (contextlib.nullcontext(), progress) if callable(progress) else _progress(progress)
                 with bar:
                     return await run_dataset(dataset, _ClientHarness(client), cfg, judge=judge, progress=update)
         finally:
