@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentstream.contracts.events import Message, ModelResponse
+from agentstream.contracts.events import Message, ModelResponse, ToolCall
 from agentstream.examples import support_desk
 from agentstream.examples import support_sim as sim
 from agentstream.runtime.core.ports import ModelRequest
@@ -102,14 +102,19 @@ async def plan_first(script: Any, messages: list[Message], run: Run, max_replans
                 for step in ready:
                     out = await _execute(step.tool, P.resolve(step.args, outputs), run)
                     if isinstance(out, dict) and "error" in out:
-                        failed = {"step": step.id, "error": out["error"]}
+                        failed = {step.id: {"tool": step.tool, "error": out}}  # as the core replies
                         break
                     outputs[step.id] = out
-            if failed is None:
-                messages.append(Message(role="tool", name=SUBMIT_PLAN_NAME, tool_call_id=call.id, content="ok"))
-                for step in parsed.steps:
-                    messages.append(Message(role="tool", name=step.tool, tool_call_id=step.id,
-                                            content=json.dumps(outputs[step.id])))
+            if failed is None:  # the transcript the core gives the solver
+                messages.append(Message(role="tool", name=SUBMIT_PLAN_NAME, tool_call_id=call.id,
+                                        content=json.dumps({"plan": P.digest(parsed),
+                                                            "done": [st.id for st in parsed.steps]})))
+                ran = tuple(ToolCall(id=f"p{attempt + 1}-{st.id}", name=st.tool,
+                                     arguments=json.dumps(P.resolve(st.args, outputs))) for st in parsed.steps)
+                messages.append(Message(role="assistant", tool_calls=ran))
+                for c, st in zip(ran, parsed.steps):
+                    messages.append(Message(role="tool", name=c.name, tool_call_id=c.id,
+                                            content=json.dumps(outputs[st.id])))
                 resp = _call(script, messages, run, tools=(), tool_choice="none")
                 run.answer = resp.text
                 return run

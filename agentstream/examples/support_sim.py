@@ -338,11 +338,19 @@ def _absorb_feedback(out: Seen, steps: dict[str, dict[str, Any]], body: Any) -> 
         if st is not None and not out.done(str(st.get("tool")), **_resolved_args(st, output)):
             record(out, str(st.get("tool")), _resolved_args(st, output), output)
     failed = body.get("failed")
-    if isinstance(failed, dict):
-        st = steps.get(str(failed.get("step")))
-        err: dict[str, Any] = failed["error"] if isinstance(failed.get("error"), dict) else failed
+    if not isinstance(failed, dict):
+        return
+    # {step id: {"tool": ..., "error": the tool message}}; the older single
+    # shape {"step": id, "error": ...} is read too.
+    entries = {str(failed.get("step")): failed} if "step" in failed else failed
+    for sid, entry in entries.items():
+        st = steps.get(str(sid))
+        err = entry.get("error") if isinstance(entry, dict) else None
+        if isinstance(err, dict) and isinstance(err.get("error"), dict):
+            err = err["error"]
         if st is not None:
-            out.outcomes.append(Outcome(str(st.get("tool")), _resolved_args(st, None), error=dict(err)))
+            out.outcomes.append(Outcome(str(st.get("tool")), _resolved_args(st, None),
+                                        error=dict(err) if isinstance(err, dict) else {"message": str(err)}))
 
 
 def _resolved_args(step: dict[str, Any], content: Any) -> dict[str, Any]:
