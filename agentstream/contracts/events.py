@@ -203,6 +203,11 @@ class ToolCallRequested(Event, frozen=True, tag="agentstream.tool.call.requested
     # and checks it was published on the decisions subject (which only the
     # approval service may publish to) for this very call and arguments.
     approval_seq: int = 0
+    # A plan step running under a whole plan's approval (``approval_seq`` names
+    # that decision): for each step its argument pointers name, the EVENTS
+    # sequence of that step's result. The worker reads those results itself
+    # and resolves the approved step's pointers to check these very arguments.
+    plan_inputs: dict[str, int] = {}
 
 
 class ToolCallCompleted(Event, frozen=True, tag="agentstream.tool.call.completed.v1"):
@@ -254,6 +259,72 @@ class ToolCallDispatched(Event, frozen=True, tag="agentstream.tool.call.dispatch
     agent: str
     step: int
     calls: tuple[ToolCall, ...]
+    at: float
+    agent_version: str = ""
+    version_hash: str = ""
+
+
+# --------------------------------------------------------------------------- planning
+
+
+class PlanStepShown(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of a plan as a reader sees it: pointers spelled out (``<output of s1['id']>``)."""
+
+    id: str
+    tool: str
+    args: dict[str, Any]
+    depends_on: tuple[str, ...] = ()
+
+
+class PlanProposed(Event, frozen=True, tag="agentstream.plan.proposed.v1"):
+    """A planner turn's plan (valid or not), on the task's progress subject.
+    ``attempt`` counts planner turns (1: the first plan; more: replans).
+    ``errors`` are the structured validation errors the planner was sent back."""
+
+    task_id: str
+    agent: str
+    attempt: int
+    step: int  # the model turn that produced it
+    digest: str
+    steps: tuple[PlanStepShown, ...]
+    valid: bool
+    at: float
+    rationale: str = ""
+    errors: tuple[dict[str, str], ...] = ()
+    agent_version: str = ""
+    version_hash: str = ""
+
+
+class PlanProgress(Event, frozen=True, tag="agentstream.plan.progress.v1"):
+    """How a plan's execution moved, on the task's progress subject:
+    ``dispatched`` (steps published as tool calls), ``completed``/``failed``
+    (a step's result), ``replanned`` (the planner is asked again),
+    ``fallback`` (replanning is exhausted: the task continues as ReAct),
+    ``solving`` (every step settled: the solver turn is asked)."""
+
+    task_id: str
+    agent: str
+    attempt: int
+    kind: Literal["dispatched", "completed", "failed", "replanned", "fallback", "solving"]
+    step_ids: tuple[str, ...]
+    at: float
+    detail: str = ""
+    agent_version: str = ""
+    version_hash: str = ""
+
+
+class RouteDecided(Event, frozen=True, tag="agentstream.route.decided.v1"):
+    """The router's choice for one task (strategy ``routed``), with its
+    score against the agent's threshold, confidence and reason."""
+
+    task_id: str
+    agent: str
+    strategy: Literal["react", "plan"]
+    score: float
+    threshold: float
+    confidence: float
+    reason: str
+    features: dict[str, int]
     at: float
     agent_version: str = ""
     version_hash: str = ""
@@ -314,6 +385,11 @@ class ApprovalDecided(Event, frozen=True, tag="agentstream.approval.decided.v1")
     # saw (codec.arguments_digest), so a decision cannot be moved to another call.
     tool: str = ""
     arguments_digest: str = ""
+    # A plan-level approval (``tool == "submit_plan"``): the plan as the human
+    # saw it (the request's arguments, pointers unresolved). ``arguments_digest``
+    # is its digest; a tool worker reads this decision and checks a gated call
+    # against the step it claims to be (docs/planning.md).
+    plan: dict[str, Any] = {}
 
 
 class AuditRecord(Event, frozen=True, tag="agentstream.audit.record.v1"):
@@ -490,7 +566,8 @@ class MemoryReplied(Event, frozen=True, tag="agentstream.memory.replied.v1"):
     count: int = 0
 
 AgentInboxEvent = Union[ToolCallCompleted, ApprovalDecided]
-ProgressEvent = Union[ModelTurnCompleted, ToolCallDispatched, ApprovalRequested]
+ProgressEvent = Union[ModelTurnCompleted, ToolCallDispatched, ApprovalRequested, PlanProposed, PlanProgress,
+                      RouteDecided]
 TaskEvent = Union[
     TaskSubmitted,
     ToolCallCompleted,
@@ -500,6 +577,9 @@ TaskEvent = Union[
     TaskFailed,
     ApprovalRequested,
     ApprovalDecided,
+    PlanProposed,
+    PlanProgress,
+    RouteDecided,
 ]
 AnyEvent = Union[
     TaskSubmitted,
@@ -520,6 +600,9 @@ AnyEvent = Union[
     MemoryQueryRequested,
     MemoryAdminRequested,
     MemoryReplied,
+    PlanProposed,
+    PlanProgress,
+    RouteDecided,
 ]
 MemoryRequest = Union[MemoryWriteRequested, MemoryQueryRequested, MemoryAdminRequested]
 

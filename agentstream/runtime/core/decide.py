@@ -2,103 +2,73 @@
 
 No I/O, no clock reads, no randomness: everything it needs arrives in its
 arguments, so every path is unit-testable without a broker and a replayed
-step decides exactly what the first attempt decided. Architectures (ReAct
-today; plan-first and routed later) are strategies over this shape.
+step decides exactly what the first attempt decided. Architectures are
+strategies over this shape, chosen by ``AgentSpec.strategy``: ReAct (this
+module), plan-first (``plan_first``) and routed (``routing`` picks one of the
+two per task); what they share is in ``common``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, assert_never
+from collections.abc import Callable
+from typing import Any, assert_never
 
 import msgspec
 
-from agentstream.contracts import subjects
 from agentstream.contracts.events import (
     ApprovalDecided,
-    ApprovalRequested,
-    AuditRecord,
     Message,
-    ModelAttempt,
-    ModelTurnCompleted,
-    TaskCompleted,
-    TaskFailed,
     TaskSubmitted,
     ToolCall,
     ToolCallCompleted,
     ToolCallDispatched,
-    ToolCallRequested,
     ToolError,
-    Usage,
+)
+from agentstream.runtime.core import plan_first, routing
+from agentstream.runtime.core.common import (  # noqa: F401 - re-exported: the engine and tests use them from here
+    DEDUPE_WINDOW_S,
+    MIN_OUTPUT_TOKENS,
+    Context,
+    Decision,
+    _all_settled,
+    _ask_approval,
+    _audit,
+    _call_model,
+    _complete,
+    _duplicate,
+    _emit,
+    _fail,
+    _ids,
+    _over_budget,
+    _override,
+    _record_response,
+    _tool_request,
+    conversation_key,
+    estimate_tokens,
+    too_large,
 )
 from agentstream.runtime.core.spec import AgentSpec
 from agentstream.runtime.core.state import (
     AnyCommand,
     ApprovalExpired,
-    CallModel,
     CallResult,
     ClearApprovalTimer,
-    ClearDeadline,
     DeadlineReached,
     Input,
     ModelFailed,
     ModelResponded,
     PendingCall,
-    PublishApproval,
-    PublishAudit,
     PublishProgress,
-    PublishResult,
     PublishToolCall,
     RecordApproval,
-    RecordTurn,
     SessionState,
-    SetApprovalTimer,
     SetDeadline,
-    Turn,
     tool_error_content,
     tool_ok_content,
 )
 
-# JetStream's default duplicate window. A duplicate input older than this no
-# longer re-emits the outbox: the server would not dedupe it any more, and an
-# outbox that old was published long ago.
-DEDUPE_WINDOW_S = 120.0
-
-
-@dataclass(frozen=True)
-class Context:
-    """Everything a decision may depend on besides the state and the input."""
-
-    spec: AgentSpec
-    now: float
-    history: tuple[Turn, ...] = ()
-    worker: str = ""
-    model: str = ""  # the model that will be called (prices, budgets)
-    # For an ApprovalDecided input: its EVENTS stream sequence, which the
-    # approved call carries so the tool worker can read the decision itself.
-    decision_seq: int = 0
-    # The deployment's rules (runtime.policy.Policy, flattened by the engine).
-    # (input, output) USD per million tokens, by model name.
-    prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-    # Whether a call needs a human's approval, given its tool and arguments.
-    needs_approval: Callable[[str, dict[str, Any]], bool] | None = None
-    # Identities allowed to decide on a tool's approvals; empty: default_approvers.
-    approvers_for: Callable[[str], tuple[str, ...]] | None = None
-    # Empty: any identity may decide (development default).
-    default_approvers: tuple[str, ...] = ()
-    # The hash of this deployment's behaviour (core.version.fingerprint): on results and progress.
-    version_hash: str = ""
-
-
-class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    state: SessionState | None
-    commands: tuple[AnyCommand, ...]
-    changed: bool
-
-
-def conversation_key(task: TaskSubmitted) -> str:
-    return f"{task.tenant_id}.{task.conversation_id}" if task.conversation_id else ""
+# A strategy's continuation after a call settled without running (see _settle_call).
+_After = Callable[[SessionState, Context, tuple[AnyCommand, ...]], Decision]
 
 
 def decide(state: SessionState | None, event: Input, ctx: Context) -> Decision:
@@ -129,14 +99,28 @@ def decide(state: SessionState | None, event: Input, ctx: Context) -> Decision:
         case ModelResponded():
             if state.status != "awaiting_model" or event.step != state.step:
                 return _duplicate(state, ctx, reemit=False)
+            if plan_first.phase(state) == "planning":
+                return plan_first.on_planner(state, event, ctx)
+            if plan_first.phase(state) == "solving":
+                return _on_model(state, plan_first.solver_response(event), ctx)
             return _on_model(state, event, ctx)
         case ModelFailed():  # the current step's failure was handled above
             return _duplicate(state, ctx, reemit=False)
         case ToolCallCompleted():
+            if plan_first.phase(state) == "executing":
+                return plan_first.on_tool_result(state, event, ctx)
             return _on_tool_result(state, event, ctx)
         case ApprovalDecided():
+            if plan_first.phase(state) == "approval":
+                return plan_first.on_plan_decision(state, event, ctx)
+            if plan_first.phase(state) == "executing":
+                return _on_decision(state, event, ctx, after=plan_first.after_settle)
             return _on_decision(state, event, ctx)
         case ApprovalExpired():
+            if plan_first.phase(state) == "approval":
+                return plan_first.on_plan_expired(state, event, ctx)
+            if plan_first.phase(state) == "executing":
+                return _on_approval_expired(state, event, ctx, after=plan_first.after_settle)
             return _on_approval_expired(state, event, ctx)
         case DeadlineReached():  # not yet due: a stale timer
             return _duplicate(state, ctx, reemit=False)
@@ -145,14 +129,6 @@ def decide(state: SessionState | None, event: Input, ctx: Context) -> Decision:
 
 
 # ----------------------------------------------------------------- transitions
-
-
-_T = TypeVar("_T")
-
-
-def _override(value: Any, default: _T) -> _T:
-    """A task's own limit when it set a positive one, else the agent's."""
-    return value if value is not None and value > 0 else default
 
 
 def _start(task: TaskSubmitted, ctx: Context) -> Decision:
@@ -178,24 +154,16 @@ def _start(task: TaskSubmitted, ctx: Context) -> Decision:
         max_tokens=_override(task.max_tokens, spec.max_tokens),
         max_cost_usd=_override(task.max_cost_usd, spec.max_cost_usd),
     )
-    return _call_model(state, ctx, extra=(SetDeadline(deadline_at=state.deadline_at),))
+    planning, announce = routing.start(task, task.input, state.agent_version, ctx)
+    if planning is not None:
+        state = msgspec.structs.replace(state, planning=planning)
+    return _call_model(state, ctx, extra=(*announce, SetDeadline(deadline_at=state.deadline_at)))
 
 
 def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision:
     resp = ev.response
-    turn_usage = _priced(resp.usage, resp.model or ctx.model, ctx)
-    usage = state.usage + turn_usage
-    assistant = Message(role="assistant", content=resp.text, tool_calls=resp.tool_calls)
-    messages = (*state.messages, assistant)
-    progress = PublishProgress(event=ModelTurnCompleted(
-        task_id=state.task.task_id, agent=state.task.agent, step=ev.step,
-        model=resp.model, finish_reason=resp.finish_reason,
-        tool_calls=tuple(c.name for c in resp.tool_calls), usage=turn_usage,
-        started_at=ev.started_at, finished_at=ev.finished_at, worker=ctx.worker,
-        agent_version=state.agent_version, version_hash=ctx.version_hash))
-    state = msgspec.structs.replace(state, usage=usage, messages=messages, updated_at=ctx.now,
-                                    last_input_tokens=resp.usage.input_tokens,
-                                    last_input_messages=len(state.messages))
+    state, progress = _record_response(state, ev, ctx)
+    assistant = state.messages[-1]
 
     over = _over_budget(state)
     if over:
@@ -238,18 +206,9 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
                          extra=(progress,))
         if ctx.needs_approval is not None and ctx.needs_approval(call.name, args):
             approvers = (ctx.approvers_for(call.name) if ctx.approvers_for else ()) or ctx.default_approvers
-            approval = ApprovalRequested(
-                approval_id=f"{task.task_id}-{ev.step}-{call_id}", task_id=task.task_id, agent=task.agent,
-                step=ev.step, call_id=call_id, tool=call.name, arguments=args, approvers=approvers,
-                requested_at=ctx.now, deadline_at=approval_deadline, tenant_id=task.tenant_id,
-                user_id=task.user_id)
-            pending.append(PendingCall(call_id=call_id, tool=call.name, arguments=args, approval="pending",
-                                       approval_id=approval.approval_id, approvers=approvers))
-            cmds += [PublishApproval(request=approval),
-                     SetApprovalTimer(call_id=call_id, at=approval_deadline),
-                     RecordApproval(approval_id=approval.approval_id, status="pending", request=approval),
-                     _audit("approval.requested", ctx, task, actor=f"agent:{task.agent}",
-                            approval_id=approval.approval_id, tool=call.name, step=ev.step)]
+            asked, asking = _ask_approval(task, ev.step, call_id, call.name, args, approvers, approval_deadline, ctx)
+            pending.append(asked)
+            cmds += asking
             continue
         pending.append(PendingCall(call_id=call_id, tool=call.name, arguments=args))
         cmds.append(PublishToolCall(request=_tool_request(task, ev.step, call_id, call.name, args, ctx)))
@@ -274,23 +233,6 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
     if not pending:
         return _next_turn(state, ctx, extra=(progress, dispatched))
     return _emit(state, (progress, dispatched, *cmds))
-
-
-def _ids(calls: tuple[ToolCall, ...], step: int) -> list[str]:
-    """Call ids usable as subject tokens and unique within the turn. Generated
-    ones never collide with ids the model chose; deterministic, so a replayed
-    turn produces the same ids (and the same idempotency keys)."""
-    taken = {c.id for c in calls}
-    out: list[str] = []
-    for idx, c in enumerate(calls):
-        if c.id and subjects.is_token(c.id) and c.id not in out:
-            out.append(c.id)
-            continue
-        candidate = f"c{step}_{idx}"
-        while candidate in taken or candidate in out:
-            candidate += "_"
-        out.append(candidate)
-    return out
 
 
 def _check_call(call: ToolCall, spec: AgentSpec, *, truncated: bool) -> ToolError | dict[str, Any]:
@@ -344,7 +286,7 @@ def _pending_approval(state: SessionState, call_id: str, step: int | None = None
     return None
 
 
-def _on_decision(state: SessionState, ev: ApprovalDecided, ctx: Context) -> Decision:
+def _on_decision(state: SessionState, ev: ApprovalDecided, ctx: Context, after: _After | None = None) -> Decision:
     pend = _pending_approval(state, ev.call_id, ev.step)
     if pend is None or pend.approval_id != ev.approval_id:
         return _duplicate(state, ctx, reemit=True)
@@ -371,10 +313,11 @@ def _on_decision(state: SessionState, ev: ApprovalDecided, ctx: Context) -> Deci
     reason = f": {ev.reason}" if ev.reason else ""
     error = ToolError(kind="approval_denied", message=f"{ev.approver} denied this call{reason}",
                       hint="do not retry it; tell the user it was not approved")
-    return _settle_call(state, ctx, pend, error, common)
+    return _settle_call(state, ctx, pend, error, common, after)
 
 
-def _on_approval_expired(state: SessionState, ev: ApprovalExpired, ctx: Context) -> Decision:
+def _on_approval_expired(state: SessionState, ev: ApprovalExpired, ctx: Context,
+                         after: _After | None = None) -> Decision:
     pend = _pending_approval(state, ev.call_id)
     if pend is None:
         return _duplicate(state, ctx, reemit=False)
@@ -389,113 +332,23 @@ def _on_approval_expired(state: SessionState, ev: ApprovalExpired, ctx: Context)
                      extra=(record, audit))
     error = ToolError(kind="approval_expired", message=f"nobody approved this call within {timeout:g}s",
                       hint="do not retry it; tell the user it could not be approved in time")
-    return _settle_call(state, ctx, pend, error, (ClearApprovalTimer(call_id=pend.call_id), record, audit))
+    return _settle_call(state, ctx, pend, error, (ClearApprovalTimer(call_id=pend.call_id), record, audit), after)
 
 
 def _settle_call(state: SessionState, ctx: Context, pend: PendingCall, error: ToolError,
-                 extra: tuple[AnyCommand, ...]) -> Decision:
-    """A call that will not run (denied, expired) gets an error result."""
+                 extra: tuple[AnyCommand, ...], after: _After | None = None) -> Decision:
+    """A call that will not run (denied, expired) gets an error result.
+    ``after``: what the strategy does next (ReAct: the next turn once the
+    turn's calls have all settled; plan-first: its scheduler)."""
     pending = tuple(msgspec.structs.replace(p, approval="") if p.call_id == pend.call_id else p
                     for p in state.pending)
     result = CallResult(call_id=pend.call_id, tool=pend.tool, ok=False, content=tool_error_content(error))
     state = msgspec.structs.replace(state, pending=pending, results=(*state.results, result), updated_at=ctx.now)
+    if after is not None:
+        return after(state, ctx, extra)
     if not _all_settled(state):
         return _emit(state, extra)
     return _next_turn(state, ctx, extra=extra)
-
-
-def _tool_request(task: TaskSubmitted, step: int, call_id: str, tool: str, args: dict[str, Any],
-                  ctx: Context, *, approval_seq: int = 0) -> ToolCallRequested:
-    return ToolCallRequested(approval_seq=approval_seq,
-        task_id=task.task_id, agent=task.agent, step=step, call_id=call_id, tool=tool, arguments=args,
-        idempotency_key=f"{task.task_id}:{step}:{call_id}", reply_subject=subjects.events(task.agent, task.task_id),
-        requested_at=ctx.now, timeout_s=ctx.spec.tool_timeout_s, tenant_id=task.tenant_id, user_id=task.user_id)
-
-
-def _all_settled(state: SessionState) -> bool:
-    """Every pending call of the step has its result."""
-    done = {r.call_id for r in state.results}
-    return all(p.call_id in done for p in state.pending)
-
-
-def _audit(kind: str, ctx: Context, task: TaskSubmitted, *, actor: str, **details: Any) -> PublishAudit:
-    return PublishAudit(record=AuditRecord(kind=kind, at=ctx.now, actor=actor, agent=task.agent,
-                                           task_id=task.task_id, details=details))
-
-
-# ----------------------------------------------------------------- budgets
-
-MIN_OUTPUT_TOKENS = 16
-
-
-def estimate_tokens(messages: tuple[Message, ...], tools: tuple[Any, ...]) -> int:
-    """A deliberately high estimate of a request's input tokens (3 characters a
-    token, where real tokenizers average about 4), so a budget check errs on
-    the side of not making the call."""
-    chars = 0
-    for m in messages:
-        chars += len(m.content) + 12
-        for c in m.tool_calls:
-            chars += len(c.name) + len(c.arguments) + 12
-    for t in tools:
-        chars += len(msgspec.json.encode(t))
-    return chars // 3 + 1
-
-
-def _price(model: str, ctx: Context) -> tuple[float, float]:
-    return ctx.prices.get(model) or ctx.prices.get("*") or (0.0, 0.0)
-
-
-def _priced(usage: Usage, model: str, ctx: Context) -> Usage:
-    if usage.cost_usd:
-        return usage
-    pin, pout = _price(model, ctx)
-    cost = (usage.input_tokens * pin + usage.output_tokens * pout) / 1_000_000
-    return msgspec.structs.replace(usage, cost_usd=cost)
-
-
-def _over_budget(state: SessionState) -> str:
-    u = state.usage
-    used = u.input_tokens + u.output_tokens
-    if state.max_tokens is not None and used > state.max_tokens:
-        return f"token budget exceeded: used {used} of {state.max_tokens} tokens"
-    if state.max_cost_usd is not None and u.cost_usd > state.max_cost_usd:
-        return f"cost budget exceeded: spent ${u.cost_usd:.6f} of ${state.max_cost_usd:.6f}"
-    return ""
-
-
-def _call_model(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...] = ()) -> Decision:
-    """Ask the model for the next turn, unless the budget cannot pay for it:
-    then the call is not made and the task fails with the figures. The call's
-    output is capped at what the budget leaves."""
-    max_out = ctx.spec.max_output_tokens
-    if state.max_tokens is None and state.max_cost_usd is None:
-        # Nothing to check: the estimate walks the whole transcript and encodes
-        # every tool spec, work every step of an unbudgeted task would waste.
-        return _emit(state, (*extra, CallModel(step=state.step, max_tokens=max_out)))
-    u = state.usage
-    est_in = estimate_tokens(state.messages, ctx.spec.tools)
-    if state.last_input_tokens:
-        est_in = max(est_in, state.last_input_tokens
-                     + estimate_tokens(state.messages[state.last_input_messages:], ()))
-    if state.max_tokens is not None:
-        left = state.max_tokens - (u.input_tokens + u.output_tokens)
-        if est_in + MIN_OUTPUT_TOKENS > left:
-            return _fail(state, ctx, "budget_exceeded",
-                         f"token budget of {state.max_tokens} would be exceeded: {u.input_tokens + u.output_tokens} "
-                         f"used, the next model call needs about {est_in + MIN_OUTPUT_TOKENS}", extra=extra)
-        max_out = min(max_out, left - est_in)
-    if state.max_cost_usd is not None:
-        pin, pout = _price(ctx.model, ctx)
-        left_usd = state.max_cost_usd - u.cost_usd
-        need = (est_in * pin + MIN_OUTPUT_TOKENS * pout) / 1_000_000
-        if need > left_usd:
-            return _fail(state, ctx, "budget_exceeded",
-                         f"cost budget of ${state.max_cost_usd:.6f} would be exceeded: ${u.cost_usd:.6f} spent, "
-                         f"the next model call costs about ${need:.6f}", extra=extra)
-        if pout > 0:
-            max_out = min(max_out, int((left_usd - est_in * pin / 1_000_000) * 1_000_000 / pout))
-    return _emit(state, (*extra, CallModel(step=state.step, max_tokens=max_out)))
 
 
 def _next_turn(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...] = ()) -> Decision:
@@ -513,75 +366,3 @@ def _next_turn(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...] 
                      f"reached the limit of {state.max_steps} model turns without a final answer", extra=extra)
     state = msgspec.structs.replace(state, status="awaiting_model", step=state.step + 1)
     return _call_model(state, ctx, extra=extra)
-
-
-def _complete(state: SessionState, ctx: Context, output: str, extra: tuple[AnyCommand, ...] = ()) -> Decision:
-    task = state.task
-    result = TaskCompleted(
-        task_id=task.task_id, agent=task.agent, agent_version=state.agent_version, output=output,
-        steps=state.step, tool_calls=state.tool_calls_total, usage=state.usage,
-        started_at=state.started_at, finished_at=ctx.now, tenant_id=task.tenant_id,
-        user_id=task.user_id, conversation_id=task.conversation_id, version_hash=ctx.version_hash)
-    cancel = _cancel_approvals(state)
-    state = msgspec.structs.replace(state, status="completed", outcome=result, pending=(), results=())
-    cmds: list[AnyCommand] = [*extra, *cancel, PublishResult(result=result), ClearDeadline()]
-    key = conversation_key(task)
-    if key:
-        user = task.input or f"(a large input, stored as {task.input_ref})"
-        cmds.insert(len(extra), RecordTurn(conversation_key=key, task_id=task.task_id, user=user,
-                                           assistant=output))
-    return _emit(state, tuple(cmds))
-
-
-def _fail(state: SessionState, ctx: Context, reason: str, message: str,
-          extra: tuple[AnyCommand, ...] = (), attempts: tuple[ModelAttempt, ...] = ()) -> Decision:
-    task = state.task
-    result = TaskFailed(
-        task_id=task.task_id, agent=task.agent, agent_version=state.agent_version, reason=reason,
-        message=message, steps=state.step, tool_calls=state.tool_calls_total, usage=state.usage,
-        started_at=state.started_at, finished_at=ctx.now, tenant_id=task.tenant_id,
-        user_id=task.user_id, conversation_id=task.conversation_id, version_hash=ctx.version_hash,
-        model_attempts=attempts)
-    cancel = _cancel_approvals(state)
-    state = msgspec.structs.replace(state, status="failed", outcome=result, pending=(), results=(),
-                                    updated_at=ctx.now)
-    return _emit(state, (*extra, *cancel, PublishResult(result=result), ClearDeadline()))
-
-
-def too_large(state: SessionState, ctx: Context, size: int, limit: int) -> Decision:
-    """The session would outgrow what the store holds (the broker's max
-    payload): fail now, saying so, instead of failing every write until the
-    deadline. The failed state drops the transcript (it is what grew) so the
-    failure itself fits."""
-    task = msgspec.structs.replace(state.task, input="", metadata={})
-    small = msgspec.structs.replace(state, task=task, messages=(), pending=tuple(
-        p for p in state.pending if p.approval == "pending"), results=(), outbox=())
-    return _fail(small, ctx, "state_too_large",
-                 f"the session grew to {size} bytes at step {state.step}, over the {limit}-byte limit "
-                 "(the broker's max payload); large inputs and tool results travel by reference, but "
-                 "everything the model reads is kept in the session")
-
-
-def _cancel_approvals(state: SessionState) -> list[AnyCommand]:
-    out: list[AnyCommand] = []
-    for p in state.pending:
-        if p.approval == "pending":
-            out += [ClearApprovalTimer(call_id=p.call_id), RecordApproval(approval_id=p.approval_id, status="cancelled")]
-    return out
-
-
-def _emit(state: SessionState, commands: tuple[AnyCommand, ...]) -> Decision:
-    # The outbox is stored with the state so a redelivered input can re-publish
-    # what a crashed attempt may not have (deduplicated by message id).
-    state = msgspec.structs.replace(state, outbox=commands, outbox_at=state.updated_at)
-    return Decision(state=state, commands=commands, changed=True)
-
-
-def _duplicate(state: SessionState, ctx: Context, *, reemit: bool) -> Decision:
-    if not reemit:
-        return Decision(state=state, commands=(), changed=False)
-    fresh = ctx.now - state.outbox_at < DEDUPE_WINDOW_S
-    # A pending model call is always safe to re-issue: its response lands
-    # through compare-and-set, so at most one is recorded.
-    cmds = tuple(c for c in state.outbox if fresh or isinstance(c, CallModel))
-    return Decision(state=state, commands=cmds, changed=False)

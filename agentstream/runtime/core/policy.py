@@ -28,6 +28,10 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 class Policy:
     prices: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     needs_approval: Callable[[str, dict[str, Any]], bool] | None = None
+    # Whether a tool has any approval rule at all: a plan step whose arguments
+    # are still pointers cannot be judged by needs_approval, so a plan-level
+    # approval shows it to the human if its tool may need one.
+    may_need_approval: Callable[[str], bool] | None = None
     approvers_for: Callable[[str], tuple[str, ...]] | None = None
     default_approvers: tuple[str, ...] = ()
 

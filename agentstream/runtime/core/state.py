@@ -15,6 +15,9 @@ from agentstream.contracts.events import (
     ModelAttempt,
     ModelResponse,
     ModelTurnCompleted,
+    PlanProgress,
+    PlanProposed,
+    RouteDecided,
     TaskCompleted,
     TaskFailed,
     TaskSubmitted,
@@ -24,6 +27,8 @@ from agentstream.contracts.events import (
     ToolError,
     Usage,
 )
+from agentstream.runtime.planning.plan import Plan
+from agentstream.runtime.planning.router import RouteDecision
 
 Status = Literal["awaiting_model", "awaiting_tools", "completed", "failed"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
@@ -63,7 +68,7 @@ class PublishToolCall(Command, frozen=True, tag="publish_tool_call"):
 
 
 class PublishProgress(Command, frozen=True, tag="publish_progress"):
-    event: ModelTurnCompleted | ToolCallDispatched
+    event: ModelTurnCompleted | ToolCallDispatched | PlanProposed | PlanProgress | RouteDecided
 
 
 class PublishResult(Command, frozen=True, tag="publish_result"):
@@ -147,6 +152,46 @@ Input = Union[TaskSubmitted, ToolCallCompleted, ApprovalDecided, ModelResponded,
               DeadlineReached, ApprovalExpired]
 
 
+# ----------------------------------------------------------------- planning
+
+
+class PlanCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A plan step published as a tool call (every attempt's, kept for the
+    trust check of late results and for the timeline)."""
+
+    call_id: str
+    step_id: str
+    tool: str
+    attempt: int
+    turn: int  # the model turn (SessionState.step) the call belongs to
+    at: float
+
+
+PlanPhase = Literal["planning", "approval", "executing", "solving", "react"]
+
+
+class Planning(msgspec.Struct, frozen=True, kw_only=True):
+    """A plan-first or routed session's planning state (core/plan_first.py).
+    None on a ReAct session, so its state is what it always was.
+
+    ``phase`` says what the session waits for: a planner turn, a human's
+    decision on the whole plan, the plan's tool calls, the solver turn, or,
+    after a route to ReAct or a fallback, ``react`` (the ReAct loop runs)."""
+
+    phase: PlanPhase
+    attempt: int = 0  # planner turns so far (the first plan is attempt 1)
+    plan: Plan | None = None  # the current attempt's valid plan
+    digest: str = ""
+    planner_call_id: str = ""  # the submit_plan call of the current attempt (its tool message comes later)
+    outputs: dict[str, Any] = {}  # step id -> its tool's output (pointers resolve against these)
+    output_seqs: dict[str, int] = {}  # step id -> EVENTS sequence of its result (ToolCallRequested.plan_inputs)
+    failed: dict[str, str] = {}  # step id -> why it failed (the error the planner will see)
+    calls: tuple[PlanCall, ...] = ()
+    approval_seq: int = 0  # EVENTS sequence of the decision approving this plan (0: none)
+    route: RouteDecision | None = None
+    fallback: str = ""  # why the task fell back to ReAct ("" if it did not)
+
+
 # ----------------------------------------------------------------- state
 
 
@@ -179,6 +224,7 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True):
     # on any replica, is its child) and the span id of that span's parent.
     trace_parent: str = ""
     trace_caller_span: str = ""
+    planning: Planning | None = None  # strategy "plan" or "routed" only
 
     @property
     def terminal(self) -> bool:
@@ -223,8 +269,11 @@ def finished_record(state: SessionState) -> SessionState:
     task = state.task
     if task.input or task.metadata:
         task = msgspec.structs.replace(task, input="", metadata={})
+    planning = state.planning
+    if planning is not None:  # the route and the fallback stay: they say how the task ran
+        planning = msgspec.structs.replace(planning, plan=None, outputs={}, output_seqs={}, failed={}, calls=())
     return msgspec.structs.replace(state, task=task, messages=(), call_counts={}, pending=(), results=(),
-                                   last_input_tokens=0, last_input_messages=0)
+                                   last_input_tokens=0, last_input_messages=0, planning=planning)
 
 
 def tool_error_content(error: ToolError) -> str:

@@ -6,11 +6,13 @@ where it arrived and to what the session did:
 
 - the agent and task id in the subject equal the body's;
 - a tool result arrives on ``agents.<a>.events.<task>`` and answers a call
-  this session dispatched: same step, call id and tool, and not one still
-  waiting for a human (that call was never dispatched);
+  this session dispatched (a model's call or a plan step's): same step, call
+  id and tool, and not one still waiting for a human (that call was never
+  dispatched);
 - a decision arrives on ``agents.<a>.decisions.<task>`` (only the approval
   service may publish there) and names a call the session asked a human
-  about: same approval id, step, call id, tool and arguments digest.
+  about: same approval id, step, call id, tool and arguments digest (for a
+  whole plan: the plan it carries has that digest too).
 
 A late duplicate of something legitimate (a redelivered result for an
 earlier step) is admitted: ``decide`` treats it as the no-op it is. Anything
@@ -22,6 +24,7 @@ from __future__ import annotations
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ApprovalDecided, ToolCallCompleted
 from agentstream.runtime.core.state import PendingCall, SessionState
+from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
 
 InboxEvent = ToolCallCompleted | ApprovalDecided
 
@@ -55,9 +58,13 @@ def _current(state: SessionState, step: int, call_id: str) -> PendingCall | None
 
 
 def _in_transcript(state: SessionState, step: int, call_id: str, tool: str) -> bool:
-    """A call the model asked for at an earlier step (a late duplicate's origin)."""
+    """A call the model asked for at an earlier step, or a plan step this
+    session published (a late duplicate's origin)."""
     if step > state.step or step < 0:
         return False
+    if state.planning is not None and any(c.call_id == call_id and c.tool == tool and c.turn == step
+                                          for c in state.planning.calls):
+        return True
     return any(c.id == call_id and c.name == tool for m in state.messages for c in m.tool_calls)
 
 
@@ -88,6 +95,10 @@ def _check_decision(state: SessionState, ev: ApprovalDecided) -> str | None:
         return f"the decision names tool {ev.tool!r}, but the call is to {pend.tool!r}"
     if codec.arguments_digest(pend.arguments) != ev.arguments_digest:
         return "the decision is for other arguments than the call's"
+    if pend.tool == SUBMIT_PLAN_NAME and codec.arguments_digest(ev.plan) != ev.arguments_digest:
+        # Tool workers judge gated calls by the plan the decision carries: it
+        # must be the plan the human approved, the one this session asked about.
+        return "the plan the decision carries is not the plan it approves"
     return None
 
 

@@ -27,14 +27,19 @@ from agentstream.contracts.events import (
     ModelAttempt,
     ModelResponse,
     ModelTurnCompleted,
+    PlanProgress,
+    PlanProposed,
+    RouteDecided,
     TaskCompleted,
     TaskFailed,
     TaskSubmitted,
     ToolCallCompleted,
+    ToolCallDispatched,
 )
 from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
 from agentstream.runtime.adapters.retry import complete_with_retry
 from agentstream.runtime.core import decide as core
+from agentstream.runtime.core import plan_first
 from agentstream.runtime.core.errors import Conflict, ModelError
 from agentstream.runtime.core.policy import ApprovalRecord, Policy, decode_record, encode_record
 from agentstream.runtime.core.ports import LLM, BlobStore, Bus, ExpiringStore, ModelRequest, SessionStore
@@ -75,6 +80,8 @@ if TYPE_CHECKING:
     from agentstream.runtime.memory.agent import AgentMemoryPort
 
 log = logging.getLogger("agentstream.engine")
+
+ProgressNotice = ModelTurnCompleted | ToolCallDispatched | PlanProposed | PlanProgress | RouteDecided
 
 MAX_CAS_RETRIES = 50
 # Compare-and-set conflicts and broker errors are retried for this long, with
@@ -205,6 +212,7 @@ class AgentEngine:
         p = self.policy
         return core.Context(spec=self.spec, now=self.clock(), history=history, worker=self.worker,
                             model=self.llm.name, prices=p.prices, needs_approval=p.needs_approval,
+                            may_need_approval=p.may_need_approval,
                             approvers_for=p.approvers_for, default_approvers=p.default_approvers,
                             version_hash=self.version_hash)
 
@@ -295,6 +303,8 @@ class AgentEngine:
             ctx = self.context(history or ())
             if seq and isinstance(event, ApprovalDecided):
                 ctx = dataclasses.replace(ctx, decision_seq=seq)
+            elif seq and isinstance(event, ToolCallCompleted):
+                ctx = dataclasses.replace(ctx, result_seq=seq)  # a plan step's output, provable to tool workers
             if self.memory is not None:
                 ctx = self.memory.guard(task_id, state, ctx)  # memory: low-trust recall alone cannot drive a side effect
             decision = core.decide(state, event, ctx)
@@ -374,9 +384,8 @@ class AgentEngine:
                 await self.bus.publish(subjects.tool_calls(req.tool), codec.encode(req),
                                        msg_id=req.idempotency_key)
             case PublishProgress(event=ev):
-                kind = "turn" if isinstance(ev, ModelTurnCompleted) else "dispatch"
                 await self.bus.publish(subjects.progress(agent, task_id), codec.encode(ev),
-                                       msg_id=f"{task_id}:{ev.step}:{kind}")
+                                       msg_id=progress_msg_id(task_id, ev))
             case PublishResult(result=res):
                 await self.bus.publish(subjects.results(agent, task_id), codec.encode(res),
                                        msg_id=f"{task_id}:result")
@@ -444,9 +453,11 @@ class AgentEngine:
 
     async def _call_model(self, state: SessionState, step: int, max_tokens: int | None = None) -> Input:
         spec = self.spec
-        request = ModelRequest(model=self.llm.name, messages=state.messages, tools=spec.tools,
+        # A planner turn offers submit_plan and forces it; a solver turn offers nothing (core.plan_first).
+        tools, tool_choice = plan_first.request_shape(state, spec)
+        request = ModelRequest(model=self.llm.name, messages=state.messages, tools=tools,
                                max_tokens=max_tokens, temperature=spec.temperature, top_p=spec.top_p,
-                               seed=spec.seed, tool_choice=spec.tool_choice,
+                               seed=spec.seed, tool_choice=tool_choice,
                                parallel_tool_calls=spec.parallel_tool_calls)
         if self.memory is not None:
             try:  # memory: the working context, assembled under the model's token budget
@@ -540,6 +551,26 @@ def parse_deadline_key(key: str) -> tuple[str, str, str]:
     agent, _, rest = key.partition(".")
     task_id, _, call_id = rest.partition(".")
     return agent, task_id, call_id
+
+
+def progress_msg_id(task_id: str, ev: ProgressNotice) -> str:
+    """One progress notice per fact: a replayed step's is deduplicated, two
+    different facts never share an id (a plan dispatches several times in
+    one model turn, so its notices are keyed by attempt, kind and steps)."""
+    match ev:
+        case ModelTurnCompleted():
+            return f"{task_id}:{ev.step}:turn"
+        case ToolCallDispatched():
+            return f"{task_id}:{ev.step}:dispatch"
+        case PlanProposed():
+            return f"{task_id}:plan:{ev.attempt}:proposed"
+        case PlanProgress():
+            steps = hashlib.sha256(",".join(ev.step_ids).encode()).hexdigest()[:16]
+            return f"{task_id}:plan:{ev.attempt}:{ev.kind}:{steps}"
+        case RouteDecided():
+            return f"{task_id}:route"
+        case _:
+            assert_never(ev)
 
 
 def audit_msg_id(rec: AuditRecord) -> str:

@@ -86,6 +86,8 @@ from agentstream.runtime.core.tools import RateLimited, RetryPolicy, Tool, ToolC
 from agentstream.runtime.execution.breaker import Admission, SharedBreaker
 from agentstream.runtime.execution.consumer import Reject
 from agentstream.runtime.execution.engine import RESULT_REF_PREFIX
+from agentstream.runtime.planning.plan import REF_KEY, Unresolved, refs_in, resolve
+from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
 
 log = logging.getLogger("agentstream.toolrunner")
 
@@ -427,6 +429,8 @@ class ToolRunner:
             return f"the approval decision is not readable: {exc}"
         if not isinstance(d, ApprovalDecided):
             return "the approval reference is not a decision"
+        if d.tool == SUBMIT_PLAN_NAME:
+            return await self._check_plan_approval(req, d, tool)
         if (d.task_id, d.agent, d.step, d.call_id, d.tool) != (req.task_id, req.agent, req.step, req.call_id,
                                                                  req.tool):
             return f"the decision {d.approval_id} is for another call"
@@ -438,6 +442,78 @@ class ToolRunner:
         if allowed and d.approver not in allowed:
             return f"{d.approver} may not approve {req.tool}"
         return None
+
+    async def _check_plan_approval(self, req: ToolCallRequested, d: ApprovalDecided, tool: Tool) -> str | None:
+        """A gated call under a whole plan's approval: the decision (already
+        known to come from the decisions subject of this task) must approve a
+        plan, carry that very plan (its digest), and that plan must have the
+        step this call claims to be (its call id ``p<attempt>-<step>``, same
+        turn), to this tool, with exactly these arguments once its pointers
+        are resolved from the results of the steps they name, which this
+        worker reads from the stream itself (``req.plan_inputs``): results only
+        tool workers may publish, for those very steps."""
+        if (d.task_id, d.agent, d.step) != (req.task_id, req.agent, req.step):
+            return f"the plan decision {d.approval_id} is for another task or turn"
+        attempt = d.call_id.removeprefix("plan-")
+        step_id = req.call_id.removeprefix(f"p{attempt}-") if attempt.isdigit() else ""
+        if not step_id or step_id == req.call_id:
+            return f"call {req.call_id} is not a step of the plan approved by {d.approval_id}"
+        if codec.arguments_digest(d.plan) != d.arguments_digest:
+            return f"the plan in decision {d.approval_id} is not the plan it approved"
+        raw_steps = d.plan.get("steps")
+        steps: list[Any] = raw_steps if isinstance(raw_steps, list) else []
+        step = next((s for s in steps if isinstance(s, dict) and s.get("id") == step_id), None)
+        if step is None or step.get("tool") != req.tool:
+            return f"the plan approved by {d.approval_id} has no step {step_id!r} calling {req.tool}"
+        outputs: dict[str, Any] = {}
+        planned_tools = {s.get("id"): s.get("tool") for s in steps if isinstance(s, dict)}
+        for ref in sorted({str(r[REF_KEY]) for r in refs_in(step.get("args"))}):
+            got = await self._plan_input(req, d, f"p{attempt}-{ref}", planned_tools.get(ref))
+            if isinstance(got, str):
+                return got
+            outputs[ref] = got[0]
+        try:
+            approved_args = resolve(step.get("args"), outputs)
+        except Unresolved as exc:
+            return f"step {step_id!r} of the plan approved by {d.approval_id} does not resolve: {exc}"
+        if approved_args != req.arguments:
+            return f"the decision {d.approval_id} approved other arguments for step {step_id!r}"
+        if not d.approved:
+            return f"the decision {d.approval_id} denied this plan"
+        allowed = tool.approvers or self.approvers
+        if allowed and d.approver not in allowed:
+            return f"{d.approver} may not approve {req.tool}"
+        return None
+
+    async def _plan_input(self, req: ToolCallRequested, d: ApprovalDecided, call_id: str,
+                          tool: object) -> tuple[Any] | str:
+        """The output of an earlier step of an approved plan, read at the
+        sequence the call names: a successful result for that step's call, on
+        this task's inbox, at the same turn. Else why not."""
+        seq = req.plan_inputs.get(call_id.split("-", 1)[1], 0)
+        if seq <= 0 or self.decisions is None:
+            return f"call {req.call_id} names no result for the step {call_id} its arguments come from"
+        found = await self.decisions(seq)
+        if found is None or found[0] != subjects.events(req.agent, req.task_id):
+            return f"EVENTS sequence {seq} is not a result on task {req.task_id}"
+        try:
+            ev = codec.agent_inbox.decode(found[1])
+        except codec.DecodeError as exc:
+            return f"the result at EVENTS sequence {seq} is not readable: {exc}"
+        if not isinstance(ev, ToolCallCompleted) or (ev.call_id, ev.step, ev.tool) != (call_id, d.step, tool) \
+                or not ev.ok:
+            return f"EVENTS sequence {seq} is not a successful result of {call_id} of the approved plan"
+        if not ev.result_ref:
+            return (ev.result,)
+        if self.blobs is None or not ev.result_ref.startswith(RESULT_REF_PREFIX):
+            return f"the result of {call_id} is stored by reference and this worker cannot read it"
+        try:
+            raw = await self.blobs.get(ev.result_ref)
+        except KeyError:
+            return f"the result of {call_id} is no longer in the object store"
+        if hashlib.sha256(raw).hexdigest() != ev.result_ref[len(RESULT_REF_PREFIX):]:
+            return f"the stored result of {call_id} does not match its content hash"
+        return (msgspec.json.decode(raw),)
 
     async def _audit_refusal(self, req: ToolCallRequested, why: str) -> None:
         rec = AuditRecord(kind="tool.refused", at=time.time(), actor=f"agent:{req.agent}", agent=req.agent,

@@ -36,6 +36,7 @@ from agentstream.runtime.core.policy import ApprovalRecord, decode_record, parse
 from agentstream.runtime.execution.engine import audit_msg_id
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.interfaces.http_common import _json
+from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
 
 log = logging.getLogger("agentstream.approvals")
 
@@ -114,7 +115,10 @@ async def decide(client: AgentClient, approval_id: str, *, approved: bool, appro
     decision = ApprovalDecided(approval_id=req.approval_id, task_id=req.task_id, agent=req.agent, step=req.step,
                                call_id=req.call_id, approved=approved, approver=approver, reason=reason,
                                decided_at=time.time(), tool=req.tool,
-                               arguments_digest=codec.arguments_digest(req.arguments))
+                               arguments_digest=codec.arguments_digest(req.arguments),
+                               # A whole plan: the decision carries it, so a tool worker can check a
+                               # gated call against the step it claims to be (docs/planning.md).
+                               plan=req.arguments if req.tool == SUBMIT_PLAN_NAME else {})
     body = codec.encode(decision)
     # The dedupe id comes from the decision's own content: nobody can claim it
     # ahead of this decision (squatting) without publishing this very decision.
@@ -128,6 +132,24 @@ async def decide(client: AgentClient, approval_id: str, *, approved: bool, appro
         raise ApprovalError(f"this decision on {approval_id} was already submitted", status=409)
     await _outcome(client, decision, wait_s)
     return decision
+
+
+def plan_lines(req: ApprovalRequested) -> list[str]:
+    """A plan-level approval as a human reads it: one line per step, its tool
+    and arguments with pointers spelled out (``<output of look['order']>``),
+    and what it waits for. Empty for a per-call approval."""
+    if req.tool != SUBMIT_PLAN_NAME:
+        return []
+    shown = {s.get("id"): s for s in req.arguments.get("shown") or () if isinstance(s, dict)}
+    out = []
+    for step in req.arguments.get("steps") or ():
+        if not isinstance(step, dict):
+            continue
+        sid = step.get("id")
+        args = shown.get(sid, {}).get("args", step.get("args"))
+        after = f"  (after {', '.join(step['depends_on'])})" if step.get("depends_on") else ""
+        out.append(f"    {sid}: {step.get('tool')} {msgspec.json.encode(args).decode()}{after}")
+    return out
 
 
 def decision_msg_id(decision: ApprovalDecided, body: bytes) -> str:

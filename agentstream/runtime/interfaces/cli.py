@@ -470,10 +470,15 @@ async def cmd_approvals(args: argparse.Namespace, settings: Settings) -> int:
             args_text = msgspec.json.encode(q.arguments).decode()
             due = max(0.0, q.deadline_at - time.time())
             who = ", ".join(q.approvers) or "any allowed identity"
+            steps = approvals.plan_lines(q)
+            if steps:  # a whole plan: its digest here, each step with its arguments below
+                args_text = f"plan {q.arguments.get('plan_digest', '')} ({len(steps)} steps)"
             line = f"{q.approval_id}  {r.status:<9} {q.agent}/{q.tool} {args_text}  task {q.task_id}"
             line += f"  (approvers: {who}; expires in {due:.0f}s)" if r.status == "pending" else \
                 (f"  by {r.decision.approver}" if r.decision else "")
             print(line)
+            for s in steps:
+                print(s)
         return 0
 
 

@@ -345,8 +345,13 @@ class Runtime:
             tool = tools.get(name)
             return tool.approvers if tool is not None else ()
 
+        def may_need_approval(name: str) -> bool:
+            tool = tools.get(name)
+            return tool is not None and tool.requires_approval is not False
+
         return Policy(prices=load_prices(os.environ), needs_approval=needs_approval,
-                      approvers_for=approvers_for, default_approvers=parse_approvers(os.environ))
+                      approvers_for=approvers_for, default_approvers=parse_approvers(os.environ),
+                      may_need_approval=may_need_approval)
 
     def _consumer(self, stream: str, durable: str, subject: str, handler: object, *,
                   on_dead_letter: DeadLetterHook | None = None, deliver_new: bool = False,

@@ -1,0 +1,253 @@
+"""Plan-first against a real nats-server with per-role credentials: the
+``planner`` agent of tests/apps/plan_app.py (a FunctionModel planner and
+solver) and its tool workers in process under the ``worker`` role.
+
+A plan runs end to end on the ordinary tool subscriptions; a failed step is
+replanned; a whole plan is approved once through the approval service and
+its gated step runs under that decision, which the tool worker checks; and
+the attacks on a plan approval (forged, another digest, a call outside the
+plan) change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+from conftest import run_cli, until
+from nats.aio.client import Client as NatsClient
+
+from agentstream.contracts import codec, subjects
+from agentstream.contracts.events import (
+    ApprovalDecided,
+    DeadLettered,
+    PlanProgress,
+    PlanProposed,
+    TaskCompleted,
+    TaskEvent,
+    ToolCallCompleted,
+    ToolCallRequested,
+)
+from agentstream.runtime.adapters import jetstream as nats_adapters
+from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
+from agentstream.runtime.adapters.scan import scan
+from agentstream.runtime.config.auth import NatsAuth, Role
+from agentstream.runtime.config.settings import Settings
+from agentstream.runtime.core.app import load_app
+from agentstream.runtime.core.policy import ApprovalRecord
+from agentstream.runtime.interfaces import approvals
+from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
+from agentstream.runtime.service.runtime import Runtime
+
+APPS = Path(__file__).resolve().parent / "apps"
+if str(APPS) not in sys.path:
+    sys.path.insert(0, str(APPS))
+
+WAIT_S = 30.0
+AGENT = "planner"
+
+
+@dataclass
+class Desk:
+    server: EmbeddedNats
+    admin: AgentClient
+    approver: AgentClient
+    client: AgentClient
+    log: Path
+    auth: Callable[[Role], NatsAuth]
+    conns: list[NatsClient]
+
+    def runs(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        return [ev async for ev in self.admin.events(task_id, timeout=WAIT_S)]
+
+    async def agent_role(self, errors: list[str] | None = None) -> NatsClient:
+        """A connection with the agent's role (which may publish tool calls),
+        its server errors (permission violations) collected in ``errors``."""
+        async def on_error(exc: Exception) -> None:
+            if errors is not None:
+                errors.append(str(exc))
+        nc = await nats.connect(self.server.plain_url, allow_reconnect=False, error_cb=on_error,
+                                **nats_adapters.auth_options(self.auth("agent")))
+        self.conns.append(nc)
+        return nc
+
+    async def parked(self, text: str) -> tuple[str, ApprovalRecord]:
+        task_id = await self.client.submit(AGENT, text)
+
+        async def pending() -> ApprovalRecord | None:
+            try:
+                recs = await approvals.list_approvals(self.admin)
+            except approvals.ApprovalError:
+                return None
+            return next((r for r in recs if r.request.task_id == task_id), None)
+        rec: ApprovalRecord = await until(pending, WAIT_S, f"task {task_id} to wait for its plan's approval")
+        return task_id, rec
+
+    async def dead_letter(self, subject: str, contains: str) -> DeadLettered:
+        async def find() -> DeadLettered | None:
+            for raw in await scan(self.admin.js, "DEADLETTER", subjects.dead_letter(subject)):
+                ev = codec.any_event.decode(raw.data)
+                if isinstance(ev, DeadLettered) and contains in ev.reason:
+                    return ev
+            return None
+        found: DeadLettered = await until(find, WAIT_S, f"a dead letter on {subject} saying {contains!r}")
+        return found
+
+
+@pytest.fixture
+async def desk(nats_server: EmbeddedNats, role_auth: Callable[[Role], NatsAuth], tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Desk]:
+    log = tmp_path / "tools.log"
+    monkeypatch.setenv("PLAN_APP_LOG", str(log))
+    settings = dataclasses.replace(Settings.from_env({}), nats_url=nats_server.plain_url, data_dir=tmp_path,
+                                   app="plan_app:app")
+    rt = Runtime(settings=settings, app=load_app("plan_app:app"), agents=[AGENT], tools="all")
+    await asyncio.wait_for(rt.start(), timeout=30)
+    url = nats_server.plain_url
+    admin = await AgentClient.connect(nats_server.url, provision=False, telemetry=False)
+    approver = await AgentClient.connect(url, provision=False, telemetry=False, auth=role_auth("approver"))
+    client = await AgentClient.connect(url, provision=False, telemetry=False, auth=role_auth("client"))
+    d = Desk(nats_server, admin, approver, client, log, role_auth, [])
+    try:
+        yield d
+    finally:
+        for nc in d.conns:
+            await nc.close()
+        for c in (client, approver, admin):
+            await c.close()
+        await asyncio.wait_for(rt.stop(), timeout=60)
+
+
+def kinds(evs: list[TaskEvent], *types: type) -> list[Any]:
+    return [e for e in evs if isinstance(e, types)]
+
+
+async def test_a_plan_first_task_runs_its_dag_on_the_tool_subscriptions(desk: Desk) -> None:
+    task_id = await desk.client.submit(AGENT, "please refund order 41")
+    res = await desk.client.result(task_id, timeout=WAIT_S)
+    assert isinstance(res, TaskCompleted), res
+    assert res.output == "order 41 is in transit; refunded 80.0 on order 41"
+    assert res.steps == 2 and res.tool_calls == 3  # a planner and a solver turn; three steps
+    runs = desk.runs()
+    assert sorted(runs[:2]) == ["lookup_order 41", "shipping_status 41"] and runs[2:] == ["issue_refund 41 80.0"]
+
+    evs = await desk.events(task_id)
+    [proposed] = kinds(evs, PlanProposed)
+    assert proposed.valid and [s.id for s in proposed.steps] == ["look", "ship", "refund"]
+    assert proposed.steps[2].depends_on == ("look", "ship")
+    progress = [(e.kind, e.step_ids) for e in kinds(evs, PlanProgress)]
+    assert progress == [("dispatched", ("look", "ship")), ("dispatched", ("refund",)),
+                        ("solving", ("look", "ship", "refund"))]
+    assert {e.call_id for e in kinds(evs, ToolCallCompleted)} == {"p1-look", "p1-ship", "p1-refund"}
+
+
+async def test_a_failed_step_is_replanned_on_the_bus(desk: Desk) -> None:
+    task_id = await desk.client.submit(AGENT, "please refund order 41, fail the carrier")
+    res = await desk.client.result(task_id, timeout=WAIT_S)
+    assert isinstance(res, TaskCompleted), res
+    assert res.output == "refunded 80.0 on order 41"
+    evs = await desk.events(task_id)
+    assert [p.attempt for p in kinds(evs, PlanProposed)] == [1, 2]
+    assert [(e.attempt, e.kind, e.step_ids) for e in kinds(evs, PlanProgress)] == [
+        (1, "dispatched", ("look", "ship")), (1, "failed", ("ship",)), (1, "replanned", ()),
+        (2, "dispatched", ("look",)), (2, "dispatched", ("refund",)), (2, "solving", ("look", "refund"))]
+    # the refund of the first plan waited for the failed step: it never ran; the second plan's did, once
+    assert [r for r in desk.runs() if r.startswith("issue_refund")] == ["issue_refund 41 80.0"]
+
+
+async def test_one_approval_of_the_whole_plan_runs_its_gated_step(desk: Desk) -> None:
+    task_id, rec = await desk.parked("please refund order 42")
+    q = rec.request
+    assert q.tool == SUBMIT_PLAN_NAME and q.approvers == ("alice",)
+    assert [s["id"] for s in q.arguments["shown"]] == ["look", "ship", "refund"]
+    assert desk.runs() == []  # nothing ran before the human decided
+
+    # the CLI shows the plan: every step with its arguments, pointers spelled out
+    env = {"AGENTSTREAM_NATS_URL": desk.server.url}
+    out = await asyncio.to_thread(run_cli, ["approvals"], env)
+    assert out.returncode == 0, out.stderr
+    assert f"{AGENT}/{SUBMIT_PLAN_NAME} plan {q.arguments['plan_digest']} (3 steps)" in out.stdout
+    assert "refund: issue_refund {\"order_id\":\"<output of look['order']['id']>\"" in out.stdout
+
+    await approvals.decide(desk.approver, q.approval_id, approved=True, approver="alice")
+    res = await desk.client.result(task_id, timeout=WAIT_S)
+    assert isinstance(res, TaskCompleted) and res.output.endswith("refunded 120.0 on order 42"), res
+    assert desk.runs()[-1] == "issue_refund 42 120.0"
+    assert len(kinds(await desk.events(task_id), ApprovalDecided)) == 1  # once for the plan, not per call
+
+    # The genuine plan decision cannot carry calls the plan does not hold.
+    seq = (await scan(desk.admin.js, "EVENTS", subjects.decisions(AGENT, task_id)))[0].seq
+    evil = await desk.agent_role()
+    subject = subjects.tool_calls("issue_refund")
+
+    def call(call_id: str, amount: float) -> ToolCallRequested:
+        return ToolCallRequested(task_id=task_id, agent=AGENT, step=1, call_id=call_id, tool="issue_refund",
+                                 arguments={"order_id": 42, "amount": amount}, approval_seq=seq,
+                                 idempotency_key=f"{task_id}:1:{call_id}:{amount}",
+                                 reply_subject=subjects.events(AGENT, task_id), requested_at=time.time())
+    await evil.publish(subject, codec.encode(call("p1-look", 500.0)))
+    await desk.dead_letter(subject, "has no step 'look' calling issue_refund")
+    await evil.publish(subject, codec.encode(call("p1-more", 500.0)))
+    await desk.dead_letter(subject, "has no step 'more'")
+    await evil.publish(subject, codec.encode(call("c1", 500.0)))
+    await desk.dead_letter(subject, "is not a step of the plan")
+    # The approved step itself, with another amount than its pointer resolves
+    # to: the worker reads the lookup's result (at the sequence the call
+    # names) and resolves the approved pointers itself.
+    results = {codec.agent_inbox.decode(r.data).call_id: r.seq
+               for r in await scan(desk.admin.js, "EVENTS", subjects.events(AGENT, task_id))}
+    more = msgspec.structs.replace(call("p1-refund", 500.0), plan_inputs={"look": results["p1-look"]})
+    await evil.publish(subject, codec.encode(more))
+    await desk.dead_letter(subject, "approved other arguments for step 'refund'")
+    # ... or naming another result as the lookup's (the shipping check's).
+    moved = msgspec.structs.replace(call("p1-refund", 120.0), plan_inputs={"look": results["p1-ship"]})
+    await evil.publish(subject, codec.encode(moved))
+    await desk.dead_letter(subject, "is not a successful result of p1-look")
+    await evil.flush()
+    assert [r for r in desk.runs() if r.startswith("issue_refund")] == ["issue_refund 42 120.0"]
+
+
+async def test_a_plan_approval_cannot_be_forged_or_moved_to_another_plan(desk: Desk) -> None:
+    task_id, rec = await desk.parked("please refund order 42")
+    q = rec.request
+    decisions = subjects.decisions(AGENT, task_id)
+
+    def decision(**changes: Any) -> ApprovalDecided:
+        d = ApprovalDecided(approval_id=q.approval_id, task_id=task_id, agent=AGENT, step=q.step, call_id=q.call_id,
+                            approved=True, approver="alice", tool=q.tool, decided_at=time.time(),
+                            arguments_digest=codec.arguments_digest(q.arguments), plan=q.arguments)
+        return msgspec.structs.replace(d, **changes)
+
+    # Another plan (a bigger refund), its own digest: not this session's plan.
+    other = json.loads(json.dumps(q.arguments))
+    other["steps"][2]["args"]["amount"] = 9999
+    await desk.approver.js.publish(decisions, codec.encode(decision(plan=other,
+                                                                    arguments_digest=codec.arguments_digest(other))))
+    await desk.dead_letter(decisions, "other arguments than the call's")
+    # The right digest, carrying another plan for the workers to check calls against.
+    await desk.approver.js.publish(decisions, codec.encode(decision(plan=other)))
+    await desk.dead_letter(decisions, "not the plan it approves")
+    # The agent role may not publish a decision at all.
+    errors: list[str] = []
+    evil = await desk.agent_role(errors)
+    await evil.publish(decisions, codec.encode(decision()))
+    await evil.flush()
+    await until(lambda: any("permissions violation" in e.lower() for e in errors), 5.0, "the server to refuse it")
+    # still waiting for a human, nothing ran
+    still = await approvals.get_approval(desk.admin, q.approval_id)
+    assert still.status == "pending" and desk.runs() == []
+
