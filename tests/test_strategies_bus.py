@@ -56,6 +56,10 @@ async def test_eval_version_runs_the_declared_strategy_version(tmp_path: Path) -
     assert plan_spec.strategy == "plan" and plan.version == "plan"
     assert plan.behaviour_hash != react.behaviour_hash  # the strategy is part of what defines behaviour
     assert all(r.status == "completed" for r in plan.results)
+    # Plan steps are seen as calls with their arguments (the core's ToolCallDispatched for a plan):
+    # the same action checks hold as for ReAct, on fewer tokens (two turns, no re-reading).
+    assert [r.score.action for r in plan.results] == [1.0, 1.0, 1.0]
+    assert sum(r.score.tokens for r in plan.results) < sum(r.score.tokens for r in react.results)
 
 
 def test_calibrate_router_prints_the_threshold_to_declare(tmp_path: Path) -> None:

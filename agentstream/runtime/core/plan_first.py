@@ -33,6 +33,7 @@ from agentstream.contracts.events import (
     PlanStepShown,
     ToolCall,
     ToolCallCompleted,
+    ToolCallDispatched,
     ToolError,
     ToolSpec,
 )
@@ -417,6 +418,14 @@ def _advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -
                                     call_counts=counts, updated_at=ctx.now)
     if dispatched:
         cmds.append(_progress(state, ctx, "dispatched", tuple(dispatched)))
+        # The same notice a ReAct turn gives, with the resolved arguments: the
+        # evaluation's evidence and the shadow comparator read calls from it.
+        ids = {call_id(p.attempt, sid) for sid in dispatched}
+        cmds.append(PublishProgress(event=ToolCallDispatched(
+            task_id=task.task_id, agent=task.agent, step=state.step,
+            calls=tuple(ToolCall(id=c.call_id, name=c.tool, arguments=_dumps(c.arguments))
+                        for c in pending if c.call_id in ids),
+            at=ctx.now, agent_version=state.agent_version, version_hash=ctx.version_hash)))
     if unresolved:
         cmds.append(_progress(state, ctx, "failed", tuple(unresolved), "a pointer did not resolve"))
     if asked:
