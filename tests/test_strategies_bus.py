@@ -59,6 +59,12 @@ async def test_eval_version_runs_the_declared_strategy_version(tmp_path: Path) -
     # Plan steps are seen as calls with their arguments (the core's ToolCallDispatched for a plan):
     # the same action checks hold as for ReAct, on fewer tokens (two turns, no re-reading).
     assert [r.score.action for r in plan.results] == [1.0, 1.0, 1.0]
+    # A dependent step dispatched after its dependency (a second wave in the same model turn) is seen too.
+    chain = msgspec.structs.replace(ds, cases=tuple(c for c in load_dataset(MULTISTEP).cases
+                                                    if c.id == "chain-customers-2"))
+    waves = await evaluate(chain, _settings(tmp_path / "w"), agent="support", label="plan", runs=1)
+    assert [c.name for c in waves.results[0].calls].count("customer_profile") == 2
+    assert waves.results[0].score.passed
     assert sum(r.score.tokens for r in plan.results) < sum(r.score.tokens for r in react.results)
 
 

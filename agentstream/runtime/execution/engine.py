@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import logging
 import random
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -553,6 +554,9 @@ def parse_deadline_key(key: str) -> tuple[str, str, str]:
     return agent, task_id, call_id
 
 
+_PLAN_CALL = re.compile(r"p\d+-")  # plan_first.call_id
+
+
 def progress_msg_id(task_id: str, ev: ProgressNotice) -> str:
     """One progress notice per fact: a replayed step's is deduplicated, two
     different facts never share an id (a plan dispatches several times in
@@ -561,6 +565,10 @@ def progress_msg_id(task_id: str, ev: ProgressNotice) -> str:
         case ModelTurnCompleted():
             return f"{task_id}:{ev.step}:turn"
         case ToolCallDispatched():
+            if any(_PLAN_CALL.match(c.id) for c in ev.calls):
+                # A plan dispatches several times in one model turn (each wave of ready steps).
+                calls = hashlib.sha256(",".join(sorted(c.id for c in ev.calls)).encode()).hexdigest()[:16]
+                return f"{task_id}:{ev.step}:dispatch:{calls}"
             return f"{task_id}:{ev.step}:dispatch"
         case PlanProposed():
             return f"{task_id}:plan:{ev.attempt}:proposed"
