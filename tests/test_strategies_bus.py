@@ -167,6 +167,22 @@ async def test_the_routed_candidate_shadows_production_react_without_side_effect
         # Tasks the router keeps on ReAct behave exactly as production does.
         same = shadow_report(by_route["react"], agent="support", candidate="routed", min_pairs=1)
         assert same.pairs == 0 or same.verdict == "no differences"
+        planned = by_route["plan"]
+        assert planned, "the calibrated router plans some of this traffic"
+        # Planned tasks: fewer tokens (two turns, no re-reading, no tool schemas in the solver turn) ...
+        assert sum(r.shadows["routed"].tokens for r in planned) < sum(
+            r.production.tokens for r in planned if r.production is not None)
+        # ... and a planner cannot act on a result it has not seen: production refunded, the
+        # shadow only said it could (the report lists these first), with no refund of its own.
+        acted = [r for r in planned if r.production is not None
+                 and any(t.startswith("issue_refund") for t in r.production.tools)]
+        assert acted and all(not any(t.startswith("issue_refund") for t in r.shadows["routed"].tools)
+                             for r in acted)
+        assert all("not issued" in r.shadows["routed"].output for r in acted)
+        # Everything else the plan did is what production did, in other batches (one wave, not turns).
+        for r in planned:
+            if r not in acted and r.production is not None:
+                assert sorted(r.shadows["routed"].tools) == sorted(r.production.tools), r.task_id
     finally:
         await client.close()
         await shadow.stop()
