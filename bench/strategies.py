@@ -78,7 +78,7 @@ async def run(ds: Dataset, version: str | None, args: argparse.Namespace, settin
             log(f"{step} {ds.name} {version or 'v1 (react)'}: {done}/{of} tasks, {now - t0:.0f}s")
 
     log(f"{step} {ds.name} {version or 'v1 (react)'}: {total} tasks ({len(ds.cases)} cases x {args.runs})")
-    model = support_sim.SimulatedModel(support_desk.make_support_script(assumptions), assumptions)
+    model = support_sim.SimulatedModel(support_desk.make_support_script, assumptions)
     return await evaluate(ds, settings, agent="support", label=version, runs=args.runs,
                           concurrency=args.concurrency, timeout_s=args.timeout, seed=args.seed, model=model,
                           progress=progress)

@@ -275,11 +275,25 @@ async def test_an_argument_mistake_costs_a_turn_in_react_and_a_replan_in_plan_fi
 
 async def test_latency_follows_tokens_with_seeded_jitter() -> None:
     a = sim.Assumptions(turn_latency_s=0.3, prefill_s_per_1k=0.1, decode_s_per_token=0.01, jitter=0.2, seed=3)
-    model = sim.SimulatedModel(support_desk.support_script, a)
+    model = sim.SimulatedModel(support_desk.make_support_script, a)
     req = ModelRequest(model="m", messages=(Message(role="user", content="Where is my order 42?"),),
                        tools=SPEC.tools)
     resp = support_desk.support_script(req)
     base = 0.3 + 0.1 * resp.usage.input_tokens / 1000 + 0.01 * resp.usage.output_tokens
     d = model.latency(req, resp)
     assert base * 0.8 <= d <= base * 1.2 and d == model.latency(req, resp)
-    assert sim.SimulatedModel(support_desk.support_script).latency(req, resp) == 0.0
+    assert sim.SimulatedModel(support_desk.make_support_script).latency(req, resp) == 0.0
+
+
+async def test_each_run_of_the_same_request_draws_afresh_and_the_whole_is_reproducible() -> None:
+    a = sim.Assumptions(error_rate=0.5, seed=1)
+    req = ModelRequest(model="m", messages=(Message(role="user", content="Where are my orders 5, 7 and 11?"),),
+                       tools=SPEC.tools)
+
+    async def ten() -> list[str]:
+        model = sim.SimulatedModel(support_desk.make_support_script, a)
+        return [(await model.complete(req)).tool_calls[0].arguments for _ in range(10)]
+
+    first = await ten()
+    assert len(set(first)) > 1  # some runs slip, some do not
+    assert first == await ten()

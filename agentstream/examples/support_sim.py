@@ -28,6 +28,7 @@ The parser understands the phrasings of the bundled datasets
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import random
@@ -114,18 +115,34 @@ def _draw(request: ModelRequest, seed: int, salt: str) -> random.Random:
 
 
 class SimulatedModel:
-    """An ``LLM`` that runs a scripted function with the latency the
-    assumptions give (fixed + prefill + decode, seeded jitter)."""
+    """An ``LLM`` that runs the scripted model under ``assumptions``, taking the
+    latency they give (fixed + prefill + decode, seeded jitter).
 
-    def __init__(self, fn: Callable[[ModelRequest], ModelResponse], assumptions: Assumptions = DEFAULT,
-                 name: str = "scripted-support") -> None:
-        self.fn = fn
+    Draws (mistakes, jitter) are seeded by the request's content, the seed and
+    how many times this model has seen that same request before: the k-th run
+    of a case draws afresh (runs are independent, so pass^k means something),
+    and a whole evaluation draws the same multiset whatever the concurrency."""
+
+    def __init__(self, script_for: Callable[[Assumptions], Callable[[ModelRequest], ModelResponse]],
+                 assumptions: Assumptions = DEFAULT, name: str = "scripted-support") -> None:
+        self.script_for = script_for
         self.assumptions = assumptions
         self.name = name
         self.calls = 0
+        self._seen: dict[bytes, int] = {}
 
-    def latency(self, request: ModelRequest, resp: ModelResponse) -> float:
+    def _occurrence(self, request: ModelRequest) -> int:
+        key = _draw(request, 0, "occurrence").getrandbits(128).to_bytes(16, "big")
+        n = self._seen.get(key, 0)
+        self._seen[key] = n + 1
+        return n
+
+    def assumptions_for(self, occurrence: int) -> Assumptions:
         a = self.assumptions
+        return a if occurrence == 0 else dataclasses.replace(a, seed=a.seed * 1_000_003 + occurrence)
+
+    def latency(self, request: ModelRequest, resp: ModelResponse, a: Assumptions | None = None) -> float:
+        a = a or self.assumptions
         base = (a.turn_latency_s + a.prefill_s_per_1k * resp.usage.input_tokens / 1000
                 + a.decode_s_per_token * resp.usage.output_tokens)
         if a.jitter:
@@ -134,12 +151,13 @@ class SimulatedModel:
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         self.calls += 1
-        resp = self.fn(request)
+        a = self.assumptions_for(self._occurrence(request))
+        resp = self.script_for(a)(request)
         if resp.usage == Usage():
             resp = with_usage(request, resp)
         if not resp.model:
             resp = msgspec.structs.replace(resp, model=self.name)
-        delay = self.latency(request, resp)
+        delay = self.latency(request, resp, a)
         if delay:
             await asyncio.sleep(delay)  # the simulated model's own time, not a synchronisation
         return resp
