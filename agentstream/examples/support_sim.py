@@ -307,8 +307,8 @@ def record(out: Seen, name: str, args: dict[str, Any], content: Any) -> None:
 
 def observed(request: ModelRequest) -> Seen:
     """Calls and outcomes since the last user message: assistant tool calls
-    matched to tool messages by call id; a plan's steps matched to their
-    results (tool messages and the ``done``/``failed`` of a replanning turn)."""
+    matched to tool messages by call id (the core gives the solver a plan's
+    calls that way too), and the ``done``/``failed`` steps of a replanning reply."""
     start = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=-1) + 1
     calls: dict[str, tuple[str, dict[str, Any]]] = {}
     steps: dict[str, dict[str, Any]] = {}
@@ -328,21 +328,7 @@ def observed(request: ModelRequest) -> Seen:
                 _absorb_feedback(out, steps, content)
             elif known is not None:
                 record(out, known[0], known[1], content)
-            else:
-                st = _step_for(steps, m)
-                if st is not None:
-                    record(out, str(st.get("tool")), _resolved_args(st, content), content)
     return out
-
-
-def _step_for(steps: dict[str, dict[str, Any]], m: Message) -> dict[str, Any] | None:
-    """The plan step a tool message answers: its call id is the step id, or ends with it."""
-    cid = m.tool_call_id or ""
-    for sid, st in steps.items():
-        if cid == sid or cid.endswith(f":{sid}") or cid.endswith(f"-{sid}") or cid.endswith(f"_{sid}"):
-            if m.name in (None, "", st.get("tool")):
-                return st
-    return None
 
 
 def _absorb_feedback(out: Seen, steps: dict[str, dict[str, Any]], body: Any) -> None:
