@@ -33,11 +33,14 @@ from agentstream.contracts.events import (
     DeadLettered,
     PlanProgress,
     PlanProposed,
+    RouteDecided,
     TaskCompleted,
     TaskEvent,
     ToolCallCompleted,
+    ToolCallDispatched,
     ToolCallRequested,
 )
+from agentstream.contracts.telemetry import SpanRecord
 from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
 from agentstream.runtime.adapters.scan import scan
@@ -47,6 +50,9 @@ from agentstream.runtime.core.app import load_app
 from agentstream.runtime.core.policy import ApprovalRecord
 from agentstream.runtime.interfaces import approvals
 from agentstream.runtime.interfaces.client import AgentClient
+from agentstream.runtime.observability.timeline import render
+from agentstream.runtime.observability.views import load_trace
+from agentstream.runtime.observability.waterfall import render_waterfall
 from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
 from agentstream.runtime.service.runtime import Runtime
 
@@ -61,6 +67,7 @@ AGENT = "planner"
 @dataclass
 class Desk:
     server: EmbeddedNats
+    rt: Runtime
     admin: AgentClient
     approver: AgentClient
     client: AgentClient
@@ -115,13 +122,13 @@ async def desk(nats_server: EmbeddedNats, role_auth: Callable[[Role], NatsAuth],
     monkeypatch.setenv("PLAN_APP_LOG", str(log))
     settings = dataclasses.replace(Settings.from_env({}), nats_url=nats_server.plain_url, data_dir=tmp_path,
                                    app="plan_app:app")
-    rt = Runtime(settings=settings, app=load_app("plan_app:app"), agents=[AGENT], tools="all")
+    rt = Runtime(settings=settings, app=load_app("plan_app:app"), agents=[AGENT, "router"], tools="all")
     await asyncio.wait_for(rt.start(), timeout=30)
     url = nats_server.plain_url
     admin = await AgentClient.connect(nats_server.url, provision=False, telemetry=False)
     approver = await AgentClient.connect(url, provision=False, telemetry=False, auth=role_auth("approver"))
     client = await AgentClient.connect(url, provision=False, telemetry=False, auth=role_auth("client"))
-    d = Desk(nats_server, admin, approver, client, log, role_auth, [])
+    d = Desk(nats_server, rt, admin, approver, client, log, role_auth, [])
     try:
         yield d
     finally:
@@ -153,6 +160,34 @@ async def test_a_plan_first_task_runs_its_dag_on_the_tool_subscriptions(desk: De
     assert progress == [("dispatched", ("look", "ship")), ("dispatched", ("refund",)),
                         ("solving", ("look", "ship", "refund"))]
     assert {e.call_id for e in kinds(evs, ToolCallCompleted)} == {"p1-look", "p1-ship", "p1-refund"}
+    # each wave is announced like a ReAct turn's calls, with the arguments sent (evaluation reads them)
+    waves = [[(c.id, json.loads(c.arguments)) for c in e.calls] for e in kinds(evs, ToolCallDispatched)]
+    assert waves == [[("p1-look", {"order_id": 41}), ("p1-ship", {"fail": False, "order_id": 41})],
+                     [("p1-refund", {"amount": 80.0, "order_id": 41})]]
+
+
+async def test_the_trace_shows_the_plan_against_its_execution(desk: Desk) -> None:
+    task_id = await desk.client.submit(AGENT, "please refund order 41")
+    assert isinstance(await desk.client.result(task_id, timeout=WAIT_S), TaskCompleted)
+    assert desk.rt.telemetry is not None
+    await desk.rt.telemetry.force_flush()
+
+    async def complete() -> list[SpanRecord] | None:
+        spans = await load_trace(desk.admin.js, task_id)
+        names = [s.name for s in spans]
+        return spans if any(n.startswith("invoke_agent") for n in names) and \
+            sum(n.startswith("execute_tool") for n in names) == 3 else None
+    spans: list[SpanRecord] = await until(complete, WAIT_S, "the task's trace")
+    steps = {s.attributes.get("agentstream.plan.step"): s.name for s in spans if s.name.startswith("execute_tool")}
+    assert steps == {"look": "execute_tool lookup_order", "ship": "execute_tool shipping_status",
+                     "refund": "execute_tool issue_refund"}
+    turns = sorted(str(s.attributes.get("agentstream.turn")) for s in spans if s.name.startswith("chat"))
+    assert turns == ["planner", "solver"]
+    [root] = [s for s in spans if s.name.startswith("invoke_agent")]
+    [proposed] = kinds(await desk.events(task_id), PlanProposed)
+    assert root.attributes["agentstream.plan.digest"] == proposed.digest
+    drawn = render_waterfall(spans)
+    assert "plan 1 step refund" in drawn and "planner turn" in drawn and f"plan {proposed.digest}" in drawn
 
 
 async def test_a_failed_step_is_replanned_on_the_bus(desk: Desk) -> None:
@@ -167,6 +202,16 @@ async def test_a_failed_step_is_replanned_on_the_bus(desk: Desk) -> None:
         (2, "dispatched", ("look",)), (2, "dispatched", ("refund",)), (2, "solving", ("look", "refund"))]
     # the refund of the first plan waited for the failed step: it never ran; the second plan's did, once
     assert [r for r in desk.runs() if r.startswith("issue_refund")] == ["issue_refund 41 80.0"]
+
+    # `agentstream timeline` draws both plans against what ran
+    out = render(evs)
+    rows = [line.split("|")[0].strip() for line in out.splitlines()]
+    assert {"plan 1", "look: lookup_order", "ship: shipping_status", "step failed", "replan", "plan 2",
+            "refund: issue_refund"} <= set(rows), out
+    table = out[out.index("plans against execution:"):]
+    assert 'shipping_status {"order_id": 41, "fail": true}  -> FAILED execution_error' in table
+    assert 'refund  issue_refund {"order_id": 41, "amount": 80.0} after look, ship  -> not run' in table
+    assert "-> replanned: step ship failed" in table
 
 
 async def test_one_approval_of_the_whole_plan_runs_its_gated_step(desk: Desk) -> None:
@@ -251,3 +296,46 @@ async def test_a_plan_approval_cannot_be_forged_or_moved_to_another_plan(desk: D
     still = await approvals.get_approval(desk.admin, q.approval_id)
     assert still.status == "pending" and desk.runs() == []
 
+
+
+async def test_the_http_api_lists_and_approves_a_plan(desk: Desk) -> None:
+    import aiohttp
+
+    from agentstream.runtime.interfaces.http_api import HttpServer
+
+    task_id, rec = await desk.parked("please refund order 42")
+    gateway = await AgentClient.connect(desk.server.plain_url, provision=False, telemetry=False,
+                                        auth=desk.auth("gateway"))
+    api = HttpServer(gateway, approver_auth=approvals.ApproverAuth(tokens={"alice-secret-token-123": "alice"}))
+    alice = {"Authorization": "Bearer alice-secret-token-123"}
+    try:
+        await api.start("127.0.0.1", 0)
+        async with aiohttp.ClientSession(base_url=api.url, timeout=aiohttp.ClientTimeout(total=WAIT_S)) as s:
+            async with s.get("/v1/approvals", headers=alice) as resp:
+                assert resp.status == 200
+                [listed] = (await resp.json())["approvals"]
+            req = listed["request"]
+            assert req["tool"] == SUBMIT_PLAN_NAME and req["arguments"]["plan_digest"]
+            assert req["arguments"]["shown"][2]["args"]["amount"] == "<output of look['order']['total']>"
+            async with s.post(f"/v1/approvals/{rec.request.approval_id}/approve", headers=alice, json={}) as resp:
+                assert resp.status == 202, await resp.text()
+        res = await desk.client.result(task_id, timeout=WAIT_S)
+        assert isinstance(res, TaskCompleted) and desk.runs()[-1] == "issue_refund 42 120.0"
+    finally:
+        await api.stop()
+        await gateway.close()
+
+
+async def test_each_routing_decision_is_an_event_of_the_task(desk: Desk) -> None:
+    simple = await desk.client.submit("router", "Where is my order 41?")
+    hard = await desk.client.submit("router", "Look up order 41 and check where it is, then refund it, and also "
+                                              "compare it with orders 43 and 44?")
+    for task_id, strategy, output in ((simple, "react", "(react) I can only plan."),
+                                      (hard, "plan", "order 41 is in transit; refunded 80.0 on order 41")):
+        res = await desk.client.result(task_id, timeout=WAIT_S)
+        assert isinstance(res, TaskCompleted) and res.output == output, res
+        evs = await desk.events(task_id)
+        [decided] = kinds(evs, RouteDecided)
+        assert decided.strategy == strategy and decided.reason.startswith("complexity")
+        assert (decided.score >= decided.threshold) == (strategy == "plan") and decided.threshold == 2.5
+        assert bool(kinds(evs, PlanProposed)) == (strategy == "plan")

@@ -43,6 +43,7 @@ from agentstream.runtime.core.state import (
     PublishProgress,
     PublishResult,
     PublishToolCall,
+    RecordApproval,
     SessionState,
     decode_state,
     encode_state,
@@ -506,3 +507,76 @@ def decision_for_call(s: SessionState, call_id: str, *, approver: str, approved:
     return ApprovalDecided(approval_id=pend.approval_id, task_id=TASK, agent="support", step=s.step,
                            call_id=call_id, approved=approved, approver=approver, tool=pend.tool,
                            arguments_digest=codec.arguments_digest(pend.arguments))
+
+
+def test_a_failed_step_cancels_the_approvals_its_plan_still_waits_for() -> None:
+    c = ctx(needs_approval=refunds_need_approval, approvers_for=lambda t: ("bob",))
+    # one gated step among ungated ones; bob may approve it, so the plan asks as a whole
+    s, _ = go(None, task(), c)
+    s, d = go(s, planner(1, {"id": "a", "tool": "lookup_order", "args": {"order_id": 1}},
+                         {"id": "r", "tool": "refund", "args": {"order_id": 1, "amount": 1}}), c)
+    assert [x.request.call_id for x in d.commands if isinstance(x, PublishApproval)] == ["plan-1"]
+    # without a plan-level approval (nobody may approve it all), the step asks on its own ...
+    c2 = ctx(needs_approval=lambda t, a: t in ("refund", "shipping_status"),
+             approvers_for=lambda t: ("bob",) if t == "refund" else ("carol",))
+    s, _ = go(None, task(), c2)
+    s, d = go(s, planner(1, {"id": "a", "tool": "lookup_order", "args": {"order_id": 1}},
+                         {"id": "s", "tool": "shipping_status", "args": {"order_id": 1}},
+                         {"id": "r", "tool": "refund", "args": {"order_id": 1, "amount": 1}}), c2)
+    assert sorted(x.request.call_id for x in d.commands if isinstance(x, PublishApproval)) == ["p1-r", "p1-s"]
+    # ... and when another step fails, nobody is asked any longer: the planner hears it at once
+    s, d = go(s, result(s, "p1-a", ok=False, error=ToolError(kind="execution_error", message="down")), c2)
+    cancelled = [x for x in d.commands if isinstance(x, RecordApproval)]
+    assert sorted(x.approval_id for x in cancelled) == [f"{TASK}-1-p1-r", f"{TASK}-1-p1-s"]
+    assert {x.status for x in cancelled} == {"cancelled"}
+    assert s.planning is not None and s.planning.phase == "planning"
+    reply = json.loads(s.messages[-1].content)
+    assert list(reply["failed"]) == ["a"] and reply["not_run"] == ["s", "r"]
+
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 50) | st.text(max_size=6),
+                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                        max_size=3), max_leaves=12)
+_steps = st.lists(st.fixed_dictionaries(
+    {"id": st.sampled_from(["a", "b", "c", "", "a b"]), "tool": st.sampled_from([t.name for t in TOOLS] + ["nope"]),
+     "args": st.dictionaries(st.sampled_from(["order_id", "amount", "x"]),
+                             _json_values | st.fixed_dictionaries({"$ref": st.sampled_from(["a", "b", "z"]),
+                                                                   "path": st.lists(st.text(max_size=3), max_size=2)}),
+                             max_size=3)},
+    optional={"depends_on": st.lists(st.sampled_from(["a", "b", "c", "q"]), max_size=2)}), max_size=4)
+
+
+@settings(max_examples=150)
+@given(st.one_of(st.text(max_size=40), _steps.map(lambda s: json.dumps({"steps": s})),
+                 _json_values.map(json.dumps)))
+def test_whatever_a_planner_submits_nothing_runs_unless_the_plan_is_valid(arguments: str) -> None:
+    """The planner's output is untrusted: garbage, half plans, unknown tools,
+    bad pointers. decide never raises; a tool call is published only for a
+    plan that validated, and only for its ready steps with literal arguments."""
+    s, _ = go(None, task())
+    s, d = go(s, model(1, ToolCall(id="x", name=SUBMIT_PLAN_NAME, arguments=arguments)))
+    [proposed] = events(d, PlanProposed)
+    if not proposed.valid:
+        assert published(d) == [] and proposed.errors
+        reply = json.loads(s.messages[-1].content)
+        assert reply["errors"] and all("kind" in e and "message" in e for e in reply["errors"])
+        return
+    names = {t.name for t in TOOLS}
+    for c in published(d):
+        assert c.request.tool in names
+        assert not any(isinstance(v, dict) and "$ref" in v for v in c.request.arguments.values())
+
+
+def test_a_call_approved_on_its_own_keeps_the_other_calls_in_flight_in_the_outbox() -> None:
+    c = ctx(needs_approval=lambda t, a: t in ("refund", "shipping_status"),
+            approvers_for=lambda t: ("bob",) if t == "refund" else ("carol",))
+    s, _ = go(None, task(), c)
+    s, d = go(s, planner(1, {"id": "a", "tool": "lookup_order", "args": {"order_id": 1}},
+                         {"id": "s", "tool": "shipping_status", "args": {"order_id": 1}},
+                         {"id": "r", "tool": "refund", "args": {"order_id": 1, "amount": 1}}), c)
+    assert list(calls_of(d)) == ["p1-a"]
+    s, d = go(s, decision_for_call(s, "p1-s", approver="carol"), dataclasses.replace(c, decision_seq=4))
+    assert list(calls_of(d)) == ["p1-s"]
+    # a redelivered input re-publishes the stored outbox: both calls still in flight, not only the approved one
+    again = {x.request.call_id for x in s.outbox if isinstance(x, PublishToolCall)}
+    assert again == {"p1-a", "p1-s"}

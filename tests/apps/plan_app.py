@@ -107,3 +107,8 @@ def plan_script(request: ModelRequest) -> ModelResponse:
 app = App()
 app.agent("planner", instructions="You plan, then act.", tools=[lookup_order, shipping_status, issue_refund],
           scripted=lambda: FunctionModel(plan_script, name="scripted-planner"), strategy="plan")
+# The same tools and script, routed per task: a short question goes to ReAct
+# (the script answers it directly), a multi-part request is planned.
+app.agent("router", instructions="You plan when it pays.", tools=[lookup_order, shipping_status, issue_refund],
+          scripted=lambda: FunctionModel(plan_script, name="scripted-planner"), strategy="routed",
+          router_threshold=2.5)

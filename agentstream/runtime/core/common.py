@@ -27,6 +27,7 @@ from agentstream.contracts.events import (
     TaskSubmitted,
     ToolCall,
     ToolCallRequested,
+    ToolSpec,
     Usage,
 )
 from agentstream.runtime.core.spec import AgentSpec
@@ -47,6 +48,7 @@ from agentstream.runtime.core.state import (
     SetApprovalTimer,
     Turn,
 )
+from agentstream.runtime.planning.protocol import SUBMIT_PLAN, SUBMIT_PLAN_NAME
 
 # JetStream's default duplicate window. A duplicate input older than this no
 # longer re-emits the outbox: the server would not dedupe it any more, and an
@@ -199,6 +201,18 @@ def _over_budget(state: SessionState) -> str:
     return ""
 
 
+def request_shape(state: SessionState, spec: AgentSpec) -> tuple[tuple[ToolSpec, ...], str | None]:
+    """The tools and tool_choice of the session's next model call: a planner
+    turn (the agent's tools and ``submit_plan``, forced), a solver turn (no
+    tools), or (ReAct, a fallback) the agent's own (planning/protocol.py)."""
+    p = state.planning
+    if p is not None and p.phase == "planning":
+        return (*spec.tools, SUBMIT_PLAN), SUBMIT_PLAN_NAME
+    if p is not None and p.phase == "solving":
+        return (), "none"
+    return spec.tools, spec.tool_choice
+
+
 def _call_model(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...] = ()) -> Decision:
     """Ask the model for the next turn, unless the budget cannot pay for it:
     then the call is not made and the task fails with the figures. The call's
@@ -209,7 +223,7 @@ def _call_model(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]
         # every tool spec, work every step of an unbudgeted task would waste.
         return _emit(state, (*extra, CallModel(step=state.step, max_tokens=max_out)))
     u = state.usage
-    est_in = estimate_tokens(state.messages, ctx.spec.tools)
+    est_in = estimate_tokens(state.messages, request_shape(state, ctx.spec)[0])
     if state.last_input_tokens:
         est_in = max(est_in, state.last_input_tokens
                      + estimate_tokens(state.messages[state.last_input_messages:], ()))

@@ -114,7 +114,7 @@ def decide(state: SessionState | None, event: Input, ctx: Context) -> Decision:
             if plan_first.phase(state) == "approval":
                 return plan_first.on_plan_decision(state, event, ctx)
             if plan_first.phase(state) == "executing":
-                return _on_decision(state, event, ctx, after=plan_first.after_settle)
+                return plan_first.keep_in_flight(_on_decision(state, event, ctx, after=plan_first.after_settle), ctx)
             return _on_decision(state, event, ctx)
         case ApprovalExpired():
             if plan_first.phase(state) == "approval":

@@ -35,7 +35,6 @@ from agentstream.contracts.events import (
     ToolCallCompleted,
     ToolCallDispatched,
     ToolError,
-    ToolSpec,
 )
 from agentstream.runtime.core.common import (
     Context,
@@ -50,8 +49,8 @@ from agentstream.runtime.core.common import (
     _over_budget,
     _record_response,
     _tool_request,
+    request_shape,  # noqa: F401 - the engine asks it here, beside the strategy
 )
-from agentstream.runtime.core.spec import AgentSpec
 from agentstream.runtime.core.state import (
     AnyCommand,
     ApprovalExpired,
@@ -83,23 +82,12 @@ from agentstream.runtime.planning.plan import (
     shown,
     validate,
 )
-from agentstream.runtime.planning.protocol import SUBMIT_PLAN, SUBMIT_PLAN_NAME
+from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
 
 _json = msgspec.json.Encoder(order="sorted")
 
 
 # ----------------------------------------------------------------- what the engine asks
-
-
-def request_shape(state: SessionState, spec: AgentSpec) -> tuple[tuple[ToolSpec, ...], str | None]:
-    """The tools and tool_choice of the session's next model call: a planner
-    turn, a solver turn, or (ReAct, a fallback) the agent's own."""
-    p = state.planning
-    if p is not None and p.phase == "planning":
-        return (*spec.tools, SUBMIT_PLAN), SUBMIT_PLAN_NAME
-    if p is not None and p.phase == "solving":
-        return (), "none"
-    return spec.tools, spec.tool_choice
 
 
 def phase(state: SessionState) -> str:
@@ -374,6 +362,7 @@ def _advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -
     counts = dict(state.call_counts)
     total = state.tool_calls_total
     dispatched: list[str] = []
+    dispatched_calls: list[ToolCall] = []
     unresolved: list[str] = []
     approval_deadline = ctx.now + ctx.spec.approval_timeout_s
     asked = False
@@ -396,6 +385,7 @@ def _advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -
                                   at=ctx.now))
             total += 1
             dispatched.append(s.id)
+            dispatched_calls.append(ToolCall(id=cid, name=s.tool, arguments=_dumps(args)))
             if ctx.needs_approval is not None and ctx.needs_approval(s.tool, args):
                 if p.approval_seq and covers(plan, s.id, s.tool, args, p.outputs):
                     pending.append(PendingCall(call_id=cid, tool=s.tool, arguments=args, approval="approved",
@@ -417,21 +407,23 @@ def _advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -
     state = msgspec.structs.replace(state, pending=tuple(pending), planning=planning, tool_calls_total=total,
                                     call_counts=counts, updated_at=ctx.now)
     if dispatched:
-        cmds.append(_progress(state, ctx, "dispatched", tuple(dispatched)))
-        # The same notice a ReAct turn gives, with the resolved arguments: the
-        # evaluation's evidence and the shadow comparator read calls from it.
-        ids = {call_id(p.attempt, sid) for sid in dispatched}
+        # The same notice a ReAct turn's calls get (evaluation reads the calls'
+        # arguments from it), and the plan's own, naming the steps.
         cmds.append(PublishProgress(event=ToolCallDispatched(
-            task_id=task.task_id, agent=task.agent, step=state.step,
-            calls=tuple(ToolCall(id=c.call_id, name=c.tool, arguments=_dumps(c.arguments))
-                        for c in pending if c.call_id in ids),
-            at=ctx.now, agent_version=state.agent_version, version_hash=ctx.version_hash)))
+            task_id=task.task_id, agent=task.agent, step=state.step, calls=tuple(dispatched_calls), at=ctx.now,
+            agent_version=state.agent_version, version_hash=ctx.version_hash)))
+        cmds.append(_progress(state, ctx, "dispatched", tuple(dispatched)))
     if unresolved:
         cmds.append(_progress(state, ctx, "failed", tuple(unresolved), "a pointer did not resolve"))
     if asked:
         remaining = max(state.deadline_at - ctx.now, 0.0)
         state = msgspec.structs.replace(state, deadline_at=max(state.deadline_at, approval_deadline + remaining))
         cmds.append(SetDeadline(deadline_at=state.deadline_at))
+    if failed:
+        # The plan will be replanned: a step still waiting for a human is not
+        # asked about any longer (it would never run under this plan).
+        state, cancelled = _cancel_waiting(state)
+        cmds += cancelled
     settled = {r.call_id for r in state.results}
     if any(c.call_id not in settled for c in state.pending):
         return _emit_in_flight(state, ctx, tuple(cmds))
@@ -445,6 +437,20 @@ def _advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -
     return _replan(state, ctx, _failure_reply(state), "the plan cannot progress", tuple(cmds))
 
 
+def _cancel_waiting(state: SessionState) -> tuple[SessionState, list[AnyCommand]]:
+    waiting = [p for p in state.pending if p.approval == "pending"]
+    if not waiting:
+        return state, []
+    error = ToolError(kind="cancelled", message="not run: another step of the plan failed")
+    results = tuple(CallResult(call_id=p.call_id, tool=p.tool, ok=False, content=tool_error_content(error))
+                    for p in waiting)
+    pending = tuple(msgspec.structs.replace(p, approval="") if p.approval == "pending" else p for p in state.pending)
+    cmds: list[AnyCommand] = []
+    for p in waiting:
+        cmds += [ClearApprovalTimer(call_id=p.call_id), RecordApproval(approval_id=p.approval_id, status="cancelled")]
+    return msgspec.structs.replace(state, pending=pending, results=(*state.results, *results)), cmds
+
+
 def _inputs(p: Planning, step_id: str) -> dict[str, int]:
     """The results a gated step's pointers resolve from, by EVENTS sequence:
     a tool worker reads them to check the call is the approved step."""
@@ -453,6 +459,15 @@ def _inputs(p: Planning, step_id: str) -> dict[str, int]:
         return {}
     refs = {str(r[REF_KEY]) for r in refs_in(step.args)}
     return {ref: p.output_seqs[ref] for ref in sorted(refs) if p.output_seqs.get(ref)}
+
+
+def keep_in_flight(decision: Decision, ctx: Context) -> Decision:
+    """A step's own approval published its call (decide._on_decision): the
+    stored outbox must still re-publish the plan's other calls in flight."""
+    s = decision.state
+    if not decision.changed or s is None or s.terminal or phase(s) != "executing":
+        return decision
+    return _emit_in_flight(s, ctx, decision.commands)
 
 
 def _emit_in_flight(state: SessionState, ctx: Context, cmds: tuple[AnyCommand, ...]) -> Decision:
@@ -480,7 +495,7 @@ def _failure_reply(state: SessionState) -> dict[str, Any]:
     tools = {s.id: s.tool for s in plan.steps}
     return {
         "failed": {sid: {"tool": tools.get(sid, ""), "error": _loads(content)} for sid, content in p.failed.items()},
-        "done": {sid: p.outputs[s.id] for s in plan.steps if (sid := s.id) in p.outputs},
+        "done": {s.id: p.outputs[s.id] for s in plan.steps if s.id in p.outputs},
         "not_run": [s.id for s in plan.steps if s.id not in p.outputs and s.id not in p.failed],
     }
 

@@ -82,6 +82,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentstream.engine")
 
+# A plan step's call id (core.plan_first.call_id): p<attempt>-<step id>.
+_PLAN_CALL = re.compile(r"p\d+-[A-Za-z0-9_-]+")
 ProgressNotice = ModelTurnCompleted | ToolCallDispatched | PlanProposed | PlanProgress | RouteDecided
 
 MAX_CAS_RETRIES = 50
@@ -554,9 +556,6 @@ def parse_deadline_key(key: str) -> tuple[str, str, str]:
     return agent, task_id, call_id
 
 
-_PLAN_CALL = re.compile(r"p\d+-")  # plan_first.call_id
-
-
 def progress_msg_id(task_id: str, ev: ProgressNotice) -> str:
     """One progress notice per fact: a replayed step's is deduplicated, two
     different facts never share an id (a plan dispatches several times in
@@ -565,10 +564,10 @@ def progress_msg_id(task_id: str, ev: ProgressNotice) -> str:
         case ModelTurnCompleted():
             return f"{task_id}:{ev.step}:turn"
         case ToolCallDispatched():
-            if any(_PLAN_CALL.match(c.id) for c in ev.calls):
-                # A plan dispatches several times in one model turn (each wave of ready steps).
-                calls = hashlib.sha256(",".join(sorted(c.id for c in ev.calls)).encode()).hexdigest()[:16]
-                return f"{task_id}:{ev.step}:dispatch:{calls}"
+            if ev.calls and all(_PLAN_CALL.fullmatch(c.id) for c in ev.calls):
+                # A plan dispatches several waves in one model turn: one notice each.
+                ids = hashlib.sha256(",".join(c.id for c in ev.calls).encode()).hexdigest()[:16]
+                return f"{task_id}:{ev.step}:dispatch:{ids}"
             return f"{task_id}:{ev.step}:dispatch"
         case PlanProposed():
             return f"{task_id}:plan:{ev.attempt}:proposed"

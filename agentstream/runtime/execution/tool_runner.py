@@ -7,8 +7,10 @@ Per call, in order:
 
 1. the request is checked (the reply goes only to the named task's inbox; a
    call that needs a human's approval runs only under a decision approving
-   exactly it, read from the stream by the worker itself, else it is
-   dead-lettered and audited as ``tool.refused``);
+   exactly it, read from the stream by the worker itself, or under a whole
+   plan's approval that holds exactly this step and arguments (its pointers
+   resolved from results the worker reads itself, docs/planning.md); else it
+   is dead-lettered and audited as ``tool.refused``);
    a call this process is still running (a redelivery after a broker
    restart) waits for that run; a call whose result this process computed
    before (kept in memory, bounded) publishes that result again;

@@ -27,6 +27,7 @@ from agentstream.runtime.observability.trace_context import (
     parse_traceparent,
     task_span_id,
 )
+from agentstream.runtime.planning.protocol import turn_kind
 
 log = logging.getLogger("agentstream.telemetry")
 
@@ -122,6 +123,9 @@ class TracedLLM:
                 attrs["gen_ai.request.max_tokens"] = request.max_tokens
             if request.temperature is not None:
                 attrs["gen_ai.request.temperature"] = request.temperature
+            turn = turn_kind(request.tools, request.tool_choice)
+            if turn != "react":  # plan-first: which of its two model turns this call is
+                attrs["agentstream.turn"] = turn
             if info is not None:
                 # The task's id, tenant and user are on its root and step spans: a
                 # trace is one task, and each copy costs 30-65 bytes in TELEMETRY.
@@ -291,6 +295,7 @@ class EngineHooks:
             # agent, tenant, user and conversation are on the root.
             attrs: dict[str, Any] = {"agentstream.task_id": task.task_id, "agentstream.step": state.step,
                                      "agentstream.status": state.status}
+            attrs.update(plan_attributes(state))
             sp = self.tel.start_span(self.step_name, SpanKind.INTERNAL, parent, attrs, links=links).activate()
         return StepScope(token, sp)
 
@@ -317,6 +322,8 @@ class EngineHooks:
             "agentstream.tool_calls": result.tool_calls, "gen_ai.usage.input_tokens": u.input_tokens,
             "gen_ai.usage.output_tokens": u.output_tokens, "agentstream.cost_usd": u.cost_usd,
         }
+        if state is not None:
+            attrs2.update(plan_attributes(state))
         if result.agent_version:
             attrs2["gen_ai.agent.version"] = result.agent_version
         if self.model:
@@ -381,6 +388,23 @@ class EngineHooks:
             sp.set_error("approval_expired", f"no decision on {req.tool} before its deadline")
         end = dec.decided_at if dec is not None and dec.decided_at >= req.requested_at else time.time()
         sp.end(int(end * 1e9))
+
+
+def plan_attributes(state: SessionState) -> dict[str, Any]:
+    """A plan-first or routed session's strategy on its spans: the router's
+    choice, the plan's digest and attempt, what it waits for, a fallback."""
+    p = state.planning
+    if p is None:
+        return {}
+    attrs: dict[str, Any] = {"agentstream.plan.phase": p.phase, "agentstream.plan.attempt": p.attempt}
+    if p.digest:
+        attrs["agentstream.plan.digest"] = p.digest
+    if p.route is not None:
+        attrs["agentstream.route.strategy"] = p.route.strategy
+        attrs["agentstream.route.score"] = round(p.route.score, 4)
+    if p.fallback:
+        attrs["agentstream.plan.fallback"] = p.fallback[:300]
+    return attrs
 
 
 def _adopt(task: Ctx) -> None:

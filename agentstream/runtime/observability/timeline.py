@@ -1,8 +1,13 @@
 """Draws a task's timeline in the terminal: model turns and tool calls on one
-time axis, so parallel tool calls are visibly side by side."""
+time axis, so parallel tool calls are visibly side by side. A plan-first task
+also shows its plans against their execution: the route taken, each plan
+(valid or not), which step ran when and how it ended, replans and a fallback
+to ReAct."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
@@ -10,6 +15,9 @@ from agentstream.contracts.events import (
     ApprovalDecided,
     ApprovalRequested,
     ModelTurnCompleted,
+    PlanProgress,
+    PlanProposed,
+    RouteDecided,
     TaskCompleted,
     TaskEvent,
     TaskFailed,
@@ -27,9 +35,14 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+# A plan step's call id (core.plan_first.call_id): p<attempt>-<step id>.
+_PLAN_CALL = re.compile(r"p(\d+)-([A-Za-z0-9_-]+)")
+
+
 class Span:
-    """One row. ``kind``: ``model``, ``tool`` or ``approval``; only tool calls
-    are checked for overlap (an approval wait is not a parallel call)."""
+    """One row. ``kind``: ``model``, ``tool``, ``approval`` or ``plan`` (a plan,
+    a replan, a fallback: an instant); only tool calls are checked for overlap
+    (an approval wait is not a parallel call)."""
 
     __slots__ = ("label", "start", "end", "note", "group", "failed", "kind")
 
@@ -69,7 +82,17 @@ def spans_of(events: Sequence[TaskEvent]) -> tuple[list[Span], TaskCompleted | T
     spans: list[Span] = []
     result: TaskCompleted | TaskFailed | None = None
     asked = {ev.call_id: ev for ev in events if isinstance(ev, ApprovalRequested)}
+    turn_of = {ev.attempt: ev.step for ev in events if isinstance(ev, PlanProposed)}
     for ev in events:
+        if isinstance(ev, PlanProposed):
+            note = f"{plural(len(ev.steps), 'step')} {ev.digest}" if ev.valid else \
+                "INVALID: " + "; ".join(e.get("message", "") for e in ev.errors[:2])
+            spans.append(Span(f"  plan {ev.attempt}", ev.at, ev.at, note, ev.step, failed=not ev.valid, kind="plan"))
+        elif isinstance(ev, PlanProgress) and ev.kind in ("replanned", "fallback", "failed"):
+            what = {"replanned": "replan", "fallback": "FALLBACK to ReAct", "failed": "step failed"}[ev.kind]
+            ids = f" [{', '.join(ev.step_ids)}]" if ev.step_ids else ""
+            spans.append(Span(f"  {what}", ev.at, ev.at, f"{ev.detail}{ids}", turn_of.get(ev.attempt, 0),
+                              failed=ev.kind != "replanned", kind="plan"))
         if isinstance(ev, ApprovalDecided) and ev.call_id in asked:
             req = asked.pop(ev.call_id)
             verdict = "approved" if ev.approved else "DENIED"
@@ -82,7 +105,9 @@ def spans_of(events: Sequence[TaskEvent]) -> tuple[list[Span], TaskCompleted | T
                               f"{u.input_tokens}/{u.output_tokens} tok {what}", ev.step, kind="model"))
         elif isinstance(ev, ToolCallCompleted):
             note = "" if ev.ok else f"FAILED {ev.error.kind if ev.error else ''}".strip()
-            spans.append(Span(f"  {ev.tool}", ev.started_at, ev.finished_at, note, ev.step, failed=not ev.ok))
+            step = _PLAN_CALL.fullmatch(ev.call_id) if ev.call_id.startswith("p") and turn_of else None
+            label = f"  {step.group(2)}: {ev.tool}" if step is not None else f"  {ev.tool}"
+            spans.append(Span(label, ev.started_at, ev.finished_at, note, ev.step, failed=not ev.ok))
         elif isinstance(ev, (TaskCompleted, TaskFailed)):
             result = ev
     if isinstance(result, TaskFailed) and result.reason in MODEL_CALL_FAILURES:
@@ -112,6 +137,9 @@ def render(events: Sequence[TaskEvent], width: int = WIDTH) -> str:
         lines.append(f"task {result.task_id} [{result.agent} {result.agent_version}] {status} in "
                      f"{(result.finished_at - result.started_at) * 1000:.0f} ms: {plural(result.steps, 'model turn')}, "
                      f"{plural(result.tool_calls, 'tool call')}, {u.input_tokens} in / {u.output_tokens} out tokens")
+    route = next((e for e in events if isinstance(e, RouteDecided)), None)
+    if route is not None:
+        lines.append(f"routed to {route.strategy}: {route.reason} (confidence {route.confidence:.2f})")
     label_w = max([len(s.label) for s in spans] + [12])
     lines.append(f"{'':{label_w}}  0 ms{'':{width - 10}}{total * 1000:>6.0f} ms")
     # Tool calls of one turn that overlapped in time get a bracket and a note.
@@ -134,4 +162,39 @@ def render(events: Sequence[TaskEvent], width: int = WIDTH) -> str:
         lines.append(f"{s.label:<{label_w}} |{bar[:width]}| {dur:7.1f} ms  {note}".rstrip())
     if isinstance(result, TaskFailed):
         lines.append(f"reason: {result.message}")
+    lines += plan_table(events)
     return "\n".join(lines)
+
+
+def plan_table(events: Sequence[TaskEvent]) -> list[str]:
+    """Each plan against its execution: every step with its arguments (pointers
+    spelled out), how it ended (ok, FAILED, not run) and how long it took;
+    then what followed (a replan, a fallback to ReAct)."""
+    plans = [e for e in events if isinstance(e, PlanProposed)]
+    if not plans:
+        return []
+    done: dict[str, ToolCallCompleted] = {e.call_id: e for e in events if isinstance(e, ToolCallCompleted)}
+    after = {(e.attempt, e.kind): e for e in events if isinstance(e, PlanProgress)}
+    out = ["", "plans against execution:"]
+    for p in plans:
+        if not p.valid:
+            out.append(f"plan {p.attempt} (model turn {p.step}): INVALID")
+            out += [f"  {e.get('kind', '')}: {e.get('message', '')}" for e in p.errors]
+        else:
+            out.append(f"plan {p.attempt} (model turn {p.step}) {p.digest}: {p.rationale}".rstrip(": "))
+            width = max(len(s.id) for s in p.steps)
+            for s in p.steps:
+                res = done.get(f"p{p.attempt}-{s.id}")
+                if res is None:
+                    status = "not run"
+                elif res.ok:
+                    status = f"ok {(res.finished_at - res.started_at) * 1000:.1f} ms"
+                else:
+                    status = f"FAILED {res.error.kind if res.error else ''}".rstrip()
+                deps = f" after {', '.join(s.depends_on)}" if s.depends_on else ""
+                out.append(f"  {s.id:<{width}}  {s.tool} {json.dumps(s.args)}{deps}  -> {status}")
+        for kind in ("replanned", "fallback"):
+            ev = after.get((p.attempt, kind))
+            if ev is not None:
+                out.append(f"  -> {'replanned' if kind == 'replanned' else 'fell back to ReAct'}: {ev.detail}")
+    return out

@@ -128,6 +128,21 @@ def span_note(span: SpanRecord) -> str:
         reasons = _attr(span, "gen_ai.response.finish_reasons")
         if isinstance(reasons, list | tuple) and reasons:
             parts.append("-> " + ",".join(map(str, reasons)))
+    turn = _attr(span, "agentstream.turn")
+    if turn:  # plan-first: the planner or the solver turn
+        parts.append(f"{turn} turn")
+    step = _attr(span, "agentstream.plan.step")
+    if step:
+        parts.append(f"plan {_attr(span, 'agentstream.plan.attempt', '?')} step {step}")
+    elif op == "invoke_agent" and _attr(span, "agentstream.plan.phase"):
+        route = _attr(span, "agentstream.route.strategy")
+        if route:
+            parts.append(f"routed: {route} (complexity {_attr(span, 'agentstream.route.score', '?')})")
+        digest = _attr(span, "agentstream.plan.digest")
+        if digest:
+            parts.append(f"plan {digest} (attempt {_attr(span, 'agentstream.plan.attempt', '?')})")
+        if _attr(span, "agentstream.plan.fallback"):
+            parts.append("FELL BACK to ReAct")
     if is_error(span):
         parts.append(f"FAILED {error_type(span) or 'error'}")
     return "  ".join(parts)
