@@ -297,3 +297,31 @@ async def test_each_run_of_the_same_request_draws_afresh_and_the_whole_is_reprod
     first = await ten()
     assert len(set(first)) > 1  # some runs slip, some do not
     assert first == await ten()
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=200) | st.builds(
+    lambda ids, words: " ".join(words) + " orders " + ", ".join(map(str, ids)),
+    st.lists(st.integers(0, 10**7), min_size=1, max_size=7),
+    st.lists(st.sampled_from(["refund", "please refund", "where", "arrive", "customer", "tier", "if eligible",
+                              "whichever", "ticket", "hours", "how do i", "and", "#", "status"]), max_size=6)))
+def test_any_request_gets_a_well_formed_turn_of_every_kind(text: str) -> None:
+    """A user's text is open-ended: whatever it says, each turn is well formed
+    (known tools, JSON arguments; a plan that parses and only fails validation
+    on budget or emptiness; a solver that answers in text)."""
+    script = support_desk.make_support_script(sim.Assumptions(planner_conditionals="speculate"))
+    msgs = (Message(role="system", content=SPEC.instructions), Message(role="user", content=text))
+    react = script(ModelRequest(model="m", messages=msgs, tools=SPEC.tools))
+    assert all(c.name in TOOLS and isinstance(json.loads(c.arguments), dict) for c in react.tool_calls)
+    assert react.tool_calls or react.text
+    planner = script(ModelRequest(model="m", messages=msgs, tools=(*SPEC.tools, SUBMIT_PLAN),
+                                  tool_choice=SUBMIT_PLAN_NAME))
+    [call] = planner.tool_calls
+    parsed = P.parse_plan(call.arguments)
+    if isinstance(parsed, P.Plan):
+        assert {e.kind for e in P.validate(parsed, TOOLS, max_steps=1000)} <= {"over_budget"}
+    else:
+        assert parsed.kind == "empty"
+    solver = script(ModelRequest(model="m", messages=msgs, tools=(), tool_choice="none"))
+    assert solver.text and not solver.tool_calls
+    assert react.usage.input_tokens > 0 and planner.usage.output_tokens > 0
