@@ -171,8 +171,6 @@ _ASPECT_ORDER: tuple[Aspect, ...] = ("status", "shipping", "eligibility", "refun
 _ORDER_LIST = re.compile(r"\borders?\b((?:[\s,#]*(?:and\s+|or\s+)?#?\d+\b)+)", re.I)
 _HASH_ID = re.compile(r"#(\d+)\b")
 _REFUND_ACTION = re.compile(r"\b(please refund|refund (it|them|order|orders|both|whichever|each|all|the|#\d))", re.I)
-_CONDITIONAL = re.compile(r"\b(if (it|they|so|eligible)|whichever|that (is|are) eligible|that qualify|"
-                          r"the ones that)\b", re.I)
 _KEYWORDS: dict[Aspect, re.Pattern[str]] = {
     "status": re.compile(r"\bwhere\b|\bstatus\b|look up|what'?s in|\btotal\b", re.I),
     "shipping": re.compile(r"\barriv|when will|\beta\b|in transit|\bshipping\b", re.I),
@@ -187,7 +185,6 @@ class Request:
 
     order_ids: tuple[int, ...]
     aspects: tuple[Aspect, ...]  # for every order named
-    conditional: bool = False  # an action that depends on a check ("refund it if eligible")
     ticket: str | None = None  # subject
     kb: str | None = None  # query
     hours: bool = False
@@ -229,7 +226,7 @@ def parse(text: str) -> Request:
     ticket = text[:80] if re.search(r"ticket|human|complain", low) else None
     kb_match = re.search(r"how do i [^,?.;]*", text, re.I)
     hours = bool(re.search(r"opening hours|\bhours\b|\bopen on\b", low))
-    return Request(order_ids=tuple(ids), aspects=tuple(aspects), conditional=bool(_CONDITIONAL.search(text)),
+    return Request(order_ids=tuple(ids), aspects=tuple(aspects),
                    ticket=ticket, kb=kb_match.group(0) if kb_match else None, hours=hours)
 
 
