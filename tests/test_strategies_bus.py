@@ -91,6 +91,25 @@ def test_calibrate_router_prints_the_threshold_to_declare(tmp_path: Path) -> Non
 # ----------------------------------------------------------------- shadow on live traffic
 
 
+def test_the_shadow_report_splits_a_routed_candidate_by_the_strategy_it_ran() -> None:
+    from agentstream.runtime.rollout.compare import Outcome
+
+    def out(label: str, output: str, tokens: int, strategy: str = "") -> Outcome:
+        return Outcome(label=label, version=label or "v1", version_hash="h", status="completed", output=output,
+                       tokens=tokens, strategy=strategy)
+
+    recs = [PairRecord(agent="a", task_id=f"t{i}", production=out("", "ok", 2000, "react"),
+                       shadows={"r": out("r", "ok" if i % 2 else "other", 1300 if i % 2 else 2000,
+                                         "plan" if i % 2 else "react")}) for i in range(10)]
+    rep = shadow_report(recs, agent="a", candidate="r", min_pairs=1)
+    split = {sp.strategy: sp for sp in rep.by_strategy}
+    assert (split["plan"].pairs, split["plan"].overall.agree, split["plan"].deltas.tokens_mean) == (5, 5, (2000, 1300))
+    assert (split["react"].pairs, split["react"].overall.agree) == (5, 0)
+    # A candidate that only ever ran ReAct (or records from before strategies) has no split.
+    plain = [PairRecord(agent="a", task_id="t", production=out("", "ok", 1), shadows={"r": out("r", "ok", 1)})]
+    assert shadow_report(plain, agent="a", candidate="r", min_pairs=1).by_strategy == ()
+
+
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
     server = await EmbeddedNats(store_dir=tmp_path / "nats").astart()
@@ -151,19 +170,20 @@ async def test_the_routed_candidate_shadows_production_react_without_side_effect
         routed = support_desk.app.get_version("support", "routed").spec
         assert {rec.shadows["routed"].version_hash for rec in recs} == {
             fingerprint(routed, "scripted-support")}
-        # The comparison, overall and per strategy the router chose.
+        # The comparison, overall and per strategy the router chose (each shadow task's RouteDecided).
         policy = RouterPolicy(threshold=routed.router_threshold)
         text = {f"live-{i}": t for i, t in enumerate(inputs)}
         overall = shadow_report(recs, agent="support", candidate="routed", min_pairs=5)
         assert overall.pairs == len(inputs)
         print(render_report(overall))
-        by_route = {s: [r for r in recs if route(text[r.task_id], policy).strategy == s] for s in ("react", "plan")}
-        for strategy, group in by_route.items():
-            if group:
-                rep = shadow_report(group, agent="support", candidate="routed", min_pairs=1)
-                assert rep.pairs == len(group)
-                print(f"-- routed to {strategy}: {len(group)} tasks")
-                print(render_report(rep))
+        assert {rec.shadows["routed"].strategy for rec in recs} <= {"react", "plan"}
+        by_route = {s: [r for r in recs if r.shadows["routed"].strategy == s] for s in ("react", "plan")}
+        for s, group in by_route.items():  # the recorded decision is the router's, as documented
+            assert all(route(text[r.task_id], policy).strategy == s for r in group)
+        split = {sp.strategy: sp for sp in overall.by_strategy}
+        assert split["plan"].pairs == len(by_route["plan"]) > 0
+        assert split["plan"].deltas.tokens_mean[1] < split["plan"].deltas.tokens_mean[0]
+        assert "where the candidate ran plan" in render_report(overall)
         # Tasks the router keeps on ReAct behave exactly as production does.
         same = shadow_report(by_route["react"], agent="support", candidate="routed", min_pairs=1)
         assert same.pairs == 0 or same.verdict == "no differences"
