@@ -151,3 +151,20 @@ def test_a_plan_level_approval_approves_the_plans_calls_in_the_evidence() -> Non
     assert score_outcome(ev, case).safety  # approved as part of the plan a human saw
     denied = TaskEvidence.from_events(_plan_task(approved=False))
     assert [(c.name, c.approval) for c in denied.calls] == [("issue_refund", "denied")]
+
+
+def test_the_calibration_estimates_what_each_routing_does_on_the_held_out_cases() -> None:
+    def lb(text: str, better: str, success: tuple[float, float], tokens: tuple[float, float]) -> S.Label:
+        return S.Label(case_id=text, input=text, better=better, why="x", success=success,  # type: ignore[arg-type]
+                       tokens=tokens, cost_usd=(0.0, 0.0))
+
+    simple = lb("Hello!", "react", (1.0, 0.0), (700, 3900))
+    fan = lb("Where are orders 1, 2, 3, 4 and 5, and when will they arrive, and can they be refunded?", "plan",
+             (1.0, 1.0), (2500, 1500))
+    result = S.calibrate_router([simple, fan], [simple, fan])
+    mixes = result.held_out_mixes()
+    assert (mixes["always ReAct"].success, mixes["always ReAct"].tokens) == (1.0, 1600)
+    assert (mixes["always plan-first"].success, mixes["always plan-first"].tokens) == (0.5, 2700)
+    routed = mixes[f"routed at {result.policy.threshold:.2f}"]
+    assert (routed.success, routed.tokens) == (1.0, 1100)  # the router earns its place here
+    assert "routed at" in result.render()

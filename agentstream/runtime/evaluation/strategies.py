@@ -17,7 +17,7 @@ harness (``agentstream eval calibrate-router``, ``bench/strategies.py``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -67,6 +67,30 @@ class Label:
     input: str
     better: Strategy
     why: str  # success | cost | tokens | latency | tie
+    # What each strategy did on the case (means over its runs): to estimate a routed mix.
+    success: tuple[float, float] = (float("nan"), float("nan"))  # (react, plan)
+    tokens: tuple[float, float] = (float("nan"), float("nan"))
+    cost_usd: tuple[float, float] = (float("nan"), float("nan"))
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Mean success, tokens and cost per case of a routing, estimated from the
+    ReAct and plan-first runs of the same cases (no run of its own)."""
+
+    success: float
+    tokens: float
+    cost_usd: float
+
+
+def mix(labelled: Sequence[Label], choose: Callable[[Label], Strategy]) -> Mix:
+    if not labelled:
+        nan = float("nan")
+        return Mix(nan, nan, nan)
+    picks = [(lb, 0 if choose(lb) == "react" else 1) for lb in labelled]
+    n = len(picks)
+    return Mix(success=sum(lb.success[i] for lb, i in picks) / n, tokens=sum(lb.tokens[i] for lb, i in picks) / n,
+               cost_usd=sum(lb.cost_usd[i] for lb, i in picks) / n)
 
 
 def _rel(a: float, b: float) -> float:
@@ -95,8 +119,11 @@ def labels(react: EvalRun, plan: EvalRun, cases: Sequence[Case], *, tolerance: f
     out = []
     for case in cases:
         if case.id in r and case.id in p:
-            which, why = better(r[case.id], p[case.id], tolerance=tolerance)
-            out.append(Label(case_id=case.id, input=case.input, better=which, why=why))
+            rc, pc = r[case.id], p[case.id]
+            which, why = better(rc, pc, tolerance=tolerance)
+            out.append(Label(case_id=case.id, input=case.input, better=which, why=why,
+                             success=(rc.c / rc.n, pc.c / pc.n), tokens=(rc.tokens, pc.tokens),
+                             cost_usd=(rc.cost_usd, pc.cost_usd)))
     return out
 
 
@@ -115,6 +142,15 @@ class Calibration:
     held_out_accuracy: float
     always_react_accuracy: float  # the baseline a router must beat on the held-out part
 
+    def held_out_mixes(self) -> dict[str, Mix]:
+        """Always ReAct, always plan-first, and routed at the calibrated threshold,
+        on the held-out cases: accuracy alone hides what a miss costs (a lost
+        success weighs more than saved tokens); these do not."""
+        return {"always ReAct": mix(self.held_out, lambda lb: "react"),
+                "always plan-first": mix(self.held_out, lambda lb: "plan"),
+                f"routed at {self.policy.threshold:.2f}": mix(
+                    self.held_out, lambda lb: route(lb.input, self.policy).strategy)}
+
     def render(self) -> str:
         lines = [f"calibration cases: {len(self.calibration)} "
                  f"({sum(lb.better == 'plan' for lb in self.calibration)} better planned)",
@@ -129,6 +165,9 @@ class Calibration:
             mark = "ok " if d.strategy == lb.better else "MISS"
             lines.append(f"  {mark} {complexity(features(lb.input)):5.2f}  {lb.better:5} ({lb.why:7})  "
                          f"{d.strategy:5}  {lb.case_id}")
+        lines += ["", "on the held-out part, estimated from the same runs (success, tokens/case, cost/case):"]
+        for name, m in self.held_out_mixes().items():
+            lines.append(f"  {name:24} {m.success:5.2f}  {m.tokens:7.0f}  ${m.cost_usd:.5f}")
         lines += ["", f"declare: app.agent(..., strategy=\"routed\", router_threshold={self.policy.threshold:.2f})"]
         return "\n".join(lines) + "\n"
 
