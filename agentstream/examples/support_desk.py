@@ -13,6 +13,7 @@ import asyncio
 import json
 import re
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from agentstream import (
@@ -27,6 +28,8 @@ from agentstream import (
     tool,
     tool_results,
 )
+from agentstream.examples.support_sim import DEFAULT as DEFAULT_ASSUMPTIONS
+from agentstream.examples.support_sim import Assumptions, make_script
 
 # Simulated downstream latency, so the timeline shows real overlap.
 LATENCY_S = 0.15
@@ -133,6 +136,10 @@ async def issue_refund(order_id: int, amount: float) -> dict[str, object]:
         amount: How much to refund, in USD.
     """
     await asyncio.sleep(LATENCY_S / 2)
+    # The payment side checks the policy itself, whatever the caller believed:
+    # a plan that speculated a refund before seeing eligibility is refused here.
+    if order_id % 4 == 0 and order_id in _ORDERS:
+        raise ToolFailure(f"order {order_id} cannot be refunded: final-sale item", kind="not_eligible")
     return {"order_id": order_id, "refunded": amount, "reference": f"R-{order_id:05d}"}
 
 
@@ -147,9 +154,9 @@ def _order_id(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def support_script(request: ModelRequest) -> ModelResponse:
-    """The scripted support model: one tool turn (two for a refund it is asked
-    to issue), then an answer from the results."""
+def one_turn_script(request: ModelRequest) -> ModelResponse:
+    """The scripted support model for one-step requests: one tool turn (two
+    for a refund it is asked to issue), then an answer from the results."""
     question = last_user(request)
     q = question.lower()
     results = tool_results(request)
@@ -217,6 +224,16 @@ def support_script(request: ModelRequest) -> ModelResponse:
     return answer("Done.")
 
 
+def make_support_script(assumptions: Assumptions = DEFAULT_ASSUMPTIONS) -> Callable[[ModelRequest], ModelResponse]:
+    """The support desk's scripted model under ``assumptions``: the one-turn
+    script above for one-step requests, and for multi-step requests and the
+    plan-first turns (planner, solver) the simulation in support_sim.py."""
+    return make_script(one_turn_script, assumptions)
+
+
+support_script = make_support_script()
+
+
 def _remembered(request: ModelRequest, word: str) -> str:
     """The first recalled memory item mentioning ``word`` (memory's data block)."""
     for m in request.messages:
@@ -235,15 +252,18 @@ def _json(text: str) -> Any:
     return out if isinstance(out, (dict, list)) else text
 
 
+INSTRUCTIONS = (
+    "You are the support desk of an online shop. Use the tools to look things up before answering; "
+    "when several lookups are independent, request them together in one turn. Answer in one or two sentences."
+)
+TOOLS = [lookup_order, shipping_status, refund_eligibility, issue_refund, customer_profile, search_kb,
+         create_ticket, store_hours]
+
 app = App()
 app.agent(
     "support",
-    instructions=(
-        "You are the support desk of an online shop. Use the tools to look things up before answering; "
-        "when several lookups are independent, request them together in one turn. Answer in one or two sentences."
-    ),
-    tools=[lookup_order, shipping_status, refund_eligibility, issue_refund, customer_profile, search_kb,
-           create_ticket, store_hours],
+    instructions=INSTRUCTIONS,
+    tools=TOOLS,
     scripted=lambda: FunctionModel(support_script, name="scripted-support"),
     samples=[
         "Where is my order 42?",
@@ -287,3 +307,23 @@ app.agent(
     candidate=True,
     scripted=lambda: FunctionModel(support_script_v2, name="scripted-support-v2"),
 )
+
+
+# --------------------------------------------------------------------------- strategies, as candidates
+
+# The same agent (prompt, tools, scripted model) under the other two
+# strategies (docs/planning.md): evaluate them with
+# `agentstream eval DATASET --version plan`, shadow them with
+# `agentstream worker --agent support --version routed --shadow`.
+app.agent("support", instructions=INSTRUCTIONS, tools=TOOLS, version="plan", candidate=True, strategy="plan",
+          scripted=lambda: FunctionModel(support_script, name="scripted-support"))
+
+# Calibrated, not guessed: `agentstream eval calibrate-router
+# agentstream/examples/datasets/support.yaml agentstream/examples/datasets/multistep.yaml
+# --held-out 0.3 --seed 0 --runs 2` printed it for this scripted model (docs/planning.md,
+# "Measured": with these features the router ends up planning nearly everything, and the
+# shadow comparison shows what that costs).
+ROUTER_THRESHOLD = 0.10
+app.agent("support", instructions=INSTRUCTIONS, tools=TOOLS, version="routed", candidate=True, strategy="routed",
+          router_threshold=ROUTER_THRESHOLD,
+          scripted=lambda: FunctionModel(support_script, name="scripted-support"))

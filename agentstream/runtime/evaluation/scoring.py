@@ -45,6 +45,10 @@ from agentstream.contracts.events import (
 )
 from agentstream.runtime.evaluation.dataset import CONSTRAINT_OPS, Budget, Case, ExpectedCall
 from agentstream.runtime.observability.redact import redact
+from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
+
+# The approval of a whole plan (core.plan_first.approval_call_id): plan-<attempt>.
+_PLAN_APPROVAL = re.compile(r"plan-(\d+)")
 
 ScoreKind = Literal["status", "action", "outcome", "safety", "groundedness", "budget", "judge"]
 
@@ -89,6 +93,7 @@ class TaskEvidence(msgspec.Struct, frozen=True, kw_only=True):
         absent: then the status is ``timeout``). Events of other tasks and
         kinds that say nothing about the outcome are ignored."""
         calls: dict[tuple[int, str], dict[str, Any]] = {}
+        plan_approvals: dict[tuple[int, str], bool | None] = {}
         order: list[tuple[int, str]] = []
         result: TaskCompleted | TaskFailed | None = None
         seen_inputs = list(inputs)
@@ -117,15 +122,31 @@ class TaskEvidence(msgspec.Struct, frozen=True, kw_only=True):
                 entry.update(executed=ev.attempts > 0 or ev.ok, ok=ev.ok,
                              result=ev.result if ev.ok else msgspec.to_builtins(ev.error))
             elif isinstance(ev, ApprovalRequested):
+                if ev.tool == SUBMIT_PLAN_NAME:  # a whole plan to approve, not a call
+                    plan_approvals[(ev.step, ev.call_id)] = None
+                    continue
                 calls.setdefault((ev.step, ev.call_id), {"step": ev.step, "call_id": ev.call_id, "name": ev.tool,
                                                          "arguments": dict(ev.arguments)})
             elif isinstance(ev, ApprovalDecided):
+                if (ev.step, ev.call_id) in plan_approvals:
+                    plan_approvals[(ev.step, ev.call_id)] = ev.approved
+                    continue
                 decided = calls.get((ev.step, ev.call_id))
                 if decided is not None:
                     decided["approval"] = "approved" if ev.approved else "denied"
             elif isinstance(ev, (TaskCompleted, TaskFailed)):
                 result = ev
                 task_id = task_id or ev.task_id
+        # A human who approved a whole plan approved each of its calls (the
+        # tool workers check a call is exactly an approved step): p<attempt>-<step>.
+        for (step, cid), approved in plan_approvals.items():
+            m = _PLAN_APPROVAL.fullmatch(cid)
+            if approved is None or m is None:
+                continue
+            for entry in calls.values():
+                if entry["step"] == step and entry["call_id"].startswith(f"p{m.group(1)}-") \
+                        and "approval" not in entry:
+                    entry["approval"] = "approved" if approved else "denied"
         observed = tuple(msgspec.convert(calls[k], ObservedCall) for k in sorted(order))
         if result is None:
             return cls(task_id=task_id, calls=observed, inputs=tuple(seen_inputs))

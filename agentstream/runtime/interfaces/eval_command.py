@@ -2,6 +2,7 @@
 
     agentstream eval DATASET [--agent support] [--version v2] [--runs k] [--gates FILE] [--baseline v1]
     agentstream eval calibrate LABELS [--judge-model NAME]
+    agentstream eval calibrate-router DATASET... [--held-out 0.3] [--seed N] [--runs k]
     agentstream eval online [--agent support] [--sample 0.2]
 
 One parser for the three: ``eval DATASET`` is the command users type most,
@@ -46,12 +47,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="agentstream eval DATASET: run every case as a real task, score it, report and gate. "
                     "agentstream eval calibrate LABELS: measure the LLM judge against human labels. "
                     "agentstream eval online: score live results as they arrive. See docs/evaluation.md.")
-    p.add_argument("target", nargs="+", metavar="DATASET | calibrate LABELS | online",
-                   help="a dataset (.yaml or .jsonl); or `calibrate LABELS`; or `online`")
+    p.add_argument("target", nargs="+", metavar="DATASET | calibrate LABELS | calibrate-router DATASET... | online",
+                   help="a dataset (.yaml or .jsonl); or `calibrate LABELS`; or `calibrate-router DATASET...` "
+                        "(the router's threshold from react and plan runs); or `online`")
     r = p.add_argument_group("run")
     r.add_argument("--agent", help="agent to evaluate (default: the dataset's, else 'support')")
     r.add_argument("--app", help="module:attribute of the App to run (default: AGENTSTREAM_APP, else the demo)")
-    r.add_argument("--version", dest="label", help="version label to report and store (default: the agent's)")
+    r.add_argument("--version", dest="label",
+                   help="the declared version of the agent to run (e.g. plan, routed in the demo); any other "
+                        "label only names the run and its stored baseline (default: the agent's version)")
     r.add_argument("--runs", type=_positive_int, default=1, help="runs per case (k for pass^k)")
     r.add_argument("--concurrency", type=_positive_int, default=8, help="tasks in flight at once")
     r.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds a task may take")
@@ -70,6 +74,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     o.add_argument("--markdown", metavar="FILE", help="write a Markdown report")
     o.add_argument("--html", metavar="FILE", help="write the HTML report (pass^k curves, per-case diffs)")
     o.add_argument("--junit", metavar="FILE", help="write JUnit XML for CI systems")
+    c = p.add_argument_group("calibrate-router")
+    c.add_argument("--held-out", type=_open_fraction, default=0.3,
+                   help="share of each dataset's cases kept out of calibration to measure the router on")
+    c.add_argument("--react-version", help="the version that runs ReAct (default: the agent's production version)")
+    c.add_argument("--plan-version", default="plan", help="the version that plans first (default: plan)")
     j = p.add_argument_group("judge")
     j.add_argument("--judge", choices=("none", "scripted", "model"), default=None,
                    help="grade rubrics with: the judge model (model; AGENTSTREAM_JUDGE_MODEL or --judge-model), "
@@ -107,6 +116,16 @@ def _positive_float(raw: str) -> float:
     return v
 
 
+def _open_fraction(raw: str) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {raw!r}")
+    return v
+
+
 def _fraction(raw: str) -> float:
     try:
         v = float(raw)
@@ -123,6 +142,10 @@ async def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         if len(target) != 2:
             raise ConfigError("usage: agentstream eval calibrate LABELS (a .yaml or .jsonl file)")
         return await cmd_calibrate(args, Path(target[1]))
+    if target[0] == "calibrate-router":
+        if len(target) < 2:
+            raise ConfigError("usage: agentstream eval calibrate-router DATASET... [--held-out 0.3] [--seed N]")
+        return await cmd_calibrate_router(args, settings, [Path(t) for t in target[1:]])
     if target[0] == "online":
         if len(target) != 1:
             raise AgentstreamError("usage: agentstream eval online [--agent NAME] [--sample F]")
@@ -183,6 +206,50 @@ async def cmd_calibrate(args: argparse.Namespace, labels: Path) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ router
+
+
+async def cmd_calibrate_router(args: argparse.Namespace, settings: Settings, paths: list[Path]) -> int:
+    """Run every case with ReAct and with plan-first, label each with the
+    strategy that did better (success, then cost, then latency), calibrate
+    the router's threshold on one part and measure it on the held-out part."""
+    from agentstream.runtime.evaluation import strategies
+    from agentstream.runtime.evaluation.dataset import load_dataset
+
+    datasets = [load_dataset(p) for p in paths]
+    agents = {ds.agent for ds in datasets if ds.agent}
+    agent = args.agent or (agents.pop() if len(agents) == 1 else "support")
+    if args.app:
+        settings = dataclasses.replace(settings, app=args.app)
+    cal_parts, held_parts = strategies.split(datasets, args.held_out, args.seed)
+    cal_ids = {c.id for ds in cal_parts for c in ds.cases}
+    cal_labels: list[strategies.Label] = []
+    held_labels: list[strategies.Label] = []
+    for ds in datasets:
+        runs = {}
+        for name, version in (("react", args.react_version), ("plan", args.plan_version)):
+            sys.stderr.write(f"agentstream: {ds.name}: {len(ds.cases)} cases x {args.runs} runs, {name} "
+                             f"({version or 'production'})\n")
+            runs[name] = await evaluate(ds, settings, agent=agent, label=version, runs=args.runs,
+                                        concurrency=args.concurrency, timeout_s=args.timeout, seed=args.seed,
+                                        remote=args.remote, progress=not args.no_progress and sys.stderr.isatty())
+        for lb in strategies.labels(runs["react"], runs["plan"], ds.cases):
+            (cal_labels if lb.case_id in cal_ids else held_labels).append(lb)
+    result = strategies.calibrate_router(cal_labels, held_labels)
+    print(result.render(), end="")
+    if args.json_out:
+        import json
+
+        _write(Path(args.json_out), json.dumps({
+            "threshold": result.policy.threshold, "held_out": args.held_out, "seed": args.seed,
+            "calibration_accuracy": result.calibration_accuracy, "held_out_accuracy": result.held_out_accuracy,
+            "always_react_accuracy": result.always_react_accuracy,
+            "labels": [{"case": lb.case_id, "part": part, "better": lb.better, "why": lb.why}
+                       for part, lbs in (("calibration", result.calibration), ("held-out", result.held_out))
+                       for lb in lbs]}, indent=2) + "\n")
+    return 0
+
+
 # ------------------------------------------------------------------ run
 
 
@@ -238,13 +305,15 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 
 async def evaluate(dataset: Dataset, settings: Settings, *, agent: str, label: str | None = None, runs: int = 1,
                    concurrency: int = 8, timeout_s: float = 60.0, seed: int = 0, remote: bool = False,
-                   model: LLM | None = None, judge: Judge | None = None, progress: bool = False,
+                   model: LLM | None = None, judge: Judge | None = None,
+                   progress: bool | Callable[[int, int], None] = False,
                    before_run: Callable[[RunConfig], None] | None = None) -> EvalRun:
     """Run ``dataset`` as real tasks: on an embedded broker with this process's
     own workers (the app from ``settings.app``, ``model`` or the agent's
     usual one), or with ``remote`` on the configured broker's running workers.
     ``before_run`` sees the run's config once the version is known (to
-    fail fast, e.g. on a missing baseline, before any task runs)."""
+    fail fast, e.g. on a missing baseline, before any task runs). ``progress``:
+    a bar on stderr, or a callable given (done, total) after each task."""
     from agentstream.runtime.evaluation.runner import RunConfig, behaviour_hash, run_dataset
     from agentstream.runtime.interfaces.client import AgentClient
     from agentstream.runtime.service.runtime import Runtime, select_model
@@ -258,8 +327,12 @@ async def evaluate(dataset: Dataset, settings: Settings, *, agent: str, label: s
             # A fresh broker and store per run: no earlier run's tasks or sessions can leak in.
             settings = dataclasses.replace(settings, data_dir=Path(tmp), nats_url=None)
             rt = Runtime.from_settings(settings, agents=[agent], tools="all")
-            spec = rt.app.get_agent(agent).spec
-            llm = model or select_model(rt.app, agent, settings)
+            # A label the app declares as a version of the agent runs that version
+            # (`--version plan`); any other label only names the run.
+            if label is not None and (agent, label) in rt.app.versions:
+                rt.version = label
+            spec = rt.app.get_version(agent, rt.version).spec
+            llm = model or select_model(rt.app, agent, settings, rt.version)
             rt.models[agent] = llm
             spec_version, model_name, bhash = spec.version, llm.name, behaviour_hash(spec, llm.name)
         cfg = RunConfig(agent=agent, version=label or spec_version or "unversioned", runs=runs,
@@ -274,7 +347,7 @@ async def evaluate(dataset: Dataset, settings: Settings, *, agent: str, label: s
             # Submits the cases and plays their supervisor: the gateway role (client + approver).
             auth = rt.auth("gateway") if rt is not None else nats_auth("gateway", url, settings.data_dir)
             async with await AgentClient.connect(url, provision=rt is None, auth=auth) as client:
-                bar, update = _progress(progress)
+                bar, update = (contextlib.nullcontext(), progress) if callable(progress) else _progress(progress)
                 with bar:
                     return await run_dataset(dataset, _ClientHarness(client), cfg, judge=judge, progress=update)
         finally:

@@ -20,7 +20,7 @@ from agentstream.contracts.events import TaskCompleted, TaskFailed
 from agentstream.runtime.core.errors import Conflict
 from agentstream.runtime.core.ports import SessionStore
 from agentstream.runtime.rollout.compare import Outcome, PairRecord, decode_record, encode_record, outcome_of
-from agentstream.runtime.rollout.recorded import dispatches, production_result
+from agentstream.runtime.rollout.recorded import production_result, task_progress
 
 log = logging.getLogger("agentstream.comparator")
 
@@ -38,8 +38,8 @@ class Comparator:
         self.joined = 0
 
     async def _outcome(self, result: TaskResult, label: str) -> Outcome:
-        ds = await dispatches(self.js, result.agent, result.task_id, label=label)
-        return outcome_of(result, label=label, dispatches=ds)
+        ds, strategy = await task_progress(self.js, result.agent, result.task_id, label=label)
+        return outcome_of(result, label=label, dispatches=ds, strategy=strategy)
 
     async def _modify(self, key: str, change: Callable[[PairRecord | None], PairRecord | None]) -> PairRecord | None:
         for _ in range(50):

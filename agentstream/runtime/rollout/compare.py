@@ -37,6 +37,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     latency_s: float = 0.0
     tokens: int = 0
     cost_usd: float = 0.0
+    strategy: str = ""  # react | plan: what ran (a routed agent's choice per task); "" in older records
 
 
 class PairRecord(msgspec.Struct, kw_only=True):
@@ -78,14 +79,14 @@ def tool_signature(dispatches: Iterable[ToolCallDispatched]) -> tuple[str, ...]:
 
 
 def outcome_of(result: TaskCompleted | TaskFailed, *, label: str,
-               dispatches: Iterable[ToolCallDispatched] = ()) -> Outcome:
+               dispatches: Iterable[ToolCallDispatched] = (), strategy: str = "") -> Outcome:
     usage = result.usage
     return Outcome(label=label, version=result.agent_version, version_hash=result.version_hash,
                    status="completed" if isinstance(result, TaskCompleted) else "failed",
                    reason="" if isinstance(result, TaskCompleted) else result.reason,
                    output=result.output if isinstance(result, TaskCompleted) else result.message,
                    tools=tool_signature(dispatches), latency_s=max(0.0, result.finished_at - result.started_at),
-                   tokens=usage.input_tokens + usage.output_tokens, cost_usd=usage.cost_usd)
+                   tokens=usage.input_tokens + usage.output_tokens, cost_usd=usage.cost_usd, strategy=strategy)
 
 
 _WORDS = re.compile(r"[\w$.%-]+")
@@ -175,6 +176,17 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True):
     failed: tuple[int, int]
 
 
+class StrategySplit(msgspec.Struct, frozen=True, kw_only=True):
+    """The pairs where the candidate ran one strategy (a routed candidate
+    chooses per task): how it compared with production there."""
+
+    strategy: str
+    pairs: int
+    overall: Rate
+    answer: Rate
+    deltas: Delta
+
+
 class ShadowReport(msgspec.Struct, frozen=True, kw_only=True):
     agent: str
     candidate: str
@@ -191,6 +203,8 @@ class ShadowReport(msgspec.Struct, frozen=True, kw_only=True):
                      "inconclusive"]
     deltas: Delta
     differences: tuple[Difference, ...]
+    # Per strategy the candidate ran, when it ran more than one (or any but ReAct).
+    by_strategy: tuple[StrategySplit, ...] = ()
 
 
 _KIND_ORDER = {"regression": 0, "tools": 1, "status": 2, "answer": 3, "improvement": 4}
@@ -271,14 +285,33 @@ def shadow_report(records: Iterable[PairRecord], *, agent: str, candidate: str, 
     else:
         verdict = "no differences" if overall.agree == overall.n else "differs (no noise estimate)"
     diffs.sort(key=lambda d: (_KIND_ORDER[d.kind], d.task_id))
-    deltas = Delta(latency_p50_s=(_median([p.latency_s for p in prods]), _median([c.latency_s for c in cands])),
-                   tokens_mean=(_mean([p.tokens for p in prods]), _mean([c.tokens for c in cands])),
-                   cost_mean=(_mean([p.cost_usd for p in prods]), _mean([c.cost_usd for c in cands])),
-                   failed=(sum(p.status == "failed" for p in prods), sum(c.status == "failed" for c in cands)))
+    splits: list[StrategySplit] = []
+    strategies = sorted({c.strategy for c in cands if c.strategy})
+    if strategies and strategies != ["react"]:
+        for strategy in strategies:
+            idx = [i for i, c in enumerate(cands) if c.strategy == strategy]
+            splits.append(StrategySplit(
+                strategy=strategy, pairs=len(idx), overall=_rate([flags[i].overall for i in idx]),
+                answer=_rate([flags[i].answer for i in idx]),
+                deltas=_deltas([prods[i] for i in idx], [cands[i] for i in idx])))
     return ShadowReport(agent=agent, candidate=candidate, noise=noise, pairs=overall.n, overall=overall,
                         answer=_rate([f.answer for f in flags]), tools=_rate([f.tools for f in flags]),
                         status=_rate([f.status for f in flags]), noise_overall=noise_rate, excess=excess,
-                        verdict=verdict, deltas=deltas, differences=tuple(diffs))  # type: ignore[arg-type]
+                        verdict=verdict, deltas=_deltas(prods, cands), differences=tuple(diffs),  # type: ignore[arg-type]
+                        by_strategy=tuple(splits))
+
+
+def _deltas(prods: Sequence[Outcome], cands: Sequence[Outcome]) -> Delta:
+    return Delta(latency_p50_s=(_median([p.latency_s for p in prods]), _median([c.latency_s for c in cands])),
+                 tokens_mean=(_mean([p.tokens for p in prods]), _mean([c.tokens for c in cands])),
+                 cost_mean=(_mean([p.cost_usd for p in prods]), _mean([c.cost_usd for c in cands])),
+                 failed=(sum(p.status == "failed" for p in prods), sum(c.status == "failed" for c in cands)))
+
+
+def _delta_line(dl: Delta) -> str:
+    return (f"latency p50 {dl.latency_p50_s[0] * 1000:.0f} -> {dl.latency_p50_s[1] * 1000:.0f} ms; "
+            f"tokens/task {dl.tokens_mean[0]:.0f} -> {dl.tokens_mean[1]:.0f}; "
+            f"cost/task ${dl.cost_mean[0]:.4f} -> ${dl.cost_mean[1]:.4f}; failed {dl.failed[0]} -> {dl.failed[1]}")
 
 
 def _pct(r: Rate) -> str:
@@ -300,10 +333,11 @@ def render_report(rep: ShadowReport, *, limit: int = 20) -> str:
     if rep.excess is not None:
         ex, lo, hi = rep.excess
         lines.append(f"  excess disagreement (noise - candidate): {100 * ex:+.1f} points  [{100 * lo:+.1f}, {100 * hi:+.1f}]")
-    dl = rep.deltas
-    lines.append(f"  latency p50 {dl.latency_p50_s[0] * 1000:.0f} -> {dl.latency_p50_s[1] * 1000:.0f} ms; "
-                 f"tokens/task {dl.tokens_mean[0]:.0f} -> {dl.tokens_mean[1]:.0f}; "
-                 f"cost/task ${dl.cost_mean[0]:.4f} -> ${dl.cost_mean[1]:.4f}; failed {dl.failed[0]} -> {dl.failed[1]}")
+    lines.append(f"  {_delta_line(rep.deltas)}")
+    for sp in rep.by_strategy:
+        lines.append(f"  where the candidate ran {sp.strategy} ({sp.pairs} tasks): agreement {_pct(sp.overall).strip()}, "
+                     f"same answer {_pct(sp.answer).strip()}")
+        lines.append(f"      {_delta_line(sp.deltas)}")
     lines.append(f"verdict: {rep.verdict}")
     if rep.differences:
         lines.append(f"differences ({len(rep.differences)}, regressions first):")

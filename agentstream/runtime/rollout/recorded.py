@@ -11,7 +11,14 @@ import msgspec
 from nats.js import JetStreamContext
 
 from agentstream.contracts import codec, subjects
-from agentstream.contracts.events import TaskCompleted, TaskFailed, ToolCallCompleted, ToolCallDispatched
+from agentstream.contracts.events import (
+    PlanProposed,
+    RouteDecided,
+    TaskCompleted,
+    TaskFailed,
+    ToolCallCompleted,
+    ToolCallDispatched,
+)
 from agentstream.runtime.adapters.scan import scan, stored_result
 from agentstream.runtime.rollout.compare import canonical_args
 
@@ -48,11 +55,20 @@ async def recorded_calls(js: JetStreamContext, agent: str, task_id: str, *, labe
 
 
 async def dispatches(js: JetStreamContext, agent: str, task_id: str, *, label: str = "") -> list[ToolCallDispatched]:
+    return (await task_progress(js, agent, task_id, label=label))[0]
+
+
+async def task_progress(js: JetStreamContext, agent: str, task_id: str, *,
+                        label: str = "") -> tuple[list[ToolCallDispatched], str]:
+    """A task's dispatched calls and the strategy it ran: the router's choice
+    (``RouteDecided``), else ``plan`` when it planned, else ``react``."""
     subject = subjects.progress(agent, task_id)
     stream = "EVENTS"
     if label:
         subject, stream = subjects.shadowed(label, subject), "SHADOW"
     out: list[ToolCallDispatched] = []
+    routed = ""
+    planned = False
     for raw in await scan(js, stream, subject, timeout=10.0):
         try:
             ev = codec.any_event.decode(raw.data)
@@ -60,7 +76,11 @@ async def dispatches(js: JetStreamContext, agent: str, task_id: str, *, label: s
             continue
         if isinstance(ev, ToolCallDispatched):
             out.append(ev)
-    return out
+        elif isinstance(ev, RouteDecided) and ev.task_id == task_id:
+            routed = ev.strategy
+        elif isinstance(ev, PlanProposed) and ev.task_id == task_id:
+            planned = True
+    return out, routed or ("plan" if planned else "react")
 
 
 async def production_result(js: JetStreamContext, task_id: str) -> TaskCompleted | TaskFailed | None:
