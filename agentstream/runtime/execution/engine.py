@@ -120,6 +120,10 @@ class AgentEngine:
         # the event is its to handle, and this engine acks it silently).
         self.owned_elsewhere: Callable[[str], Awaitable[bool]] | None = None
         self.cas_conflicts = 0
+        # Session reads of a step (a cache miss: the task's previous step ran on
+        # another replica, or long ago). With the partitioned inbox about one a
+        # task, for the first step after a task landed elsewhere (docs/scaling.md).
+        self.session_reads = 0
         # >0: a finished session expires from the store this long after it
         # finished (AGENTSTREAM_FINISHED_SESSION_TTL), if the store can.
         self.finished_ttl_s = finished_ttl_s
@@ -276,6 +280,7 @@ class AgentEngine:
             elif assume_new:
                 state, rev = None, None
             else:
+                self.session_reads += 1
                 try:
                     entry = await self.sessions.get(task_id)
                 except BROKER_ERRORS as exc:
