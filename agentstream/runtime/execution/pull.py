@@ -134,6 +134,11 @@ class ContinuousPull:
     def wake(self) -> None:
         self._wake.set()
 
+    def wants(self) -> bool:
+        """Whether the loop would ask for more now (then :meth:`wake` is worth it)."""
+        want = self._room() - self.pending
+        return want > 0 and (self.pending == 0 or want >= self._threshold)
+
     async def start(self, stop: asyncio.Event) -> bool:
         """Create the consumer (retrying with backoff while the stream is away)
         and subscribe the inbox. False if ``stop`` was set first."""
@@ -163,9 +168,8 @@ class ContinuousPull:
                     self._recreate = False
                     await self._ensure_until_ok(stop)
                 continue
-            want = self._room() - self.pending
-            if want > 0 and (self.pending == 0 or want >= self._threshold):
-                await self._pull(want)
+            if self.wants():
+                await self._pull(self._room() - self.pending)
                 continue
             self._wake.clear()
             await self._wake.wait()
