@@ -146,6 +146,7 @@ class PartitionedConsumer(PullConsumer):
         beat = asyncio.create_task(self._heartbeat(stop))
         stopper = asyncio.create_task(self._stop_all(stop))
         try:
+            await self._join(stop)
             await self._rebalance(stop)
             self.started.set()
             while not stop.is_set():
@@ -164,6 +165,20 @@ class PartitionedConsumer(PullConsumer):
             await self._drain(drain_timeout_s)
             beat.cancel()
             stopper.cancel()
+
+    async def _join(self, stop: asyncio.Event) -> None:
+        """Announce this replica, and when others already run, give them a beat
+        and a half to see it and let go of its share before pulling it: both
+        pulling a partition for a while costs session reads and conflicts."""
+        try:
+            await self.membership.beat(self.member)
+            others = [m for m in await self.membership.live() if m != self.member]
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - _rebalance reports it
+            return
+        if others:
+            await sleep_unless(stop, 1.5 * self.beat_s)
 
     async def _rebalance(self, stop: asyncio.Event) -> None:
         try:
