@@ -169,3 +169,60 @@ async def test_two_agent_replicas_split_the_inbox_and_never_conflict(
     finally:
         await client.close()
         await a.stop()  # type: ignore[attr-defined]
+
+
+async def test_a_result_redelivered_after_its_replica_died_between_finishing_and_answering_is_answered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica killed after the compare-and-set that finished a task and
+    before it published the result: the last tool result is redelivered (to
+    the partition's next owner). The finished record keeps no transcript, so
+    the trust check alone would refuse it and the task would never be
+    answered; the engine lets ``decide`` re-emit the stored result instead."""
+    from agentstream.contracts import codec
+    from agentstream.contracts.events import TaskSubmitted, ToolCallCompleted
+    from agentstream.examples import support_desk
+    from agentstream.examples.support_desk import app, support_script
+    from agentstream.runtime.adapters.in_memory import InMemoryBus, InMemoryKV
+    from agentstream.runtime.adapters.scripted_models import FunctionModel
+    from agentstream.runtime.execution.engine import AgentEngine
+    from agentstream.runtime.execution.tool_runner import ToolRunner
+
+    monkeypatch.setattr(support_desk, "LATENCY_S", 0.0)
+    spec = app.get_agent("support").spec
+    bus, sessions, kv = InMemoryBus(), InMemoryKV(), InMemoryKV()
+
+    class DiesBeforeAnswering:
+        async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
+                          headers: dict[str, str] | None = None) -> None:
+            if subject.startswith(subjects.results(spec.name, "")):
+                raise RuntimeError("killed")
+            await bus.publish(subject, payload, msg_id=msg_id, headers=headers)
+
+    def engine(b: object) -> AgentEngine:
+        return AgentEngine(spec, FunctionModel(support_script), sessions=sessions, conversations=kv, deadlines=kv,
+                           bus=b)  # type: ignore[arg-type]
+
+    victim, survivor = engine(DiesBeforeAnswering()), engine(bus)
+    await victim.on_task(TaskSubmitted(agent=spec.name, input="I want a refund for order 17, and where is it now?",
+                                       task_id="t1"))
+    runner = ToolRunner(app.tools, bus, worker="tools-1")
+    results = []
+    for p in bus.on("tools."):
+        req = codec.tool_call.decode(p.payload)
+        value, err = await runner.execute(req)
+        results.append(ToolCallCompleted(task_id=req.task_id, agent=req.agent, step=req.step, call_id=req.call_id,
+                                         tool=req.tool, ok=err is None, result=value, error=err))
+    inbox = subjects.events(spec.name, "t1")
+    for ev in results[:-1]:
+        await victim.on_event(ev, subject=inbox)
+    with pytest.raises(RuntimeError, match="killed"):
+        await victim.on_event(results[-1], subject=inbox)
+    assert bus.on(subjects.results(spec.name, "t1")) == []
+    await survivor.on_event(results[-1], subject=inbox)  # redelivered, to the next owner
+    (answer,) = bus.on(subjects.results(spec.name, "t1"))
+    assert isinstance(codec.task_result.decode(answer.payload), TaskCompleted)
+    # a forged result for the finished task, on another task's subject, is still refused
+    from agentstream.runtime.execution.consumer import Reject
+
+    with pytest.raises(Reject):
+        await survivor.on_event(results[-1], subject=subjects.events(spec.name, "t2"))
