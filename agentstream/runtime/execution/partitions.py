@@ -217,7 +217,7 @@ class PartitionedConsumer(PullConsumer):
         pull = ContinuousPull(
             self.js._nc, api_prefix=self.js._prefix, stream=subjects.INBOX_STREAM,
             durable=subjects.inbox_partition_durable(self.agent, p), capacity=self.s.max_in_flight,
-            deliver=self._deliver, room=self._room_per_pull, ensure=lambda: self.ensure_partition(p),
+            deliver=self._deliver, room=self._room, ensure=lambda: self.ensure_partition(p),
             expires_s=self.s.pull_expires_s, heartbeat_s=self.s.pull_heartbeat_s,
             backoff=Backoff(self.s.backoff_base_s, self.s.backoff_cap_s))
         pull.outage = self._outage
@@ -254,9 +254,6 @@ class PartitionedConsumer(PullConsumer):
         await stop.wait()
         for e in list(self._pstops):
             e.set()
-
-    def _room_per_pull(self) -> int:
-        return self._room()
 
     def _done(self, t: asyncio.Task[None]) -> None:
         self._inflight.pop(t, None)

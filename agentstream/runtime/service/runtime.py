@@ -231,10 +231,13 @@ class Runtime:
                            on_dead_letter=task_rejected(engine) if not self.canary else None,
                            deliver_new=self.canary)
             if self.canary:
+                # A candidate reads the inbox from EVENTS on its own durable (both
+                # versions see every event, each resumes its own tasks); it runs
+                # few replicas for a short while, so it is not partitioned.
                 self._consumer("EVENTS", inbox_durable, subjects.events(name, "*"), inbox_handler(engine),
                                deliver_new=True)
             else:
-                await self._inbox(name, inbox_handler(engine))
+                self._inbox(name, inbox_handler(engine))
             # Decisions on their own subject, which only the approval service may publish to.
             decisions_durable = subjects.agent_durable(name, "decisions")
             if self.canary:
@@ -368,7 +371,7 @@ class Runtime:
         self.consumers.append(PullConsumer(self.js, cs, handler,  # type: ignore[arg-type]
                                            on_dead_letter=on_dead_letter))
 
-    async def _inbox(self, agent: str, handler: Handler) -> None:
+    def _inbox(self, agent: str, handler: Handler) -> None:
         """The agent's inbox, partitioned by task, each partition pulled by one
         replica (execution.partitions, docs/scaling.md)."""
         s = self.settings
