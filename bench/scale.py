@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -248,6 +249,10 @@ class Row:
     iso: list[float]
     gaps: list[float]
     cpu: dict[str, float]  # role -> CPU seconds during the measured run
+    # Per task over the whole configuration (warm-up and isolated tasks too), as
+    # the agent workers log them at exit; None: an agentstream that does not.
+    reads: float | None = None
+    conflicts: float | None = None
 
     @property
     def tps(self) -> float:
@@ -255,6 +260,25 @@ class Row:
 
     def cpu_ms_per_task(self) -> float:
         return 1000 * sum(self.cpu.values()) / self.tasks if self.tasks else 0.0
+
+    def agent_cpu_ms_per_task(self) -> float:
+        agents = sum(v for k, v in self.cpu.items() if k.startswith("agent"))
+        return 1000 * agents / self.tasks if self.tasks else 0.0
+
+
+_ENGINE_LINE = re.compile(r"engine \S+: (\d+) session reads, (\d+) compare-and-set conflicts")
+
+
+def engine_counts(workers: Workers, roles: list[str]) -> tuple[int, int] | None:
+    """Session reads and compare-and-set conflicts the agent workers logged at exit."""
+    reads = conflicts = 0
+    for role in roles:
+        m = _ENGINE_LINE.search((workers.tmp / f"{role}.log").read_text(errors="replace"))
+        if m is None:
+            return None
+        reads += int(m.group(1))
+        conflicts += int(m.group(2))
+    return reads, conflicts
 
 
 async def run_config(workload: str, agents: int, tools: int, args: argparse.Namespace, rnd: int) -> Row:
@@ -264,6 +288,7 @@ async def run_config(workload: str, agents: int, tools: int, args: argparse.Name
     assert broker.proc is not None
     workers = Workers(url=broker.url, app=f"scale_app:{workload}", tmp=tmp)
     agent_env = {"AGENTSTREAM_MAX_IN_FLIGHT": str(args.cap)} if workload == "latency" else {}
+    agent_env["AGENTSTREAM_LOG_LEVEL"] = "INFO"  # the engine's counters, logged at exit
     client = await AgentClient.connect(broker.url, telemetry=False)
     try:
         for i in range(agents):
@@ -292,6 +317,13 @@ async def run_config(workload: str, agents: int, tools: int, args: argparse.Name
         iso = await driver.isolated(tag, args.isolated, seed=rnd) if args.isolated else []
         gaps = await hop_gaps(client, tag) if args.isolated else []
         row = Row(workload, agents, tools, rnd, len(lat), failed, wall, lat, iso, gaps, cpu)
+        roles = [f"agent{i + 1}" for i in range(agents)]
+        for role in roles:
+            await asyncio.to_thread(workers.stop, role)
+        counts = engine_counts(workers, roles)
+        if counts is not None:
+            total = args.warmup + n + len(iso)
+            row.reads, row.conflicts = counts[0] / total, counts[1] / total
         say("  peak consumer lag (pending / ack pending): "
             + ", ".join(f"{d}={p}/{a}" for d, (p, a) in sorted(peak.items())))
         say(f"{workload} {agents}+{tools} (round {rnd}): {row.tps:,.1f} tasks/s, p50 {percentile(lat, 50):.1f} "
@@ -319,7 +351,8 @@ def report(rows: list[Row]) -> list[dict[str, Any]]:
         print(f"workload {workload}: " + ("CPU-bound W1 (zero-latency model, no-op tools)" if workload == "w1" else
                                           "model turn 50 ms, tool 20 ms, each agent replica capped"))
         hdr = (f"{'agents+tools':<13}{'tasks/s':>9}{'x 1+1':>7}{'p50':>8}{'p95':>8}{'p99':>8}{'p99 x':>7}"
-               f"{'iso p50':>9}{'iso max':>9}{'gap max':>9}{'CPU ms/task':>12}  CPU s per process (measured run)")
+               f"{'iso p50':>9}{'iso max':>9}{'gap max':>9}{'CPU ms/task':>12}{'agents':>7}{'reads':>6}"
+               f"{'CAS x':>6}  CPU s per process (measured run)")
         print(hdr)
         print("-" * len(hdr))
         for agents, tools in configs:
@@ -344,16 +377,30 @@ def report(rows: list[Row]) -> list[dict[str, Any]]:
                  "isolated_step_gap_p50_ms": round(percentile(gaps, 50), 1) if gaps else None,
                  "isolated_step_gap_max_ms": round(max(gaps), 1) if gaps else None,
                  "cpu_ms_per_task": round(mean([r.cpu_ms_per_task() for r in rs]), 2),
+                 "agent_cpu_ms_per_task": round(mean([r.agent_cpu_ms_per_task() for r in rs]), 2),
+                 "session_reads_per_task": _mean_or_none([r.reads for r in rs]),
+                 "cas_conflicts_per_task": _mean_or_none([r.conflicts for r in rs]),
                  "cpu_s": {k: round(v, 2) for k, v in cpu.items()}, "failed": sum(r.failed for r in rs)}
             out.append(d)
             iso_s = (f"{d['isolated_p50_ms']:>9.1f}{d['isolated_max_ms']:>9.1f}"
                      + (f"{d['isolated_step_gap_max_ms']:>9.1f}" if gaps else f"{'-':>9}")
                      if iso else f"{'-':>9}{'-':>9}{'-':>9}")
             print(f"{agents}+{tools:<11}{tps:>9.1f}{d['ratio']:>7.2f}{d['p50_ms']:>8.1f}{d['p95_ms']:>8.1f}"
-                  f"{d['p99_ms']:>8.1f}{d['p99_ratio']:>7.2f}{iso_s}{d['cpu_ms_per_task']:>12.2f}  "
+                  f"{d['p99_ms']:>8.1f}{d['p99_ratio']:>7.2f}{iso_s}{d['cpu_ms_per_task']:>12.2f}"
+                  f"{d['agent_cpu_ms_per_task']:>7.2f}{_fmt(d['session_reads_per_task'])}"
+                  f"{_fmt(d['cas_conflicts_per_task'])}  "
                   + " ".join(f"{k}={v:.1f}" for k, v in sorted(cpu.items()))
                   + (f"  FAILED {d['failed']}" if d["failed"] else ""))
     return out
+
+
+def _mean_or_none(xs: list[float | None]) -> float | None:
+    known = [x for x in xs if x is not None]
+    return round(mean(known), 2) if known and len(known) == len(xs) else None
+
+
+def _fmt(x: object) -> str:
+    return f"{x:>6.2f}" if isinstance(x, float) else f"{'-':>6}"
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:

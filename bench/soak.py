@@ -13,7 +13,9 @@ What may grow and what may not: worker RSS must level off (caches are
 bounded: the engine's session cache holds 4,096 tasks); the streams and
 buckets grow with the tasks by design, up to their max age (7 days for the
 work streams and sessions; see ``agentstream.contracts.subjects``); the
-deadlines bucket must not grow (one key per task in flight). Storage limits
+deadlines bucket must not grow (one key per task in flight), nor INBOX (a
+work queue: an acknowledged tool result is deleted) or agent_replicas (one
+key per live agent replica). Storage limits
 for long runs are the storage engineer's soak (``bench/soak_storage.py``).
 
     python bench/soak.py                      # 100,000 tasks, 2 + 2 replicas, 32 in flight
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scale import AGENT, Driver, Workers, proc_cpu_s, proc_rss_mb, say
+from scale import AGENT, Driver, Workers, engine_counts, proc_cpu_s, proc_rss_mb, say
 
 from agentstream import AgentClient
 from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
@@ -64,7 +66,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     client = await AgentClient.connect(broker.url, telemetry=False)
     try:
         for i in range(args.agents):
-            workers.start(f"agent{i + 1}", ["--agent", AGENT])
+            # INFO: the engine's session reads and conflicts, logged at exit
+            workers.start(f"agent{i + 1}", ["--agent", AGENT], {"AGENTSTREAM_LOG_LEVEL": "INFO"})
         for i in range(args.tools):
             workers.start(f"tools{i + 1}", ["--tools", "all"])
         await asyncio.to_thread(workers.wait_ready)
@@ -135,6 +138,14 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {k:<24} {m0:>9} -> {m1:>9} msgs   {b0 / 1e6:8.1f} -> {b1 / 1e6:8.1f} MB"
                   f"   ({(b1 - b0) / max(1, args.tasks):.0f} B/task)")
         print(render_lag(lags))
+        roles = [f"agent{i + 1}" for i in range(args.agents)]
+        for role in roles:
+            await asyncio.to_thread(workers.stop, role)
+        counts = engine_counts(workers, roles)
+        if counts is not None:
+            total = args.warmup + args.tasks
+            print(f"agent replicas: {counts[0] / total:.2f} session reads, {counts[1] / total:.3f} compare-and-set "
+                  f"conflicts a task")
         return {"tasks": args.tasks, "wall_s": wall, "failed": failed, "series": series, "rss_start": rss0,
                 "rss_end": rss1, "sizes_start": size0, "sizes_end": size1}
     finally:

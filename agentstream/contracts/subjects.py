@@ -339,3 +339,62 @@ def tool_durable(tool: str) -> str:
 def shadow_durable(label: str, name: str) -> str:
     """A shadow deployment's own durable consumer beside production's ``name``."""
     return f"shadow_{label}_{name}"
+
+
+# ----------------------------------------------------------------- partitioned inbox
+#
+# The agents' inbox (tool results, ``agents.<a>.events.<task>`` in EVENTS) is
+# also sourced into INBOX, a work-queue stream whose subjects the server
+# rewrites to ``inbox.<agent>.<partition>.<task>``, the partition a stable hash
+# of the task id. Each agent has one durable consumer per partition, and each
+# partition is pulled by one replica at a time, so all of a task's results
+# reach the replica that holds its session (docs/scaling.md). EVENTS keeps
+# every inbox event where it always was, for readers and the trust checks.
+# Nobody can publish into INBOX: it has no subjects of its own.
+
+INBOX_STREAM = "INBOX"
+INBOX_ROOT = "inbox"
+# 16: up to 16 agent replicas each own at least one partition; with 2-4 replicas
+# the split is even (8/8, 6/5/5, 4/4/4/4); and a replica keeps 16 pulls open
+# at most (one heartbeat a second each), which costs nothing measurable.
+DEFAULT_INBOX_PARTITIONS = 16
+MAX_INBOX_PARTITIONS = 256
+
+
+def inbox_transform(partitions: int) -> tuple[str, str]:
+    """The (source, destination) subject transform INBOX sources EVENTS with."""
+    return ("agents.*.events.*",
+            f"{INBOX_ROOT}.{{{{wildcard(1)}}}}.{{{{partition({partitions},2)}}}}.{{{{wildcard(2)}}}}")
+
+
+def inbox_partition(task_id: str, partitions: int) -> int:
+    """The partition nats-server's ``{{partition(n,2)}}`` puts a task in:
+    FNV-1a (32 bit) of the task id, modulo ``n``."""
+    h = 0x811C9DC5
+    for b in task_id.encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h % partitions
+
+
+def inbox_partition_filter(agent: str, partition: int) -> str:
+    return f"{INBOX_ROOT}.{agent}.{partition}.*"
+
+
+def inbox_partition_durable(agent: str, partition: int) -> str:
+    return f"{agent_durable(agent, 'events')}_{partition}"
+
+
+def inbox_origin(subject: str) -> str | None:
+    """``inbox.<agent>.<partition>.<task>`` -> the subject the event was
+    published on (``agents.<agent>.events.<task>``); None for any other subject."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != INBOX_ROOT or not parts[2].isdigit():
+        return None
+    return events(parts[1], parts[3])
+
+
+# Agent replicas announce themselves here (key ``<agent>.<member>``, put every
+# second; a key not refreshed within the bucket's max age is gone): the live
+# replicas split an agent's inbox partitions between them.
+REPLICAS = BucketDef(name="agent_replicas", description="live agent replicas (heartbeats), key <agent>.<member>",
+                     max_age_s=5.0, max_bytes=16 * MiB)

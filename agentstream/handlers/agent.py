@@ -28,12 +28,14 @@ def task_handler(engine: AgentEngine) -> Handler:
 
 
 def inbox_handler(engine: AgentEngine) -> Handler:
-    """Tool results (``agents.<a>.events.*``) and decisions (``agents.<a>.decisions.*``):
+    """Tool results (``agents.<a>.events.*``, through INBOX) and decisions (``agents.<a>.decisions.*``):
     the subject and stream sequence go along, so the engine can check the
     event is bound to where it arrived (core.trust)."""
     async def handle(msg: Msg) -> None:
+        # From the partitioned inbox: judged by the subject it was published on
+        # (only the server's transform writes inbox.<agent>.<partition>.<task>).
         # A shadow deployment's inbox is production's under shadow.<label>.: bound the same way.
-        _, subject = subjects.unshadowed(msg.subject)
+        subject = subjects.inbox_origin(msg.subject) or subjects.unshadowed(msg.subject)[1]
         await engine.on_event(codec.agent_inbox.decode(msg.data), subject=subject, seq=stream_seq(msg) or 0)
     return handle
 

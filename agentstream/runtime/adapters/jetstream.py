@@ -23,6 +23,8 @@ from nats.js.api import (
     StorageType,
     StoreCompression,
     StreamConfig,
+    StreamSource,
+    SubjectTransform,
 )
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
@@ -440,6 +442,77 @@ def _drifted(have: StreamConfig, want: StreamConfig) -> bool:
 def _same_seconds(a: float | None, b: float | None) -> bool:
     # nats-py gives durations back as float seconds from nanoseconds
     return abs((a or 0.0) - (b or 0.0)) < 1e-3
+
+
+async def ensure_inbox(js: JetStreamContext, partitions: int, *, replicas: int = 1) -> int:
+    """The partitioned inbox stream (``subjects.INBOX_STREAM``), created if
+    missing; returns its number of partitions. An existing stream's count
+    wins over ``partitions``: replicas configured differently must still
+    agree on which consumer a task's results are in, and re-partitioning a
+    stream with events in it would strand them (docs/scaling.md)."""
+    src, dest = subjects.inbox_transform(partitions)
+    cfg = StreamConfig(
+        name=subjects.INBOX_STREAM, subjects=[],
+        description="the agents' inbox events (EVENTS agents.*.events.*), partitioned by task: "
+                    "inbox.<agent>.<partition>.<task>",
+        # Work queue: an acknowledged event is deleted, so the stream holds only
+        # what is not yet processed; EVENTS keeps the record.
+        retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE, max_age=7 * subjects.DAY,
+        num_replicas=replicas, discard=DiscardPolicy.NEW, max_bytes=subjects.GiB, allow_direct=True,
+        sources=[StreamSource(name="EVENTS", subject_transforms=[SubjectTransform(src=src, dest=dest)])])
+    if not await _creating(functools.partial(js.add_stream, cfg)):
+        info = await _once_visible(functools.partial(js.stream_info, subjects.INBOX_STREAM))
+        have = inbox_partitions(info.config)
+        if have is None:
+            raise ConfigError(f"stream {subjects.INBOX_STREAM} exists but is not the partitioned inbox "
+                              f"(no EVENTS source with the inbox transform)")
+        if have != partitions:
+            log.warning("the inbox has %d partitions (AGENTSTREAM_INBOX_PARTITIONS here: %d); using %d",
+                        have, partitions, have)
+        partitions = have
+    created = await _creating(functools.partial(js.create_key_value, KeyValueConfig(
+        bucket=subjects.REPLICAS.name, description=subjects.REPLICAS.description, history=1,
+        ttl=subjects.REPLICAS.max_age_s, replicas=replicas, storage=StorageType.FILE,
+        max_bytes=subjects.REPLICAS.max_bytes, direct=True)))
+    if not created:
+        await _once_visible(functools.partial(js.key_value, subjects.REPLICAS.name))
+    return partitions
+
+
+_PARTITION_DEST = re.compile(r"\{\{\s*partition\((\d+)\s*,")
+
+
+def inbox_partitions(cfg: StreamConfig) -> int | None:
+    """The partition count in an inbox stream's source transform (None: none)."""
+    for source in cfg.sources or ():
+        for tr in source.subject_transforms or ():
+            m = _PARTITION_DEST.search(tr.dest or "")
+            if source.name == "EVENTS" and m:
+                return int(m.group(1))
+    return None
+
+
+class NatsMembership:
+    """Live agent replicas, by heartbeat: each puts its key in
+    ``subjects.REPLICAS`` every beat; the bucket's max age removes the key of
+    one that stopped (killed, cut off). One stream-info request lists an
+    agent's live members, with no consumer created per look."""
+
+    def __init__(self, js: JetStreamContext, agent: str) -> None:
+        self.js = js
+        self.agent = agent
+        self._prefix = f"$KV.{subjects.REPLICAS.name}.{agent}."
+
+    async def beat(self, member: str) -> None:
+        await self.js.publish(self._prefix + member, b"", timeout=5)
+
+    async def leave(self, member: str) -> None:
+        # A purge, not a KV delete: a delete marker would still list as a member.
+        await self.js.purge_stream(subjects.REPLICAS.stream, subject=self._prefix + member)
+
+    async def live(self) -> list[str]:
+        info = await self.js.stream_info(subjects.REPLICAS.stream, subjects_filter=self._prefix + "*")
+        return sorted(s[len(self._prefix):] for s in (info.state.subjects or {}))
 
 
 async def bucket(js: JetStreamContext, name: str) -> NatsKV:

@@ -171,6 +171,9 @@ class Settings:
     store_compression: str | None = None
     # How long a finished session stays in agent_sessions (0: the bucket's max age).
     finished_session_ttl_s: float = 3600.0
+    # Partitions of the agents' inbox (docs/scaling.md); the inbox stream's
+    # own count wins once it exists.
+    inbox_partitions: int = 16
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -198,6 +201,7 @@ class Settings:
             store_limits=_store_limits(env, "AGENTSTREAM_STORE_LIMITS"),
             store_compression=_compression(env, "AGENTSTREAM_STORE_COMPRESSION"),
             finished_session_ttl_s=_duration(env, "AGENTSTREAM_FINISHED_SESSION_TTL", 3600.0),
+            inbox_partitions=_int(env, "AGENTSTREAM_INBOX_PARTITIONS", 16, minimum=1, maximum=256),
         )
 
 

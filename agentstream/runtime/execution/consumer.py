@@ -242,12 +242,14 @@ class PullConsumer:
 
     async def dead_letter(self, msg: Msg, reason: str) -> None:
         body = msg.data or b""
-        ev = DeadLettered(subject=msg.subject, consumer=self.s.durable, reason=reason[:2000],
+        # An inbox event by the subject it was published on, not its partition's.
+        subject = subjects.inbox_origin(msg.subject) or msg.subject
+        ev = DeadLettered(subject=subject, consumer=self.s.durable, reason=reason[:2000],
                           payload=body[:DLQ_PAYLOAD_LIMIT].decode("utf-8", errors="replace"),
                           payload_bytes=len(body), deliveries=_deliveries(msg), at=time.time())
         seq = stream_seq(msg)
-        log.warning("dead-lettered %s from %s: %s", msg.subject, self.s.durable, reason)
-        await self.js.publish(subjects.dead_letter(msg.subject), codec.encode(ev),
+        log.warning("dead-lettered %s from %s: %s", subject, self.s.durable, reason)
+        await self.js.publish(subjects.dead_letter(subject), codec.encode(ev),
                               headers={MSG_ID: f"dlq:{self.s.stream}:{seq}"} if seq is not None else None)
 
 

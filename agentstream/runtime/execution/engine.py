@@ -130,6 +130,10 @@ class AgentEngine:
         # the event is its to handle, and this engine acks it silently).
         self.owned_elsewhere: Callable[[str], Awaitable[bool]] | None = None
         self.cas_conflicts = 0
+        # Session reads of a step (a cache miss: the task's previous step ran on
+        # another replica, or long ago). With the partitioned inbox about one a
+        # task, for the first step after a task landed elsewhere (docs/scaling.md).
+        self.session_reads = 0
         # >0: a finished session expires from the store this long after it
         # finished (AGENTSTREAM_FINISHED_SESSION_TTL), if the store can.
         self.finished_ttl_s = finished_ttl_s
@@ -287,6 +291,7 @@ class AgentEngine:
             elif assume_new:
                 state, rev = None, None
             else:
+                self.session_reads += 1
                 try:
                     entry = await self.sessions.get(task_id)
                 except BROKER_ERRORS as exc:
@@ -295,6 +300,15 @@ class AgentEngine:
                 state, rev = (decode_state(entry.value), entry.revision) if entry is not None else (None, None)
             if subject is not None and isinstance(event, (ToolCallCompleted, ApprovalDecided)):
                 why = check_inbox(state, event, subject)
+                if why is not None and _finished_redelivery(state, event, subject):
+                    # The redelivered result whose step finished the task, from a
+                    # replica killed after its compare-and-set and before its
+                    # outbox went out: the finished record keeps no transcript to
+                    # check it against. Nothing can move a finished session;
+                    # ``decide`` only re-emits its stored outbox, within the
+                    # dedupe window, under the same msg ids. Refusing it left the
+                    # task without a result (tests/test_replicas_join_leave.py).
+                    why = None
                 if why is not None:
                     if cached:
                         # Maybe only this replica's copy is behind: judge on the store's.
@@ -587,6 +601,14 @@ def audit_msg_id(rec: AuditRecord) -> str:
     ident = rec.details.get("approval_id") or rec.task_id
     who = hashlib.sha256(rec.actor.encode()).hexdigest()[:16]
     return f"audit:{rec.kind}:{ident}:{who}:{rec.at!r}"
+
+
+def _finished_redelivery(state: SessionState | None, event: ToolCallCompleted | ApprovalDecided,
+                         subject: str) -> bool:
+    """A tool result for a finished session of its agent, on that task's own inbox subject."""
+    return (state is not None and state.terminal and isinstance(event, ToolCallCompleted)
+            and state.task.agent == event.agent and state.task.task_id == event.task_id
+            and subjects.parse_inbox(subject) == (event.agent, "events", event.task_id))
 
 
 class _Refused(Exception):

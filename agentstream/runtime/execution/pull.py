@@ -136,6 +136,11 @@ class ContinuousPull:
     def wake(self) -> None:
         self._wake.set()
 
+    def wants(self) -> bool:
+        """Whether the loop would ask for more now (then :meth:`wake` is worth it)."""
+        want = self._room() - self.pending
+        return want > 0 and (self.pending == 0 or want >= self._threshold)
+
     async def start(self, stop: asyncio.Event) -> bool:
         """Create the consumer (retrying with backoff while the stream is away)
         and subscribe the inbox. False if ``stop`` was set first."""
@@ -161,14 +166,13 @@ class ContinuousPull:
                 reason, self._trouble = self._trouble, None
                 self.pending = 0
                 self.outage.failed(reason)
-                await _sleep_unless(stop, self.backoff.next_delay())
+                await sleep_unless(stop, self.backoff.next_delay())
                 if self._recreate and not stop.is_set():
                     self._recreate = False
                     await self._ensure_until_ok(stop)
                 continue
-            want = self._room() - self.pending
-            if want > 0 and (self.pending == 0 or want >= self._threshold):
-                await self._pull(want)
+            if self.wants():
+                await self._pull(self._room() - self.pending)
                 continue
             self._wake.clear()
             await self._wake.wait()
@@ -178,7 +182,7 @@ class ContinuousPull:
         they are gone (broker restarted, leader moved, connection lost). Ask
         again, after a backoff. Also wakes the loop when ``stop`` is set."""
         while not stop.is_set():
-            await _sleep_unless(stop, self.heartbeat_s)
+            await sleep_unless(stop, self.heartbeat_s)
             if (self.pending > 0 and self._trouble is None
                     and time.monotonic() - self._last_seen > self.heartbeat_s * 3):
                 self._trouble = "no heartbeat from the server"
@@ -257,12 +261,12 @@ class ContinuousPull:
                 raise
             except Exception as exc:  # noqa: BLE001 - every API failure here means "not yet"
                 self.outage.failed(f"cannot create or look up the consumer: {type(exc).__name__}: {exc}")
-                await _sleep_unless(stop, self.backoff.next_delay())
+                await sleep_unless(stop, self.backoff.next_delay())
                 continue
             return
 
 
-async def _sleep_unless(stop: asyncio.Event, delay: float) -> None:
+async def sleep_unless(stop: asyncio.Event, delay: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), timeout=delay)
     except TimeoutError:

@@ -1,7 +1,7 @@
 """Consumer lag per durable: the autoscaling signal.
 
-For every durable consumer on the work streams (TASKS, EVENTS, TOOLS), as the
-broker reports it (``$JS.API.CONSUMER.INFO``):
+For every durable consumer on the work streams (TASKS, EVENTS, INBOX, TOOLS),
+as the broker reports it (``$JS.API.CONSUMER.INFO``):
 
 - ``pending``: messages in the stream the consumer has not delivered yet (the
   backlog: replicas to add);
@@ -14,7 +14,10 @@ The figures are the broker's, so they are the same whichever process reads
 them: the HTTP API exposes them on ``/metrics`` (Prometheus) and
 ``/api/lag`` (dashboard), pushes them over OTLP when
 ``OTEL_METRICS_EXPORTER`` names ``otlp``, and ``agentstream stats`` prints
-them. KEDA's NATS JetStream scaler reads the same numbers from the
+them. An agent's partitioned inbox (one durable per partition on INBOX,
+``agent_<a>_events_<n>``, docs/scaling.md) is one row, ``agent_<a>_events``,
+the sum over its partitions: the agent's backlog, whichever replica owns
+which partition. KEDA's NATS JetStream scaler reads the same numbers from the
 nats-server monitoring endpoint (``ops/keda/``).
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -32,9 +36,11 @@ import nats.errors
 import nats.js.errors as jse
 from nats.js import JetStreamContext
 
+from agentstream.contracts.subjects import INBOX_STREAM
+
 log = logging.getLogger("agentstream.lag")
 
-WORK_STREAMS = ("TASKS", "EVENTS", "TOOLS")
+WORK_STREAMS = ("TASKS", "EVENTS", "INBOX", "TOOLS")
 
 # Prometheus name, OpenTelemetry name, field, help: one gauge per field,
 # labelled by stream and durable.
@@ -58,6 +64,8 @@ class ConsumerLag:
     ack_pending: int
     redelivered: int
     waiting: int
+    # Durables summed into this row (an agent's inbox partitions), else 1.
+    partitions: int = 1
 
     @property
     def lag(self) -> int:
@@ -83,7 +91,30 @@ async def read_lag(js: JetStreamContext, streams: Iterable[str] = WORK_STREAMS,
             out.append(ConsumerLag(stream=stream, durable=cfg.durable_name, pending=int(ci.num_pending or 0),
                                    ack_pending=int(ci.num_ack_pending or 0),
                                    redelivered=int(ci.num_redelivered or 0), waiting=int(ci.num_waiting or 0)))
-    return sorted(out, key=lambda c: (c.stream, c.durable))
+    return sorted(_sum_partitions(out), key=lambda c: (c.stream, c.durable))
+
+
+_PARTITION = re.compile(r"^(agent_.+_events)_(\d+)$")
+
+
+def _sum_partitions(lags: Iterable[ConsumerLag]) -> list[ConsumerLag]:
+    out: list[ConsumerLag] = []
+    sums: dict[str, ConsumerLag] = {}
+    for c in lags:
+        m = _PARTITION.match(c.durable) if c.stream == INBOX_STREAM else None
+        if m is None:
+            out.append(c)
+            continue
+        name = m.group(1)
+        prev = sums.get(name)
+        sums[name] = c if prev is None else ConsumerLag(
+            stream=c.stream, durable=name, pending=prev.pending + c.pending,
+            ack_pending=prev.ack_pending + c.ack_pending, redelivered=prev.redelivered + c.redelivered,
+            waiting=prev.waiting + c.waiting, partitions=prev.partitions + 1)
+        if prev is None:
+            sums[name] = ConsumerLag(stream=c.stream, durable=name, pending=c.pending, ack_pending=c.ack_pending,
+                                     redelivered=c.redelivered, waiting=c.waiting)
+    return [*out, *sums.values()]
 
 
 def lag_json(lags: Sequence[ConsumerLag]) -> list[dict[str, Any]]:

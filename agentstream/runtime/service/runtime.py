@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,8 +39,9 @@ from agentstream.runtime.core.errors import ConfigError
 from agentstream.runtime.core.policy import Policy, load_prices, parse_approvers
 from agentstream.runtime.core.ports import LLM, BlobStore, Bus, SessionStore
 from agentstream.runtime.core.tools import Tool
-from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterHook, PullConsumer
+from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterHook, Handler, PullConsumer
 from agentstream.runtime.execution.engine import AgentEngine, parse_deadline_key
+from agentstream.runtime.execution.partitions import PartitionedConsumer, member_id
 from agentstream.runtime.execution.pull import Outage
 from agentstream.runtime.execution.tool_runner import ToolRunner
 from agentstream.runtime.observability.telemetry import Telemetry, setup_telemetry
@@ -228,8 +230,14 @@ class Runtime:
                            routed_task_handler(router, name, role, task_handler(engine)),
                            on_dead_letter=task_rejected(engine) if not self.canary else None,
                            deliver_new=self.canary)
-            self._consumer("EVENTS", inbox_durable, subjects.events(name, "*"), inbox_handler(engine),
-                           deliver_new=self.canary)
+            if self.canary:
+                # A candidate reads the inbox from EVENTS on its own durable (both
+                # versions see every event, each resumes its own tasks); it runs
+                # few replicas for a short while, so it is not partitioned.
+                self._consumer("EVENTS", inbox_durable, subjects.events(name, "*"), inbox_handler(engine),
+                               deliver_new=True)
+            else:
+                self._inbox(name, inbox_handler(engine))
             # Decisions on their own subject, which only the approval service may publish to.
             decisions_durable = subjects.agent_durable(name, "decisions")
             if self.canary:
@@ -368,6 +376,24 @@ class Runtime:
         self.consumers.append(PullConsumer(self.js, cs, handler,  # type: ignore[arg-type]
                                            on_dead_letter=on_dead_letter))
 
+    def _inbox(self, agent: str, handler: Handler) -> None:
+        """The agent's inbox, partitioned by task, each partition pulled by one
+        replica (execution.partitions, docs/scaling.md)."""
+        s = self.settings
+        js = self.js
+        assert js is not None
+        durable, subject = subjects.agent_durable(agent, "events"), subjects.events(agent, "*")
+        cs = ConsumerSettings(stream=subjects.INBOX_STREAM, durable=durable, filter_subject=subject,
+                              max_in_flight=s.max_in_flight, ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver,
+                              max_bytes=s.max_event_bytes)
+        mw = self.telemetry.consumer_middleware(durable, subject) if self.telemetry is not None else None
+        if mw is not None:
+            cs.middlewares = (*cs.middlewares, mw)  # telemetry: a `process <subject>` span per message
+        self.consumers.append(PartitionedConsumer(
+            js, cs, handler, agent=agent, member=member_id(s.worker_id, secrets.token_hex(3)),
+            membership=nats_adapters.NatsMembership(js, agent),
+            partitions=lambda: nats_adapters.ensure_inbox(js, s.inbox_partitions, replicas=s.replicas)))
+
     async def _sweep(self, deadlines: SessionStore) -> None:
         """Fail tasks whose deadline passed while nothing arrived for them (a tool
         worker down, say). Every replica sweeps, one pass over the timers for
@@ -429,6 +455,9 @@ class Runtime:
         self.stop_event.set()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.shutdown_timeout_s + 5)
+        for name, e in self.engines.items():  # read by bench/scale.py: what replicas cost each other
+            log.info("engine %s: %d session reads, %d compare-and-set conflicts, %d model calls", name,
+                     e.session_reads, e.cas_conflicts, e.model_calls)
         # Each model once: one passed in through ``models`` is also an engine's
         # (behind the telemetry wrapper, which passes ``close`` through).
         models = {id(getattr(e.llm, "inner", e.llm)): e.llm for e in self.engines.values()}
