@@ -226,3 +226,15 @@ async def test_a_result_redelivered_after_its_replica_died_between_finishing_and
 
     with pytest.raises(Reject):
         await survivor.on_event(results[-1], subject=subjects.events(spec.name, "t2"))
+
+
+def test_the_events_sequence_of_an_inbox_copy_comes_from_the_servers_source_header() -> None:
+    # The shapes nats-server writes (stream.go genSourceHeader), with and without the source's hash.
+    assert subjects.source_seq({"Nats-Stream-Source": "EVENTS 42 > inbox.x.{{partition(16,2)}}.y agents.a.events.t"},
+                               "EVENTS") == 42
+    assert subjects.source_seq({"Nats-Stream-Source": "EVENTS:1a2b3c 7 > >"}, "EVENTS") == 7
+    # Another stream's copy, a missing or mangled header: no sequence, so the handler dead-letters it.
+    assert subjects.source_seq({"Nats-Stream-Source": "TASKS 7 > >"}, "EVENTS") is None
+    assert subjects.source_seq({"Nats-Stream-Source": "EVENTS x > >"}, "EVENTS") is None
+    assert subjects.source_seq({}, "EVENTS") is None
+    assert subjects.source_seq(None, "EVENTS") is None

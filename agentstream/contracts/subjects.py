@@ -7,6 +7,7 @@ outputs under ``shadow.``) is a change to this module only.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
@@ -391,6 +392,23 @@ def inbox_origin(subject: str) -> str | None:
     if len(parts) != 4 or parts[0] != INBOX_ROOT or not parts[2].isdigit():
         return None
     return events(parts[1], parts[3])
+
+
+EVENTS_STREAM = "EVENTS"
+# Set by the server on every message it sources into another stream:
+# "<source name>[:<hash>] <origin sequence> <filter> <destination> [<origin subject>]".
+# INBOX has no subjects of its own, so only the server writes there, and it
+# sets this header itself when it sources a message.
+SOURCE_HEADER = "Nats-Stream-Source"
+
+
+def source_seq(headers: Mapping[str, str] | None, stream: str) -> int | None:
+    """The origin stream sequence of a sourced message, if it came from ``stream``."""
+    value = (headers or {}).get(SOURCE_HEADER, "")
+    parts = value.split()
+    if len(parts) < 2 or parts[0].split(":", 1)[0] != stream or not parts[1].isdigit():
+        return None
+    return int(parts[1])
 
 
 # Agent replicas announce themselves here (key ``<agent>.<member>``, put every

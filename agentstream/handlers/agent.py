@@ -35,7 +35,17 @@ def inbox_handler(engine: AgentEngine) -> Handler:
         # From the partitioned inbox: judged by the subject it was published on
         # (only the server's transform writes inbox.<agent>.<partition>.<task>).
         # A shadow deployment's inbox is production's under shadow.<label>.: bound the same way.
-        subject = subjects.inbox_origin(msg.subject) or subjects.unshadowed(msg.subject)[1]
+        origin = subjects.inbox_origin(msg.subject)
+        if origin is not None:
+            # The engine and the tool workers name a result by its EVENTS
+            # sequence (plan approvals read the results a pointer names), not
+            # by the INBOX copy's, which is deleted once acknowledged.
+            seq = subjects.source_seq(msg.headers, subjects.EVENTS_STREAM)
+            if seq is None:
+                raise Reject(f"{msg.subject}: no EVENTS sequence in its {subjects.SOURCE_HEADER} header")
+            await engine.on_event(codec.agent_inbox.decode(msg.data), subject=origin, seq=seq)
+            return
+        subject = subjects.unshadowed(msg.subject)[1]
         await engine.on_event(codec.agent_inbox.decode(msg.data), subject=subject, seq=stream_seq(msg) or 0)
     return handle
 
