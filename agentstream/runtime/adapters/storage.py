@@ -79,6 +79,15 @@ def _stores() -> list[tuple[str, str, str]]:
                for bd in (subjects.PAYLOADS, *subjects.MEMORY_BUCKETS)])
 
 
+def _listed() -> list[tuple[str, str, str]]:
+    """What ``admin storage`` shows: every purgeable store, plus the agents'
+    partitioned inbox and replica heartbeats. Those two are shown, not purged:
+    INBOX holds only unprocessed tool results (a work queue, emptied by
+    acknowledgement) and the heartbeats expire by themselves within seconds."""
+    return [*_stores(), (subjects.INBOX_STREAM, "stream", subjects.INBOX_STREAM),
+            (subjects.REPLICAS.name, "bucket", subjects.REPLICAS.stream)]
+
+
 def stream_of_store(name: str) -> str:
     for store, _, stream in _stores():
         if store == name:
@@ -109,7 +118,7 @@ async def stats(nc: NatsClient) -> list[StoreStats]:
     """Every store the protocol defines, in definition order; one missing on
     the server (never provisioned) has ``exists`` False."""
     out: list[StoreStats] = []
-    for name, kind, stream in _stores():
+    for name, kind, stream in _listed():
         resp = await _api(nc, f"STREAM.INFO.{stream}")
         if "error" in resp:
             if resp["error"].get("code") == 404:
