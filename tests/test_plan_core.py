@@ -411,6 +411,13 @@ def test_each_routing_decision_is_an_event_and_kept_in_the_session() -> None:
     assert s.planning is not None and s.planning.phase == "planning"
     assert request_shape(s, routed)[1] == SUBMIT_PLAN_NAME
 
+    # as wide, but the refund depends on a check nobody has seen: ReAct, and the event says why
+    s, d = go(None, task(hard.replace("refund the cheapest one", "refund the cheapest one if it is eligible")),
+              ctx(spec=routed))
+    [ev] = events(d, RouteDecided)
+    assert ev.strategy == "react" and ev.features["conditionals"] == 1 and "cannot branch" in ev.reason
+    assert s.planning is not None and s.planning.phase == "react"
+
 
 # ----------------------------------------------------------------- plan-level approval
 
