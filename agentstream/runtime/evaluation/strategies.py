@@ -178,28 +178,26 @@ def _has_figures(lb: Label) -> bool:
 
 
 def calibrate_outcomes(labelled: Sequence[Label]) -> RouterPolicy:
-    """The threshold whose routing of these cases keeps the most success, and
-    among those the one that agrees with the most labels; ties go to the
-    higher threshold (the simpler strategy).
+    """The threshold whose routing of these cases does best in the order
+    :func:`better` ranks one case: success first, then cost (tokens when
+    unpriced); ties go to the higher threshold (the simpler strategy).
 
-    Accuracy alone counts every miss alike, so many cases where planning
-    saves a few tokens outvote a few where it loses the request: the demo's
-    calibration planned nearly everything that way (0.87 success on the
-    held-out part against ReAct's 1.00). Success comes first, as in
-    :func:`better`. The rest is left to the labels, which already weighed
-    cost and latency per case within a tolerance: ranking by the mean cost
-    instead let a few costly cases (a replan and a fall back at ~3x) decide,
-    and over-fitted a small calibration part (bench, ``speculate``: 1.2x
-    ReAct's cost on the held-out part, against 0.96x this way)."""
+    Accuracy against the per-case labels counts every miss alike, so many
+    cases where planning saves a few tokens outvote a few where it loses
+    the request; the demo's calibration planned nearly everything that way
+    (threshold 0.10, 0.87 success on the held-out part against ReAct's 1.00).
+    Ranking the routings by what they do weighs a lost success above any
+    saving, as the labels themselves do."""
     if not labelled:
         return RouterPolicy()
     scores = sorted({complexity(features(lb.input)) for lb in labelled})
+    priced = any(c for lb in labelled for c in lb.cost_usd)
 
     def outcome(threshold: float) -> tuple[float, float, float]:
         policy = RouterPolicy(threshold=threshold)
         m = mix(labelled, lambda lb: route(lb.input, policy).strategy)
         # Rounded: a mean of per-case means must not split hairs in float noise.
-        return round(m.success, 9), accuracy(policy, labelled), threshold
+        return round(m.success, 9), -round(m.cost_usd if priced else m.tokens, 12), threshold
 
     return RouterPolicy(threshold=max([*scores, scores[-1] + 1.0], key=outcome))
 
