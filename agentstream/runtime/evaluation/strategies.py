@@ -17,7 +17,6 @@ harness (``agentstream eval calibrate-router``, ``bench/strategies.py``).
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -173,42 +172,8 @@ class Calibration:
         return "\n".join(lines) + "\n"
 
 
-def _has_figures(lb: Label) -> bool:
-    return all(not math.isnan(v) for v in (*lb.success, *lb.tokens, *lb.cost_usd))
-
-
-def calibrate_outcomes(labelled: Sequence[Label]) -> RouterPolicy:
-    """The threshold whose routing of these cases does best in the order
-    :func:`better` ranks one case: success first, then cost (tokens when
-    unpriced); ties go to the higher threshold (the simpler strategy).
-
-    Accuracy against the per-case labels counts every miss alike, so many
-    cases where planning saves a few tokens outvote a few where it loses
-    the request; the demo's calibration planned nearly everything that way
-    (threshold 0.10, 0.87 success on the held-out part against ReAct's 1.00).
-    Ranking the routings by what they do weighs a lost success above any
-    saving, as the labels themselves do."""
-    if not labelled:
-        return RouterPolicy()
-    scores = sorted({complexity(features(lb.input)) for lb in labelled})
-    priced = any(c for lb in labelled for c in lb.cost_usd)
-
-    def outcome(threshold: float) -> tuple[float, float, float]:
-        policy = RouterPolicy(threshold=threshold)
-        m = mix(labelled, lambda lb: route(lb.input, policy).strategy)
-        # Rounded: a mean of per-case means must not split hairs in float noise.
-        return round(m.success, 9), -round(m.cost_usd if priced else m.tokens, 12), threshold
-
-    return RouterPolicy(threshold=max([*scores, scores[-1] + 1.0], key=outcome))
-
-
 def calibrate_router(calibration: Sequence[Label], held_out: Sequence[Label]) -> Calibration:
-    """The threshold from the calibration labels: by outcome (``calibrate_outcomes``)
-    when they carry what each strategy did, else by accuracy (``router.calibrate``)."""
-    if calibration and all(_has_figures(lb) for lb in calibration):
-        policy = calibrate_outcomes(calibration)
-    else:
-        policy = calibrate([(lb.input, lb.better) for lb in calibration])
+    policy = calibrate([(lb.input, lb.better) for lb in calibration])
     return Calibration(policy=policy, calibration=list(calibration), held_out=list(held_out),
                        calibration_accuracy=accuracy(policy, calibration),
                        held_out_accuracy=accuracy(policy, held_out),
