@@ -77,7 +77,7 @@ def test_success_decides_first_then_cost_then_latency_and_ties_go_to_react() -> 
 def test_calibration_learns_the_threshold_and_is_scored_on_the_held_out_labels() -> None:
     simple = ["Where is order 1?", "What are your hours?", "Hello!"]
     complex_ = ["Where are orders 1, 2 and 3, and when will they arrive, and can they be refunded?",
-                "Check orders 5 and 9 and refund the ones that qualify, then tell me their status and customers."]
+                "Check orders 5 and 9, then tell me their status and shipping and who the customers are."]
     cal = [S.Label(case_id=t, input=t, better="react", why="cost") for t in simple]
     cal += [S.Label(case_id=t, input=t, better="plan", why="cost") for t in complex_]
     held = [S.Label(case_id="h1", input="Where is #7?", better="react", why="tie"),

@@ -246,6 +246,48 @@ def test_a_pointer_the_output_cannot_satisfy_fails_the_step_not_the_tool() -> No
     assert json.loads(s.messages[-1].content)["failed"]["c"]["error"]["error"]["kind"] == "unresolved"
 
 
+def test_an_empty_plan_means_nothing_to_run_and_the_solver_answers_at_once() -> None:
+    s, _ = go(None, task("Hello!"))
+    s, d = go(s, planner(1, rationale="a greeting: nothing to look up"))
+    [proposed] = events(d, PlanProposed)
+    assert proposed.valid and proposed.steps == ()
+    assert published(d) == [] and [e.kind for e in events(d, PlanProgress)] == ["solving"]
+    # no replan, no fallback: the next turn is the solver's
+    assert s.planning is not None and s.planning.phase == "solving" and s.step == 2
+    assert request_shape(s, SPEC) == ((), "none")
+    # the planner's call is answered, and no assistant turn with neither text nor calls follows
+    assert s.messages[-1].role == "tool" and s.messages[-1].tool_call_id == "plan1"
+    assert all(m.content or m.tool_calls for m in s.messages if m.role == "assistant")
+    s, d = go(s, model(2, text="Hello! How can I help?"))
+    done = outcome(d)
+    assert isinstance(done, TaskCompleted) and done.output.startswith("Hello") and done.tool_calls == 0
+
+
+def test_a_replan_with_nothing_left_to_run_goes_to_the_solver_not_to_react() -> None:
+    s, _ = go(None, task())
+    s, _ = go(s, planner(1, {"id": "a", "tool": "lookup_order", "args": {"order_id": 42}}))
+    s, _ = go(s, result(s, "p1-a", ok=False, error=ToolError(kind="not_found", message="no order 42")))
+    assert s.planning is not None and s.planning.phase == "planning" and s.planning.attempt == 1
+    # max_replans=1: an invalid second plan would fall back to ReAct; an empty one is the answer
+    s, d = go(s, planner(2))
+    assert [e.kind for e in events(d, PlanProgress)] == ["solving"]
+    assert s.planning is not None and s.planning.phase == "solving" and not s.planning.fallback
+    s, d = go(s, model(3, text="I could not find order 42."))
+    assert isinstance(outcome(d), TaskCompleted)
+
+
+def test_an_empty_plan_beside_direct_calls_is_an_error_not_an_answer() -> None:
+    s, _ = go(None, task())
+    body = json.dumps({"steps": []})
+    s, d = go(s, model(1, ToolCall(id="plan1", name=SUBMIT_PLAN_NAME, arguments=body),
+                       ToolCall(id="x", name="lookup_order", arguments='{"order_id": 42}')))
+    assert published(d) == []
+    [proposed] = events(d, PlanProposed)
+    assert not proposed.valid and [e["kind"] for e in proposed.errors] == ["empty"]
+    assert "lookup_order" in proposed.errors[0]["message"]
+    assert s.planning is not None and s.planning.phase == "planning"
+
+
 def test_a_planner_that_calls_tools_directly_is_told_to_plan_and_nothing_runs() -> None:
     s, _ = go(None, task())
     s, d = go(s, model(1, ToolCall(id="x", name="refund", arguments='{"order_id": 1, "amount": 5}')))
@@ -368,6 +410,13 @@ def test_each_routing_decision_is_an_event_and_kept_in_the_session() -> None:
     assert ev.strategy == "plan" and ev.score >= ev.threshold
     assert s.planning is not None and s.planning.phase == "planning"
     assert request_shape(s, routed)[1] == SUBMIT_PLAN_NAME
+
+    # as wide, but the refund depends on a check nobody has seen: ReAct, and the event says why
+    s, d = go(None, task(hard.replace("refund the cheapest one", "refund the cheapest one if it is eligible")),
+              ctx(spec=routed))
+    [ev] = events(d, RouteDecided)
+    assert ev.strategy == "react" and ev.features["conditionals"] == 1 and "cannot branch" in ev.reason
+    assert s.planning is not None and s.planning.phase == "react"
 
 
 # ----------------------------------------------------------------- plan-level approval

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentstream.contracts.events import ToolSpec
@@ -63,7 +63,9 @@ def test_invalid_plans_get_structured_errors() -> None:
                {"id": "a", "tool": "lookup_order", "args": {"order_id": 2}})
     assert "duplicate_id" in kinds(P.validate(dup, TOOLS, max_steps=5))
     assert isinstance(P.parse_plan("{not json"), P.PlanError)
-    assert isinstance(P.parse_plan('{"steps": []}'), P.PlanError)
+    # "nothing to run" is a plan (the solver answers at once), and a valid one
+    empty = P.parse_plan('{"steps": []}')
+    assert isinstance(empty, P.Plan) and P.validate(empty, TOOLS, max_steps=0) == []
 
 
 def test_pointers_resolve_to_values_or_fail_loudly() -> None:
@@ -140,3 +142,66 @@ def test_calibration_picks_the_threshold_that_separates_held_out_cases() -> None
         ("Look up order 5 and order 6 and compare their totals, then create a ticket", "plan")]
     policy = R.calibrate(examples)
     assert all(R.route(t, policy).strategy == s for t, s in examples)
+
+
+# A clause that makes an action depend on an outcome not yet seen, each
+# starting with its marker (so appending one cannot merge with the text before).
+CONDITIONAL_CLAUSES = ["if it is eligible", "unless it has shipped", "whether it qualifies", "in case it is late",
+                       "depending on its status", "whichever is eligible", "if they qualify", "only when it arrives"]
+
+
+def test_an_action_that_depends_on_an_unseen_outcome_goes_to_react_however_wide_the_request() -> None:
+    wide = "For orders 12, 13 and 14: where are they, when will they arrive, and who are the customers?"
+    assert R.route(wide).strategy == "plan"
+    gated = "For orders 12, 13 and 14: refund the ones that are eligible, and tell me who the customers are."
+    decision = R.route(gated)
+    assert decision.strategy == "react" and decision.features.conditionals >= 1
+    assert "cannot branch" in decision.reason
+    for text in ("Refund orders 2 and 4 if they are eligible.", "Refund whichever of orders 8 and 10 is eligible.",
+                 "Cancel order 5 unless it has shipped, and check order 6 and 7."):
+        assert R.route(text).strategy == "react", text
+    # a question about eligibility acts on nothing: no conditional
+    assert R.features("Can orders 8, 10 and 13 be refunded?").conditionals == 0
+
+
+def test_calibration_can_now_tell_conditional_requests_from_wide_ones() -> None:
+    """The cases plan-first loses (conditional refunds) scored as high as those
+    it wins (fans, chains): no threshold separated them. Now one does."""
+    examples: list[tuple[str, R.Strategy]] = [
+        ("Where is my order 42?", "react"), ("Hello!", "react"),
+        ("Refund whichever of orders 8 and 10 is eligible.", "react"),
+        ("Refund each of orders 12, 13 and 14 that is eligible.", "react"),
+        ("Check orders 3 and 4: refund the ones that qualify and tell me their status.", "react"),
+        ("Where are my orders 5, 7 and 11?", "plan"), ("What is the status of orders 6, 9, 12 and 15?", "plan"),
+        ("For orders 1 and 2: where are they, can they be refunded, and who are the customers?", "plan")]
+    policy = R.calibrate(examples)
+    assert all(R.route(t, policy).strategy == s for t, s in examples)
+    held_out = [("Refund orders 2 and 4 if they are eligible.", "react"),
+                ("Please look up orders 1, 2, 3, 4 and 5.", "plan")]
+    assert all(R.route(t, policy).strategy == s for t, s in held_out)
+
+
+@settings(max_examples=300)
+@given(text=st.text(max_size=300) | st.lists(st.sampled_from(
+           ["orders", "order", "1", "2", "17", "and", "then", "refund", "check", "where", "?", "if", "eligible",
+            "please", "customer", "ship", "also", "each", "whether", "unless", ":"]), max_size=40).map(" ".join),
+       clause=st.sampled_from(CONDITIONAL_CLAUSES),
+       threshold=st.floats(-50, 50, allow_nan=False))
+def test_adding_a_conditional_never_makes_a_request_more_likely_to_be_planned(text: str, clause: str,
+                                                                              threshold: float) -> None:
+    policy = R.RouterPolicy(threshold=threshold)
+    before, after = R.route(text, policy), R.route(f"{text} {clause}", policy)
+    assert after.features.conditionals > before.features.conditionals
+    assert after.score < before.score
+    assert after.strategy == "react" or before.strategy == "plan"
+
+
+@given(text=st.text(max_size=500), threshold=st.floats(allow_nan=False, allow_infinity=False),
+       softness=st.floats(allow_nan=False, allow_infinity=False))
+def test_every_decision_is_consistent_and_its_confidence_within_half_and_one(text: str, threshold: float,
+                                                                             softness: float) -> None:
+    d = R.route(text, R.RouterPolicy(threshold=threshold, softness=softness))
+    assert 0.5 <= d.confidence <= 1.0
+    assert (d.strategy == "plan") == (d.score >= threshold) and d.threshold == threshold
+    f = d.features
+    assert min(f.words, f.questions, f.conjunctions, f.entities, f.actions, f.conditionals) >= 0

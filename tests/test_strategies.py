@@ -111,7 +111,8 @@ async def plan_first(script: Any, messages: list[Message], run: Run, max_replans
                                                             "done": [st.id for st in parsed.steps]})))
                 ran = tuple(ToolCall(id=f"p{attempt + 1}-{st.id}", name=st.tool,
                                      arguments=json.dumps(P.resolve(st.args, outputs))) for st in parsed.steps)
-                messages.append(Message(role="assistant", tool_calls=ran))
+                if ran:  # an empty plan ran nothing: no empty assistant turn (as the core)
+                    messages.append(Message(role="assistant", tool_calls=ran))
                 for c, st in zip(ran, parsed.steps):
                     messages.append(Message(role="tool", name=c.name, tool_call_id=c.id,
                                             content=json.dumps(outputs[st.id])))
@@ -221,10 +222,18 @@ async def test_a_planner_cannot_branch_on_a_result_it_has_not_seen() -> None:
     assert [n for n, _ in react.calls].count("issue_refund") == 1 and "R-00010" in react.answer
 
 
-async def test_requests_without_tools_fall_back_to_react_when_no_plan_is_possible() -> None:
+async def test_a_request_that_needs_no_tool_is_planned_empty_and_answered_by_the_solver() -> None:
     run = await drive("plan", "Hello!")
-    assert run.fell_back and run.turns[-1] == "react"
-    assert "orders" in run.answer
+    assert not run.fell_back and run.replans == 0 and run.turns == ["planner", "solver"]
+    assert run.calls == [] and "orders" in run.answer
+    react_run = await drive("react", "Hello!")
+    assert run.answer == react_run.answer
+
+
+async def test_a_replan_with_nothing_left_answers_instead_of_falling_back() -> None:
+    run = await drive("plan", "Where is my order 999999?")
+    assert not run.fell_back and run.turns == ["planner", "planner", "solver"]
+    assert run.answer == (await drive("react", "Where is my order 999999?")).answer
 
 
 async def test_one_step_requests_plan_the_same_tools_the_one_turn_script_calls() -> None:
@@ -308,7 +317,7 @@ async def test_each_run_of_the_same_request_draws_afresh_and_the_whole_is_reprod
 def test_any_request_gets_a_well_formed_turn_of_every_kind(text: str) -> None:
     """A user's text is open-ended: whatever it says, each turn is well formed
     (known tools, JSON arguments; a plan that parses and only fails validation
-    on budget or emptiness; a solver that answers in text)."""
+    on budget; a solver that answers in text)."""
     script = support_desk.make_support_script(sim.Assumptions(planner_conditionals="speculate"))
     msgs = (Message(role="system", content=SPEC.instructions), Message(role="user", content=text))
     react = script(ModelRequest(model="m", messages=msgs, tools=SPEC.tools))
@@ -318,10 +327,8 @@ def test_any_request_gets_a_well_formed_turn_of_every_kind(text: str) -> None:
                                   tool_choice=SUBMIT_PLAN_NAME))
     [call] = planner.tool_calls
     parsed = P.parse_plan(call.arguments)
-    if isinstance(parsed, P.Plan):
-        assert {e.kind for e in P.validate(parsed, TOOLS, max_steps=1000)} <= {"over_budget"}
-    else:
-        assert parsed.kind == "empty"
+    assert isinstance(parsed, P.Plan)  # an empty plan included: "nothing to run"
+    assert {e.kind for e in P.validate(parsed, TOOLS, max_steps=1000)} <= {"over_budget"}
     solver = script(ModelRequest(model="m", messages=msgs, tools=(), tool_choice="none"))
     assert solver.text and not solver.tool_calls
     assert react.usage.input_tokens > 0 and planner.usage.output_tokens > 0

@@ -187,13 +187,19 @@ async def test_the_routed_candidate_shadows_production_react_without_side_effect
         # Tasks the router keeps on ReAct behave exactly as production does.
         same = shadow_report(by_route["react"], agent="support", candidate="routed", min_pairs=1)
         assert same.pairs == 0 or same.verdict == "no differences"
+        # A refund that depends on eligibility ("if it is eligible", "whichever qualifies") is kept
+        # on ReAct whatever the threshold, and is issued as production issues it (by production).
+        gated = [r for r in recs if route(text[r.task_id], policy).features.conditionals]
+        assert gated and all(r.shadows["routed"].strategy == "react" for r in gated)
+        assert any(t.startswith("issue_refund") for r in gated for t in r.shadows["routed"].tools)
         planned = by_route["plan"]
         assert planned, "the calibrated router plans some of this traffic"
         # Planned tasks: fewer tokens (two turns, no re-reading, no tool schemas in the solver turn) ...
         assert sum(r.shadows["routed"].tokens for r in planned) < sum(
             r.production.tokens for r in planned if r.production is not None)
-        # ... and a planner cannot act on a result it has not seen: production refunded, the
-        # shadow only said it could (the report lists these first), with no refund of its own.
+        # ... and a planner cannot act on a result it has not seen: where the dependency is only
+        # implied ("please refund": this agent checks eligibility first, which the text does not
+        # say), production refunded, the shadow only said it could (the report lists these first).
         acted = [r for r in planned if r.production is not None
                  and any(t.startswith("issue_refund") for t in r.production.tools)]
         assert acted and all(not any(t.startswith("issue_refund") for t in r.shadows["routed"].tools)

@@ -320,9 +320,10 @@ app.agent("support", instructions=INSTRUCTIONS, tools=TOOLS, version="plan", can
 
 # Calibrated, not guessed: `agentstream eval calibrate-router
 # agentstream/examples/datasets/support.yaml agentstream/examples/datasets/multistep.yaml
-# --held-out 0.3 --seed 0 --runs 2` printed it for this scripted model (docs/planning.md,
-# "Measured": with these features the router ends up planning nearly everything, and the
-# shadow comparison shows what that costs).
+# --held-out 0.3 --seed 0 --runs 2` printed it for this scripted model, again after the
+# router gained its conditional veto (docs/planning.md, "Measured": with no latency and no
+# prices, tokens decide, and the router plans every request without an explicit
+# conditional; the shadow comparison shows the implicit refunds that costs).
 ROUTER_THRESHOLD = 0.10
 app.agent("support", instructions=INSTRUCTIONS, tools=TOOLS, version="routed", candidate=True, strategy="routed",
           router_threshold=ROUTER_THRESHOLD,

@@ -10,7 +10,8 @@ unblocks its dependents, pointers resolved from earlier outputs. A failed
 step (or a pointer its output cannot satisfy) sends the planner
 ``{"failed": {...}, "done": {...}}``; after ``max_replans`` replans the
 task falls back to ReAct with everything done so far in its transcript.
-When every step has its output, a solver turn (no tools) writes the answer.
+When every step has its output, a solver turn (no tools) writes the answer;
+a plan with no steps ("nothing to run") goes to the solver at once.
 
 Every transition keeps the ReAct guarantees: call ids and idempotency keys
 are deterministic (``p<attempt>-<step id>``), the deadline, budgets and
@@ -100,6 +101,12 @@ def on_planner(state: SessionState, ev: ModelResponded, ctx: Context) -> Decisio
         parsed = parse_plan(submitted.arguments)
         if isinstance(parsed, PlanError):
             errors = [parsed]
+        elif not parsed.steps and others:
+            # An empty plan says "nothing to run"; beside direct calls the model
+            # meant to act, and answering now would silently drop that work.
+            errors = [PlanError(kind="empty", message="the plan has no steps but you called "
+                                + ", ".join(sorted({c.name for c in calls if c.id != submitted.id}))
+                                + " directly: put those calls in the plan, or submit an empty plan alone to answer")]
         else:
             plan = parsed
             left = max(ctx.spec.max_tool_calls - state.tool_calls_total, 0)

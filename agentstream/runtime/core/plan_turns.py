@@ -75,8 +75,11 @@ def solve(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -> D
     order = [call_id(p.attempt, s.id) for s in plan.steps]
     tool_calls = tuple(ToolCall(id=c, name=by_call[c].tool, arguments=dumps(by_call[c].arguments))
                        for c in order if c in by_call)
-    messages = [*reply_messages(state, {"plan": p.digest, "done": [s.id for s in plan.steps]}),
-                Message(role="assistant", tool_calls=tool_calls)]
+    messages = [*reply_messages(state, {"plan": p.digest, "done": [s.id for s in plan.steps]})]
+    if tool_calls:
+        # An empty plan ran nothing: an assistant message with neither text nor
+        # calls is refused by hosted APIs (OpenAI answers 400), so there is none.
+        messages.append(Message(role="assistant", tool_calls=tool_calls))
     messages += [Message(role="tool", tool_call_id=c.id, name=c.name, content=by_result[c.id].content)
                  for c in tool_calls if c.id in by_result]
     state = msgspec.structs.replace(state, messages=(*state.messages, *messages), pending=(), results=(),

@@ -53,14 +53,20 @@ _plan_decoder = msgspec.json.Decoder(Plan)
 
 
 def parse_plan(text: str) -> Plan | PlanError:
-    """A plan from the model's JSON (the arguments of its ``submit_plan`` call)."""
+    """A plan from the model's JSON (the arguments of its ``submit_plan`` call).
+
+    A plan with no steps is a plan: "nothing to run, answer" (a greeting, a
+    question the conversation already answers, a replan after a failure that
+    leaves nothing worth running). It is the planner's counterpart of a ReAct
+    turn without tool calls, and the strategy goes straight to the solver.
+    Refusing it cost a replan per attempt and then a fall back to ReAct, for
+    a request that never needed a tool. The one place it is still an error is
+    the planner turn that submits it beside direct tool calls (``plan_first``):
+    the model meant to act, so "nothing to run" would drop those calls."""
     try:
-        plan = _plan_decoder.decode(text)
+        return _plan_decoder.decode(text)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return PlanError(kind="malformed", message=f"the plan is not valid JSON of the plan shape: {exc}")
-    if not plan.steps:
-        return PlanError(kind="empty", message="the plan has no steps")
-    return plan
 
 
 # ----------------------------------------------------------------- pointers
