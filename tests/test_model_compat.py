@@ -229,8 +229,53 @@ async def test_tools_offered_and_never_called_is_a_warning_metric_and_a_stats_li
         stats, _, source = await views.load_stats(client.js, 3600)
     assert source == "telemetry" or stats.tools_unused, source
     assert stats.tools_unused == (("support", "fake-model", TOOLS_UNUSED_TURNS),)
-    assert "warning: agent support: model fake-model was offered tools in its last 20 turns and called none" \
+    assert "warning: agent support: model fake-model was offered tools at the start of its last 20 tasks and called none" \
         in views.render_stats(stats)
+
+async def test_a_model_that_calls_tools_is_not_warned_about_however_its_turns_interleave(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With many tasks in flight, a model that calls tools on each task's first
+    turn and answers on its second produces long runs of answering turns (W1 at
+    32 in flight logged the warning 21 times in 1000 tasks); only opening turns
+    count, so it is never warned about. One that calls nothing is, once per
+    TOOLS_UNUSED_TURNS tasks."""
+    from agentstream.contracts.events import ModelResponse, ToolCall
+    from agentstream.runtime.observability.instrumentation import TOOLS_UNUSED_TURNS
+    from agentstream.runtime.observability.telemetry import Telemetry
+    from agentstream.runtime.observability.telemetry_config import TelemetryConfig
+
+    class Scripted:
+        name = "two-turn"
+
+        def __init__(self, calls: bool) -> None:
+            self.calls = calls
+
+        async def complete(self, request: ModelRequest) -> ModelResponse:
+            opening = not any(m.role == "assistant" for m in request.messages)
+            if opening and self.calls:
+                return ModelResponse(tool_calls=(ToolCall(id="c1", name="t", arguments="{}"),))
+            return ModelResponse(text="done")
+
+    tool = ToolSpec(name="t", description="d", parameters={"type": "object", "properties": {}})
+    opening = ModelRequest(model="m", messages=(Message(role="user", content="q"),), tools=(tool,))
+    answering = ModelRequest(model="m", tools=(tool,), messages=(
+        Message(role="user", content="q"), Message(role="assistant", tool_calls=(ToolCall(id="c1", name="t"),)),
+        Message(role="tool", content="{}", tool_call_id="c1")))
+    tel = Telemetry(TelemetryConfig(metrics=False, traces_exporters=()), worker_id="w-unused")
+    caplog.set_level(logging.WARNING, logger="agentstream.telemetry")
+    works = tel.wrap_llm(Scripted(calls=True), "a")
+    for _ in range(32):  # the first turns of 32 tasks, then their answers, in a burst
+        await works.complete(opening)
+    for _ in range(3 * TOOLS_UNUSED_TURNS):
+        await works.complete(answering)
+    assert not [r for r in caplog.records if "called none" in r.getMessage()]
+    silent = tel.wrap_llm(Scripted(calls=False), "b")
+    for _ in range(TOOLS_UNUSED_TURNS):
+        await silent.complete(opening)
+        await silent.complete(answering)
+    warned = [r.getMessage() for r in caplog.records if "called none" in r.getMessage()]
+    assert len(warned) == 1 and "agent b" in warned[0], warned
+
 
 _maybe_float = st.none() | st.floats(min_value=0, max_value=2, allow_nan=False)
 

@@ -79,10 +79,18 @@ class TracedBus:
             sp.end()
 
 
-# An agent whose model was offered tools this many turns in a row and called
-# none gets a warning (log and the agentstream.tools.unused metric): a model
-# or chat format that cannot call tools answers without them, plausibly.
+# An agent whose model was offered tools at the start of this many tasks in a
+# row and called none (in any turn since) gets a warning (log and the
+# agentstream.tools.unused metric): a model or chat format that cannot call
+# tools answers without them, plausibly. Only a task's opening turn counts:
+# with many tasks in flight, runs of twenty answering turns (after the tools)
+# are ordinary, and counting them warned about models that call tools fine.
 TOOLS_UNUSED_TURNS = 20
+
+
+def opening_turn(request: ModelRequest) -> bool:
+    """A task's first model turn: nothing has been answered yet."""
+    return not any(m.role == "assistant" for m in request.messages)
 
 
 class TracedLLM:
@@ -94,18 +102,20 @@ class TracedLLM:
         self.agent = agent
         self.name = inner.name
         self.provider = _provider_name(inner)
-        self._turns_without_calls = 0  # consecutive turns offered tools, none called
+        self._turns_without_calls = 0  # opening turns offered tools since a model last called one
         self._attr_sets = AttributeSets()
 
-    def _note_tool_use(self, model: str, offered: int, called: int) -> None:
+    def _note_tool_use(self, model: str, offered: int, called: int, opening: bool) -> None:
         if not offered:
             return
         if called:
             self._turns_without_calls = 0
             return
+        if not opening:
+            return
         self._turns_without_calls += 1
         if self._turns_without_calls % TOOLS_UNUSED_TURNS == 0:
-            log.warning("agent %s: model %s was offered tools in the last %d turns and called none; it may not "
+            log.warning("agent %s: model %s was offered tools at the start of its last %d tasks and called none; it may not "
                         "support tool calling (agentstream doctor)", self.agent, model, self._turns_without_calls)
             m = self.tel.metrics
             if m is not None:
@@ -162,11 +172,13 @@ class TracedLLM:
             # Read by `stats`: turns offered tools and turns that called one.
             a["agentstream.tools_offered"] = len(request.tools)
             a["agentstream.tool_calls"] = len(resp.tool_calls)
+            if opening_turn(request):
+                a["agentstream.opening_turn"] = True
             if tel.capture:
                 a["gen_ai.output.messages"] = redact(_json([_output_message(resp)]))
             sp.end()
         self._metrics(request.model, resp.model, info, time.perf_counter() - t0, None, resp)
-        self._note_tool_use(request.model, len(request.tools), len(resp.tool_calls))
+        self._note_tool_use(request.model, len(request.tools), len(resp.tool_calls), opening_turn(request))
         return resp
 
     def _metrics(self, model: str, response_model: str, info: _TaskInfo | None, seconds: float,

@@ -232,8 +232,8 @@ def compute_stats(spans: Sequence[SpanRecord], results: Sequence[TaskResult], *,
                  unpriced_models=unpriced, tools_unused=unused)
 
 
-# `stats` warns about an agent whose model was offered tools in at least this
-# many of its last turns (up to TOOLS_UNUSED_TURNS) and called none.
+# `stats` warns about an agent whose model was offered tools at the start of at
+# least this many tasks (counted up to TOOLS_UNUSED_TURNS) since it last called one.
 TOOLS_UNUSED_MIN_TURNS = 5
 
 
@@ -246,9 +246,15 @@ def _tools_unused(spans: Sequence[SpanRecord]) -> tuple[tuple[str, str, int], ..
             offered[str(_attr(s, "gen_ai.agent.name", "") or "?")].append(s)
     out = []
     for agent, chats in sorted(offered.items()):
-        last = sorted(chats, key=lambda s: s.end)[-TOOLS_UNUSED_TURNS:]
-        if len(last) >= TOOLS_UNUSED_MIN_TURNS and not any(_num(_attr(s, "agentstream.tool_calls", 0)) for s in last):
-            out.append((agent, _chat_model(last[-1]), len(last)))
+        since: list[SpanRecord] = []  # opening turns after the last turn that called a tool
+        for s in sorted(chats, key=lambda s: s.end):
+            if _num(_attr(s, "agentstream.tool_calls", 0)):
+                since = []
+            elif _attr(s, "agentstream.opening_turn", False):
+                since.append(s)
+        since = since[-TOOLS_UNUSED_TURNS:]
+        if len(since) >= TOOLS_UNUSED_MIN_TURNS:
+            out.append((agent, _chat_model(since[-1]), len(since)))
     return tuple(out)
 
 
@@ -290,7 +296,7 @@ def render_stats(stats: Stats) -> str:
         lines.append(f"unpriced models (no price configured): {', '.join(sorted(unpriced))}; "
                      + PRICES_HINT.replace("MODEL", sorted(unpriced)[0]))
     for agent, model, turns in stats.tools_unused:
-        lines.append(f"warning: agent {agent}: model {model} was offered tools in its last {turns} turns and called "
+        lines.append(f"warning: agent {agent}: model {model} was offered tools at the start of its last {turns} tasks and called "
                      "none; it may not support tool calling (agentstream doctor)")
     if not stats.tasks and not stats.spans:
         lines.append("(no tasks or spans in this window)")
