@@ -54,6 +54,8 @@ async def test_a_healthy_deployment(nats_server: EmbeddedNats, tmp_path: Path) -
     assert lines["broker"].startswith("ok") and "reachable" in lines["broker"]
     assert lines["jetstream"].startswith("ok")
     assert lines["streams"].startswith("ok") and "all" in lines["streams"]
+    # No agent worker has run: the partitioned inbox is not there yet, which is no fault.
+    assert lines["inbox"].startswith("-") and "not created yet" in lines["inbox"]
     assert lines["model"].startswith("ok"), lines["model"]
     assert 'called get_weather({"city": "Paris"})' in lines["model"] and "usage 90 in / 12 out" in lines["model"]
     assert lines["agents"].startswith("ok")
@@ -103,3 +105,14 @@ async def test_worker_start_up_warns_when_its_model_cannot_call_tools(nats_serve
         assert srv.chat_requests[0]["tools"][0]["function"]["name"] == "get_weather"
     line = next(x for x in err.read_text().splitlines() if "did not call the tool" in x)
     assert "agents with tools (support)" in line and "docs/models.md" in line
+
+
+async def test_the_partitioned_inbox_is_reported_once_an_agent_worker_made_it(nats_server: EmbeddedNats,
+                                                                            tmp_path: Path) -> None:
+    from agentstream.runtime.adapters import jetstream
+
+    async with await AgentClient.connect(nats_server.url, telemetry=False) as client:
+        await jetstream.ensure_inbox(client.js, 4)  # what an agent worker does at start
+    code, lines = await doctor({"AGENTSTREAM_NATS_URL": nats_server.url}, tmp_path)
+    assert lines["inbox"].startswith("ok") and "4 partitions" in lines["inbox"], lines["inbox"]
+    assert "0 tool result(s) waiting" in lines["inbox"]

@@ -2,7 +2,7 @@
 newcomer learns what is wrong before a task fails silently.
 
 Checked: the broker (reachable, credentials accepted, JetStream on, streams
-and buckets present), the model server (a probe with one tool: answers? calls
+and buckets present, the agents' partitioned inbox), the model server (a probe with one tool: answers? calls
 the tool? reports usage? how long?), whether agents with tools can use that
 model, and the OTLP endpoint when an OTLP exporter is configured. The vector
 store gets its line when memory lands.
@@ -38,6 +38,23 @@ class Check:
 
     def line(self) -> str:
         return f"{self.level:<4}  {self.name:<10}  {self.detail}"
+
+
+async def _inbox_check(js: Any) -> Check:
+    """The agents' partitioned inbox (docs/scaling.md): made by the first agent
+    worker, so its absence before one has run is not a fault."""
+    from agentstream.runtime.adapters import jetstream
+
+    try:
+        info = await js.stream_info(subjects.INBOX_STREAM)
+    except Exception:  # noqa: BLE001 - not found, or no permission: not there to us
+        return Check(SKIP, "inbox", f"{subjects.INBOX_STREAM} not created yet (the first agent worker creates it)")
+    parts = jetstream.inbox_partitions(info.config)
+    if parts is None:
+        return Check(FAIL, "inbox", f"stream {subjects.INBOX_STREAM} exists but is not the partitioned inbox "
+                                    "(no EVENTS source with the inbox transform): agent workers will refuse to start")
+    return Check(OK, "inbox", f"{parts} partitions, {info.state.messages} tool result(s) waiting, "
+                              f"{info.state.consumer_count} partition consumer(s)")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -110,6 +127,7 @@ async def _broker_checks(settings: Settings, checks: list[Check]) -> bool:
         else:
             checks.append(Check(OK, "streams", f"all {len(subjects.STREAMS)} streams and "
                                                f"{len(subjects.BUCKETS)} buckets present"))
+        checks.append(await _inbox_check(js))
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
