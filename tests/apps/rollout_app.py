@@ -16,9 +16,11 @@ at the tool itself.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
-import random
 import re
+from collections.abc import Callable
 
 from agentstream import App, FunctionModel, ModelRequest, ModelResponse, answer, calls, last_user, tool, tool_results
 
@@ -65,7 +67,7 @@ def _order(text: str) -> tuple[str, float]:
     return (m.group(1), float(m.group(2))) if m else ("thing", 1.0)
 
 
-def _script(*, check: bool, noisy: random.Random | None, regressed: bool = False):  # type: ignore[no-untyped-def]
+def _script(*, check: bool, noisy: Callable[[str], float] | None, regressed: bool = False):  # type: ignore[no-untyped-def]
     def script(request: ModelRequest) -> ModelResponse:
         item, amount = _order(last_user(request))
         results = tool_results(request)
@@ -77,16 +79,27 @@ def _script(*, check: bool, noisy: random.Random | None, regressed: bool = False
         if regressed:
             return answer(f"done: {item}")
         stock = 7 + len(item)
-        if noisy is not None and noisy.random() < 0.3:
+        if noisy is not None and noisy(last_user(request)) < 0.3:
             return answer(f"Your card was charged {amount:.2f} for the {item}; {stock} remain in stock.")
         return answer(f"charged {amount:.2f} for {item}; {stock} left")
     return script
 
 
+_INSTANCES: dict[str, itertools.count[int]] = {}
+
+
 def _model(label: str, *, check: bool = True, regressed: bool = False) -> FunctionModel:
     noisy = None
     if os.environ.get("ROLLOUT_APP_RANDOM") == "1":
-        noisy = random.Random(f"{os.environ.get('ROLLOUT_APP_SEED', '1')}:{label}:{os.getpid()}:{id(object())}")
+        # A draw per (seed, label, instance, request), not a stateful generator:
+        # the same tasks give the same noise whatever order they arrive in, so
+        # the test is deterministic; two instances of one label (production and
+        # a noise shadow) still differ.
+        counter = _INSTANCES.setdefault(label, itertools.count())
+        key = f"{os.environ.get('ROLLOUT_APP_SEED', '1')}:{label}:{next(counter)}"
+
+        def noisy(text: str) -> float:
+            return int.from_bytes(hashlib.sha256(f"{key}:{text}".encode()).digest()[:8], "big") / 2**64
     return FunctionModel(_script(check=check, noisy=noisy, regressed=regressed), name=f"shop-{label}")
 
 
