@@ -377,3 +377,13 @@ def _refuse_approver(state: SessionState, pend: PendingCall, ev: ApprovalDecided
     audit = _audit("approval.rejected", ctx, state.task, actor=who, approval_id=ev.approval_id, tool=pend.tool,
                    reason=f"{who} may not decide; allowed: {', '.join(allowed) or 'anyone'}")
     return Decision(state=state, commands=(audit,), changed=False)
+
+
+def _decision_recorded(state: SessionState, pend: PendingCall, ev: ApprovalDecided, ctx: Context,
+                       **audit: Any) -> tuple[AnyCommand, ...]:
+    """What any accepted decision (on a call or a whole plan) does first: stop
+    its timer, record it, audit it."""
+    return (ClearApprovalTimer(call_id=pend.call_id),
+            RecordApproval(approval_id=ev.approval_id, status="approved" if ev.approved else "denied", decision=ev),
+            _audit("approval.decided", ctx, state.task, actor=ev.approver, approval_id=ev.approval_id,
+                   tool=pend.tool, approved=ev.approved, reason=ev.reason, **audit))

@@ -35,6 +35,7 @@ from agentstream.runtime.core.common import (  # noqa: F401 - re-exported: the e
     _audit,
     _call_model,
     _complete,
+    _decision_recorded,
     _duplicate,
     _emit,
     _fail,
@@ -287,11 +288,7 @@ def _on_decision(state: SessionState, ev: ApprovalDecided, ctx: Context, after: 
     if refused is not None:
         return refused
     task = state.task
-    verdict = "approved" if ev.approved else "denied"
-    audit = _audit("approval.decided", ctx, task, actor=ev.approver, approval_id=ev.approval_id, tool=pend.tool,
-                   approved=ev.approved, reason=ev.reason)
-    record = RecordApproval(approval_id=ev.approval_id, status=verdict, decision=ev)
-    common: tuple[AnyCommand, ...] = (ClearApprovalTimer(call_id=pend.call_id), record, audit)
+    common = _decision_recorded(state, pend, ev, ctx)
     if ev.approved:
         pending = tuple(msgspec.structs.replace(p, approval="approved", approval_seq=ctx.decision_seq)
                         if p.call_id == pend.call_id else p for p in state.pending)

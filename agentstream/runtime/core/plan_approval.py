@@ -19,6 +19,7 @@ from agentstream.runtime.core.common import (
     Decision,
     _ask_approval,
     _audit,
+    _decision_recorded,
     _duplicate,
     _emit,
     _fail,
@@ -116,13 +117,7 @@ def on_plan_decision(state: SessionState, ev: ApprovalDecided, ctx: Context) -> 
     refused = _refuse_approver(state, pend, ev, ctx)
     if refused is not None:
         return refused
-    task = state.task
-    verdict = "approved" if ev.approved else "denied"
-    common: tuple[AnyCommand, ...] = (
-        ClearApprovalTimer(call_id=pend.call_id),
-        RecordApproval(approval_id=ev.approval_id, status=verdict, decision=ev),
-        _audit("approval.decided", ctx, task, actor=ev.approver, approval_id=ev.approval_id, tool=pend.tool,
-               approved=ev.approved, reason=ev.reason, plan_digest=state.planning.digest))
+    common = _decision_recorded(state, pend, ev, ctx, plan_digest=state.planning.digest)
     if ev.approved:
         planning = msgspec.structs.replace(state.planning, phase="executing", approval_seq=ctx.decision_seq)
         state = msgspec.structs.replace(state, planning=planning, pending=(), updated_at=ctx.now)

@@ -449,10 +449,7 @@ class ToolRunner:
             return f"the decision {d.approval_id} approved other arguments"
         if not d.approved:
             return f"the decision {d.approval_id} denied this call"
-        allowed = tool.approvers or self.approvers
-        if allowed and d.approver not in allowed:
-            return f"{d.approver} may not approve {req.tool}"
-        return _once(req)
+        return self._approver_refused(req, d, tool) or _once(req)
 
     async def _check_plan_approval(self, req: ToolCallRequested, d: ApprovalDecided, tool: Tool) -> str | None:
         """A gated call under a whole plan's approval: the decision (already
@@ -507,6 +504,9 @@ class ToolRunner:
             return f"the decision {d.approval_id} approved other arguments for step {step_id!r}"
         if not d.approved:
             return f"the decision {d.approval_id} denied this plan"
+        return self._approver_refused(req, d, tool)
+
+    def _approver_refused(self, req: ToolCallRequested, d: ApprovalDecided, tool: Tool) -> str | None:
         allowed = tool.approvers or self.approvers
         if allowed and d.approver not in allowed:
             return f"{d.approver} may not approve {req.tool}"

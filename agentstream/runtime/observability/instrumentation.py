@@ -162,6 +162,7 @@ class TracedLLM:
                 sp.end()
             self._metrics(request.model, "", info, time.perf_counter() - t0, etype, None)
             raise
+        opening = bool(request.tools) and opening_turn(request)  # only turns offered tools are counted
         if sp is not None:
             a = sp.attributes
             a["gen_ai.response.model"] = resp.model or request.model
@@ -172,13 +173,13 @@ class TracedLLM:
             # Read by `stats`: turns offered tools and turns that called one.
             a["agentstream.tools_offered"] = len(request.tools)
             a["agentstream.tool_calls"] = len(resp.tool_calls)
-            if opening_turn(request):
+            if opening:
                 a["agentstream.opening_turn"] = True
             if tel.capture:
                 a["gen_ai.output.messages"] = redact(_json([_output_message(resp)]))
             sp.end()
         self._metrics(request.model, resp.model, info, time.perf_counter() - t0, None, resp)
-        self._note_tool_use(request.model, len(request.tools), len(resp.tool_calls), opening_turn(request))
+        self._note_tool_use(request.model, len(request.tools), len(resp.tool_calls), opening)
         return resp
 
     def _metrics(self, model: str, response_model: str, info: _TaskInfo | None, seconds: float,
