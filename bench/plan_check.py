@@ -22,7 +22,7 @@ from typing import Any
 
 from agentstream.contracts import codec, subjects
 from agentstream.contracts.events import ApprovalDecided, ToolCallCompleted, ToolCallRequested
-from agentstream.runtime.adapters.in_memory import InMemoryBus
+from agentstream.runtime.adapters.in_memory import InMemoryBus, InMemoryStream
 from agentstream.runtime.core.plan_approval import approval_arguments
 from agentstream.runtime.core.tools import tool
 from agentstream.runtime.execution.tool_runner import ToolRunner
@@ -51,21 +51,9 @@ async def act(n: int) -> dict[str, int]:
     return {"done": n}
 
 
-class Stream:
-    def __init__(self) -> None:
-        self.msgs: dict[int, tuple[str, bytes]] = {}
-
-    def add(self, subject: str, body: bytes) -> int:
-        self.msgs[len(self.msgs) + 1] = (subject, body)
-        return len(self.msgs)
-
-    async def read(self, seq: int) -> tuple[str, bytes] | None:
-        return self.msgs.get(seq)
-
-
-def world(mode: str, depth: int) -> tuple[Stream, ToolCallRequested]:
+def world(mode: str, depth: int) -> tuple[InMemoryStream, ToolCallRequested]:
     """The stream a gated call's check reads, and the call."""
-    ev = Stream()
+    ev = InMemoryStream()
     if mode == "per-call":
         d = ApprovalDecided(approval_id="a", task_id=TASK, agent=AGENT, step=1, call_id="c1", approved=True,
                             approver="alice", tool="act", arguments_digest=codec.arguments_digest({"n": 7}))

@@ -62,7 +62,7 @@ from agentstream.contracts.events import (
     ToolCallRequested,
     ToolError,
 )
-from agentstream.runtime.adapters.in_memory import InMemoryBus
+from agentstream.runtime.adapters.in_memory import InMemoryBus, InMemoryStream
 from agentstream.runtime.adapters.scan import scan
 from agentstream.runtime.core.decide import decide
 from agentstream.runtime.core.plan_approval import approval_arguments
@@ -232,19 +232,6 @@ CHAIN = Plan(steps=(
 T = "t-chain"
 
 
-class Events:
-    """An EVENTS stream in memory: what a DecisionReader reads by sequence."""
-
-    def __init__(self) -> None:
-        self.msgs: dict[int, tuple[str, bytes]] = {}
-
-    def add(self, subject: str, body: bytes) -> int:
-        self.msgs[len(self.msgs) + 1] = (subject, body)
-        return len(self.msgs)
-
-    async def read(self, seq: int) -> tuple[str, bytes] | None:
-        return self.msgs.get(seq)
-
 
 def _result(task_id: str, call_id: str, tool: str, args: dict[str, object], out: object, *,
             step: int = 1) -> bytes:
@@ -252,11 +239,11 @@ def _result(task_id: str, call_id: str, tool: str, args: dict[str, object], out:
                                           ok=True, result=out, arguments_digest=codec.arguments_digest(args)))
 
 
-def chain_world() -> tuple[Events, dict[str, int]]:
+def chain_world() -> tuple[InMemoryStream, dict[str, int]]:
     """The chain plan approved and its lookups answered; beside them what an
     attacker can get onto the stream: a lookup rerun with another order, a
     result of another task, a decision, garbage."""
-    ev = Events()
+    ev = InMemoryStream()
     shown = approval_arguments(CHAIN)
     d = ApprovalDecided(approval_id=f"{T}-1-plan-1", task_id=T, agent=AGENT, step=1, call_id="plan-1", approved=True,
                         approver="alice", tool=SUBMIT_PLAN_NAME, arguments_digest=codec.arguments_digest(shown),
@@ -281,7 +268,7 @@ def refund_call(args: dict[str, Any], inputs: dict[str, int], decision: int) -> 
                              reply_subject=subjects.events(AGENT, T), requested_at=0.0)
 
 
-async def run_refund(ev: Events, req: ToolCallRequested) -> str | None:
+async def run_refund(ev: InMemoryStream, req: ToolCallRequested) -> str | None:
     """None if the refund ran; else why the worker refused it."""
     tools = {t.name: t for t in (plan_app.lookup_order, plan_app.issue_refund)}
     runner = ToolRunner(tools, InMemoryBus(), worker="w", decisions=ev.read)
@@ -309,7 +296,7 @@ async def test_the_worker_follows_pointers_through_every_step_they_pass() -> Non
 async def test_a_per_call_approval_runs_its_call_once_too() -> None:
     """The same rule without a plan: an approved call republished under a
     fresh idempotency key is not the approved call."""
-    ev = Events()
+    ev = InMemoryStream()
     d = ApprovalDecided(approval_id=f"{T}-1-c1", task_id=T, agent=AGENT, step=1, call_id="c1", approved=True,
                         approver="alice", tool="issue_refund",
                         arguments_digest=codec.arguments_digest({"order_id": 42, "amount": 500.0}))

@@ -78,6 +78,21 @@ class InMemoryBus:
         return [p for p in self.published if p.subject.startswith(prefix)]
 
 
+class InMemoryStream:
+    """A stream's messages by sequence (1, 2, ...): what a tool runner's
+    ``DecisionReader`` reads from EVENTS, for in-process tests and benches."""
+
+    def __init__(self) -> None:
+        self.msgs: dict[int, tuple[str, bytes]] = {}
+
+    def add(self, subject: str, body: bytes) -> int:
+        self.msgs[len(self.msgs) + 1] = (subject, body)
+        return len(self.msgs)
+
+    async def read(self, seq: int) -> tuple[str, bytes] | None:
+        return self.msgs.get(seq)
+
+
 class InMemoryBlobs:
     """``BlobStore`` in a dict: the claim-check store of in-process tests."""
 
