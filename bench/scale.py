@@ -207,7 +207,7 @@ async def hop_gaps(client: AgentClient, tag: str) -> list[float]:
     its result stored in RESULTS (the step the issue saw stall 340-480 ms),
     from the streams' own timestamps."""
     last_tool: dict[str, float] = {}
-    for raw in await scan(client.js, "EVENTS", f"agents.{AGENT}.events.*"):
+    for raw in await scan(client.js, subjects.EVENTS_STREAM, subjects.stored(f"agents.{AGENT}.events.*")):
         tid = raw.subject.rsplit(".", 1)[1]
         if "-iso-" in tid and tid.startswith(tag):
             last_tool[tid] = max(last_tool.get(tid, 0.0), raw.time)

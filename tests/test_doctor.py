@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from conftest import cli_command, worker_env
 from fake_openai import FakeOpenAI, text_reply, tool_calls_reply
@@ -54,8 +55,9 @@ async def test_a_healthy_deployment(nats_server: EmbeddedNats, tmp_path: Path) -
     assert lines["broker"].startswith("ok") and "reachable" in lines["broker"]
     assert lines["jetstream"].startswith("ok")
     assert lines["streams"].startswith("ok") and "all" in lines["streams"]
-    # No agent worker has run: the partitioned inbox is not there yet, which is no fault.
-    assert lines["inbox"].startswith("-") and "not created yet" in lines["inbox"]
+    # No agent worker has run: the inbox is partitioned (EVENTS was made so), nobody pulls it yet.
+    assert lines["inbox"].startswith("ok") and "16 partitions in EVENTS" in lines["inbox"], lines["inbox"]
+    assert "0 partition consumer(s)" in lines["inbox"]
     assert lines["model"].startswith("ok"), lines["model"]
     assert 'called get_weather({"city": "Paris"})' in lines["model"] and "usage 90 in / 12 out" in lines["model"]
     assert lines["agents"].startswith("ok")
@@ -111,8 +113,12 @@ async def test_the_partitioned_inbox_is_reported_once_an_agent_worker_made_it(na
                                                                             tmp_path: Path) -> None:
     from agentstream.runtime.adapters import jetstream
 
-    async with await AgentClient.connect(nats_server.url, telemetry=False) as client:
-        await jetstream.ensure_inbox(client.js, 4)  # what an agent worker does at start
+    nc = await nats.connect(nats_server.url)
+    try:  # what an agent worker configured with AGENTSTREAM_INBOX_PARTITIONS=4 does at start
+        await jetstream.provision(nc.jetstream(), partitions=4)
+        await jetstream.events_partitions(nc.jetstream())
+    finally:
+        await nc.close()
     code, lines = await doctor({"AGENTSTREAM_NATS_URL": nats_server.url}, tmp_path)
     assert lines["inbox"].startswith("ok") and "4 partitions" in lines["inbox"], lines["inbox"]
     assert "0 tool result(s) waiting" in lines["inbox"]

@@ -212,12 +212,12 @@ async def test_an_at_most_once_call_cut_off_mid_run_is_not_run_again(nats_url: s
         with contextlib.suppress(asyncio.CancelledError):
             await first
         assert await store.get(start_key(result_key(req))) is not None
-        assert await count(js, "EVENTS", req.reply_subject) == 0
+        assert await count(js, "EVENTS", subjects.stored(req.reply_subject)) == 0
 
         second = ToolRunner({"pay": pay}, bus, worker="w2", results=store)
         await asyncio.wait_for(second.on_call(req), WAIT_S)
         assert runs == ["t1:1:c1"]  # not run again
-        msg = await js.get_last_msg("EVENTS", req.reply_subject)
+        msg = await js.get_last_msg("EVENTS", subjects.stored(req.reply_subject))
         done = codec.agent_inbox.decode(msg.data or b"")
         assert isinstance(done, ToolCallCompleted) and not done.ok and done.error is not None
         assert done.error.kind == "outcome_unknown" and "w1" in done.error.message
@@ -228,7 +228,7 @@ async def test_an_at_most_once_call_cut_off_mid_run_is_not_run_again(nats_url: s
 
         # A third delivery, on a third worker: the same stored answer, still no run.
         await asyncio.wait_for(ToolRunner({"pay": pay}, bus, worker="w3", results=store).on_call(req), WAIT_S)
-        assert runs == ["t1:1:c1"] and await count(js, "EVENTS", req.reply_subject) == 1
+        assert runs == ["t1:1:c1"] and await count(js, "EVENTS", subjects.stored(req.reply_subject)) == 1
     finally:
         await nc.close()
 
@@ -255,7 +255,7 @@ async def test_an_at_most_once_call_that_finished_is_answered_from_its_stored_re
         for worker in ("w1", "w2"):
             await ToolRunner({"pay": pay}, nats_adapters.NatsBus(js), worker=worker, results=store).on_call(req)
         assert runs == [7]
-        done = codec.agent_inbox.decode((await js.get_last_msg("EVENTS", req.reply_subject)).data or b"")
+        done = codec.agent_inbox.decode((await js.get_last_msg("EVENTS", subjects.stored(req.reply_subject))).data or b"")
         assert isinstance(done, ToolCallCompleted) and done.ok and done.result == "paid"
     finally:
         await nc.close()
@@ -304,11 +304,11 @@ async def test_a_result_is_republished_until_the_broker_takes_it(nats_server: Em
         await asyncio.to_thread(nats_server.start)
         await asyncio.wait_for(call, WAIT_S)
         assert runs == ["t1:1:c1"] and runner.delivered == 1
-        await until(lambda: count(js, "EVENTS", req.reply_subject), WAIT_S, "the result in the stream")
-        assert await count(js, "EVENTS", req.reply_subject) == 1
+        await until(lambda: count(js, "EVENTS", subjects.stored(req.reply_subject)), WAIT_S, "the result in the stream")
+        assert await count(js, "EVENTS", subjects.stored(req.reply_subject)) == 1
         # A redelivery of the call (its ack lost with the broker) does not run the tool again.
         await asyncio.wait_for(runner.on_call(req), WAIT_S)
-        assert runs == ["t1:1:c1"] and await count(js, "EVENTS", req.reply_subject) == 1
+        assert runs == ["t1:1:c1"] and await count(js, "EVENTS", subjects.stored(req.reply_subject)) == 1
     finally:
         await nc.close()
 
@@ -346,7 +346,7 @@ async def test_a_large_tool_result_travels_by_reference(runtime: Runtime, client
     res = await client.result(task_id, timeout=WAIT_S)
     assert isinstance(res, TaskCompleted), res
     assert res.output == f"big_report={BIG}"  # the model read the whole result
-    raw = await client.js.get_last_msg("EVENTS", subjects.events("fx", task_id))
+    raw = await client.js.get_last_msg("EVENTS", subjects.stored(subjects.events("fx", task_id)))
     assert len(raw.data or b"") < 4096
     done = codec.agent_inbox.decode(raw.data or b"")
     assert isinstance(done, ToolCallCompleted) and done.result is None and done.result_ref
@@ -485,7 +485,7 @@ async def test_a_result_too_large_for_the_broker_without_an_object_store_is_a_to
         runner = ToolRunner({"dump": dump}, nats_adapters.NatsBus(js), worker="w")
         req = request("dump", {"n": 2 * 1024 * 1024})
         await asyncio.wait_for(runner.on_call(req), WAIT_S)
-        done = codec.agent_inbox.decode((await js.get_last_msg("EVENTS", req.reply_subject)).data or b"")
+        done = codec.agent_inbox.decode((await js.get_last_msg("EVENTS", subjects.stored(req.reply_subject))).data or b"")
         assert isinstance(done, ToolCallCompleted) and done.error is not None
         assert done.error.kind == "result_too_large"
     finally:

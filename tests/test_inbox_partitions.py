@@ -47,9 +47,14 @@ def test_every_partition_has_one_owner_and_the_split_is_even(partitions: int, me
     assert assign(partitions, shuffled) == owners
 
 
-@given(members=members_st.filter(lambda ms: len(ms) >= 2))
+@given(members=st.lists(st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=1, max_size=12),
+                        min_size=2, max_size=8, unique=True))
 @settings(max_examples=100, deadline=None)
 def test_a_member_leaving_moves_mostly_its_own_partitions(members: list[str]) -> None:
+    # Up to 8 replicas of an agent, what the default 16 partitions are sized
+    # for. With about as many replicas as partitions the bound ceil(P/n)
+    # changes as one leaves and moves cascade (up to 10 of 16 measured at 16
+    # members): correct still, just a bigger reshuffle.
     before = assign(16, members)
     after = assign(16, members[1:])
     moved = [p for p in range(16) if before[p] != after[p] and before[p] != members[0]]
@@ -58,48 +63,50 @@ def test_a_member_leaving_moves_mostly_its_own_partitions(members: list[str]) ->
 
 
 @given(task_ids=st.lists(st.from_regex(r"[A-Za-z0-9_\-]{1,40}", fullmatch=True), min_size=1, max_size=40,
-                         unique=True))
+                         unique=True),
+       kind=st.sampled_from(["events", "progress", "decisions"]))
 @settings(max_examples=50, deadline=None)
-def test_inbox_origin_inverts_the_partition_subject(task_ids: list[str]) -> None:
+def test_published_inverts_the_stored_subject_and_stored_matches_it(task_ids: list[str], kind: str) -> None:
     for tid in task_ids:
         p = subjects.inbox_partition(tid, 16)
         assert 0 <= p < 16
-        assert subjects.inbox_origin(f"inbox.support.{p}.{tid}") == subjects.events("support", tid)
-    assert subjects.inbox_origin("agents.support.events.t1") is None
-    assert subjects.inbox_origin("inbox.support.x.t1") is None
+        origin = f"agents.support.{kind}.{tid}"
+        stored = f"agents.support.{kind}.{p}.{tid}"
+        assert subjects.published(stored) == origin
+        assert subjects.matches(subjects.stored(origin), stored)
+        assert subjects.matches(subjects.stored(subjects.any_task_activity(tid)), stored)
+        assert subjects.matches(subjects.inbox_partition_filter("support", p), stored) == (kind == "events")
+    # other streams' subjects, and a 5-token subject that is not a partition, pass unchanged
+    for other in ("agents.support.results.t1", "agents.support.tasks", "shadow.l.agents.support.events.t1",
+                  "agents.support.events.x.t1"):
+        assert subjects.published(other) == other
+    assert subjects.stored("agents.support.results.t1") == "agents.support.results.t1"
 
 
-async def test_the_server_partitions_inbox_events_as_the_runtime_computes(nats_server: EmbeddedNats) -> None:
-    """Only tool results are sourced (not progress, not decisions), each into
-    partition fnv1a(task id) mod P, and the stream's own count wins over a
-    replica configured differently."""
+async def test_the_server_partitions_events_as_the_runtime_computes(nats_server: EmbeddedNats) -> None:
+    """EVENTS stores every event with partition fnv1a(task id) mod P before
+    the task id, an existing stream's count wins over a replica configured
+    differently, and nobody can publish a partitioned subject themselves."""
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     try:
         await nats_adapters.provision(js)
-        assert await nats_adapters.ensure_inbox(js, 16) == 16
-        assert await nats_adapters.ensure_inbox(js, 8) == 16
+        assert await nats_adapters.events_partitions(js) == 16
+        await nats_adapters.provision(js, partitions=8)  # a replica configured for 8
+        assert await nats_adapters.events_partitions(js) == 16
         rng = random.Random(7)
         ids = ["".join(rng.choice(string.ascii_letters + string.digits + "-_") for _ in range(rng.randint(1, 40)))
                for _ in range(200)]
-        # first, so that once the events after them are sourced, they would have been too
-        await js.publish(subjects.progress("support", ids[0]), b"{}")
-        await js.publish(subjects.decisions("support", ids[0]), b"{}")
-        for tid in ids:
-            await js.publish(subjects.events("support", tid), b"{}")
-
-        async def all_sourced() -> bool:
-            return int((await js.stream_info(subjects.INBOX_STREAM)).state.messages) >= len(ids)
-
-        await until(all_sourced, 10, "every event sourced into INBOX")
-        assert int((await js.stream_info(subjects.INBOX_STREAM)).state.messages) == len(ids)
-        # (a work-queue stream: read by sequence, not with a scanning consumer)
-        stored = [str((await js.get_msg(subjects.INBOX_STREAM, seq)).subject)
-                  for seq in range(1, len(ids) + 1)]
-        assert sorted(s.split(".")[3] for s in stored) == sorted(ids)
-        for subject in stored:
-            _, agent, part, tid = subject.split(".")
-            assert agent == "support" and int(part) == subjects.inbox_partition(tid, 16), subject
+        acks = [await js.publish(subjects.events("support", tid), b"{}") for tid in ids]
+        acks.append(await js.publish(subjects.progress("support", ids[0]), b"{}"))
+        stored = [str((await js.get_msg(subjects.EVENTS_STREAM, a.seq)).subject) for a in acks]
+        for subject, tid in zip(stored, [*ids, ids[0]], strict=True):
+            _, agent, _kind, part, got = subject.split(".")
+            assert agent == "support" and got == tid and int(part) == subjects.inbox_partition(tid, 16), subject
+        assert stored[-1].split(".")[2] == "progress"
+        # a forged partitioned subject matches none of EVENTS' subjects
+        with pytest.raises(nats.js.errors.NoStreamResponseError):
+            await js.publish(f"agents.support.events.3.{ids[0]}", b"{}", timeout=2)
     finally:
         await nc.close()
 
@@ -154,7 +161,7 @@ async def test_two_agent_replicas_split_the_inbox_and_never_conflict(
         assert all(e.model_calls > 0 for e in engines)
         # `agentstream stats`: one inbox row, summed over the partitions
         lag = {(c.stream, c.durable): c for c in await read_lag(client.js)}
-        inbox = lag[(subjects.INBOX_STREAM, subjects.agent_durable("crashy", "events"))]
+        inbox = lag[(subjects.EVENTS_STREAM, subjects.agent_durable("crashy", "events"))]
         assert inbox.partitions == 16 and inbox.pending == 0
         assert not any(d.startswith(subjects.agent_durable("crashy", "events") + "_") for _, d in lag)
     finally:
@@ -226,15 +233,3 @@ async def test_a_result_redelivered_after_its_replica_died_between_finishing_and
 
     with pytest.raises(Reject):
         await survivor.on_event(results[-1], subject=subjects.events(spec.name, "t2"))
-
-
-def test_the_events_sequence_of_an_inbox_copy_comes_from_the_servers_source_header() -> None:
-    # The shapes nats-server writes (stream.go genSourceHeader), with and without the source's hash.
-    assert subjects.source_seq({"Nats-Stream-Source": "EVENTS 42 > inbox.x.{{partition(16,2)}}.y agents.a.events.t"},
-                               "EVENTS") == 42
-    assert subjects.source_seq({"Nats-Stream-Source": "EVENTS:1a2b3c 7 > >"}, "EVENTS") == 7
-    # Another stream's copy, a missing or mangled header: no sequence, so the handler dead-letters it.
-    assert subjects.source_seq({"Nats-Stream-Source": "TASKS 7 > >"}, "EVENTS") is None
-    assert subjects.source_seq({"Nats-Stream-Source": "EVENTS x > >"}, "EVENTS") is None
-    assert subjects.source_seq({}, "EVENTS") is None
-    assert subjects.source_seq(None, "EVENTS") is None

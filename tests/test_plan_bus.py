@@ -133,7 +133,7 @@ async def test_one_approval_of_the_whole_plan_runs_its_gated_step(desk: Desk) ->
     assert len(kinds(await desk.events(task_id), ApprovalDecided)) == 1  # once for the plan, not per call
 
     # The genuine plan decision cannot carry calls the plan does not hold.
-    seq = (await scan(desk.admin.js, "EVENTS", subjects.decisions(AGENT, task_id)))[0].seq
+    seq = (await scan(desk.admin.js, "EVENTS", subjects.stored(subjects.decisions(AGENT, task_id))))[0].seq
     evil = await desk.agent_role()
     subject = subjects.tool_calls("issue_refund")
 
@@ -152,7 +152,7 @@ async def test_one_approval_of_the_whole_plan_runs_its_gated_step(desk: Desk) ->
     # to: the worker reads the lookup's result (at the sequence the call
     # names) and resolves the approved pointers itself.
     results = {codec.agent_inbox.decode(r.data).call_id: r.seq
-               for r in await scan(desk.admin.js, "EVENTS", subjects.events(AGENT, task_id))}
+               for r in await scan(desk.admin.js, "EVENTS", subjects.stored(subjects.events(AGENT, task_id)))}
     more = msgspec.structs.replace(call("p1-refund", 500.0), plan_inputs={"look": results["p1-look"]})
     await evil.publish(subject, codec.encode(more))
     await desk.dead_letter(subject, "approved other arguments for step 'refund'")

@@ -91,13 +91,13 @@ async def approved_run(desk: Desk, text: str) -> tuple[str, int]:
     task_id, rec = await desk.parked(text)
     await approvals.decide(desk.approver, rec.request.approval_id, approved=True, approver="alice")
     assert isinstance(await desk.client.result(task_id, timeout=WAIT_S), TaskCompleted)
-    [decision] = await scan(desk.admin.js, "EVENTS", subjects.decisions(AGENT, task_id))
+    [decision] = await scan(desk.admin.js, "EVENTS", subjects.stored(subjects.decisions(AGENT, task_id)))
     return task_id, decision.seq
 
 
 async def results_by_call(desk: Desk, task_id: str) -> dict[str, int]:
     out: dict[str, int] = {}
-    for raw in await scan(desk.admin.js, "EVENTS", subjects.events(AGENT, task_id)):
+    for raw in await scan(desk.admin.js, "EVENTS", subjects.stored(subjects.events(AGENT, task_id))):
         ev = codec.agent_inbox.decode(raw.data)
         if isinstance(ev, ToolCallCompleted):
             out.setdefault(ev.call_id, raw.seq)  # the first: the one the session took
@@ -180,7 +180,7 @@ async def test_a_denied_plan_submitted_again_asks_again_and_the_denial_runs_noth
     assert desk.runs() == []  # the denial ran nothing, and the new plan waits for a human
 
     # The denial itself cannot be used as an approval of the new plan's steps, nor of the old one's.
-    [denial] = await scan(desk.admin.js, "EVENTS", subjects.decisions(AGENT, task_id))
+    [denial] = await scan(desk.admin.js, "EVENTS", subjects.stored(subjects.decisions(AGENT, task_id)))
     evil = await desk.agent_role()
     subject = subjects.tool_calls("issue_refund")
     for call_id, step in (("p1-refund", rec.request.step), ("p2-refund", again.request.step)):
@@ -358,7 +358,7 @@ async def test_a_plan_shown_to_the_human_is_the_plan_the_worker_runs(desk: Desk)
     assert listed.request.arguments["shown"] == q.arguments["shown"]
     with pytest.raises(approvals.ApprovalError):  # the agent refuses the decision: not what it asked
         await approvals.decide(desk.approver, q.approval_id, approved=True, approver="alice", wait_s=2.0)
-    [decision] = await scan(desk.admin.js, "EVENTS", subjects.decisions(AGENT, task_id))
+    [decision] = await scan(desk.admin.js, "EVENTS", subjects.stored(subjects.decisions(AGENT, task_id)))
     subject = subjects.tool_calls("issue_refund")
     await evil.publish(subject, codec.encode(forged(task_id, "p1-refund", "issue_refund",
                                                     {"order_id": 42, "amount": 9000.0}, step=q.step,

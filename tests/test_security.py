@@ -106,8 +106,8 @@ class Desk:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
     async def landed(self, subject: str, stream: str = "EVENTS") -> int:
-        info = await self.admin.js.stream_info(stream, subjects_filter=subject)
-        return int((info.state.subjects or {}).get(subject, 0))
+        info = await self.admin.js.stream_info(stream, subjects_filter=subjects.stored(subject))
+        return sum(int(n) for s, n in (info.state.subjects or {}).items() if subjects.published(s) == subject)
 
     async def session_revision(self, task_id: str) -> int:
         entry = await self.admin.js.key_value(subjects.SESSIONS.name)
@@ -150,7 +150,7 @@ class Desk:
         return task_id, rec
 
     async def decision_seq(self, task_id: str) -> int:
-        raws = await scan(self.admin.js, "EVENTS", subjects.decisions(AGENT, task_id))
+        raws = await scan(self.admin.js, "EVENTS", subjects.stored(subjects.decisions(AGENT, task_id)))
         assert raws, f"no decision stored for {task_id}"
         return raws[0].seq
 
@@ -354,7 +354,7 @@ async def test_a_gated_call_cannot_borrow_another_calls_approval(desk: Desk) -> 
                                          idempotency_key=f"{task_id}:{q.step}:{q.call_id}:again"))
     await desk.dead_letter(subject, "approved other arguments")
     # A sequence that holds something else entirely (the task's progress notices).
-    progress = (await scan(desk.admin.js, "EVENTS", subjects.progress(AGENT, task_id)))[0].seq
+    progress = (await scan(desk.admin.js, "EVENTS", subjects.stored(subjects.progress(AGENT, task_id))))[0].seq
     await evil.send(subject, forged_call(task_id, 150.0, step=q.step, call_id=q.call_id, approval_seq=progress,
                                          idempotency_key=f"{task_id}:x"))
     await desk.dead_letter(subject, f"is not a decision on task {task_id}")
@@ -413,7 +413,7 @@ async def test_a_decision_cannot_be_squatted_and_outcomes_are_reported_truthfull
     # A second decision is refused, truthfully; a replay of the first changes nothing.
     with pytest.raises(approvals.ApprovalError, match="already approved"):
         await approvals.decide(desk.approver, q.approval_id, approved=False, approver="bob")
-    raw = (await scan(desk.admin.js, "EVENTS", subject))[-1].data
+    raw = (await scan(desk.admin.js, "EVENTS", subjects.stored(subject)))[-1].data
     await squatter.send(subject, raw)
     await squatter.send(subject, raw, headers={"Nats-Msg-Id": "replay"})
     assert (await desk.record(q.approval_id)).status == "approved" and desk.runs() == ["issue_refund 7 150.0"]

@@ -363,8 +363,7 @@ async def test_admin_storage_and_purge_are_audited(nats_server: EmbeddedNats, tm
         proc = await asyncio.to_thread(run_cli, ["admin", "storage", "--json"], env)
         rows = {r["name"]: r for r in json.loads(proc.stdout)}
         assert rows["RESULTS"]["messages"] == 3 and rows["RESULTS"]["oldest_age_s"] >= 0
-        # The partitioned inbox and the replica heartbeats are shown too: bounded, and empty once all is done.
-        assert rows["INBOX"]["messages"] == 0 and rows["INBOX"]["max_bytes"] > 0
+        # The replica heartbeats are shown too, bounded.
         assert rows["agent_replicas"]["max_bytes"] > 0
         # Nothing is older than a day: a purge removes nothing, and says so.
         proc = await asyncio.to_thread(run_cli, ["admin", "purge", "--older-than", "1d", "--as", "ops-bob"], env)

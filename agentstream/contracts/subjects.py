@@ -7,7 +7,6 @@ outputs under ``shadow.``) is a change to this module only.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
@@ -109,7 +108,8 @@ def any_results(task_id: str) -> str:
 
 
 def any_task_activity(task_id: str) -> str:
-    """Matches a task's inbox and progress subjects in the EVENTS stream."""
+    """Matches a task's inbox, decisions and progress subjects as published
+    (in EVENTS: ``stored(any_task_activity(t))``; in SHADOW under its prefix)."""
     return f"agents.*.*.{task_id}"
 
 
@@ -344,17 +344,28 @@ def shadow_durable(label: str, name: str) -> str:
 
 # ----------------------------------------------------------------- partitioned inbox
 #
-# The agents' inbox (tool results, ``agents.<a>.events.<task>`` in EVENTS) is
-# also sourced into INBOX, a work-queue stream whose subjects the server
-# rewrites to ``inbox.<agent>.<partition>.<task>``, the partition a stable hash
-# of the task id. Each agent has one durable consumer per partition, and each
-# partition is pulled by one replica at a time, so all of a task's results
-# reach the replica that holds its session (docs/scaling.md). EVENTS keeps
-# every inbox event where it always was, for readers and the trust checks.
-# Nobody can publish into INBOX: it has no subjects of its own.
+# EVENTS stores every subject with the task's partition before the task id:
+# a message published on ``agents.<agent>.<kind>.<task>`` (kind: events,
+# progress, decisions) is stored as ``agents.<agent>.<kind>.<partition>.<task>``
+# by the stream's own subject transform, the partition a stable hash of the
+# task id. Each agent has one durable consumer per partition of its inbox
+# (``agents.<a>.events.<p>.*``), and each partition is pulled by one replica at
+# a time, so all of a task's results reach the replica that holds its session
+# (docs/scaling.md).
+#
+# Why in EVENTS itself and not a second stream sourcing it: sourcing is a
+# hop whose consumer the server re-creates only after a 10 s health check
+# (and backs off from 10 s up to 2 min while the origin has no leader), so
+# killing a cluster node stalled tool results for 9-45 s; a durable consumer
+# on EVENTS fails over with the stream's own Raft group, in seconds. It also
+# stores each result once instead of twice.
+#
+# Publishers never see the partition (they publish the 4-token subject; a
+# 5-token subject matches none of EVENTS' subjects, so nobody can write one).
+# Readers of EVENTS by subject filter through :func:`stored`, and everything
+# that judges a message judges it by :func:`published`.
 
-INBOX_STREAM = "INBOX"
-INBOX_ROOT = "inbox"
+EVENTS_STREAM = "EVENTS"
 # 16: up to 16 agent replicas each own at least one partition; with 2-4 replicas
 # the split is even (8/8, 6/5/5, 4/4/4/4); and a replica keeps 16 pulls open
 # at most (one heartbeat a second each), which costs nothing measurable.
@@ -362,14 +373,14 @@ DEFAULT_INBOX_PARTITIONS = 16
 MAX_INBOX_PARTITIONS = 256
 
 
-def inbox_transform(partitions: int) -> tuple[str, str]:
-    """The (source, destination) subject transform INBOX sources EVENTS with."""
-    return ("agents.*.events.*",
-            f"{INBOX_ROOT}.{{{{wildcard(1)}}}}.{{{{partition({partitions},2)}}}}.{{{{wildcard(2)}}}}")
+def events_transform(partitions: int) -> tuple[str, str]:
+    """EVENTS' (source, destination) subject transform: the partition inserted."""
+    return ("agents.*.*.*",
+            f"agents.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},3)}}}}.{{{{wildcard(3)}}}}")
 
 
 def inbox_partition(task_id: str, partitions: int) -> int:
-    """The partition nats-server's ``{{partition(n,2)}}`` puts a task in:
+    """The partition nats-server's ``{{partition(n,3)}}`` puts a task in:
     FNV-1a (32 bit) of the task id, modulo ``n``."""
     h = 0x811C9DC5
     for b in task_id.encode():
@@ -377,38 +388,31 @@ def inbox_partition(task_id: str, partitions: int) -> int:
     return h % partitions
 
 
+def stored(subject: str) -> str:
+    """A published EVENTS subject or filter (``agents.<a>.<kind>.<task>``) as
+    EVENTS stores it, any partition: ``agents.<a>.<kind>.*.<task>``. Anything
+    else is returned as it is (another stream's subjects are not transformed)."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != "agents" or parts[2] == "tasks" or parts[2] == "results":
+        return subject
+    return f"agents.{parts[1]}.{parts[2]}.*.{parts[3]}"
+
+
+def published(subject: str) -> str:
+    """An EVENTS subject as stored (``agents.<a>.<kind>.<partition>.<task>``) ->
+    the subject it was published on; any other subject unchanged."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != "agents" or not parts[3].isdigit():
+        return subject
+    return f"agents.{parts[1]}.{parts[2]}.{parts[4]}"
+
+
 def inbox_partition_filter(agent: str, partition: int) -> str:
-    return f"{INBOX_ROOT}.{agent}.{partition}.*"
+    return f"agents.{agent}.events.{partition}.*"
 
 
 def inbox_partition_durable(agent: str, partition: int) -> str:
     return f"{agent_durable(agent, 'events')}_{partition}"
-
-
-def inbox_origin(subject: str) -> str | None:
-    """``inbox.<agent>.<partition>.<task>`` -> the subject the event was
-    published on (``agents.<agent>.events.<task>``); None for any other subject."""
-    parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != INBOX_ROOT or not parts[2].isdigit():
-        return None
-    return events(parts[1], parts[3])
-
-
-EVENTS_STREAM = "EVENTS"
-# Set by the server on every message it sources into another stream:
-# "<source name>[:<hash>] <origin sequence> <filter> <destination> [<origin subject>]".
-# INBOX has no subjects of its own, so only the server writes there, and it
-# sets this header itself when it sources a message.
-SOURCE_HEADER = "Nats-Stream-Source"
-
-
-def source_seq(headers: Mapping[str, str] | None, stream: str) -> int | None:
-    """The origin stream sequence of a sourced message, if it came from ``stream``."""
-    value = (headers or {}).get(SOURCE_HEADER, "")
-    parts = value.split()
-    if len(parts) < 2 or parts[0].split(":", 1)[0] != stream or not parts[1].isdigit():
-        return None
-    return int(parts[1])
 
 
 # Agent replicas announce themselves here (key ``<agent>.<member>``, put every

@@ -28,24 +28,14 @@ def task_handler(engine: AgentEngine) -> Handler:
 
 
 def inbox_handler(engine: AgentEngine) -> Handler:
-    """Tool results (``agents.<a>.events.*``, through INBOX) and decisions (``agents.<a>.decisions.*``):
+    """Tool results (``agents.<a>.events.*``) and decisions (``agents.<a>.decisions.*``):
     the subject and stream sequence go along, so the engine can check the
     event is bound to where it arrived (core.trust)."""
     async def handle(msg: Msg) -> None:
-        # From the partitioned inbox: judged by the subject it was published on
-        # (only the server's transform writes inbox.<agent>.<partition>.<task>).
-        # A shadow deployment's inbox is production's under shadow.<label>.: bound the same way.
-        origin = subjects.inbox_origin(msg.subject)
-        if origin is not None:
-            # The engine and the tool workers name a result by its EVENTS
-            # sequence (plan approvals read the results a pointer names), not
-            # by the INBOX copy's, which is deleted once acknowledged.
-            seq = subjects.source_seq(msg.headers, subjects.EVENTS_STREAM)
-            if seq is None:
-                raise Reject(f"{msg.subject}: no EVENTS sequence in its {subjects.SOURCE_HEADER} header")
-            await engine.on_event(codec.agent_inbox.decode(msg.data), subject=origin, seq=seq)
-            return
-        subject = subjects.unshadowed(msg.subject)[1]
+        # Judged by the subject it was published on: EVENTS stores it with the
+        # task's partition, which only the stream's own transform writes. A
+        # shadow deployment's inbox is production's under shadow.<label>.: bound the same way.
+        subject = subjects.published(subjects.unshadowed(msg.subject)[1])
         await engine.on_event(codec.agent_inbox.decode(msg.data), subject=subject, seq=stream_seq(msg) or 0)
     return handle
 

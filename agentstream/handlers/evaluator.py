@@ -69,7 +69,7 @@ def results_handler(evaluator: OnlineEvaluator, js: JetStreamContext, bus: Bus, 
         if not evaluator.wants(task_id):
             return
         events = []
-        for raw in await scan(js, EVENTS_STREAM, subjects.any_task_activity(task_id)):
+        for raw in await scan(js, EVENTS_STREAM, subjects.stored(subjects.any_task_activity(task_id))):
             try:
                 events.append(codec.task_event.decode(raw.data))
             except codec.DecodeError:

@@ -27,6 +27,12 @@ TITLE = "agentstream"
 VERSION = "1.0.0"
 
 # (channel address, role, event types, description)
+# EVENTS' subject transform (contracts.subjects.events_transform): what its
+# consumers and direct gets see, while publishers and core-NATS subscribers
+# see the channel's own subject.
+_STORED = ("EVENTS stores it as agents.{agent}.<kind>.{partition}.{task_id}, the partition a hash of the task id "
+           "(docs/scaling.md): read the stream with that subject.")
+
 CHANNELS: tuple[tuple[str, str, tuple[type[msgspec.Struct], ...], str], ...] = (
     ("agents.{agent}.tasks", "subscribe", (ev.TaskSubmitted,),
      "Submit a task to an agent. Stream TASKS (limits retention: every durable consumer, production "
@@ -35,12 +41,13 @@ CHANNELS: tuple[tuple[str, str, tuple[type[msgspec.Struct], ...], str], ...] = (
      "A tool call for the tool workers (stream TOOLS, one durable consumer per tool)."),
     ("agents.{agent}.events.{task_id}", "subscribe", (ev.ToolCallCompleted,),
      "The agent's continuation inbox for one task (stream EVENTS): tool results from tool workers. "
-     "A result is accepted only for a call the task's session dispatched (docs/security.md)."),
+     "A result is accepted only for a call the task's session dispatched (docs/security.md). "
+     + _STORED),
     ("agents.{agent}.decisions.{task_id}", "subscribe", (ev.ApprovalDecided,),
      "Approval decisions for one task (stream EVENTS), the only subject a decision is accepted from; "
-     "only the approver role may publish here. The CLI and HTTP API check the approver first."),
+     "only the approver role may publish here. The CLI and HTTP API check the approver first. " + _STORED),
     ("agents.{agent}.progress.{task_id}", "publish", get_args(ev.ProgressEvent),
-     "Progress notices for watchers and timelines (stream EVENTS)."),
+     "Progress notices for watchers and timelines (stream EVENTS). " + _STORED),
     ("approvals.{agent}.requested", "publish", (ev.ApprovalRequested,),
      "A tool call waiting for a human decision (stream APPROVALS); the session is parked meanwhile."),
     ("audit.{kind}.{agent}", "publish", (ev.AuditRecord,),

@@ -23,7 +23,6 @@ from nats.js.api import (
     StorageType,
     StoreCompression,
     StreamConfig,
-    StreamSource,
     SubjectTransform,
 )
 from nats.js.kv import KeyValue
@@ -224,13 +223,14 @@ class NatsKV:
 
 def event_reader(js: JetStreamContext, stream: str = "EVENTS") -> Callable[[int], Awaitable[tuple[str, bytes] | None]]:
     """Reads one message of ``stream`` by sequence: (subject, body), None if absent.
-    The subject is the one the server accepted the message on."""
+    The subject is the one the message was published on."""
     async def read(seq: int) -> tuple[str, bytes] | None:
         try:
             m = await js.get_msg(stream, seq, direct=True)
         except jse.NotFoundError:
             return None
-        return m.subject or "", m.data or b""
+        # EVENTS stores a partition in the subject: judged by the published one.
+        return subjects.published(m.subject or ""), m.data or b""
     return read
 
 
@@ -315,10 +315,18 @@ async def _creating(create: Callable[[], Awaitable[object]]) -> bool:
 
 
 def stream_config(sd: subjects.StreamDef, *, replicas: int = 1, limits: Mapping[str, int] | None = None,
-                  compression: str | None = None) -> StreamConfig:
+                  compression: str | None = None,
+                  partitions: int = subjects.DEFAULT_INBOX_PARTITIONS) -> StreamConfig:
     """The JetStream config of a protocol stream: its definition, with the
-    operator's byte limit (AGENTSTREAM_STORE_LIMITS) and compression override."""
+    operator's byte limit (AGENTSTREAM_STORE_LIMITS) and compression override.
+    EVENTS gets the transform that partitions it (``partitions``:
+    AGENTSTREAM_INBOX_PARTITIONS; subjects.events_transform)."""
+    transform = None
+    if sd.name == subjects.EVENTS_STREAM:
+        src, dest = subjects.events_transform(partitions)
+        transform = SubjectTransform(src=src, dest=dest)
     return StreamConfig(
+        subject_transform=transform,
         name=sd.name, subjects=list(sd.subjects), description=sd.description,
         retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=sd.max_age_s,
         num_replicas=replicas, duplicate_window=sd.duplicate_window_s,
@@ -335,7 +343,8 @@ def _compression(default: bool, override: str | None) -> StoreCompression:
 
 
 async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = True,
-                    limits: Mapping[str, int] | None = None, compression: str | None = None) -> None:
+                    limits: Mapping[str, int] | None = None, compression: str | None = None,
+                    partitions: int = subjects.DEFAULT_INBOX_PARTITIONS) -> None:
     """Create every stream and bucket the protocol needs. Idempotent.
 
     An existing stream keeps its replica count (a client provisioning with the
@@ -343,10 +352,12 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
     subjects and limits (age, bytes, discard policy, compression) are brought
     up to date, buckets' byte limits and compression too. ``limits``: bytes per
     store name overriding the defaults; ``compression``: "s2" or "none" for
-    every store instead of each one's own choice.
+    every store instead of each one's own choice; ``partitions``: EVENTS'
+    partition count when this call creates it (an existing EVENTS keeps its
+    own: see :func:`events_partitions`).
     """
     try:
-        await _provision(js, replicas, update, limits or {}, compression)
+        await _provision(js, replicas, update, limits or {}, compression, partitions)
     except jse.APIError as exc:
         full = store_full(exc, "")
         if full is None:
@@ -357,15 +368,19 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, update: bool = T
 
 
 async def _provision(js: JetStreamContext, replicas: int, update: bool, limits: Mapping[str, int],
-                     compression: str | None) -> None:
+                     compression: str | None, partitions: int) -> None:
     for sd in subjects.STREAMS:
         if not update and await _exists(js, sd.name):
             continue  # a client's check: a role without create rights never asks to create
-        cfg = stream_config(sd, replicas=replicas, limits=limits, compression=compression)
+        cfg = stream_config(sd, replicas=replicas, limits=limits, compression=compression, partitions=partitions)
         if await _creating(functools.partial(js.add_stream, cfg)) or not update:
             continue
         existing = await _once_visible(functools.partial(js.stream_info, sd.name))
         cfg.num_replicas = existing.config.num_replicas
+        if existing.config.subject_transform is not None and cfg.subject_transform is not None:
+            # Its partition count stays: re-partitioning would strand the
+            # events of running tasks in partitions nobody owns any more.
+            cfg.subject_transform = existing.config.subject_transform
         if _drifted(existing.config, cfg):
             await js.update_stream(cfg)
     for bd in subjects.BUCKETS:
@@ -436,7 +451,8 @@ def _drifted(have: StreamConfig, want: StreamConfig) -> bool:
             or not _same_seconds(have.duplicate_window, want.duplicate_window)
             or (have.max_bytes or -1) != (want.max_bytes or -1)
             or have.discard != want.discard
-            or (have.compression or StoreCompression.NONE) != (want.compression or StoreCompression.NONE))
+            or (have.compression or StoreCompression.NONE) != (want.compression or StoreCompression.NONE)
+            or (have.subject_transform is None) != (want.subject_transform is None))
 
 
 def _same_seconds(a: float | None, b: float | None) -> bool:
@@ -444,32 +460,17 @@ def _same_seconds(a: float | None, b: float | None) -> bool:
     return abs((a or 0.0) - (b or 0.0)) < 1e-3
 
 
-async def ensure_inbox(js: JetStreamContext, partitions: int, *, replicas: int = 1) -> int:
-    """The partitioned inbox stream (``subjects.INBOX_STREAM``), created if
-    missing; returns its number of partitions. An existing stream's count
-    wins over ``partitions``: replicas configured differently must still
-    agree on which consumer a task's results are in, and re-partitioning a
-    stream with events in it would strand them (docs/scaling.md)."""
-    src, dest = subjects.inbox_transform(partitions)
-    cfg = StreamConfig(
-        name=subjects.INBOX_STREAM, subjects=[],
-        description="the agents' inbox events (EVENTS agents.*.events.*), partitioned by task: "
-                    "inbox.<agent>.<partition>.<task>",
-        # Work queue: an acknowledged event is deleted, so the stream holds only
-        # what is not yet processed; EVENTS keeps the record.
-        retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE, max_age=7 * subjects.DAY,
-        num_replicas=replicas, discard=DiscardPolicy.NEW, max_bytes=subjects.GiB, allow_direct=True,
-        sources=[StreamSource(name="EVENTS", subject_transforms=[SubjectTransform(src=src, dest=dest)])])
-    if not await _creating(functools.partial(js.add_stream, cfg)):
-        info = await _once_visible(functools.partial(js.stream_info, subjects.INBOX_STREAM))
-        have = inbox_partitions(info.config)
-        if have is None:
-            raise ConfigError(f"stream {subjects.INBOX_STREAM} exists but is not the partitioned inbox "
-                              f"(no EVENTS source with the inbox transform)")
-        if have != partitions:
-            log.warning("the inbox has %d partitions (AGENTSTREAM_INBOX_PARTITIONS here: %d); using %d",
-                        have, partitions, have)
-        partitions = have
+async def events_partitions(js: JetStreamContext, *, replicas: int = 1) -> int:
+    """EVENTS' partition count (provisioned before this is called), with the
+    replicas' heartbeat bucket created if missing. The stream's own count
+    wins over AGENTSTREAM_INBOX_PARTITIONS: replicas configured differently
+    must still agree on which consumer a task's results are in."""
+    info = await _once_visible(functools.partial(js.stream_info, subjects.EVENTS_STREAM))
+    partitions = inbox_partitions(info.config)
+    if partitions is None:
+        raise ConfigError(f"stream {subjects.EVENTS_STREAM} is not partitioned (no subject transform "
+                          f"{subjects.events_transform(subjects.DEFAULT_INBOX_PARTITIONS)[1]}): an agent worker "
+                          f"adds it when it starts (docs/scaling.md, 'Upgrading')")
     created = await _creating(functools.partial(js.create_key_value, KeyValueConfig(
         bucket=subjects.REPLICAS.name, description=subjects.REPLICAS.description, history=1,
         ttl=subjects.REPLICAS.max_age_s, replicas=replicas, storage=StorageType.FILE,
@@ -483,13 +484,10 @@ _PARTITION_DEST = re.compile(r"\{\{\s*partition\((\d+)\s*,")
 
 
 def inbox_partitions(cfg: StreamConfig) -> int | None:
-    """The partition count in an inbox stream's source transform (None: none)."""
-    for source in cfg.sources or ():
-        for tr in source.subject_transforms or ():
-            m = _PARTITION_DEST.search(tr.dest or "")
-            if source.name == "EVENTS" and m:
-                return int(m.group(1))
-    return None
+    """The partition count in EVENTS' subject transform (None: none)."""
+    tr = cfg.subject_transform
+    m = _PARTITION_DEST.search(tr.dest or "") if tr is not None else None
+    return int(m.group(1)) if m else None
 
 
 class NatsMembership:

@@ -80,12 +80,9 @@ def _stores() -> list[tuple[str, str, str]]:
 
 
 def _listed() -> list[tuple[str, str, str]]:
-    """What ``admin storage`` shows: every purgeable store, plus the agents'
-    partitioned inbox and replica heartbeats. Those two are shown, not purged:
-    INBOX holds only unprocessed tool results (a work queue, emptied by
-    acknowledgement) and the heartbeats expire by themselves within seconds."""
-    return [*_stores(), (subjects.INBOX_STREAM, "stream", subjects.INBOX_STREAM),
-            (subjects.REPLICAS.name, "bucket", subjects.REPLICAS.stream)]
+    """What ``admin storage`` shows: every purgeable store, plus the agent
+    replicas' heartbeats, shown, not purged: they expire by themselves within seconds."""
+    return [*_stores(), (subjects.REPLICAS.name, "bucket", subjects.REPLICAS.stream)]
 
 
 def stream_of_store(name: str) -> str:

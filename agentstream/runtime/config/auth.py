@@ -110,9 +110,8 @@ _AGENT_PUB = (
                                               "agent_approvals")),
     "$JS.ACK.TASKS.>",
     "$JS.ACK.EVENTS.>",
-    # The partitioned inbox (docs/scaling.md): acks on INBOX, and the replica
-    # heartbeats that split its partitions (a purge when a replica leaves).
-    "$JS.ACK.INBOX.>",
+    # The replica heartbeats that split the inbox's partitions (docs/scaling.md;
+    # a purge when a replica leaves).
     "$KV.agent_replicas.>",
     "$JS.API.STREAM.PURGE.KV_agent_replicas",
     *_MEMORY_ASK,

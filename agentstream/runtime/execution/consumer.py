@@ -242,8 +242,8 @@ class PullConsumer:
 
     async def dead_letter(self, msg: Msg, reason: str) -> None:
         body = msg.data or b""
-        # An inbox event by the subject it was published on, not its partition's.
-        subject = subjects.inbox_origin(msg.subject) or msg.subject
+        # An EVENTS message by the subject it was published on, without its partition.
+        subject = subjects.published(msg.subject)
         ev = DeadLettered(subject=subject, consumer=self.s.durable, reason=reason[:2000],
                           payload=body[:DLQ_PAYLOAD_LIMIT].decode("utf-8", errors="replace"),
                           payload_bytes=len(body), deliveries=_deliveries(msg), at=time.time())

@@ -4,7 +4,7 @@ Why: a task's tool results used to reach any replica (one shared durable
 consumer), and each replica's step is a compare-and-set on the task's session,
 so with 2-4 agent replicas a task cost 1.6-2.9 extra session reads and 0.8-1.2
 compare-and-set conflicts (docs/scaling.md). With the inbox partitioned by task
-id (the server's subject transform, ``subjects.inbox_transform``) and each
+id (EVENTS' own subject transform, ``subjects.events_transform``) and each
 partition pulled by one replica, all of a task's results reach one replica,
 whose per-task lock and session cache (``AgentEngine``) make its steps
 conflict-free. Tasks still go to any replica: the first step may run on
@@ -92,7 +92,7 @@ def member_id(worker_id: str, nonce: str) -> str:
 
 
 class PartitionedConsumer(PullConsumer):
-    """An agent's inbox: one durable consumer per partition on INBOX, pulled
+    """An agent's inbox: one durable consumer per partition on EVENTS, pulled
     for the partitions this replica owns. Handling, acks, dead letters and the
     drain at shutdown are :class:`PullConsumer`'s; ``settings.durable`` is the
     logical name (``agent_<a>_events``) dead letters and logs use, and
@@ -115,19 +115,19 @@ class PartitionedConsumer(PullConsumer):
         self._pstops: set[asyncio.Event] = set()
         # One line per outage for the whole inbox (its partitions' pulls and the
         # membership), not one per partition.
-        self._outage = Outage(f"consumer {settings.durable} on stream {subjects.INBOX_STREAM} (every partition)")
+        self._outage = Outage(f"consumer {settings.durable} on stream {subjects.EVENTS_STREAM} (every partition)")
 
     async def ensure_partition(self, p: int) -> ConsumerInfo:
         durable = subjects.inbox_partition_durable(self.agent, p)
         try:
-            return await self.js.consumer_info(subjects.INBOX_STREAM, durable)
+            return await self.js.consumer_info(subjects.EVENTS_STREAM, durable)
         except jse.NotFoundError:
             pass
         cfg = ConsumerConfig(
             durable_name=durable, filter_subject=subjects.inbox_partition_filter(self.agent, p),
             ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=self.s.ack_wait_s,
             max_deliver=self.s.max_deliver, max_ack_pending=-1)
-        return await self.js.add_consumer(subjects.INBOX_STREAM, cfg)
+        return await self.js.add_consumer(subjects.EVENTS_STREAM, cfg)
 
     async def run(self, stop: asyncio.Event, drain_timeout_s: float = 10.0) -> None:
         self._stop = stop
@@ -215,7 +215,7 @@ class PartitionedConsumer(PullConsumer):
         if stop.is_set():
             pstop.set()
         pull = ContinuousPull(
-            self.js._nc, api_prefix=self.js._prefix, stream=subjects.INBOX_STREAM,
+            self.js._nc, api_prefix=self.js._prefix, stream=subjects.EVENTS_STREAM,
             durable=subjects.inbox_partition_durable(self.agent, p), capacity=self.s.max_in_flight,
             deliver=self._deliver, room=self._room, ensure=lambda: self.ensure_partition(p),
             expires_s=self.s.pull_expires_s, heartbeat_s=self.s.pull_heartbeat_s,

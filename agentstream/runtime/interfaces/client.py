@@ -333,7 +333,8 @@ class AgentClient:
 
     async def _activity_count(self, task_id: str) -> int:
         try:
-            info = await self.js.stream_info("EVENTS", subjects_filter=subjects.any_task_activity(task_id))
+            info = await self.js.stream_info(subjects.EVENTS_STREAM,
+                                             subjects_filter=subjects.stored(subjects.any_task_activity(task_id)))
         except Exception:  # noqa: BLE001 - best effort; the caller bounds its wait anyway
             return 0
         return sum((info.state.subjects or {}).values())
@@ -349,7 +350,8 @@ class AgentClient:
             await queue.put(("result", msg))
 
         subs = [
-            await self.js.subscribe(subjects.any_task_activity(task_id), cb=on_activity, ordered_consumer=True,
+            await self.js.subscribe(subjects.stored(subjects.any_task_activity(task_id)), cb=on_activity,
+                                    stream=subjects.EVENTS_STREAM, ordered_consumer=True,
                                     deliver_policy=DeliverPolicy.ALL),
             await self.js.subscribe(subjects.any_results(task_id), cb=on_result, ordered_consumer=True,
                                     deliver_policy=DeliverPolicy.ALL),

@@ -41,20 +41,27 @@ class Check:
 
 
 async def _inbox_check(js: Any) -> Check:
-    """The agents' partitioned inbox (docs/scaling.md): made by the first agent
-    worker, so its absence before one has run is not a fault."""
+    """The agents' partitioned inbox (EVENTS' subject transform, docs/scaling.md):
+    made by the first worker, so its absence before one has run is not a fault."""
     from agentstream.runtime.adapters import jetstream
+    from agentstream.runtime.observability.lag import partition_of
 
+    stream = subjects.EVENTS_STREAM
     try:
-        info = await js.stream_info(subjects.INBOX_STREAM)
+        info = await js.stream_info(stream)
     except Exception:  # noqa: BLE001 - not found, or no permission: not there to us
-        return Check(SKIP, "inbox", f"{subjects.INBOX_STREAM} not created yet (the first agent worker creates it)")
+        return Check(SKIP, "inbox", f"{stream} not created yet (the first agent worker creates it)")
     parts = jetstream.inbox_partitions(info.config)
     if parts is None:
-        return Check(FAIL, "inbox", f"stream {subjects.INBOX_STREAM} exists but is not the partitioned inbox "
-                                    "(no EVENTS source with the inbox transform): agent workers will refuse to start")
-    return Check(OK, "inbox", f"{parts} partitions, {info.state.messages} tool result(s) waiting, "
-                              f"{info.state.consumer_count} partition consumer(s)")
+        return Check(FAIL, "inbox", f"stream {stream} is not partitioned (no subject transform): start an "
+                                    "agent worker of this version to add it (docs/scaling.md, 'Upgrading')")
+    try:
+        consumers = [c for c in await js.consumers_info(stream) if partition_of(str(c.name)) is not None]
+    except Exception:  # noqa: BLE001 - a role that may not list consumers still gets the count
+        return Check(OK, "inbox", f"{parts} partitions in {stream}")
+    waiting = sum(int(c.num_pending or 0) + int(c.num_ack_pending or 0) for c in consumers)
+    return Check(OK, "inbox", f"{parts} partitions in {stream}, {waiting} tool result(s) waiting, "
+                              f"{len(consumers)} partition consumer(s)")
 
 
 def add_parser(subparsers: Any) -> None:

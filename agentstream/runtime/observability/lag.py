@@ -1,6 +1,6 @@
 """Consumer lag per durable: the autoscaling signal.
 
-For every durable consumer on the work streams (TASKS, EVENTS, INBOX, TOOLS),
+For every durable consumer on the work streams (TASKS, EVENTS, TOOLS),
 as the broker reports it (``$JS.API.CONSUMER.INFO``):
 
 - ``pending``: messages in the stream the consumer has not delivered yet (the
@@ -14,7 +14,7 @@ The figures are the broker's, so they are the same whichever process reads
 them: the HTTP API exposes them on ``/metrics`` (Prometheus) and
 ``/api/lag`` (dashboard), pushes them over OTLP when
 ``OTEL_METRICS_EXPORTER`` names ``otlp``, and ``agentstream stats`` prints
-them. An agent's partitioned inbox (one durable per partition on INBOX,
+them. An agent's partitioned inbox (one durable per partition on EVENTS,
 ``agent_<a>_events_<n>``, docs/scaling.md) is one row, ``agent_<a>_events``,
 the sum over its partitions: the agent's backlog, whichever replica owns
 which partition. KEDA's NATS JetStream scaler reads the same numbers from the
@@ -36,11 +36,11 @@ import nats.errors
 import nats.js.errors as jse
 from nats.js import JetStreamContext
 
-from agentstream.contracts.subjects import INBOX_STREAM
+from agentstream.contracts.subjects import EVENTS_STREAM
 
 log = logging.getLogger("agentstream.lag")
 
-WORK_STREAMS = ("TASKS", "EVENTS", "INBOX", "TOOLS")
+WORK_STREAMS = ("TASKS", EVENTS_STREAM, "TOOLS")
 
 # Prometheus name, OpenTelemetry name, field, help: one gauge per field,
 # labelled by stream and durable.
@@ -97,11 +97,17 @@ async def read_lag(js: JetStreamContext, streams: Iterable[str] = WORK_STREAMS,
 _PARTITION = re.compile(r"^(agent_.+_events)_(\d+)$")
 
 
+def partition_of(durable: str) -> tuple[str, int] | None:
+    """``agent_<a>_events_<n>`` -> (``agent_<a>_events``, n): one of an agent's inbox partitions."""
+    m = _PARTITION.match(durable)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
 def _sum_partitions(lags: Iterable[ConsumerLag]) -> list[ConsumerLag]:
     out: list[ConsumerLag] = []
     sums: dict[str, ConsumerLag] = {}
     for c in lags:
-        m = _PARTITION.match(c.durable) if c.stream == INBOX_STREAM else None
+        m = _PARTITION.match(c.durable) if c.stream == EVENTS_STREAM else None
         if m is None:
             out.append(c)
             continue

@@ -198,7 +198,7 @@ async def load_task_events(js: JetStreamContext, task_id: str, *, limit: int = 1
     """The task's progress and inbox events from ``EVENTS`` (bounded)."""
     if not subjects.is_token(task_id):
         return []
-    return _decode_events(await scan(js, EVENTS_STREAM, subjects.any_task_activity(task_id), limit=limit))
+    return _decode_events(await scan(js, EVENTS_STREAM, subjects.stored(subjects.any_task_activity(task_id)), limit=limit))
 
 
 def _decode_events(raws: Iterable[Raw]) -> list[TaskEvent]:

@@ -85,7 +85,7 @@ async def ensure_candidate_consumers(js: JetStreamContext, agent: str, label: st
     import datetime
 
     tasks, inbox = candidate_durables(agent, label)
-    for durable, subject in ((tasks, subjects.tasks(agent)), (inbox, subjects.events(agent, "*"))):
+    for durable, subject in ((tasks, subjects.tasks(agent)), (inbox, subjects.stored(subjects.events(agent, "*")))):
         cfg = ConsumerConfig(durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
                              deliver_policy=DeliverPolicy.BY_START_TIME, max_ack_pending=-1,
                              opt_start_time=datetime.datetime.fromtimestamp(since, tz=datetime.UTC))

@@ -31,10 +31,9 @@ class Recorded(msgspec.Struct, frozen=True):
 
 async def recorded_calls(js: JetStreamContext, agent: str, task_id: str, *, label: str = "") -> list[Recorded]:
     """Production's (or shadow ``label``'s) finished tool calls of one task, in order."""
-    stream = "SHADOW" if label else "EVENTS"
+    stream = "SHADOW" if label else subjects.EVENTS_STREAM
     subject = subjects.any_task_activity(task_id)
-    if label:
-        subject = subjects.shadowed(label, subject)
+    subject = subjects.shadowed(label, subject) if label else subjects.stored(subject)
     args: dict[str, tuple[str, str]] = {}
     done: list[ToolCallCompleted] = []
     for raw in await scan(js, stream, subject, timeout=10.0):
@@ -62,10 +61,9 @@ async def task_progress(js: JetStreamContext, agent: str, task_id: str, *,
                         label: str = "") -> tuple[list[ToolCallDispatched], str]:
     """A task's dispatched calls and the strategy it ran: the router's choice
     (``RouteDecided``), else ``plan`` when it planned, else ``react``."""
-    subject = subjects.progress(agent, task_id)
-    stream = "EVENTS"
+    subject, stream = subjects.stored(subjects.progress(agent, task_id)), subjects.EVENTS_STREAM
     if label:
-        subject, stream = subjects.shadowed(label, subject), "SHADOW"
+        subject, stream = subjects.shadowed(label, subjects.progress(agent, task_id)), "SHADOW"
     out: list[ToolCallDispatched] = []
     routed = ""
     planned = False

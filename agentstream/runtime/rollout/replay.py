@@ -103,7 +103,8 @@ async def load_recordings(js: JetStreamContext, agent: str, *, since_s: float, s
         done.sort(key=lambda r: hashlib.sha256(f"{seed}:{r.task.task_id}".encode()).digest())
         done = done[:sample]
     for rec in done:
-        for raw in await scan(js, "EVENTS", subjects.any_task_activity(rec.task.task_id), timeout=10.0):
+        for raw in await scan(js, subjects.EVENTS_STREAM, subjects.stored(subjects.any_task_activity(rec.task.task_id)),
+                                   timeout=10.0):
             ev = _decode(raw.data)
             if getattr(ev, "agent", None) != agent:
                 continue

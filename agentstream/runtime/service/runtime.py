@@ -170,7 +170,8 @@ class Runtime:
         # A process without workers (API-only `up`, the gateway role) may not
         # create streams: it checks they exist and waits for the workers' (bounded).
         await nats_adapters.provision(self.js, replicas=s.replicas, update=bool(self.agents or self.tools),
-                                      limits=s.store_limits, compression=s.store_compression)
+                                      limits=s.store_limits, compression=s.store_compression,
+                                      partitions=s.inbox_partitions)
         # telemetry: one pipeline for this process; ports are wrapped only when it is on
         self.telemetry = setup_telemetry(self.telemetry_config or os.environ, nc=self.nc, worker_id=s.worker_id,
                                          configure_logs=True)
@@ -234,7 +235,8 @@ class Runtime:
                 # A candidate reads the inbox from EVENTS on its own durable (both
                 # versions see every event, each resumes its own tasks); it runs
                 # few replicas for a short while, so it is not partitioned.
-                self._consumer("EVENTS", inbox_durable, subjects.events(name, "*"), inbox_handler(engine),
+                self._consumer("EVENTS", inbox_durable, subjects.stored(subjects.events(name, "*")),
+                               inbox_handler(engine),
                                deliver_new=True)
             else:
                 self._inbox(name, inbox_handler(engine))
@@ -242,7 +244,8 @@ class Runtime:
             decisions_durable = subjects.agent_durable(name, "decisions")
             if self.canary:
                 decisions_durable = f"canary_{self.version}_{decisions_durable}"
-            self._consumer("EVENTS", decisions_durable, subjects.decisions(name, "*"), inbox_handler(engine),
+            self._consumer("EVENTS", decisions_durable, subjects.stored(subjects.decisions(name, "*")),
+                           inbox_handler(engine),
                            deliver_new=self.canary)
         if tools:
             runner = ToolRunner(tools, bus, worker=s.worker_id, registry=self.app.tools,
@@ -383,7 +386,7 @@ class Runtime:
         js = self.js
         assert js is not None
         durable, subject = subjects.agent_durable(agent, "events"), subjects.events(agent, "*")
-        cs = ConsumerSettings(stream=subjects.INBOX_STREAM, durable=durable, filter_subject=subject,
+        cs = ConsumerSettings(stream=subjects.EVENTS_STREAM, durable=durable, filter_subject=subjects.stored(subject),
                               max_in_flight=s.max_in_flight, ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver,
                               max_bytes=s.max_event_bytes)
         mw = self.telemetry.consumer_middleware(durable, subject) if self.telemetry is not None else None
@@ -392,7 +395,7 @@ class Runtime:
         self.consumers.append(PartitionedConsumer(
             js, cs, handler, agent=agent, member=member_id(s.worker_id, secrets.token_hex(3)),
             membership=nats_adapters.NatsMembership(js, agent),
-            partitions=lambda: nats_adapters.ensure_inbox(js, s.inbox_partitions, replicas=s.replicas)))
+            partitions=lambda: nats_adapters.events_partitions(js, replicas=s.replicas)))
 
     async def _sweep(self, deadlines: SessionStore) -> None:
         """Fail tasks whose deadline passed while nothing arrived for them (a tool
