@@ -111,6 +111,32 @@ async def test_the_server_partitions_events_as_the_runtime_computes(nats_server:
         await nc.close()
 
 
+async def test_an_events_stream_without_partitions_gains_them_when_a_worker_provisions(
+        nats_server: EmbeddedNats) -> None:
+    """Upgrading from a build whose EVENTS had no transform: a client's check
+    (update=False) leaves it alone and an agent worker refuses to guess its
+    partitions; a worker's provisioning adds the transform."""
+    from nats.js.api import StreamConfig
+
+    from agentstream.runtime.core.errors import ConfigError
+
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    try:
+        old = nats_adapters.stream_config(next(sd for sd in subjects.STREAMS if sd.name == subjects.EVENTS_STREAM))
+        await js.add_stream(StreamConfig.from_response({**old.as_dict(), "subject_transform": None}))
+        await nats_adapters.provision(js, update=False)
+        with pytest.raises(ConfigError, match="not partitioned"):
+            await nats_adapters.events_partitions(js)
+        await nats_adapters.provision(js, partitions=4)
+        assert await nats_adapters.events_partitions(js) == 4
+        ack = await js.publish(subjects.events("support", "t1"), b"{}")
+        stored = (await js.get_msg(subjects.EVENTS_STREAM, ack.seq)).subject
+        assert stored == f"agents.support.events.{subjects.inbox_partition('t1', 4)}.t1"
+    finally:
+        await nc.close()
+
+
 def _replica(url: str, tmp_path: Path, worker: str, tools: bool) -> object:
     from apps.crash_app import app
 
