@@ -30,6 +30,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -335,6 +336,8 @@ async def run_config(workload: str, agents: int, tools: int, args: argparse.Name
         await client.close()
         await asyncio.to_thread(workers.stop_all)
         await asyncio.to_thread(broker.stop)
+        # the logs stay for a look; the broker's store (hundreds of MB a run) does not
+        shutil.rmtree(tmp / "nats", ignore_errors=True)
 
 
 def mean(xs: list[float]) -> float:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -152,6 +153,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         await client.close()
         await asyncio.to_thread(workers.stop_all)
         await asyncio.to_thread(broker.stop)
+        # the logs stay for a look; the broker's store (hundreds of MB a run) does not
+        shutil.rmtree(tmp / "nats", ignore_errors=True)
 
 
 def main() -> None:

@@ -115,10 +115,13 @@ class DirLock:
 
 # The Go runtime's soft memory limit for the embedded nats-server, unless the
 # environment sets GOMEMLIMIT itself. Without one the server's heap is allowed
-# to double between collections and its RSS climbed to 449 MB over 60,000
-# tasks; its live data (one 8 MB write buffer per busy stream, the subject
-# index, the dedupe window) is far smaller. See docs/storage.md.
-DEFAULT_GOMEMLIMIT = "256MiB"
+# to double between collections (RSS 449 MB over 60,000 tasks). It must stay
+# above the server's live data, which grows with what the streams retain: the
+# subject index (a few subjects a task), sessions until their TTL, and the 2
+# minutes of message ids (docs/storage.md): ~270 MB live after 86,000 W1 tasks.
+# 256MiB (the first choice) sat below that, and the collector ran nearly
+# non-stop: W1 throughput fell from 614 to 399 tasks/s over a 100,000-task soak.
+DEFAULT_GOMEMLIMIT = "1GiB"
 
 
 class EmbeddedNats:
