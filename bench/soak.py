@@ -13,9 +13,10 @@ What may grow and what may not: worker RSS must level off (caches are
 bounded: the engine's session cache holds 4,096 tasks); the streams and
 buckets grow with the tasks by design, up to their max age (7 days for the
 work streams and sessions; see ``agentstream.contracts.subjects``); the
-deadlines bucket must not grow (one key per task in flight), nor INBOX (a
-work queue: an acknowledged tool result is deleted) or agent_replicas (one
-key per live agent replica). Storage limits
+deadlines bucket must not grow (one key per task in flight), nor
+agent_replicas (one key per live agent replica); nats-server's memory grows
+with what the streams retain (their subject index), bounded by their byte
+limits (docs/storage.md, "Memory"). Storage limits
 for long runs are the storage engineer's soak (``bench/soak_storage.py``).
 
     python bench/soak.py                      # 100,000 tasks, 2 + 2 replicas, 32 in flight

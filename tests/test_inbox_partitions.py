@@ -76,6 +76,8 @@ def test_published_inverts_the_stored_subject_and_stored_matches_it(task_ids: li
         assert subjects.matches(subjects.stored(origin), stored)
         assert subjects.matches(subjects.stored(subjects.any_task_activity(tid)), stored)
         assert subjects.matches(subjects.inbox_partition_filter("support", p), stored) == (kind == "events")
+        assert subjects.published_filter(subjects.stored(origin)) == origin
+        assert subjects.published_filter(stored) == origin
     # other streams' subjects, and a 5-token subject that is not a partition, pass unchanged
     for other in ("agents.support.results.t1", "agents.support.tasks", "shadow.l.agents.support.events.t1",
                   "agents.support.events.x.t1"):
@@ -135,6 +137,50 @@ async def test_an_events_stream_without_partitions_gains_them_when_a_worker_prov
         assert stored == f"agents.support.events.{subjects.inbox_partition('t1', 4)}.t1"
     finally:
         await nc.close()
+
+
+async def test_a_durable_made_before_events_was_partitioned_follows_the_new_filter(
+        nats_server: EmbeddedNats) -> None:
+    """The decisions durable of an earlier build filters on
+    ``agents.<a>.decisions.*``, which no partitioned subject matches: a parked
+    approval would never resume. A worker of this version moves its filter;
+    a durable with some other filter is left as it is."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from agentstream.runtime.execution.consumer import ConsumerSettings, PullConsumer
+
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    try:
+        await nats_adapters.provision(js)
+        durable = subjects.agent_durable("support", "decisions")
+        await js.add_consumer(subjects.EVENTS_STREAM, ConsumerConfig(
+            durable_name=durable, filter_subject=subjects.decisions("support", "*"), ack_policy=AckPolicy.EXPLICIT))
+        await js.add_consumer(subjects.EVENTS_STREAM, ConsumerConfig(
+            durable_name="someone_elses", filter_subject="agents.other.decisions.*", ack_policy=AckPolicy.EXPLICIT))
+        want = subjects.stored(subjects.decisions("support", "*"))
+
+        async def noop(msg: object) -> None:
+            return None
+
+        for name in (durable, "someone_elses"):
+            consumer = PullConsumer(js, ConsumerSettings(stream=subjects.EVENTS_STREAM, durable=name,
+                                                         filter_subject=want), noop)  # type: ignore[arg-type]
+            await consumer.ensure()
+        assert (await js.consumer_info(subjects.EVENTS_STREAM, durable)).config.filter_subject == want
+        assert (await js.consumer_info(subjects.EVENTS_STREAM, "someone_elses")).config.filter_subject == \
+            "agents.other.decisions.*"
+        await js.publish(subjects.decisions("support", "t1"), b"{}")
+        assert (await js.consumer_info(subjects.EVENTS_STREAM, durable)).num_pending == 1
+    finally:
+        await nc.close()
+
+
+async def test_a_client_that_creates_events_uses_the_configured_partitions(
+        nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTSTREAM_INBOX_PARTITIONS", "4")
+    async with await AgentClient.connect(nats_server.url, telemetry=False) as client:
+        assert await nats_adapters.events_partitions(client.js) == 4
 
 
 def _replica(url: str, tmp_path: Path, worker: str, tools: bool) -> object:

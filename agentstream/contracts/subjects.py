@@ -407,6 +407,16 @@ def published(subject: str) -> str:
     return f"agents.{parts[1]}.{parts[2]}.{parts[4]}"
 
 
+def published_filter(subject: str) -> str:
+    """The inverse of :func:`stored` for filters: ``agents.<a>.<kind>.*.<task>``
+    -> ``agents.<a>.<kind>.<task>``; a stored subject (a partition number)
+    as :func:`published`; anything else unchanged."""
+    parts = subject.split(".")
+    if len(parts) == 5 and parts[0] == "agents" and parts[3] == "*":
+        return f"agents.{parts[1]}.{parts[2]}.{parts[4]}"
+    return published(subject)
+
+
 def inbox_partition_filter(agent: str, partition: int) -> str:
     return f"agents.{agent}.events.{partition}.*"
 

@@ -49,6 +49,12 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
+def inbox_partitions(env: Mapping[str, str]) -> int:
+    """AGENTSTREAM_INBOX_PARTITIONS: the partition count EVENTS gets from
+    whichever process creates it, worker or client (docs/scaling.md)."""
+    return _int(env, "AGENTSTREAM_INBOX_PARTITIONS", 16, minimum=1, maximum=256)
+
+
 def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if not raw:
@@ -201,7 +207,7 @@ class Settings:
             store_limits=_store_limits(env, "AGENTSTREAM_STORE_LIMITS"),
             store_compression=_compression(env, "AGENTSTREAM_STORE_COMPRESSION"),
             finished_session_ttl_s=_duration(env, "AGENTSTREAM_FINISHED_SESSION_TTL", 3600.0),
-            inbox_partitions=_int(env, "AGENTSTREAM_INBOX_PARTITIONS", 16, minimum=1, maximum=256),
+            inbox_partitions=inbox_partitions(env),
         )
 
 

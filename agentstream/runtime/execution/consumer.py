@@ -101,11 +101,14 @@ class PullConsumer:
 
     async def ensure(self) -> ConsumerInfo:
         """The durable consumer, created if missing. An existing one is used as
-        it is (another replica or version made it), as ``pull_subscribe`` does."""
+        it is (another replica or version made it), as ``pull_subscribe`` does,
+        except for a filter from before EVENTS was partitioned (see :func:`refilter`)."""
         try:
-            return await self.js.consumer_info(self.s.stream, self.s.durable)
+            info = await self.js.consumer_info(self.s.stream, self.s.durable)
         except jse.NotFoundError:
             pass
+        else:
+            return await refilter(self.js, self.s.stream, info, self.s.filter_subject)
         cfg = ConsumerConfig(
             durable_name=self.s.durable, filter_subject=self.s.filter_subject,
             ack_policy=AckPolicy.EXPLICIT,
@@ -251,6 +254,23 @@ class PullConsumer:
         log.warning("dead-lettered %s from %s: %s", subject, self.s.durable, reason)
         await self.js.publish(subjects.dead_letter(subject), codec.encode(ev),
                               headers={MSG_ID: f"dlq:{self.s.stream}:{seq}"} if seq is not None else None)
+
+
+async def refilter(js: JetStreamContext, stream: str, info: ConsumerInfo, want: str | None) -> ConsumerInfo:
+    """An existing durable whose filter is ``want`` as it was before EVENTS
+    stored a partition in its subjects (``agents.<a>.decisions.*`` for
+    ``agents.<a>.decisions.*.*``): made by an earlier build, it would match no
+    new message, and a parked approval would never resume. Its filter follows
+    (a durable's filter may be changed in place). Any other difference is left
+    alone: the durable is someone else's to configure."""
+    have = info.config.filter_subject
+    if not want or not have or have == want or info.config.filter_subjects or subjects.stored(have) != want:
+        return info
+    cfg = info.config
+    cfg.filter_subject = want
+    log.warning("consumer %s on %s: filter %s -> %s (EVENTS is partitioned since this build; docs/scaling.md)",
+                info.name, stream, have, want)
+    return await js.add_consumer(stream, cfg)
 
 
 def size_limit(max_bytes: int) -> Middleware:

@@ -123,6 +123,12 @@ class PartitionedConsumer(PullConsumer):
             return await self.js.consumer_info(subjects.EVENTS_STREAM, durable)
         except jse.NotFoundError:
             pass
+        # From the start of EVENTS: a task's first results may be stored before
+        # its partition's consumer exists (the first replica still starting).
+        # The cost: a partition consumer deleted and made again reads its
+        # partition's retained events again (each handed to the engine again,
+        # a session read at least), so delete them only drained and purged
+        # (docs/scaling.md, changing P).
         cfg = ConsumerConfig(
             durable_name=durable, filter_subject=subjects.inbox_partition_filter(self.agent, p),
             ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=self.s.ack_wait_s,

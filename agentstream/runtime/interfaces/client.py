@@ -28,6 +28,7 @@ from agentstream.runtime.adapters import jetstream as nats_adapters
 from agentstream.runtime.adapters import js_ack
 from agentstream.runtime.adapters.scan import RESULTS_STREAM, stored_result
 from agentstream.runtime.config.auth import NatsAuth
+from agentstream.runtime.config.settings import inbox_partitions
 from agentstream.runtime.core.errors import PayloadTooLarge, ResultTimeout, SubmitFailed
 from agentstream.runtime.observability.telemetry import Telemetry, setup_telemetry
 from agentstream.runtime.observability.trace_context import format_traceparent
@@ -107,7 +108,7 @@ class AgentClient:
         client._owns_telemetry = telemetry is True
         if provision:
             # Idempotent; lets a client submit before any worker has started.
-            await nats_adapters.provision(client.js, update=False)
+            await nats_adapters.provision(client.js, update=False, partitions=inbox_partitions(os.environ))
         return client
 
     async def close(self) -> None:

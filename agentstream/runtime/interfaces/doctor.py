@@ -42,7 +42,8 @@ class Check:
 
 async def _inbox_check(js: Any) -> Check:
     """The agents' partitioned inbox (EVENTS' subject transform, docs/scaling.md):
-    made by the first worker, so its absence before one has run is not a fault."""
+    made by whichever worker or client first provisions, so its absence before
+    then is not a fault."""
     from agentstream.runtime.adapters import jetstream
     from agentstream.runtime.observability.lag import partition_of
 
@@ -50,11 +51,11 @@ async def _inbox_check(js: Any) -> Check:
     try:
         info = await js.stream_info(stream)
     except Exception:  # noqa: BLE001 - not found, or no permission: not there to us
-        return Check(SKIP, "inbox", f"{stream} not created yet (the first agent worker creates it)")
+        return Check(SKIP, "inbox", f"{stream} not created yet (the first worker or client creates it)")
     parts = jetstream.inbox_partitions(info.config)
     if parts is None:
-        return Check(FAIL, "inbox", f"stream {stream} is not partitioned (no subject transform): start an "
-                                    "agent worker of this version to add it (docs/scaling.md, 'Upgrading')")
+        return Check(FAIL, "inbox", f"stream {stream} is not partitioned (no subject transform): start a "
+                                    "worker of this version to add it (docs/scaling.md, 'Upgrading')")
     try:
         consumers = [c for c in await js.consumers_info(stream) if partition_of(str(c.name)) is not None]
     except Exception:  # noqa: BLE001 - a role that may not list consumers still gets the count

@@ -32,7 +32,7 @@ async def run_online(args: argparse.Namespace, settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         js = nc.jetstream()
-        await nats_adapters.provision(js, update=False)
+        await nats_adapters.provision(js, update=False, partitions=settings.inbox_partitions)
         evaluator = OnlineEvaluator(sample_rate=args.sample, seed=args.seed, window=args.window,
                                     baseline_size=args.window, drift_threshold=args.drift_threshold)
         service = OnlineEvaluation(js, evaluator, agent=args.agent)

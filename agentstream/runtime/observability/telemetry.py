@@ -78,6 +78,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from agentstream.contracts.codec import DecodeError
+from agentstream.contracts.subjects import published
 from agentstream.runtime.adapters.jetstream import MSG_ID
 from agentstream.runtime.execution.consumer import Reject
 from agentstream.runtime.observability.instrumentation import EngineHooks, TracedBus, TracedLLM
@@ -311,7 +312,9 @@ class Telemetry:
             headers = msg.headers
             parent = self.extract(headers)
             attrs: dict[str, Any] = {"messaging.system": "nats", "messaging.operation.type": "process",
-                                     "messaging.operation.name": "process", "messaging.destination.name": msg.subject,
+                                     "messaging.operation.name": "process",
+                                     # as published: EVENTS stores a partition in the subject
+                                     "messaging.destination.name": published(msg.subject),
                                      "messaging.consumer.group.name": durable}
             # (messaging.message.body.size is opt-in in the conventions: ~35 bytes a span, left out)
             mid = headers.get(MSG_ID) if headers else None

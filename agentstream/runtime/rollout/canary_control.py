@@ -21,6 +21,7 @@ from agentstream.contracts.events import AuditRecord, EvaluationScored, TaskComp
 from agentstream.runtime.adapters.scan import scan
 from agentstream.runtime.core.errors import Conflict
 from agentstream.runtime.core.ports import Bus, SessionStore
+from agentstream.runtime.execution.consumer import refilter
 from agentstream.runtime.execution.pull import Outage
 from agentstream.runtime.rollout import canary as C
 
@@ -90,8 +91,12 @@ async def ensure_candidate_consumers(js: JetStreamContext, agent: str, label: st
                              deliver_policy=DeliverPolicy.BY_START_TIME, max_ack_pending=-1,
                              opt_start_time=datetime.datetime.fromtimestamp(since, tz=datetime.UTC))
         stream = "TASKS" if subject.endswith(".tasks") else "EVENTS"
-        with contextlib.suppress(Exception):
-            await js.consumer_info(stream, durable)
+        try:
+            info = await js.consumer_info(stream, durable)
+        except Exception:  # noqa: BLE001 - not there (or not visible): create it
+            info = None
+        if info is not None:
+            await refilter(js, stream, info, cfg.filter_subject)
             continue
         await js.add_consumer(stream, config=cfg)
 

@@ -373,7 +373,9 @@ class Runtime:
                               max_in_flight=s.max_in_flight,
                               ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver,
                               max_bytes=s.max_event_bytes, deliver_new=deliver_new)
-        mw = self.telemetry.consumer_middleware(durable, subject) if self.telemetry is not None and traced else None
+        # Spans are named by the subject as published (EVENTS stores a partition in it).
+        named = subjects.published_filter(subject)
+        mw = self.telemetry.consumer_middleware(durable, named) if self.telemetry is not None and traced else None
         if mw is not None:
             cs.middlewares = (*cs.middlewares, mw)  # telemetry: a `process <subject>` span per message
         self.consumers.append(PullConsumer(self.js, cs, handler,  # type: ignore[arg-type]
