@@ -195,6 +195,12 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 
 @pytest.fixture
+def broker(nats_server: EmbeddedNats) -> EmbeddedNats:
+    """The same broker, by the name the end-to-end tests use."""
+    return nats_server
+
+
+@pytest.fixture
 def nats_url(nats_server: EmbeddedNats) -> str:
     """The broker's URL with the admin (all-permissions) credentials in it, so
     a plain ``nats.connect(url)`` works; role identities: ``role_auth``."""

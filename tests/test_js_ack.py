@@ -12,6 +12,7 @@ import nats
 import nats.errors
 import nats.js.errors as jse
 import pytest
+from conftest import until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
@@ -154,7 +155,8 @@ async def test_concurrent_answers_reach_their_own_request(client: AgentClient, p
         await sub.unsubscribe()
 
 
-async def test_a_failing_inline_handler_leaves_the_connection_reading(client: AgentClient) -> None:
+async def test_a_failing_inline_handler_leaves_the_connection_reading(client: AgentClient,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """Messages handled from the read loop (pull consumers, ack replies): a
     handler that raises is logged, and the connection goes on delivering."""
     seen: list[bytes] = []
@@ -169,11 +171,9 @@ async def test_a_failing_inline_handler_leaves_the_connection_reading(client: Ag
         for body in (b"one", b"boom", b"two"):
             await client.nc.publish("inline.test", body)
         await client.nc.flush()
-        for _ in range(100):
-            if len(seen) == 3:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(seen) == 3, 1.0, "three deliveries")
         assert seen == [b"one", b"boom", b"two"]
+        assert "handling a message on inline.test failed" in caplog.text
         assert client.nc.is_connected
         # and requests still get their answers
         assert (await js_ack.for_connection(client.nc).publish(subjects.results("w", "after-boom"), b"{}")).seq > 0

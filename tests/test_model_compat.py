@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,13 +41,6 @@ from agentstream.runtime.core.ports import ModelRequest
 TOOL = ToolSpec(name="lookup_order", description="Look up an order.",
                 parameters={"type": "object", "properties": {"order_id": {"type": "integer"}}})
 HELLO = (Message(role="user", content="where is order 42?"),)
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    nats = await EmbeddedNats(store_dir=tmp_path / "nats").astart()
-    yield nats
-    nats.stop()
 
 
 async def _run(broker: EmbeddedNats, srv: FakeOpenAI, question: str = "where is order 42?", *,

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from fake_openai import FakeOpenAI, text_reply, tool_calls_reply
 
 from agentstream import AgentClient, OpenAIChatModel, Runtime, Settings, TaskCompleted, TaskFailed
@@ -18,13 +15,6 @@ from agentstream.runtime.adapters.embedded_broker import EmbeddedNats
 
 def _tool_messages(req: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in req["messages"] if m["role"] == "tool"]
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    nats = await EmbeddedNats(store_dir=tmp_path / "nats").astart()
-    yield nats
-    nats.stop()
 
 
 async def _run(broker: EmbeddedNats, srv: FakeOpenAI, question: str, *, max_steps: int | None = None,

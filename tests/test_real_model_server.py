@@ -13,7 +13,6 @@ import collections
 import dataclasses
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -42,13 +41,6 @@ TASKS = [
     "Search the knowledge base for the return policy.",
     "Please open a support ticket: my package is late. " + "It is very late. " * 300,
 ]
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    nats = await EmbeddedNats(store_dir=tmp_path / "nats").astart()
-    yield nats
-    nats.stop()
 
 
 async def test_the_demo_app_against_a_real_model(broker: EmbeddedNats, tmp_path: Path) -> None:

@@ -141,15 +141,6 @@ def test_regressions_are_listed_first() -> None:
 # ----------------------------------------------------------------- against the broker
 
 
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    server = await EmbeddedNats(store_dir=tmp_path / "nats").astart()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _settings(url: str) -> Settings:
     return dataclasses.replace(Settings.from_env({}), nats_url=url, app="rollout_app:app", ack_wait_s=5.0)
 

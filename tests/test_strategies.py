@@ -267,6 +267,10 @@ def test_mistakes_are_seeded_by_the_request_and_the_seed(seed: int, text: str) -
     req = ModelRequest(model="m", messages=(Message(role="user", content=text),), tools=SPEC.tools)
     script = support_desk.make_support_script(a)
     assert script(req) == script(req)  # the same request draws the same, whatever ran before
+    # ... and the seed does draw: over 20 seeds a mistake-prone request is not answered one way
+    drawn = {repr(support_desk.make_support_script(sim.Assumptions(error_rate=0.5, seed=s))(req))
+             for s in range(seed, seed + 20)}
+    assert len(drawn) > 1
 
 
 async def test_an_argument_mistake_costs_a_turn_in_react_and_a_replan_in_plan_first() -> None:

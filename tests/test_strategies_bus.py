@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -110,15 +109,6 @@ def test_the_shadow_report_splits_a_routed_candidate_by_the_strategy_it_ran() ->
     assert shadow_report(plain, agent="a", candidate="r", min_pairs=1).by_strategy == ()
 
 
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    server = await EmbeddedNats(store_dir=tmp_path / "nats").astart()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def _records(url: str, label: str, n: int) -> list[PairRecord]:
     client = await AgentClient.connect(url, provision=False)
     try:
@@ -186,7 +176,7 @@ async def test_the_routed_candidate_shadows_production_react_without_side_effect
         assert "where the candidate ran plan" in render_report(overall)
         # Tasks the router keeps on ReAct behave exactly as production does.
         same = shadow_report(by_route["react"], agent="support", candidate="routed", min_pairs=1)
-        assert same.pairs == 0 or same.verdict == "no differences"
+        assert same.pairs == len(by_route["react"]) > 0 and same.verdict == "no differences"
         # A refund that depends on eligibility ("if it is eligible", "whichever qualifies") is kept
         # on ReAct whatever the threshold, and is issued as production issues it (by production).
         gated = [r for r in recs if route(text[r.task_id], policy).features.conditionals]

@@ -391,30 +391,22 @@ def inbox_partition(task_id: str, partitions: int) -> int:
 def stored(subject: str) -> str:
     """A published EVENTS subject or filter (``agents.<a>.<kind>.<task>``) as
     EVENTS stores it, any partition: ``agents.<a>.<kind>.*.<task>``. Anything
-    else is returned as it is (another stream's subjects are not transformed)."""
+    else is returned as it is (another stream's subjects are not transformed:
+    RESULTS' ``agents.<a>.results.<task>`` has the same shape)."""
     parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != "agents" or parts[2] == "tasks" or parts[2] == "results":
+    if len(parts) != 4 or parts[0] != "agents" or parts[2] == "results":
         return subject
     return f"agents.{parts[1]}.{parts[2]}.*.{parts[3]}"
 
 
 def published(subject: str) -> str:
-    """An EVENTS subject as stored (``agents.<a>.<kind>.<partition>.<task>``) ->
-    the subject it was published on; any other subject unchanged."""
+    """The inverse of :func:`stored`: an EVENTS subject as stored
+    (``agents.<a>.<kind>.<partition>.<task>``), or a filter over any partition
+    (``*``), -> the subject it was published on; any other subject unchanged."""
     parts = subject.split(".")
-    if len(parts) != 5 or parts[0] != "agents" or not parts[3].isdigit():
+    if len(parts) != 5 or parts[0] != "agents" or not (parts[3].isdigit() or parts[3] == "*"):
         return subject
     return f"agents.{parts[1]}.{parts[2]}.{parts[4]}"
-
-
-def published_filter(subject: str) -> str:
-    """The inverse of :func:`stored` for filters: ``agents.<a>.<kind>.*.<task>``
-    -> ``agents.<a>.<kind>.<task>``; a stored subject (a partition number)
-    as :func:`published`; anything else unchanged."""
-    parts = subject.split(".")
-    if len(parts) == 5 and parts[0] == "agents" and parts[3] == "*":
-        return f"agents.{parts[1]}.{parts[2]}.{parts[4]}"
-    return published(subject)
 
 
 def inbox_partition_filter(agent: str, partition: int) -> str:

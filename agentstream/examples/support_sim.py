@@ -40,6 +40,7 @@ from typing import Any, Literal
 import msgspec
 
 from agentstream.contracts.events import Message, ModelResponse, ToolCall, Usage
+from agentstream.runtime.adapters.scripted_models import estimate_tokens, last_user
 from agentstream.runtime.core.ports import ModelRequest
 from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME, turn_kind
 
@@ -75,11 +76,6 @@ BENCH = Assumptions(error_rate=0.05, turn_latency_s=0.35, prefill_s_per_1k=0.05,
 
 
 # ----------------------------------------------------------------- usage
-
-
-def estimate_tokens(text: str) -> int:
-    """~4 characters a token, the same rule the scripted models use elsewhere."""
-    return max(1, len(text) // 4) if text else 0
 
 
 def request_tokens(request: ModelRequest) -> int:
@@ -233,18 +229,11 @@ def parse(text: str) -> Request:
 def is_multistep(request: ModelRequest) -> bool:
     """Whether this request is beyond the support desk's one-turn script: two
     or more orders, or three or more tool calls."""
-    r = parse(_last_user(request))
+    r = parse(last_user(request))
     return len(r.order_ids) >= 2 or r.calls_needed() >= 3
 
 
 # ----------------------------------------------------------------- what the conversation holds
-
-
-def _last_user(request: ModelRequest) -> str:
-    for m in reversed(request.messages):
-        if m.role == "user":
-            return m.content
-    return ""
 
 
 def _key(name: str, args: dict[str, Any]) -> str:
@@ -441,7 +430,7 @@ def _tool_calls(specs: Sequence[tuple[str, dict[str, Any]]], step: int) -> Model
 def react_turn(request: ModelRequest, a: Assumptions) -> ModelResponse:
     """The next ReAct turn of a multi-step request: the calls whose inputs are
     known (at most ``react_calls_per_turn``), or the answer when nothing is left."""
-    r = parse(_last_user(request))
+    r = parse(last_user(request))
     s = observed(request)
     ready = [c for c in work(r, s) if not c.needs]
     if not ready:
@@ -498,7 +487,7 @@ def _legacy_steps(request: ModelRequest, s: Seen, a: Assumptions,
         args = _loads(c.arguments)
         if isinstance(args, dict) and not s.done(c.name, **args):
             steps.append({"id": f"s{len(steps) + 1}", "tool": c.name, "args": args})
-    text = _last_user(request)
+    text = last_user(request)
     if _REFUND_ACTION.search(text) and a.planner_conditionals == "speculate":
         oid = next((i for m in reversed(request.messages) if m.role == "user" for i in order_ids(m.content)), None)
         elig = next((st["id"] for st in steps if st["tool"] == "refund_eligibility"), None)
@@ -515,7 +504,7 @@ def planner_turn(request: ModelRequest, a: Assumptions,
     results the tool message reported."""
     s = observed(request)
     if is_multistep(request):
-        steps = plan_steps(parse(_last_user(request)), s, a)
+        steps = plan_steps(parse(last_user(request)), s, a)
     else:
         steps = _legacy_steps(request, s, a, legacy)
     rng = _draw(request, a.seed, "mistake")
@@ -605,7 +594,7 @@ def solver_turn(request: ModelRequest, legacy: Callable[[ModelRequest], ModelRes
     """The answer from the plan's results (a solver may not call tools)."""
     s = observed(request)
     if is_multistep(request):
-        return ModelResponse(text=compose(parse(_last_user(request)), s, planned=True), finish_reason="stop")
+        return ModelResponse(text=compose(parse(last_user(request)), s, planned=True), finish_reason="stop")
     # A one-step request is answered as the one-turn script answers the same results.
     out = legacy(_as_react_results(request, s))
     if out.tool_calls:  # it would act now; a solver cannot

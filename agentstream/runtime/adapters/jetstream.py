@@ -139,10 +139,14 @@ class NatsKV:
             return None
         return Entry(e.value, e.revision)
 
-    async def _write(self, key: str, value: bytes, last: int | None) -> int:
+    async def _write(self, key: str, value: bytes, last: int | None, ttl_s: float | None = None) -> int:
         """One write; ``last`` set: only if the key's last revision is ``last``
-        (0: the key must not exist), else Conflict."""
+        (0: the key must not exist), else KeyWrongLastSequenceError. ``ttl_s``:
+        the message expires (Nats-TTL: whole seconds, at least 1; KV streams
+        allow per-message TTLs, allow_msg_ttl)."""
         hdrs = None if last is None else {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        if ttl_s is not None:
+            hdrs = {**(hdrs or {}), "Nats-TTL": str(int(max(1.0, float(round(ttl_s)))))}
         try:
             return (await self._acks.publish(self._subject(key), value, headers=hdrs, timeout=self._timeout)).seq
         except jse.APIError as exc:
@@ -172,16 +176,12 @@ class NatsKV:
             raise (store_full(exc, self.name) or exc) from None
 
     async def write_expiring(self, key: str, value: bytes, revision: int | None, ttl_s: float) -> int:
-        # A KV write as update does it (expected last subject sequence; 0 =
-        # the key must not exist), plus Nats-TTL: whole seconds, at least 1;
-        # KV streams allow per-message TTLs (allow_msg_ttl).
-        ttl = max(1.0, float(round(ttl_s)))
-        hdrs = {"Nats-Expected-Last-Subject-Sequence": str(revision or 0), "Nats-TTL": str(int(ttl))}
+        # A KV write as update does it (revision None or 0: the key must not exist).
         try:
-            return (await self._acks.publish(self._subject(key), value, headers=hdrs, timeout=self._timeout)).seq
+            return await self._write(key, value, revision or 0, ttl_s)
+        except jse.KeyWrongLastSequenceError as exc:  # someone wrote first
+            raise Conflict(f"{key} changed since revision {revision}") from exc
         except jse.APIError as exc:
-            if exc.err_code in _WRONG_LAST:  # someone wrote first
-                raise Conflict(f"{key} changed since revision {revision}") from exc
             raise (store_full(exc, self.name) or exc) from None
 
     async def put(self, key: str, value: bytes) -> int:
@@ -469,8 +469,8 @@ async def events_partitions(js: JetStreamContext, *, replicas: int = 1) -> int:
     partitions = inbox_partitions(info.config)
     if partitions is None:
         raise ConfigError(f"stream {subjects.EVENTS_STREAM} is not partitioned (no subject transform "
-                          f"{subjects.events_transform(subjects.DEFAULT_INBOX_PARTITIONS)[1]}): an agent worker "
-                          f"adds it when it starts (docs/scaling.md, 'Upgrading')")
+                          f"{subjects.events_transform(subjects.DEFAULT_INBOX_PARTITIONS)[1]}): a worker of this "
+                          f"version adds it when it starts (docs/scaling.md, 'Upgrading')")
     created = await _creating(functools.partial(js.create_key_value, KeyValueConfig(
         bucket=subjects.REPLICAS.name, description=subjects.REPLICAS.description, history=1,
         ttl=subjects.REPLICAS.max_age_s, replicas=replicas, storage=StorageType.FILE,

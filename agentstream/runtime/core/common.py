@@ -49,6 +49,7 @@ from agentstream.runtime.core.state import (
     RecordTurn,
     SessionState,
     SetApprovalTimer,
+    SetDeadline,
     Turn,
     tool_error_content,
     tool_ok_content,
@@ -59,6 +60,8 @@ from agentstream.runtime.planning.protocol import SUBMIT_PLAN, SUBMIT_PLAN_NAME
 # longer re-emits the outbox: the server would not dedupe it any more, and an
 # outbox that old was published long ago.
 DEDUPE_WINDOW_S = 120.0
+
+_json = msgspec.json.Encoder(order="sorted")
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,12 @@ def conversation_key(task: TaskSubmitted) -> str:
     return f"{task.tenant_id}.{task.conversation_id}" if task.conversation_id else ""
 
 
+def dumps(value: Any) -> str:
+    """JSON with sorted keys: equal arguments give equal text however the
+    model ordered them (the loop key, a plan's transcript)."""
+    return _json.encode(value).decode()
+
+
 _T = TypeVar("_T")
 
 
@@ -124,6 +133,38 @@ def _ids(calls: tuple[ToolCall, ...], step: int) -> list[str]:
             candidate += "_"
         out.append(candidate)
     return out
+
+
+def _fix_call_ids(state: SessionState, calls: tuple[ToolCall, ...], ids: list[str]
+                  ) -> tuple[SessionState, tuple[ToolCall, ...]]:
+    """The turn's calls under their usable ids (``_ids``), and the session with
+    its last (assistant) message carrying them: the transcript must pair every
+    tool call id the model produced with a result."""
+    if all(c.id == i for c, i in zip(calls, ids)):
+        return state, calls
+    fixed = tuple(msgspec.structs.replace(c, id=i) for c, i in zip(calls, ids))
+    messages = (*state.messages[:-1], msgspec.structs.replace(state.messages[-1], tool_calls=fixed))
+    return msgspec.structs.replace(state, messages=messages), fixed
+
+
+def _count_call(counts: dict[str, int], tool: str, args_json: str) -> int:
+    """One more call of ``tool`` with these arguments (``dumps``'d) in
+    ``counts``; the loop limit is checked against what it returns."""
+    key = f"{tool}:{args_json}"
+    counts[key] = counts.get(key, 0) + 1
+    return counts[key]
+
+
+def _approvers(tool: str, ctx: Context) -> tuple[str, ...]:
+    return (ctx.approvers_for(tool) if ctx.approvers_for else ()) or ctx.default_approvers
+
+
+def _pause_deadline(state: SessionState, ctx: Context, approval_deadline: float) -> tuple[SessionState, SetDeadline]:
+    """The task's own clock stops while a human decides: it keeps the time it
+    had left, counted from the approval deadline."""
+    remaining = max(state.deadline_at - ctx.now, 0.0)
+    state = msgspec.structs.replace(state, deadline_at=max(state.deadline_at, approval_deadline + remaining))
+    return state, SetDeadline(deadline_at=state.deadline_at)
 
 
 def _tool_request(task: TaskSubmitted, step: int, call_id: str, tool: str, args: dict[str, Any],
@@ -152,6 +193,15 @@ def _ask_approval(task: TaskSubmitted, step: int, call_id: str, tool: str, args:
                   RecordApproval(approval_id=approval.approval_id, status="pending", request=approval),
                   _audit("approval.requested", ctx, task, actor=f"agent:{task.agent}",
                          approval_id=approval.approval_id, tool=tool, step=step, **audit_details)]
+
+
+def _pending_approval(state: SessionState, call_id: str, step: int | None = None) -> PendingCall | None:
+    if state.status != "awaiting_tools" or (step is not None and step != state.step):
+        return None
+    for p in state.pending:
+        if p.call_id == call_id and p.approval == "pending":
+            return p
+    return None
 
 
 def _all_settled(state: SessionState) -> bool:
@@ -216,6 +266,15 @@ def request_shape(state: SessionState, spec: AgentSpec) -> tuple[tuple[ToolSpec,
     if p is not None and p.phase == "solving":
         return (), "none"
     return spec.tools, spec.tool_choice
+
+
+def _next_model_turn(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...] = ()) -> Decision:
+    """Ask the model again, unless the step limit is reached."""
+    if state.step >= state.max_steps:
+        return _fail(state, ctx, "max_steps",
+                     f"reached the limit of {state.max_steps} model turns without a final answer", extra=extra)
+    state = msgspec.structs.replace(state, status="awaiting_model", step=state.step + 1, updated_at=ctx.now)
+    return _call_model(state, ctx, extra=extra)
 
 
 def _call_model(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...] = ()) -> Decision:
@@ -387,3 +446,20 @@ def _decision_recorded(state: SessionState, pend: PendingCall, ev: ApprovalDecid
             RecordApproval(approval_id=ev.approval_id, status="approved" if ev.approved else "denied", decision=ev),
             _audit("approval.decided", ctx, state.task, actor=ev.approver, approval_id=ev.approval_id,
                    tool=pend.tool, approved=ev.approved, reason=ev.reason, **audit))
+
+
+def _expiry_recorded(state: SessionState, pend: PendingCall, ctx: Context, what: str
+                     ) -> Decision | tuple[AnyCommand, ...]:
+    """What any approval's expiry (on a call or a whole plan, ``what`` names
+    it) does first: record and audit it. Under the ``escalate`` policy the
+    task fails (the Decision); else the commands that also stop its timer,
+    for the strategy to settle the call."""
+    timeout = ctx.spec.approval_timeout_s
+    audit = _audit("approval.expired", ctx, state.task, actor="system", approval_id=pend.approval_id, tool=pend.tool,
+                   policy=ctx.spec.on_approval_timeout)
+    record = RecordApproval(approval_id=pend.approval_id, status="expired")
+    if ctx.spec.on_approval_timeout == "escalate":
+        return _fail(state, ctx, "approval_expired",
+                     f"no decision on {what} within {timeout:g}s; the task is escalated to a human",
+                     extra=(record, audit))
+    return ClearApprovalTimer(call_id=pend.call_id), record, audit

@@ -31,23 +31,31 @@ from agentstream.runtime.core.common import (  # noqa: F401 - re-exported: the e
     Context,
     Decision,
     _all_settled,
+    _approvers,
     _ask_approval,
     _audit,
     _call_model,
     _complete,
+    _count_call,
     _decision_recorded,
     _duplicate,
     _emit,
+    _expiry_recorded,
     _fail,
+    _fix_call_ids,
     _ids,
+    _next_model_turn,
     _over_budget,
     _override,
+    _pause_deadline,
+    _pending_approval,
     _record_response,
     _refuse_approver,
     _refuse_result,
     _result_content,
     _tool_request,
     conversation_key,
+    dumps,
     estimate_tokens,
     too_large,
 )
@@ -57,7 +65,6 @@ from agentstream.runtime.core.state import (
     AnyCommand,
     ApprovalExpired,
     CallResult,
-    ClearApprovalTimer,
     DeadlineReached,
     Input,
     ModelFailed,
@@ -65,7 +72,6 @@ from agentstream.runtime.core.state import (
     PendingCall,
     PublishProgress,
     PublishToolCall,
-    RecordApproval,
     SessionState,
     SetDeadline,
     tool_error_content,
@@ -158,7 +164,7 @@ def _start(task: TaskSubmitted, ctx: Context) -> Decision:
         max_tokens=_override(task.max_tokens, spec.max_tokens),
         max_cost_usd=_override(task.max_cost_usd, spec.max_cost_usd),
     )
-    planning, announce = routing.start(task, task.input, state.agent_version, ctx)
+    planning, announce = routing.start(task, state.agent_version, ctx)
     if planning is not None:
         state = msgspec.structs.replace(state, planning=planning)
     return _call_model(state, ctx, extra=(*announce, SetDeadline(deadline_at=state.deadline_at)))
@@ -167,7 +173,6 @@ def _start(task: TaskSubmitted, ctx: Context) -> Decision:
 def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision:
     resp = ev.response
     state, progress = _record_response(state, ev, ctx)
-    assistant = state.messages[-1]
 
     over = _over_budget(state)
     if over:
@@ -202,34 +207,27 @@ def _on_model(state: SessionState, ev: ModelResponded, ctx: Context) -> Decision
         if isinstance(args, ToolError):
             early.append(CallResult(call_id=call_id, tool=call.name, ok=False, content=tool_error_content(args)))
             continue
-        key = f"{call.name}:{msgspec.json.encode(args, order='sorted').decode()}"
-        counts[key] = counts.get(key, 0) + 1
-        if counts[key] >= ctx.spec.loop_limit:
+        repeats = _count_call(counts, call.name, dumps(args))
+        if repeats >= ctx.spec.loop_limit:
             return _fail(state, ctx, "loop_detected",
-                         f"the model called {call.name} with the same arguments {counts[key]} times",
+                         f"the model called {call.name} with the same arguments {repeats} times",
                          extra=(progress,))
         if ctx.needs_approval is not None and ctx.needs_approval(call.name, args):
-            approvers = (ctx.approvers_for(call.name) if ctx.approvers_for else ()) or ctx.default_approvers
-            asked, asking = _ask_approval(task, ev.step, call_id, call.name, args, approvers, approval_deadline, ctx)
+            asked, asking = _ask_approval(task, ev.step, call_id, call.name, args, _approvers(call.name, ctx),
+                                          approval_deadline, ctx)
             pending.append(asked)
             cmds += asking
             continue
         pending.append(PendingCall(call_id=call_id, tool=call.name, arguments=args))
         cmds.append(PublishToolCall(request=_tool_request(task, ev.step, call_id, call.name, args, ctx)))
-    # The transcript must pair every tool call id the model produced with a result.
-    if any(c.id != i for c, i in zip(resp.tool_calls, ids)):
-        fixed = tuple(msgspec.structs.replace(c, id=i) for c, i in zip(resp.tool_calls, ids))
-        messages = (*state.messages[:-1], msgspec.structs.replace(assistant, tool_calls=fixed))
-        state = msgspec.structs.replace(state, messages=messages)
+    # After the loop: a task failed above keeps the transcript as the model wrote it.
+    state, _ = _fix_call_ids(state, resp.tool_calls, ids)
     state = msgspec.structs.replace(
         state, status="awaiting_tools", pending=tuple(pending), results=tuple(early),
         tool_calls_total=total, call_counts=counts)
     if any(p.approval == "pending" for p in pending):
-        # The task's own clock stops while a human decides: it keeps the time
-        # it had left, counted from the approval deadline.
-        remaining = max(state.deadline_at - ctx.now, 0.0)
-        state = msgspec.structs.replace(state, deadline_at=max(state.deadline_at, approval_deadline + remaining))
-        cmds.append(SetDeadline(deadline_at=state.deadline_at))
+        state, paused = _pause_deadline(state, ctx, approval_deadline)
+        cmds.append(paused)
     dispatched = PublishProgress(event=ToolCallDispatched(
         task_id=task.task_id, agent=task.agent, step=ev.step,
         calls=state.messages[-1].tool_calls, at=ctx.now, agent_version=state.agent_version,
@@ -271,15 +269,6 @@ def _on_tool_result(state: SessionState, ev: ToolCallCompleted, ctx: Context) ->
     return _next_turn(state, ctx)
 
 
-def _pending_approval(state: SessionState, call_id: str, step: int | None = None) -> PendingCall | None:
-    if state.status != "awaiting_tools" or (step is not None and step != state.step):
-        return None
-    for p in state.pending:
-        if p.call_id == call_id and p.approval == "pending":
-            return p
-    return None
-
-
 def _on_decision(state: SessionState, ev: ApprovalDecided, ctx: Context, after: _After | None = None) -> Decision:
     pend = _pending_approval(state, ev.call_id, ev.step)
     if pend is None or pend.approval_id != ev.approval_id:
@@ -307,18 +296,13 @@ def _on_approval_expired(state: SessionState, ev: ApprovalExpired, ctx: Context,
     pend = _pending_approval(state, ev.call_id)
     if pend is None:
         return _duplicate(state, ctx, reemit=False)
-    task = state.task
-    timeout = ctx.spec.approval_timeout_s
-    audit = _audit("approval.expired", ctx, task, actor="system", approval_id=pend.approval_id, tool=pend.tool,
-                   policy=ctx.spec.on_approval_timeout)
-    record = RecordApproval(approval_id=pend.approval_id, status="expired")
-    if ctx.spec.on_approval_timeout == "escalate":
-        return _fail(state, ctx, "approval_expired",
-                     f"no decision on {pend.tool} within {timeout:g}s; the task is escalated to a human",
-                     extra=(record, audit))
-    error = ToolError(kind="approval_expired", message=f"nobody approved this call within {timeout:g}s",
+    recorded = _expiry_recorded(state, pend, ctx, pend.tool)
+    if isinstance(recorded, Decision):
+        return recorded
+    error = ToolError(kind="approval_expired",
+                      message=f"nobody approved this call within {ctx.spec.approval_timeout_s:g}s",
                       hint="do not retry it; tell the user it could not be approved in time")
-    return _settle_call(state, ctx, pend, error, (ClearApprovalTimer(call_id=pend.call_id), record, audit), after)
+    return _settle_call(state, ctx, pend, error, recorded, after)
 
 
 def _settle_call(state: SessionState, ctx: Context, pend: PendingCall, error: ToolError,
@@ -347,8 +331,5 @@ def _next_turn(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...] 
         Message(role="tool", content=by_id[c.id].content, tool_call_id=c.id, name=c.name)
         for c in calls if c.id in by_id)
     state = msgspec.structs.replace(state, messages=(*state.messages, *tool_msgs), pending=(), results=())
-    if state.step >= state.max_steps:
-        return _fail(state, ctx, "max_steps",
-                     f"reached the limit of {state.max_steps} model turns without a final answer", extra=extra)
-    state = msgspec.structs.replace(state, status="awaiting_model", step=state.step + 1)
-    return _call_model(state, ctx, extra=extra)
+    # Every caller has set updated_at to now already: the shared turn's setting it again changes nothing.
+    return _next_model_turn(state, ctx, extra)

@@ -17,12 +17,14 @@ from agentstream.contracts.events import (
 from agentstream.runtime.core.common import (
     Context,
     Decision,
+    _approvers,
     _ask_approval,
-    _audit,
     _decision_recorded,
     _duplicate,
     _emit,
-    _fail,
+    _expiry_recorded,
+    _pause_deadline,
+    _pending_approval,
     _refuse_approver,
 )
 from agentstream.runtime.core.plan_schedule import advance
@@ -30,10 +32,7 @@ from agentstream.runtime.core.plan_turns import replan
 from agentstream.runtime.core.state import (
     AnyCommand,
     ApprovalExpired,
-    ClearApprovalTimer,
-    RecordApproval,
     SessionState,
-    SetDeadline,
 )
 from agentstream.runtime.planning.plan import (
     Plan,
@@ -48,12 +47,13 @@ def approval_call_id(attempt: int) -> str:
     return f"plan-{attempt}"
 
 
-def approval_arguments(plan: Plan) -> dict[str, Any]:
+def approval_arguments(plan: Plan, plan_digest: str = "") -> dict[str, Any]:
     """What a plan-level approval shows and binds: every step with its raw
     arguments (pointers as pointers) and as a human reads them, and the
-    plan's digest. ``ApprovalDecided.arguments_digest`` is the digest of this."""
+    plan's digest. ``ApprovalDecided.arguments_digest`` is the digest of this.
+    ``plan_digest``: the plan's digest when the caller has it already."""
     return {
-        "plan_digest": digest(plan),
+        "plan_digest": plan_digest or digest(plan),
         "rationale": plan.rationale,
         "steps": [{"id": s.id, "tool": s.tool, "args": s.args, "depends_on": list(s.depends_on)}
                   for s in plan.steps],
@@ -82,8 +82,7 @@ def plan_approvers(plan: Plan, ctx: Context) -> tuple[str, ...] | None:
     gated = {s.tool for s in plan.steps if _may_need_human(s.tool, s.args, ctx)}
     if not gated:
         return None
-    allowed = [set((ctx.approvers_for(t) if ctx.approvers_for else ()) or ctx.default_approvers)
-               for t in sorted(gated)]
+    allowed = [set(_approvers(t, ctx)) for t in sorted(gated)]
     restricted = [a for a in allowed if a]
     if not restricted:
         return ()
@@ -95,14 +94,15 @@ def ask_plan_approval(state: SessionState, plan: Plan, approvers: tuple[str, ...
                        extra: tuple[AnyCommand, ...]) -> Decision:
     assert state.planning is not None
     deadline = ctx.now + ctx.spec.approval_timeout_s
+    # The planner turn accepted the plan (plan_first._accept) and stored its digest.
+    plan_digest = state.planning.digest
     pend, asking = _ask_approval(state.task, state.step, approval_call_id(state.planning.attempt), SUBMIT_PLAN_NAME,
-                                 approval_arguments(plan), approvers, deadline, ctx,
-                                 plan_digest=digest(plan))
-    remaining = max(state.deadline_at - ctx.now, 0.0)
+                                 approval_arguments(plan, plan_digest), approvers, deadline, ctx,
+                                 plan_digest=plan_digest)
     state = msgspec.structs.replace(
-        state, pending=(pend,), planning=msgspec.structs.replace(state.planning, phase="approval"),
-        deadline_at=max(state.deadline_at, deadline + remaining))
-    return _emit(state, (*extra, *asking, SetDeadline(deadline_at=state.deadline_at)))
+        state, pending=(pend,), planning=msgspec.structs.replace(state.planning, phase="approval"))
+    state, paused = _pause_deadline(state, ctx, deadline)
+    return _emit(state, (*extra, *asking, paused))
 
 
 def on_plan_decision(state: SessionState, ev: ApprovalDecided, ctx: Context) -> Decision:
@@ -110,9 +110,8 @@ def on_plan_decision(state: SessionState, ev: ApprovalDecided, ctx: Context) -> 
     calls under this decision. Denied: the planner hears it and may plan
     again (bounded), then ReAct, where each gated call asks on its own."""
     assert state.planning is not None
-    pend = next((p for p in state.pending if p.call_id == ev.call_id and p.approval == "pending"), None)
-    if (pend is None or ev.step != state.step or pend.approval_id != ev.approval_id
-            or state.planning.phase != "approval"):
+    pend = _pending_approval(state, ev.call_id, ev.step)
+    if pend is None or pend.approval_id != ev.approval_id or state.planning.phase != "approval":
         return _duplicate(state, ctx, reemit=True)
     refused = _refuse_approver(state, pend, ev, ctx)
     if refused is not None:
@@ -129,18 +128,13 @@ def on_plan_decision(state: SessionState, ev: ApprovalDecided, ctx: Context) -> 
 
 def on_plan_expired(state: SessionState, ev: ApprovalExpired, ctx: Context) -> Decision:
     assert state.planning is not None
-    pend = next((p for p in state.pending if p.call_id == ev.call_id and p.approval == "pending"), None)
+    pend = _pending_approval(state, ev.call_id)
     if pend is None or state.planning.phase != "approval":
         return _duplicate(state, ctx, reemit=False)
-    timeout = ctx.spec.approval_timeout_s
-    record = RecordApproval(approval_id=pend.approval_id, status="expired")
-    audit = _audit("approval.expired", ctx, state.task, actor="system", approval_id=pend.approval_id,
-                   tool=pend.tool, policy=ctx.spec.on_approval_timeout)
-    if ctx.spec.on_approval_timeout == "escalate":
-        return _fail(state, ctx, "approval_expired",
-                     f"no decision on the plan within {timeout:g}s; the task is escalated to a human",
-                     extra=(record, audit))
+    recorded = _expiry_recorded(state, pend, ctx, "the plan")
+    if isinstance(recorded, Decision):
+        return recorded
     state = msgspec.structs.replace(state, pending=(), updated_at=ctx.now)
-    return replan(state, ctx, {"denied": {"by": "system", "reason": f"nobody approved the plan within {timeout:g}s"}},
-                   "the plan's approval expired", (ClearApprovalTimer(call_id=pend.call_id), record, audit))
+    why = f"nobody approved the plan within {ctx.spec.approval_timeout_s:g}s"
+    return replan(state, ctx, {"denied": {"by": "system", "reason": why}}, "the plan's approval expired", recorded)
 

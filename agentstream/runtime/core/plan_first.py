@@ -38,14 +38,16 @@ from agentstream.runtime.core.common import (
     Context,
     Decision,
     _fail,
+    _fix_call_ids,
     _ids,
     _over_budget,
     _record_response,
+    dumps,
     request_shape,  # noqa: F401 - the engine asks it here, beside the strategy
 )
 from agentstream.runtime.core.plan_approval import ask_plan_approval, plan_approvers
 from agentstream.runtime.core.plan_schedule import advance
-from agentstream.runtime.core.plan_turns import dumps, replan
+from agentstream.runtime.core.plan_turns import replan
 from agentstream.runtime.core.state import (
     AnyCommand,
     ModelResponded,
@@ -79,11 +81,7 @@ def on_planner(state: SessionState, ev: ModelResponded, ctx: Context) -> Decisio
     if over:
         return _fail(state, ctx, "budget_exceeded", over, extra=(progress,))
     attempt = before.attempt + 1
-    ids = _ids(resp.tool_calls, ev.step)
-    calls = tuple(msgspec.structs.replace(c, id=i) for c, i in zip(resp.tool_calls, ids))
-    if calls != resp.tool_calls:
-        state = msgspec.structs.replace(state, messages=(
-            *state.messages[:-1], msgspec.structs.replace(state.messages[-1], tool_calls=calls)))
+    state, calls = _fix_call_ids(state, resp.tool_calls, _ids(resp.tool_calls, ev.step))
     submitted = next((c for c in calls if c.name == SUBMIT_PLAN_NAME), None)
     # Every other call is answered (a transcript must pair each call with a
     # result) but never run: nothing runs before the whole plan is validated.
@@ -117,9 +115,10 @@ def on_planner(state: SessionState, ev: ModelResponded, ctx: Context) -> Decisio
                                        approval_seq=0)
     state = msgspec.structs.replace(state, planning=planning)
     task = state.task
+    plan_digest = digest(plan) if plan is not None else ""
     proposed = PublishProgress(event=PlanProposed(
         task_id=task.task_id, agent=task.agent, attempt=attempt, step=ev.step,
-        digest=digest(plan) if plan is not None else "", steps=_shown_steps(plan), valid=not errors, at=ctx.now,
+        digest=plan_digest, steps=_shown_steps(plan), valid=not errors, at=ctx.now,
         rationale=plan.rationale if plan is not None else "",
         errors=tuple(msgspec.to_builtins(e) for e in errors), agent_version=state.agent_version,
         version_hash=ctx.version_hash,
@@ -128,7 +127,7 @@ def on_planner(state: SessionState, ev: ModelResponded, ctx: Context) -> Decisio
         summary = "; ".join(e.message for e in errors[:3])
         return replan(state, ctx, {"errors": [msgspec.to_builtins(e) for e in errors]},
                        f"invalid plan: {summary}", (progress, proposed))
-    return _accept(state, plan, ctx, (progress, proposed))
+    return _accept(state, plan, plan_digest, ctx, (progress, proposed))
 
 
 def _shown_steps(plan: Plan | None) -> tuple[PlanStepShown, ...]:
@@ -138,9 +137,10 @@ def _shown_steps(plan: Plan | None) -> tuple[PlanStepShown, ...]:
                  for s in plan.steps)
 
 
-def _accept(state: SessionState, plan: Plan, ctx: Context, extra: tuple[AnyCommand, ...]) -> Decision:
+def _accept(state: SessionState, plan: Plan, plan_digest: str, ctx: Context,
+            extra: tuple[AnyCommand, ...]) -> Decision:
     assert state.planning is not None
-    planning = msgspec.structs.replace(state.planning, plan=plan, digest=digest(plan), phase="executing")
+    planning = msgspec.structs.replace(state.planning, plan=plan, digest=plan_digest, phase="executing")
     state = msgspec.structs.replace(state, planning=planning, status="awaiting_tools", pending=(), results=())
     approvers = plan_approvers(plan, ctx)
     if approvers is None:

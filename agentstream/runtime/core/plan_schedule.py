@@ -18,15 +18,19 @@ from agentstream.contracts.events import (
 from agentstream.runtime.core.common import (
     Context,
     Decision,
+    _approvers,
     _ask_approval,
+    _cancel_approvals,
+    _count_call,
     _fail,
+    _pause_deadline,
     _refuse_result,
     _result_content,
     _tool_request,
+    dumps,
 )
 from agentstream.runtime.core.plan_turns import (
     call_id,
-    dumps,
     error_message,
     failure_reply,
     phase,
@@ -38,15 +42,12 @@ from agentstream.runtime.core.plan_turns import (
 from agentstream.runtime.core.state import (
     AnyCommand,
     CallResult,
-    ClearApprovalTimer,
     PendingCall,
     PlanCall,
     Planning,
     PublishProgress,
     PublishToolCall,
-    RecordApproval,
     SessionState,
-    SetDeadline,
     tool_error_content,
 )
 from agentstream.runtime.planning.plan import (
@@ -127,17 +128,19 @@ def advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) ->
                 unresolved.append(s.id)
                 continue
             cid = call_id(p.attempt, s.id)
-            key = f"{s.tool}:{msgspec.json.encode(args, order='sorted').decode()}"
-            counts[key] = counts.get(key, 0) + 1
-            if counts[key] >= ctx.spec.loop_limit:
+            args_json = dumps(args)
+            repeats = _count_call(counts, s.tool, args_json)
+            if repeats >= ctx.spec.loop_limit:
                 return _fail(state, ctx, "loop_detected",
-                             f"the plan called {s.tool} with the same arguments {counts[key]} times", extra=extra)
+                             f"the plan called {s.tool} with the same arguments {repeats} times", extra=extra)
             calls.append(PlanCall(call_id=cid, step_id=s.id, tool=s.tool, attempt=p.attempt, turn=state.step,
                                   at=ctx.now))
             total += 1
             dispatched.append(s.id)
-            dispatched_calls.append(ToolCall(id=cid, name=s.tool, arguments=dumps(args)))
+            dispatched_calls.append(ToolCall(id=cid, name=s.tool, arguments=args_json))
             if ctx.needs_approval is not None and ctx.needs_approval(s.tool, args):
+                # Not always true: a step whose args are one whole pointer gets
+                # whatever that output is, which need not be an object.
                 if p.approval_seq and covers(plan, s.id, s.tool, args, p.outputs):
                     pending.append(PendingCall(call_id=cid, tool=s.tool, arguments=args, approval="approved",
                                                approval_seq=p.approval_seq))
@@ -145,9 +148,8 @@ def advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) ->
                         task, state.step, cid, s.tool, args, ctx, approval_seq=p.approval_seq,
                         plan_inputs=plan_inputs(p, s.id))))
                     continue
-                approvers = (ctx.approvers_for(s.tool) if ctx.approvers_for else ()) or ctx.default_approvers
-                pend, asking = _ask_approval(task, state.step, cid, s.tool, args, approvers, approval_deadline, ctx,
-                                             plan_step=s.id)
+                pend, asking = _ask_approval(task, state.step, cid, s.tool, args, _approvers(s.tool, ctx),
+                                             approval_deadline, ctx, plan_step=s.id)
                 pending.append(pend)
                 cmds += asking
                 asked = True
@@ -167,9 +169,8 @@ def advance(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) ->
     if unresolved:
         cmds.append(progress(state, ctx, "failed", tuple(unresolved), "a pointer did not resolve"))
     if asked:
-        remaining = max(state.deadline_at - ctx.now, 0.0)
-        state = msgspec.structs.replace(state, deadline_at=max(state.deadline_at, approval_deadline + remaining))
-        cmds.append(SetDeadline(deadline_at=state.deadline_at))
+        state, paused = _pause_deadline(state, ctx, approval_deadline)
+        cmds.append(paused)
     if failed:
         # The plan will be replanned: a step still waiting for a human is not
         # asked about any longer (it would never run under this plan).
@@ -196,10 +197,7 @@ def cancel_waiting(state: SessionState) -> tuple[SessionState, list[AnyCommand]]
     results = tuple(CallResult(call_id=p.call_id, tool=p.tool, ok=False, content=tool_error_content(error))
                     for p in waiting)
     pending = tuple(msgspec.structs.replace(p, approval="") if p.approval == "pending" else p for p in state.pending)
-    cmds: list[AnyCommand] = []
-    for p in waiting:
-        cmds += [ClearApprovalTimer(call_id=p.call_id), RecordApproval(approval_id=p.approval_id, status="cancelled")]
-    return msgspec.structs.replace(state, pending=pending, results=(*state.results, *results)), cmds
+    return msgspec.structs.replace(state, pending=pending, results=(*state.results, *results)), _cancel_approvals(state)
 
 
 def plan_inputs(p: Planning, step_id: str) -> dict[str, int]:

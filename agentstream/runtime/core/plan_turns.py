@@ -20,8 +20,8 @@ from agentstream.runtime.core.common import (
     Context,
     Decision,
     _audit,
-    _call_model,
-    _fail,
+    _next_model_turn,
+    dumps,
 )
 from agentstream.runtime.core.state import (
     AnyCommand,
@@ -29,8 +29,6 @@ from agentstream.runtime.core.state import (
     SessionState,
 )
 from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME
-
-_json = msgspec.json.Encoder(order="sorted")
 
 
 def call_id(attempt: int, step_id: str) -> str:
@@ -84,7 +82,7 @@ def solve(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -> D
                  for c in tool_calls if c.id in by_result]
     state = msgspec.structs.replace(state, messages=(*state.messages, *messages), pending=(), results=(),
                                     planning=msgspec.structs.replace(p, phase="solving"))
-    return next_model_turn(state, ctx, (*extra, progress(state, ctx, "solving", tuple(s.id for s in plan.steps))))
+    return _next_model_turn(state, ctx, (*extra, progress(state, ctx, "solving", tuple(s.id for s in plan.steps))))
 
 
 def replan(state: SessionState, ctx: Context, reply: dict[str, Any], why: str,
@@ -97,11 +95,11 @@ def replan(state: SessionState, ctx: Context, reply: dict[str, Any], why: str,
     state = msgspec.structs.replace(state, messages=(*state.messages, *messages), pending=(), results=())
     if p.attempt <= ctx.spec.max_replans:
         state = msgspec.structs.replace(state, planning=msgspec.structs.replace(p, phase="planning"))
-        return next_model_turn(state, ctx, (*extra, progress(state, ctx, "replanned", (), why)))
+        return _next_model_turn(state, ctx, (*extra, progress(state, ctx, "replanned", (), why)))
     state = msgspec.structs.replace(state, planning=msgspec.structs.replace(p, phase="react", fallback=why))
     audit = _audit("plan.fallback", ctx, state.task, actor=f"agent:{state.task.agent}", attempts=p.attempt,
                    reason=why)
-    return next_model_turn(state, ctx, (*extra, progress(state, ctx, "fallback", (), why), audit))
+    return _next_model_turn(state, ctx, (*extra, progress(state, ctx, "fallback", (), why), audit))
 
 
 def reply_messages(state: SessionState, reply: dict[str, Any]) -> tuple[Message, ...]:
@@ -114,14 +112,6 @@ def reply_messages(state: SessionState, reply: dict[str, Any]) -> tuple[Message,
     return (Message(role="user", content=dumps(reply)),)
 
 
-def next_model_turn(state: SessionState, ctx: Context, extra: tuple[AnyCommand, ...]) -> Decision:
-    if state.step >= state.max_steps:
-        return _fail(state, ctx, "max_steps",
-                     f"reached the limit of {state.max_steps} model turns without a final answer", extra=extra)
-    state = msgspec.structs.replace(state, status="awaiting_model", step=state.step + 1, updated_at=ctx.now)
-    return _call_model(state, ctx, extra=extra)
-
-
 def progress(state: SessionState, ctx: Context, kind: Any, step_ids: tuple[str, ...],
               detail: str = "") -> PublishProgress:
     assert state.planning is not None
@@ -129,10 +119,6 @@ def progress(state: SessionState, ctx: Context, kind: Any, step_ids: tuple[str, 
     return PublishProgress(event=PlanProgress(
         task_id=task.task_id, agent=task.agent, attempt=state.planning.attempt, kind=kind, step_ids=step_ids,
         at=ctx.now, detail=detail[:500], agent_version=state.agent_version, version_hash=ctx.version_hash))
-
-
-def dumps(value: Any) -> str:
-    return _json.encode(value).decode()
 
 
 def loads(content: str) -> Any:

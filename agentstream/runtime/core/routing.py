@@ -16,7 +16,7 @@ from agentstream.runtime.core.state import AnyCommand, Planning, PublishProgress
 from agentstream.runtime.planning.router import RouterPolicy, route
 
 
-def start(task: TaskSubmitted, input_text: str, agent_version: str,
+def start(task: TaskSubmitted, agent_version: str,
           ctx: Context) -> tuple[Planning | None, tuple[AnyCommand, ...]]:
     """The new session's planning state (None: plain ReAct, the state a
     ReAct session always had) and the commands announcing a routed choice."""
@@ -25,7 +25,7 @@ def start(task: TaskSubmitted, input_text: str, agent_version: str,
         return None, ()
     if strategy == "plan":
         return Planning(phase="planning"), ()
-    decision = route(input_text, RouterPolicy(threshold=ctx.spec.router_threshold))
+    decision = route(task.input, RouterPolicy(threshold=ctx.spec.router_threshold))
     event = RouteDecided(
         task_id=task.task_id, agent=task.agent, strategy=decision.strategy, score=round(decision.score, 4),
         threshold=decision.threshold, confidence=round(decision.confidence, 4), reason=decision.reason,

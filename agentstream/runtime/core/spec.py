@@ -7,6 +7,7 @@ from typing import Literal
 import msgspec
 
 from agentstream.contracts.events import ToolSpec
+from agentstream.runtime.planning.router import RouterPolicy
 
 
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,7 +41,8 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     # `agentstream eval calibrate-router`, not guessed).
     strategy: Literal["react", "plan", "routed"] = "react"
     max_replans: int = 2  # planner turns after the first (invalid plan, failed step) before falling back to ReAct
-    router_threshold: float = 2.5  # complexity at or above which "routed" plans first
+    # Complexity at or above which "routed" plans first; the router's own default.
+    router_threshold: float = RouterPolicy().threshold
     # Human in the loop.
     approval_timeout_s: float = 3600.0
     on_approval_timeout: Literal["deny", "escalate"] = "deny"

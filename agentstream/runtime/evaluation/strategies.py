@@ -34,7 +34,7 @@ from agentstream.runtime.evaluation.results import (
     paired_values,
     summarize,
 )
-from agentstream.runtime.planning.router import RouterPolicy, Strategy, calibrate, complexity, features, route
+from agentstream.runtime.planning.router import RouterPolicy, Strategy, calibrate, route
 
 
 def split(datasets: Sequence[Dataset], held_out: float, seed: int) -> tuple[list[Dataset], list[Dataset]]:
@@ -163,7 +163,7 @@ class Calibration:
         for lb in self.held_out:
             d = route(lb.input, self.policy)
             mark = "ok " if d.strategy == lb.better else "MISS"
-            lines.append(f"  {mark} {complexity(features(lb.input)):5.2f}  {lb.better:5} ({lb.why:7})  "
+            lines.append(f"  {mark} {d.score:5.2f}  {lb.better:5} ({lb.why:7})  "
                          f"{d.strategy:5}  {lb.case_id}")
         lines += ["", "on the held-out part, estimated from the same runs (success, tokens/case, cost/case):"]
         for name, m in self.held_out_mixes().items():

@@ -100,31 +100,38 @@ class PullConsumer:
         self._full_logged = float("-inf")
 
     async def ensure(self) -> ConsumerInfo:
-        """The durable consumer, created if missing. An existing one is used as
-        it is (another replica or version made it), as ``pull_subscribe`` does,
-        except for a filter from before EVENTS was partitioned (see :func:`refilter`)."""
+        return await self._ensure_durable(self.s.durable, self.s.filter_subject)
+
+    async def _ensure_durable(self, durable: str, filter_subject: str | None) -> ConsumerInfo:
+        """A durable consumer on this consumer's stream, created if missing. An
+        existing one is used as it is (another replica or version made it), as
+        ``pull_subscribe`` does, except for a filter from before EVENTS was
+        partitioned (see :func:`refilter`)."""
         try:
-            info = await self.js.consumer_info(self.s.stream, self.s.durable)
+            info = await self.js.consumer_info(self.s.stream, durable)
         except jse.NotFoundError:
             pass
         else:
-            return await refilter(self.js, self.s.stream, info, self.s.filter_subject)
+            return await refilter(self.js, self.s.stream, info, filter_subject)
         cfg = ConsumerConfig(
-            durable_name=self.s.durable, filter_subject=self.s.filter_subject,
+            durable_name=durable, filter_subject=filter_subject,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.NEW if self.s.deliver_new else DeliverPolicy.ALL,
             ack_wait=self.s.ack_wait_s, max_deliver=self.s.max_deliver, max_ack_pending=-1,
         )
         return await self.js.add_consumer(self.s.stream, cfg)
 
-    async def run(self, stop: asyncio.Event, drain_timeout_s: float = 10.0) -> None:
+    def _new_pull(self, durable: str, ensure: Callable[[], Awaitable[object]]) -> ContinuousPull:
         # nats-py exposes neither the connection nor the API prefix of a
         # JetStreamContext; the continuous pull needs both.
-        self.pull = ContinuousPull(
-            self.js._nc, api_prefix=self.js._prefix, stream=self.s.stream, durable=self.s.durable,
-            capacity=self.s.max_in_flight, deliver=self._deliver, room=self._room, ensure=self.ensure,
+        return ContinuousPull(
+            self.js._nc, api_prefix=self.js._prefix, stream=self.s.stream, durable=durable,
+            capacity=self.s.max_in_flight, deliver=self._deliver, room=self._room, ensure=ensure,
             expires_s=self.s.pull_expires_s, heartbeat_s=self.s.pull_heartbeat_s,
             backoff=Backoff(self.s.backoff_base_s, self.s.backoff_cap_s))
+
+    async def run(self, stop: asyncio.Event, drain_timeout_s: float = 10.0) -> None:
+        self.pull = self._new_pull(self.s.durable, self.ensure)
         self._stop = stop
         if not await self.pull.start(stop):
             return  # stopped before the consumer could be created

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import logging
 import random
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -75,6 +74,7 @@ from agentstream.runtime.core.state import (
 from agentstream.runtime.core.trust import check_inbox
 from agentstream.runtime.core.version import fingerprint
 from agentstream.runtime.execution.consumer import Reject
+from agentstream.runtime.planning.protocol import plan_call
 
 if TYPE_CHECKING:
     from agentstream.runtime.execution.hooks import EngineHooks
@@ -82,8 +82,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentstream.engine")
 
-# A plan step's call id (core.plan_first.call_id): p<attempt>-<step id>.
-_PLAN_CALL = re.compile(r"p\d+-[A-Za-z0-9_-]+")
 ProgressNotice = ModelTurnCompleted | ToolCallDispatched | PlanProposed | PlanProgress | RouteDecided
 
 MAX_CAS_RETRIES = 50
@@ -578,7 +576,7 @@ def progress_msg_id(task_id: str, ev: ProgressNotice) -> str:
         case ModelTurnCompleted():
             return f"{task_id}:{ev.step}:turn"
         case ToolCallDispatched():
-            if ev.calls and all(_PLAN_CALL.fullmatch(c.id) for c in ev.calls):
+            if ev.calls and all(plan_call(c.id) for c in ev.calls):
                 # A plan dispatches several waves in one model turn: one notice each.
                 ids = hashlib.sha256(",".join(c.id for c in ev.calls).encode()).hexdigest()[:16]
                 return f"{task_id}:{ev.step}:dispatch:{ids}"

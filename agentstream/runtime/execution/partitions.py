@@ -36,10 +36,9 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-import nats.js.errors as jse
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.api import ConsumerInfo
 
 from agentstream.contracts import subjects
 from agentstream.runtime.execution.consumer import ConsumerSettings, DeadLetterHook, Handler, PullConsumer
@@ -110,7 +109,6 @@ class PartitionedConsumer(PullConsumer):
         self.beat_s = beat_s
         self.partitions = 0
         self.owned: dict[int, tuple[ContinuousPull, asyncio.Event, asyncio.Task[None]]] = {}
-        self.rebalances = 0
         self._sem = asyncio.Semaphore(settings.max_in_flight)
         self._pstops: set[asyncio.Event] = set()
         # One line per outage for the whole inbox (its partitions' pulls and the
@@ -118,22 +116,14 @@ class PartitionedConsumer(PullConsumer):
         self._outage = Outage(f"consumer {settings.durable} on stream {subjects.EVENTS_STREAM} (every partition)")
 
     async def ensure_partition(self, p: int) -> ConsumerInfo:
-        durable = subjects.inbox_partition_durable(self.agent, p)
-        try:
-            return await self.js.consumer_info(subjects.EVENTS_STREAM, durable)
-        except jse.NotFoundError:
-            pass
-        # From the start of EVENTS: a task's first results may be stored before
-        # its partition's consumer exists (the first replica still starting).
-        # The cost: a partition consumer deleted and made again reads its
-        # partition's retained events again (each handed to the engine again,
-        # a session read at least), so delete them only drained and purged
-        # (docs/scaling.md, changing P).
-        cfg = ConsumerConfig(
-            durable_name=durable, filter_subject=subjects.inbox_partition_filter(self.agent, p),
-            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=self.s.ack_wait_s,
-            max_deliver=self.s.max_deliver, max_ack_pending=-1)
-        return await self.js.add_consumer(subjects.EVENTS_STREAM, cfg)
+        # From the start of EVENTS (settings.deliver_new is off for the inbox):
+        # a task's first results may be stored before its partition's consumer
+        # exists (the first replica still starting). The cost: a partition
+        # consumer deleted and made again reads its partition's retained events
+        # again (each handed to the engine again, a session read at least), so
+        # delete them only drained and purged (docs/scaling.md, changing P).
+        return await self._ensure_durable(subjects.inbox_partition_durable(self.agent, p),
+                                          subjects.inbox_partition_filter(self.agent, p))
 
     async def run(self, stop: asyncio.Event, drain_timeout_s: float = 10.0) -> None:
         self._stop = stop
@@ -203,7 +193,6 @@ class PartitionedConsumer(PullConsumer):
         mine = {p for p, m in assign(self.partitions, [*members, self.member]).items() if m == self.member}
         if mine == set(self.owned):
             return
-        self.rebalances += 1
         gone = [p for p in self.owned if p not in mine]
         new = sorted(mine - set(self.owned))
         log.info("%s: member %s of %d pulls partitions %s of %d", self.s.durable, self.member,
@@ -220,12 +209,7 @@ class PartitionedConsumer(PullConsumer):
         self._pstops.add(pstop)
         if stop.is_set():
             pstop.set()
-        pull = ContinuousPull(
-            self.js._nc, api_prefix=self.js._prefix, stream=subjects.EVENTS_STREAM,
-            durable=subjects.inbox_partition_durable(self.agent, p), capacity=self.s.max_in_flight,
-            deliver=self._deliver, room=self._room, ensure=lambda: self.ensure_partition(p),
-            expires_s=self.s.pull_expires_s, heartbeat_s=self.s.pull_heartbeat_s,
-            backoff=Backoff(self.s.backoff_base_s, self.s.backoff_cap_s))
+        pull = self._new_pull(subjects.inbox_partition_durable(self.agent, p), lambda: self.ensure_partition(p))
         pull.outage = self._outage
         if not await pull.start(pstop):
             self._pstops.discard(pstop)

@@ -82,6 +82,7 @@ from agentstream.contracts.events import (
 )
 from agentstream.runtime.adapters.in_memory import InMemoryKV
 from agentstream.runtime.adapters.jetstream import BROKER_ERRORS
+from agentstream.runtime.core import plan_turns
 from agentstream.runtime.core.errors import Conflict, PayloadTooLarge
 from agentstream.runtime.core.plan_approval import approval_arguments
 from agentstream.runtime.core.ports import BlobStore, Bus, Entry, SessionStore
@@ -463,8 +464,8 @@ class ToolRunner:
         if (d.task_id, d.agent, d.step) != (req.task_id, req.agent, req.step):
             return f"the plan decision {d.approval_id} is for another task or turn"
         attempt = d.call_id.removeprefix("plan-")
-        step_id = req.call_id.removeprefix(f"p{attempt}-") if attempt.isdigit() else ""
-        if not step_id or step_id == req.call_id:
+        step_id = plan_turns.step_of(req.call_id, int(attempt)) if attempt.isdigit() else None
+        if not step_id:
             return f"call {req.call_id} is not a step of the plan approved by {d.approval_id}"
         if codec.arguments_digest(d.plan) != d.arguments_digest:
             return f"the plan in decision {d.approval_id} is not the plan it approved"
@@ -518,7 +519,7 @@ class ToolRunner:
         sequence the call names: a successful result for that step's call, on
         this task's inbox, at the same turn, of the step's approved arguments
         (digest ``want``). Else why not."""
-        call_id = f"p{attempt}-{step.id}"
+        call_id = plan_turns.call_id(int(attempt), step.id)
         seq = req.plan_inputs.get(step.id, 0)
         if seq <= 0 or self.decisions is None:
             return f"call {req.call_id} names no result for the step {call_id} its arguments come from"

@@ -29,7 +29,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import nats.errors
@@ -107,19 +107,16 @@ def _sum_partitions(lags: Iterable[ConsumerLag]) -> list[ConsumerLag]:
     out: list[ConsumerLag] = []
     sums: dict[str, ConsumerLag] = {}
     for c in lags:
-        m = _PARTITION.match(c.durable) if c.stream == EVENTS_STREAM else None
-        if m is None:
+        part = partition_of(c.durable) if c.stream == EVENTS_STREAM else None
+        if part is None:
             out.append(c)
             continue
-        name = m.group(1)
+        name = part[0]
         prev = sums.get(name)
-        sums[name] = c if prev is None else ConsumerLag(
+        sums[name] = replace(c, durable=name) if prev is None else ConsumerLag(
             stream=c.stream, durable=name, pending=prev.pending + c.pending,
             ack_pending=prev.ack_pending + c.ack_pending, redelivered=prev.redelivered + c.redelivered,
             waiting=prev.waiting + c.waiting, partitions=prev.partitions + 1)
-        if prev is None:
-            sums[name] = ConsumerLag(stream=c.stream, durable=name, pending=c.pending, ack_pending=c.ack_pending,
-                                     redelivered=c.redelivered, waiting=c.waiting)
     return [*out, *sums.values()]
 
 

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -110,6 +109,7 @@ from agentstream.runtime.observability.trace_context import (
     task_span_id,
     to_otel,
 )
+from agentstream.runtime.planning.protocol import plan_call
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -121,9 +121,6 @@ if TYPE_CHECKING:
     from agentstream.runtime.execution.tool_runner import Outcome, ToolRunner
 
 __all__ = ["Telemetry", "setup_telemetry"]
-
-# A plan step's call id, ``p<attempt>-<step id>`` (core.plan_first.call_id).
-_PLAN_CALL = re.compile(r"p(\d+)-([A-Za-z0-9_-]+)")
 
 
 class Telemetry:
@@ -359,10 +356,9 @@ class Telemetry:
                 "gen_ai.tool.call.id": req.call_id, "gen_ai.tool.type": "function",
                 "gen_ai.agent.name": req.agent, "agentstream.task_id": req.task_id,
             }
-            step = _PLAN_CALL.fullmatch(req.call_id)
-            if step is not None:  # a plan step (core.plan_first.call_id): the trace shows plan against execution
-                attrs["agentstream.plan.attempt"] = int(step.group(1))
-                attrs["agentstream.plan.step"] = step.group(2)
+            step = plan_call(req.call_id)
+            if step is not None:  # a plan step: the trace shows plan against execution
+                attrs["agentstream.plan.attempt"], attrs["agentstream.plan.step"] = step
             if self.capture:
                 attrs["gen_ai.tool.call.arguments"] = redact(_json(req.arguments))
             sp = self.start_span(f"execute_tool {req.tool}", SpanKind.INTERNAL, attributes=attrs).activate(foreign=True)

@@ -7,7 +7,6 @@ to ReAct."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
@@ -23,6 +22,7 @@ from agentstream.contracts.events import (
     TaskFailed,
     ToolCallCompleted,
 )
+from agentstream.runtime.planning.protocol import plan_call
 
 WIDTH = 40
 
@@ -34,9 +34,6 @@ MODEL_CALL_FAILURES = frozenset({"model_error", "model_timeout"})
 def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
-
-# A plan step's call id (core.plan_first.call_id): p<attempt>-<step id>.
-_PLAN_CALL = re.compile(r"p(\d+)-([A-Za-z0-9_-]+)")
 
 
 class Span:
@@ -105,8 +102,8 @@ def spans_of(events: Sequence[TaskEvent]) -> tuple[list[Span], TaskCompleted | T
                               f"{u.input_tokens}/{u.output_tokens} tok {what}", ev.step, kind="model"))
         elif isinstance(ev, ToolCallCompleted):
             note = "" if ev.ok else f"FAILED {ev.error.kind if ev.error else ''}".strip()
-            step = _PLAN_CALL.fullmatch(ev.call_id) if ev.call_id.startswith("p") and turn_of else None
-            label = f"  {step.group(2)}: {ev.tool}" if step is not None else f"  {ev.tool}"
+            step = plan_call(ev.call_id) if turn_of else None
+            label = f"  {step[1]}: {ev.tool}" if step is not None else f"  {ev.tool}"
             spans.append(Span(label, ev.started_at, ev.finished_at, note, ev.step, failed=not ev.ok))
         elif isinstance(ev, (TaskCompleted, TaskFailed)):
             result = ev

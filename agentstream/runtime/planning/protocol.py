@@ -18,6 +18,7 @@ schemas in the form it was trained on; ``tool_choice`` forces the plan.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from agentstream.contracts.events import ToolSpec
@@ -66,3 +67,15 @@ def turn_kind(tools: tuple[ToolSpec, ...], tool_choice: str | None) -> Turn:
     if tool_choice == "none" and not tools:
         return "solver"
     return "react"
+
+
+# A plan step's call id, ``p<attempt>-<step id>`` (core.plan_turns.call_id):
+# read back by the engine (message ids), the spans and the timeline.
+_PLAN_CALL = re.compile(r"p(\d+)-([A-Za-z0-9_-]+)")
+
+
+def plan_call(call_id: str) -> tuple[int, str] | None:
+    """``p<attempt>-<step id>`` -> (attempt, step id); None for a ReAct call id."""
+    m = _PLAN_CALL.fullmatch(call_id)
+    return (int(m.group(1)), m.group(2)) if m else None
+

@@ -94,11 +94,9 @@ async def ensure_candidate_consumers(js: JetStreamContext, agent: str, label: st
         try:
             info = await js.consumer_info(stream, durable)
         except Exception:  # noqa: BLE001 - not there (or not visible): create it
-            info = None
-        if info is not None:
+            await js.add_consumer(stream, config=cfg)
+        else:
             await refilter(js, stream, info, cfg.filter_subject)
-            continue
-        await js.add_consumer(stream, config=cfg)
 
 
 async def _window_events(js: JetStreamContext, stream: str, subject: str, start: float, end: float) -> list[object]:

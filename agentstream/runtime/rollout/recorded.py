@@ -53,10 +53,6 @@ async def recorded_calls(js: JetStreamContext, agent: str, task_id: str, *, labe
     return out
 
 
-async def dispatches(js: JetStreamContext, agent: str, task_id: str, *, label: str = "") -> list[ToolCallDispatched]:
-    return (await task_progress(js, agent, task_id, label=label))[0]
-
-
 async def task_progress(js: JetStreamContext, agent: str, task_id: str, *,
                         label: str = "") -> tuple[list[ToolCallDispatched], str]:
     """A task's dispatched calls and the strategy it ran: the router's choice

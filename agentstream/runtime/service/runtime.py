@@ -364,20 +364,25 @@ class Runtime:
                       approvers_for=approvers_for, default_approvers=parse_approvers(os.environ),
                       may_need_approval=may_need_approval)
 
-    def _consumer(self, stream: str, durable: str, subject: str, handler: object, *,
-                  on_dead_letter: DeadLetterHook | None = None, deliver_new: bool = False,
-                  traced: bool = True) -> None:
+    def _settings(self, stream: str, durable: str, subject: str, *, deliver_new: bool = False,
+                  traced: bool = True) -> ConsumerSettings:
         s = self.settings
-        assert self.js is not None
         cs = ConsumerSettings(stream=stream, durable=durable, filter_subject=subject,
                               max_in_flight=s.max_in_flight,
                               ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver,
                               max_bytes=s.max_event_bytes, deliver_new=deliver_new)
         # Spans are named by the subject as published (EVENTS stores a partition in it).
-        named = subjects.published_filter(subject)
+        named = subjects.published(subject)
         mw = self.telemetry.consumer_middleware(durable, named) if self.telemetry is not None and traced else None
         if mw is not None:
             cs.middlewares = (*cs.middlewares, mw)  # telemetry: a `process <subject>` span per message
+        return cs
+
+    def _consumer(self, stream: str, durable: str, subject: str, handler: object, *,
+                  on_dead_letter: DeadLetterHook | None = None, deliver_new: bool = False,
+                  traced: bool = True) -> None:
+        assert self.js is not None
+        cs = self._settings(stream, durable, subject, deliver_new=deliver_new, traced=traced)
         self.consumers.append(PullConsumer(self.js, cs, handler,  # type: ignore[arg-type]
                                            on_dead_letter=on_dead_letter))
 
@@ -387,13 +392,10 @@ class Runtime:
         s = self.settings
         js = self.js
         assert js is not None
-        durable, subject = subjects.agent_durable(agent, "events"), subjects.events(agent, "*")
-        cs = ConsumerSettings(stream=subjects.EVENTS_STREAM, durable=durable, filter_subject=subjects.stored(subject),
-                              max_in_flight=s.max_in_flight, ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver,
-                              max_bytes=s.max_event_bytes)
-        mw = self.telemetry.consumer_middleware(durable, subject) if self.telemetry is not None else None
-        if mw is not None:
-            cs.middlewares = (*cs.middlewares, mw)  # telemetry: a `process <subject>` span per message
+        # The logical consumer dead letters, logs and spans name; its
+        # partitions' durables and filters are PartitionedConsumer's.
+        cs = self._settings(subjects.EVENTS_STREAM, subjects.agent_durable(agent, "events"),
+                            subjects.stored(subjects.events(agent, "*")))
         self.consumers.append(PartitionedConsumer(
             js, cs, handler, agent=agent, member=member_id(s.worker_id, secrets.token_hex(3)),
             membership=nats_adapters.NatsMembership(js, agent),
