@@ -28,6 +28,10 @@ from agentstream.runtime.interfaces.client import AgentClient
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent
 APPS_DIR = TESTS_DIR / "apps"
+# The test apps import each other and tests/apps/applog.py as top-level
+# modules, as worker processes do (APPS_DIR is on their PYTHONPATH).
+if str(APPS_DIR) not in sys.path:
+    sys.path.insert(0, str(APPS_DIR))
 READY_MARKER = "agentstream worker "
 READY_TIMEOUT_S = 20.0
 

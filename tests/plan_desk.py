@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nats
+import plan_app  # noqa: E402, F401 - from the apps folder just put on the path; tests use its tools
 import pytest
 from conftest import until
 from nats.aio.client import Client as NatsClient
@@ -33,12 +33,6 @@ from agentstream.runtime.core.policy import ApprovalRecord
 from agentstream.runtime.interfaces import approvals
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.service.runtime import Runtime
-
-APPS = Path(__file__).resolve().parent / "apps"
-if str(APPS) not in sys.path:
-    sys.path.insert(0, str(APPS))
-
-import plan_app  # noqa: E402, F401 - from the apps folder just put on the path; tests use its tools
 
 WAIT_S = 30.0
 AGENT = "planner"

@@ -9,7 +9,6 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,10 +26,6 @@ from agentstream.runtime.core.policy import ApprovalRecord
 from agentstream.runtime.interfaces import approvals
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.service.runtime import Runtime
-
-APPS = Path(__file__).resolve().parent / "apps"
-if str(APPS) not in sys.path:
-    sys.path.insert(0, str(APPS))
 
 WAIT_S = 30.0
 

@@ -41,10 +41,6 @@ from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.interfaces.http_api import HttpServer
 from agentstream.runtime.service.runtime import Runtime
 
-APPS = Path(__file__).resolve().parent / "apps"
-if str(APPS) not in sys.path:
-    sys.path.insert(0, str(APPS))
-
 WAIT_S = 20.0
 MAX_EVENT_BYTES = 4096
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)

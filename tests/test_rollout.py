@@ -7,12 +7,12 @@ import asyncio
 import contextlib
 import dataclasses
 import math
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
+import rollout_app  # noqa: E402
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,12 +36,6 @@ from agentstream.runtime.rollout.compare import (
 )
 from agentstream.runtime.rollout.shadow import ShadowConfig, sampled
 from agentstream.runtime.service.runtime import Runtime
-
-APPS = Path(__file__).resolve().parent / "apps"
-if str(APPS) not in sys.path:
-    sys.path.insert(0, str(APPS))
-
-import rollout_app  # noqa: E402
 
 WAIT_S = 60.0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -49,10 +48,6 @@ from agentstream.runtime.core.policy import ApprovalRecord
 from agentstream.runtime.interfaces import approvals
 from agentstream.runtime.interfaces.client import AgentClient
 from agentstream.runtime.service.runtime import Runtime
-
-APPS = Path(__file__).resolve().parent / "apps"
-if str(APPS) not in sys.path:
-    sys.path.insert(0, str(APPS))
 
 WAIT_S = 20.0
 AGENT = "refunds"

@@ -11,21 +11,16 @@ Tool runs are appended to the file named by ``APPROVAL_APP_LOG``.
 from __future__ import annotations
 
 import json
-import os
 import re
+
+from applog import append_line
 
 from agentstream import App, FunctionModel, ModelRequest, ModelResponse, answer, calls, last_user, tool, tool_results
 from agentstream.contracts.events import Usage
 
 
 def _log(line: str) -> None:
-    path = os.environ.get("APPROVAL_APP_LOG")
-    if path:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
+    append_line("APPROVAL_APP_LOG", line)
 
 
 @tool(requires_approval=lambda a: a.amount > 100, approvers=("alice", "bob"))

@@ -20,20 +20,13 @@ import json
 import os
 import socket
 
+from applog import append_line
+
 from agentstream import App, FunctionModel, ModelRequest, ModelResponse, answer, calls, last_user, tool, tool_results
 
 TOOLS = ("count_a", "count_b", "count_c")
 
 
-def _append(env_var: str, line: str) -> None:
-    path = os.environ.get(env_var)
-    if not path:
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())  # one write: lines from many processes never interleave
-    finally:
-        os.close(fd)
 
 
 def worker_id() -> str:
@@ -41,7 +34,7 @@ def worker_id() -> str:
 
 
 async def _run_tool(name: str, task: str) -> str:
-    _append("CRASH_APP_LOG", f"{name} {task}")
+    append_line("CRASH_APP_LOG", f"{name} {task}")
     await asyncio.sleep(float(os.environ.get("CRASH_APP_TOOL_S", "0.3")))
     return f"{name[-1]}:{task}"
 
@@ -92,7 +85,7 @@ async def crashy_script(request: ModelRequest) -> ModelResponse:
     task = last_user(request)
     results = tool_results(request)
     step = 2 if results else 1
-    _append("CRASH_APP_MODEL_LOG", f"model {step} {worker_id()} {os.getpid()} {task}")
+    append_line("CRASH_APP_MODEL_LOG", f"model {step} {worker_id()} {os.getpid()} {task}")
     if step == 1:
         specs: list[tuple[str, dict[str, object]]] = [(name, {"task": task}) for name in TOOLS]
         return calls(*specs)

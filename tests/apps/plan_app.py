@@ -15,8 +15,9 @@ Tool runs are appended to the file named by ``PLAN_APP_LOG``.
 from __future__ import annotations
 
 import json
-import os
 import re
+
+from applog import append_line
 
 from agentstream import App, FunctionModel, ModelRequest, ModelResponse, answer, calls, last_user, tool, tool_results
 from agentstream.runtime.core.tools import ToolFailure
@@ -24,13 +25,7 @@ from agentstream.runtime.planning.protocol import SUBMIT_PLAN_NAME, turn_kind
 
 
 def _log(line: str) -> None:
-    path = os.environ.get("PLAN_APP_LOG")
-    if path:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
+    append_line("PLAN_APP_LOG", line)
 
 
 @tool(read_only=True)

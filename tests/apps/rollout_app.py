@@ -22,19 +22,15 @@ import os
 import re
 from collections.abc import Callable
 
+from applog import append_line
+
 from agentstream import App, FunctionModel, ModelRequest, ModelResponse, answer, calls, last_user, tool, tool_results
 
 COUNTS: dict[str, int] = {"check_stock": 0, "charge": 0}
 
 
 def _log(line: str) -> None:
-    path = os.environ.get("ROLLOUT_APP_LOG")
-    if path:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
+    append_line("ROLLOUT_APP_LOG", line)
 
 
 @tool(read_only=True)
